@@ -4,30 +4,240 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
+// Well-known labels and annotations.
+const (
+	// RotateAnnotation on an ApiToken asks for a rotation: set it to any new
+	// value and the controller rotates once for that value.
+	RotateAnnotation = "keymint.io/rotate"
+
+	// TokenLabel on a token Secret names the ApiToken it belongs to.
+	TokenLabel = "keymint.io/api-token"
+
+	// TokenHashAnnotation on a token Secret is "sha256:<hex>" of the token the
+	// Secret holds. With IssuedAtAnnotation and PreviousTokensAnnotation it is
+	// the record the ApiToken status is rebuilt from after a crash or a restore.
+	TokenHashAnnotation = "keymint.io/token-hash"
+	// IssuedAtAnnotation on a token Secret is when its token was minted (RFC 3339).
+	IssuedAtAnnotation = "keymint.io/issued-at"
+	// RotatedAtAnnotation on a token Secret is set when its token replaced an
+	// earlier one by rotation (RFC 3339).
+	RotatedAtAnnotation = "keymint.io/rotated-at"
+	// PreviousTokensAnnotation on a token Secret lists, as JSON, the hashes of
+	// rotated-out tokens still accepted and until when.
+	PreviousTokensAnnotation = "keymint.io/previous-tokens"
+	// RotationRequestAnnotation on a token Secret is the RotateAnnotation value
+	// already handled, so a crash after a rotation never rotates twice.
+	RotationRequestAnnotation = "keymint.io/rotation-request"
+
+	// SecretTokenKey is the key of the token in its Secret's data.
+	SecretTokenKey = "token"
+)
+
 // ApiTokenSpec is the desired state of an ApiToken.
+//
+// +kubebuilder:validation:XValidation:rule="!(has(self.expiresAt) && has(self.lifetime))",message="set expiresAt or lifetime, not both"
+// +kubebuilder:validation:XValidation:rule="has(self.secretName) == has(oldSelf.secretName)",message="secretName is immutable: it cannot be added or removed after creation"
 type ApiTokenSpec struct {
 	// serviceUser is the name of the ServiceUser, in the same namespace, that
-	// owns this token.
+	// owns this token. Required and immutable: a token cannot change hands.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="serviceUser is immutable"
 	ServiceUser string `json:"serviceUser"`
+
+	// description says what the token is for, such as "nightly export job".
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Description string `json:"description,omitempty"`
+
+	// scopes limit the token to some of its ServiceUser's permissions, each as
+	// "resource:verb". Empty means all of them. A scope the ServiceUser does
+	// not hold (now or later) is simply not granted.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=128
+	// +kubebuilder:validation:items:MaxLength=128
+	// +kubebuilder:validation:items:Pattern=`^[a-z0-9][a-z0-9._-]*:[a-z0-9][a-z0-9._-]*$`
+	Scopes []string `json:"scopes,omitempty"`
+
+	// expiresAt is when the token stops being valid. Conflicts with lifetime.
+	// The ServiceUser's tokenPolicy.maxLifetime still caps it.
+	// +optional
+	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
+
+	// lifetime is how long the token stays valid after it is issued or
+	// rotated, as a Go duration such as "720h". Conflicts with expiresAt. When
+	// both are unset, the ServiceUser's tokenPolicy.defaultLifetime applies;
+	// when that is unset too, the token does not expire. Must be positive.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="lifetime must be positive"
+	Lifetime *metav1.Duration `json:"lifetime,omitempty"`
+
+	// revoked, when true, revokes the token: its Secret is emptied and checks
+	// refuse it at once. Setting it back to false mints a new token; the
+	// revoked one never comes back.
+	// +optional
+	Revoked bool `json:"revoked,omitempty"`
+
+	// rotation replaces the token on a schedule. Whether or not it is set, the
+	// token also rotates each time the keymint.io/rotate annotation takes a new
+	// value.
+	// +optional
+	Rotation *Rotation `json:"rotation,omitempty"`
+
+	// secretName is the Secret the token is written to, under key "token".
+	// Defaults to the ApiToken's name. Immutable: it cannot be added, changed
+	// or removed once the ApiToken exists.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="secretName is immutable"
+	SecretName string `json:"secretName,omitempty"`
+
+	// requestsPerMinute overrides the ServiceUser's tokenPolicy.requestsPerMinute
+	// for this token.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	RequestsPerMinute *int32 `json:"requestsPerMinute,omitempty"`
 }
 
-// ApiTokenStatus is the observed state of an ApiToken.
+// Rotation says when a token is replaced by a new one.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.every) || !has(self.gracePeriod) || duration(self.gracePeriod) < duration(self.every)",message="gracePeriod must be shorter than every"
+type Rotation struct {
+	// every rotates the token this long after it was issued or last rotated,
+	// as a Go duration such as "720h". At least 1m.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="rotation.every must be at least 1m"
+	Every *metav1.Duration `json:"every,omitempty"`
+
+	// gracePeriod keeps accepting a rotated-out token this long after its
+	// replacement is issued, so that clients can pick up the new one. Defaults
+	// to 0: the old token stops at once. Never extends a token past its expiry.
+	// +optional
+	// +kubebuilder:default="0s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	GracePeriod *metav1.Duration `json:"gracePeriod,omitempty"`
+}
+
+// PreviousToken is a rotated-out token that is still accepted for a while.
+type PreviousToken struct {
+	// tokenHash is "sha256:<64 hex>" of the rotated-out token.
+	TokenHash string `json:"tokenHash"`
+	// validUntil is when the rotated-out token stops being accepted.
+	ValidUntil metav1.Time `json:"validUntil"`
+}
+
+// ApiToken condition types and reasons.
+const (
+	// ApiTokenConditionReady is True when the Secret holds a token that checks
+	// accept now (reason Issued). False otherwise, with reason Expired,
+	// Revoked, ServiceUserNotFound, ServiceUserDisabled or SecretConflict.
+	ApiTokenConditionReady = "Ready"
+	// ApiTokenConditionExpired is True once the token's effective expiry has
+	// passed (reason Expired), False before (reason NotExpired).
+	ApiTokenConditionExpired = "Expired"
+	// ApiTokenConditionRevoked is True while the token is revoked, with reason
+	// RevokedBySpec, ServiceUserDisabled or ServiceUserNotFound; False with
+	// reason NotRevoked.
+	ApiTokenConditionRevoked = "Revoked"
+
+	ApiTokenReasonIssued              = "Issued"
+	ApiTokenReasonExpired             = "Expired"
+	ApiTokenReasonNotExpired          = "NotExpired"
+	ApiTokenReasonRevoked             = "Revoked"
+	ApiTokenReasonNotRevoked          = "NotRevoked"
+	ApiTokenReasonRevokedBySpec       = "RevokedBySpec"
+	ApiTokenReasonServiceUserDisabled = "ServiceUserDisabled"
+	ApiTokenReasonServiceUserNotFound = "ServiceUserNotFound"
+	ApiTokenReasonSecretConflict      = "SecretConflict"
+)
+
+// ApiTokenStatus is the observed state of an ApiToken. It never holds the
+// token itself.
 type ApiTokenStatus struct {
 	// conditions describe the current state of the token.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// tokenHash is "sha256:<64 hex>" of the current token. Empty while no
+	// token is issued (for example while revoked).
+	// +optional
+	TokenHash string `json:"tokenHash,omitempty"`
+
+	// tokenPrefix is the first 12 characters of the current token, to tell
+	// tokens apart; the rest is secret.
+	// +optional
+	TokenPrefix string `json:"tokenPrefix,omitempty"`
+
+	// secretName is the Secret that holds the token.
+	// +optional
+	SecretName string `json:"secretName,omitempty"`
+
+	// issuedAt is when the current token was minted.
+	// +optional
+	IssuedAt *metav1.Time `json:"issuedAt,omitempty"`
+
+	// expiresAt is the current token's effective expiry: the earliest of
+	// spec.expiresAt (or issuedAt + lifetime or defaultLifetime) and issuedAt
+	// + the ServiceUser's maxLifetime. Unset when the token does not expire.
+	// +optional
+	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
+
+	// rotatedAt is when the current token replaced an earlier one by rotation.
+	// +optional
+	RotatedAt *metav1.Time `json:"rotatedAt,omitempty"`
+
+	// nextRotationAt is when the token rotates next on schedule.
+	// +optional
+	NextRotationAt *metav1.Time `json:"nextRotationAt,omitempty"`
+
+	// previousTokens are rotated-out tokens still accepted until validUntil.
+	// +optional
+	// +listType=atomic
+	PreviousTokens []PreviousToken `json:"previousTokens,omitempty"`
+
+	// lastUsedAt is when a check last accepted this token, recorded at most
+	// about once a minute.
+	// +optional
+	LastUsedAt *metav1.Time `json:"lastUsedAt,omitempty"`
+
+	// lastRotationRequest is the keymint.io/rotate annotation value the
+	// controller last handled.
+	// +optional
+	LastRotationRequest string `json:"lastRotationRequest,omitempty"`
+
+	// observedGeneration is the generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 }
 
-// ApiToken is one bearer token of a ServiceUser.
+// ApiToken is one bearer token of a ServiceUser. keymint mints it, writes it
+// once into a Secret, keeps only its SHA-256 hash, and enforces its expiry,
+// revocation and rotation.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=apitok,categories=keymint
+// +kubebuilder:printcolumn:name="Service user",type=string,JSONPath=`.spec.serviceUser`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Prefix",type=string,JSONPath=`.status.tokenPrefix`
+// +kubebuilder:printcolumn:name="Expires",type=date,JSONPath=`.status.expiresAt`
+// +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.status.secretName`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ApiToken struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -35,6 +245,15 @@ type ApiToken struct {
 	Spec ApiTokenSpec `json:"spec"`
 	// +optional
 	Status ApiTokenStatus `json:"status,omitempty"`
+}
+
+// SecretNameOrDefault returns the name of the token's Secret: spec.secretName,
+// or the ApiToken's own name.
+func (t *ApiToken) SecretNameOrDefault() string {
+	if t.Spec.SecretName != "" {
+		return t.Spec.SecretName
+	}
+	return t.Name
 }
 
 // ApiTokenList is a list of ApiTokens.

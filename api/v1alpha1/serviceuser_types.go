@@ -5,12 +5,105 @@ import (
 )
 
 // ServiceUserSpec is the desired state of a ServiceUser.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.tokenPolicy) || !has(self.tokenPolicy.maxLifetime) || !has(self.tokenPolicy.defaultLifetime) || duration(self.tokenPolicy.defaultLifetime) <= duration(self.tokenPolicy.maxLifetime)",message="tokenPolicy.defaultLifetime must not exceed tokenPolicy.maxLifetime"
 type ServiceUserSpec struct {
-	// displayName is a human-readable name for the identity.
+	// displayName is a human-readable name for the identity, such as
+	// "Billing exporter".
 	// +optional
 	// +kubebuilder:validation:MaxLength=256
 	DisplayName string `json:"displayName,omitempty"`
+
+	// description says what the identity is for and who owns it.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Description string `json:"description,omitempty"`
+
+	// permissions lists what this identity may do, each as "resource:verb"
+	// (for example "links:read"): lowercase letters, digits, '-', '_' and '.'
+	// on each side. A token's scopes are a subset of these; removing a
+	// permission here removes it from every token at once.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=128
+	// +kubebuilder:validation:items:MaxLength=128
+	// +kubebuilder:validation:items:Pattern=`^[a-z0-9][a-z0-9._-]*:[a-z0-9][a-z0-9._-]*$`
+	Permissions []string `json:"permissions,omitempty"`
+
+	// groups are added to the Kubernetes groups of this identity when
+	// kube-apiserver authenticates one of its tokens, so ordinary RBAC can bind
+	// them. Names starting with "system:" or "keymint:" are reserved and refused.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.all(g, !g.startsWith('system:') && !g.startsWith('keymint:'))",message="groups starting with 'system:' or 'keymint:' are reserved"
+	Groups []string `json:"groups,omitempty"`
+
+	// disabled, when true, revokes every token of this identity: their Secrets
+	// are emptied and checks refuse them at once. Setting it back to false
+	// mints new tokens; the revoked ones never come back.
+	// +optional
+	Disabled bool `json:"disabled,omitempty"`
+
+	// tokenPolicy bounds the tokens of this identity.
+	// +optional
+	// +kubebuilder:default={}
+	TokenPolicy TokenPolicy `json:"tokenPolicy,omitempty,omitzero"`
 }
+
+// TokenPolicy bounds the tokens of a ServiceUser.
+type TokenPolicy struct {
+	// prefix starts every token of this identity, before an underscore, so
+	// that leaked tokens are easy to scan for and to attribute. 2 to 16
+	// lowercase letters or digits, starting with a letter. Defaults to "km".
+	// Changing it applies to tokens minted afterwards.
+	// +optional
+	// +kubebuilder:default=km
+	// +kubebuilder:validation:MinLength=2
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:Pattern=`^[a-z][a-z0-9]+$`
+	Prefix string `json:"prefix,omitempty"`
+
+	// maxLifetime caps how long any token of this identity stays valid after
+	// it is issued or rotated, whatever the token asks for. Unset means no cap.
+	// A Go duration such as "720h"; must be positive.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="maxLifetime must be positive"
+	MaxLifetime *metav1.Duration `json:"maxLifetime,omitempty"`
+
+	// defaultLifetime is the lifetime of a token that sets neither expiresAt
+	// nor lifetime. Unset means such tokens do not expire (unless maxLifetime
+	// caps them). Must be positive and not above maxLifetime.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="defaultLifetime must be positive"
+	DefaultLifetime *metav1.Duration `json:"defaultLifetime,omitempty"`
+
+	// requestsPerMinute is the rate each token of this identity may be checked
+	// at, unless the token sets its own. Defaults to 500.
+	// +optional
+	// +kubebuilder:default=500
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	RequestsPerMinute int32 `json:"requestsPerMinute,omitempty"`
+}
+
+// ServiceUser condition types and reasons.
+const (
+	// ServiceUserConditionReady is True while the identity is enabled and its
+	// tokens can be used, with reason Enabled; False with reason Disabled.
+	ServiceUserConditionReady = "Ready"
+
+	ServiceUserReasonEnabled  = "Enabled"
+	ServiceUserReasonDisabled = "Disabled"
+)
 
 // ServiceUserStatus is the observed state of a ServiceUser.
 type ServiceUserStatus struct {
@@ -19,13 +112,33 @@ type ServiceUserStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// tokens is how many ApiTokens name this ServiceUser.
+	// +optional
+	Tokens int32 `json:"tokens"`
+
+	// activeTokens is how many of those are Ready: issued, not expired and not
+	// revoked.
+	// +optional
+	ActiveTokens int32 `json:"activeTokens"`
+
+	// observedGeneration is the generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 }
 
-// ServiceUser is a non-interactive identity that owns ApiTokens.
+// ServiceUser is a non-interactive identity that owns ApiTokens: what they may
+// do (permissions), who they are to Kubernetes RBAC (groups), and the policy
+// their tokens follow.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=su,categories=keymint
+// +kubebuilder:printcolumn:name="Display name",type=string,JSONPath=`.spec.displayName`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Tokens",type=integer,JSONPath=`.status.tokens`
+// +kubebuilder:printcolumn:name="Active",type=integer,JSONPath=`.status.activeTokens`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ServiceUser struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
