@@ -175,8 +175,10 @@ var _ = Describe("ApiToken validation", func() {
 			wantErrors: []string{"lifetime must be positive"},
 		},
 		{
-			desc:       "a negative grace period is refused",
-			mutate:     func(t *keymintv1alpha1.ApiToken) { t.Spec.Rotation = &keymintv1alpha1.Rotation{GracePeriod: duration("-1m")} },
+			desc: "a negative grace period is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Rotation = &keymintv1alpha1.Rotation{GracePeriod: duration("-1m")}
+			},
 			wantErrors: []string{"spec.rotation.gracePeriod"},
 		},
 		{
