@@ -1,0 +1,204 @@
+package controllers_test
+
+import (
+	"encoding/json"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/token"
+)
+
+// newNamespace creates a namespace of its own for one spec.
+func newNamespace() string {
+	GinkgoHelper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "keymint-test-"}}
+	Expect(k8sClient.Create(ctx, ns)).To(Succeed())
+	return ns.Name
+}
+
+type userOption func(*keymintv1alpha1.ServiceUser)
+
+func createUser(ns, name string, opts ...userOption) *keymintv1alpha1.ServiceUser {
+	GinkgoHelper()
+	u := &keymintv1alpha1.ServiceUser{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"links:read", "links:write"}},
+	}
+	for _, o := range opts {
+		o(u)
+	}
+	Expect(k8sClient.Create(ctx, u)).To(Succeed())
+	return u
+}
+
+func withMaxLifetime(d time.Duration) userOption {
+	return func(u *keymintv1alpha1.ServiceUser) {
+		u.Spec.TokenPolicy.MaxLifetime = &metav1.Duration{Duration: d}
+	}
+}
+
+func withPrefix(p string) userOption {
+	return func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.Prefix = p }
+}
+
+type tokenOption func(*keymintv1alpha1.ApiToken)
+
+func createToken(ns, name, user string, opts ...tokenOption) *keymintv1alpha1.ApiToken {
+	GinkgoHelper()
+	t := &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: user},
+	}
+	for _, o := range opts {
+		o(t)
+	}
+	Expect(k8sClient.Create(ctx, t)).To(Succeed())
+	return t
+}
+
+func withLifetime(d time.Duration) tokenOption {
+	return func(t *keymintv1alpha1.ApiToken) { t.Spec.Lifetime = &metav1.Duration{Duration: d} }
+}
+
+func withRotation(every, grace time.Duration) tokenOption {
+	return func(t *keymintv1alpha1.ApiToken) {
+		t.Spec.Rotation = &keymintv1alpha1.Rotation{}
+		if every > 0 {
+			t.Spec.Rotation.Every = &metav1.Duration{Duration: every}
+		}
+		t.Spec.Rotation.GracePeriod = &metav1.Duration{Duration: grace}
+	}
+}
+
+func withSecretName(name string) tokenOption {
+	return func(t *keymintv1alpha1.ApiToken) { t.Spec.SecretName = name }
+}
+
+func getToken(ns, name string) *keymintv1alpha1.ApiToken {
+	GinkgoHelper()
+	t := &keymintv1alpha1.ApiToken{}
+	Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, t)).To(Succeed())
+	return t
+}
+
+func getSecret(ns, name string) (*corev1.Secret, error) {
+	s := &corev1.Secret{}
+	err := k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, s)
+	return s, err
+}
+
+// issued waits until the token is Ready with a token in its Secret, and
+// returns the token the Secret holds and the ApiToken.
+func issued(ns, name string) (string, *keymintv1alpha1.ApiToken) {
+	GinkgoHelper()
+	var plain string
+	var tok *keymintv1alpha1.ApiToken
+	Eventually(func(g Gomega) {
+		tok = &keymintv1alpha1.ApiToken{}
+		g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, tok)).To(Succeed())
+		g.Expect(meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)).To(BeTrue(), "Ready: %+v", tok.Status.Conditions)
+		sec, err := getSecret(ns, tok.Status.SecretName)
+		g.Expect(err).NotTo(HaveOccurred())
+		plain = string(sec.Data[keymintv1alpha1.SecretTokenKey])
+		g.Expect(token.HashString(plain)).To(Equal(tok.Status.TokenHash), "the status hash is the Secret token's")
+	}).Should(Succeed())
+	return plain, tok
+}
+
+// expectCondition waits until the ApiToken has the condition with the status
+// and reason.
+func expectCondition(ns, name, condType string, status metav1.ConditionStatus, reason string) *keymintv1alpha1.ApiToken {
+	GinkgoHelper()
+	var tok *keymintv1alpha1.ApiToken
+	Eventually(func(g Gomega) {
+		tok = &keymintv1alpha1.ApiToken{}
+		g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, tok)).To(Succeed())
+		c := meta.FindStatusCondition(tok.Status.Conditions, condType)
+		g.Expect(c).NotTo(BeNil())
+		g.Expect(c.Status).To(Equal(status))
+		g.Expect(c.Reason).To(Equal(reason))
+		g.Expect(c.ObservedGeneration).To(Equal(tok.Generation))
+	}).Should(Succeed())
+	return tok
+}
+
+// mutateToken applies a change to an ApiToken the way kubectl edit would,
+// retrying on conflicts with the controllers' status writes.
+func mutateToken(ns, name string, mutate func(*keymintv1alpha1.ApiToken)) {
+	GinkgoHelper()
+	Eventually(func() error {
+		t := getToken(ns, name)
+		mutate(t)
+		return k8sClient.Update(ctx, t)
+	}).Should(Succeed())
+}
+
+func mutateUser(ns, name string, mutate func(*keymintv1alpha1.ServiceUser)) {
+	GinkgoHelper()
+	Eventually(func() error {
+		u := &keymintv1alpha1.ServiceUser{}
+		if err := k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, u); err != nil {
+			return err
+		}
+		mutate(u)
+		return k8sClient.Update(ctx, u)
+	}).Should(Succeed())
+}
+
+// poke makes the controllers look at a token again, as any edit would. Specs
+// that step the fake clock use it: the real work queue waits real time.
+func poke(ns, name string) {
+	GinkgoHelper()
+	mutateToken(ns, name, func(t *keymintv1alpha1.ApiToken) {
+		if t.Annotations == nil {
+			t.Annotations = map[string]string{}
+		}
+		t.Annotations["test.keymint.io/poke"] = time.Now().Format(time.RFC3339Nano)
+	})
+}
+
+// eventsFor returns the reasons of the Events about an object, oldest first.
+func eventsFor(ns, name string) []string {
+	GinkgoHelper()
+	var list eventsv1.EventList
+	Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+	var reasons []string
+	for _, e := range list.Items {
+		if e.Regarding.Name == name {
+			reasons = append(reasons, e.Reason)
+		}
+	}
+	return reasons
+}
+
+// eventNotes returns the notes of every Event in a namespace.
+func eventNotes(ns string) []string {
+	GinkgoHelper()
+	var list eventsv1.EventList
+	Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+	var notes []string
+	for _, e := range list.Items {
+		notes = append(notes, e.Note)
+	}
+	return notes
+}
+
+// statusJSON is the ApiToken status as kubectl get -o json shows it.
+func statusJSON(t *keymintv1alpha1.ApiToken) string {
+	GinkgoHelper()
+	b, err := json.Marshal(t.Status)
+	Expect(err).NotTo(HaveOccurred())
+	return string(b)
+}
+
+func isNotFound(err error) bool { return apierrors.IsNotFound(err) }

@@ -1,0 +1,49 @@
+package controllers
+
+import (
+	"context"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+)
+
+// CacheOptions limits the manager's cache of Secrets to keymint's token
+// Secrets: the manager never holds other Secrets in memory.
+func CacheOptions() cache.Options {
+	hasTokenLabel, err := labels.NewRequirement(keymintv1alpha1.TokenLabel, selection.Exists, nil)
+	if err != nil {
+		panic(err) // a constant, valid label key
+	}
+	return cache.Options{
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Label: labels.NewSelector().Add(*hasTokenLabel)},
+		},
+	}
+}
+
+// Setup registers the indexes and both controllers with a manager. clk is the
+// clock expiry and rotation are decided by; tests pass a fake one.
+func Setup(ctx context.Context, mgr ctrl.Manager, clk clock.PassiveClock) error {
+	if err := SetupIndexes(ctx, mgr); err != nil {
+		return err
+	}
+	if err := (&ApiTokenReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("keymint-apitoken"),
+		Clock:     clk,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	return (&ServiceUserReconciler{
+		Client:   mgr.GetClient(),
+		Recorder: mgr.GetEventRecorder("keymint-serviceuser"),
+	}).SetupWithManager(mgr)
+}
