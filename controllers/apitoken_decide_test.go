@@ -140,7 +140,7 @@ func TestNewRecord(t *testing.T) {
 			wantPrevious: []tokenstate.Previous{{Hash: "sha256:current", ValidUntil: now.Add(time.Hour)}},
 		},
 		"the grace period never outlives the old token": {
-			obs: obs(grace(time.Hour), func(o *observation) { o.Spec.Lifetime = &metav1.Duration{Duration: 70 * time.Minute} }),
+			obs:    obs(grace(time.Hour), func(o *observation) { o.Spec.Lifetime = &metav1.Duration{Duration: 70 * time.Minute} }),
 			action: actRotate, wantRotated: true,
 			wantPrevious: []tokenstate.Previous{{Hash: "sha256:current", ValidUntil: now.Add(10 * time.Minute)}},
 		},
