@@ -94,12 +94,25 @@ func decide(o observation) decision {
 	if o.RotateRequest != "" && o.RotateRequest != o.Record.RotationRequest {
 		return decision{Action: actRotate, Reason: eventRotationRequested}
 	}
-	expiry, expires := tokenstate.Expiry(o.Spec, o.User, o.Record.IssuedAt)
-	if next, ok := tokenstate.NextRotation(o.Spec, o.Record.IssuedAt); ok &&
-		!o.Now.Before(next) && !tokenstate.Expired(expiry, expires, o.Now) {
+	if next, ok := scheduledRotation(o.Spec, o.User, o.Record.IssuedAt); ok && !o.Now.Before(next) {
 		return decision{Action: actRotate, Reason: eventRotationScheduled}
 	}
 	return decision{Action: actNone}
+}
+
+// scheduledRotation returns when a token issued at issuedAt rotates on
+// schedule. A rotation that falls due after the token's expiry never happens:
+// an expired token stays expired until rotated by request. One that fell due
+// before expiry happens even if the controller gets to it late.
+func scheduledRotation(spec *keymintv1alpha1.ApiTokenSpec, user tokenstate.User, issuedAt time.Time) (time.Time, bool) {
+	next, ok := tokenstate.NextRotation(spec, issuedAt)
+	if !ok {
+		return next, false
+	}
+	if expiry, expires := tokenstate.Expiry(spec, user, issuedAt); expires && next.After(expiry) {
+		return next, false
+	}
+	return next, true
 }
 
 // newRecord returns the record of a token minted at now, with hash and
@@ -161,7 +174,7 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 			}
 		}
 		st.NextRotationAt = nil
-		if next, ok := tokenstate.NextRotation(o.Spec, rec.IssuedAt); ok && !expired {
+		if next, ok := scheduledRotation(o.Spec, o.User, rec.IssuedAt); ok {
 			st.NextRotationAt = timePtr(&next)
 			wake = append(wake, next)
 		}

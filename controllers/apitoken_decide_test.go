@@ -92,12 +92,26 @@ func TestDecide(t *testing.T) {
 			}),
 			wantAction: actNone,
 		},
-		"an expired token is not rotated on schedule": {
+		"a token that expired before its rotation fell due is not rotated on schedule": {
 			obs: obs(func(o *observation) {
 				o.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: time.Hour}}
 				o.Spec.Lifetime = &metav1.Duration{Duration: 30 * time.Minute}
 			}),
 			wantAction: actNone,
+		},
+		"a rotation due at the instant of expiry still happens": {
+			obs: obs(func(o *observation) {
+				o.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: time.Hour}}
+				o.Spec.Lifetime = &metav1.Duration{Duration: time.Hour}
+			}),
+			wantAction: actRotate, wantReason: eventRotationScheduled,
+		},
+		"a rotation that fell due before expiry happens even when reconciled late": {
+			obs: obs(func(o *observation) {
+				o.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: 50 * time.Minute}}
+				o.Spec.Lifetime = &metav1.Duration{Duration: 55 * time.Minute}
+			}),
+			wantAction: actRotate, wantReason: eventRotationScheduled,
 		},
 		"an expired token is rotated on request, which renews it": {
 			obs: obs(func(o *observation) {
