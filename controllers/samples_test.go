@@ -33,7 +33,7 @@ var _ = Describe("config/samples", func() {
 		plain, prod := issued(ns, "billing-exporter-prod")
 		Expect(plain).To(HavePrefix("billing_"))
 		Expect(prod.Status.SecretName).To(Equal("billing-exporter-token"))
-		Expect(prod.Status.ExpiresAt.Time).To(Equal(prod.Status.IssuedAt.Add(30 * 24 * time.Hour)), "the user's defaultLifetime")
+		Expect(prod.Status.ExpiresAt.Time).To(Equal(prod.Status.IssuedAt.Add(30*24*time.Hour)), "the user's defaultLifetime")
 		Expect(prod.Status.NextRotationAt.Time).To(Equal(prod.Status.IssuedAt.Add(25 * 24 * time.Hour)))
 
 		_, backfill := issued(ns, "billing-backfill")
