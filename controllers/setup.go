@@ -15,13 +15,16 @@ import (
 )
 
 // CacheOptions limits the manager's cache of Secrets to keymint's token
-// Secrets: the manager never holds other Secrets in memory.
+// Secrets, so the manager never holds other Secrets in memory, and strips
+// managed fields from everything it caches.
 func CacheOptions() cache.Options {
 	hasTokenLabel, err := labels.NewRequirement(keymintv1alpha1.TokenLabel, selection.Exists, nil)
 	if err != nil {
 		panic(err) // a constant, valid label key
 	}
 	return cache.Options{
+		// Managed fields are never read: keep them out of memory.
+		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}: {Label: labels.NewSelector().Add(*hasTokenLabel)},
 		},

@@ -98,6 +98,17 @@ type ApiTokenSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="secretName is immutable"
 	SecretName string `json:"secretName,omitempty"`
 
+	// audiences limit where the token is accepted. When set, a TokenReview
+	// must name one of them in spec.audiences, and a /check request in its
+	// "audience" query parameter or X-Keymint-Audience header. Empty means the
+	// token is accepted without an audience (by kube-apiserver, as its own).
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=253
+	Audiences []string `json:"audiences,omitempty"`
+
 	// requestsPerMinute overrides the ServiceUser's tokenPolicy.requestsPerMinute
 	// for this token.
 	// +optional

@@ -106,6 +106,11 @@ func (in *ApiTokenSpec) DeepCopyInto(out *ApiTokenSpec) {
 		*out = new(Rotation)
 		(*in).DeepCopyInto(*out)
 	}
+	if in.Audiences != nil {
+		in, out := &in.Audiences, &out.Audiences
+		*out = make([]string, len(*in))
+		copy(*out, *in)
+	}
 	if in.RequestsPerMinute != nil {
 		in, out := &in.RequestsPerMinute, &out.RequestsPerMinute
 		*out = new(int32)

@@ -5,6 +5,8 @@ package main
 import (
 	"flag"
 	"os"
+	"path/filepath"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -12,10 +14,13 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
+	"github.com/keymint/keymint/internal/selfsigned"
+	"github.com/keymint/keymint/webhook/check"
 )
 
 func main() {
@@ -23,15 +28,44 @@ func main() {
 		metricsAddr string
 		probeAddr   string
 		leaderElect bool
+		checkOpts   = check.Options{Clock: clock.RealClock{}, Registerer: metrics.Registry}
+		defaultRPM  int
+		certDir     string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so only one replica runs the controllers")
+	flag.StringVar(&checkOpts.Addr, "check-bind-address", ":8443", "address the token check server (TokenReview and /check) listens on, over TLS")
+	flag.StringVar(&checkOpts.CertFile, "check-tls-cert-file", "", "serving certificate of the check server, reloaded when it changes; with neither file set, a self-signed pair is written to --check-self-signed-dir")
+	flag.StringVar(&checkOpts.KeyFile, "check-tls-key-file", "", "private key of --check-tls-cert-file")
+	flag.StringVar(&certDir, "check-self-signed-dir", filepath.Join(os.TempDir(), "keymint-check-certs"), "where to write a self-signed CA (ca.crt) and serving pair when no certificate is given")
+	flag.BoolVar(&checkOpts.EnableHTTP2, "check-enable-http2", false, "serve HTTP/2 on the check server (off by default, as for Kubernetes webhooks)")
+	flag.IntVar(&defaultRPM, "default-requests-per-minute", 500, "checks a token may pass per minute when neither it nor its ServiceUser sets a rate")
+	flag.DurationVar(&checkOpts.FlushInterval, "last-used-flush-interval", 10*time.Second, "how often lastUsedAt is written to ApiToken status; each token at most once a minute")
 	zapOpts := zap.Options{Development: false}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
+
+	if defaultRPM < 1 || defaultRPM > 1_000_000 {
+		log.Error(nil, "--default-requests-per-minute must be between 1 and 1000000", "value", defaultRPM)
+		os.Exit(2)
+	}
+	checkOpts.DefaultRequestsPerMinute = int32(defaultRPM)
+	if (checkOpts.CertFile == "") != (checkOpts.KeyFile == "") {
+		log.Error(nil, "Set both --check-tls-cert-file and --check-tls-key-file, or neither")
+		os.Exit(2)
+	}
+	if checkOpts.CertFile == "" {
+		files, err := selfsigned.Write(certDir, "localhost", "127.0.0.1", "::1")
+		if err != nil {
+			log.Error(err, "Unable to write a self-signed certificate", "dir", certDir)
+			os.Exit(1)
+		}
+		checkOpts.CertFile, checkOpts.KeyFile = files.CertFile, files.KeyFile
+		log.Info("Serving token checks with a self-signed certificate", "ca", files.CAFile)
+	}
 
 	scheme := runtime.NewScheme()
 	must(clientgoscheme.AddToScheme(scheme))
@@ -51,6 +85,7 @@ func main() {
 		os.Exit(1)
 	}
 	must(controllers.Setup(ctx, mgr, clock.RealClock{}))
+	must(check.Setup(ctx, mgr, checkOpts))
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
 

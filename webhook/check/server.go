@@ -1,0 +1,153 @@
+package check
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+)
+
+// Server serves the check Handler over TLS. It runs on every replica.
+type Server struct {
+	Addr     string
+	CertFile string
+	KeyFile  string
+	// EnableHTTP2 turns HTTP/2 on; it is off by default, as for Kubernetes
+	// webhooks, to stay clear of HTTP/2 rapid-reset attacks.
+	EnableHTTP2 bool
+	Handler     http.Handler
+	// listener, when set, is used instead of listening on Addr (tests).
+	listener net.Listener
+}
+
+// NeedLeaderElection is false: every replica answers checks.
+func (s *Server) NeedLeaderElection() bool { return false }
+
+// Start serves until ctx ends, reloading the certificate when its files
+// change.
+func (s *Server) Start(ctx context.Context) error {
+	log := logf.FromContext(ctx).WithName("check-server")
+	watcher, err := certwatcher.New(s.CertFile, s.KeyFile)
+	if err != nil {
+		return fmt.Errorf("loading the check server certificate: %w", err)
+	}
+	go func() {
+		if err := watcher.Start(ctx); err != nil {
+			log.Error(err, "Certificate watcher stopped")
+		}
+	}()
+	tlsConfig := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: watcher.GetCertificate,
+		NextProtos:     []string{"http/1.1"},
+	}
+	if s.EnableHTTP2 {
+		tlsConfig.NextProtos = []string{"h2", "http/1.1"}
+	}
+	srv := &http.Server{
+		Handler:           s.Handler,
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+	if !s.EnableHTTP2 {
+		// A non-nil empty map keeps net/http from enabling HTTP/2 by itself.
+		srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+	}
+	ln := s.listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", s.Addr); err != nil {
+			return fmt.Errorf("listening on %s: %w", s.Addr, err)
+		}
+	}
+	log.Info("Serving token checks", "address", ln.Addr().String(), "http2", s.EnableHTTP2)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(tls.NewListener(ln, tlsConfig)) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}
+}
+
+// Feed keeps the index in step with the ApiTokens and ServiceUsers in the
+// cache. The returned function reports whether both have been listed once:
+// the check server is ready only then, so it never refuses a good token for
+// not having seen it yet.
+func Feed(ctx context.Context, c cache.Cache, ix *Index) (synced func() bool, err error) {
+	tokens, err := c.GetInformer(ctx, &keymintv1alpha1.ApiToken{})
+	if err != nil {
+		return nil, err
+	}
+	users, err := c.GetInformer(ctx, &keymintv1alpha1.ServiceUser{})
+	if err != nil {
+		return nil, err
+	}
+	tokenReg, err := tokens.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { upsertToken(ix, obj) },
+		UpdateFunc: func(_, obj any) { upsertToken(ix, obj) },
+		DeleteFunc: func(obj any) {
+			if t, ok := unwrap(obj).(*keymintv1alpha1.ApiToken); ok {
+				ix.DeleteToken(types.NamespacedName{Namespace: t.Namespace, Name: t.Name})
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	userReg, err := users.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { upsertUser(ix, obj) },
+		UpdateFunc: func(_, obj any) { upsertUser(ix, obj) },
+		DeleteFunc: func(obj any) {
+			if u, ok := unwrap(obj).(*keymintv1alpha1.ServiceUser); ok {
+				ix.DeleteUser(types.NamespacedName{Namespace: u.Namespace, Name: u.Name})
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return func() bool { return tokenReg.HasSynced() && userReg.HasSynced() }, nil
+}
+
+func upsertToken(ix *Index, obj any) {
+	if t, ok := obj.(*keymintv1alpha1.ApiToken); ok {
+		ix.UpsertToken(t)
+	}
+}
+
+func upsertUser(ix *Index, obj any) {
+	if u, ok := obj.(*keymintv1alpha1.ServiceUser); ok {
+		ix.UpsertUser(u)
+	}
+}
+
+// unwrap returns the object inside a tombstone, for deletes the informer saw
+// only after a relist.
+func unwrap(obj any) any {
+	if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		return d.Obj
+	}
+	return obj
+}
