@@ -85,6 +85,9 @@ func (c *Checker) Check(presented string, now time.Time) (Identity, Failure) {
 	if !ok || (!ref.validUntil.IsZero() && !now.Before(ref.validUntil)) {
 		return Identity{}, InvalidToken
 	}
+	if ref.revoked {
+		return Identity{}, RevokedToken
+	}
 	t := ref.token
 	var state tokenstate.User
 	if user != nil {

@@ -447,3 +447,35 @@ func TestIndexReplacesAndForgetsHashes(t *testing.T) {
 		t.Errorf("index holds %d hashes after the delete", f.index.Len())
 	}
 }
+
+func TestARevokedTokenStaysRevokedOnceTheControllerClearsItsHash(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter")
+	old := f.token("t", "exporter")
+
+	// The controller's revocation: the spec says revoked, then the status
+	// drops the hash and says Revoked.
+	revoked := &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "t"},
+		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter", Revoked: true},
+		Status: keymintv1alpha1.ApiTokenStatus{Conditions: []metav1.Condition{{
+			Type: keymintv1alpha1.ApiTokenConditionRevoked, Status: metav1.ConditionTrue, Reason: keymintv1alpha1.ApiTokenReasonRevokedBySpec,
+		}}},
+	}
+	f.index.UpsertToken(revoked)
+	expectError(t, f.check(old, ""), http.StatusUnauthorized, RevokedToken)
+	f.index.UpsertToken(revoked) // a later resync keeps the answer
+	expectError(t, f.check(old, ""), http.StatusUnauthorized, RevokedToken)
+
+	// Un-revoked: a new token is issued, and the old one is never accepted.
+	fresh := f.token("t", "exporter")
+	if a := f.check(fresh, ""); a.status != http.StatusOK {
+		t.Fatalf("the new token: %d", a.status)
+	}
+	expectError(t, f.check(old, ""), http.StatusUnauthorized, InvalidToken)
+
+	f.index.DeleteToken(types.NamespacedName{Namespace: "team-a", Name: "t"})
+	if f.index.Len() != 0 {
+		t.Errorf("index holds %d hashes after the delete", f.index.Len())
+	}
+}

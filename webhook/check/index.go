@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
@@ -28,6 +29,22 @@ type tokenEntry struct {
 	current    [sha256.Size]byte
 	hasCurrent bool
 	previous   map[[sha256.Size]byte]time.Time
+	// revoked holds hashes the token had before it was revoked: checks of
+	// them answer revoked_token rather than invalid_token. They only ever
+	// refuse, and are dropped once the token is no longer revoked.
+	revoked [][sha256.Size]byte
+}
+
+// hashes returns every hash the entry holds, live or revoked.
+func (e *tokenEntry) hashes() [][sha256.Size]byte {
+	var out [][sha256.Size]byte
+	if e.hasCurrent {
+		out = append(out, e.current)
+	}
+	for h := range e.previous {
+		out = append(out, h)
+	}
+	return append(out, e.revoked...)
 }
 
 // userEntry is what the index keeps of one ServiceUser.
@@ -42,10 +59,12 @@ type userEntry struct {
 }
 
 // hashRef points a hash at its token; validUntil is zero for the current
-// hash, and the end of the grace period for a previous one.
+// hash, and the end of the grace period for a previous one. A revoked ref is
+// a hash the token held before its revocation.
 type hashRef struct {
 	token      *tokenEntry
 	validUntil time.Time
+	revoked    bool
 }
 
 // Index maps token hashes to what a check needs. Lookups cost one map read
@@ -104,8 +123,17 @@ func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
 		}
 	}
 
+	isRevoked := t.Spec.Revoked || meta.IsStatusConditionTrue(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionRevoked)
+
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	if old, ok := ix.tokens[e.key]; ok && isRevoked {
+		for _, h := range old.hashes() {
+			if _, live := e.previous[h]; !live && (!e.hasCurrent || h != e.current) {
+				e.revoked = append(e.revoked, h)
+			}
+		}
+	}
 	ix.removeTokenLocked(e.key)
 	ix.tokens[e.key] = e
 	if e.hasCurrent {
@@ -114,6 +142,11 @@ func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
 	for h, until := range e.previous {
 		if _, taken := ix.byHash[h]; !taken {
 			ix.byHash[h] = hashRef{token: e, validUntil: until}
+		}
+	}
+	for _, h := range e.revoked {
+		if _, taken := ix.byHash[h]; !taken {
+			ix.byHash[h] = hashRef{token: e, revoked: true}
 		}
 	}
 }
@@ -131,10 +164,7 @@ func (ix *Index) removeTokenLocked(key types.NamespacedName) {
 		return
 	}
 	delete(ix.tokens, key)
-	if old.hasCurrent && ix.byHash[old.current].token == old {
-		delete(ix.byHash, old.current)
-	}
-	for h := range old.previous {
+	for _, h := range old.hashes() {
 		if ix.byHash[h].token == old {
 			delete(ix.byHash, h)
 		}

@@ -32,7 +32,7 @@ func NewMetrics(reg prometheus.Registerer, index *Index) *Metrics {
 		}),
 		indexSize: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "keymint_index_tokens",
-			Help: "Token hashes in the check server's index, current and in a grace period.",
+			Help: "Token hashes in the check server's index: current, in a grace period, and recently revoked.",
 		}, func() float64 { return float64(index.Len()) }),
 	}
 	reg.MustRegister(m.checks, m.latency, m.rateLimited, m.indexSize)

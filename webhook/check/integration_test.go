@@ -1,0 +1,220 @@
+package check_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/controllers"
+	"github.com/keymint/keymint/internal/selfsigned"
+	"github.com/keymint/keymint/internal/testenv"
+	"github.com/keymint/keymint/webhook/check"
+)
+
+// This suite runs the manager as cmd/keymint does (controllers, informers,
+// check server over TLS on a loopback port) against a real kube-apiserver,
+// and talks to the check server over HTTPS as a proxy would.
+var (
+	env        *envtest.Environment
+	k8sClient  client.Client
+	ctx        context.Context
+	cancel     context.CancelFunc
+	checkURL   string
+	httpClient *http.Client
+	probeURL   string
+)
+
+func TestCheckServer(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "Check Server Suite")
+}
+
+var _ = BeforeSuite(func() {
+	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
+	SetDefaultEventuallyTimeout(15 * time.Second)
+	SetDefaultEventuallyPollingInterval(50 * time.Millisecond)
+	ctx, cancel = context.WithCancel(context.Background())
+
+	var err error
+	env, err = testenv.New()
+	Expect(err).NotTo(HaveOccurred())
+	cfg, err := env.Start()
+	Expect(err).NotTo(HaveOccurred())
+	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme})
+	Expect(err).NotTo(HaveOccurred())
+
+	certDir, err := os.MkdirTemp("", "keymint-check-test-")
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(os.RemoveAll, certDir)
+	files, err := selfsigned.Write(certDir, "127.0.0.1")
+	Expect(err).NotTo(HaveOccurred())
+	caPEM, err := os.ReadFile(files.CAFile)
+	Expect(err).NotTo(HaveOccurred())
+	pool := x509.NewCertPool()
+	Expect(pool.AppendCertsFromPEM(caPEM)).To(BeTrue())
+	httpClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	Expect(err).NotTo(HaveOccurred())
+	checkURL = "https://" + ln.Addr().String()
+	probeLn, err := net.Listen("tcp", "127.0.0.1:0")
+	Expect(err).NotTo(HaveOccurred())
+	probeAddr := probeLn.Addr().String()
+	Expect(probeLn.Close()).To(Succeed())
+	probeURL = "http://" + probeAddr
+
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 testenv.Scheme,
+		Cache:                  controllers.CacheOptions(),
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: probeAddr,
+	})
+	Expect(err).NotTo(HaveOccurred())
+	Expect(controllers.Setup(ctx, mgr, clock.RealClock{})).To(Succeed())
+	Expect(check.Setup(ctx, mgr, check.Options{
+		Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile,
+		DefaultRequestsPerMinute: 500, FlushInterval: 100 * time.Millisecond,
+		Clock: clock.RealClock{}, Registerer: prometheus.NewRegistry(),
+	})).To(Succeed())
+	go func() {
+		defer GinkgoRecover()
+		Expect(mgr.Start(ctx)).To(Succeed())
+	}()
+})
+
+var _ = AfterSuite(func() {
+	if cancel != nil {
+		cancel()
+	}
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
+	}
+})
+
+// get calls /check with a bearer token and returns the status and JSON body.
+func get(tok string) (int, map[string]any) {
+	GinkgoHelper()
+	req, err := http.NewRequest(http.MethodGet, checkURL+check.CheckPath, nil)
+	Expect(err).NotTo(HaveOccurred())
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := httpClient.Do(req)
+	Expect(err).NotTo(HaveOccurred())
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	Expect(err).NotTo(HaveOccurred())
+	var body map[string]any
+	Expect(json.Unmarshal(raw, &body)).To(Succeed())
+	return resp.StatusCode, body
+}
+
+// issue creates a ServiceUser and an ApiToken and returns the token from its
+// Secret once the check server accepts it.
+func issue(ns, name string) string {
+	GinkgoHelper()
+	Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+	Expect(k8sClient.Create(ctx, &keymintv1alpha1.ServiceUser{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ci"},
+		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"deploy:write"}},
+	})).To(Succeed())
+	Expect(k8sClient.Create(ctx, &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci"},
+	})).To(Succeed())
+	var plain string
+	Eventually(func(g Gomega) {
+		sec := &corev1.Secret{}
+		g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, sec)).To(Succeed())
+		plain = string(sec.Data[keymintv1alpha1.SecretTokenKey])
+		status, _ := get(plain)
+		g.Expect(status).To(Equal(http.StatusOK))
+	}).Should(Succeed())
+	return plain
+}
+
+var _ = Describe("The check server in the manager", func() {
+	It("is ready once its index has synced", func() {
+		Eventually(func(g Gomega) {
+			resp, err := http.Get(probeURL + "/readyz/check-index")
+			g.Expect(err).NotTo(HaveOccurred())
+			resp.Body.Close()
+			g.Expect(resp.StatusCode).To(Equal(http.StatusOK))
+		}).Should(Succeed())
+	})
+
+	It("refuses a token within 1 s of revoked: true being applied", func() {
+		plain := issue("revoke-check", "deployer")
+
+		tok := &keymintv1alpha1.ApiToken{}
+		Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: "revoke-check", Name: "deployer"}, tok)).To(Succeed())
+		patch := client.MergeFrom(tok.DeepCopy())
+		tok.Spec.Revoked = true
+		applied := time.Now()
+		Expect(k8sClient.Patch(ctx, tok, patch)).To(Succeed())
+
+		Eventually(func() any {
+			_, body := get(plain)
+			return body["error"]
+		}, time.Second, 10*time.Millisecond).Should(Equal(string(check.RevokedToken)))
+		GinkgoWriter.Printf("revocation reached the check server %v after the patch returned\n", time.Since(applied))
+	})
+
+	It("refuses a token within 1 s of its ServiceUser being disabled", func() {
+		plain := issue("disable-check", "deployer")
+		user := &keymintv1alpha1.ServiceUser{}
+		Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: "disable-check", Name: "ci"}, user)).To(Succeed())
+		patch := client.MergeFrom(user.DeepCopy())
+		user.Spec.Disabled = true
+		Expect(k8sClient.Patch(ctx, user, patch)).To(Succeed())
+		Eventually(func() any {
+			_, body := get(plain)
+			return body["error"]
+		}, time.Second, 10*time.Millisecond).Should(Equal(string(check.RevokedToken)))
+	})
+
+	It("records lastUsedAt in the ApiToken status after a successful check", func() {
+		plain := issue("last-used", "deployer")
+		before := time.Now().Add(-time.Second)
+		status, _ := get(plain)
+		Expect(status).To(Equal(http.StatusOK))
+		Eventually(func(g Gomega) {
+			tok := &keymintv1alpha1.ApiToken{}
+			g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: "last-used", Name: "deployer"}, tok)).To(Succeed())
+			g.Expect(tok.Status.LastUsedAt).NotTo(BeNil())
+			g.Expect(tok.Status.LastUsedAt.Time).To(BeTemporally(">=", before.Truncate(time.Second)))
+			g.Expect(meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)).To(BeTrue(), "the controller's status is intact")
+		}).Should(Succeed())
+	})
+
+	It("speaks HTTP/1.1 only unless HTTP/2 is turned on", func() {
+		conn, err := tls.Dial("tcp", checkURL[len("https://"):], &tls.Config{
+			RootCAs: httpClient.Transport.(*http.Transport).TLSClientConfig.RootCAs, NextProtos: []string{"h2", "http/1.1"},
+		})
+		Expect(err).NotTo(HaveOccurred())
+		defer conn.Close()
+		Expect(conn.ConnectionState().NegotiatedProtocol).To(Equal("http/1.1"), fmt.Sprintf("%+v", conn.ConnectionState().NegotiatedProtocol))
+	})
+})
