@@ -52,6 +52,8 @@ type Handler struct {
 func (h *Handler) ServeMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc(CheckPath, h.serveCheck)
+	// Envoy's ext_authz appends the original path to its path_prefix.
+	mux.HandleFunc(CheckPath+"/", h.serveCheck)
 	mux.HandleFunc(TokenReviewV1, h.serveTokenReview)
 	mux.HandleFunc(TokenReviewV1beta, h.serveTokenReview)
 	return mux

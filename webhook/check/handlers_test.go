@@ -181,6 +181,9 @@ func TestCheckReadsTheForwardedHeaderAndAnyCaseOfBearer(t *testing.T) {
 	if a := f.do(http.MethodGet, CheckPath, http.Header{"Authorization": {"bearer " + tok}}, nil); a.status != http.StatusOK {
 		t.Errorf("lower-case scheme: %d %v", a.status, a.body)
 	}
+	if a := f.do(http.MethodGet, CheckPath+"/api/v1/links", http.Header{"Authorization": {"Bearer " + tok}}, nil); a.status != http.StatusOK {
+		t.Errorf("a path under /check, as Envoy sends it: %d %v", a.status, a.body)
+	}
 }
 
 func TestCheckRefusals(t *testing.T) {
