@@ -47,8 +47,9 @@ test: manifests generate fmt vet control-plane ## Run every test: unit, envtest 
 	KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./... -coverprofile cover.out
 
 .PHONY: bench
-bench: ## Run the benchmarks.
+bench: ## Run the benchmarks, then drive the check server over HTTPS against a bare Go server.
 	go test ./... -run '^$$' -bench . -benchmem
+	go run ./hack/loadgen -duration 5s -connections 16
 
 ##@ Build
 

@@ -5,9 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
+	"strings"
 	"time"
+
+	"github.com/go-logr/logr"
 
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -63,6 +67,7 @@ func (s *Server) Start(ctx context.Context) error {
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       90 * time.Second,
 		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          stdlog.New(errorLogWriter{log}, "", 0),
 	}
 	if !s.EnableHTTP2 {
 		// A non-nil empty map keeps net/http from enabling HTTP/2 by itself.
@@ -89,6 +94,20 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		return nil
 	}
+}
+
+// errorLogWriter sends net/http's own error log to the structured log. TLS
+// handshake errors (TCP probes, scanners) go to debug level: they are noise.
+type errorLogWriter struct{ log logr.Logger }
+
+func (w errorLogWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	if strings.Contains(msg, "TLS handshake error") {
+		w.log.V(1).Info(msg)
+	} else {
+		w.log.Info(msg)
+	}
+	return len(p), nil
 }
 
 // Feed keeps the index in step with the ApiTokens and ServiceUsers in the
