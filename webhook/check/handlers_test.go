@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -27,23 +28,25 @@ var t0 = time.Date(2026, 11, 23, 12, 0, 15, 0, time.UTC)
 // fixture is a check server on a loopback listener with an index the test
 // fills as the informers would.
 type fixture struct {
-	t      *testing.T
-	clock  *clocktesting.FakeClock
-	index  *Index
-	server *httptest.Server
-	usage  *Usage
+	t       *testing.T
+	metrics *Metrics
+	clock   *clocktesting.FakeClock
+	index   *Index
+	server  *httptest.Server
+	usage   *Usage
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	f := &fixture{t: t, clock: clocktesting.NewFakeClock(t0), index: NewIndex(), usage: NewUsage()}
+	f.metrics = NewMetrics(prometheus.NewRegistry(), f.index)
 	h := &Handler{
 		Checker:                  &Checker{Index: f.index},
 		Limiter:                  NewLimiter(),
 		Usage:                    f.usage,
 		Clock:                    f.clock,
 		DefaultRequestsPerMinute: 500,
-		Metrics:                  NewMetrics(prometheus.NewRegistry(), f.index),
+		Metrics:                  f.metrics,
 	}
 	f.server = httptest.NewServer(h.ServeMux())
 	t.Cleanup(f.server.Close)
@@ -480,5 +483,32 @@ func TestARevokedTokenStaysRevokedOnceTheControllerClearsItsHash(t *testing.T) {
 	f.index.DeleteToken(types.NamespacedName{Namespace: "team-a", Name: "t"})
 	if f.index.Len() != 0 {
 		t.Errorf("index holds %d hashes after the delete", f.index.Len())
+	}
+}
+
+func TestMetricsCountChecksByEndpointAndResult(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter", func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequestsPerMinute = 1 })
+	tok := f.token("t", "exporter")
+	f.check(tok, "")
+	f.check(tok, "") // rate limited
+	f.check("", "")
+	f.do(http.MethodPost, TokenReviewV1, nil, reviewBody("authentication.k8s.io/v1", tok))
+
+	for labels, want := range map[[2]string]float64{
+		{"check", "ok"}: 1, {"check", "rate_limited"}: 1, {"check", "missing_token"}: 1, {"tokenreview", "ok"}: 1,
+	} {
+		if got := testutil.ToFloat64(f.metrics.checks.WithLabelValues(labels[0], labels[1])); got != want {
+			t.Errorf("keymint_checks_total%v = %v, want %v", labels, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(f.metrics.rateLimited); got != 1 {
+		t.Errorf("keymint_rate_limited_total = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(f.metrics.indexSize); got != 1 {
+		t.Errorf("keymint_index_tokens = %v, want 1", got)
+	}
+	if n := testutil.CollectAndCount(f.metrics.latency); n != 2 {
+		t.Errorf("latency histograms for %d endpoints, want 2", n)
 	}
 }
