@@ -46,6 +46,10 @@ control-plane: ## Build kube-apiserver and etcd (and kubectl if none is on PATH)
 test: manifests generate fmt vet control-plane ## Run every test: unit, envtest suites (real kube-apiserver + etcd) and end-to-end.
 	KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./... -coverprofile cover.out
 
+.PHONY: test-e2e
+test-e2e: control-plane ## Run only the end-to-end suite: keymint started as make run does, driven with kubectl and HTTPS.
+	KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./test/e2e/ -count=1 -v -args -ginkgo.v
+
 .PHONY: bench
 bench: ## Run the benchmarks, then drive the check server over HTTPS against a bare Go server.
 	go test ./... -run '^$$' -bench . -benchmem
@@ -58,8 +62,9 @@ build: manifests generate fmt vet ## Build the manager binary into bin/keymint.
 	go build -o bin/keymint ./cmd/keymint
 
 .PHONY: run
-run: manifests generate fmt vet install ## Run the manager from your host against the cluster in your kubeconfig.
-	go run ./cmd/keymint
+run: build control-plane ## Run keymint in the foreground: against the cluster in your kubeconfig if one answers, else a local control plane (Ctrl-C stops all).
+	go build -o bin/keymint-run ./hack/run
+	bin/keymint-run $(RUN_ARGS)
 
 .PHONY: docker-build
 docker-build: ## Build the manager image.

@@ -1,0 +1,355 @@
+// Command run is `make run`: it runs keymint against the cluster in your
+// kubeconfig if one answers, and otherwise against a local control plane it
+// starts itself (the kube-apiserver and etcd the tests use), with
+// kube-apiserver authenticating bearer tokens through keymint's TokenReview
+// endpoint. It stays in the foreground; Ctrl-C (SIGINT) or SIGTERM stops
+// everything it started.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/keymint/keymint/internal/selfsigned"
+	"github.com/keymint/keymint/internal/testenv"
+)
+
+type options struct {
+	dir        string
+	keymintBin string
+	checkPort  int
+	local      bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.dir, "dir", ".dev", "where the local control plane keeps its data, certificates, kubeconfig and keymint.env")
+	flag.StringVar(&o.keymintBin, "keymint", "bin/keymint", "the keymint binary to run")
+	flag.IntVar(&o.checkPort, "check-port", 8443, "port of keymint's check server on 127.0.0.1 (0 picks a free one)")
+	flag.BoolVar(&o.local, "local", false, "start a local control plane even when a kubeconfig points at a reachable cluster")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintf(os.Stderr, "\nkeymint run: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func say(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
+
+func run(ctx context.Context, o options) error {
+	dir, err := filepath.Abs(o.dir)
+	if err != nil {
+		return err
+	}
+	if o.keymintBin, err = filepath.Abs(o.keymintBin); err != nil {
+		return err
+	}
+	envFile := filepath.Join(dir, "keymint.env")
+	_ = os.Remove(envFile) // it appears again only once keymint is serving
+
+	if !o.local {
+		if cfg, kubeconfig, ok := reachableCluster(); ok {
+			return runAgainstCluster(ctx, o, dir, envFile, cfg, kubeconfig)
+		}
+	}
+	return runLocal(ctx, o, dir, envFile)
+}
+
+// reachableCluster returns the kubeconfig's cluster, and the kubeconfig's
+// path (as KUBECONFIG would say it), if the cluster answers within a few
+// seconds.
+func reachableCluster() (*rest.Config, string, bool) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if len(rules.Precedence) == 0 {
+		return nil, "", false
+	}
+	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
+	cfg, err := loader.ClientConfig()
+	if err != nil {
+		return nil, "", false
+	}
+	probe := rest.CopyConfig(cfg)
+	probe.Timeout = 3 * time.Second
+	dc, err := discovery.NewDiscoveryClientForConfig(probe)
+	if err != nil {
+		return nil, "", false
+	}
+	if _, err := dc.ServerVersion(); err != nil {
+		say("No reachable cluster in your kubeconfig (%s): starting a local control plane", firstLine(err.Error()))
+		return nil, "", false
+	}
+	return cfg, strings.Join(rules.GetLoadingPrecedence(), string(os.PathListSeparator)), true
+}
+
+func runAgainstCluster(ctx context.Context, o options, dir, envFile string, cfg *rest.Config, kubeconfig string) error {
+	say("Using the cluster in your kubeconfig: %s", cfg.Host)
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return err
+	}
+	say("Installing the CRDs")
+	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{filepath.Join(root, "config", "crd", "bases")}, ErrorIfPathMissing: true}); err != nil {
+		return fmt.Errorf("installing the CRDs: %w", err)
+	}
+	if _, err := writeCerts(dir); err != nil {
+		return err
+	}
+	say("This cluster's kube-apiserver does not ask keymint about tokens unless you configure it (docs/checks.md); /check works as is")
+	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig)
+}
+
+func runLocal(ctx context.Context, o options, dir, envFile string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	assets, err := testenv.AssetsDir()
+	if err != nil {
+		return err
+	}
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return err
+	}
+	// kube-apiserver is told the check server's address before keymint runs,
+	// so pick the port now and keep it.
+	checkPort, err := port(o.checkPort)
+	if err != nil {
+		return fmt.Errorf("port %d for the check server: %w (pass -check-port 0 for a free one)", o.checkPort, err)
+	}
+	o.checkPort = checkPort
+	checkURL := fmt.Sprintf("https://127.0.0.1:%d", checkPort)
+
+	say("Writing certificates and configuration to %s", dir)
+	certs, err := writeCerts(dir)
+	if err != nil {
+		return err
+	}
+	// The admin identity is a bearer token, not a client certificate:
+	// kube-apiserver tries certificates first, so with one in the kubeconfig
+	// `kubectl --token <keymint token>` would still act as the admin.
+	adminToken := randomHex(24)
+	tokenFile := filepath.Join(dir, "admin-tokens.csv")
+	if err := os.WriteFile(tokenFile, []byte(adminToken+`,keymint-dev-admin,keymint-dev-admin,"system:masters"`+"\n"), 0o600); err != nil {
+		return err
+	}
+	webhookConfig := filepath.Join(dir, "token-webhook.kubeconfig")
+	if err := clientcmd.WriteToFile(clientcmdapi.Config{
+		Clusters:       map[string]*clientcmdapi.Cluster{"keymint": {Server: checkURL + "/apis/authentication.k8s.io/v1/tokenreviews", CertificateAuthority: certs.CAFile}},
+		AuthInfos:      map[string]*clientcmdapi.AuthInfo{"kube-apiserver": {}},
+		Contexts:       map[string]*clientcmdapi.Context{"keymint": {Cluster: "keymint", AuthInfo: "kube-apiserver"}},
+		CurrentContext: "keymint",
+	}, webhookConfig); err != nil {
+		return err
+	}
+
+	say("Starting etcd and kube-apiserver %s (data in %s)", testenv.KubernetesVersion, filepath.Join(dir, "etcd"))
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	env.ControlPlane.Etcd = &envtest.Etcd{DataDir: filepath.Join(dir, "etcd")}
+	if err := os.MkdirAll(env.ControlPlane.Etcd.DataDir, 0o700); err != nil {
+		return err
+	}
+	env.ControlPlane.APIServer = &envtest.APIServer{}
+	args := env.ControlPlane.APIServer.Configure()
+	args.Set("authentication-token-webhook-config-file", webhookConfig)
+	args.Set("authentication-token-webhook-version", "v1")
+	args.Set("authentication-token-webhook-cache-ttl", "5s")
+	args.Set("token-auth-file", tokenFile)
+	cfg, err := env.Start()
+	if err != nil {
+		return fmt.Errorf("starting the control plane: %w", err)
+	}
+	defer func() {
+		say("Stopping kube-apiserver and etcd")
+		if err := env.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "stopping the control plane: %v\n", err)
+		}
+		_ = os.Remove(envFile)
+	}()
+
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(clientcmdapi.Config{
+		Clusters:       map[string]*clientcmdapi.Cluster{"keymint-local": {Server: cfg.Host, CertificateAuthorityData: cfg.CAData}},
+		AuthInfos:      map[string]*clientcmdapi.AuthInfo{"admin": {Token: adminToken}},
+		Contexts:       map[string]*clientcmdapi.Context{"keymint-local": {Cluster: "keymint-local", AuthInfo: "admin", Namespace: "default"}},
+		CurrentContext: "keymint-local",
+	}, kubeconfig); err != nil {
+		return err
+	}
+
+	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig)
+}
+
+// serveKeymint runs keymint against kubeconfig with a self-signed check
+// server certificate, writes envFile once it is ready, and stops it on
+// SIGINT or SIGTERM.
+func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig string) error {
+	checkPort, err := port(o.checkPort)
+	if err != nil {
+		return fmt.Errorf("port %d for the check server: %w (pass -check-port 0 for a free one)", o.checkPort, err)
+	}
+	probePort, err := port(0)
+	if err != nil {
+		return err
+	}
+	checkURL := fmt.Sprintf("https://127.0.0.1:%d", checkPort)
+	certs := certFiles(dir)
+
+	say("Starting keymint; its logs follow")
+	cmd := exec.Command(o.keymintBin,
+		"--zap-devel",
+		"--check-bind-address", "127.0.0.1:"+strconv.Itoa(checkPort),
+		"--check-tls-cert-file", certs.CertFile, "--check-tls-key-file", certs.KeyFile,
+		"--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(probePort),
+		"--metrics-bind-address", "0",
+	)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	if err := waitReady(ctx, probePort, exited); err != nil {
+		stopChild(cmd, exited)
+		return err
+	}
+	vars := fmt.Sprintf("KUBECONFIG=%s\nKEYMINT_CHECK_URL=%s\nKEYMINT_CA_FILE=%s\n", kubeconfig, checkURL, certs.CAFile)
+	if err := os.WriteFile(envFile, []byte(vars), 0o600); err != nil {
+		stopChild(cmd, exited)
+		return err
+	}
+	defer os.Remove(envFile)
+	printNextSteps(root, envFile)
+
+	select {
+	case <-ctx.Done():
+		say("Stopping keymint")
+		stopChild(cmd, exited)
+		return nil
+	case err := <-exited:
+		return fmt.Errorf("keymint exited: %v", err)
+	}
+}
+
+// waitReady waits until keymint's /readyz answers 200: the controllers are
+// running and the check server's index has synced.
+func waitReady(ctx context.Context, probePort int, exited <-chan error) error {
+	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", probePort)
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.After(2 * time.Minute)
+	for {
+		if resp, err := client.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return errors.New("interrupted before keymint was ready")
+		case err := <-exited:
+			return fmt.Errorf("keymint exited before it was ready: %v", err)
+		case <-deadline:
+			return fmt.Errorf("keymint was not ready after 2 minutes (%s)", url)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func certFiles(dir string) selfsigned.Files {
+	d := filepath.Join(dir, "certs")
+	return selfsigned.Files{CAFile: filepath.Join(d, "ca.crt"), CertFile: filepath.Join(d, "tls.crt"), KeyFile: filepath.Join(d, "tls.key")}
+}
+
+// writeCerts writes the check server's CA and serving pair into dir/certs.
+func writeCerts(dir string) (selfsigned.Files, error) {
+	return selfsigned.Write(filepath.Join(dir, "certs"), "127.0.0.1", "localhost")
+}
+
+// stopChild asks keymint to stop and kills it if it has not after 10 s.
+func stopChild(cmd *exec.Cmd, exited <-chan error) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
+
+func printNextSteps(root, envFile string) {
+	rel := func(p string) string {
+		if r, err := filepath.Rel(root, p); err == nil {
+			return r
+		}
+		return p
+	}
+	fmt.Printf(`
+==> keymint is ready. In a second terminal, from %s:
+
+  source %s && export KUBECONFIG KEYMINT_CHECK_URL KEYMINT_CA_FILE
+  kubectl apply -k config/samples
+  kubectl get serviceusers,apitokens
+  TOKEN=$(kubectl get secret billing-exporter-token -o jsonpath='{.data.token}' | base64 -d)
+  kubectl --token "$TOKEN" auth whoami
+  curl --cacert "$KEYMINT_CA_FILE" -H "Authorization: Bearer $TOKEN" "$KEYMINT_CHECK_URL/check?scope=invoices:read"
+
+Ctrl-C here stops keymint, kube-apiserver and etcd.
+
+`, root, rel(envFile))
+}
+
+// port returns p if it is free on 127.0.0.1, or a free port when p is 0.
+func port(p int) (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func firstLine(s string) string {
+	for i, c := range s {
+		if c == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
