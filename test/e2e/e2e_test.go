@@ -259,10 +259,14 @@ var _ = Describe("keymint, driven with kubectl and HTTPS", Ordered, func() {
 
 	It("revokes with kubectl patch: /check and kube-apiserver both refuse", func() {
 		mustKubectl("patch", "apitoken", "billing-exporter-prod", "--type=merge", "-p", `{"spec":{"revoked":true}}`)
+		revoked := time.Now()
 		Eventually(func() any { _, b := check(prodToken, ""); return b["error"] }, 5*time.Second).Should(Equal("revoked_token"))
-		// kube-apiserver caches TokenReview answers for 5 s.
+		GinkgoWriter.Printf("/check refused the revoked token %v after the patch\n", time.Since(revoked))
+		// kube-apiserver caches a successful authentication for 10 s, beyond
+		// the 5 s webhook cache make run configures.
 		Eventually(func() string { out, _ := kubectl("--token", prodToken, "auth", "whoami"); return out }, 20*time.Second).
 			Should(ContainSubstring("Unauthorized"))
+		GinkgoWriter.Printf("kube-apiserver refused the revoked token %v after the patch\n", time.Since(revoked))
 		Expect(secretTokenOrEmpty("billing-exporter-token")).To(BeEmpty(), "the Secret no longer holds the token")
 	})
 
