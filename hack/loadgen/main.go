@@ -129,11 +129,7 @@ func checkHandler(n int) (http.Handler, string, error) {
 		})
 		last = plain
 	}
-	h := &check.Handler{
-		Checker: &check.Checker{Index: index}, Limiter: check.NewLimiter(), Usage: check.NewUsage(),
-		Clock: clock.RealClock{}, DefaultRequestsPerMinute: 1_000_000_000,
-		Metrics: check.NewMetrics(prometheus.NewRegistry(), index),
-	}
+	h := check.NewHandler(index, clock.RealClock{}, 1_000_000_000, prometheus.NewRegistry())
 	return h.ServeMux(), last, nil
 }
 

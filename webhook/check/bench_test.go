@@ -90,11 +90,7 @@ func BenchmarkBaselineHashLookup(b *testing.B) {
 func BenchmarkCheckHandler(b *testing.B) {
 	for _, n := range sizes {
 		index, tok := benchIndex(b, n)
-		h := (&Handler{
-			Checker: &Checker{Index: index}, Limiter: NewLimiter(), Usage: NewUsage(),
-			Clock: clocktesting.NewFakeClock(t0), DefaultRequestsPerMinute: 1 << 30,
-			Metrics: NewMetrics(prometheus.NewRegistry(), index),
-		}).ServeMux()
+		h := NewHandler(index, clocktesting.NewFakeClock(t0), 1<<30, prometheus.NewRegistry()).ServeMux()
 		req := httptest.NewRequest(http.MethodGet, CheckPath+"?scope=links:read", nil)
 		req.Header.Set("Authorization", "Bearer "+tok)
 		b.Run(fmt.Sprintf("tokens=%d", n), func(b *testing.B) {

@@ -29,11 +29,7 @@ func fuzzHandler(f *testing.F) (http.Handler, string) {
 		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "u"},
 		Status:     keymintv1alpha1.ApiTokenStatus{TokenHash: token.HashString(good), IssuedAt: &issued},
 	})
-	h := &Handler{
-		Checker: &Checker{Index: index}, Limiter: NewLimiter(), Usage: NewUsage(),
-		Clock: clocktesting.NewFakeClock(t0), DefaultRequestsPerMinute: 1 << 20,
-		Metrics: NewMetrics(prometheus.NewRegistry(), index),
-	}
+	h := NewHandler(index, clocktesting.NewFakeClock(t0), 1<<20, prometheus.NewRegistry())
 	return h.ServeMux(), good
 }
 

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	authnv1 "k8s.io/api/authentication/v1"
 	authnv1beta1 "k8s.io/api/authentication/v1beta1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,6 +47,19 @@ type Handler struct {
 	// ServiceUser set no rate.
 	DefaultRequestsPerMinute int32
 	Metrics                  *Metrics
+}
+
+// NewHandler returns a handler over index with its own rate limiter and
+// usage record, and metrics registered with reg.
+func NewHandler(index *Index, clk clock.PassiveClock, defaultRequestsPerMinute int32, reg prometheus.Registerer) *Handler {
+	return &Handler{
+		Checker:                  &Checker{Index: index},
+		Limiter:                  NewLimiter(),
+		Usage:                    NewUsage(),
+		Clock:                    clk,
+		DefaultRequestsPerMinute: defaultRequestsPerMinute,
+		Metrics:                  NewMetrics(reg, index),
+	}
 }
 
 // ServeMux returns the routes.

@@ -38,16 +38,9 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{t: t, clock: clocktesting.NewFakeClock(t0), index: NewIndex(), usage: NewUsage()}
-	f.metrics = NewMetrics(prometheus.NewRegistry(), f.index)
-	h := &Handler{
-		Checker:                  &Checker{Index: f.index},
-		Limiter:                  NewLimiter(),
-		Usage:                    f.usage,
-		Clock:                    f.clock,
-		DefaultRequestsPerMinute: 500,
-		Metrics:                  f.metrics,
-	}
+	f := &fixture{t: t, clock: clocktesting.NewFakeClock(t0), index: NewIndex()}
+	h := NewHandler(f.index, f.clock, 500, prometheus.NewRegistry())
+	f.usage, f.metrics = h.Usage, h.Metrics
 	f.server = httptest.NewServer(h.ServeMux())
 	t.Cleanup(f.server.Close)
 	return f

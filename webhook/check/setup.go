@@ -43,16 +43,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	if err != nil {
 		return err
 	}
-	usage := NewUsage()
-	limiter := NewLimiter()
-	handler := &Handler{
-		Checker:                  &Checker{Index: index},
-		Limiter:                  limiter,
-		Usage:                    usage,
-		Clock:                    opts.Clock,
-		DefaultRequestsPerMinute: opts.DefaultRequestsPerMinute,
-		Metrics:                  NewMetrics(opts.Registerer, index),
-	}
+	handler := NewHandler(index, opts.Clock, opts.DefaultRequestsPerMinute, opts.Registerer)
 	if err := mgr.Add(&Server{
 		Addr: opts.Addr, CertFile: opts.CertFile, KeyFile: opts.KeyFile, EnableHTTP2: opts.EnableHTTP2,
 		Handler: handler.ServeMux(), listener: opts.Listener,
@@ -60,8 +51,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	if err := mgr.Add(&UsageFlusher{
-		Usage: usage, Client: mgr.GetClient(), Clock: opts.Clock, Interval: opts.FlushInterval, MinGap: time.Minute,
-		Limiter: limiter,
+		Usage: handler.Usage, Client: mgr.GetClient(), Clock: opts.Clock, Interval: opts.FlushInterval, MinGap: time.Minute,
+		Limiter: handler.Limiter,
 	}); err != nil {
 		return err
 	}
