@@ -25,6 +25,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/keymint/keymint/internal/testenv"
+	"github.com/keymint/keymint/internal/token"
 )
 
 func TestE2E(t *testing.T) {
@@ -159,8 +160,21 @@ func kubectl(args ...string) (string, error) {
 func mustKubectl(args ...string) string {
 	GinkgoHelper()
 	out, err := kubectl(args...)
-	Expect(err).NotTo(HaveOccurred(), "kubectl %s: %s", strings.Join(args, " "), out)
+	Expect(err).NotTo(HaveOccurred(), "kubectl %s: %s", redact(args), out)
 	return out
+}
+
+// redact shows kubectl arguments with any token cut to its display prefix,
+// so a failure message never carries a whole token.
+func redact(args []string) string {
+	shown := make([]string, len(args))
+	for i, a := range args {
+		shown[i] = a
+		if _, err := token.Parse(a); err == nil {
+			shown[i] = token.Display(a) + "…"
+		}
+	}
+	return strings.Join(shown, " ")
 }
 
 // secretToken reads a token from its Secret as a user would.
