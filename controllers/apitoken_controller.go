@@ -135,16 +135,12 @@ func (r *ApiTokenReconciler) secret(ctx context.Context, tok *keymintv1alpha1.Ap
 	sec = &corev1.Secret{}
 	err = r.Client.Get(ctx, key, sec)
 	if apierrors.IsNotFound(err) {
-		// The cache holds only labelled Secrets; ask the API server whether
-		// an unlabelled one holds the name.
+		// The cache holds only labelled Secrets, and may not yet hold one
+		// this controller just created: ask the API server.
 		err = r.APIReader.Get(ctx, key, sec)
 		if apierrors.IsNotFound(err) {
 			return nil, false, nil
 		}
-		if err != nil {
-			return nil, false, err
-		}
-		return nil, true, nil
 	}
 	if err != nil {
 		return nil, false, err
