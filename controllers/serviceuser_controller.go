@@ -65,7 +65,9 @@ func (r *ServiceUserReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		return r.finishDeletion(ctx, user, tokens.Items)
 	}
 	if !controllerutil.ContainsFinalizer(user, TokensFinalizer) {
-		patch := client.MergeFrom(user.DeepCopy())
+		// A merge patch replaces the whole finalizer list: lock on the
+		// resourceVersion so a stale read cannot drop someone else's.
+		patch := client.MergeFromWithOptions(user.DeepCopy(), client.MergeFromWithOptimisticLock{})
 		controllerutil.AddFinalizer(user, TokensFinalizer)
 		if err := r.Client.Patch(ctx, user, patch); err != nil {
 			return ctrl.Result{}, err
@@ -143,7 +145,7 @@ func (r *ServiceUserReconciler) finishDeletion(ctx context.Context, user *keymin
 		// Token watches bring us back as they change; the requeue is a backstop.
 		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 	}
-	patch := client.MergeFrom(user.DeepCopy())
+	patch := client.MergeFromWithOptions(user.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	controllerutil.RemoveFinalizer(user, TokensFinalizer)
 	return ctrl.Result{}, r.Client.Patch(ctx, user, patch)
 }
