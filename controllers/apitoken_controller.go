@@ -43,7 +43,7 @@ type ApiTokenReconciler struct {
 }
 
 // +kubebuilder:rbac:groups=keymint.io,resources=apitokens,verbs=get;list;watch
-// +kubebuilder:rbac:groups=keymint.io,resources=apitokens/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=keymint.io,resources=apitokens/status,verbs=patch
 // +kubebuilder:rbac:groups=keymint.io,resources=apitokens/finalizers,verbs=update
 // +kubebuilder:rbac:groups=keymint.io,resources=serviceusers,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update
@@ -103,6 +103,9 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 // observe gathers what decide needs.
 func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, sec *corev1.Secret, conflict bool, now time.Time) observation {
 	rec, hasToken := readRecord(sec)
+	if hasToken {
+		rec = trustedRecord(&tok.Status, &tok.Spec, rec, now)
+	}
 	return observation{
 		Spec:             &tok.Spec,
 		RotateRequest:    tok.Annotations[keymintv1alpha1.RotateAnnotation],
@@ -136,11 +139,17 @@ func (r *ApiTokenReconciler) secret(ctx context.Context, tok *keymintv1alpha1.Ap
 	err = r.Client.Get(ctx, key, sec)
 	if apierrors.IsNotFound(err) {
 		// The cache holds only labelled Secrets, and may not yet hold one
-		// this controller just created: ask the API server.
-		err = r.APIReader.Get(ctx, key, sec)
-		if apierrors.IsNotFound(err) {
-			return nil, false, nil
+		// this controller just created: ask the API server, for metadata
+		// only, so a foreign Secret's data is never read.
+		m := &metav1.PartialObjectMetadata{}
+		m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+		if err := r.APIReader.Get(ctx, key, m); err != nil {
+			return nil, false, client.IgnoreNotFound(err)
 		}
+		if owner := metav1.GetControllerOf(m); owner == nil || owner.UID != tok.UID {
+			return nil, true, nil
+		}
+		err = r.APIReader.Get(ctx, key, sec)
 	}
 	if err != nil {
 		return nil, false, err

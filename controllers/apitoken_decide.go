@@ -67,12 +67,57 @@ const (
 	eventSecretConflict    = "SecretConflict"
 )
 
+// trustedRecord returns the record a reconcile decides from. The status is
+// authoritative for a token it already names: the Secret's annotations are
+// editable by anyone who can edit the Secret, and must not move an issue
+// time or add accepted hashes. The annotations are read only to recover a
+// token the status does not name (a crash between the Secret and status
+// writes, a status lost to a restore), and then bounded: an issue time no
+// later than now, grace periods no longer than the spec's from now, and at
+// most maxPreviousTokens of them.
+func trustedRecord(st *keymintv1alpha1.ApiTokenStatus, spec *keymintv1alpha1.ApiTokenSpec, fromSecret secretRecord, now time.Time) secretRecord {
+	rec := fromSecret
+	if st.TokenHash == fromSecret.Hash && st.IssuedAt != nil {
+		rec.IssuedAt = st.IssuedAt.Time
+		rec.RotatedAt = nil
+		if st.RotatedAt != nil {
+			t := st.RotatedAt.Time
+			rec.RotatedAt = &t
+		}
+		rec.Previous = nil
+		for _, p := range st.PreviousTokens {
+			rec.Previous = append(rec.Previous, tokenstate.Previous{Hash: p.TokenHash, ValidUntil: p.ValidUntil.Time})
+		}
+		rec.RotationRequest = st.LastRotationRequest
+		return rec
+	}
+	if rec.IssuedAt.After(now) {
+		rec.IssuedAt = now.Truncate(time.Second)
+	}
+	latest := now.Add(tokenstate.GracePeriod(spec))
+	var prev []tokenstate.Previous
+	for _, p := range rec.Previous {
+		if p.ValidUntil.After(latest) {
+			p.ValidUntil = latest.Truncate(time.Second)
+		}
+		prev = append(prev, p)
+	}
+	if len(prev) > maxPreviousTokens {
+		prev = prev[len(prev)-maxPreviousTokens:]
+	}
+	rec.Previous = prev
+	return rec
+}
+
 // decide picks the one action a reconcile takes.
 func decide(o observation) decision {
+	reason := tokenstate.RevocationReason(o.Spec, o.User)
 	if o.Conflict {
-		return decision{Action: actNone}
+		// Nothing of ours to touch, but still say whether the token is revoked:
+		// deleting its ServiceUser waits for that.
+		return decision{Action: actNone, RevokeReason: reason}
 	}
-	if reason := tokenstate.RevocationReason(o.Spec, o.User); reason != "" {
+	if reason != "" {
 		d := decision{RevokeReason: reason}
 		if o.SecretHoldsToken {
 			d.Action, d.Reason = actRevoke, eventRevoked

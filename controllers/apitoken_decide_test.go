@@ -71,6 +71,10 @@ func TestDecide(t *testing.T) {
 		"a Secret conflict: touch nothing": {
 			obs: obs(noToken, func(o *observation) { o.Conflict = true }), wantAction: actNone,
 		},
+		"a Secret conflict still reports a revocation, so a ServiceUser deletion can finish": {
+			obs:        obs(noToken, func(o *observation) { o.Conflict = true; o.User = tokenstate.User{} }),
+			wantAction: actNone, wantRevokeReason: keymintv1alpha1.ApiTokenReasonServiceUserNotFound,
+		},
 		"a new rotate annotation value: rotate": {
 			obs: obs(func(o *observation) { o.RotateRequest = "1" }), wantAction: actRotate, wantReason: eventRotationRequested,
 		},
@@ -271,4 +275,38 @@ func TestDesiredStatus(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestTrustedRecord(t *testing.T) {
+	issued := now.Add(-time.Hour)
+	status := keymintv1alpha1.ApiTokenStatus{
+		TokenHash: "sha256:current", IssuedAt: &metav1.Time{Time: issued}, LastRotationRequest: "r1",
+		PreviousTokens: []keymintv1alpha1.PreviousToken{{TokenHash: "sha256:old", ValidUntil: metav1.Time{Time: now.Add(time.Minute)}}},
+	}
+	graceHour := &keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{GracePeriod: &metav1.Duration{Duration: time.Hour}}}
+	// planted is what someone who can edit the Secret wrote into its annotations.
+	planted := secretRecord{
+		Hash: "sha256:current", IssuedAt: now.Add(1000 * time.Hour), RotationRequest: "r9",
+		Previous: []tokenstate.Previous{{Hash: "sha256:planted", ValidUntil: now.Add(10000 * time.Hour)}},
+	}
+
+	t.Run("a token the status names keeps the status's issue time and hashes", func(t *testing.T) {
+		rec := trustedRecord(&status, graceHour, planted, now)
+		if !rec.IssuedAt.Equal(issued) || rec.RotationRequest != "r1" || len(rec.Previous) != 1 || rec.Previous[0].Hash != "sha256:old" {
+			t.Errorf("record %+v follows the annotations, want the status", rec)
+		}
+	})
+	t.Run("a token the status does not name is adopted, with its annotations bounded", func(t *testing.T) {
+		lost := keymintv1alpha1.ApiTokenStatus{}
+		rec := trustedRecord(&lost, graceHour, planted, now)
+		if rec.IssuedAt.After(now) {
+			t.Errorf("issued at %v, after now", rec.IssuedAt)
+		}
+		if len(rec.Previous) != 1 || rec.Previous[0].ValidUntil.After(now.Add(time.Hour)) {
+			t.Errorf("previous %+v: want grace bounded to now + the spec's 1h", rec.Previous)
+		}
+		if rec.RotationRequest != "r9" {
+			t.Errorf("rotation request %q: a rebuild keeps the handled value, so a crash never rotates twice", rec.RotationRequest)
+		}
+	})
 }

@@ -44,9 +44,8 @@ type ServiceUserReconciler struct {
 	Recorder events.EventRecorder
 }
 
-// +kubebuilder:rbac:groups=keymint.io,resources=serviceusers,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=keymint.io,resources=serviceusers/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=keymint.io,resources=serviceusers/finalizers,verbs=update
+// +kubebuilder:rbac:groups=keymint.io,resources=serviceusers,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=keymint.io,resources=serviceusers/status,verbs=patch
 // +kubebuilder:rbac:groups=keymint.io,resources=apitokens,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 

@@ -53,6 +53,10 @@ func main() {
 		os.Exit(2)
 	}
 	checkOpts.DefaultRequestsPerMinute = int32(defaultRPM)
+	if checkOpts.FlushInterval <= 0 {
+		log.Error(nil, "--last-used-flush-interval must be positive", "value", checkOpts.FlushInterval)
+		os.Exit(2)
+	}
 	if (checkOpts.CertFile == "") != (checkOpts.KeyFile == "") {
 		log.Error(nil, "Set both --check-tls-cert-file and --check-tls-key-file, or neither")
 		os.Exit(2)

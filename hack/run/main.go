@@ -24,11 +24,15 @@ import (
 	"syscall"
 	"time"
 
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/internal/testenv"
@@ -118,7 +122,7 @@ func runAgainstCluster(ctx context.Context, o options, dir, envFile string, cfg 
 		return err
 	}
 	say("This cluster's kube-apiserver does not ask keymint about tokens unless you configure it (docs/checks.md); /check works as is")
-	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig)
+	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, kubeconfig)
 }
 
 func runLocal(ctx context.Context, o options, dir, envFile string) error {
@@ -150,9 +154,14 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 	// The admin identity is a bearer token, not a client certificate:
 	// kube-apiserver tries certificates first, so with one in the kubeconfig
 	// `kubectl --token <keymint token>` would still act as the admin.
-	adminToken := randomHex(24)
-	tokenFile := filepath.Join(dir, "admin-tokens.csv")
-	if err := os.WriteFile(tokenFile, []byte(adminToken+`,keymint-dev-admin,keymint-dev-admin,"system:masters"`+"\n"), 0o600); err != nil {
+	// keymint itself runs as its own user, bound to the ClusterRole generated
+	// from its RBAC markers, so a missing permission shows here, not in a
+	// real cluster.
+	adminToken, managerToken := randomHex(24), randomHex(24)
+	tokenFile := filepath.Join(dir, "static-tokens.csv")
+	tokens := adminToken + `,keymint-dev-admin,keymint-dev-admin,"system:masters"` + "\n" +
+		managerToken + `,` + managerUser + `,` + managerUser + "\n"
+	if err := os.WriteFile(tokenFile, []byte(tokens), 0o600); err != nil {
 		return err
 	}
 	webhookConfig := filepath.Join(dir, "token-webhook.kubeconfig")
@@ -194,22 +203,67 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 	}()
 
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(clientcmdapi.Config{
-		Clusters:       map[string]*clientcmdapi.Cluster{"keymint-local": {Server: cfg.Host, CertificateAuthorityData: cfg.CAData}},
-		AuthInfos:      map[string]*clientcmdapi.AuthInfo{"admin": {Token: adminToken}},
-		Contexts:       map[string]*clientcmdapi.Context{"keymint-local": {Cluster: "keymint-local", AuthInfo: "admin", Namespace: "default"}},
-		CurrentContext: "keymint-local",
-	}, kubeconfig); err != nil {
+	managerKubeconfig := filepath.Join(dir, "manager.kubeconfig")
+	for path, token := range map[string]string{kubeconfig: adminToken, managerKubeconfig: managerToken} {
+		if err := clientcmd.WriteToFile(clientcmdapi.Config{
+			Clusters:       map[string]*clientcmdapi.Cluster{"keymint-local": {Server: cfg.Host, CertificateAuthorityData: cfg.CAData}},
+			AuthInfos:      map[string]*clientcmdapi.AuthInfo{"user": {Token: token}},
+			Contexts:       map[string]*clientcmdapi.Context{"keymint-local": {Cluster: "keymint-local", AuthInfo: "user", Namespace: "default"}},
+			CurrentContext: "keymint-local",
+		}, path); err != nil {
+			return err
+		}
+	}
+	if err := bindManagerRole(ctx, cfg, root); err != nil {
 		return err
 	}
 
-	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig)
+	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, managerKubeconfig)
+}
+
+// managerUser is who keymint runs as on the local control plane.
+const managerUser = "keymint-manager"
+
+// bindManagerRole creates config/rbac/role.yaml's ClusterRole and binds it to
+// managerUser: keymint gets exactly the permissions a deployment grants.
+func bindManagerRole(ctx context.Context, cfg *rest.Config, root string) error {
+	raw, err := os.ReadFile(filepath.Join(root, "config", "rbac", "role.yaml"))
+	if err != nil {
+		return err
+	}
+	role := &rbacv1.ClusterRole{}
+	if err := yaml.Unmarshal(raw, role); err != nil {
+		return fmt.Errorf("reading config/rbac/role.yaml: %w", err)
+	}
+	role.Name = "keymint-manager-role"
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return err
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "keymint-manager"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: managerUser}},
+	}
+	// .dev/etcd outlives a run: replace what an earlier run created, so the
+	// role is always the one generated now.
+	for _, obj := range []client.Object{role, binding} {
+		if err := c.Delete(ctx, obj); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("replacing %s: %w", obj.GetName(), err)
+		}
+		if err := c.Create(ctx, obj); err != nil {
+			return fmt.Errorf("creating %s: %w", obj.GetName(), err)
+		}
+	}
+	return nil
 }
 
 // serveKeymint runs keymint against kubeconfig with a self-signed check
 // server certificate, writes envFile once it is ready, and stops it on
 // SIGINT or SIGTERM.
-func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig string) error {
+// kubeconfig is what keymint.env tells the user; keymint runs with
+// managerKubeconfig.
+func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig, managerKubeconfig string) error {
 	checkPort, err := port(o.checkPort)
 	if err != nil {
 		return fmt.Errorf("port %d for the check server: %w (pass -check-port 0 for a free one)", o.checkPort, err)
@@ -229,7 +283,7 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 		"--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(probePort),
 		"--metrics-bind-address", "0",
 	)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+managerKubeconfig)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err

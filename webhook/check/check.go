@@ -127,9 +127,10 @@ func (id Identity) MissingScopes(required []string) []string {
 	return missing
 }
 
-// AcceptsAudience reports whether a token restricted to audiences may be used
-// for one of the requested ones, and which. A token without audiences is
-// accepted only where no audience is asked for, or by kube-apiserver as its own.
+// AcceptsAudience reports whether the token may be used for one of the
+// requested audiences, and which. Audiences restrict tokens, not routes: a
+// token that sets none is accepted whatever is asked (for a TokenReview, with
+// no audience in the answer, which kube-apiserver reads as its own).
 func (id Identity) AcceptsAudience(requested []string) (matched []string, ok bool) {
 	if len(id.Audiences) == 0 {
 		return nil, true

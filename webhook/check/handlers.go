@@ -117,11 +117,15 @@ func bearerToken(r *http.Request) string {
 	return ""
 }
 
-// requestedValues collects a repeatable parameter from the query and a
+// requirements collects a repeatable requirement from the query or from a
 // header; each value may also be a comma-separated list.
-func requestedValues(r *http.Request, query, header string) []string {
+func requirements(r *http.Request, query, header string, fromQuery bool) []string {
+	values := r.Header.Values(header)
+	if fromQuery {
+		values = r.URL.Query()[query]
+	}
 	var out []string
-	for _, v := range append(r.URL.Query()[query], r.Header.Values(header)...) {
+	for _, v := range values {
 		for _, s := range strings.Split(v, ",") {
 			if s = strings.TrimSpace(s); s != "" {
 				out = append(out, s)
@@ -138,15 +142,16 @@ func (h *Handler) serveCheck(w http.ResponseWriter, r *http.Request) {
 }
 
 // check answers one /check request and returns the result label for metrics.
+// Any method is accepted: proxies forward the client's (Envoy does).
 func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) Failure {
-	if r.Method != http.MethodGet && r.Method != http.MethodPost && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, POST, HEAD")
-		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "method_not_allowed", Message: "Use GET or POST."})
-		return "method_not_allowed"
-	}
+	// Requirements come from one source per form, the one the proxy's admin
+	// writes and a client cannot: on /check, the query of the auth URL
+	// (nginx and Traefik pass the client's headers through); under
+	// /check/<path>, headers (Envoy appends the client's own path and query).
+	fromQuery := r.URL.Path == CheckPath
 	id, failure := h.Checker.Check(bearerToken(r), now)
 	if failure == OK {
-		if _, ok := id.AcceptsAudience(requestedValues(r, "audience", HeaderAudience)); !ok {
+		if _, ok := id.AcceptsAudience(requirements(r, "audience", HeaderAudience, fromQuery)); !ok {
 			failure = WrongAudience
 		}
 	}
@@ -175,7 +180,7 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 		return RateLimited
 	}
 
-	if missing := id.MissingScopes(requestedValues(r, "scope", HeaderScope)); len(missing) > 0 {
+	if missing := id.MissingScopes(requirements(r, "scope", HeaderScope, fromQuery)); len(missing) > 0 {
 		writeError(w, http.StatusForbidden, InsufficientScope, "The bearer token lacks the required scope: "+strings.Join(missing, ", ")+".")
 		return InsufficientScope
 	}

@@ -38,6 +38,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	if opts.DefaultRequestsPerMinute <= 0 {
 		return errors.New("the default requests per minute must be positive")
 	}
+	if opts.FlushInterval <= 0 {
+		return errors.New("the lastUsedAt flush interval must be positive")
+	}
 	index := NewIndex()
 	synced, err := Feed(ctx, mgr.GetCache(), index)
 	if err != nil {
