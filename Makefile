@@ -44,11 +44,11 @@ control-plane: ## Build kube-apiserver and etcd (and kubectl if none is on PATH)
 
 .PHONY: test
 test: manifests generate fmt vet control-plane ## Run every test: unit, envtest suites (real kube-apiserver + etcd) and end-to-end.
-	KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./... -count=1 -coverprofile cover.out
+	PATH="$$PATH:$(CONTROL_PLANE_DIR)" KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./... -count=1 -coverprofile cover.out
 
 .PHONY: test-e2e
 test-e2e: control-plane ## Run only the end-to-end suite: keymint started as make run does, driven with kubectl and HTTPS.
-	KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./test/e2e/ -count=1 -v -args -ginkgo.v
+	PATH="$$PATH:$(CONTROL_PLANE_DIR)" KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./test/e2e/ -count=1 -v -args -ginkgo.v
 
 .PHONY: bench
 bench: ## Run the benchmarks, then drive the check server over HTTPS against a bare Go server.

@@ -153,7 +153,7 @@ type PreviousToken struct {
 const (
 	// ApiTokenConditionReady is True when the Secret holds a token that checks
 	// accept now (reason Issued). False otherwise, with reason Expired,
-	// Revoked, ServiceUserNotFound, ServiceUserDisabled or SecretConflict.
+	// RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled or SecretConflict.
 	ApiTokenConditionReady = "Ready"
 	// ApiTokenConditionExpired is True once the token's effective expiry has
 	// passed (reason Expired), False before (reason NotExpired).
@@ -166,7 +166,6 @@ const (
 	ApiTokenReasonIssued              = "Issued"
 	ApiTokenReasonExpired             = "Expired"
 	ApiTokenReasonNotExpired          = "NotExpired"
-	ApiTokenReasonRevoked             = "Revoked"
 	ApiTokenReasonNotRevoked          = "NotRevoked"
 	ApiTokenReasonRevokedBySpec       = "RevokedBySpec"
 	ApiTokenReasonServiceUserDisabled = "ServiceUserDisabled"

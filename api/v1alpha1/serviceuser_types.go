@@ -87,9 +87,9 @@ type TokenPolicy struct {
 	DefaultLifetime *metav1.Duration `json:"defaultLifetime,omitempty"`
 
 	// requestsPerMinute is the rate each token of this identity may be checked
-	// at, unless the token sets its own. Defaults to 500.
+	// at, unless the token sets its own. Unset means the check server's
+	// --default-requests-per-minute (500 unless changed).
 	// +optional
-	// +kubebuilder:default=500
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000000
 	RequestsPerMinute int32 `json:"requestsPerMinute,omitempty"`

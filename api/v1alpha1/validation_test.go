@@ -133,7 +133,7 @@ var _ = Describe("ServiceUser validation", func() {
 		u := &keymintv1alpha1.ServiceUser{ObjectMeta: metav1.ObjectMeta{Name: uniqueName("su"), Namespace: "default"}}
 		Expect(k8sClient.Create(ctx, u)).To(Succeed())
 		Expect(u.Spec.TokenPolicy.Prefix).To(Equal("km"))
-		Expect(u.Spec.TokenPolicy.RequestsPerMinute).To(Equal(int32(500)))
+		Expect(u.Spec.TokenPolicy.RequestsPerMinute).To(BeZero(), "unset: the check server's default applies")
 	})
 })
 
