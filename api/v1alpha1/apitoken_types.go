@@ -79,7 +79,9 @@ type ApiTokenSpec struct {
 
 	// revoked, when true, revokes the token: its Secret is emptied and checks
 	// refuse it at once. Setting it back to false mints a new token; the
-	// revoked one never comes back.
+	// revoked one never comes back. It can be set back only once keymint has
+	// revoked the token (status.tokenHash empty), so a quick revert cannot
+	// skip the revocation.
 	// +optional
 	Revoked bool `json:"revoked,omitempty"`
 
@@ -185,6 +187,7 @@ type ApiTokenStatus struct {
 	// tokenHash is "sha256:<64 hex>" of the current token. Empty while no
 	// token is issued (for example while revoked).
 	// +optional
+	// +kubebuilder:validation:MaxLength=71
 	TokenHash string `json:"tokenHash,omitempty"`
 
 	// tokenPrefix is the first 12 characters of the current token, to tell
@@ -241,6 +244,7 @@ type ApiTokenStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=apitok,categories=keymint
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.spec.revoked) || !oldSelf.spec.revoked || (has(self.spec.revoked) && self.spec.revoked) || !has(oldSelf.status) || !has(oldSelf.status.tokenHash) || size(oldSelf.status.tokenHash) == 0",message="spec.revoked can be set back to false only once keymint has revoked the token (status.tokenHash is empty); try again in a moment"
 // +kubebuilder:printcolumn:name="Service user",type=string,JSONPath=`.spec.serviceUser`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`

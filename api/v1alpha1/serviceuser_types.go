@@ -43,7 +43,8 @@ type ServiceUserSpec struct {
 
 	// disabled, when true, revokes every token of this identity: their Secrets
 	// are emptied and checks refuse them at once. Setting it back to false
-	// mints new tokens; the revoked ones never come back.
+	// mints new tokens; the revoked ones never come back. It can be set back
+	// only once keymint has revoked them all (status.activeTokens is 0).
 	// +optional
 	Disabled bool `json:"disabled,omitempty"`
 
@@ -134,6 +135,7 @@ type ServiceUserStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=su,categories=keymint
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.spec.disabled) || !oldSelf.spec.disabled || (has(self.spec.disabled) && self.spec.disabled) || !has(oldSelf.status) || !has(oldSelf.status.activeTokens) || oldSelf.status.activeTokens == 0",message="spec.disabled can be set back to false only once keymint has revoked every token of the user (status.activeTokens is 0); try again in a moment"
 // +kubebuilder:printcolumn:name="Display name",type=string,JSONPath=`.spec.displayName`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Tokens",type=integer,JSONPath=`.status.tokens`

@@ -305,3 +305,54 @@ var _ = Describe("ApiToken validation", func() {
 		expectErrors(k8sClient.Patch(ctx, t, patch), []string{"spec.serviceUser"})
 	})
 })
+
+var _ = Describe("Undoing a revocation", func() {
+	It("is refused for an ApiToken until keymint has cleared its hash", func() {
+		t := &keymintv1alpha1.ApiToken{
+			ObjectMeta: metav1.ObjectMeta{Name: uniqueName("tok"), Namespace: "default"},
+			Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci-bot"},
+		}
+		Expect(k8sClient.Create(ctx, t)).To(Succeed())
+		t.Status.TokenHash = "sha256:" + strings.Repeat("a", 64)
+		Expect(k8sClient.Status().Update(ctx, t)).To(Succeed())
+
+		t.Spec.Revoked = true
+		Expect(k8sClient.Update(ctx, t)).To(Succeed())
+		t.Spec.Revoked = false
+		expectErrors(k8sClient.Update(ctx, t), []string{"spec.revoked can be set back to false only once keymint has revoked the token"})
+
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(t), t)).To(Succeed())
+		t.Status.TokenHash = "" // what the controller does when it revokes
+		Expect(k8sClient.Status().Update(ctx, t)).To(Succeed())
+		t.Spec.Revoked = false
+		Expect(k8sClient.Update(ctx, t)).To(Succeed())
+	})
+
+	It("is refused for a ServiceUser until none of its tokens is active", func() {
+		u := &keymintv1alpha1.ServiceUser{ObjectMeta: metav1.ObjectMeta{Name: uniqueName("su"), Namespace: "default"}}
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		u.Status.ActiveTokens = 2
+		Expect(k8sClient.Status().Update(ctx, u)).To(Succeed())
+
+		u.Spec.Disabled = true
+		Expect(k8sClient.Update(ctx, u)).To(Succeed())
+		u.Spec.Disabled = false
+		expectErrors(k8sClient.Update(ctx, u), []string{"spec.disabled can be set back to false only once keymint has revoked every token"})
+
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(u), u)).To(Succeed())
+		u.Status.ActiveTokens = 0
+		Expect(k8sClient.Status().Update(ctx, u)).To(Succeed())
+		u.Spec.Disabled = false
+		Expect(k8sClient.Update(ctx, u)).To(Succeed())
+	})
+
+	It("does not get in the way of revoking, or of a token never issued", func() {
+		t := &keymintv1alpha1.ApiToken{
+			ObjectMeta: metav1.ObjectMeta{Name: uniqueName("tok"), Namespace: "default"},
+			Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci-bot", Revoked: true},
+		}
+		Expect(k8sClient.Create(ctx, t)).To(Succeed())
+		t.Spec.Revoked = false
+		Expect(k8sClient.Update(ctx, t)).To(Succeed())
+	})
+})
