@@ -206,21 +206,19 @@ type tokenReview struct {
 	} `json:"spec"`
 }
 
-var errBadReview = errors.New("bad TokenReview")
-
-// decodeTokenReview reads a TokenReview for the version its path names.
+// decodeTokenReview reads a TokenReview for the version its path names. Its
+// errors are the message a caller is shown.
 func decodeTokenReview(body io.Reader, path string) (*tokenReview, error) {
 	var tr tokenReview
-	dec := json.NewDecoder(body)
-	if err := dec.Decode(&tr); err != nil {
-		return nil, errors.Join(errBadReview, errors.New("the body is not a JSON TokenReview"))
+	if err := json.NewDecoder(body).Decode(&tr); err != nil {
+		return nil, errors.New("the body is not a JSON TokenReview")
 	}
 	want := authnv1.SchemeGroupVersion.String()
 	if path == TokenReviewV1beta {
 		want = authnv1beta1.SchemeGroupVersion.String()
 	}
 	if tr.APIVersion != want || tr.Kind != "TokenReview" {
-		return nil, errors.Join(errBadReview, errors.New("this endpoint takes apiVersion "+want+", kind TokenReview"))
+		return nil, errors.New("this endpoint takes apiVersion " + want + ", kind TokenReview")
 	}
 	return &tr, nil
 }
@@ -241,8 +239,7 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 	}
 	tr, err := decodeTokenReview(http.MaxBytesReader(w, r.Body, maxBodyBytes), r.URL.Path)
 	if err != nil {
-		msg := strings.TrimPrefix(err.Error(), errBadReview.Error()+"\n")
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: msg + "."})
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: err.Error() + "."})
 		return "bad_request"
 	}
 

@@ -45,10 +45,10 @@ func (u *Usage) due(now time.Time, minGap time.Duration) map[types.NamespacedNam
 	defer u.mu.Unlock()
 	out := map[types.NamespacedName]time.Time{}
 	for key, seen := range u.seen {
-		written, ok := u.written[key]
-		if (!ok || seen.After(written)) && (!ok || now.Sub(written) >= minGap) {
-			out[key] = seen
+		if written, ok := u.written[key]; ok && (!seen.After(written) || now.Sub(written) < minGap) {
+			continue // nothing newer, or written less than minGap ago
 		}
+		out[key] = seen
 	}
 	return out
 }
