@@ -2,28 +2,143 @@ package token
 
 import (
 	"errors"
+	"hash/crc32"
+	"math/big"
+	"regexp"
 	"strings"
 	"testing"
 )
 
-// FuzzParse feeds arbitrary strings to Parse: it must never panic, must only
-// return its two errors, and must accept a string only if it has the token's
-// exact shape, so that it round-trips with the prefix it returns.
+// The oracle below restates the package doc's format without calling any
+// function of this package, so that Parse is checked against the spec rather
+// than against itself.
+
+// specShape is <prefix>_<secret><checksum>: a 2-16 character prefix, 43
+// base62 characters of secret and 6 of checksum.
+var specShape = regexp.MustCompile(`\A([a-z][a-z0-9]{1,15})_([0-9A-Za-z]{43})([0-9A-Za-z]{6})\z`)
+
+const specAlphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+// specParse reports whether s has the token's shape and, if so, its prefix
+// and whether its checksum is the CRC-32 (IEEE) of everything before it.
+// Like Parse, it does not bound the secret's value: the spec only fixes its
+// 43 base62 characters.
+func specParse(s string) (prefix string, shaped, checksumOK bool) {
+	m := specShape.FindStringSubmatch(s)
+	if m == nil {
+		return "", false, false
+	}
+	// Big integers, so that a checksum above 32 bits can never wrap onto a
+	// matching CRC.
+	sum := new(big.Int)
+	for _, c := range []byte(m[3]) {
+		sum.Mul(sum, big.NewInt(62))
+		sum.Add(sum, big.NewInt(int64(strings.IndexByte(specAlphabet, c))))
+	}
+	want := new(big.Int).SetUint64(uint64(crc32.ChecksumIEEE([]byte(s[:len(s)-len(m[3])]))))
+	return m[1], true, sum.Cmp(want) == 0
+}
+
+// Known answers computed outside Go (Python's zlib.crc32 and its own base62).
+// The second one's secret is above 2^256, so Mint never makes it, yet its
+// shape and checksum are right, so Parse accepts it.
+var specVectors = []string{
+	"km_00000000000000000000000000000000000000000001NLtxW",
+	"km_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz0jnowp",
+	"abcdefghijklmnop_Az09Az09Az09Az09Az09Az09Az09Az09Az09Az09xyz3vSeHR",
+}
+
+// specWrapped is specVectors[0] with its CRC plus 2^32 as the checksum: equal
+// to the CRC in its low 32 bits only, which a fuzzer would not find alone.
+const specWrapped = "km_000000000000000000000000000000000000000000064199a"
+
+// TestOracle shows the oracle itself right: it accepts minted tokens and
+// outside vectors, and refuses broken ones for the right reason.
+func TestOracle(t *testing.T) {
+	var good []string
+	for _, prefix := range []string{"km", "a1", "acme", "abcdefghijklmnop"} {
+		tok, err := Mint(prefix)
+		if err != nil {
+			t.Fatalf("Mint(%q): %v", prefix, err)
+		}
+		good = append(good, tok)
+	}
+	for _, tok := range append(good, specVectors...) {
+		if prefix, shaped, ok := specParse(tok); !shaped || !ok || prefix != tok[:strings.IndexByte(tok, '_')] {
+			t.Errorf("specParse(%q) = %q, shaped %v, checksum %v; want it accepted", tok, prefix, shaped, ok)
+		}
+	}
+
+	tok := good[0] // km_...
+	swap := func(i int) string {
+		b := []byte(tok)
+		if b[i] == 'a' {
+			b[i] = 'b'
+		} else {
+			b[i] = 'a'
+		}
+		return string(b)
+	}
+	badSum := map[string]string{
+		"typo in the secret":     swap(10),
+		"typo in the checksum":   swap(len(tok) - 1),
+		"typo in the prefix":     "kn" + tok[2:],
+		"checksum above 32 bits": tok[:len(tok)-6] + "zzzzzz",
+		"checksum all zeros":     tok[:len(tok)-6] + "000000",
+		"checksum wraps to CRC":  specWrapped,
+	}
+	for name, s := range badSum {
+		if _, shaped, ok := specParse(s); !shaped || ok {
+			t.Errorf("%s: specParse(%q) shaped %v, checksum %v; want the shape but not the checksum", name, s, shaped, ok)
+		}
+	}
+	badShape := map[string]string{
+		"empty":                     "",
+		"truncated":                 tok[:len(tok)-1],
+		"one character long":        tok + "a",
+		"no underscore":             "kmx" + tok[3:],
+		"upper-case prefix":         "KM" + tok[2:],
+		"prefix of one":             "k" + tok[2:],
+		"prefix of 17":              "abcdefghijklmnopq" + good[3][16:],
+		"prefix with a digit first": "1m" + tok[2:],
+		"non-base62 character":      tok[:10] + "-" + tok[11:],
+		"trailing newline":          tok + "\n",
+		"leading space":             " " + tok[1:],
+		"bearer scheme":             "Bearer " + tok,
+	}
+	for name, s := range badShape {
+		if _, shaped, _ := specParse(s); shaped {
+			t.Errorf("%s: specParse(%q) accepted the shape", name, s)
+		}
+	}
+}
+
+// FuzzParse checks Parse against the oracle: it accepts exactly what the
+// spec accepts and returns its prefix, returns ErrChecksum exactly when the
+// shape is right and the checksum wrong, and ErrMalformed otherwise.
 func FuzzParse(f *testing.F) {
 	tok, _ := Mint("km")
-	for _, seed := range []string{"", "km_", tok, tok[:len(tok)-1], strings.ToUpper(tok), "Bearer " + tok, "km_" + strings.Repeat("0", 49)} {
+	seeds := []string{"", "km_", tok, tok[:len(tok)-1], strings.ToUpper(tok), "Bearer " + tok, tok + "\n",
+		"km_" + strings.Repeat("0", 49), tok[:len(tok)-6] + "zzzzzz", "abcdefghijklmnopq" + tok[2:], specWrapped}
+	for _, seed := range append(seeds, specVectors...) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		prefix, err := Parse(s)
-		if err != nil {
-			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrChecksum) {
-				t.Fatalf("Parse(%q) returned an unexpected error %v", s, err)
+		wantPrefix, shaped, checksumOK := specParse(s)
+		switch {
+		case !shaped:
+			if !errors.Is(err, ErrMalformed) || prefix != "" {
+				t.Fatalf("Parse(%q) = %q, %v; the spec says malformed", s, prefix, err)
 			}
-			return
-		}
-		if !ValidPrefix(prefix) || len(s) != len(prefix)+1+SecretLen+ChecksumLen || s[len(prefix)] != '_' {
-			t.Fatalf("Parse accepted %q with prefix %q", s, prefix)
+		case !checksumOK:
+			if !errors.Is(err, ErrChecksum) || prefix != "" {
+				t.Fatalf("Parse(%q) = %q, %v; the spec says a checksum mismatch", s, prefix, err)
+			}
+		default:
+			if err != nil || prefix != wantPrefix {
+				t.Fatalf("Parse(%q) = %q, %v; the spec says valid with prefix %q", s, prefix, err, wantPrefix)
+			}
 		}
 	})
 }
