@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -22,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
@@ -40,6 +42,9 @@ type ApiTokenReconciler struct {
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	Clock     clock.PassiveClock
+	// Keyring signs the record written into each token Secret, and verifies
+	// it before a record is adopted.
+	Keyring *recordkey.Keyring
 }
 
 // +kubebuilder:rbac:groups=keymint.io,resources=apitokens,verbs=get;list;watch
@@ -69,27 +74,28 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, err
 	}
 
-	obs := observe(tok, user, sec, conflict, r.Clock.Now())
+	obs := observe(tok, user, readSecret(sec, tok, r.Keyring), conflict, r.Clock.Now())
+	if obs.Claimed, err = r.claimedElsewhere(ctx, tok, obs); err != nil {
+		return ctrl.Result{}, err
+	}
 	d := decide(obs)
-	rec, hasToken := obs.Record, obs.HasToken
+	var rec secretRecord
 	switch d.Action {
 	case actIssue, actRotate:
-		if rec, err = r.writeNewToken(ctx, tok, user, sec, obs, d); err != nil {
+		if rec, err = r.writeNewToken(ctx, tok, user.Spec.TokenPolicy.Prefix, sec, obs, d); err != nil {
 			return ctrl.Result{}, err
 		}
-		hasToken = true
 	case actRevoke:
 		if err := r.removeToken(ctx, sec); err != nil {
 			return ctrl.Result{}, err
 		}
-		rec, hasToken = secretRecord{}, false
 	}
 	// The action is done once the Secret is written: say so even if the
 	// status write below fails and a retry adopts the Secret.
 	r.actionEvent(tok, obs, d, rec)
 
 	before := tok.Status.DeepCopy()
-	res := desiredStatus(tok.Status, tok.Generation, tok.SecretNameOrDefault(), obs, d, rec, hasToken)
+	res := desiredStatus(tok.Status, tok.Generation, tok.SecretNameOrDefault(), obs, afterAction(obs, d, &rec))
 	if err := r.updateStatus(ctx, tok, res.Status); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -101,22 +107,40 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 }
 
 // observe gathers what decide needs.
-func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, sec *corev1.Secret, conflict bool, now time.Time) observation {
-	rec, hasToken := readRecord(sec)
-	if hasToken {
-		rec = trustedRecord(&tok.Status, &tok.Spec, rec, now)
+func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, sec secretState, conflict bool, now time.Time) observation {
+	o := observation{
+		Spec:          &tok.Spec,
+		RotateRequest: tok.Annotations[keymintv1alpha1.RotateAnnotation],
+		User:          tokenstate.UserFrom(user),
+		Conflict:      conflict,
+		Now:           now,
 	}
-	return observation{
-		Spec:             &tok.Spec,
-		RotateRequest:    tok.Annotations[keymintv1alpha1.RotateAnnotation],
-		User:             tokenstate.UserFrom(user),
-		Conflict:         conflict,
-		Record:           rec,
-		HasToken:         hasToken,
-		SecretHoldsToken: holdsToken(sec),
-		HadToken:         tok.Status.TokenHash != "",
-		Now:              now,
+	observeToken(&o, &tok.Status, sec)
+	return o
+}
+
+// claimedElsewhere reports whether another ApiToken's status names one of
+// the hashes this one's current token record names.
+func (r *ApiTokenReconciler) claimedElsewhere(ctx context.Context, tok *keymintv1alpha1.ApiToken, obs observation) (bool, error) {
+	if !obs.Current.Issued {
+		return false, nil
 	}
+	hashes := []string{obs.Hash}
+	for _, p := range obs.Current.Previous {
+		hashes = append(hashes, p.Hash)
+	}
+	for _, h := range hashes {
+		var others keymintv1alpha1.ApiTokenList
+		if err := r.Client.List(ctx, &others, client.MatchingFields{TokenHashIndex: h}); err != nil {
+			return false, err
+		}
+		for i := range others.Items {
+			if others.Items[i].UID != tok.UID {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // serviceUser returns the token's ServiceUser, or nil when it does not exist.
@@ -157,7 +181,7 @@ func (r *ApiTokenReconciler) secret(ctx context.Context, tok *keymintv1alpha1.Ap
 	switch owner := metav1.GetControllerOf(sec); {
 	case owner != nil && owner.UID == tok.UID:
 		return sec, false, nil
-	case owner != nil && owner.Kind == "ApiToken" && owner.Name == tok.Name && sec.Labels[keymintv1alpha1.TokenLabel] == tok.Name:
+	case owner != nil && isApiTokenRef(owner) && owner.Name == tok.Name && hasTokenLabel(sec):
 		// A previous ApiToken of this name: forget its token entirely.
 		stale := sec.DeepCopy()
 		clearRecord(stale)
@@ -166,12 +190,11 @@ func (r *ApiTokenReconciler) secret(ctx context.Context, tok *keymintv1alpha1.Ap
 	return nil, true, nil
 }
 
-// writeNewToken mints a token and writes it with its record into the Secret,
-// creating the Secret if needed. The Secret is written before the status, so
-// a crash in between leaves a Secret the next reconcile adopts.
-func (r *ApiTokenReconciler) writeNewToken(ctx context.Context, tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser,
+// writeNewToken mints a token and writes it with its signed record into the
+// Secret, creating the Secret if needed. The Secret is written before the
+// status, so a crash in between leaves a Secret the next reconcile adopts.
+func (r *ApiTokenReconciler) writeNewToken(ctx context.Context, tok *keymintv1alpha1.ApiToken, prefix string,
 	sec *corev1.Secret, obs observation, d decision) (secretRecord, error) {
-	prefix := user.Spec.TokenPolicy.Prefix
 	if prefix == "" {
 		prefix = token.DefaultPrefix
 	}
@@ -190,13 +213,9 @@ func (r *ApiTokenReconciler) writeNewToken(ctx context.Context, tok *keymintv1al
 	if sec.Labels == nil {
 		sec.Labels = map[string]string{}
 	}
-	sec.Labels[keymintv1alpha1.TokenLabel] = tok.Name
+	sec.Labels[keymintv1alpha1.TokenLabel] = tokenLabelValue(tok.Name)
 	sec.OwnerReferences = ownerReferences(sec.OwnerReferences, tok)
-	if sec.Data == nil {
-		sec.Data = map[string][]byte{}
-	}
-	sec.Data[keymintv1alpha1.SecretTokenKey] = []byte(plain)
-	writeRecord(sec, rec)
+	writeRecord(sec, tok, r.Keyring, plain, rec)
 
 	if create {
 		err = r.Client.Create(ctx, sec)
@@ -208,7 +227,7 @@ func (r *ApiTokenReconciler) writeNewToken(ctx context.Context, tok *keymintv1al
 		// nothing was written, and the retry decides again from fresh state.
 		return secretRecord{}, fmt.Errorf("writing Secret %s/%s: %w", sec.Namespace, sec.Name, err)
 	}
-	logf.FromContext(ctx).Info("Wrote token to Secret", "secret", sec.Name, "tokenPrefix", rec.Display, "reason", d.Reason)
+	logf.FromContext(ctx).Info("Wrote token to Secret", "secret", sec.Name, "tokenPrefix", rec.Display, "serial", rec.Serial, "reason", d.Reason)
 	return rec, nil
 }
 
@@ -222,6 +241,18 @@ func (r *ApiTokenReconciler) removeToken(ctx context.Context, sec *corev1.Secret
 	}
 	logf.FromContext(ctx).Info("Removed revoked token from Secret", "secret", sec.Name)
 	return nil
+}
+
+// isApiTokenRef reports whether an owner reference points at an ApiToken of
+// keymint's API group (any version).
+func isApiTokenRef(ref *metav1.OwnerReference) bool {
+	gv, err := schema.ParseGroupVersion(ref.APIVersion)
+	return err == nil && gv.Group == keymintv1alpha1.GroupVersion.Group && ref.Kind == "ApiToken"
+}
+
+func hasTokenLabel(sec *corev1.Secret) bool {
+	_, ok := sec.Labels[keymintv1alpha1.TokenLabel]
+	return ok
 }
 
 // ownerReferences returns refs with tok as the only controller.
@@ -246,33 +277,53 @@ func (r *ApiTokenReconciler) updateStatus(ctx context.Context, tok *keymintv1alp
 	return r.Client.Status().Patch(ctx, tok, patch)
 }
 
-// actionEvent emits an Event for the action a reconcile took. Events name
-// tokens only by their display prefix.
+// actionEvent emits an Event for the action a reconcile took, and for an
+// adopted record. Events name tokens only by their display prefix.
 func (r *ApiTokenReconciler) actionEvent(tok *keymintv1alpha1.ApiToken, obs observation, d decision, rec secretRecord) {
 	secretName := tok.SecretNameOrDefault()
+	if obs.Adopted {
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventAdopted, "Recover",
+			"Recovered token %s… (serial %d) from the record keymint signed in Secret %s before its status was written", obs.Display, obs.Serial, secretName)
+	}
 	switch d.Reason {
 	case eventIssued:
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventIssued, "Issue", "Issued token %s… into Secret %s", rec.Display, secretName)
-	case eventReissued:
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventReissued, "Issue",
-			"Secret %s held a token that did not match its record; issued token %s… in its place", secretName, rec.Display)
+	case eventHashConflict:
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventHashConflict, "Issue",
+			"Another ApiToken's status names a hash of token %s…: a hash belongs to one ApiToken, so it is never accepted again; issued token %s…", obs.Display, rec.Display)
+	case eventSecretChanged:
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretChanged, "Issue",
+			"Secret %s was changed outside keymint: it held a token or record keymint did not write there, which is never accepted; issued token %s… in its place", secretName, rec.Display)
 	case eventTokenLost:
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventTokenLost, "Issue",
-			"Secret %s no longer held token %s…, which is no longer accepted; issued token %s…", secretName, tok.Status.TokenPrefix, rec.Display)
+			"Secret %s no longer held token %s…, which is no longer accepted; issued token %s…", secretName, obs.Display, rec.Display)
+	case eventRenewed:
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventRenewed, "Issue",
+			"The expiry was extended, and a token's expiry never moves later: issued token %s…%s; %s", rec.Display, expiresText(rec.ExpiresAt), graceText(rec))
 	case eventRotationRequested, eventRotationScheduled:
-		grace := "the previous token is no longer accepted"
-		if n := len(rec.Previous); n > 0 {
-			grace = "the previous token is accepted until " + rec.Previous[n-1].ValidUntil.UTC().Format(time.RFC3339)
-		}
 		how := "on schedule"
 		if d.Reason == eventRotationRequested {
 			how = fmt.Sprintf("as requested by %s=%q", keymintv1alpha1.RotateAnnotation, obs.RotateRequest)
 		}
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, "Rotated", "Rotate", "Rotated %s to token %s…; %s", how, rec.Display, grace)
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, "Rotated", "Rotate", "Rotated %s to token %s…; %s", how, rec.Display, graceText(rec))
 	case eventRevoked:
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventRevoked, "Revoke",
-			"%s; removed the token from Secret %s", revokeMessage(d.RevokeReason, tok.Spec.ServiceUser), secretName)
+			"%s; removed the token from Secret %s", revokeMessage(tokenstate.Evaluate(&obs.Current, &obs.User, obs.Now).Revoked, tok.Spec.ServiceUser), secretName)
 	}
+}
+
+func graceText(rec secretRecord) string {
+	if n := len(rec.Previous); n > 0 {
+		return "the previous token is accepted until " + rec.Previous[n-1].ValidUntil.UTC().Format(time.RFC3339)
+	}
+	return "the previous token is no longer accepted"
+}
+
+func expiresText(t *time.Time) string {
+	if t == nil {
+		return ", which does not expire"
+	}
+	return ", expiring at " + t.UTC().Format(time.RFC3339)
 }
 
 // conditionEvents emits an Event for each condition the status write changed
@@ -293,14 +344,36 @@ func (r *ApiTokenReconciler) conditionEvents(tok *keymintv1alpha1.ApiToken, befo
 // Secrets they own, and their ServiceUsers.
 func (r *ApiTokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&keymintv1alpha1.ApiToken{}).
+		For(&keymintv1alpha1.ApiToken{}, builder.WithPredicates(notOnlyLastUsed())).
 		Owns(&corev1.Secret{}).
+		// A status naming another token's hash concerns both tokens.
+		Watches(&keymintv1alpha1.ApiToken{}, handler.EnqueueRequestsFromMapFunc(r.claimants), builder.WithPredicates(notOnlyLastUsed())).
 		Watches(&keymintv1alpha1.ServiceUser{},
 			handler.EnqueueRequestsFromMapFunc(r.tokensOfUser),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
 		Named("apitoken").
 		Complete(r)
+}
+
+// claimants maps an ApiToken to the other ApiTokens whose status names one
+// of its hashes.
+func (r *ApiTokenReconciler) claimants(ctx context.Context, obj client.Object) []ctrl.Request {
+	tok := obj.(*keymintv1alpha1.ApiToken)
+	var reqs []ctrl.Request
+	for _, h := range statusHashes(&tok.Status) {
+		var others keymintv1alpha1.ApiTokenList
+		if err := r.Client.List(ctx, &others, client.MatchingFields{TokenHashIndex: h}); err != nil {
+			logf.FromContext(ctx).Error(err, "Listing the ApiTokens that claim a hash", "apiToken", tok.Name)
+			return nil
+		}
+		for _, o := range others.Items {
+			if o.UID != tok.UID {
+				reqs = append(reqs, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: o.Namespace, Name: o.Name}})
+			}
+		}
+	}
+	return reqs
 }
 
 // tokensOfUser maps a ServiceUser to the ApiTokens that name it.

@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
 
@@ -20,8 +21,8 @@ type action int
 
 const (
 	actNone   action = iota
-	actIssue         // mint a token into a Secret that holds none
-	actRotate        // replace the Secret's token, keeping the old hash for the grace period
+	actIssue         // mint a token; the one before, if any, stops at once
+	actRotate        // mint a token; the one before stays accepted for the grace period
 	actRevoke        // remove the token from the Secret
 )
 
@@ -35,15 +36,26 @@ type observation struct {
 	// Conflict is true when the Secret name is taken by a Secret this
 	// ApiToken does not own.
 	Conflict bool
-	// Record is the Secret's record; HasToken says whether it is valid.
-	Record   secretRecord
-	HasToken bool
-	// SecretHoldsToken is true when the Secret has any token data at all,
-	// valid or not (what a revocation must remove).
-	SecretHoldsToken bool
-	// HadToken is true when the status still names a token hash.
-	HadToken bool
-	Now      time.Time
+	// Current is the token the status names, or the one a signed Secret
+	// record newer than the status names (Adopted).
+	Current tokenstate.Token
+	// Hash, Display, Serial, RotatedAt and RotationRequest complete Current's
+	// record.
+	Hash            string
+	Display         string
+	Serial          int64
+	RotatedAt       *time.Time
+	RotationRequest string
+	// Adopted is true when Current comes from the Secret's signed record.
+	Adopted bool
+	// Delivered is true when the Secret holds Current's token.
+	Delivered bool
+	// SecretHolds is true when the Secret has any token data or record.
+	SecretHolds bool
+	// Claimed is true when another ApiToken's status names one of Current's
+	// hashes.
+	Claimed bool
+	Now     time.Time
 }
 
 // decision is what to do and why.
@@ -51,15 +63,16 @@ type decision struct {
 	Action action
 	// Reason is the Event reason for the action.
 	Reason string
-	// RevokeReason is the ApiToken condition reason when revoked, else "".
-	RevokeReason string
 }
 
 // Event reasons beyond the condition reasons.
 const (
 	eventIssued            = "Issued"
-	eventReissued          = "Reissued"
+	eventAdopted           = "Adopted"
+	eventSecretChanged     = "SecretChanged"
+	eventHashConflict      = "HashConflict"
 	eventTokenLost         = "TokenLost"
+	eventRenewed           = "Renewed"
 	eventRotationRequested = "RotationRequested"
 	eventRotationScheduled = "RotationScheduled"
 	eventRevoked           = "Revoked"
@@ -67,119 +80,101 @@ const (
 	eventSecretConflict    = "SecretConflict"
 )
 
-// trustedRecord returns the record a reconcile decides from. The status is
-// authoritative for a token it already names: the Secret's annotations are
-// editable by anyone who can edit the Secret, and must not move an issue
-// time or add accepted hashes. The annotations are read only to recover a
-// token the status does not name (a crash between the Secret and status
-// writes, a status lost to a restore), and then bounded: an issue time no
-// later than now, grace periods no longer than the spec's from now, and at
-// most maxPreviousTokens of them.
-func trustedRecord(st *keymintv1alpha1.ApiTokenStatus, spec *keymintv1alpha1.ApiTokenSpec, fromSecret secretRecord, now time.Time) secretRecord {
-	rec := fromSecret
-	if st.TokenHash == fromSecret.Hash && st.IssuedAt != nil {
-		rec.IssuedAt = st.IssuedAt.Time
-		rec.RotatedAt = nil
-		if st.RotatedAt != nil {
-			t := st.RotatedAt.Time
-			rec.RotatedAt = &t
+// observeToken fills in the token part of an observation: the status's
+// token, unless the Secret carries a record keymint signed for this ApiToken
+// with a higher serial than the status has seen. Nothing else in a Secret is
+// evidence of a token.
+func observeToken(o *observation, st *keymintv1alpha1.ApiTokenStatus, sec secretState) {
+	o.SecretHolds = sec.Holds
+	if rec := sec.Signed; rec != nil && rec.Serial > st.Serial {
+		o.Current = tokenFromRecord(o.Spec, rec)
+		o.Hash, o.Display, o.Serial, o.RotatedAt, o.RotationRequest = rec.Hash, rec.Display, rec.Serial, rec.RotatedAt, rec.RotationRequest
+		o.Adopted, o.Delivered = true, true
+		return
+	}
+	o.Current = tokenstate.TokenFrom(o.Spec, st)
+	o.Hash, o.Display, o.Serial, o.RotationRequest = st.TokenHash, st.TokenPrefix, st.Serial, st.LastRotationRequest
+	if st.RotatedAt != nil {
+		t := st.RotatedAt.Time
+		o.RotatedAt = &t
+	}
+	o.Delivered = o.Current.Issued && sec.Plain != "" && token.Matches(sec.Plain, st.TokenHash)
+}
+
+// decide picks the one action a reconcile takes.
+func decide(o observation) decision {
+	v := tokenstate.Evaluate(&o.Current, &o.User, o.Now)
+	switch {
+	case o.Conflict:
+		return decision{}
+	case v.Revoked != "":
+		if o.SecretHolds {
+			return decision{Action: actRevoke, Reason: eventRevoked}
 		}
-		rec.Previous = nil
-		for _, p := range st.PreviousTokens {
-			rec.Previous = append(rec.Previous, tokenstate.Previous{Hash: p.TokenHash, ValidUntil: p.ValidUntil.Time})
+		return decision{}
+	case o.Current.Issued && o.Claimed:
+		// One hash, one ApiToken: checks refuse a hash two claim, and both
+		// controllers replace it.
+		return decision{Action: actIssue, Reason: eventHashConflict}
+	case !o.Current.Issued && o.SecretHolds:
+		// Token data keymint cannot vouch for (planted, edited, or older
+		// than the status): it is never accepted; replace it.
+		return decision{Action: actIssue, Reason: eventSecretChanged}
+	case !o.Current.Issued:
+		return decision{Action: actIssue, Reason: eventIssued}
+	case !o.Delivered && o.SecretHolds:
+		return decision{Action: actIssue, Reason: eventSecretChanged}
+	case !o.Delivered:
+		// The Secret was deleted or emptied: the status's token stops at once.
+		return decision{Action: actIssue, Reason: eventTokenLost}
+	case v.Extended && renewalLives(o):
+		// Expiry never moves later: a longer life is a new token.
+		if v.Accepted {
+			return decision{Action: actRotate, Reason: eventRenewed}
 		}
-		rec.RotationRequest = st.LastRotationRequest
+		return decision{Action: actIssue, Reason: eventRenewed}
+	case o.RotateRequest != "" && o.RotateRequest != o.RotationRequest:
+		return decision{Action: actRotate, Reason: eventRotationRequested}
+	case v.Rotates && !o.Now.Before(v.NextRotation):
+		return decision{Action: actRotate, Reason: eventRotationScheduled}
+	}
+	return decision{}
+}
+
+// renewalLives reports whether a token minted now would outlive now, so
+// renewing after an extension is worth a new token.
+func renewalLives(o observation) bool {
+	expiry, expires := tokenstate.Expiry(o.Spec, &o.User, o.Now)
+	return !expires || o.Now.Before(expiry)
+}
+
+// newRecord returns the record of a token minted at now, with hash and
+// display, by the given decision. A rotation keeps the token before it for
+// the grace period; an issue does not.
+func newRecord(o observation, d decision, hash, display string) secretRecord {
+	// Whole seconds, as the status stores them.
+	now := o.Now.Truncate(time.Second)
+	rec := secretRecord{
+		Serial: o.Serial + 1, Hash: hash, Display: display, ServiceUserUID: o.User.UID,
+		IssuedAt: now, RotationRequest: o.RotateRequest,
+	}
+	if expiry, ok := tokenstate.Expiry(o.Spec, &o.User, now); ok {
+		rec.ExpiresAt = &expiry
+	}
+	if d.Action != actRotate {
 		return rec
 	}
-	if rec.IssuedAt.After(now) {
-		rec.IssuedAt = now.Truncate(time.Second)
-	}
-	latest := now.Add(tokenstate.GracePeriod(spec))
-	var prev []tokenstate.Previous
-	for _, p := range rec.Previous {
-		if p.ValidUntil.After(latest) {
-			p.ValidUntil = latest.Truncate(time.Second)
-		}
+	rec.RotatedAt = &now
+	v := tokenstate.Evaluate(&o.Current, &o.User, now)
+	prev := tokenstate.StillAccepted(&o.Current, &o.User, &v, now)
+	if p, ok := tokenstate.RotatedOut(&o.Current, &v, o.Hash, now); ok {
+		p.ValidUntil = p.ValidUntil.Truncate(time.Second)
 		prev = append(prev, p)
 	}
 	if len(prev) > maxPreviousTokens {
 		prev = prev[len(prev)-maxPreviousTokens:]
 	}
-	rec.Previous = prev
-	return rec
-}
-
-// decide picks the one action a reconcile takes.
-func decide(o observation) decision {
-	reason := tokenstate.RevocationReason(o.Spec, o.User)
-	if o.Conflict {
-		// Nothing of ours to touch, but still say whether the token is revoked:
-		// deleting its ServiceUser waits for that.
-		return decision{Action: actNone, RevokeReason: reason}
-	}
-	if reason != "" {
-		d := decision{RevokeReason: reason}
-		if o.SecretHoldsToken {
-			d.Action, d.Reason = actRevoke, eventRevoked
-		}
-		return d
-	}
-	if !o.HasToken {
-		switch {
-		case o.HadToken:
-			// The status names a token the Secret no longer holds: the
-			// Secret was deleted or edited. The old hash stops at once.
-			return decision{Action: actIssue, Reason: eventTokenLost}
-		case o.SecretHoldsToken:
-			// Token data that does not match its record: replace it.
-			return decision{Action: actIssue, Reason: eventReissued}
-		}
-		return decision{Action: actIssue, Reason: eventIssued}
-	}
-	if o.RotateRequest != "" && o.RotateRequest != o.Record.RotationRequest {
-		return decision{Action: actRotate, Reason: eventRotationRequested}
-	}
-	if next, ok := scheduledRotation(o.Spec, o.User, o.Record.IssuedAt); ok && !o.Now.Before(next) {
-		return decision{Action: actRotate, Reason: eventRotationScheduled}
-	}
-	return decision{Action: actNone}
-}
-
-// scheduledRotation returns when a token issued at issuedAt rotates on
-// schedule. A rotation that falls due after the token's expiry never happens:
-// an expired token stays expired until rotated by request. One that fell due
-// before expiry happens even if the controller gets to it late.
-func scheduledRotation(spec *keymintv1alpha1.ApiTokenSpec, user tokenstate.User, issuedAt time.Time) (time.Time, bool) {
-	next, ok := tokenstate.NextRotation(spec, issuedAt)
-	if !ok {
-		return next, false
-	}
-	if expiry, expires := tokenstate.Expiry(spec, user, issuedAt); expires && next.After(expiry) {
-		return next, false
-	}
-	return next, true
-}
-
-// newRecord returns the record of a token minted at now, with hash and
-// display, by the given decision. For a rotation the old hash joins the
-// previous ones for the grace period.
-func newRecord(o observation, d decision, hash, display string) secretRecord {
-	// Whole seconds, as the Secret annotations and the status store them.
-	now := o.Now.Truncate(time.Second)
-	rec := secretRecord{Hash: hash, Display: display, IssuedAt: now, RotationRequest: o.RotateRequest}
-	if d.Action != actRotate {
-		return rec
-	}
-	rec.RotatedAt = &now
-	prev := tokenstate.StillAccepted(o.Record.Previous, now)
-	oldExpiry, expires := tokenstate.Expiry(o.Spec, o.User, o.Record.IssuedAt)
-	if until, ok := tokenstate.PreviousValidUntil(tokenstate.GracePeriod(o.Spec), oldExpiry, expires, now); ok {
-		prev = append(prev, tokenstate.Previous{Hash: o.Record.Hash, ValidUntil: until.Truncate(time.Second)})
-	}
-	if len(prev) > maxPreviousTokens {
-		prev = prev[len(prev)-maxPreviousTokens:]
-	}
-	rec.Previous = prev
+	rec.Previous = toRecordPrevious(prev)
 	return rec
 }
 
@@ -192,54 +187,80 @@ type result struct {
 	RequeueAfter time.Duration
 }
 
-// desiredStatus computes the status from the record the Secret holds after
-// the action. It starts from the current status so that fields other writers
-// own (lastUsedAt) and condition transition times are kept.
+// after is the token state a reconcile leaves behind.
+type after struct {
+	Token           tokenstate.Token
+	Hash, Display   string
+	Serial          int64
+	RotatedAt       *time.Time
+	RotationRequest string
+}
+
+// afterAction returns the state after the decision's action: the new
+// record's token, no token after a revocation, else the observed one.
+func afterAction(o observation, d decision, rec *secretRecord) after {
+	switch d.Action {
+	case actIssue, actRotate:
+		return after{Token: tokenFromRecord(o.Spec, rec), Hash: rec.Hash, Display: rec.Display, Serial: rec.Serial,
+			RotatedAt: rec.RotatedAt, RotationRequest: rec.RotationRequest}
+	case actRevoke:
+		return after{Token: tokenstate.Token{Spec: o.Spec}, Display: o.Display, Serial: o.Serial, RotationRequest: o.RotationRequest}
+	}
+	return after{Token: o.Current, Hash: o.Hash, Display: o.Display, Serial: o.Serial, RotatedAt: o.RotatedAt, RotationRequest: o.RotationRequest}
+}
+
+// desiredStatus computes the status from the state after the action, with
+// the verdict of tokenstate. It starts from the current status so that
+// fields other writers own (lastUsedAt) and condition transition times are
+// kept.
 func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, secretName string,
-	o observation, d decision, rec secretRecord, hasToken bool) result {
+	o observation, a after) result {
 	st := *current.DeepCopy()
 	st.ObservedGeneration = generation
 	st.SecretName = secretName
+	st.Serial = a.Serial
+	st.TokenPrefix = a.Display
+	st.LastRotationRequest = a.RotationRequest
 	now := o.Now
+	v := tokenstate.Evaluate(&a.Token, &o.User, now)
 	var wake []time.Time
 
-	expired := false
-	if hasToken && d.RevokeReason == "" {
-		expiry, expires := tokenstate.Expiry(o.Spec, o.User, rec.IssuedAt)
-		expired = tokenstate.Expired(expiry, expires, now)
-		st.TokenHash = rec.Hash
-		st.TokenPrefix = rec.Display
-		st.IssuedAt = timePtr(&rec.IssuedAt)
-		st.RotatedAt = timePtr(rec.RotatedAt)
+	if a.Token.Issued && v.Revoked == "" {
+		st.TokenHash = a.Hash
+		st.ServiceUserUID = string(a.Token.UserUID)
+		st.IssuedAt = timePtr(&a.Token.IssuedAt)
+		st.RotatedAt = timePtr(a.RotatedAt)
+		// The effective expiry becomes the record: a later extension of the
+		// spec can never move it back out.
 		st.ExpiresAt = nil
-		if expires {
-			st.ExpiresAt = timePtr(&expiry)
-			if !expired {
-				wake = append(wake, expiry)
+		if v.Expires {
+			st.ExpiresAt = timePtr(&v.Expiry)
+			if !v.Expired {
+				wake = append(wake, v.Expiry)
 			}
 		}
 		st.NextRotationAt = nil
-		if next, ok := scheduledRotation(o.Spec, o.User, rec.IssuedAt); ok {
-			st.NextRotationAt = timePtr(&next)
-			wake = append(wake, next)
+		if v.Rotates {
+			st.NextRotationAt = timePtr(&v.NextRotation)
+			wake = append(wake, v.NextRotation)
 		}
-		prev := tokenstate.StillAccepted(rec.Previous, now)
+		prev := tokenstate.StillAccepted(&a.Token, &o.User, &v, now)
 		st.PreviousTokens = previousTokens(prev)
-		if len(prev) > 0 {
-			wake = append(wake, prev[0].ValidUntil)
+		for _, p := range prev {
+			wake = append(wake, p.ValidUntil)
 		}
-		st.LastRotationRequest = rec.RotationRequest
 	} else {
-		// No token is accepted: keep only the display prefix, so humans can
-		// still tell which token was revoked.
-		st.TokenHash = ""
+		// No token is accepted: keep the serial and display prefix, so
+		// humans can tell which token was revoked and no older record is
+		// ever adopted.
+		st.TokenHash, st.ServiceUserUID = "", ""
 		st.IssuedAt, st.RotatedAt, st.ExpiresAt, st.NextRotationAt = nil, nil, nil, nil
 		st.PreviousTokens = nil
 	}
 
-	setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionRevoked, d.RevokeReason != "",
-		orDefault(d.RevokeReason, keymintv1alpha1.ApiTokenReasonNotRevoked), revokeMessage(d.RevokeReason, o.Spec.ServiceUser))
-	if expired {
+	setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionRevoked, v.Revoked != "",
+		orDefault(v.Revoked, keymintv1alpha1.ApiTokenReasonNotRevoked), revokeMessage(v.Revoked, o.Spec.ServiceUser))
+	if v.Expired {
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionExpired, true, keymintv1alpha1.ApiTokenReasonExpired,
 			fmt.Sprintf("The token expired at %s", st.ExpiresAt.UTC().Format(time.RFC3339)))
 	} else {
@@ -249,13 +270,16 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 	case o.Conflict:
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, keymintv1alpha1.ApiTokenReasonSecretConflict,
 			fmt.Sprintf("Secret %q exists and is not owned by this ApiToken; delete it or set spec.secretName on a new ApiToken", secretName))
-	case d.RevokeReason != "":
-		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, d.RevokeReason, revokeMessage(d.RevokeReason, o.Spec.ServiceUser))
-	case expired:
-		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, keymintv1alpha1.ApiTokenReasonExpired, "The token has expired")
+	case v.Revoked != "":
+		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, v.Revoked, revokeMessage(v.Revoked, o.Spec.ServiceUser))
+	case v.Expired:
+		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, keymintv1alpha1.ApiTokenReasonExpired,
+			"The token has expired; a later expiresAt or lifetime mints a new one")
+	case !v.Accepted:
+		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, keymintv1alpha1.ApiTokenReasonPending, "No token is issued yet")
 	default:
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, true, keymintv1alpha1.ApiTokenReasonIssued,
-			fmt.Sprintf("Token %s… is in Secret %q", rec.Display, secretName))
+			fmt.Sprintf("Token %s… is in Secret %q", a.Display, secretName))
 	}
 
 	res := result{Status: st}
@@ -274,7 +298,7 @@ func revokeMessage(reason, user string) string {
 	case keymintv1alpha1.ApiTokenReasonServiceUserDisabled:
 		return fmt.Sprintf("ServiceUser %q is disabled", user)
 	case keymintv1alpha1.ApiTokenReasonServiceUserNotFound:
-		return fmt.Sprintf("ServiceUser %q does not exist or is being deleted", user)
+		return fmt.Sprintf("ServiceUser %q does not exist, is being deleted, or was deleted since the token was minted", user)
 	}
 	return "The token is not revoked"
 }

@@ -13,17 +13,16 @@ import (
 
 var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
-// obs builds an observation of an issued, valid token of an enabled user;
-// options change one thing each.
+// obs builds an observation of an issued, valid, delivered token (serial 3,
+// minted an hour ago) of an enabled user; options change one thing each.
 func obs(opts ...func(*observation)) observation {
+	spec := &keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci"}
 	o := observation{
-		Spec:             &keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci"},
-		User:             tokenstate.User{Found: true},
-		Record:           secretRecord{Hash: "sha256:current", Display: "km_current", IssuedAt: now.Add(-time.Hour)},
-		HasToken:         true,
-		SecretHoldsToken: true,
-		HadToken:         true,
-		Now:              now,
+		Spec:    spec,
+		User:    tokenstate.User{Found: true, UID: "uid-ci"},
+		Current: tokenstate.Token{Spec: spec, Issued: true, IssuedAt: now.Add(-time.Hour), UserUID: "uid-ci"},
+		Hash:    "sha256:current", Display: "km_current", Serial: 3,
+		Delivered: true, SecretHolds: true, Now: now,
 	}
 	for _, f := range opts {
 		f(&o)
@@ -31,150 +30,242 @@ func obs(opts ...func(*observation)) observation {
 	return o
 }
 
-func noToken(o *observation) { o.Record, o.HasToken, o.SecretHoldsToken = secretRecord{}, false, false }
+// noToken: the status names no token and the Secret holds nothing.
+func noToken(o *observation) {
+	o.Current = tokenstate.Token{Spec: o.Spec}
+	o.Hash, o.Delivered, o.SecretHolds = "", false, false
+}
+
+func lifetime(d time.Duration) func(*observation) {
+	return func(o *observation) { o.Spec.Lifetime = &metav1.Duration{Duration: d} }
+}
+
+// recorded sets the expiry the current token was minted with.
+func recorded(at time.Time) func(*observation) {
+	return func(o *observation) { o.Current.Expiry, o.Current.Expires = at, true }
+}
+
+func rotation(every, grace time.Duration) func(*observation) {
+	return func(o *observation) {
+		o.Spec.Rotation = &keymintv1alpha1.Rotation{}
+		if every > 0 {
+			o.Spec.Rotation.Every = &metav1.Duration{Duration: every}
+		}
+		if grace > 0 {
+			o.Spec.Rotation.GracePeriod = &metav1.Duration{Duration: grace}
+		}
+	}
+}
 
 func TestDecide(t *testing.T) {
 	tests := map[string]struct {
-		obs              observation
-		wantAction       action
-		wantReason       string
-		wantRevokeReason string
+		obs        observation
+		wantAction action
+		wantReason string
 	}{
-		"a valid token in steady state: nothing to do": {
-			obs: obs(), wantAction: actNone,
-		},
+		"a valid token in steady state: nothing to do": {obs: obs(), wantAction: actNone},
 		"a new ApiToken: issue": {
-			obs: obs(noToken, func(o *observation) { o.HadToken = false }), wantAction: actIssue, wantReason: eventIssued,
+			obs: obs(noToken), wantAction: actIssue, wantReason: eventIssued,
 		},
 		"the status names a token the Secret lost: issue, saying it was lost": {
-			obs: obs(noToken), wantAction: actIssue, wantReason: eventTokenLost,
+			obs:        obs(func(o *observation) { o.Delivered, o.SecretHolds = false, false }),
+			wantAction: actIssue, wantReason: eventTokenLost,
 		},
-		"the Secret holds a token that does not match its record: replace it": {
-			obs: obs(noToken, func(o *observation) { o.SecretHoldsToken = true; o.HadToken = false }), wantAction: actIssue, wantReason: eventReissued,
+		"the status names a token and the Secret holds another: never adopt it, issue a fresh one": {
+			obs:        obs(func(o *observation) { o.Delivered = false }),
+			wantAction: actIssue, wantReason: eventSecretChanged,
+		},
+		"the status names no token and the Secret holds one keymint cannot vouch for: replace it": {
+			obs:        obs(noToken, func(o *observation) { o.SecretHolds = true }),
+			wantAction: actIssue, wantReason: eventSecretChanged,
 		},
 		"revoked by spec with a token in the Secret: remove it": {
 			obs:        obs(func(o *observation) { o.Spec.Revoked = true }),
-			wantAction: actRevoke, wantReason: eventRevoked, wantRevokeReason: keymintv1alpha1.ApiTokenReasonRevokedBySpec,
+			wantAction: actRevoke, wantReason: eventRevoked,
 		},
 		"revoked and already emptied: nothing more to do": {
-			obs:        obs(noToken, func(o *observation) { o.Spec.Revoked = true }),
-			wantAction: actNone, wantRevokeReason: keymintv1alpha1.ApiTokenReasonRevokedBySpec,
+			obs: obs(noToken, func(o *observation) { o.Spec.Revoked = true }), wantAction: actNone,
+		},
+		"revoked with a token keymint cannot vouch for in the Secret: remove it, mint nothing": {
+			obs:        obs(noToken, func(o *observation) { o.Spec.Revoked = true; o.SecretHolds = true }),
+			wantAction: actRevoke, wantReason: eventRevoked,
 		},
 		"a disabled user revokes": {
 			obs:        obs(func(o *observation) { o.User.Disabled = true }),
-			wantAction: actRevoke, wantReason: eventRevoked, wantRevokeReason: keymintv1alpha1.ApiTokenReasonServiceUserDisabled,
+			wantAction: actRevoke, wantReason: eventRevoked,
 		},
 		"a missing user revokes, and nothing is minted for it": {
-			obs:        obs(noToken, func(o *observation) { o.User = tokenstate.User{} }),
-			wantAction: actNone, wantRevokeReason: keymintv1alpha1.ApiTokenReasonServiceUserNotFound,
+			obs: obs(noToken, func(o *observation) { o.User = tokenstate.User{} }), wantAction: actNone,
+		},
+		"a user deleted and created again under the same name revokes the old token": {
+			obs:        obs(func(o *observation) { o.User.UID = "uid-ci-again" }),
+			wantAction: actRevoke, wantReason: eventRevoked,
+		},
+		"after that revocation the new user gets a new token": {
+			obs:        obs(noToken, func(o *observation) { o.User.UID = "uid-ci-again" }),
+			wantAction: actIssue, wantReason: eventIssued,
 		},
 		"a Secret conflict: touch nothing": {
 			obs: obs(noToken, func(o *observation) { o.Conflict = true }), wantAction: actNone,
 		},
-		"a Secret conflict still reports a revocation, so a ServiceUser deletion can finish": {
-			obs:        obs(noToken, func(o *observation) { o.Conflict = true; o.User = tokenstate.User{} }),
-			wantAction: actNone, wantRevokeReason: keymintv1alpha1.ApiTokenReasonServiceUserNotFound,
+		"another ApiToken claims the hash: reissue": {
+			obs: obs(func(o *observation) { o.Claimed = true }), wantAction: actIssue, wantReason: eventHashConflict,
 		},
 		"a new rotate annotation value: rotate": {
 			obs: obs(func(o *observation) { o.RotateRequest = "1" }), wantAction: actRotate, wantReason: eventRotationRequested,
 		},
 		"the rotate value already handled: nothing": {
-			obs: obs(func(o *observation) { o.RotateRequest = "1"; o.Record.RotationRequest = "1" }), wantAction: actNone,
+			obs: obs(func(o *observation) { o.RotateRequest = "1"; o.RotationRequest = "1" }), wantAction: actNone,
 		},
 		"a first issue with an annotation present issues, it does not rotate": {
-			obs: obs(noToken, func(o *observation) { o.RotateRequest = "1"; o.HadToken = false }), wantAction: actIssue, wantReason: eventIssued,
+			obs: obs(noToken, func(o *observation) { o.RotateRequest = "1" }), wantAction: actIssue, wantReason: eventIssued,
 		},
 		"a rotation schedule that has come due: rotate": {
-			obs: obs(func(o *observation) {
-				o.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: time.Hour}}
-			}),
-			wantAction: actRotate, wantReason: eventRotationScheduled,
+			obs: obs(rotation(time.Hour, 0)), wantAction: actRotate, wantReason: eventRotationScheduled,
 		},
-		"a rotation schedule not yet due: nothing": {
-			obs: obs(func(o *observation) {
-				o.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: 2 * time.Hour}}
-			}),
-			wantAction: actNone,
+		"a rotation schedule 1 s from due: nothing": {
+			obs: obs(rotation(time.Hour+time.Second, 0)), wantAction: actNone,
 		},
 		"a token that expired before its rotation fell due is not rotated on schedule": {
-			obs: obs(func(o *observation) {
-				o.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: time.Hour}}
-				o.Spec.Lifetime = &metav1.Duration{Duration: 30 * time.Minute}
+			obs: obs(rotation(time.Hour, 0), lifetime(30*time.Minute), recorded(now.Add(-30*time.Minute))), wantAction: actNone,
+		},
+		"a rotation due at the instant of expiry still happens": {
+			obs: obs(rotation(time.Hour, 0), lifetime(time.Hour), recorded(now)), wantAction: actRotate, wantReason: eventRotationScheduled,
+		},
+		"a rotation that fell due before expiry happens even when reconciled late": {
+			obs:        obs(rotation(50*time.Minute, 0), lifetime(55*time.Minute), recorded(now.Add(-5*time.Minute))),
+			wantAction: actRotate, wantReason: eventRotationScheduled,
+		},
+		"an expired token is rotated on request": {
+			obs:        obs(lifetime(30*time.Minute), recorded(now.Add(-30*time.Minute)), func(o *observation) { o.RotateRequest = "renew" }),
+			wantAction: actRotate, wantReason: eventRotationRequested,
+		},
+		"a lifetime extended after expiry mints a new token; the expired one stays refused": {
+			obs:        obs(lifetime(2*time.Hour), recorded(now.Add(-time.Second))),
+			wantAction: actIssue, wantReason: eventRenewed,
+		},
+		"a lifetime extended before expiry replaces the token, with the grace period": {
+			obs:        obs(lifetime(2*time.Hour), recorded(now.Add(time.Second))),
+			wantAction: actRotate, wantReason: eventRenewed,
+		},
+		"an expiry removed altogether is an extension too": {
+			obs: obs(recorded(now.Add(time.Minute))), wantAction: actRotate, wantReason: eventRenewed,
+		},
+		"an extension to an expiresAt already past mints nothing": {
+			obs: obs(recorded(now.Add(-time.Hour)), func(o *observation) {
+				o.Spec.ExpiresAt = &metav1.Time{Time: now.Add(-time.Minute)}
 			}),
 			wantAction: actNone,
 		},
-		"a rotation due at the instant of expiry still happens": {
-			obs: obs(func(o *observation) {
-				o.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: time.Hour}}
-				o.Spec.Lifetime = &metav1.Duration{Duration: time.Hour}
-			}),
-			wantAction: actRotate, wantReason: eventRotationScheduled,
+		"a shortened lifetime applies to the token in place": {
+			obs: obs(lifetime(90*time.Minute), recorded(now.Add(time.Hour))), wantAction: actNone,
 		},
-		"a rotation that fell due before expiry happens even when reconciled late": {
-			obs: obs(func(o *observation) {
-				o.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: 50 * time.Minute}}
-				o.Spec.Lifetime = &metav1.Duration{Duration: 55 * time.Minute}
-			}),
-			wantAction: actRotate, wantReason: eventRotationScheduled,
-		},
-		"an expired token is rotated on request, which renews it": {
-			obs: obs(func(o *observation) {
-				o.Spec.Lifetime = &metav1.Duration{Duration: 30 * time.Minute}
-				o.RotateRequest = "renew"
-			}),
-			wantAction: actRotate, wantReason: eventRotationRequested,
+		"an expired token stays expired while its expiry is unchanged": {
+			obs: obs(lifetime(30*time.Minute), recorded(now.Add(-30*time.Minute))), wantAction: actNone,
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			d := decide(tc.obs)
-			if d.Action != tc.wantAction || d.Reason != tc.wantReason || d.RevokeReason != tc.wantRevokeReason {
-				t.Errorf("decide = %+v, want action %v reason %q revoke %q", d, tc.wantAction, tc.wantReason, tc.wantRevokeReason)
+			if d.Action != tc.wantAction || d.Reason != tc.wantReason {
+				t.Errorf("decide = %+v, want action %v reason %q", d, tc.wantAction, tc.wantReason)
+			}
+		})
+	}
+}
+
+func TestObserveToken(t *testing.T) {
+	issued := metav1.NewTime(now.Add(-time.Hour))
+	status := keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:status", TokenPrefix: "km_status", IssuedAt: &issued, Serial: 3}
+	signed := func(serial int64) *secretRecord {
+		return &secretRecord{Serial: serial, Hash: "sha256:secret", Display: "km_secret", IssuedAt: now}
+	}
+	tests := map[string]struct {
+		status      keymintv1alpha1.ApiTokenStatus
+		secret      secretState
+		wantAdopted bool
+		wantHash    string
+	}{
+		"a signed record newer than the status is adopted (a crash between the writes)": {
+			status: status, secret: secretState{Plain: "x", Holds: true, Signed: signed(4)}, wantAdopted: true, wantHash: "sha256:secret",
+		},
+		"a signed record at the status's serial is not: the status already moved past it": {
+			status: status, secret: secretState{Plain: "x", Holds: true, Signed: signed(3)}, wantHash: "sha256:status",
+		},
+		"a signed record older than a revoked status is not: a restored backup revives nothing": {
+			status: keymintv1alpha1.ApiTokenStatus{Serial: 5}, secret: secretState{Plain: "x", Holds: true, Signed: signed(2)},
+		},
+		"a signed record recovers a lost status": {
+			status: keymintv1alpha1.ApiTokenStatus{}, secret: secretState{Plain: "x", Holds: true, Signed: signed(1)}, wantAdopted: true, wantHash: "sha256:secret",
+		},
+		"an unsigned Secret is never adopted": {
+			status: keymintv1alpha1.ApiTokenStatus{}, secret: secretState{Plain: "x", Holds: true},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			o := observation{Spec: &keymintv1alpha1.ApiTokenSpec{}}
+			observeToken(&o, &tc.status, tc.secret)
+			if o.Adopted != tc.wantAdopted || o.Hash != tc.wantHash || o.Current.Issued != (tc.wantHash != "") {
+				t.Errorf("adopted %v hash %q issued %v; want adopted %v hash %q", o.Adopted, o.Hash, o.Current.Issued, tc.wantAdopted, tc.wantHash)
+			}
+			if o.Adopted && (!o.Delivered || o.Serial != tc.secret.Signed.Serial) {
+				t.Errorf("an adopted record: delivered %v serial %d", o.Delivered, o.Serial)
 			}
 		})
 	}
 }
 
 func TestNewRecord(t *testing.T) {
-	grace := func(d time.Duration) func(*observation) {
-		return func(o *observation) {
-			o.Spec.Rotation = &keymintv1alpha1.Rotation{GracePeriod: &metav1.Duration{Duration: d}}
-		}
-	}
 	tests := map[string]struct {
 		obs          observation
 		action       action
-		wantPrevious []tokenstate.Previous
+		wantExpiry   *time.Time
+		wantPrevious []recordPrevious
 		wantRotated  bool
 	}{
 		"an issue keeps no previous hash": {
-			obs: obs(grace(time.Hour)), action: actIssue,
+			obs: obs(rotation(0, time.Hour)), action: actIssue,
+		},
+		"a new token's expiry is the spec's, counted from now": {
+			obs: obs(lifetime(2*time.Hour), recorded(now.Add(time.Hour))), action: actIssue, wantExpiry: ptrTime(now.Add(2 * time.Hour)),
 		},
 		"a rotation without grace keeps no previous hash": {
 			obs: obs(), action: actRotate, wantRotated: true,
 		},
 		"a rotation with grace keeps the old hash until now + grace": {
-			obs: obs(grace(time.Hour)), action: actRotate, wantRotated: true,
-			wantPrevious: []tokenstate.Previous{{Hash: "sha256:current", ValidUntil: now.Add(time.Hour)}},
+			obs: obs(rotation(0, time.Hour)), action: actRotate, wantRotated: true,
+			wantPrevious: []recordPrevious{{Hash: "sha256:current", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)}},
 		},
-		"the grace period never outlives the old token": {
-			obs:    obs(grace(time.Hour), func(o *observation) { o.Spec.Lifetime = &metav1.Duration{Duration: 70 * time.Minute} }),
-			action: actRotate, wantRotated: true,
-			wantPrevious: []tokenstate.Previous{{Hash: "sha256:current", ValidUntil: now.Add(10 * time.Minute)}},
+		"the grace period never outlives the old token's recorded expiry": {
+			obs: obs(rotation(0, time.Hour), recorded(now.Add(10*time.Minute))), action: actRotate, wantRotated: true,
+			wantPrevious: []recordPrevious{{Hash: "sha256:current", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(10 * time.Minute)}},
+		},
+		"an expired token rotated out gets no grace": {
+			obs: obs(rotation(0, time.Hour), recorded(now.Add(-time.Second))), action: actRotate, wantRotated: true,
 		},
 		"hashes whose grace has ended are dropped": {
-			obs: obs(grace(time.Hour), func(o *observation) {
-				o.Record.Previous = []tokenstate.Previous{{Hash: "sha256:old", ValidUntil: now}, {Hash: "sha256:older", ValidUntil: now.Add(time.Minute)}}
+			obs: obs(rotation(0, time.Hour), func(o *observation) {
+				o.Current.Previous = []tokenstate.Previous{
+					{Hash: "sha256:old", IssuedAt: now.Add(-2 * time.Hour), ValidUntil: now},
+					{Hash: "sha256:older", IssuedAt: now.Add(-3 * time.Hour), ValidUntil: now.Add(time.Minute)},
+				}
 			}),
 			action: actRotate, wantRotated: true,
-			wantPrevious: []tokenstate.Previous{{Hash: "sha256:older", ValidUntil: now.Add(time.Minute)}, {Hash: "sha256:current", ValidUntil: now.Add(time.Hour)}},
+			wantPrevious: []recordPrevious{
+				{Hash: "sha256:older", IssuedAt: now.Add(-3 * time.Hour), ValidUntil: now.Add(time.Minute)},
+				{Hash: "sha256:current", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)},
+			},
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			rec := newRecord(tc.obs, decision{Action: tc.action}, "sha256:new", "km_new")
-			if rec.Hash != "sha256:new" || !rec.IssuedAt.Equal(now) {
-				t.Errorf("record = %+v, want the new hash issued now", rec)
+			if rec.Hash != "sha256:new" || !rec.IssuedAt.Equal(now) || rec.Serial != 4 || rec.ServiceUserUID != "uid-ci" {
+				t.Errorf("record = %+v, want the new hash, issued now, serial 4, for uid-ci", rec)
+			}
+			if (rec.ExpiresAt == nil) != (tc.wantExpiry == nil) || (rec.ExpiresAt != nil && !rec.ExpiresAt.Equal(*tc.wantExpiry)) {
+				t.Errorf("expiresAt = %v, want %v", rec.ExpiresAt, tc.wantExpiry)
 			}
 			if (rec.RotatedAt != nil) != tc.wantRotated {
 				t.Errorf("rotatedAt = %v, want set: %v", rec.RotatedAt, tc.wantRotated)
@@ -182,20 +273,22 @@ func TestNewRecord(t *testing.T) {
 			if len(rec.Previous) != len(tc.wantPrevious) {
 				t.Fatalf("previous = %+v, want %+v", rec.Previous, tc.wantPrevious)
 			}
-			for i := range rec.Previous {
-				if rec.Previous[i].Hash != tc.wantPrevious[i].Hash || !rec.Previous[i].ValidUntil.Equal(tc.wantPrevious[i].ValidUntil) {
-					t.Errorf("previous[%d] = %+v, want %+v", i, rec.Previous[i], tc.wantPrevious[i])
+			for i, p := range rec.Previous {
+				w := tc.wantPrevious[i]
+				if p.Hash != w.Hash || !p.ValidUntil.Equal(w.ValidUntil) || !p.IssuedAt.Equal(w.IssuedAt) {
+					t.Errorf("previous[%d] = %+v, want %+v", i, p, w)
 				}
 			}
 		})
 	}
 }
 
+func ptrTime(t time.Time) *time.Time { return &t }
+
 func TestNewRecordBoundsPreviousTokens(t *testing.T) {
-	o := obs(func(o *observation) {
-		o.Spec.Rotation = &keymintv1alpha1.Rotation{GracePeriod: &metav1.Duration{Duration: time.Hour}}
+	o := obs(rotation(0, time.Hour), func(o *observation) {
 		for i := range 20 {
-			o.Record.Previous = append(o.Record.Previous, tokenstate.Previous{Hash: "sha256:p", ValidUntil: now.Add(time.Duration(i+1) * time.Minute)})
+			o.Current.Previous = append(o.Current.Previous, tokenstate.Previous{Hash: "sha256:p", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Duration(i+1) * time.Minute)})
 		}
 	})
 	rec := newRecord(o, decision{Action: actRotate}, "sha256:new", "km_new")
@@ -211,52 +304,70 @@ func TestDesiredStatus(t *testing.T) {
 	tests := map[string]struct {
 		obs        observation
 		d          decision
-		hasToken   bool
 		wantReady  metav1.ConditionStatus
 		wantReason string
 		wantHash   string
+		wantExpiry *time.Time
 		wantWake   time.Duration
+		wantPrev   []time.Time
 	}{
 		"issued, no expiry: Ready, nothing scheduled": {
-			obs: obs(), hasToken: true, wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
+			obs: obs(), wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
 		},
 		"issued with a lifetime: wake at expiry": {
-			obs:      obs(func(o *observation) { o.Spec.Lifetime = &metav1.Duration{Duration: 3 * time.Hour} }),
-			hasToken: true, wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-			wantWake: 2 * time.Hour,
+			obs:       obs(lifetime(3*time.Hour), recorded(now.Add(2*time.Hour))),
+			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
+			wantExpiry: ptrTime(now.Add(2 * time.Hour)), wantWake: 2 * time.Hour,
+		},
+		"a lifetime shortened since minting: the earlier expiry becomes the record": {
+			obs:       obs(lifetime(90*time.Minute), recorded(now.Add(2*time.Hour))),
+			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
+			wantExpiry: ptrTime(now.Add(30 * time.Minute)), wantWake: 30 * time.Minute,
+		},
+		"a lifetime extended since minting: the record keeps the minted expiry": {
+			obs:       obs(lifetime(5*time.Hour), recorded(now.Add(-time.Second))),
+			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonExpired, wantHash: "sha256:current",
+			wantExpiry: ptrTime(now.Add(-time.Second)),
 		},
 		"rotation due before expiry: wake at the rotation": {
-			obs: obs(func(o *observation) {
-				o.Spec.Lifetime = &metav1.Duration{Duration: 3 * time.Hour}
-				o.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: 90 * time.Minute}}
-			}),
-			hasToken: true, wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-			wantWake: 30 * time.Minute,
+			obs:       obs(lifetime(3*time.Hour), recorded(now.Add(2*time.Hour)), rotation(90*time.Minute, 0)),
+			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
+			wantExpiry: ptrTime(now.Add(2 * time.Hour)), wantWake: 30 * time.Minute,
 		},
 		"a grace period ending first: wake when it ends": {
 			obs: obs(func(o *observation) {
-				o.Record.Previous = []tokenstate.Previous{{Hash: "sha256:old", ValidUntil: now.Add(5 * time.Minute)}}
+				o.Current.Previous = []tokenstate.Previous{{Hash: "sha256:old", IssuedAt: now.Add(-2 * time.Hour), ValidUntil: now.Add(5 * time.Minute)}}
 			}),
-			hasToken: true, wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-			wantWake: 5 * time.Minute,
+			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
+			wantWake: 5 * time.Minute, wantPrev: []time.Time{now.Add(5 * time.Minute)},
+		},
+		"a maxLifetime shortened since rotation cuts the grace period short": {
+			obs: obs(func(o *observation) {
+				o.User.MaxLifetime = 2*time.Hour + time.Minute
+				o.Current.Expiry, o.Current.Expires = now.Add(time.Hour+time.Minute), true
+				o.Current.Previous = []tokenstate.Previous{{Hash: "sha256:old", IssuedAt: now.Add(-2 * time.Hour), ValidUntil: now.Add(time.Hour)}}
+			}),
+			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
+			wantExpiry: ptrTime(now.Add(time.Hour + time.Minute)), wantWake: time.Minute, wantPrev: []time.Time{now.Add(time.Minute)},
 		},
 		"expired: not Ready, nothing more scheduled": {
-			obs:      obs(func(o *observation) { o.Spec.Lifetime = &metav1.Duration{Duration: time.Hour} }),
-			hasToken: true, wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonExpired, wantHash: "sha256:current",
+			obs:       obs(lifetime(time.Hour), recorded(now)),
+			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonExpired, wantHash: "sha256:current",
+			wantExpiry: ptrTime(now),
 		},
 		"revoked: not Ready, no hash": {
-			obs: obs(), d: decision{RevokeReason: keymintv1alpha1.ApiTokenReasonServiceUserDisabled}, hasToken: false,
+			obs: obs(func(o *observation) { o.User.Disabled = true }), d: decision{Action: actRevoke},
 			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonServiceUserDisabled,
 		},
 		"a Secret conflict: not Ready": {
-			obs: obs(noToken, func(o *observation) { o.Conflict = true }), hasToken: false,
+			obs:       obs(noToken, func(o *observation) { o.Conflict = true }),
 			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonSecretConflict,
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			current := keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:stale", LastUsedAt: &metav1.Time{Time: now}}
-			res := desiredStatus(current, 7, "ci-secret", tc.obs, tc.d, tc.obs.Record, tc.hasToken)
+			res := desiredStatus(current, 7, "ci-secret", tc.obs, afterAction(tc.obs, tc.d, nil))
 			ready := meta.FindStatusCondition(res.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)
 			if ready == nil || ready.Status != tc.wantReady || ready.Reason != tc.wantReason || ready.ObservedGeneration != 7 {
 				t.Errorf("Ready = %+v, want %s/%s at generation 7", ready, tc.wantReady, tc.wantReason)
@@ -264,49 +375,26 @@ func TestDesiredStatus(t *testing.T) {
 			if res.Status.TokenHash != tc.wantHash {
 				t.Errorf("tokenHash = %q, want %q", res.Status.TokenHash, tc.wantHash)
 			}
+			if got := res.Status.ExpiresAt; (got == nil) != (tc.wantExpiry == nil) || (got != nil && !got.Time.Equal(*tc.wantExpiry)) {
+				t.Errorf("expiresAt = %v, want %v", got, tc.wantExpiry)
+			}
 			if res.RequeueAfter != tc.wantWake {
 				t.Errorf("requeue after %v, want %v", res.RequeueAfter, tc.wantWake)
+			}
+			if len(res.Status.PreviousTokens) != len(tc.wantPrev) {
+				t.Fatalf("previous = %+v, want ends %v", res.Status.PreviousTokens, tc.wantPrev)
+			}
+			for i, p := range res.Status.PreviousTokens {
+				if !p.ValidUntil.Time.Equal(tc.wantPrev[i]) {
+					t.Errorf("previous[%d] valid until %v, want %v", i, p.ValidUntil, tc.wantPrev[i])
+				}
 			}
 			if res.Status.LastUsedAt == nil {
 				t.Error("lastUsedAt, written by the check server, was dropped")
 			}
-			if res.Status.ObservedGeneration != 7 || res.Status.SecretName != "ci-secret" {
-				t.Errorf("observedGeneration %d, secretName %q", res.Status.ObservedGeneration, res.Status.SecretName)
+			if res.Status.Serial != 3 || res.Status.ObservedGeneration != 7 || res.Status.SecretName != "ci-secret" {
+				t.Errorf("serial %d, observedGeneration %d, secretName %q", res.Status.Serial, res.Status.ObservedGeneration, res.Status.SecretName)
 			}
 		})
 	}
-}
-
-func TestTrustedRecord(t *testing.T) {
-	issued := now.Add(-time.Hour)
-	status := keymintv1alpha1.ApiTokenStatus{
-		TokenHash: "sha256:current", IssuedAt: &metav1.Time{Time: issued}, LastRotationRequest: "r1",
-		PreviousTokens: []keymintv1alpha1.PreviousToken{{TokenHash: "sha256:old", ValidUntil: metav1.Time{Time: now.Add(time.Minute)}}},
-	}
-	graceHour := &keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{GracePeriod: &metav1.Duration{Duration: time.Hour}}}
-	// planted is what someone who can edit the Secret wrote into its annotations.
-	planted := secretRecord{
-		Hash: "sha256:current", IssuedAt: now.Add(1000 * time.Hour), RotationRequest: "r9",
-		Previous: []tokenstate.Previous{{Hash: "sha256:planted", ValidUntil: now.Add(10000 * time.Hour)}},
-	}
-
-	t.Run("a token the status names keeps the status's issue time and hashes", func(t *testing.T) {
-		rec := trustedRecord(&status, graceHour, planted, now)
-		if !rec.IssuedAt.Equal(issued) || rec.RotationRequest != "r1" || len(rec.Previous) != 1 || rec.Previous[0].Hash != "sha256:old" {
-			t.Errorf("record %+v follows the annotations, want the status", rec)
-		}
-	})
-	t.Run("a token the status does not name is adopted, with its annotations bounded", func(t *testing.T) {
-		lost := keymintv1alpha1.ApiTokenStatus{}
-		rec := trustedRecord(&lost, graceHour, planted, now)
-		if rec.IssuedAt.After(now) {
-			t.Errorf("issued at %v, after now", rec.IssuedAt)
-		}
-		if len(rec.Previous) != 1 || rec.Previous[0].ValidUntil.After(now.Add(time.Hour)) {
-			t.Errorf("previous %+v: want grace bounded to now + the spec's 1h", rec.Previous)
-		}
-		if rec.RotationRequest != "r9" {
-			t.Errorf("rotation request %q: a rebuild keeps the handled value, so a crash never rotates twice", rec.RotationRequest)
-		}
-	})
 }

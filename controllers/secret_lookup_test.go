@@ -64,8 +64,8 @@ func TestSecretLookup(t *testing.T) {
 			if (sec != nil) != tc.wantSecret || conflict != tc.wantConflict {
 				t.Fatalf("secret = %v, conflict = %v; want a Secret: %v, conflict: %v", sec != nil, conflict, tc.wantSecret, tc.wantConflict)
 			}
-			if sec != nil && holdsToken(sec) != tc.wantToken {
-				t.Errorf("holds a token: %v, want %v", holdsToken(sec), tc.wantToken)
+			if holds := sec != nil && readSecret(sec, tok, testKeyring(t)).Holds; holds != tc.wantToken {
+				t.Errorf("holds a token: %v, want %v", holds, tc.wantToken)
 			}
 		})
 	}

@@ -2,121 +2,130 @@ package controllers
 
 import (
 	"encoding/json"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
 
-// secretRecord is what a token Secret says about the token it holds. The
-// Secret is written before the ApiToken status, so after a crash between the
-// two writes (or a status lost to a backup restore) the status is rebuilt
-// from this record, and no second token is minted.
+// secretRecord is the record of a token, as the Secret that delivers it
+// carries it. The status is the record of truth; the Secret's copy exists
+// only to recover a token the status does not name yet (a crash between the
+// Secret and status writes), and is adopted only if keymint signed it.
 type secretRecord struct {
-	Hash            string
-	Display         string // the first characters of the token, for humans
-	IssuedAt        time.Time
-	RotatedAt       *time.Time
-	Previous        []tokenstate.Previous
-	RotationRequest string
+	Serial          int64            `json:"serial"`
+	Hash            string           `json:"hash"`
+	ServiceUserUID  types.UID        `json:"serviceUserUID,omitempty"`
+	IssuedAt        time.Time        `json:"issuedAt"`
+	ExpiresAt       *time.Time       `json:"expiresAt,omitempty"`
+	RotatedAt       *time.Time       `json:"rotatedAt,omitempty"`
+	Previous        []recordPrevious `json:"previous,omitempty"`
+	RotationRequest string           `json:"rotationRequest,omitempty"`
+	// Display is the token's first characters, for humans; never stored.
+	Display string `json:"-"`
 }
 
-// recordAnnotations are the Secret annotations a record is stored in.
-var recordAnnotations = []string{
-	keymintv1alpha1.TokenHashAnnotation,
-	keymintv1alpha1.IssuedAtAnnotation,
-	keymintv1alpha1.RotatedAtAnnotation,
-	keymintv1alpha1.PreviousTokensAnnotation,
-	keymintv1alpha1.RotationRequestAnnotation,
+type recordPrevious struct {
+	Hash       string    `json:"hash"`
+	IssuedAt   time.Time `json:"issuedAt"`
+	ValidUntil time.Time `json:"validUntil"`
 }
 
-// readRecord returns the record of a token Secret. ok is false unless the
-// Secret holds a well-formed token whose hash matches its annotation and a
-// readable issue time: anything less counts as no token at all.
-func readRecord(sec *corev1.Secret) (rec secretRecord, ok bool) {
+// recordVersion starts every signed message, so a future record format can
+// never verify as this one.
+const recordVersion = "keymint.io/record/v1"
+
+// signedFields binds a record to one ApiToken object: the same record in
+// another ApiToken's Secret, or in a later ApiToken of the same name, does
+// not verify.
+func signedFields(tok *keymintv1alpha1.ApiToken, record string) []string {
+	return []string{recordVersion, tok.Namespace, tok.Name, string(tok.UID), tok.Spec.ServiceUser, record}
+}
+
+// secretState is what a token Secret holds, as far as a reconcile trusts it.
+type secretState struct {
+	// Plain is the token in the Secret's data, "" when none.
+	Plain string
+	// Holds is true when the Secret has any token data or record at all.
+	Holds bool
+	// Signed is the Secret's record when keymint signed it for this
+	// ApiToken and the Secret's token is the record's; nil otherwise.
+	Signed *secretRecord
+}
+
+// readSecret reads a token Secret, verifying its record with ring.
+func readSecret(sec *corev1.Secret, tok *keymintv1alpha1.ApiToken, ring *recordkey.Keyring) secretState {
 	if sec == nil {
-		return rec, false
+		return secretState{}
 	}
-	plain := string(sec.Data[keymintv1alpha1.SecretTokenKey])
-	if _, err := token.Parse(plain); err != nil {
-		return rec, false
+	var st secretState
+	plain, hasData := sec.Data[keymintv1alpha1.SecretTokenKey]
+	record, hasRecord := sec.Annotations[keymintv1alpha1.RecordAnnotation]
+	_, hasSig := sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation]
+	st.Holds = hasData || hasRecord || hasSig
+	if _, err := token.Parse(string(plain)); err == nil {
+		st.Plain = string(plain)
 	}
-	ann := sec.Annotations
-	rec.Hash = ann[keymintv1alpha1.TokenHashAnnotation]
-	if !token.Matches(plain, rec.Hash) {
-		return secretRecord{}, false
+	if st.Plain == "" || !ring.Verify(sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation], signedFields(tok, record)...) {
+		return st
 	}
-	issuedAt, err := time.Parse(time.RFC3339, ann[keymintv1alpha1.IssuedAtAnnotation])
-	if err != nil {
-		return secretRecord{}, false
+	var rec secretRecord
+	if err := json.Unmarshal([]byte(record), &rec); err != nil || !token.Matches(st.Plain, rec.Hash) {
+		return st
 	}
-	rec.IssuedAt = issuedAt
-	rec.Display = token.Display(plain)
-	if v, err := time.Parse(time.RFC3339, ann[keymintv1alpha1.RotatedAtAnnotation]); err == nil {
-		rec.RotatedAt = &v
-	}
-	if v := ann[keymintv1alpha1.PreviousTokensAnnotation]; v != "" {
-		var prev []keymintv1alpha1.PreviousToken
-		if err := json.Unmarshal([]byte(v), &prev); err == nil {
-			for _, p := range prev {
-				if _, valid := token.ParseHash(p.TokenHash); valid {
-					rec.Previous = append(rec.Previous, tokenstate.Previous{Hash: p.TokenHash, ValidUntil: p.ValidUntil.Time})
-				}
-			}
-		}
-	}
-	rec.RotationRequest = ann[keymintv1alpha1.RotationRequestAnnotation]
-	return rec, true
+	rec.Display = token.Display(st.Plain)
+	st.Signed = &rec
+	return st
 }
 
-// writeRecord sets the record's annotations on a Secret, replacing any
-// earlier record and keeping every other annotation.
-func writeRecord(sec *corev1.Secret, rec secretRecord) {
-	for _, k := range recordAnnotations {
-		delete(sec.Annotations, k)
+// writeRecord puts the token, its record and the record's signature into a
+// Secret, replacing any earlier ones and keeping everything else.
+func writeRecord(sec *corev1.Secret, tok *keymintv1alpha1.ApiToken, ring *recordkey.Keyring, plain string, rec secretRecord) {
+	if sec.Data == nil {
+		sec.Data = map[string][]byte{}
 	}
+	sec.Data[keymintv1alpha1.SecretTokenKey] = []byte(plain)
 	if sec.Annotations == nil {
 		sec.Annotations = map[string]string{}
 	}
-	sec.Annotations[keymintv1alpha1.TokenHashAnnotation] = rec.Hash
-	sec.Annotations[keymintv1alpha1.IssuedAtAnnotation] = rec.IssuedAt.UTC().Format(time.RFC3339)
-	if rec.RotatedAt != nil {
-		sec.Annotations[keymintv1alpha1.RotatedAtAnnotation] = rec.RotatedAt.UTC().Format(time.RFC3339)
-	}
-	if len(rec.Previous) > 0 {
-		sec.Annotations[keymintv1alpha1.PreviousTokensAnnotation] = string(mustJSON(previousTokens(rec.Previous)))
-	}
-	if rec.RotationRequest != "" {
-		sec.Annotations[keymintv1alpha1.RotationRequestAnnotation] = rec.RotationRequest
-	}
+	record := string(mustJSON(rec))
+	sec.Annotations[keymintv1alpha1.RecordAnnotation] = record
+	sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation] = ring.Sign(signedFields(tok, record)...)
 }
 
 // clearRecord removes the token and its record from a Secret.
 func clearRecord(sec *corev1.Secret) {
 	delete(sec.Data, keymintv1alpha1.SecretTokenKey)
-	for _, k := range recordAnnotations {
-		delete(sec.Annotations, k)
-	}
+	delete(sec.Annotations, keymintv1alpha1.RecordAnnotation)
+	delete(sec.Annotations, keymintv1alpha1.RecordSignatureAnnotation)
 }
 
-// holdsToken reports whether a Secret still has any token data, valid or not.
-func holdsToken(sec *corev1.Secret) bool {
-	if sec == nil {
-		return false
+// tokenFromRecord is the token a record describes, as a verdict reads it.
+func tokenFromRecord(spec *keymintv1alpha1.ApiTokenSpec, rec *secretRecord) tokenstate.Token {
+	t := tokenstate.Token{Spec: spec, Issued: true, IssuedAt: rec.IssuedAt, UserUID: rec.ServiceUserUID}
+	if rec.ExpiresAt != nil {
+		t.Expiry, t.Expires = *rec.ExpiresAt, true
 	}
-	if _, ok := sec.Data[keymintv1alpha1.SecretTokenKey]; ok {
-		return true
+	for _, p := range rec.Previous {
+		t.Previous = append(t.Previous, tokenstate.Previous(p))
 	}
-	for _, k := range recordAnnotations {
-		if _, ok := sec.Annotations[k]; ok {
-			return true
-		}
+	return t
+}
+
+// recordPrevious converts grace-period entries for the record and status.
+func toRecordPrevious(prev []tokenstate.Previous) []recordPrevious {
+	out := make([]recordPrevious, len(prev))
+	for i, p := range prev {
+		out[i] = recordPrevious(p)
 	}
-	return false
+	return out
 }
 
 func previousTokens(prev []tokenstate.Previous) []keymintv1alpha1.PreviousToken {
@@ -125,9 +134,20 @@ func previousTokens(prev []tokenstate.Previous) []keymintv1alpha1.PreviousToken 
 	}
 	out := make([]keymintv1alpha1.PreviousToken, len(prev))
 	for i, p := range prev {
-		out[i] = keymintv1alpha1.PreviousToken{TokenHash: p.Hash, ValidUntil: metav1.NewTime(p.ValidUntil.UTC())}
+		out[i] = keymintv1alpha1.PreviousToken{
+			TokenHash: p.Hash, IssuedAt: metav1.NewTime(p.IssuedAt.UTC()), ValidUntil: metav1.NewTime(p.ValidUntil.UTC()),
+		}
 	}
 	return out
+}
+
+// tokenLabelValue is the TokenLabel value for an ApiToken: its name when
+// that fits a label value, else empty (the owner reference names it).
+func tokenLabelValue(name string) string {
+	if len(name) > 63 {
+		return ""
+	}
+	return name
 }
 
 func mustJSON(v any) []byte {
@@ -137,3 +157,5 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
+
+func formatSerial(n int64) string { return strconv.FormatInt(n, 10) }

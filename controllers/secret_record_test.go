@@ -5,55 +5,136 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/token"
-	"github.com/keymint/keymint/internal/tokenstate"
 )
 
-func TestRecordRoundTrip(t *testing.T) {
+func testKeyring(t *testing.T) *recordkey.Keyring {
+	t.Helper()
+	ring, err := recordkey.Generate("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ring
+}
+
+func apiToken(uid string) *keymintv1alpha1.ApiToken {
+	return &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "t", UID: types.UID("uid-" + uid)},
+		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci"},
+	}
+}
+
+func TestSignedRecordRoundTrip(t *testing.T) {
+	ring := testKeyring(t)
+	tok := apiToken("a")
 	plain, _ := token.Mint("km")
 	rotated := now.Add(-time.Minute)
+	expires := now.Add(time.Hour)
 	want := secretRecord{
-		Hash: token.HashString(plain), Display: token.Display(plain), IssuedAt: now, RotatedAt: &rotated,
-		Previous:        []tokenstate.Previous{{Hash: token.HashString("x"), ValidUntil: now.Add(time.Hour)}},
+		Serial: 4, Hash: token.HashString(plain), ServiceUserUID: "uid-ci", IssuedAt: now, ExpiresAt: &expires, RotatedAt: &rotated,
+		Previous:        []recordPrevious{{Hash: token.HashString("x"), IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)}},
 		RotationRequest: "r1",
 	}
-	sec := &corev1.Secret{Data: map[string][]byte{keymintv1alpha1.SecretTokenKey: []byte(plain)}}
-	writeRecord(sec, want)
-	got, ok := readRecord(sec)
-	if !ok || got.Hash != want.Hash || got.Display != want.Display || !got.IssuedAt.Equal(now) || !got.RotatedAt.Equal(rotated) ||
-		got.RotationRequest != "r1" || len(got.Previous) != 1 || !got.Previous[0].ValidUntil.Equal(now.Add(time.Hour)) {
-		t.Errorf("readRecord(writeRecord(r)) = %+v, %v; want %+v", got, ok, want)
+	sec := &corev1.Secret{}
+	writeRecord(sec, tok, ring, plain, want)
+	got := readSecret(sec, tok, ring)
+	if !got.Holds || got.Plain != plain || got.Signed == nil {
+		t.Fatalf("readSecret(writeRecord(r)) = %+v, want the signed record", got)
+	}
+	r := got.Signed
+	if r.Serial != 4 || r.Hash != want.Hash || r.Display != token.Display(plain) || r.ServiceUserUID != "uid-ci" ||
+		!r.IssuedAt.Equal(now) || !r.ExpiresAt.Equal(expires) || !r.RotatedAt.Equal(rotated) || r.RotationRequest != "r1" ||
+		len(r.Previous) != 1 || !r.Previous[0].ValidUntil.Equal(now.Add(time.Hour)) || !r.Previous[0].IssuedAt.Equal(now.Add(-time.Hour)) {
+		t.Errorf("record read back = %+v, want %+v", r, want)
 	}
 
 	clearRecord(sec)
-	if holdsToken(sec) {
+	if got := readSecret(sec, tok, ring); got.Holds || got.Signed != nil {
 		t.Errorf("after clearRecord the Secret still holds %v %v", sec.Data, sec.Annotations)
 	}
 }
 
-func TestReadRecordRefusesAnythingButAMatchingToken(t *testing.T) {
+// TestReadSecretTrustsOnlyKeymintsSignature covers what someone who can
+// write a token Secret may try: none of it yields a record to adopt.
+func TestReadSecretTrustsOnlyKeymintsSignature(t *testing.T) {
+	ring := testKeyring(t)
+	tok := apiToken("a")
 	plain, _ := token.Mint("km")
 	other, _ := token.Mint("km")
-	issued := now.Format(time.RFC3339)
+	signed := func() *corev1.Secret {
+		sec := &corev1.Secret{}
+		writeRecord(sec, tok, ring, plain, secretRecord{Serial: 2, Hash: token.HashString(plain), IssuedAt: now})
+		return sec
+	}
 	tests := map[string]struct {
-		data map[string][]byte
-		ann  map[string]string
+		secret   func() *corev1.Secret
+		reader   *keymintv1alpha1.ApiToken
+		keyring  *recordkey.Keyring
+		wantHold bool
 	}{
-		"no Secret data":              {ann: map[string]string{keymintv1alpha1.TokenHashAnnotation: token.HashString(plain), keymintv1alpha1.IssuedAtAnnotation: issued}},
-		"a hash of another token":     {data: map[string][]byte{"token": []byte(plain)}, ann: map[string]string{keymintv1alpha1.TokenHashAnnotation: token.HashString(other), keymintv1alpha1.IssuedAtAnnotation: issued}},
-		"no hash annotation":          {data: map[string][]byte{"token": []byte(plain)}, ann: map[string]string{keymintv1alpha1.IssuedAtAnnotation: issued}},
-		"no issue time":               {data: map[string][]byte{"token": []byte(plain)}, ann: map[string]string{keymintv1alpha1.TokenHashAnnotation: token.HashString(plain)}},
-		"a value that is not a token": {data: map[string][]byte{"token": []byte("hunter2")}, ann: map[string]string{keymintv1alpha1.TokenHashAnnotation: token.HashString("hunter2"), keymintv1alpha1.IssuedAtAnnotation: issued}},
+		"a record signed by another key": {
+			secret: signed, reader: tok, keyring: testKeyring(t), wantHold: true,
+		},
+		"a record signed for another ApiToken object of the same name": {
+			secret: signed, reader: apiToken("b"), keyring: ring, wantHold: true,
+		},
+		"a record whose serial was edited": {
+			secret: func() *corev1.Secret {
+				sec := signed()
+				sec.Annotations[keymintv1alpha1.RecordAnnotation] = `{"serial":99,"hash":"` + token.HashString(plain) + `","issuedAt":"2026-11-23T12:00:00Z"}`
+				return sec
+			}, reader: tok, keyring: ring, wantHold: true,
+		},
+		"another token under a genuine record": {
+			secret: func() *corev1.Secret {
+				sec := signed()
+				sec.Data[keymintv1alpha1.SecretTokenKey] = []byte(other)
+				return sec
+			}, reader: tok, keyring: ring, wantHold: true,
+		},
+		"a token with no record at all": {
+			secret: func() *corev1.Secret {
+				return &corev1.Secret{Data: map[string][]byte{keymintv1alpha1.SecretTokenKey: []byte(plain)}}
+			}, reader: tok, keyring: ring, wantHold: true,
+		},
+		"a signature without a token": {
+			secret: func() *corev1.Secret {
+				sec := signed()
+				delete(sec.Data, keymintv1alpha1.SecretTokenKey)
+				return sec
+			}, reader: tok, keyring: ring, wantHold: true,
+		},
+		"no Secret": {
+			secret: func() *corev1.Secret { return nil }, reader: tok, keyring: ring,
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			sec := &corev1.Secret{Data: tc.data}
-			sec.Annotations = tc.ann
-			if rec, ok := readRecord(sec); ok {
-				t.Errorf("readRecord accepted %+v", rec)
+			got := readSecret(tc.secret(), tc.reader, tc.keyring)
+			if got.Signed != nil {
+				t.Errorf("readSecret vouched for %+v", got.Signed)
+			}
+			if got.Holds != tc.wantHold {
+				t.Errorf("holds = %v, want %v", got.Holds, tc.wantHold)
 			}
 		})
+	}
+	if got := readSecret(signed(), tok, ring); got.Signed == nil {
+		t.Error("the untouched signed Secret was not vouched for: the cases above prove nothing")
+	}
+}
+
+func TestTokenLabelValue(t *testing.T) {
+	long := string(make([]byte, 64))
+	if v := tokenLabelValue("short"); v != "short" {
+		t.Errorf("tokenLabelValue(short) = %q", v)
+	}
+	if v := tokenLabelValue(long); v != "" {
+		t.Errorf("a 64-character name gave label value %q, want empty (label values stop at 63)", v)
 	}
 }

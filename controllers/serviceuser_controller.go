@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -27,11 +28,32 @@ const TokensFinalizer = "keymint.io/revoke-tokens"
 // ServiceUserIndex is the ApiToken field index on spec.serviceUser.
 const ServiceUserIndex = "spec.serviceUser"
 
+// TokenHashIndex is the ApiToken field index on every hash its status names,
+// current and in a grace period: one hash belongs to one ApiToken.
+const TokenHashIndex = "status.tokenHashes"
+
 // SetupIndexes registers the field indexes both controllers use.
 func SetupIndexes(ctx context.Context, mgr ctrl.Manager) error {
-	return mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, ServiceUserIndex, func(obj client.Object) []string {
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, ServiceUserIndex, func(obj client.Object) []string {
 		return []string{obj.(*keymintv1alpha1.ApiToken).Spec.ServiceUser}
+	}); err != nil {
+		return err
+	}
+	return mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, TokenHashIndex, func(obj client.Object) []string {
+		return statusHashes(&obj.(*keymintv1alpha1.ApiToken).Status)
 	})
+}
+
+// statusHashes lists the hashes a status names.
+func statusHashes(st *keymintv1alpha1.ApiTokenStatus) []string {
+	var out []string
+	if st.TokenHash != "" {
+		out = append(out, st.TokenHash)
+	}
+	for _, p := range st.PreviousTokens {
+		out = append(out, p.TokenHash)
+	}
+	return out
 }
 
 // ServiceUserReconciler reports each ServiceUser's state and token counts, and
@@ -99,10 +121,15 @@ func serviceUserStatus(user *keymintv1alpha1.ServiceUser, tokens []keymintv1alph
 	st := *user.Status.DeepCopy()
 	st.ObservedGeneration = user.Generation
 	st.Tokens = int32(len(tokens))
-	st.ActiveTokens = 0
+	st.ActiveTokens, st.UnrevokedTokens = 0, 0
 	for i := range tokens {
 		if meta.IsStatusConditionTrue(tokens[i].Status.Conditions, keymintv1alpha1.ApiTokenConditionReady) {
 			st.ActiveTokens++
+		}
+		// Expired tokens count too: re-enabling must wait until keymint has
+		// revoked every hash a check refused while the user was disabled.
+		if tokens[i].Status.TokenHash != "" || len(tokens[i].Status.PreviousTokens) > 0 {
+			st.UnrevokedTokens++
 		}
 	}
 	cond := metav1.Condition{
@@ -170,7 +197,7 @@ func (r *ServiceUserReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&keymintv1alpha1.ApiToken{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []ctrl.Request {
 			tok := obj.(*keymintv1alpha1.ApiToken)
 			return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}}}
-		})).
+		}), builder.WithPredicates(notOnlyLastUsed())).
 		Named("serviceuser").
 		Complete(r)
 }

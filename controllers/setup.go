@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/recordkey"
 )
 
 // CacheOptions limits the manager's cache of Secrets to keymint's token
@@ -32,8 +33,9 @@ func CacheOptions() cache.Options {
 }
 
 // Setup registers the indexes and both controllers with a manager. clk is the
-// clock expiry and rotation are decided by; tests pass a fake one.
-func Setup(ctx context.Context, mgr ctrl.Manager, clk clock.PassiveClock) error {
+// clock expiry and rotation are decided by; tests pass a fake one. ring signs
+// the token records written into Secrets.
+func Setup(ctx context.Context, mgr ctrl.Manager, clk clock.PassiveClock, ring *recordkey.Keyring) error {
 	if err := SetupIndexes(ctx, mgr); err != nil {
 		return err
 	}
@@ -42,6 +44,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, clk clock.PassiveClock) error 
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("keymint-apitoken"),
 		Clock:     clk,
+		Keyring:   ring,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

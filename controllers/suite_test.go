@@ -14,6 +14,8 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -25,6 +27,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/keymint/keymint/controllers"
+	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/testenv"
 )
 
@@ -44,6 +47,10 @@ var (
 	writes = &writeCounter{counts: map[string]int{}}
 	// controllerLogs keeps everything the controllers logged.
 	controllerLogs = &syncBuffer{}
+	// keyring is the controllers' record key, for specs that play keymint
+	// writing a record (a crash) or an attacker who lacks it.
+	keyring         *recordkey.Keyring
+	recordKeySecret = types.NamespacedName{Namespace: "keymint-system", Name: "keymint-record-key"}
 )
 
 // syncBuffer is a bytes.Buffer safe for the controllers' concurrent logging.
@@ -122,7 +129,11 @@ var _ = BeforeSuite(func() {
 		},
 	})
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controllers.Setup(ctx, mgr, fakeClock)).To(Succeed())
+	// The record key, created on first start as keymint does.
+	Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}})).To(Succeed())
+	keyring, err = recordkey.LoadOrCreate(ctx, k8sClient, k8sClient, recordKeySecret)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(controllers.Setup(ctx, mgr, fakeClock, keyring)).To(Succeed())
 	go func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())

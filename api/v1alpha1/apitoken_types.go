@@ -10,24 +10,23 @@ const (
 	// value and the controller rotates once for that value.
 	RotateAnnotation = "keymint.io/rotate"
 
-	// TokenLabel on a token Secret names the ApiToken it belongs to.
+	// TokenLabel marks keymint's token Secrets (the only Secrets keymint
+	// caches). Its value is the ApiToken's name when that fits a label value
+	// (63 characters), else empty; the Secret's controller owner reference
+	// always names the ApiToken.
 	TokenLabel = "keymint.io/api-token"
 
-	// TokenHashAnnotation on a token Secret is "sha256:<hex>" of the token the
-	// Secret holds. With IssuedAtAnnotation and PreviousTokensAnnotation it is
-	// the record the ApiToken status is rebuilt from after a crash or a restore.
-	TokenHashAnnotation = "keymint.io/token-hash"
-	// IssuedAtAnnotation on a token Secret is when its token was minted (RFC 3339).
-	IssuedAtAnnotation = "keymint.io/issued-at"
-	// RotatedAtAnnotation on a token Secret is set when its token replaced an
-	// earlier one by rotation (RFC 3339).
-	RotatedAtAnnotation = "keymint.io/rotated-at"
-	// PreviousTokensAnnotation on a token Secret lists, as JSON, the hashes of
-	// rotated-out tokens still accepted and until when.
-	PreviousTokensAnnotation = "keymint.io/previous-tokens"
-	// RotationRequestAnnotation on a token Secret is the RotateAnnotation value
-	// already handled, so a crash after a rotation never rotates twice.
-	RotationRequestAnnotation = "keymint.io/rotation-request"
+	// RecordAnnotation on a token Secret is the record of the token it holds,
+	// as JSON: serial, hash, issue and expiry times, grace-period hashes. It is
+	// read only to recover a status that names no newer token (a crash
+	// between the Secret and status writes), and only with a valid
+	// RecordSignatureAnnotation: the status is the record of truth.
+	RecordAnnotation = "keymint.io/record"
+	// RecordSignatureAnnotation on a token Secret is "<key id>.<HMAC-SHA256>"
+	// of the record, bound to the ApiToken's namespace, name and UID, keyed by
+	// a key only keymint reads. A record without a valid signature is never
+	// adopted.
+	RecordSignatureAnnotation = "keymint.io/record-signature"
 
 	// SecretTokenKey is the key of the token in its Secret's data.
 	SecretTokenKey = "token"
@@ -147,6 +146,9 @@ type Rotation struct {
 type PreviousToken struct {
 	// tokenHash is "sha256:<64 hex>" of the rotated-out token.
 	TokenHash string `json:"tokenHash"`
+	// issuedAt is when the rotated-out token was minted: a later, shorter
+	// lifetime or maxLifetime cuts its grace period short from there.
+	IssuedAt metav1.Time `json:"issuedAt"`
 	// validUntil is when the rotated-out token stops being accepted.
 	ValidUntil metav1.Time `json:"validUntil"`
 }
@@ -155,7 +157,8 @@ type PreviousToken struct {
 const (
 	// ApiTokenConditionReady is True when the Secret holds a token that checks
 	// accept now (reason Issued). False otherwise, with reason Expired,
-	// RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled or SecretConflict.
+	// RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled, SecretConflict
+	// or Pending (not issued yet).
 	ApiTokenConditionReady = "Ready"
 	// ApiTokenConditionExpired is True once the token's effective expiry has
 	// passed (reason Expired), False before (reason NotExpired).
@@ -173,6 +176,7 @@ const (
 	ApiTokenReasonServiceUserDisabled = "ServiceUserDisabled"
 	ApiTokenReasonServiceUserNotFound = "ServiceUserNotFound"
 	ApiTokenReasonSecretConflict      = "SecretConflict"
+	ApiTokenReasonPending             = "Pending"
 )
 
 // ApiTokenStatus is the observed state of an ApiToken. It never holds the
@@ -199,13 +203,28 @@ type ApiTokenStatus struct {
 	// +optional
 	SecretName string `json:"secretName,omitempty"`
 
+	// serial counts the tokens keymint has minted for this ApiToken: 1 for
+	// the first, one more for each issue, rotation or reissue. It never
+	// decreases, also while the token is revoked, so a Secret restored from
+	// an older copy can never bring back a token this status has moved past.
+	// +optional
+	Serial int64 `json:"serial,omitempty"`
+
 	// issuedAt is when the current token was minted.
 	// +optional
 	IssuedAt *metav1.Time `json:"issuedAt,omitempty"`
 
-	// expiresAt is the current token's effective expiry: the earliest of
-	// spec.expiresAt (or issuedAt + lifetime or defaultLifetime) and issuedAt
-	// + the ServiceUser's maxLifetime. Unset when the token does not expire.
+	// serviceUserUID is the UID of the ServiceUser the current token was
+	// minted for: a ServiceUser deleted and created again under the same name
+	// never gets the old tokens back.
+	// +optional
+	ServiceUserUID string `json:"serviceUserUID,omitempty"`
+
+	// expiresAt is the current token's expiry: the earliest of spec.expiresAt
+	// (or issuedAt + lifetime or defaultLifetime) and issuedAt + the
+	// ServiceUser's maxLifetime, as they were when it was minted, or earlier
+	// if they were shortened since. It never moves later: a longer lifetime
+	// mints a new token instead. Unset when the token does not expire.
 	// +optional
 	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
 

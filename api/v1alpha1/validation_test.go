@@ -346,6 +346,25 @@ var _ = Describe("Undoing a revocation", func() {
 		Expect(k8sClient.Update(ctx, u)).To(Succeed())
 	})
 
+	It("is refused for a ServiceUser while an expired, never revoked token still holds its hash", func() {
+		u := &keymintv1alpha1.ServiceUser{ObjectMeta: metav1.ObjectMeta{Name: uniqueName("su"), Namespace: "default"}}
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		// One token, expired (so not Ready, not active), not yet revoked.
+		u.Status.Tokens, u.Status.ActiveTokens, u.Status.UnrevokedTokens = 1, 0, 1
+		Expect(k8sClient.Status().Update(ctx, u)).To(Succeed())
+
+		u.Spec.Disabled = true
+		Expect(k8sClient.Update(ctx, u)).To(Succeed())
+		u.Spec.Disabled = false
+		expectErrors(k8sClient.Update(ctx, u), []string{"status.unrevokedTokens is 0"})
+
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(u), u)).To(Succeed())
+		u.Status.UnrevokedTokens = 0
+		Expect(k8sClient.Status().Update(ctx, u)).To(Succeed())
+		u.Spec.Disabled = false
+		Expect(k8sClient.Update(ctx, u)).To(Succeed())
+	})
+
 	It("does not get in the way of revoking, or of a token never issued", func() {
 		t := &keymintv1alpha1.ApiToken{
 			ObjectMeta: metav1.ObjectMeta{Name: uniqueName("tok"), Namespace: "default"},

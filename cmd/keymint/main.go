@@ -6,9 +6,11 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -19,6 +21,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
+	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/webhook/check"
 )
@@ -29,8 +32,8 @@ func main() {
 		probeAddr   string
 		leaderElect bool
 		checkOpts   = check.Options{Clock: clock.RealClock{}, Registerer: metrics.Registry}
-		defaultRPM  int
 		certDir     string
+		recordKey   string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
@@ -40,25 +43,22 @@ func main() {
 	flag.StringVar(&checkOpts.KeyFile, "check-tls-key-file", "", "private key of --check-tls-cert-file")
 	flag.StringVar(&certDir, "check-self-signed-dir", filepath.Join(os.TempDir(), "keymint-check-certs"), "where to write a self-signed CA (ca.crt) and serving pair when no certificate is given")
 	flag.BoolVar(&checkOpts.EnableHTTP2, "check-enable-http2", false, "serve HTTP/2 on the check server (off by default, as for Kubernetes webhooks)")
-	flag.IntVar(&defaultRPM, "default-requests-per-minute", 500, "checks a token may pass per minute when neither it nor its ServiceUser sets a rate")
+	flag.IntVar(&checkOpts.DefaultRequestsPerMinute, "default-requests-per-minute", 500, "checks a token may pass per minute when neither it nor its ServiceUser sets a rate")
 	flag.DurationVar(&checkOpts.FlushInterval, "last-used-flush-interval", 10*time.Second, "how often lastUsedAt is written to ApiToken status; each token at most once a minute")
+	flag.StringVar(&recordKey, "record-key-secret", defaultRecordKeySecret(), "namespace/name of the Secret holding the keys that sign token records, created on first start; only keymint should read it (docs/security.md)")
 	zapOpts := zap.Options{Development: false}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
 
-	if defaultRPM < 1 || defaultRPM > 1_000_000 {
-		log.Error(nil, "--default-requests-per-minute must be between 1 and 1000000", "value", defaultRPM)
+	if err := checkOpts.Validate(); err != nil {
+		log.Error(err, "Invalid flags")
 		os.Exit(2)
 	}
-	checkOpts.DefaultRequestsPerMinute = int32(defaultRPM)
-	if checkOpts.FlushInterval <= 0 {
-		log.Error(nil, "--last-used-flush-interval must be positive", "value", checkOpts.FlushInterval)
-		os.Exit(2)
-	}
-	if (checkOpts.CertFile == "") != (checkOpts.KeyFile == "") {
-		log.Error(nil, "Set both --check-tls-cert-file and --check-tls-key-file, or neither")
+	recordKeyRef, ok := parseNamespacedName(recordKey)
+	if !ok {
+		log.Error(nil, "Invalid flags: --record-key-secret must be namespace/name", "value", recordKey)
 		os.Exit(2)
 	}
 	if checkOpts.CertFile == "" {
@@ -88,7 +88,12 @@ func main() {
 		log.Error(err, "Unable to create manager")
 		os.Exit(1)
 	}
-	must(controllers.Setup(ctx, mgr, clock.RealClock{}))
+	keyring, err := recordkey.LoadOrCreate(ctx, mgr.GetAPIReader(), mgr.GetClient(), recordKeyRef)
+	if err != nil {
+		log.Error(err, "Unable to load the record key", "secret", recordKey)
+		os.Exit(1)
+	}
+	must(controllers.Setup(ctx, mgr, clock.RealClock{}, keyring))
 	must(check.Setup(ctx, mgr, checkOpts))
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
@@ -98,6 +103,21 @@ func main() {
 		log.Error(err, "Manager stopped with an error")
 		os.Exit(1)
 	}
+}
+
+// defaultRecordKeySecret is keymint-record-key in keymint's own namespace:
+// POD_NAMESPACE (set by config/manager) or keymint-system.
+func defaultRecordKeySecret() string {
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "keymint-system"
+	}
+	return ns + "/keymint-record-key"
+}
+
+func parseNamespacedName(s string) (types.NamespacedName, bool) {
+	ns, name, ok := strings.Cut(s, "/")
+	return types.NamespacedName{Namespace: ns, Name: name}, ok && ns != "" && name != "" && !strings.Contains(name, "/")
 }
 
 func must(err error) {

@@ -24,7 +24,9 @@ import (
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
@@ -121,6 +123,9 @@ func runAgainstCluster(ctx context.Context, o options, dir, envFile string, cfg 
 	if _, err := writeCerts(dir); err != nil {
 		return err
 	}
+	if err := ensureNamespace(ctx, cfg, keymintNamespace); err != nil {
+		return err
+	}
 	say("This cluster's kube-apiserver does not ask keymint about tokens unless you configure it (docs/checks.md); /check works as is")
 	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, kubeconfig)
 }
@@ -129,7 +134,9 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	assets, err := testenv.AssetsDir()
+	// The tests' environment (binaries, CRDs, scheme), so make run exercises
+	// what they do.
+	env, err := testenv.New()
 	if err != nil {
 		return err
 	}
@@ -175,21 +182,9 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 	}
 
 	say("Starting etcd and kube-apiserver %s (data in %s)", testenv.KubernetesVersion, filepath.Join(dir, "etcd"))
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: assets,
-		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	env.ControlPlane.Etcd = &envtest.Etcd{DataDir: filepath.Join(dir, "etcd")}
-	if err := os.MkdirAll(env.ControlPlane.Etcd.DataDir, 0o700); err != nil {
+	if err := configureLocal(env, dir, webhookConfig, tokenFile); err != nil {
 		return err
 	}
-	env.ControlPlane.APIServer = &envtest.APIServer{}
-	args := env.ControlPlane.APIServer.Configure()
-	args.Set("authentication-token-webhook-config-file", webhookConfig)
-	args.Set("authentication-token-webhook-version", "v1")
-	args.Set("authentication-token-webhook-cache-ttl", "5s")
-	args.Set("token-auth-file", tokenFile)
 	cfg, err := env.Start()
 	if err != nil {
 		return fmt.Errorf("starting the control plane: %w", err)
@@ -217,12 +212,52 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 	if err := bindManagerRole(ctx, cfg, root); err != nil {
 		return err
 	}
+	if err := ensureNamespace(ctx, cfg, keymintNamespace); err != nil {
+		return err
+	}
 
 	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, managerKubeconfig)
 }
 
+// configureLocal keeps etcd's data in dir/etcd, so objects outlive a run,
+// and has kube-apiserver accept the static tokens in tokenFile and ask
+// keymint's TokenReview endpoint (webhookConfig) about every other token.
+func configureLocal(env *envtest.Environment, dir, webhookConfig, tokenFile string) error {
+	// Both are added to whatever testenv configured, not in place of it.
+	if env.ControlPlane.Etcd == nil {
+		env.ControlPlane.Etcd = &envtest.Etcd{}
+	}
+	env.ControlPlane.Etcd.DataDir = filepath.Join(dir, "etcd")
+	if err := os.MkdirAll(env.ControlPlane.Etcd.DataDir, 0o700); err != nil {
+		return err
+	}
+	args := env.ControlPlane.GetAPIServer().Configure()
+	args.Set("authentication-token-webhook-config-file", webhookConfig)
+	args.Set("authentication-token-webhook-version", "v1")
+	args.Set("authentication-token-webhook-cache-ttl", "5s")
+	args.Set("token-auth-file", tokenFile)
+	return nil
+}
+
 // managerUser is who keymint runs as on the local control plane.
 const managerUser = "keymint-manager"
+
+// keymintNamespace is keymint's own namespace, as config/default installs
+// it: keymint keeps its record key Secret there (--record-key-secret).
+const keymintNamespace = "keymint-system"
+
+// ensureNamespace creates a namespace unless it exists.
+func ensureNamespace(ctx context.Context, cfg *rest.Config, name string) error {
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return err
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := c.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s for keymint's record key: %w", name, err)
+	}
+	return nil
+}
 
 // bindManagerRole creates config/rbac/role.yaml's ClusterRole and binds it to
 // managerUser: keymint gets exactly the permissions a deployment grants.
@@ -288,8 +323,10 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	if err := cmd.Start(); err != nil {
 		return err
 	}
+	// Closed after its one value, so stopChild returns even when waitReady
+	// has already taken that value (keymint exited before it was ready).
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() { exited <- cmd.Wait(); close(exited) }()
 
 	if err := waitReady(ctx, probePort, exited); err != nil {
 		stopChild(cmd, exited)

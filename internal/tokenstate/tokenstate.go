@@ -1,15 +1,19 @@
-// Package tokenstate decides what state a token is in at a given time:
-// revoked or not and why, its effective expiry, when it rotates next, which
-// hashes are accepted until when, and its effective scopes.
+// Package tokenstate owns every rule of token validity: whether a token is
+// revoked and why, its effective expiry, whether its expiry was extended,
+// when it rotates next, which rotated-out hashes are still accepted and
+// until when, its effective scopes, audiences and rate.
 //
-// The ApiToken controller and the check server both call it, so they can
-// never disagree about whether a token is valid. It does no I/O and reads no
-// clock: every function takes the time it decides for.
+// The ApiToken controller (conditions, status) and the check server (HTTP
+// answers) both decide through Evaluate and Check, so they can never
+// disagree. Nothing here does I/O or reads a clock: every function takes the
+// instant it decides for. Check is on the request path: it allocates nothing.
 package tokenstate
 
 import (
 	"slices"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 )
@@ -18,11 +22,14 @@ import (
 type User struct {
 	// Found is false when the ServiceUser does not exist or is being deleted.
 	Found       bool
+	UID         types.UID
 	Disabled    bool
 	Permissions []string
 	// MaxLifetime and DefaultLifetime are zero when unset.
 	MaxLifetime     time.Duration
 	DefaultLifetime time.Duration
+	// RequestsPerMinute is the policy's rate, zero when unset.
+	RequestsPerMinute int32
 }
 
 // UserFrom reads a ServiceUser; nil means it does not exist.
@@ -30,7 +37,10 @@ func UserFrom(u *keymintv1alpha1.ServiceUser) User {
 	if u == nil || u.DeletionTimestamp != nil {
 		return User{}
 	}
-	user := User{Found: true, Disabled: u.Spec.Disabled, Permissions: u.Spec.Permissions}
+	user := User{
+		Found: true, UID: u.UID, Disabled: u.Spec.Disabled, Permissions: u.Spec.Permissions,
+		RequestsPerMinute: u.Spec.TokenPolicy.RequestsPerMinute,
+	}
 	if d := u.Spec.TokenPolicy.MaxLifetime; d != nil {
 		user.MaxLifetime = d.Duration
 	}
@@ -40,51 +50,132 @@ func UserFrom(u *keymintv1alpha1.ServiceUser) User {
 	return user
 }
 
-// RevocationReason returns why a token is revoked, as an ApiToken condition
-// reason, or "" when it is not. An explicit revocation wins over the user's
-// state, and a missing user over a disabled one.
-func RevocationReason(spec *keymintv1alpha1.ApiTokenSpec, user User) string {
+// Previous is a rotated-out hash: when its token was minted, and until when
+// it was to be accepted when it was rotated out.
+type Previous struct {
+	Hash       string
+	IssuedAt   time.Time
+	ValidUntil time.Time
+}
+
+// Token is what a verdict reads of an ApiToken: its spec, and the record of
+// its current token as the status holds it.
+type Token struct {
+	Spec *keymintv1alpha1.ApiTokenSpec
+	// Issued is false while the status names no token (before the first
+	// issue, and while revoked).
+	Issued   bool
+	IssuedAt time.Time
+	// Expiry is the expiry recorded when the token was minted; Expires is
+	// false when it had none. The effective expiry may be earlier (the spec
+	// or policy was shortened since), never later.
+	Expiry  time.Time
+	Expires bool
+	// UserUID is the ServiceUser the token was minted for; empty in records
+	// older than the field, which then match any.
+	UserUID  types.UID
+	Previous []Previous
+}
+
+// TokenFrom reads the token record of an ApiToken's status.
+func TokenFrom(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenStatus) Token {
+	tok := Token{Spec: spec, Issued: st.TokenHash != "" && st.IssuedAt != nil, UserUID: types.UID(st.ServiceUserUID)}
+	if st.IssuedAt != nil {
+		tok.IssuedAt = st.IssuedAt.Time
+	}
+	if st.ExpiresAt != nil {
+		tok.Expiry, tok.Expires = st.ExpiresAt.Time, true
+	}
+	for _, p := range st.PreviousTokens {
+		tok.Previous = append(tok.Previous, Previous{Hash: p.TokenHash, IssuedAt: p.IssuedAt.Time, ValidUntil: p.ValidUntil.Time})
+	}
+	return tok
+}
+
+// Verdict is the state of a token at one instant.
+type Verdict struct {
+	// Revoked is the ApiToken condition reason the token is revoked for
+	// (RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled), or "".
+	Revoked string
+	// Expiry is the current token's effective expiry; Expires is false when
+	// it has none.
+	Expiry  time.Time
+	Expires bool
+	Expired bool
+	// Extended is true when the spec and policy now give the current token a
+	// later expiry than it was minted with. Expiry never moves later: the
+	// controller mints a new token instead.
+	Extended bool
+	// NextRotation is when the current token rotates on schedule; Rotates is
+	// false when it has no schedule, or the rotation would fall after expiry.
+	NextRotation time.Time
+	Rotates      bool
+	// Accepted is true when checks accept the current token now.
+	Accepted bool
+}
+
+// Evaluate decides the state of token t of user u at now.
+func Evaluate(t *Token, u *User, now time.Time) Verdict {
+	v := Verdict{Revoked: revocationReason(t, u)}
+	if !t.Issued {
+		return v
+	}
+	specExpiry, specExpires := Expiry(t.Spec, u, t.IssuedAt)
+	v.Expiry, v.Expires = t.Expiry, t.Expires
+	if specExpires && (!v.Expires || specExpiry.Before(v.Expiry)) {
+		v.Expiry, v.Expires = specExpiry, true
+	}
+	v.Extended = t.Expires && (!specExpires || specExpiry.After(t.Expiry))
+	v.Expired = v.Expires && !now.Before(v.Expiry)
+	v.NextRotation, v.Rotates = nextRotation(t.Spec, t.IssuedAt)
+	// A rotation due after expiry never happens: an expired token stays
+	// expired. One due at or before expiry happens even if it runs late.
+	if v.Rotates && v.Expires && v.NextRotation.After(v.Expiry) {
+		v.Rotates = false
+	}
+	v.Accepted = v.Revoked == "" && !v.Expired
+	return v
+}
+
+// revocationReason says why a token is revoked. An explicit revocation wins
+// over the user's state, and a missing user over a disabled one. A token
+// minted for a ServiceUser that was since deleted and created again counts as
+// its user missing.
+func revocationReason(t *Token, u *User) string {
 	switch {
-	case spec.Revoked:
+	case t.Spec.Revoked:
 		return keymintv1alpha1.ApiTokenReasonRevokedBySpec
-	case !user.Found:
+	case !u.Found, t.Issued && t.UserUID != "" && t.UserUID != u.UID:
 		return keymintv1alpha1.ApiTokenReasonServiceUserNotFound
-	case user.Disabled:
+	case u.Disabled:
 		return keymintv1alpha1.ApiTokenReasonServiceUserDisabled
 	}
 	return ""
 }
 
-// Expiry returns when a token issued at issuedAt expires: the earliest of its
-// own expiry (spec.expiresAt, else issuedAt + spec.lifetime, else issuedAt +
-// the user's defaultLifetime) and issuedAt + the user's maxLifetime. ok is
-// false when the token never expires.
-func Expiry(spec *keymintv1alpha1.ApiTokenSpec, user User, issuedAt time.Time) (expiry time.Time, ok bool) {
+// Expiry returns when a token of spec minted at issuedAt expires under the
+// current spec and policy: the earliest of its own expiry (spec.expiresAt,
+// else issuedAt + spec.lifetime, else issuedAt + the user's defaultLifetime)
+// and issuedAt + the user's maxLifetime. ok is false when it never expires.
+// A new token's record takes this; a minted token's expiry is Evaluate's.
+func Expiry(spec *keymintv1alpha1.ApiTokenSpec, u *User, issuedAt time.Time) (expiry time.Time, ok bool) {
 	switch {
 	case spec.ExpiresAt != nil:
 		expiry, ok = spec.ExpiresAt.Time, true
 	case spec.Lifetime != nil:
 		expiry, ok = issuedAt.Add(spec.Lifetime.Duration), true
-	case user.DefaultLifetime > 0:
-		expiry, ok = issuedAt.Add(user.DefaultLifetime), true
+	case u.DefaultLifetime > 0:
+		expiry, ok = issuedAt.Add(u.DefaultLifetime), true
 	}
-	if user.MaxLifetime > 0 {
-		if capped := issuedAt.Add(user.MaxLifetime); !ok || capped.Before(expiry) {
+	if u.MaxLifetime > 0 {
+		if capped := issuedAt.Add(u.MaxLifetime); !ok || capped.Before(expiry) {
 			expiry, ok = capped, true
 		}
 	}
 	return expiry, ok
 }
 
-// Expired reports whether a token with the given expiry is expired at now.
-// A token is expired from its expiry instant on.
-func Expired(expiry time.Time, expires bool, now time.Time) bool {
-	return expires && !now.Before(expiry)
-}
-
-// NextRotation returns when a token issued at issuedAt rotates on schedule;
-// ok is false when it has no schedule.
-func NextRotation(spec *keymintv1alpha1.ApiTokenSpec, issuedAt time.Time) (time.Time, bool) {
+func nextRotation(spec *keymintv1alpha1.ApiTokenSpec, issuedAt time.Time) (time.Time, bool) {
 	if spec.Rotation == nil || spec.Rotation.Every == nil || spec.Rotation.Every.Duration <= 0 {
 		return time.Time{}, false
 	}
@@ -99,35 +190,90 @@ func GracePeriod(spec *keymintv1alpha1.ApiTokenSpec) time.Duration {
 	return spec.Rotation.GracePeriod.Duration
 }
 
-// PreviousValidUntil returns until when a token rotated out at now stays
-// accepted: now + the grace period, but never past its own expiry. ok is
-// false when there is no grace at all.
-func PreviousValidUntil(grace time.Duration, expiry time.Time, expires bool, now time.Time) (time.Time, bool) {
-	if grace <= 0 {
-		return time.Time{}, false
+// RotatedOut returns the grace-period entry for the current token of t
+// rotated out at now: accepted for the grace period, never past its
+// effective expiry. ok is false when it is not accepted at all (no grace,
+// already expired, or revoked).
+func RotatedOut(t *Token, v *Verdict, hash string, now time.Time) (Previous, bool) {
+	grace := GracePeriod(t.Spec)
+	if !v.Accepted || grace <= 0 {
+		return Previous{}, false
 	}
 	until := now.Add(grace)
-	if expires && expiry.Before(until) {
-		until = expiry
+	if v.Expires && v.Expiry.Before(until) {
+		until = v.Expiry
 	}
-	return until, until.After(now)
+	return Previous{Hash: hash, IssuedAt: t.IssuedAt, ValidUntil: until}, until.After(now)
 }
 
-// Previous is a rotated-out hash and the instant it stops being accepted.
-type Previous struct {
-	Hash       string
-	ValidUntil time.Time
+// previousUntil is until when rotated-out token p is accepted: its recorded
+// end of grace, cut short by the current spec and policy applied to its own
+// issue time. Records from before issue times were kept have none: their
+// recorded end of grace stands.
+func previousUntil(t *Token, u *User, p *Previous) time.Time {
+	until := p.ValidUntil
+	if p.IssuedAt.IsZero() {
+		return until
+	}
+	if e, ok := Expiry(t.Spec, u, p.IssuedAt); ok && e.Before(until) {
+		until = e
+	}
+	return until
 }
 
-// StillAccepted returns the previous hashes accepted at now, in order.
-func StillAccepted(prev []Previous, now time.Time) []Previous {
+// StillAccepted returns the rotated-out hashes of t accepted at now, each
+// with its effective end of grace, in order. A revoked token has none.
+func StillAccepted(t *Token, u *User, v *Verdict, now time.Time) []Previous {
+	if v.Revoked != "" {
+		return nil
+	}
 	var out []Previous
-	for _, p := range prev {
+	for i := range t.Previous {
+		p := t.Previous[i]
+		p.ValidUntil = previousUntil(t, u, &p)
 		if now.Before(p.ValidUntil) {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// Refusal is why a check refuses a hash of a known token.
+type Refusal int
+
+const (
+	// Accepted: the hash is good now.
+	Accepted Refusal = iota
+	// Revoked: the token is revoked, or its user disabled or missing.
+	Revoked
+	// Expired: the current token is past its effective expiry.
+	Expired
+	// GraceEnded: a rotated-out hash past its grace period; a check answers
+	// it as it answers an unknown token.
+	GraceEnded
+)
+
+// Current selects the current hash in Check; 0 and up select t.Previous[i].
+const Current = -1
+
+// Check decides whether the hash `which` of token t of user u (Current, or
+// an index into t.Previous) is accepted at now. It is the check server's
+// whole rule, and allocates nothing.
+func Check(t *Token, u *User, which int, now time.Time) Refusal {
+	v := Evaluate(t, u, now)
+	switch {
+	case v.Revoked != "":
+		return Revoked
+	case which == Current && !t.Issued:
+		return GraceEnded
+	case which == Current && v.Expired:
+		return Expired
+	case which < Current || which >= len(t.Previous):
+		return GraceEnded
+	case which >= 0 && !now.Before(previousUntil(t, u, &t.Previous[which])):
+		return GraceEnded
+	}
+	return Accepted
 }
 
 // EffectiveScopes returns what a token may do: its scopes that the user still
@@ -146,4 +292,44 @@ func EffectiveScopes(scopes, permissions []string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// MissingScopes returns the required scopes that effective scopes lack.
+func MissingScopes(effective, required []string) []string {
+	var missing []string
+	for _, s := range required {
+		if !slices.Contains(effective, s) {
+			missing = append(missing, s)
+		}
+	}
+	return missing
+}
+
+// AcceptsAudience reports whether a token restricted to audiences may be used
+// for one of the requested ones, and which. Audiences restrict tokens, not
+// routes: a token that sets none is accepted whatever is asked (for a
+// TokenReview, with no audience in the answer, which kube-apiserver reads as
+// its own).
+func AcceptsAudience(audiences, requested []string) (matched []string, ok bool) {
+	if len(audiences) == 0 {
+		return nil, true
+	}
+	for _, a := range requested {
+		if slices.Contains(audiences, a) {
+			matched = append(matched, a)
+		}
+	}
+	return matched, len(matched) > 0
+}
+
+// Rate returns the checks per minute a token may pass: its own rate, else
+// its user's policy, else the server's default.
+func Rate(spec *keymintv1alpha1.ApiTokenSpec, u *User, serverDefault int32) int32 {
+	switch {
+	case spec.RequestsPerMinute != nil:
+		return *spec.RequestsPerMinute
+	case u.RequestsPerMinute > 0:
+		return u.RequestsPerMinute
+	}
+	return serverDefault
 }

@@ -1,19 +1,48 @@
 package tokenstate
 
 import (
+	"reflect"
 	"slices"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 )
 
+// t0 is when the current token of most cases was minted.
 var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+const (
+	uid      types.UID = "uid-1"
+	otherUID types.UID = "uid-2"
+)
+
+// active is an enabled ServiceUser with no policy, the one most tokens were
+// minted for.
+var active = User{Found: true, UID: uid}
 
 func dur(d time.Duration) *metav1.Duration { return &metav1.Duration{Duration: d} }
 func at(t time.Time) *metav1.Time          { return &metav1.Time{Time: t} }
+func i32(n int32) *int32                   { return &n }
+
+func lifetime(d time.Duration) *keymintv1alpha1.ApiTokenSpec {
+	return &keymintv1alpha1.ApiTokenSpec{Lifetime: dur(d)}
+}
+
+// issued is the token of spec minted at t0 for uid, its expiry recorded as
+// expiry (the zero time: it was minted without one).
+func issued(spec *keymintv1alpha1.ApiTokenSpec, expiry time.Time) Token {
+	return Token{Spec: spec, Issued: true, IssuedAt: t0, Expiry: expiry, Expires: !expiry.IsZero(), UserUID: uid}
+}
+
+// withPrevious is tok with rotated-out hashes.
+func withPrevious(tok Token, prev ...Previous) Token {
+	tok.Previous = prev
+	return tok
+}
 
 func TestUserFrom(t *testing.T) {
 	deleting := metav1.NewTime(t0)
@@ -23,46 +52,658 @@ func TestUserFrom(t *testing.T) {
 	}{
 		"a missing user is not found": {user: nil, want: User{}},
 		"a user being deleted counts as not found": {
-			user: &keymintv1alpha1.ServiceUser{ObjectMeta: metav1.ObjectMeta{DeletionTimestamp: &deleting}},
+			user: &keymintv1alpha1.ServiceUser{
+				ObjectMeta: metav1.ObjectMeta{UID: uid, DeletionTimestamp: &deleting},
+				Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"a:b"}},
+			},
 			want: User{},
 		},
-		"policy durations are read": {
-			user: &keymintv1alpha1.ServiceUser{Spec: keymintv1alpha1.ServiceUserSpec{
-				Disabled: true, Permissions: []string{"a:b"},
-				TokenPolicy: keymintv1alpha1.TokenPolicy{MaxLifetime: dur(time.Hour), DefaultLifetime: dur(time.Minute)},
-			}},
-			want: User{Found: true, Disabled: true, Permissions: []string{"a:b"}, MaxLifetime: time.Hour, DefaultLifetime: time.Minute},
+		"an enabled user with no policy": {
+			user: &keymintv1alpha1.ServiceUser{ObjectMeta: metav1.ObjectMeta{UID: uid}},
+			want: User{Found: true, UID: uid},
+		},
+		"uid, permissions and policy are read": {
+			user: &keymintv1alpha1.ServiceUser{
+				ObjectMeta: metav1.ObjectMeta{UID: uid},
+				Spec: keymintv1alpha1.ServiceUserSpec{
+					Disabled: true, Permissions: []string{"a:b"},
+					TokenPolicy: keymintv1alpha1.TokenPolicy{
+						MaxLifetime: dur(time.Hour), DefaultLifetime: dur(time.Minute), RequestsPerMinute: 42,
+					},
+				},
+			},
+			want: User{
+				Found: true, UID: uid, Disabled: true, Permissions: []string{"a:b"},
+				MaxLifetime: time.Hour, DefaultLifetime: time.Minute, RequestsPerMinute: 42,
+			},
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			got := UserFrom(tc.user)
-			if got.Found != tc.want.Found || got.Disabled != tc.want.Disabled || got.MaxLifetime != tc.want.MaxLifetime ||
-				got.DefaultLifetime != tc.want.DefaultLifetime || !slices.Equal(got.Permissions, tc.want.Permissions) {
+			if got := UserFrom(tc.user); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("UserFrom = %+v, want %+v", got, tc.want)
 			}
 		})
 	}
 }
 
-func TestRevocationReason(t *testing.T) {
-	active := User{Found: true}
+func TestTokenFrom(t *testing.T) {
+	spec := lifetime(time.Hour)
 	tests := map[string]struct {
-		revoked bool
-		user    User
-		want    string
+		status keymintv1alpha1.ApiTokenStatus
+		want   Token
 	}{
-		"an active token of an enabled user":   {user: active, want: ""},
-		"revoked in its spec":                  {revoked: true, user: active, want: keymintv1alpha1.ApiTokenReasonRevokedBySpec},
-		"its user is disabled":                 {user: User{Found: true, Disabled: true}, want: keymintv1alpha1.ApiTokenReasonServiceUserDisabled},
-		"its user is missing":                  {user: User{}, want: keymintv1alpha1.ApiTokenReasonServiceUserNotFound},
-		"spec revocation wins over a disabled": {revoked: true, user: User{Found: true, Disabled: true}, want: keymintv1alpha1.ApiTokenReasonRevokedBySpec},
+		"an empty status names no token": {want: Token{Spec: spec}},
+		"a hash without an issue time is not issued": {
+			status: keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:a"},
+			want:   Token{Spec: spec},
+		},
+		"an issue time without a hash is not issued": {
+			status: keymintv1alpha1.ApiTokenStatus{IssuedAt: at(t0)},
+			want:   Token{Spec: spec, IssuedAt: t0},
+		},
+		"a token minted without expiry": {
+			status: keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:a", IssuedAt: at(t0), ServiceUserUID: string(uid)},
+			want:   Token{Spec: spec, Issued: true, IssuedAt: t0, UserUID: uid},
+		},
+		"a full record with rotated-out hashes in order": {
+			status: keymintv1alpha1.ApiTokenStatus{
+				TokenHash: "sha256:a", IssuedAt: at(t0), ExpiresAt: at(t0.Add(time.Hour)), ServiceUserUID: string(uid),
+				PreviousTokens: []keymintv1alpha1.PreviousToken{
+					{TokenHash: "sha256:p1", IssuedAt: metav1.NewTime(t0.Add(-2 * time.Hour)), ValidUntil: metav1.NewTime(t0.Add(time.Minute))},
+					{TokenHash: "sha256:p2", IssuedAt: metav1.NewTime(t0.Add(-time.Hour)), ValidUntil: metav1.NewTime(t0.Add(2 * time.Minute))},
+				},
+			},
+			want: Token{
+				Spec: spec, Issued: true, IssuedAt: t0, Expiry: t0.Add(time.Hour), Expires: true, UserUID: uid,
+				Previous: []Previous{
+					{Hash: "sha256:p1", IssuedAt: t0.Add(-2 * time.Hour), ValidUntil: t0.Add(time.Minute)},
+					{Hash: "sha256:p2", IssuedAt: t0.Add(-time.Hour), ValidUntil: t0.Add(2 * time.Minute)},
+				},
+			},
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			spec := &keymintv1alpha1.ApiTokenSpec{Revoked: tc.revoked}
-			if got := RevocationReason(spec, tc.user); got != tc.want {
-				t.Errorf("RevocationReason = %q, want %q", got, tc.want)
+			if got := TokenFrom(spec, &tc.status); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("TokenFrom = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRevocation(t *testing.T) {
+	tests := map[string]struct {
+		revoked bool // spec.revoked
+		user    User
+		// tokenUID is the ServiceUser UID recorded at mint ("" in older records).
+		tokenUID  types.UID
+		notIssued bool // the status names no token
+		want      string
+		accepted  bool
+	}{
+		"an active token of an enabled user": {user: active, tokenUID: uid, want: "", accepted: true},
+		"revoked in its spec":                {revoked: true, user: active, tokenUID: uid, want: keymintv1alpha1.ApiTokenReasonRevokedBySpec},
+		"its user is missing":                {user: User{}, tokenUID: uid, want: keymintv1alpha1.ApiTokenReasonServiceUserNotFound},
+		"its user is disabled": {
+			user: User{Found: true, UID: uid, Disabled: true}, tokenUID: uid, want: keymintv1alpha1.ApiTokenReasonServiceUserDisabled,
+		},
+		"spec revocation wins over a missing user": {revoked: true, user: User{}, tokenUID: uid, want: keymintv1alpha1.ApiTokenReasonRevokedBySpec},
+		"spec revocation wins over a disabled user": {
+			revoked: true, user: User{Found: true, UID: uid, Disabled: true}, tokenUID: uid, want: keymintv1alpha1.ApiTokenReasonRevokedBySpec,
+		},
+		"spec revocation wins over a recreated user": {
+			revoked: true, user: User{Found: true, UID: otherUID}, tokenUID: uid, want: keymintv1alpha1.ApiTokenReasonRevokedBySpec,
+		},
+		// A user that is both missing (recreated) and disabled is missing.
+		"a missing user wins over a disabled one": {
+			user: User{Found: true, UID: otherUID, Disabled: true}, tokenUID: uid, want: keymintv1alpha1.ApiTokenReasonServiceUserNotFound,
+		},
+		"minted for a user since deleted and created again": {
+			user: User{Found: true, UID: otherUID}, tokenUID: uid, want: keymintv1alpha1.ApiTokenReasonServiceUserNotFound,
+		},
+		"a record older than the uid field matches any user": {user: User{Found: true, UID: otherUID}, tokenUID: "", want: "", accepted: true},
+		// Before the first issue there is no minted token to compare.
+		"a token not issued yet ignores the recorded uid": {user: User{Found: true, UID: otherUID}, tokenUID: uid, notIssued: true, want: ""},
+		"a token not issued yet is never accepted":        {user: active, notIssued: true, want: ""},
+		"a token not issued yet of a missing user": {
+			user: User{}, notIssued: true, want: keymintv1alpha1.ApiTokenReasonServiceUserNotFound,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			tok := Token{Spec: &keymintv1alpha1.ApiTokenSpec{Revoked: tc.revoked}, Issued: !tc.notIssued, IssuedAt: t0, UserUID: tc.tokenUID}
+			if tc.notIssued {
+				tok.IssuedAt = time.Time{}
+			}
+			v := Evaluate(&tok, &tc.user, t0.Add(time.Hour))
+			if v.Revoked != tc.want {
+				t.Errorf("Revoked = %q, want %q", v.Revoked, tc.want)
+			}
+			if v.Accepted != tc.accepted {
+				t.Errorf("Accepted = %v, want %v", v.Accepted, tc.accepted)
+			}
+		})
+	}
+}
+
+func TestEvaluateExpiry(t *testing.T) {
+	tests := map[string]struct {
+		token Token
+		user  User
+		now   time.Time
+		// expiry is the effective expiry; the zero time means none.
+		expiry   time.Time
+		extended bool
+		expired  bool
+	}{
+		"no expiry anywhere: never expires": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{}, time.Time{}), user: active, now: t0.Add(100000 * time.Hour),
+		},
+
+		// The spec still gives what was recorded.
+		"as recorded, 1s before expiry": {
+			token: issued(lifetime(2*time.Hour), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(2*time.Hour - time.Second), expiry: t0.Add(2 * time.Hour),
+		},
+		"as recorded, at the instant of expiry": {
+			token: issued(lifetime(2*time.Hour), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(2 * time.Hour), expiry: t0.Add(2 * time.Hour), expired: true,
+		},
+		"as recorded, 1s after expiry": {
+			token: issued(lifetime(2*time.Hour), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(2*time.Hour + time.Second), expiry: t0.Add(2 * time.Hour), expired: true,
+		},
+
+		// spec.lifetime shortened from 2h to 1h since the mint.
+		"lifetime shortened, 1s before the new expiry": {
+			token: issued(lifetime(time.Hour), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(time.Hour - time.Second), expiry: t0.Add(time.Hour),
+		},
+		"lifetime shortened, at the new expiry": {
+			token: issued(lifetime(time.Hour), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(time.Hour), expiry: t0.Add(time.Hour), expired: true,
+		},
+		"lifetime shortened, 1s after the new expiry": {
+			token: issued(lifetime(time.Hour), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(time.Hour + time.Second), expiry: t0.Add(time.Hour), expired: true,
+		},
+		"expiresAt moved earlier": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{ExpiresAt: at(t0.Add(30 * time.Minute))}, t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(30 * time.Minute), expiry: t0.Add(30 * time.Minute), expired: true,
+		},
+		"the user's maxLifetime lowered below the record": {
+			token: issued(lifetime(2*time.Hour), t0.Add(2*time.Hour)), user: User{Found: true, UID: uid, MaxLifetime: 45 * time.Minute},
+			now: t0.Add(45*time.Minute - time.Second), expiry: t0.Add(45 * time.Minute),
+		},
+
+		// Minted without expiry; the spec or policy now gives one.
+		"no expiry recorded, lifetime added, 1s before": {
+			token: issued(lifetime(time.Hour), time.Time{}), user: active,
+			now: t0.Add(time.Hour - time.Second), expiry: t0.Add(time.Hour),
+		},
+		"no expiry recorded, lifetime added, at the instant": {
+			token: issued(lifetime(time.Hour), time.Time{}), user: active,
+			now: t0.Add(time.Hour), expiry: t0.Add(time.Hour), expired: true,
+		},
+		"no expiry recorded, lifetime added, 1s after": {
+			token: issued(lifetime(time.Hour), time.Time{}), user: active,
+			now: t0.Add(time.Hour + time.Second), expiry: t0.Add(time.Hour), expired: true,
+		},
+		"no expiry recorded, maxLifetime added": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{}, time.Time{}), user: User{Found: true, UID: uid, MaxLifetime: 3 * time.Hour},
+			now: t0.Add(3 * time.Hour), expiry: t0.Add(3 * time.Hour), expired: true,
+		},
+		"no expiry recorded, defaultLifetime added": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{}, time.Time{}), user: User{Found: true, UID: uid, DefaultLifetime: 3 * time.Hour},
+			now: t0.Add(3*time.Hour - time.Second), expiry: t0.Add(3 * time.Hour),
+		},
+
+		// The spec now gives a later expiry, or none: the record holds, and a
+		// token refused for expiry never comes back.
+		"lifetime extended, 1s before the recorded expiry": {
+			token: issued(lifetime(3*time.Hour), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(2*time.Hour - time.Second), expiry: t0.Add(2 * time.Hour), extended: true,
+		},
+		"lifetime extended, at the recorded expiry": {
+			token: issued(lifetime(3*time.Hour), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(2 * time.Hour), expiry: t0.Add(2 * time.Hour), extended: true, expired: true,
+		},
+		"lifetime extended, 1s after the recorded expiry": {
+			token: issued(lifetime(3*time.Hour), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(2*time.Hour + time.Second), expiry: t0.Add(2 * time.Hour), extended: true, expired: true,
+		},
+		"lifetime extended, before its new expiry still expired": {
+			token: issued(lifetime(3*time.Hour), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(3*time.Hour - time.Second), expiry: t0.Add(2 * time.Hour), extended: true, expired: true,
+		},
+		"extended by 1s": {
+			token: issued(lifetime(2*time.Hour+time.Second), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(2 * time.Hour), expiry: t0.Add(2 * time.Hour), extended: true, expired: true,
+		},
+		"expiresAt moved later": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{ExpiresAt: at(t0.Add(10 * time.Hour))}, t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(2 * time.Hour), expiry: t0.Add(2 * time.Hour), extended: true, expired: true,
+		},
+		"expiry removed from the spec": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{}, t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(2 * time.Hour), expiry: t0.Add(2 * time.Hour), extended: true, expired: true,
+		},
+		"the user's defaultLifetime raised": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{}, t0.Add(time.Hour)), user: User{Found: true, UID: uid, DefaultLifetime: 2 * time.Hour},
+			now: t0.Add(time.Hour - time.Second), expiry: t0.Add(time.Hour), extended: true,
+		},
+		"the spec 1s shorter than the record is not an extension": {
+			token: issued(lifetime(2*time.Hour-time.Second), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(2*time.Hour - time.Second), expiry: t0.Add(2*time.Hour - time.Second), expired: true,
+		},
+
+		// A token not issued has no expiry and is never accepted.
+		"not issued": {
+			token: Token{Spec: lifetime(time.Hour)}, user: active, now: t0,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			v := Evaluate(&tc.token, &tc.user, tc.now)
+			wantExpires := !tc.expiry.IsZero()
+			if v.Expires != wantExpires || (wantExpires && !v.Expiry.Equal(tc.expiry)) {
+				t.Errorf("Expiry = %v (expires %v), want %v (expires %v)", v.Expiry, v.Expires, tc.expiry, wantExpires)
+			}
+			if v.Extended != tc.extended {
+				t.Errorf("Extended = %v, want %v", v.Extended, tc.extended)
+			}
+			if v.Expired != tc.expired {
+				t.Errorf("Expired = %v, want %v", v.Expired, tc.expired)
+			}
+			wantAccepted := tc.token.Issued && !tc.expired
+			if v.Accepted != wantAccepted {
+				t.Errorf("Accepted = %v, want %v", v.Accepted, wantAccepted)
+			}
+		})
+	}
+}
+
+func TestEvaluateRotation(t *testing.T) {
+	every := func(d time.Duration) *keymintv1alpha1.Rotation { return &keymintv1alpha1.Rotation{Every: dur(d)} }
+	day := 24 * time.Hour
+	tests := map[string]struct {
+		token Token
+		user  User
+		// next is the scheduled rotation; the zero time: it does not rotate.
+		next time.Time
+	}{
+		"no rotation": {token: issued(&keymintv1alpha1.ApiTokenSpec{}, time.Time{}), user: active},
+		"a grace period alone schedules nothing": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{GracePeriod: dur(time.Hour)}}, time.Time{}), user: active,
+		},
+		"a zero period schedules nothing": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Rotation: every(0)}, time.Time{}), user: active,
+		},
+		"every counts from issue, no expiry": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Rotation: every(day)}, time.Time{}), user: active, next: t0.Add(day),
+		},
+		"due well before expiry": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Lifetime: dur(2 * day), Rotation: every(day)}, t0.Add(2*day)), user: active,
+			next: t0.Add(day),
+		},
+		"expiry 1s after the rotation": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Lifetime: dur(day + time.Second), Rotation: every(day)}, t0.Add(day+time.Second)), user: active,
+			next: t0.Add(day),
+		},
+		"due exactly at expiry": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Lifetime: dur(day), Rotation: every(day)}, t0.Add(day)), user: active,
+			next: t0.Add(day),
+		},
+		"expiry 1s before the rotation": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Lifetime: dur(day - time.Second), Rotation: every(day)}, t0.Add(day-time.Second)), user: active,
+		},
+		// Recorded 2d, but the spec now says 12h: the effective expiry decides.
+		"the effective expiry, shortened, comes first": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Lifetime: dur(12 * time.Hour), Rotation: every(day)}, t0.Add(2*day)), user: active,
+		},
+		"maxLifetime lowered below the rotation": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Lifetime: dur(2 * day), Rotation: every(day)}, t0.Add(2*day)),
+			user:  User{Found: true, UID: uid, MaxLifetime: 12 * time.Hour},
+		},
+		// Recorded 12h, the spec now says 2d: the record still decides.
+		"an extended token rotates by its recorded expiry": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Lifetime: dur(2 * day), Rotation: every(day)}, t0.Add(12*time.Hour)), user: active,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			v := Evaluate(&tc.token, &tc.user, t0)
+			wantRotates := !tc.next.IsZero()
+			if v.Rotates != wantRotates || (wantRotates && !v.NextRotation.Equal(tc.next)) {
+				t.Errorf("NextRotation = %v (rotates %v), want %v (rotates %v)", v.NextRotation, v.Rotates, tc.next, wantRotates)
+			}
+		})
+	}
+}
+
+func TestCheck(t *testing.T) {
+	// current expires at t0+2h as recorded and as its spec says.
+	current := issued(lifetime(2*time.Hour), t0.Add(2*time.Hour))
+	// grace is minted 20h before t0 and accepted until t0+2h as recorded.
+	grace := Previous{Hash: "old", IssuedAt: t0.Add(-20 * time.Hour), ValidUntil: t0.Add(2 * time.Hour)}
+	noExpiry := &keymintv1alpha1.ApiTokenSpec{}
+	tests := map[string]struct {
+		token Token
+		user  User
+		which int // Current or an index into token.Previous
+		now   time.Time
+		want  Refusal
+	}{
+		// The current hash.
+		"current: accepted":          {token: current, user: active, which: Current, now: t0, want: Accepted},
+		"current: 1s before expiry":  {token: current, user: active, which: Current, now: t0.Add(2*time.Hour - time.Second), want: Accepted},
+		"current: at expiry":         {token: current, user: active, which: Current, now: t0.Add(2 * time.Hour), want: Expired},
+		"current: 1s after expiry":   {token: current, user: active, which: Current, now: t0.Add(2*time.Hour + time.Second), want: Expired},
+		"current: revoked in spec":   {token: issued(&keymintv1alpha1.ApiTokenSpec{Revoked: true}, time.Time{}), user: active, which: Current, now: t0, want: Revoked},
+		"current: user missing":      {token: current, user: User{}, which: Current, now: t0, want: Revoked},
+		"current: user disabled":     {token: current, user: User{Found: true, UID: uid, Disabled: true}, which: Current, now: t0, want: Revoked},
+		"current: user recreated":    {token: current, user: User{Found: true, UID: otherUID}, which: Current, now: t0, want: Revoked},
+		"current: revoked, expired":  {token: issued(&keymintv1alpha1.ApiTokenSpec{Revoked: true}, t0), user: active, which: Current, now: t0, want: Revoked},
+		"current: not issued":        {token: Token{Spec: noExpiry}, user: active, which: Current, now: t0, want: GraceEnded},
+		"current: spec shortened":    {token: issued(lifetime(time.Hour), t0.Add(2*time.Hour)), user: active, which: Current, now: t0.Add(time.Hour), want: Expired},
+		"current: extended, expired": {token: issued(lifetime(5*time.Hour), t0.Add(2*time.Hour)), user: active, which: Current, now: t0.Add(2 * time.Hour), want: Expired},
+		"current: an expiry removed does not bring it back": {
+			token: issued(noExpiry, t0.Add(2*time.Hour)), user: active, which: Current, now: t0.Add(3 * time.Hour), want: Expired,
+		},
+
+		// A rotated-out hash, accepted strictly before its ValidUntil.
+		"previous: 1s before its grace ends": {
+			token: withPrevious(issued(noExpiry, time.Time{}), grace), user: active, which: 0, now: t0.Add(2*time.Hour - time.Second), want: Accepted,
+		},
+		"previous: when its grace ends": {
+			token: withPrevious(issued(noExpiry, time.Time{}), grace), user: active, which: 0, now: t0.Add(2 * time.Hour), want: GraceEnded,
+		},
+		"previous: 1s after its grace ends": {
+			token: withPrevious(issued(noExpiry, time.Time{}), grace), user: active, which: 0, now: t0.Add(2*time.Hour + time.Second), want: GraceEnded,
+		},
+		"previous: the second of two": {
+			token: withPrevious(issued(noExpiry, time.Time{}), Previous{Hash: "older", IssuedAt: t0.Add(-40 * time.Hour), ValidUntil: t0}, grace),
+			user:  active, which: 1, now: t0.Add(time.Hour), want: Accepted,
+		},
+		"previous: the first of two, ended": {
+			token: withPrevious(issued(noExpiry, time.Time{}), Previous{Hash: "older", IssuedAt: t0.Add(-40 * time.Hour), ValidUntil: t0}, grace),
+			user:  active, which: 0, now: t0.Add(time.Hour), want: GraceEnded,
+		},
+		"previous: a longer lifetime leaves its grace as recorded": {
+			token: withPrevious(issued(lifetime(1000*time.Hour), t0.Add(1000*time.Hour)), grace), user: active, which: 0,
+			now: t0.Add(2 * time.Hour), want: GraceEnded,
+		},
+		// maxLifetime lowered to 21h after the rotation: the previous token,
+		// minted at t0-20h, is accepted until t0+1h.
+		"previous: maxLifetime lowered, 1s before": {
+			token: withPrevious(issued(noExpiry, time.Time{}), grace), user: User{Found: true, UID: uid, MaxLifetime: 21 * time.Hour},
+			which: 0, now: t0.Add(time.Hour - time.Second), want: Accepted,
+		},
+		"previous: maxLifetime lowered, at the instant": {
+			token: withPrevious(issued(noExpiry, time.Time{}), grace), user: User{Found: true, UID: uid, MaxLifetime: 21 * time.Hour},
+			which: 0, now: t0.Add(time.Hour), want: GraceEnded,
+		},
+		"previous: maxLifetime lowered, 1s after": {
+			token: withPrevious(issued(noExpiry, time.Time{}), grace), user: User{Found: true, UID: uid, MaxLifetime: 21 * time.Hour},
+			which: 0, now: t0.Add(time.Hour + time.Second), want: GraceEnded,
+		},
+		"previous: lifetime lowered, 1s before": {
+			token: withPrevious(issued(lifetime(21*time.Hour), t0.Add(48*time.Hour)), grace), user: active,
+			which: 0, now: t0.Add(time.Hour - time.Second), want: Accepted,
+		},
+		"previous: lifetime lowered, at the instant": {
+			token: withPrevious(issued(lifetime(21*time.Hour), t0.Add(48*time.Hour)), grace), user: active,
+			which: 0, now: t0.Add(time.Hour), want: GraceEnded,
+		},
+		"previous: expiresAt moved before its grace ends": {
+			token: withPrevious(issued(&keymintv1alpha1.ApiTokenSpec{ExpiresAt: at(t0.Add(30 * time.Minute))}, t0.Add(48*time.Hour)), grace),
+			user:  active, which: 0, now: t0.Add(30 * time.Minute), want: GraceEnded,
+		},
+		"previous: revoked in spec": {
+			token: withPrevious(issued(&keymintv1alpha1.ApiTokenSpec{Revoked: true}, time.Time{}), grace), user: active, which: 0, now: t0, want: Revoked,
+		},
+		"previous: user missing": {
+			token: withPrevious(issued(noExpiry, time.Time{}), grace), user: User{}, which: 0, now: t0, want: Revoked,
+		},
+		"previous: user disabled": {
+			token: withPrevious(issued(noExpiry, time.Time{}), grace), user: User{Found: true, UID: uid, Disabled: true}, which: 0, now: t0, want: Revoked,
+		},
+		"previous: user recreated": {
+			token: withPrevious(issued(noExpiry, time.Time{}), grace), user: User{Found: true, UID: otherUID}, which: 0, now: t0, want: Revoked,
+		},
+		"previous: a record without its issue time keeps its recorded end of grace": {
+			token: Token{Spec: lifetime(time.Hour), Issued: true, IssuedAt: t0, UserUID: uid,
+				Previous: []Previous{{Hash: "sha256:old", ValidUntil: t0.Add(time.Hour)}}},
+			user: active, which: 0, now: t0.Add(time.Hour - time.Second), want: Accepted,
+		},
+		"previous: index past the end": {
+			token: withPrevious(issued(noExpiry, time.Time{}), grace), user: active, which: 1, now: t0, want: GraceEnded,
+		},
+		"previous: index with no previous": {
+			token: issued(noExpiry, time.Time{}), user: active, which: 0, now: t0, want: GraceEnded,
+		},
+		// A selector below Current is no hash of the token.
+		"an index below Current": {
+			token: Token{Spec: noExpiry}, user: active, which: -2, now: t0, want: GraceEnded,
+		},
+		// The current token, recorded to expire at t0+10m (the spec now gives
+		// none), is expired at t0+30m; its previous hash still has grace.
+		"previous: accepted while the current token is expired": {
+			token: withPrevious(issued(noExpiry, t0.Add(10*time.Minute)), grace), user: active, which: 0, now: t0.Add(30 * time.Minute), want: Accepted,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := Check(&tc.token, &tc.user, tc.which, tc.now); got != tc.want {
+				t.Errorf("Check(which %d) = %s, want %s", tc.which, refusalName[got], refusalName[tc.want])
+			}
+		})
+	}
+}
+
+var refusalName = map[Refusal]string{Accepted: "Accepted", Revoked: "Revoked", Expired: "Expired", GraceEnded: "GraceEnded"}
+
+func TestCheckAllocatesNothing(t *testing.T) {
+	tok := withPrevious(
+		issued(&keymintv1alpha1.ApiTokenSpec{
+			Scopes: []string{"links:read", "links:write"}, Lifetime: dur(48 * time.Hour),
+			Rotation: &keymintv1alpha1.Rotation{Every: dur(24 * time.Hour), GracePeriod: dur(time.Hour)},
+		}, t0.Add(48*time.Hour)),
+		Previous{Hash: "p1", IssuedAt: t0.Add(-47 * time.Hour), ValidUntil: t0.Add(time.Hour)},
+		Previous{Hash: "p2", IssuedAt: t0.Add(-24 * time.Hour), ValidUntil: t0.Add(time.Hour)},
+	)
+	user := User{Found: true, UID: uid, Permissions: []string{"links:read", "links:write"}, MaxLifetime: 72 * time.Hour}
+	for _, which := range []int{Current, 0, 1} {
+		var got Refusal
+		allocs := testing.AllocsPerRun(100, func() { got = Check(&tok, &user, which, t0) })
+		if allocs != 0 {
+			t.Errorf("Check(which %d) allocates %v times, want 0", which, allocs)
+		}
+		if got != Accepted {
+			t.Errorf("Check(which %d) = %s, want Accepted", which, refusalName[got])
+		}
+	}
+}
+
+func BenchmarkCheck(b *testing.B) {
+	tok := withPrevious(
+		issued(&keymintv1alpha1.ApiTokenSpec{
+			Scopes: []string{"links:read", "links:write"}, Lifetime: dur(720 * time.Hour),
+			Rotation: &keymintv1alpha1.Rotation{Every: dur(168 * time.Hour), GracePeriod: dur(time.Hour)},
+		}, t0.Add(720*time.Hour)),
+		Previous{Hash: "p1", IssuedAt: t0.Add(-336 * time.Hour), ValidUntil: t0.Add(time.Hour)},
+		Previous{Hash: "p2", IssuedAt: t0.Add(-168 * time.Hour), ValidUntil: t0.Add(time.Hour)},
+	)
+	user := User{Found: true, UID: uid, Permissions: []string{"links:read", "links:write"}, MaxLifetime: 2160 * time.Hour}
+	now := t0.Add(30 * time.Minute)
+	for name, which := range map[string]int{"current": Current, "previous": 1} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				Check(&tok, &user, which, now)
+			}
+		})
+	}
+}
+
+func TestGracePeriod(t *testing.T) {
+	tests := map[string]struct {
+		rotation *keymintv1alpha1.Rotation
+		want     time.Duration
+	}{
+		"no rotation":          {rotation: nil, want: 0},
+		"rotation sets none":   {rotation: &keymintv1alpha1.Rotation{Every: dur(time.Hour)}, want: 0},
+		"an hour":              {rotation: &keymintv1alpha1.Rotation{GracePeriod: dur(time.Hour)}, want: time.Hour},
+		"negative counts as 0": {rotation: &keymintv1alpha1.Rotation{GracePeriod: dur(-time.Hour)}, want: 0},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := GracePeriod(&keymintv1alpha1.ApiTokenSpec{Rotation: tc.rotation}); got != tc.want {
+				t.Errorf("GracePeriod = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRotatedOut(t *testing.T) {
+	withGrace := func(g time.Duration, lt *metav1.Duration) *keymintv1alpha1.ApiTokenSpec {
+		return &keymintv1alpha1.ApiTokenSpec{Lifetime: lt, Rotation: &keymintv1alpha1.Rotation{Every: dur(time.Hour), GracePeriod: dur(g)}}
+	}
+	// now is when the current token is rotated out, 5h after it was minted.
+	now := t0.Add(5 * time.Hour)
+	tests := map[string]struct {
+		token Token
+		user  User
+		// until is the end of its grace; the zero time: it gets none.
+		until time.Time
+	}{
+		"no rotation, no grace": {token: issued(&keymintv1alpha1.ApiTokenSpec{}, time.Time{}), user: active},
+		"zero grace":            {token: issued(withGrace(0, nil), time.Time{}), user: active},
+		"negative grace":        {token: issued(withGrace(-time.Hour, nil), time.Time{}), user: active},
+		"grace counts from now": {token: issued(withGrace(time.Hour, nil), time.Time{}), user: active, until: now.Add(time.Hour)},
+		"expiry 1s after the end of grace": {
+			token: issued(withGrace(time.Hour, dur(6*time.Hour+time.Second)), t0.Add(6*time.Hour+time.Second)), user: active, until: now.Add(time.Hour),
+		},
+		"expiry exactly at the end of grace": {
+			token: issued(withGrace(time.Hour, dur(6*time.Hour)), t0.Add(6*time.Hour)), user: active, until: now.Add(time.Hour),
+		},
+		"expiry 1s before the end of grace caps it": {
+			token: issued(withGrace(time.Hour, dur(6*time.Hour-time.Second)), t0.Add(6*time.Hour-time.Second)), user: active,
+			until: now.Add(time.Hour - time.Second),
+		},
+		"expiry 1s after now": {
+			token: issued(withGrace(time.Hour, dur(5*time.Hour+time.Second)), t0.Add(5*time.Hour+time.Second)), user: active,
+			until: now.Add(time.Second),
+		},
+		"expired at the instant": {
+			token: issued(withGrace(time.Hour, dur(5*time.Hour)), t0.Add(5*time.Hour)), user: active,
+		},
+		"expired 1s before": {
+			token: issued(withGrace(time.Hour, dur(5*time.Hour-time.Second)), t0.Add(5*time.Hour-time.Second)), user: active,
+		},
+		// Recorded to expire at +10h, the spec now says 5h30m.
+		"capped at the effective, shortened expiry": {
+			token: issued(withGrace(time.Hour, dur(5*time.Hour+30*time.Minute)), t0.Add(10*time.Hour)), user: active,
+			until: now.Add(30 * time.Minute),
+		},
+		"capped at the user's lowered maxLifetime": {
+			token: issued(withGrace(time.Hour, nil), time.Time{}), user: User{Found: true, UID: uid, MaxLifetime: 5*time.Hour + 10*time.Minute},
+			until: now.Add(10 * time.Minute),
+		},
+		// Recorded to expire at +5h20m, the spec now says 10h.
+		"an extended token is capped at its recorded expiry": {
+			token: issued(withGrace(time.Hour, dur(10*time.Hour)), t0.Add(5*time.Hour+20*time.Minute)), user: active,
+			until: now.Add(20 * time.Minute),
+		},
+		"revoked in spec": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{Revoked: true, Rotation: &keymintv1alpha1.Rotation{GracePeriod: dur(time.Hour)}}, time.Time{}),
+			user:  active,
+		},
+		"user disabled":  {token: issued(withGrace(time.Hour, nil), time.Time{}), user: User{Found: true, UID: uid, Disabled: true}},
+		"user missing":   {token: issued(withGrace(time.Hour, nil), time.Time{}), user: User{}},
+		"user recreated": {token: issued(withGrace(time.Hour, nil), time.Time{}), user: User{Found: true, UID: otherUID}},
+		"not issued":     {token: Token{Spec: withGrace(time.Hour, nil)}, user: active},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			v := Evaluate(&tc.token, &tc.user, now)
+			got, ok := RotatedOut(&tc.token, &v, "sha256:cur", now)
+			if tc.until.IsZero() {
+				if ok {
+					t.Errorf("RotatedOut = %+v, want no grace", got)
+				}
+				return
+			}
+			want := Previous{Hash: "sha256:cur", IssuedAt: t0, ValidUntil: tc.until}
+			if !ok || got.Hash != want.Hash || !got.IssuedAt.Equal(want.IssuedAt) || !got.ValidUntil.Equal(want.ValidUntil) {
+				t.Errorf("RotatedOut = %+v, %v; want %+v", got, ok, want)
+			}
+		})
+	}
+}
+
+func TestStillAccepted(t *testing.T) {
+	now := t0.Add(time.Hour)
+	// Hashes named for the order they were rotated out, issued 10h, 20h and
+	// 30h before t0.
+	c := Previous{Hash: "c", IssuedAt: t0.Add(-10 * time.Hour), ValidUntil: now.Add(time.Second)}
+	a := Previous{Hash: "a", IssuedAt: t0.Add(-20 * time.Hour), ValidUntil: now.Add(time.Hour)}
+	b := Previous{Hash: "b", IssuedAt: t0.Add(-30 * time.Hour), ValidUntil: now.Add(2 * time.Hour)}
+	ending := func(hash string, d time.Duration) Previous {
+		return Previous{Hash: hash, IssuedAt: t0.Add(-time.Hour), ValidUntil: now.Add(d)}
+	}
+	noExpiry := &keymintv1alpha1.ApiTokenSpec{}
+	tests := map[string]struct {
+		token Token
+		user  User
+		want  []Previous
+	}{
+		"none rotated out": {token: issued(noExpiry, time.Time{}), user: active, want: nil},
+		"ended 1s ago, ending now, 1s left": {
+			token: withPrevious(issued(noExpiry, time.Time{}), ending("past", -time.Second), ending("now", 0), ending("left", time.Second)),
+			user:  active, want: []Previous{ending("left", time.Second)},
+		},
+		"order is kept": {token: withPrevious(issued(noExpiry, time.Time{}), c, a, b), user: active, want: []Previous{c, a, b}},
+		// maxLifetime lowered to 31h: b (minted t0-30h) now ends at t0+1h,
+		// which is now; a (t0-20h) at t0+11h, later than recorded.
+		"maxLifetime cuts one short to now": {
+			token: withPrevious(issued(noExpiry, time.Time{}), c, a, b), user: User{Found: true, UID: uid, MaxLifetime: 31 * time.Hour},
+			want: []Previous{c, a},
+		},
+		// maxLifetime lowered to 31h1s: b now ends 1s from now.
+		"maxLifetime cuts one short to 1s from now": {
+			token: withPrevious(issued(noExpiry, time.Time{}), c, a, b), user: User{Found: true, UID: uid, MaxLifetime: 31*time.Hour + time.Second},
+			want: []Previous{c, a, {Hash: "b", IssuedAt: b.IssuedAt, ValidUntil: now.Add(time.Second)}},
+		},
+		// Lifetime lowered to 21h30m: a (t0-20h) now ends at t0+1h30m, b
+		// (t0-30h) at t0-8h30m; c (t0-10h) keeps its recorded end.
+		"lifetime lowered": {
+			token: withPrevious(issued(lifetime(21*time.Hour+30*time.Minute), t0.Add(48*time.Hour)), c, a, b), user: active,
+			want: []Previous{c, {Hash: "a", IssuedAt: a.IssuedAt, ValidUntil: t0.Add(90 * time.Minute)}},
+		},
+		// The current token, recorded to expire at t0, is expired.
+		"the current token expired": {
+			token: withPrevious(issued(noExpiry, t0), c), user: active, want: []Previous{c},
+		},
+		"revoked in spec": {
+			token: withPrevious(issued(&keymintv1alpha1.ApiTokenSpec{Revoked: true}, time.Time{}), c, a, b), user: active, want: nil,
+		},
+		"user missing":   {token: withPrevious(issued(noExpiry, time.Time{}), c, a, b), user: User{}, want: nil},
+		"user disabled":  {token: withPrevious(issued(noExpiry, time.Time{}), c, a, b), user: User{Found: true, UID: uid, Disabled: true}, want: nil},
+		"user recreated": {token: withPrevious(issued(noExpiry, time.Time{}), c, a, b), user: User{Found: true, UID: otherUID}, want: nil},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			v := Evaluate(&tc.token, &tc.user, now)
+			got := StillAccepted(&tc.token, &tc.user, &v, now)
+			if tc.want == nil && got != nil {
+				t.Fatalf("StillAccepted = %+v, want nil", got)
+			}
+			if !slices.EqualFunc(got, tc.want, func(g, w Previous) bool {
+				return g.Hash == w.Hash && g.IssuedAt.Equal(w.IssuedAt) && g.ValidUntil.Equal(w.ValidUntil)
+			}) {
+				t.Errorf("StillAccepted = %+v, want %+v", got, tc.want)
 			}
 		})
 	}
@@ -83,12 +724,29 @@ func TestExpiry(t *testing.T) {
 		"the token's lifetime beats defaultLifetime": {
 			spec: keymintv1alpha1.ApiTokenSpec{Lifetime: dur(3 * time.Hour)}, user: User{DefaultLifetime: time.Hour}, want: 3 * time.Hour,
 		},
+		// The two conflict in the API; the doc gives expiresAt first.
+		"expiresAt wins over lifetime": {
+			spec: keymintv1alpha1.ApiTokenSpec{ExpiresAt: at(t0.Add(3 * time.Hour)), Lifetime: dur(time.Hour)}, want: 3 * time.Hour,
+		},
+		"the token's expiresAt beats defaultLifetime": {
+			spec: keymintv1alpha1.ApiTokenSpec{ExpiresAt: at(t0.Add(3 * time.Hour))}, user: User{DefaultLifetime: time.Hour}, want: 3 * time.Hour,
+		},
 		"maxLifetime caps a longer lifetime": {
 			spec: keymintv1alpha1.ApiTokenSpec{Lifetime: dur(48 * time.Hour)}, user: User{MaxLifetime: 24 * time.Hour}, want: 24 * time.Hour,
+		},
+		"maxLifetime caps a lifetime 1s longer": {
+			spec: keymintv1alpha1.ApiTokenSpec{Lifetime: dur(24*time.Hour + time.Second)}, user: User{MaxLifetime: 24 * time.Hour}, want: 24 * time.Hour,
+		},
+		"maxLifetime equal to the lifetime": {
+			spec: keymintv1alpha1.ApiTokenSpec{Lifetime: dur(24 * time.Hour)}, user: User{MaxLifetime: 24 * time.Hour}, want: 24 * time.Hour,
+		},
+		"a lifetime 1s shorter than maxLifetime": {
+			spec: keymintv1alpha1.ApiTokenSpec{Lifetime: dur(24*time.Hour - time.Second)}, user: User{MaxLifetime: 24 * time.Hour}, want: 24*time.Hour - time.Second,
 		},
 		"maxLifetime caps a later expiresAt": {
 			spec: keymintv1alpha1.ApiTokenSpec{ExpiresAt: at(t0.Add(1000 * time.Hour))}, user: User{MaxLifetime: 24 * time.Hour}, want: 24 * time.Hour,
 		},
+		"maxLifetime caps defaultLifetime":                     {user: User{DefaultLifetime: 48 * time.Hour, MaxLifetime: 24 * time.Hour}, want: 24 * time.Hour},
 		"maxLifetime gives an expiry to a token that had none": {user: User{MaxLifetime: 24 * time.Hour}, want: 24 * time.Hour},
 		"a shorter lifetime stays under maxLifetime": {
 			spec: keymintv1alpha1.ApiTokenSpec{Lifetime: dur(time.Hour)}, user: User{MaxLifetime: 24 * time.Hour}, want: time.Hour,
@@ -96,7 +754,7 @@ func TestExpiry(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			got, ok := Expiry(&tc.spec, tc.user, t0)
+			got, ok := Expiry(&tc.spec, &tc.user, t0)
 			if tc.wantNone {
 				if ok {
 					t.Errorf("Expiry = %v, want none", got)
@@ -110,72 +768,6 @@ func TestExpiry(t *testing.T) {
 	}
 }
 
-func TestExpired(t *testing.T) {
-	if Expired(t0, false, t0.Add(1000*time.Hour)) {
-		t.Error("a token without expiry expired")
-	}
-	if Expired(t0, true, t0.Add(-time.Nanosecond)) {
-		t.Error("expired before its expiry")
-	}
-	if !Expired(t0, true, t0) {
-		t.Error("not expired at its expiry instant")
-	}
-}
-
-func TestNextRotation(t *testing.T) {
-	if _, ok := NextRotation(&keymintv1alpha1.ApiTokenSpec{}, t0); ok {
-		t.Error("a token without rotation has a next rotation")
-	}
-	if _, ok := NextRotation(&keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{GracePeriod: dur(time.Hour)}}, t0); ok {
-		t.Error("a grace period alone schedules rotations")
-	}
-	got, ok := NextRotation(&keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{Every: dur(24 * time.Hour)}}, t0)
-	if !ok || !got.Equal(t0.Add(24*time.Hour)) {
-		t.Errorf("NextRotation = %v, %v; want issue + 24h", got, ok)
-	}
-}
-
-func TestPreviousValidUntil(t *testing.T) {
-	tests := map[string]struct {
-		grace    time.Duration
-		expiry   time.Time
-		expires  bool
-		want     time.Time
-		wantNone bool
-	}{
-		"no grace: the old token stops at once":         {grace: 0, wantNone: true},
-		"grace counts from the rotation":                {grace: time.Hour, want: t0.Add(time.Hour)},
-		"grace never outlives the old token's expiry":   {grace: time.Hour, expiry: t0.Add(10 * time.Minute), expires: true, want: t0.Add(10 * time.Minute)},
-		"an already expired old token gets no grace":    {grace: time.Hour, expiry: t0, expires: true, wantNone: true},
-		"a later expiry leaves the full grace in place": {grace: time.Hour, expiry: t0.Add(5 * time.Hour), expires: true, want: t0.Add(time.Hour)},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			got, ok := PreviousValidUntil(tc.grace, tc.expiry, tc.expires, t0)
-			if tc.wantNone {
-				if ok {
-					t.Errorf("PreviousValidUntil = %v, want none", got)
-				}
-				return
-			}
-			if !ok || !got.Equal(tc.want) {
-				t.Errorf("PreviousValidUntil = %v, %v; want %v", got, ok, tc.want)
-			}
-		})
-	}
-}
-
-func TestStillAccepted(t *testing.T) {
-	prev := []Previous{{Hash: "a", ValidUntil: t0}, {Hash: "b", ValidUntil: t0.Add(time.Second)}}
-	got := StillAccepted(prev, t0)
-	if len(got) != 1 || got[0].Hash != "b" {
-		t.Errorf("StillAccepted at t0 = %v, want only b (a ends at t0)", got)
-	}
-	if got := StillAccepted(prev, t0.Add(time.Second)); len(got) != 0 {
-		t.Errorf("StillAccepted after both = %v, want none", got)
-	}
-}
-
 func TestEffectiveScopes(t *testing.T) {
 	perms := []string{"links:write", "links:read", "qr:read"}
 	tests := map[string]struct {
@@ -184,7 +776,9 @@ func TestEffectiveScopes(t *testing.T) {
 		want   []string
 	}{
 		"no scopes: all the user's permissions, sorted": {perms: perms, want: []string{"links:read", "links:write", "qr:read"}},
+		"no scopes, duplicate permissions collapse":     {perms: []string{"qr:read", "a:b", "qr:read"}, want: []string{"a:b", "qr:read"}},
 		"scopes are a subset":                           {scopes: []string{"qr:read"}, perms: perms, want: []string{"qr:read"}},
+		"scopes come out sorted":                        {scopes: []string{"qr:read", "links:read"}, perms: perms, want: []string{"links:read", "qr:read"}},
 		"a scope the user lacks is not granted":         {scopes: []string{"qr:read", "admin:write"}, perms: perms, want: []string{"qr:read"}},
 		"a user with no permissions grants nothing":     {scopes: []string{"qr:read"}, perms: nil, want: nil},
 		"duplicates collapse":                           {scopes: []string{"qr:read", "qr:read"}, perms: perms, want: []string{"qr:read"}},
@@ -193,6 +787,82 @@ func TestEffectiveScopes(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if got := EffectiveScopes(tc.scopes, tc.perms); !slices.Equal(got, tc.want) {
 				t.Errorf("EffectiveScopes = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestMissingScopes(t *testing.T) {
+	effective := []string{"links:read", "qr:read"}
+	tests := map[string]struct {
+		effective []string
+		required  []string
+		want      []string
+	}{
+		"nothing required":                 {effective: effective, want: nil},
+		"all held":                         {effective: effective, required: []string{"qr:read", "links:read"}, want: nil},
+		"one lacking":                      {effective: effective, required: []string{"links:read", "links:write"}, want: []string{"links:write"}},
+		"those lacking, in required order": {effective: effective, required: []string{"z:z", "qr:read", "a:a"}, want: []string{"z:z", "a:a"}},
+		"no scopes: every one lacking":     {effective: nil, required: []string{"qr:read"}, want: []string{"qr:read"}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := MissingScopes(tc.effective, tc.required); !slices.Equal(got, tc.want) {
+				t.Errorf("MissingScopes = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestAcceptsAudience(t *testing.T) {
+	tests := map[string]struct {
+		audiences []string // the token's spec.audiences
+		requested []string
+		want      []string
+		ok        bool
+	}{
+		"unrestricted, nothing asked":         {ok: true},
+		"unrestricted, any audience accepted": {requested: []string{"api", "kube"}, want: nil, ok: true},
+		"restricted, one matches":             {audiences: []string{"api", "web"}, requested: []string{"kube", "web"}, want: []string{"web"}, ok: true},
+		"restricted, matches in request order": {
+			audiences: []string{"api", "web"}, requested: []string{"web", "kube", "api"}, want: []string{"web", "api"}, ok: true,
+		},
+		"restricted, none matches":  {audiences: []string{"api"}, requested: []string{"kube"}, want: nil, ok: false},
+		"restricted, nothing asked": {audiences: []string{"api"}, want: nil, ok: false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, ok := AcceptsAudience(tc.audiences, tc.requested)
+			if ok != tc.ok || !slices.Equal(got, tc.want) {
+				t.Errorf("AcceptsAudience = %v, %v; want %v, %v", got, ok, tc.want, tc.ok)
+			}
+			if len(tc.audiences) == 0 && got != nil {
+				t.Errorf("an unrestricted token matched %v, want no audience", got)
+			}
+		})
+	}
+}
+
+func TestRate(t *testing.T) {
+	const serverDefault = 500
+	tests := map[string]struct {
+		token *int32 // spec.requestsPerMinute
+		user  int32  // the user's tokenPolicy.requestsPerMinute, 0 when unset
+		want  int32
+	}{
+		"the token's own rate wins over the user's": {token: i32(10), user: 20, want: 10},
+		"the token's own rate without a policy":     {token: i32(10), want: 10},
+		"the token's own rate above the user's":     {token: i32(30), user: 20, want: 30},
+		"the user's policy when the token is silent": {
+			user: 20, want: 20,
+		},
+		"the server default when both are silent": {want: serverDefault},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			spec := &keymintv1alpha1.ApiTokenSpec{RequestsPerMinute: tc.token}
+			if got := Rate(spec, &User{Found: true, RequestsPerMinute: tc.user}, serverDefault); got != tc.want {
+				t.Errorf("Rate = %d, want %d", got, tc.want)
 			}
 		})
 	}

@@ -1,23 +1,21 @@
+// Package check answers "is this bearer token good, whose is it, what may it
+// do?" for kube-apiserver (TokenReview) and for proxies (forward-auth), from
+// an in-memory index fed by informers. No API call happens on a check.
+//
+// One job per file: check.go decides one presented token (through
+// internal/tokenstate, the rules the controller uses too); identity.go says
+// who a good token is; index.go maps hashes to tokens; feed.go keeps the
+// index in step with the cache; ratelimit.go counts checks per token;
+// lastused.go records and writes lastUsedAt; handlers.go speaks HTTP
+// (/check, TokenReview); server.go serves it over TLS.
 package check
 
 import (
-	"slices"
 	"time"
-
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
-
-// GroupAll is the Kubernetes group of every keymint identity; each also gets
-// GroupAll + ":" + its namespace.
-const GroupAll = "keymint:serviceusers"
-
-// Username is the Kubernetes user name of a ServiceUser.
-func Username(namespace, name string) string {
-	return "keymint:" + namespace + ":" + name
-}
 
 // Failure says why a check refused a token; it is the "error" code of a
 // /check answer.
@@ -51,29 +49,14 @@ var messages = map[Failure]string{
 // Message returns the human text for a failure.
 func (f Failure) Message() string { return messages[f] }
 
-// Identity is who a good token speaks for and what it may do.
-type Identity struct {
-	Token     types.NamespacedName
-	Username  string
-	UserUID   types.UID
-	Groups    []string
-	Scopes    []string
-	Audiences []string
-	// RequestsPerMinute is the token's own rate, else its user's; zero when
-	// neither is set.
-	RequestsPerMinute int32
-}
-
 // Checker decides whether a presented token is good.
 type Checker struct {
 	Index *Index
 }
 
 // Check parses the token (refusing a bad checksum before any lookup), hashes
-// it, looks it up and decides, at now, with the same rules as the controller:
-// not revoked, its ServiceUser present and enabled, not expired by the clock
-// (even if the controller has not noticed yet), and a previous hash only
-// within its grace period.
+// it, looks it up and decides at now with tokenstate.Check, the rule the
+// controller's conditions come from too.
 func (c *Checker) Check(presented string, now time.Time) (Identity, Failure) {
 	if presented == "" {
 		return Identity{}, MissingToken
@@ -82,10 +65,10 @@ func (c *Checker) Check(presented string, now time.Time) (Identity, Failure) {
 		return Identity{}, MalformedToken
 	}
 	ref, user, ok := c.Index.lookup(token.Hash(presented))
-	if !ok || (!ref.validUntil.IsZero() && !now.Before(ref.validUntil)) {
+	if !ok {
 		return Identity{}, InvalidToken
 	}
-	if ref.revoked {
+	if ref.refused {
 		return Identity{}, RevokedToken
 	}
 	t := ref.token
@@ -93,52 +76,13 @@ func (c *Checker) Check(presented string, now time.Time) (Identity, Failure) {
 	if user != nil {
 		state = user.state
 	}
-	if tokenstate.RevocationReason(&t.spec, state) != "" {
+	switch tokenstate.Check(&t.state, &state, ref.which, now) {
+	case tokenstate.Revoked:
 		return Identity{}, RevokedToken
-	}
-	if expiry, expires := tokenstate.Expiry(&t.spec, state, t.issuedAt); tokenstate.Expired(expiry, expires, now) {
+	case tokenstate.Expired:
 		return Identity{}, ExpiredToken
+	case tokenstate.GraceEnded:
+		return Identity{}, InvalidToken
 	}
-	id := Identity{
-		Token:     t.key,
-		Username:  user.username,
-		UserUID:   user.uid,
-		Groups:    user.groups,
-		Scopes:    tokenstate.EffectiveScopes(t.spec.Scopes, state.Permissions),
-		Audiences: t.spec.Audiences,
-	}
-	switch {
-	case t.spec.RequestsPerMinute != nil:
-		id.RequestsPerMinute = *t.spec.RequestsPerMinute
-	case user.rpm > 0:
-		id.RequestsPerMinute = user.rpm
-	}
-	return id, OK
-}
-
-// MissingScopes returns the required scopes the identity lacks.
-func (id Identity) MissingScopes(required []string) []string {
-	var missing []string
-	for _, s := range required {
-		if !slices.Contains(id.Scopes, s) {
-			missing = append(missing, s)
-		}
-	}
-	return missing
-}
-
-// AcceptsAudience reports whether the token may be used for one of the
-// requested audiences, and which. Audiences restrict tokens, not routes: a
-// token that sets none is accepted whatever is asked (for a TokenReview, with
-// no audience in the answer, which kube-apiserver reads as its own).
-func (id Identity) AcceptsAudience(requested []string) (matched []string, ok bool) {
-	if len(id.Audiences) == 0 {
-		return nil, true
-	}
-	for _, a := range requested {
-		if slices.Contains(id.Audiences, a) {
-			matched = append(matched, a)
-		}
-	}
-	return matched, len(matched) > 0
+	return identity(t, user), OK
 }

@@ -1,5 +1,8 @@
 package check
 
+// handlers.go: the HTTP face of a check: /check (forward-auth) and the
+// TokenReview API.
+
 import (
 	"encoding/json"
 	"errors"
@@ -164,11 +167,7 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 		return failure
 	}
 
-	limit := id.RequestsPerMinute
-	if limit <= 0 {
-		limit = h.DefaultRequestsPerMinute
-	}
-	d := h.Limiter.Allow(id.Token, limit, now)
+	d := h.Limiter.Allow(id.Token, id.RequestsPerMinute(h.DefaultRequestsPerMinute), now)
 	w.Header().Set("X-RateLimit-Limit", strconv.Itoa(int(d.Limit)))
 	w.Header().Set("X-RateLimit-Remaining", strconv.Itoa(int(d.Remaining)))
 	w.Header().Set("X-RateLimit-Reset", strconv.FormatInt(d.Reset.Unix(), 10))

@@ -1,12 +1,11 @@
-// Package check answers "is this bearer token good, whose is it, what may it
-// do?" for kube-apiserver (TokenReview) and for proxies (forward-auth), from
-// an in-memory index fed by informers. No API call happens on a check.
 package check
+
+// index.go: hash → entry. The in-memory map a check reads, and what it
+// remembers of refusals.
 
 import (
 	"crypto/sha256"
 	"sync"
-	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
@@ -16,85 +15,107 @@ import (
 	"github.com/keymint/keymint/internal/tokenstate"
 )
 
+type hash = [sha256.Size]byte
+
 // tokenEntry is what the index keeps of one ApiToken. Entries are never
 // changed once stored: an update stores a new one, so a reader holding an
 // entry after releasing the lock reads a consistent snapshot.
 type tokenEntry struct {
 	key  types.NamespacedName
 	user types.NamespacedName
-	// spec holds only the fields a check reads, so that tokenstate decides
-	// exactly as the controller does.
-	spec       keymintv1alpha1.ApiTokenSpec
-	issuedAt   time.Time
-	current    [sha256.Size]byte
+	// spec holds only the fields a verdict reads; state.Spec points at it.
+	spec  keymintv1alpha1.ApiTokenSpec
+	state tokenstate.Token
+	// current and previous are the live hashes: previous[i] is
+	// state.Previous[i].
+	current    hash
 	hasCurrent bool
-	previous   map[[sha256.Size]byte]time.Time
-	// revoked holds hashes the token had before it was revoked: checks of
-	// them answer revoked_token rather than invalid_token. They only ever
-	// refuse, and are dropped once the token is no longer revoked.
-	revoked [][sha256.Size]byte
+	previous   []hash
+	// refused are hashes this token had that were refused for good here
+	// (revoked, user disabled or missing, claimed twice): checks answer them
+	// revoked_token, whatever later events say about them.
+	refused []hash
 }
 
-// hashes returns every hash the entry holds, live or revoked.
-func (e *tokenEntry) hashes() [][sha256.Size]byte {
-	var out [][sha256.Size]byte
-	if e.hasCurrent {
-		out = append(out, e.current)
+// live returns the hashes a check may accept, with tokenstate's selector.
+func (e *tokenEntry) live(yield func(hash, int) bool) {
+	if e.hasCurrent && !yield(e.current, tokenstate.Current) {
+		return
 	}
-	for h := range e.previous {
-		out = append(out, h)
+	for i, h := range e.previous {
+		if !yield(h, i) {
+			return
+		}
 	}
-	return append(out, e.revoked...)
+}
+
+func (e *tokenEntry) names(h hash) bool {
+	for l := range e.live {
+		if l == h {
+			return true
+		}
+	}
+	return false
 }
 
 // userEntry is what the index keeps of one ServiceUser.
 type userEntry struct {
-	uid   types.UID
 	state tokenstate.User
 	// username and groups are what kube-apiserver sees, built once here
 	// rather than on every check.
 	username string
 	groups   []string
-	rpm      int32
 }
 
-// hashRef points a hash at its token; validUntil is zero for the current
-// hash, and the end of the grace period for a previous one. A revoked ref is
-// a hash the token held before its revocation.
+// hashRef points a hash at its token: which is tokenstate.Current or an
+// index into its previous hashes. A refused ref only ever refuses.
 type hashRef struct {
-	token      *tokenEntry
-	validUntil time.Time
-	revoked    bool
+	token   *tokenEntry
+	which   int
+	refused bool
 }
 
 // Index maps token hashes to what a check needs. Lookups cost one map read
 // whatever the number of tokens.
 type Index struct {
 	mu     sync.RWMutex
-	byHash map[[sha256.Size]byte]hashRef
+	byHash map[hash]hashRef
 	tokens map[types.NamespacedName]*tokenEntry
 	users  map[types.NamespacedName]*userEntry
+	// byUser lists the tokens that name each ServiceUser, so disabling a
+	// user refuses its tokens' hashes without a scan.
+	byUser map[types.NamespacedName]map[types.NamespacedName]struct{}
+	// contested counts hashes two ApiTokens claimed at once.
+	contested int
 }
 
 // NewIndex returns an empty index.
 func NewIndex() *Index {
 	return &Index{
-		byHash: map[[sha256.Size]byte]hashRef{},
+		byHash: map[hash]hashRef{},
 		tokens: map[types.NamespacedName]*tokenEntry{},
 		users:  map[types.NamespacedName]*userEntry{},
+		byUser: map[types.NamespacedName]map[types.NamespacedName]struct{}{},
 	}
 }
 
-// Len returns how many hashes (current and in a grace period) are indexed.
+// Len returns how many hashes (live and refused) are indexed.
 func (ix *Index) Len() int {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	return len(ix.byHash)
 }
 
-// UpsertToken indexes an ApiToken's current and previous hashes, replacing
-// whatever the index held for it.
-func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
+// Contested returns how many hashes were refused because two ApiTokens
+// claimed them.
+func (ix *Index) Contested() int {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return ix.contested
+}
+
+// newEntry builds the entry of an ApiToken from its spec and status.
+func newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
 	e := &tokenEntry{
 		key:  types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
 		user: types.NamespacedName{Namespace: t.Namespace, Name: t.Spec.ServiceUser},
@@ -108,45 +129,93 @@ func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
 			RequestsPerMinute: t.Spec.RequestsPerMinute,
 		},
 	}
-	if t.Status.IssuedAt != nil {
-		e.issuedAt = t.Status.IssuedAt.Time
-	}
-	if h, ok := token.ParseHash(t.Status.TokenHash); ok && t.Status.IssuedAt != nil {
+	e.state = tokenstate.TokenFrom(&e.spec, &t.Status)
+	if h, ok := token.ParseHash(t.Status.TokenHash); ok && e.state.Issued {
 		e.current, e.hasCurrent = h, true
 	}
-	for _, p := range t.Status.PreviousTokens {
-		if h, ok := token.ParseHash(p.TokenHash); ok {
-			if e.previous == nil {
-				e.previous = map[[sha256.Size]byte]time.Time{}
-			}
-			e.previous[h] = p.ValidUntil.Time
+	// Keep previous[i] aligned with state.Previous[i]: drop unreadable ones
+	// from both.
+	prev := e.state.Previous[:0:0]
+	for _, p := range e.state.Previous {
+		if h, ok := token.ParseHash(p.Hash); ok {
+			e.previous = append(e.previous, h)
+			prev = append(prev, p)
 		}
 	}
+	e.state.Previous = prev
+	return e
+}
 
+// UpsertToken indexes an ApiToken's live hashes, replacing whatever the
+// index held for it. Hashes refused earlier stay refused while the token is
+// revoked or still names them; hashes of a revoked token become refused.
+func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
+	e := newEntry(t)
 	isRevoked := t.Spec.Revoked || meta.IsStatusConditionTrue(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionRevoked)
 
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	if old, ok := ix.tokens[e.key]; ok && isRevoked {
-		for _, h := range old.hashes() {
-			if _, live := e.previous[h]; !live && (!e.hasCurrent || h != e.current) {
-				e.revoked = append(e.revoked, h)
+	if old, ok := ix.tokens[e.key]; ok {
+		for _, h := range old.refused {
+			if isRevoked || e.names(h) {
+				e.refused = append(e.refused, h)
+			}
+		}
+		if isRevoked {
+			for h := range old.live {
+				if !e.names(h) {
+					e.refused = append(e.refused, h)
+				}
 			}
 		}
 	}
+	ix.storeLocked(e)
+}
+
+// storeLocked replaces the entry of e.key with e and points its hashes at it.
+// A hash another token claims too is refused for both, for good.
+func (ix *Index) storeLocked(e *tokenEntry) {
 	ix.removeTokenLocked(e.key)
 	ix.tokens[e.key] = e
-	if e.hasCurrent {
-		ix.byHash[e.current] = hashRef{token: e}
+	users := ix.byUser[e.user]
+	if users == nil {
+		users = map[types.NamespacedName]struct{}{}
+		ix.byUser[e.user] = users
 	}
-	for h, until := range e.previous {
-		if _, taken := ix.byHash[h]; !taken {
-			ix.byHash[h] = hashRef{token: e, validUntil: until}
+	users[e.key] = struct{}{}
+	for _, h := range e.refused {
+		ix.byHash[h] = hashRef{token: e, refused: true}
+	}
+	for h, which := range e.live {
+		ref, taken := ix.byHash[h]
+		switch {
+		case !taken:
+			ix.byHash[h] = hashRef{token: e, which: which}
+		case ref.token != e:
+			// Exactly one ApiToken owns a hash: two claims refuse both.
+			// Their controllers reissue each, so this hash never returns.
+			if !ref.refused {
+				ix.refuseLocked(ref.token, h)
+			}
+			e.refused = append(e.refused, h)
+			ix.byHash[h] = hashRef{token: e, refused: true}
+			ix.contested++
 		}
 	}
-	for _, h := range e.revoked {
-		if _, taken := ix.byHash[h]; !taken {
-			ix.byHash[h] = hashRef{token: e, revoked: true}
+}
+
+// refuseLocked makes h a refused hash of e, replacing e's entry by a copy.
+func (ix *Index) refuseLocked(e *tokenEntry, h hash) {
+	ne := *e
+	ne.state.Spec = &ne.spec
+	ne.refused = append(append([]hash(nil), e.refused...), h)
+	ix.tokens[e.key] = &ne
+	for _, r := range ne.refused {
+		ix.byHash[r] = hashRef{token: &ne, refused: true}
+	}
+	for l, which := range ne.live {
+		if ref := ix.byHash[l]; ref.token == e && !ref.refused {
+			ix.byHash[l] = hashRef{token: &ne, which: which}
 		}
 	}
 }
@@ -155,6 +224,14 @@ func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
 func (ix *Index) DeleteToken(key types.NamespacedName) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	if old, ok := ix.tokens[key]; ok {
+		if users := ix.byUser[old.user]; users != nil {
+			delete(users, key)
+			if len(users) == 0 {
+				delete(ix.byUser, old.user)
+			}
+		}
+	}
 	ix.removeTokenLocked(key)
 }
 
@@ -164,26 +241,34 @@ func (ix *Index) removeTokenLocked(key types.NamespacedName) {
 		return
 	}
 	delete(ix.tokens, key)
-	for _, h := range old.hashes() {
+	for h := range old.live {
+		if ix.byHash[h].token == old {
+			delete(ix.byHash, h)
+		}
+	}
+	for _, h := range old.refused {
 		if ix.byHash[h].token == old {
 			delete(ix.byHash, h)
 		}
 	}
 }
 
-// UpsertUser indexes a ServiceUser.
+// UpsertUser indexes a ServiceUser. Disabling it refuses its tokens' live
+// hashes for good here, so an event that re-enables it cannot bring one
+// back before the event that revokes it arrives.
 func (ix *Index) UpsertUser(u *keymintv1alpha1.ServiceUser) {
 	e := &userEntry{
-		uid:      u.UID,
 		state:    tokenstate.UserFrom(u),
 		username: Username(u.Namespace, u.Name),
 		groups:   append([]string{GroupAll, GroupAll + ":" + u.Namespace}, u.Spec.Groups...),
-		rpm:      u.Spec.TokenPolicy.RequestsPerMinute,
 	}
 	key := types.NamespacedName{Namespace: u.Namespace, Name: u.Name}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.users[key] = e
+	if !e.state.Found || e.state.Disabled {
+		ix.refuseTokensOfLocked(key)
+	}
 }
 
 // DeleteUser removes a ServiceUser: its tokens are refused from now on.
@@ -191,11 +276,27 @@ func (ix *Index) DeleteUser(key types.NamespacedName) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	delete(ix.users, key)
+	ix.refuseTokensOfLocked(key)
 }
 
-// lookup returns the token a hash belongs to and its user (nil when the user
-// is not indexed).
-func (ix *Index) lookup(h [sha256.Size]byte) (hashRef, *userEntry, bool) {
+func (ix *Index) refuseTokensOfLocked(user types.NamespacedName) {
+	for key := range ix.byUser[user] {
+		e := ix.tokens[key]
+		ne := *e
+		ne.state.Spec = &ne.spec
+		ne.refused = append([]hash(nil), e.refused...)
+		for h := range e.live {
+			ne.refused = append(ne.refused, h)
+		}
+		ne.hasCurrent, ne.previous = false, nil
+		ne.state.Issued, ne.state.Previous = false, nil
+		ix.storeLocked(&ne)
+	}
+}
+
+// lookup returns the hash's ref and its token's user (nil when the user is
+// not indexed).
+func (ix *Index) lookup(h hash) (hashRef, *userEntry, bool) {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	ref, ok := ix.byHash[h]

@@ -30,6 +30,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
+	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/webhook/check"
@@ -94,7 +95,9 @@ var _ = BeforeSuite(func() {
 		HealthProbeBindAddress: probeAddr,
 	})
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controllers.Setup(ctx, mgr, clock.RealClock{})).To(Succeed())
+	ring, err := recordkey.Generate("test")
+	Expect(err).NotTo(HaveOccurred())
+	Expect(controllers.Setup(ctx, mgr, clock.RealClock{}, ring)).To(Succeed())
 	Expect(check.Setup(ctx, mgr, check.Options{
 		Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile,
 		DefaultRequestsPerMinute: 500, FlushInterval: 100 * time.Millisecond,
@@ -207,6 +210,29 @@ var _ = Describe("The check server in the manager", func() {
 			g.Expect(tok.Status.LastUsedAt.Time).To(BeTemporally(">=", before.Truncate(time.Second)))
 			g.Expect(meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)).To(BeTrue(), "the controller's status is intact")
 		}).Should(Succeed())
+	})
+
+	It("never moves lastUsedAt backwards", func() {
+		plain := issue("last-used-forward", "deployer")
+		key := types.NamespacedName{Namespace: "last-used-forward", Name: "deployer"}
+		// Another replica recorded a later use.
+		later := metav1.NewTime(time.Now().Add(time.Hour).Truncate(time.Second))
+		Eventually(func() error {
+			tok := &keymintv1alpha1.ApiToken{}
+			if err := k8sClient.Get(ctx, key, tok); err != nil {
+				return err
+			}
+			tok.Status.LastUsedAt = &later
+			return k8sClient.Status().Update(ctx, tok)
+		}).Should(Succeed())
+		status, _ := get(plain)
+		Expect(status).To(Equal(http.StatusOK))
+		// The flusher runs every 100 ms here: give it ten chances.
+		Consistently(func(g Gomega) {
+			tok := &keymintv1alpha1.ApiToken{}
+			g.Expect(k8sClient.Get(ctx, key, tok)).To(Succeed())
+			g.Expect(tok.Status.LastUsedAt.Time).To(Equal(later.Time))
+		}, time.Second, 50*time.Millisecond).Should(Succeed())
 	})
 
 	It("speaks HTTP/1.1 only unless HTTP/2 is turned on", func() {

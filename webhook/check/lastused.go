@@ -1,8 +1,10 @@
 package check
 
+// lastused.go: when each token last passed a check, written to its status
+// in batches, off the request path.
+
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -16,68 +18,66 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 )
 
-// Usage remembers when each token last passed a check. Recording is a map
-// write; the API writes happen in UsageFlusher, never on the request path.
+// Usage collects the checks' last-use times. Record is a map write under a
+// lock; the flusher takes the whole map by swapping it, so it never holds
+// that lock for more than a pointer swap.
 type Usage struct {
 	mu      sync.Mutex
-	seen    map[types.NamespacedName]time.Time
-	written map[types.NamespacedName]time.Time
+	pending map[types.NamespacedName]time.Time
+	gone    map[types.NamespacedName]struct{}
 }
 
 // NewUsage returns an empty Usage.
 func NewUsage() *Usage {
-	return &Usage{seen: map[types.NamespacedName]time.Time{}, written: map[types.NamespacedName]time.Time{}}
+	return &Usage{pending: map[types.NamespacedName]time.Time{}, gone: map[types.NamespacedName]struct{}{}}
 }
 
 // Record notes that the token passed a check at now.
 func (u *Usage) Record(key types.NamespacedName, now time.Time) {
 	u.mu.Lock()
-	if now.After(u.seen[key]) {
-		u.seen[key] = now
+	if now.After(u.pending[key]) {
+		u.pending[key] = now
 	}
 	u.mu.Unlock()
 }
 
-// due returns the tokens whose last use is newer than what was written, and
-// whose last write is at least minGap old.
-func (u *Usage) due(now time.Time, minGap time.Duration) map[types.NamespacedName]time.Time {
+// Forget drops a deleted token: the feed calls it, so nothing of a deleted
+// token stays here past the next flush.
+func (u *Usage) Forget(key types.NamespacedName) {
+	u.mu.Lock()
+	delete(u.pending, key)
+	u.gone[key] = struct{}{}
+	u.mu.Unlock()
+}
+
+// take returns what was recorded and forgotten since the last take.
+func (u *Usage) take() (seen map[types.NamespacedName]time.Time, gone map[types.NamespacedName]struct{}) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	out := map[types.NamespacedName]time.Time{}
-	for key, seen := range u.seen {
-		if written, ok := u.written[key]; ok && (!seen.After(written) || now.Sub(written) < minGap) {
-			continue // nothing newer, or written less than minGap ago
-		}
-		out[key] = seen
+	if len(u.pending) == 0 && len(u.gone) == 0 {
+		return nil, nil
 	}
-	return out
-}
-
-func (u *Usage) markWritten(key types.NamespacedName, at time.Time) {
-	u.mu.Lock()
-	u.written[key] = at
-	u.mu.Unlock()
-}
-
-func (u *Usage) forget(key types.NamespacedName) {
-	u.mu.Lock()
-	delete(u.seen, key)
-	delete(u.written, key)
-	u.mu.Unlock()
+	seen, gone = u.pending, u.gone
+	u.pending, u.gone = map[types.NamespacedName]time.Time{}, map[types.NamespacedName]struct{}{}
+	return seen, gone
 }
 
 // UsageFlusher writes lastUsedAt to ApiToken status in batches: every
 // Interval, each token used since its last write, and written at least MinGap
 // ago, gets one status patch. It runs on every replica, since each sees its
-// own checks.
+// own checks. lastUsedAt only moves forward: a patch is skipped when the
+// status already shows a later use, and locks on the resourceVersion it read.
 type UsageFlusher struct {
-	Usage    *Usage
+	Usage *Usage
+	// Client reads ApiTokens from the cache and patches their status.
 	Client   client.Client
 	Clock    clock.WithTicker
 	Interval time.Duration
 	MinGap   time.Duration
-	// Limiter, when set, is swept of ended windows on each flush.
-	Limiter *Limiter
+
+	// waiting and written belong to the flusher's goroutine alone.
+	waiting map[types.NamespacedName]time.Time
+	written map[types.NamespacedName]time.Time
 }
 
 // Start flushes until ctx ends.
@@ -90,9 +90,6 @@ func (f *UsageFlusher) Start(ctx context.Context) error {
 			return nil
 		case <-tick.C():
 			f.Flush(ctx)
-			if f.Limiter != nil {
-				f.Limiter.Sweep(f.Clock.Now())
-			}
 		}
 	}
 }
@@ -100,20 +97,53 @@ func (f *UsageFlusher) Start(ctx context.Context) error {
 // NeedLeaderElection is false: every replica records its own checks.
 func (f *UsageFlusher) NeedLeaderElection() bool { return false }
 
-// Flush writes what is due now.
+// Flush writes what is due now. Only one goroutine may call it at a time.
 func (f *UsageFlusher) Flush(ctx context.Context) {
+	if f.waiting == nil {
+		f.waiting, f.written = map[types.NamespacedName]time.Time{}, map[types.NamespacedName]time.Time{}
+	}
+	seen, gone := f.Usage.take()
+	for key := range gone {
+		delete(f.waiting, key)
+		delete(f.written, key)
+	}
+	for key, at := range seen {
+		if at.After(f.waiting[key]) {
+			f.waiting[key] = at
+		}
+	}
 	now := f.Clock.Now()
-	for key, seen := range f.Usage.due(now, f.MinGap) {
-		patch := fmt.Appendf(nil, `{"status":{"lastUsedAt":%q}}`, metav1.NewTime(seen).UTC().Format(time.RFC3339))
-		obj := &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
-		err := f.Client.Status().Patch(ctx, obj, client.RawPatch(types.MergePatchType, patch))
-		switch {
+	for key, at := range f.waiting {
+		if written, ok := f.written[key]; ok && now.Sub(written) < f.MinGap {
+			continue // written less than MinGap ago: wait
+		}
+		switch err := f.write(ctx, key, at); {
 		case apierrors.IsNotFound(err):
-			f.Usage.forget(key)
+			delete(f.waiting, key)
+			delete(f.written, key)
+		case apierrors.IsConflict(err):
+			// Someone wrote the status since the cache saw it: next flush.
 		case err != nil:
 			logf.FromContext(ctx).Error(err, "Writing lastUsedAt", "apiToken", key)
 		default:
-			f.Usage.markWritten(key, now)
+			delete(f.waiting, key)
+			f.written[key] = now
 		}
 	}
+}
+
+// write sets the token's lastUsedAt to at, unless its status already shows
+// at or later (another replica's write), locking on the resourceVersion read.
+func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, at time.Time) error {
+	tok := &keymintv1alpha1.ApiToken{}
+	if err := f.Client.Get(ctx, key, tok); err != nil {
+		return err
+	}
+	t := metav1.NewTime(at.UTC().Truncate(time.Second))
+	if last := tok.Status.LastUsedAt; last != nil && !last.Before(&t) {
+		return nil
+	}
+	patch := client.MergeFromWithOptions(tok.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	tok.Status.LastUsedAt = &t
+	return f.Client.Status().Patch(ctx, tok, patch)
 }

@@ -12,6 +12,7 @@ type Metrics struct {
 	latency     *prometheus.HistogramVec
 	rateLimited prometheus.Counter
 	indexSize   prometheus.GaugeFunc
+	contested   prometheus.CounterFunc
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -32,10 +33,14 @@ func NewMetrics(reg prometheus.Registerer, index *Index) *Metrics {
 		}),
 		indexSize: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "keymint_index_tokens",
-			Help: "Token hashes in the check server's index: current, in a grace period, and recently revoked.",
+			Help: "Token hashes in the check server's index: current, in a grace period, and refused.",
 		}, func() float64 { return float64(index.Len()) }),
+		contested: prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "keymint_contested_hashes_total",
+			Help: "Token hashes refused because two ApiTokens claimed them at once; each is refused for good and both tokens are reissued.",
+		}, func() float64 { return float64(index.Contested()) }),
 	}
-	reg.MustRegister(m.checks, m.latency, m.rateLimited, m.indexSize)
+	reg.MustRegister(m.checks, m.latency, m.rateLimited, m.indexSize, m.contested)
 	return m
 }
 

@@ -1,5 +1,7 @@
 package check
 
+// ratelimit.go: checks per token per minute.
+
 import (
 	"sync"
 	"time"
@@ -52,20 +54,16 @@ func (l *Limiter) Allow(key types.NamespacedName, limit int32, now time.Time) De
 		w.count++
 		d.Allowed = true
 	}
-	d.Remaining = limit - w.count
+	// A rate lowered mid-window can leave the count above it.
+	d.Remaining = max(0, limit-w.count)
 	l.mu.Unlock()
 	return d
 }
 
-// Sweep forgets windows that ended before now, so deleted tokens do not stay
-// in memory.
-func (l *Limiter) Sweep(now time.Time) {
-	start := now.Truncate(time.Minute)
+// Forget drops a token's window; the feed calls it when the token goes, so
+// the limiter holds windows of live tokens only.
+func (l *Limiter) Forget(key types.NamespacedName) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	for k, w := range l.windows {
-		if w.start.Before(start) {
-			delete(l.windows, k)
-		}
-	}
+	delete(l.windows, key)
+	l.mu.Unlock()
 }

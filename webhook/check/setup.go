@@ -3,6 +3,7 @@ package check
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"time"
@@ -22,7 +23,7 @@ type Options struct {
 	EnableHTTP2       bool
 	// DefaultRequestsPerMinute applies to tokens whose ApiToken and
 	// ServiceUser set no rate.
-	DefaultRequestsPerMinute int32
+	DefaultRequestsPerMinute int
 	// FlushInterval is how often lastUsedAt is written; each token is
 	// written at most once a minute whatever it is.
 	FlushInterval time.Duration
@@ -32,21 +33,37 @@ type Options struct {
 	Listener net.Listener
 }
 
+// MaxRequestsPerMinute bounds --default-requests-per-minute, as the CRDs
+// bound the per-token and per-user rates.
+const MaxRequestsPerMinute = 1_000_000
+
+// Validate says what is wrong with the options a user sets, in the words of
+// keymint's flags.
+func (o *Options) Validate() error {
+	if o.DefaultRequestsPerMinute < 1 || o.DefaultRequestsPerMinute > MaxRequestsPerMinute {
+		return fmt.Errorf("--default-requests-per-minute must be between 1 and %d, not %d", MaxRequestsPerMinute, o.DefaultRequestsPerMinute)
+	}
+	if o.FlushInterval <= 0 {
+		return fmt.Errorf("--last-used-flush-interval must be positive, not %s", o.FlushInterval)
+	}
+	if (o.CertFile == "") != (o.KeyFile == "") {
+		return errors.New("set both --check-tls-cert-file and --check-tls-key-file, or neither")
+	}
+	return nil
+}
+
 // Setup adds the check server, its index feed and the lastUsedAt flusher to
 // the manager, and a readiness check that passes once the index has synced.
 func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
-	if opts.DefaultRequestsPerMinute <= 0 {
-		return errors.New("the default requests per minute must be positive")
-	}
-	if opts.FlushInterval <= 0 {
-		return errors.New("the lastUsedAt flush interval must be positive")
+	if err := opts.Validate(); err != nil {
+		return err
 	}
 	index := NewIndex()
-	synced, err := Feed(ctx, mgr.GetCache(), index)
+	handler := NewHandler(index, opts.Clock, int32(opts.DefaultRequestsPerMinute), opts.Registerer)
+	synced, err := Feed(ctx, mgr.GetCache(), index, handler.Usage.Forget, handler.Limiter.Forget)
 	if err != nil {
 		return err
 	}
-	handler := NewHandler(index, opts.Clock, opts.DefaultRequestsPerMinute, opts.Registerer)
 	if err := mgr.Add(&Server{
 		Addr: opts.Addr, CertFile: opts.CertFile, KeyFile: opts.KeyFile, EnableHTTP2: opts.EnableHTTP2,
 		Handler: handler.ServeMux(), listener: opts.Listener,
@@ -55,7 +72,6 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	}
 	if err := mgr.Add(&UsageFlusher{
 		Usage: handler.Usage, Client: mgr.GetClient(), Clock: opts.Clock, Interval: opts.FlushInterval, MinGap: time.Minute,
-		Limiter: handler.Limiter,
 	}); err != nil {
 		return err
 	}

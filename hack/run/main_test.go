@@ -1,0 +1,84 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keymint/keymint/internal/testenv"
+)
+
+// TestConfigureLocal checks that make run's control plane is the tests' one
+// (testenv.New) plus its data directory and token authentication flags.
+func TestConfigureLocal(t *testing.T) {
+	assets := t.TempDir()
+	t.Setenv("KUBEBUILDER_ASSETS", assets) // no binaries needed: nothing starts
+	dir := t.TempDir()
+	env, err := testenv.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := configureLocal(env, dir, "/x/token-webhook.kubeconfig", "/x/static-tokens.csv"); err != nil {
+		t.Fatal(err)
+	}
+
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.BinaryAssetsDirectory != assets {
+		t.Errorf("BinaryAssetsDirectory = %q, want %q", env.BinaryAssetsDirectory, assets)
+	}
+	if want := []string{filepath.Join(root, "config", "crd", "bases")}; !slices.Equal(env.CRDDirectoryPaths, want) || !env.ErrorIfCRDPathMissing {
+		t.Errorf("CRDDirectoryPaths = %q (must exist: %v), want %q and must exist", env.CRDDirectoryPaths, env.ErrorIfCRDPathMissing, want)
+	}
+	if env.Scheme != testenv.Scheme {
+		t.Error("the environment does not use testenv.Scheme")
+	}
+
+	etcdDir := filepath.Join(dir, "etcd")
+	if env.ControlPlane.Etcd == nil || env.ControlPlane.Etcd.DataDir != etcdDir {
+		t.Errorf("etcd data directory = %+v, want %s", env.ControlPlane.Etcd, etcdDir)
+	}
+	if fi, err := os.Stat(etcdDir); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		t.Errorf("%s: %v, %v; want a directory only its owner reads", etcdDir, fi, err)
+	}
+
+	args := env.ControlPlane.GetAPIServer().Configure()
+	for flag, want := range map[string]string{
+		"authentication-token-webhook-config-file": "/x/token-webhook.kubeconfig",
+		"authentication-token-webhook-version":     "v1",
+		"authentication-token-webhook-cache-ttl":   "5s",
+		"token-auth-file":                          "/x/static-tokens.csv",
+	} {
+		if got := args.Get(flag).Get(nil); !slices.Equal(got, []string{want}) {
+			t.Errorf("--%s = %q, want %q", flag, got, want)
+		}
+	}
+}
+
+// TestServeKeymintReturnsWhenKeymintExitsEarly: a keymint that dies before it
+// is ready must not leave make run (and its control plane) hanging.
+func TestServeKeymintReturnsWhenKeymintExitsEarly(t *testing.T) {
+	bin, err := exec.LookPath("false")
+	if err != nil {
+		t.Skip("no false on PATH")
+	}
+	dir := t.TempDir()
+	done := make(chan error, 1)
+	go func() {
+		done <- serveKeymint(t.Context(), options{keymintBin: bin}, dir, dir, filepath.Join(dir, "keymint.env"), "", "")
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "exited before it was ready") {
+			t.Errorf("serveKeymint = %v, want keymint exited before it was ready", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serveKeymint still waiting 30s after keymint exited")
+	}
+}

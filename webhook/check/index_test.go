@@ -1,0 +1,116 @@
+package check
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/token"
+)
+
+// TestDisablingAUserRefusesItsTokensWhateverOrderEventsArriveIn plays the
+// informers delivering the user's re-enable before the token's revocation:
+// the token disabled users had never passes again on this replica.
+func TestDisablingAUserRefusesItsTokensWhateverOrderEventsArriveIn(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter")
+	old := f.token("t", "exporter")
+	if a := f.check(old, ""); a.status != http.StatusOK {
+		t.Fatalf("before: %d", a.status)
+	}
+	f.user("exporter", func(u *keymintv1alpha1.ServiceUser) { u.Spec.Disabled = true })
+	expectError(t, f.check(old, ""), http.StatusUnauthorized, RevokedToken)
+
+	// Re-enabled; the token's own update (hash cleared) is still on its way.
+	f.user("exporter")
+	expectError(t, f.check(old, ""), http.StatusUnauthorized, RevokedToken)
+
+	// A resync of the token as it was (still naming the old hash) keeps it refused.
+	f.index.UpsertToken(&keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "t"},
+		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter"},
+		Status:     keymintv1alpha1.ApiTokenStatus{TokenHash: token.HashString(old), IssuedAt: ptr.To(metav1.NewTime(t0))},
+	})
+	expectError(t, f.check(old, ""), http.StatusUnauthorized, RevokedToken)
+
+	// The controller's new token for the re-enabled user passes.
+	fresh := f.token("t", "exporter")
+	if a := f.check(fresh, ""); a.status != http.StatusOK {
+		t.Errorf("the new token: %d %v", a.status, a.body)
+	}
+}
+
+func TestAHashTwoApiTokensClaimIsRefusedForBoth(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter")
+	f.user("admin")
+	shared := f.token("intern", "exporter")
+	f.token("root", "admin", func(t *keymintv1alpha1.ApiToken) { t.Status.TokenHash = token.HashString(shared) })
+
+	expectError(t, f.check(shared, ""), http.StatusUnauthorized, RevokedToken)
+	if got := testutil.ToFloat64(f.metrics.contested); got != 1 {
+		t.Errorf("keymint_contested_hashes_total = %v, want 1", got)
+	}
+	// One claimant letting go does not hand the hash to the other.
+	f.index.DeleteToken(types.NamespacedName{Namespace: "team-a", Name: "root"})
+	expectError(t, f.check(shared, ""), http.StatusUnauthorized, InvalidToken)
+
+	// Both reissued: each new token passes.
+	intern := f.token("intern", "exporter")
+	root := f.token("root", "admin")
+	for _, tok := range []string{intern, root} {
+		if a := f.check(tok, ""); a.status != http.StatusOK {
+			t.Errorf("a reissued token: %d %v", a.status, a.body)
+		}
+	}
+	if f.index.Len() != 2 {
+		t.Errorf("index holds %d hashes, want the 2 live ones", f.index.Len())
+	}
+}
+
+func TestRemainingNeverGoesBelowZeroWhenARateIsLowered(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter")
+	tok := f.token("t", "exporter", func(t *keymintv1alpha1.ApiToken) { t.Spec.RequestsPerMinute = ptr.To[int32](10) })
+	for range 5 {
+		f.check(tok, "")
+	}
+	f.token("t", "exporter", func(t *keymintv1alpha1.ApiToken) {
+		t.Spec.RequestsPerMinute = ptr.To[int32](2)
+		t.Status.TokenHash = token.HashString(tok)
+	})
+	a := f.check(tok, "")
+	expectError(t, a, http.StatusTooManyRequests, RateLimited)
+	if got := a.header.Get("X-RateLimit-Remaining"); got != "0" {
+		t.Errorf("X-RateLimit-Remaining = %q, want 0", got)
+	}
+}
+
+func TestUsageForgetsDeletedTokens(t *testing.T) {
+	u := NewUsage()
+	key := types.NamespacedName{Namespace: "team-a", Name: "t"}
+	u.Record(key, t0)
+	u.Record(key, t0.Add(-time.Second)) // an older check recorded late does not move it back
+	seen, _ := u.take()
+	if !seen[key].Equal(t0) {
+		t.Errorf("recorded %v, want %v", seen[key], t0)
+	}
+	u.Record(key, t0.Add(time.Second))
+	u.Forget(key)
+	seen, gone := u.take()
+	if _, ok := seen[key]; ok {
+		t.Error("a forgotten token's use is still pending")
+	}
+	if _, ok := gone[key]; !ok {
+		t.Error("the flusher is not told the token went")
+	}
+	if seen, gone := u.take(); seen != nil || gone != nil {
+		t.Errorf("a second take returned %v %v, want nothing", seen, gone)
+	}
+}
