@@ -101,6 +101,7 @@ func writeError(w http.ResponseWriter, status int, f Failure, message string) {
 	if message == "" {
 		message = f.Message()
 	}
+	w.Header().Set(HeaderError, string(f))
 	writeJSON(w, status, errorBody{Error: f, Message: message})
 }
 
@@ -116,6 +117,32 @@ func bearerToken(r *http.Request) string {
 				return tok
 			}
 		}
+	}
+	return ""
+}
+
+// RateLimitStatusParam on /check, set to 403, answers a rate-limited check
+// with 403 instead of 429, for nginx's auth_request, which turns any status
+// but 2xx, 401 and 403 into a 500. X-Keymint-Error (rate_limited) and
+// Retry-After let nginx answer the client 429 (config/nginx/keymint.conf).
+const RateLimitStatusParam = "rate_limit_status"
+
+// HeaderError names the error code of every refusal, for proxies that keep
+// headers but not bodies.
+const HeaderError = "X-Keymint-Error"
+
+// checkFormError says what is wrong with a /check request's form, or "".
+// "/check/" alone is where a misplaced auth URL ("/check/?scope=...") lands:
+// its query would be ignored there, so it is refused rather than letting
+// every token through without the scope.
+func checkFormError(r *http.Request, fromQuery bool) string {
+	q := r.URL.Query()
+	if !fromQuery && r.URL.Path == CheckPath+"/" && (q.Has("scope") || q.Has("audience")) {
+		return "Requirements in the query are read on " + CheckPath + " only; under " + CheckPath + "/<path> they come from the " +
+			HeaderScope + " and " + HeaderAudience + " headers. Use " + CheckPath + "?scope=... as the auth URL."
+	}
+	if v := q.Get(RateLimitStatusParam); fromQuery && v != "" && v != "403" && v != "429" {
+		return RateLimitStatusParam + " must be 403 or 429."
 	}
 	return ""
 }
@@ -152,6 +179,10 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 	// (nginx and Traefik pass the client's headers through); under
 	// /check/<path>, headers (Envoy appends the client's own path and query).
 	fromQuery := r.URL.Path == CheckPath
+	if msg := checkFormError(r, fromQuery); msg != "" {
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: msg})
+		return "bad_request"
+	}
 	id, failure := h.Checker.Check(bearerToken(r), now)
 	if failure == OK {
 		if _, ok := id.AcceptsAudience(requirements(r, "audience", HeaderAudience, fromQuery)); !ok {
@@ -174,7 +205,12 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 	if !d.Allowed {
 		retry := int64(math.Ceil(d.Reset.Sub(now).Seconds()))
 		w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
-		writeJSON(w, http.StatusTooManyRequests, errorBody{Error: RateLimited, Message: RateLimited.Message(), RetryAfter: &retry})
+		status := http.StatusTooManyRequests
+		if fromQuery && r.URL.Query().Get(RateLimitStatusParam) == "403" {
+			status = http.StatusForbidden
+		}
+		w.Header().Set(HeaderError, string(RateLimited))
+		writeJSON(w, status, errorBody{Error: RateLimited, Message: RateLimited.Message(), RetryAfter: &retry})
 		h.Metrics.rateLimited.Inc()
 		return RateLimited
 	}

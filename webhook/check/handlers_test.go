@@ -369,6 +369,39 @@ func TestUnderCheckPathOnlyHeadersSetRequirements(t *testing.T) {
 	}
 }
 
+func TestCheckWithATrailingSlashRefusesQueryRequirements(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter")
+	tok := f.token("scoped", "exporter", func(t *keymintv1alpha1.ApiToken) { t.Spec.Scopes = []string{"links:read"} })
+	auth := http.Header{"Authorization": {"Bearer " + tok}}
+	// An auth URL written "/check/?scope=..." must not pass a token that
+	// lacks the scope because the query is not read there.
+	a := f.do(http.MethodGet, CheckPath+"/?scope=links:write", auth, nil)
+	if a.status != http.StatusBadRequest || a.body["error"] != "bad_request" || !strings.Contains(a.body["message"].(string), "/check?scope=") {
+		t.Errorf("/check/?scope=: %d %v, want 400 pointing at /check?scope=", a.status, a.body)
+	}
+	expectError(t, f.check(tok, "scope=links:write"), http.StatusForbidden, InsufficientScope)
+	if a := f.do(http.MethodGet, CheckPath+"/", auth, nil); a.status != http.StatusOK {
+		t.Errorf("/check/ without requirements (Envoy, client path /): %d %v", a.status, a.body)
+	}
+}
+
+func TestRateLimitStatusForNginx(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter", func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequestsPerMinute = 1 })
+	tok := f.token("t", "exporter")
+	f.check(tok, "")
+	a := f.check(tok, RateLimitStatusParam+"=403")
+	expectError(t, a, http.StatusForbidden, RateLimited)
+	if a.header.Get(HeaderError) != "rate_limited" || a.header.Get("Retry-After") != "45" {
+		t.Errorf("headers %v: want X-Keymint-Error rate_limited and Retry-After 45", a.header)
+	}
+	expectError(t, f.check(tok, ""), http.StatusTooManyRequests, RateLimited)
+	if a := f.check(tok, RateLimitStatusParam+"=500"); a.status != http.StatusBadRequest {
+		t.Errorf("rate_limit_status=500: %d %v", a.status, a.body)
+	}
+}
+
 func reviewBody(apiVersion, tok string, audiences ...string) []byte {
 	spec := map[string]any{"token": tok}
 	if len(audiences) > 0 {
