@@ -1,0 +1,215 @@
+package controllers
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/token"
+	"github.com/keymint/keymint/webhook/check"
+)
+
+// TestControllerAndCheckServerAgree drives both sides of the one verdict
+// with the same stored objects and instant: the conditions the controller
+// writes, and what the check server answers over HTTP for the current token
+// and a rotated-out one. Every rule appears, each time boundary at -1 s, at
+// the instant and +1 s. The check server is asked twice: with the status as
+// stored, and with the status the controller writes from it.
+func TestControllerAndCheckServerAgree(t *testing.T) {
+	issuedAt := now.Add(-time.Hour)
+	type row struct {
+		user  func(*keymintv1alpha1.ServiceUser)
+		tok   func(*keymintv1alpha1.ApiToken)
+		at    time.Time
+		noUse bool // the ServiceUser does not exist
+		// want is what a user sees: "ok", "expired" or "revoked" for the
+		// current token.
+		want string
+		// wantPrevious: whether the rotated-out token is accepted.
+		wantPrevious bool
+	}
+	lifetime := func(d time.Duration) func(*keymintv1alpha1.ApiToken) {
+		return func(t *keymintv1alpha1.ApiToken) { t.Spec.Lifetime = &metav1.Duration{Duration: d} }
+	}
+	recorded := func(at time.Time) func(*keymintv1alpha1.ApiToken) {
+		return func(t *keymintv1alpha1.ApiToken) { t.Status.ExpiresAt = &metav1.Time{Time: at} }
+	}
+	both := func(fs ...func(*keymintv1alpha1.ApiToken)) func(*keymintv1alpha1.ApiToken) {
+		return func(t *keymintv1alpha1.ApiToken) {
+			for _, f := range fs {
+				f(t)
+			}
+		}
+	}
+	// The rotated-out token was minted 3 h ago and is in grace until +30 m.
+	graceEnd := now.Add(30 * time.Minute)
+	rows := map[string]row{
+		"valid, no expiry": {at: now, want: "ok", wantPrevious: true},
+
+		"lifetime 2h, 1s before expiry":   {tok: both(lifetime(2*time.Hour), recorded(now.Add(time.Hour))), at: now.Add(time.Hour - time.Second), want: "ok"},
+		"lifetime 2h, at expiry":          {tok: both(lifetime(2*time.Hour), recorded(now.Add(time.Hour))), at: now.Add(time.Hour), want: "expired"},
+		"lifetime 2h, 1s after expiry":    {tok: both(lifetime(2*time.Hour), recorded(now.Add(time.Hour))), at: now.Add(time.Hour + time.Second), want: "expired"},
+		"expiresAt, 1s before":            {tok: both(func(t *keymintv1alpha1.ApiToken) { t.Spec.ExpiresAt = &metav1.Time{Time: now} }, recorded(now)), at: now.Add(-time.Second), want: "ok", wantPrevious: true},
+		"expiresAt, at the instant":       {tok: both(func(t *keymintv1alpha1.ApiToken) { t.Spec.ExpiresAt = &metav1.Time{Time: now} }, recorded(now)), at: now, want: "expired", wantPrevious: false},
+		"defaultLifetime, 1s before":      {user: defaultLifetime(2 * time.Hour), tok: recorded(now.Add(time.Hour)), at: now.Add(time.Hour - time.Second), want: "ok"},
+		"defaultLifetime, at the instant": {user: defaultLifetime(2 * time.Hour), tok: recorded(now.Add(time.Hour)), at: now.Add(time.Hour), want: "expired"},
+
+		"maxLifetime lowered after minting, 1s before its new cap": {user: maxLifetime(90 * time.Minute), at: now.Add(30*time.Minute - time.Second), want: "ok", wantPrevious: false},
+		"maxLifetime lowered after minting, at its new cap":        {user: maxLifetime(90 * time.Minute), at: now.Add(30 * time.Minute), want: "expired"},
+
+		"lifetime extended after expiry: still expired, 1s after the minted expiry": {
+			tok: both(lifetime(5*time.Hour), recorded(now)), at: now.Add(time.Second), want: "expired", wantPrevious: true,
+		},
+		"lifetime extended before expiry: the minted expiry holds, 1s before it": {
+			tok: both(lifetime(5*time.Hour), recorded(now)), at: now.Add(-time.Second), want: "ok", wantPrevious: true,
+		},
+		"lifetime extended before expiry: the minted expiry holds, at it": {
+			tok: both(lifetime(5*time.Hour), recorded(now)), at: now, want: "expired", wantPrevious: true,
+		},
+
+		"revoked by spec":      {tok: func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true }, at: now, want: "revoked"},
+		"user disabled":        {user: func(u *keymintv1alpha1.ServiceUser) { u.Spec.Disabled = true }, at: now, want: "revoked"},
+		"user missing":         {noUse: true, at: now, want: "revoked"},
+		"user created anew":    {user: func(u *keymintv1alpha1.ServiceUser) { u.UID = "uid-ci-2" }, at: now, want: "revoked"},
+		"grace: 1s before end": {at: graceEnd.Add(-time.Second), want: "ok", wantPrevious: true},
+		"grace: at its end":    {at: graceEnd, want: "ok", wantPrevious: false},
+		"grace: 1s after end":  {at: graceEnd.Add(time.Second), want: "ok", wantPrevious: false},
+		"grace cut short by a lifetime now shorter than the old token's age": {
+			tok: both(lifetime(3*time.Hour+10*time.Minute), recorded(now.Add(2*time.Hour+10*time.Minute))), at: now.Add(10*time.Minute - time.Second), want: "ok", wantPrevious: true,
+		},
+		"grace cut short, at the old token's new expiry": {
+			tok: both(lifetime(3*time.Hour+10*time.Minute), recorded(now.Add(2*time.Hour+10*time.Minute))), at: now.Add(10 * time.Minute), want: "ok", wantPrevious: false,
+		},
+	}
+
+	current, _ := token.Mint("km")
+	previous, _ := token.Mint("km")
+	for name, r := range rows {
+		t.Run(name, func(t *testing.T) {
+			user := &keymintv1alpha1.ServiceUser{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "ci", UID: "uid-ci"},
+				Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"links:read"}},
+			}
+			if r.user != nil {
+				r.user(user)
+			}
+			tok := &keymintv1alpha1.ApiToken{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "app", UID: "uid-app", Generation: 1},
+				Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci"},
+				Status: keymintv1alpha1.ApiTokenStatus{
+					Serial: 2, TokenHash: token.HashString(current), TokenPrefix: token.Display(current),
+					IssuedAt: &metav1.Time{Time: issuedAt}, ServiceUserUID: "uid-ci",
+					PreviousTokens: []keymintv1alpha1.PreviousToken{{
+						TokenHash: token.HashString(previous), IssuedAt: metav1.NewTime(now.Add(-3 * time.Hour)), ValidUntil: metav1.NewTime(graceEnd),
+					}},
+				},
+			}
+			if r.tok != nil {
+				r.tok(tok)
+			}
+			var userObj *keymintv1alpha1.ServiceUser
+			if !r.noUse {
+				userObj = user
+			}
+
+			// The controller: conditions from the same objects, no action.
+			o := observe(tok, userObj, secretState{Plain: current, Holds: true}, false, r.at)
+			written := desiredStatus(tok.Status, tok.Generation, "app", o, afterAction(o, decision{}, nil)).Status
+			controllerSays := "ok"
+			switch {
+			case meta.IsStatusConditionTrue(written.Conditions, keymintv1alpha1.ApiTokenConditionRevoked):
+				controllerSays = "revoked"
+			case meta.IsStatusConditionTrue(written.Conditions, keymintv1alpha1.ApiTokenConditionExpired):
+				controllerSays = "expired"
+			case !meta.IsStatusConditionTrue(written.Conditions, keymintv1alpha1.ApiTokenConditionReady):
+				controllerSays = "not ready"
+			}
+			controllerKeeps := false
+			for _, p := range written.PreviousTokens {
+				controllerKeeps = controllerKeeps || p.TokenHash == token.HashString(previous)
+			}
+			if controllerSays != r.want || controllerKeeps != r.wantPrevious {
+				t.Errorf("controller: %s, keeps the rotated-out hash: %v; want %s, %v", controllerSays, controllerKeeps, r.want, r.wantPrevious)
+			}
+
+			// The check server, over loopback HTTP: with the status as stored,
+			// then after its informer delivers the status the controller
+			// writes from it.
+			after := tok.DeepCopy()
+			after.Status = written
+			for _, versions := range [][]*keymintv1alpha1.ApiToken{{tok}, {tok, after}} {
+				server := checkServer(t, userObj, versions, r.at)
+				label := [...]string{"", "stored", "written"}[len(versions)]
+				if got := answer(t, server, current); got != r.want {
+					t.Errorf("check server (%s status): current token %s, controller says %s", label, got, controllerSays)
+				}
+				if got := answer(t, server, previous) == "ok"; got != r.wantPrevious {
+					t.Errorf("check server (%s status): rotated-out token accepted %v, controller keeps it: %v", label, got, controllerKeeps)
+				}
+			}
+		})
+	}
+}
+
+func defaultLifetime(d time.Duration) func(*keymintv1alpha1.ServiceUser) {
+	return func(u *keymintv1alpha1.ServiceUser) {
+		u.Spec.TokenPolicy.DefaultLifetime = &metav1.Duration{Duration: d}
+	}
+}
+
+func maxLifetime(d time.Duration) func(*keymintv1alpha1.ServiceUser) {
+	return func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.MaxLifetime = &metav1.Duration{Duration: d} }
+}
+
+// checkServer serves /check over loopback HTTP from an index fed with the
+// user and the token's versions in order, at the instant at.
+func checkServer(t *testing.T, user *keymintv1alpha1.ServiceUser, versions []*keymintv1alpha1.ApiToken, at time.Time) *httptest.Server {
+	t.Helper()
+	index := check.NewIndex()
+	if user != nil {
+		index.UpsertUser(user)
+	}
+	for _, v := range versions {
+		index.UpsertToken(v)
+	}
+	h := check.NewHandler(index, clocktesting.NewFakeClock(at), 1000, prometheus.NewRegistry())
+	server := httptest.NewServer(h.ServeMux())
+	t.Cleanup(server.Close)
+	return server
+}
+
+// answer is what the check server says of a token: "ok", or "expired" or
+// "revoked" for those refusals, else the error code.
+func answer(t *testing.T, server *httptest.Server, plain string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, server.URL+check.CheckPath, nil)
+	req.Header.Set("Authorization", "Bearer "+plain)
+	resp, err := server.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Error string `json:"error"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return "ok"
+	case body.Error == string(check.ExpiredToken):
+		return "expired"
+	case body.Error == string(check.RevokedToken):
+		return "revoked"
+	}
+	return body.Error
+}
