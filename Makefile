@@ -43,12 +43,23 @@ control-plane: ## Build kube-apiserver and etcd (and kubectl if none is on PATH)
 	go run ./hack/controlplane -dir "$(LOCALBIN)/k8s" -kubernetes-version $(KUBERNETES_VERSION) -etcd-version $(ETCD_VERSION)
 
 .PHONY: test
-test: manifests generate fmt vet control-plane ## Run every test: unit, envtest suites (real kube-apiserver + etcd) and end-to-end.
+test: manifests generate fmt vet control-plane test-deps ## Run every test: unit, envtest suites (real kube-apiserver + etcd) and end-to-end.
 	PATH="$$PATH:$(CONTROL_PLANE_DIR)" KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./... -count=1 -coverprofile cover.out
 
 .PHONY: test-e2e
-test-e2e: control-plane ## Run only the end-to-end suite: keymint started as make run does, driven with kubectl and HTTPS.
+test-e2e: control-plane test-deps ## Run only the end-to-end suite: keymint started as make run does, driven with kubectl and HTTPS.
 	PATH="$$PATH:$(CONTROL_PLANE_DIR)" KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./test/e2e/ -count=1 -v -args -ginkgo.v
+
+.PHONY: test-deps
+test-deps: ## Install nginx (Debian package) for the end-to-end suite if it is not on PATH; a no-op once installed.
+	@command -v nginx >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "The end-to-end suite runs nginx and none is installed. Install it (Debian/Ubuntu: sudo apt-get install nginx) and run make again." >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "Installing nginx for the end-to-end suite (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; \
+	}
 
 .PHONY: bench
 bench: ## Run the benchmarks, then drive the check server over HTTPS against a bare Go server.

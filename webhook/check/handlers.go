@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -135,8 +136,7 @@ const HeaderError = "X-Keymint-Error"
 // "/check/" alone is where a misplaced auth URL ("/check/?scope=...") lands:
 // its query would be ignored there, so it is refused rather than letting
 // every token through without the scope.
-func checkFormError(r *http.Request, fromQuery bool) string {
-	q := r.URL.Query()
+func checkFormError(r *http.Request, q url.Values, fromQuery bool) string {
 	if !fromQuery && r.URL.Path == CheckPath+"/" && (q.Has("scope") || q.Has("audience")) {
 		return "Requirements in the query are read on " + CheckPath + " only; under " + CheckPath + "/<path> they come from the " +
 			HeaderScope + " and " + HeaderAudience + " headers. Use " + CheckPath + "?scope=... as the auth URL."
@@ -149,10 +149,10 @@ func checkFormError(r *http.Request, fromQuery bool) string {
 
 // requirements collects a repeatable requirement from the query or from a
 // header; each value may also be a comma-separated list.
-func requirements(r *http.Request, query, header string, fromQuery bool) []string {
+func requirements(r *http.Request, q url.Values, query, header string, fromQuery bool) []string {
 	values := r.Header.Values(header)
 	if fromQuery {
-		values = r.URL.Query()[query]
+		values = q[query]
 	}
 	var out []string
 	for _, v := range values {
@@ -179,13 +179,17 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 	// (nginx and Traefik pass the client's headers through); under
 	// /check/<path>, headers (Envoy appends the client's own path and query).
 	fromQuery := r.URL.Path == CheckPath
-	if msg := checkFormError(r, fromQuery); msg != "" {
+	var q url.Values // parsed once, and only when there is a query
+	if r.URL.RawQuery != "" {
+		q = r.URL.Query()
+	}
+	if msg := checkFormError(r, q, fromQuery); msg != "" {
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: msg})
 		return "bad_request"
 	}
 	id, failure := h.Checker.Check(bearerToken(r), now)
 	if failure == OK {
-		if _, ok := id.AcceptsAudience(requirements(r, "audience", HeaderAudience, fromQuery)); !ok {
+		if _, ok := id.AcceptsAudience(requirements(r, q, "audience", HeaderAudience, fromQuery)); !ok {
 			failure = WrongAudience
 		}
 	}
@@ -206,7 +210,7 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 		retry := int64(math.Ceil(d.Reset.Sub(now).Seconds()))
 		w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
 		status := http.StatusTooManyRequests
-		if fromQuery && r.URL.Query().Get(RateLimitStatusParam) == "403" {
+		if fromQuery && q.Get(RateLimitStatusParam) == "403" {
 			status = http.StatusForbidden
 		}
 		w.Header().Set(HeaderError, string(RateLimited))
@@ -215,7 +219,7 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 		return RateLimited
 	}
 
-	if missing := id.MissingScopes(requirements(r, "scope", HeaderScope, fromQuery)); len(missing) > 0 {
+	if missing := id.MissingScopes(requirements(r, q, "scope", HeaderScope, fromQuery)); len(missing) > 0 {
 		writeError(w, http.StatusForbidden, InsufficientScope, "The bearer token lacks the required scope: "+strings.Join(missing, ", ")+".")
 		return InsufficientScope
 	}
