@@ -1,0 +1,352 @@
+package e2e
+
+// nginx_test.go: real nginx (the Debian package `make test-deps` installs)
+// runs config/nginx/keymint.conf in front of a small application, and the
+// client sees 200, 401, 403 and 429 with Retry-After.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/keymint/keymint/internal/token"
+)
+
+// nginxConf is the shipped configuration, relative to the repository root.
+const nginxConf = "config/nginx/keymint.conf"
+
+// changeLine is a line of nginxConf a user adapts: `directive value;  # CHANGE(name)`.
+var changeLine = regexp.MustCompile(`^(\s*)([a-z_]+)\s+[^;#]*;\s*# CHANGE\(([a-z-]+)\)\s*$`)
+
+// configureNginx returns conf with the value of each line marked CHANGE(name)
+// set to values[name], the directive and everything else unchanged. Every
+// marked line must have a value and every value a marked line.
+func configureNginx(conf string, values map[string]string) (string, error) {
+	lines := strings.Split(conf, "\n")
+	seen := map[string]bool{}
+	for i, line := range lines {
+		if !strings.Contains(line, "# CHANGE(") || strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		m := changeLine.FindStringSubmatch(line)
+		if m == nil {
+			return "", fmt.Errorf("line %d: a CHANGE mark on a line that is not `directive value;  # CHANGE(name)`: %q", i+1, line)
+		}
+		name := m[3]
+		value, ok := values[name]
+		if !ok {
+			return "", fmt.Errorf("line %d: CHANGE(%s) has no value in the test", i+1, name)
+		}
+		if seen[name] {
+			return "", fmt.Errorf("line %d: CHANGE(%s) appears twice", i+1, name)
+		}
+		seen[name] = true
+		lines[i] = m[1] + m[2] + " " + value + ";"
+	}
+	for name := range values {
+		if !seen[name] {
+			return "", fmt.Errorf("no line is marked CHANGE(%s)", name)
+		}
+	}
+	return strings.Join(lines, "\n"), nil
+}
+
+// nginxBinary finds nginx on PATH or where Debian puts it (/usr/sbin is not
+// on every user's PATH).
+func nginxBinary() string {
+	GinkgoHelper()
+	if p, err := exec.LookPath("nginx"); err == nil {
+		return p
+	}
+	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
+		return "/usr/sbin/nginx"
+	}
+	Fail("the end-to-end suite runs nginx and none is installed: run `make test-deps` (Debian: apt-get install nginx)")
+	return ""
+}
+
+func freeLoopbackPort() int {
+	GinkgoHelper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	Expect(err).NotTo(HaveOccurred())
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// childrenOf lists the processes whose parent is pid (nginx's workers).
+func childrenOf(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so cut at its last ')'.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
+// nginxAlive lists which of pids are still running nginx processes.
+func nginxAlive(pids []int) []string {
+	var alive []string
+	for _, pid := range pids {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+		if err == nil && strings.HasPrefix(string(cmdline), "nginx") {
+			alive = append(alive, fmt.Sprintf("%d: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " ")))
+		}
+	}
+	return alive
+}
+
+// appView is what the application behind nginx received.
+type appView struct {
+	User, Token, Scopes, Authorization, Path string
+}
+
+var _ = Describe("nginx with config/nginx/keymint.conf", Ordered, func() {
+	const limit = 2 // the ServiceUser's requestsPerMinute
+	var (
+		prefix    string
+		nginxURL  string
+		client    *http.Client
+		appHits   atomic.Int64
+		fullToken string // holds reports:write, the scope the configuration asks for
+		readToken string // invoices:read only
+	)
+
+	BeforeAll(func() {
+		nginxBin := nginxBinary()
+		out, _ := exec.Command(nginxBin, "-v").CombinedOutput()
+		GinkgoWriter.Printf("%s", out)
+
+		By("creating a ServiceUser limited to 2 checks a minute, and two tokens")
+		manifest := fmt.Sprintf(`apiVersion: keymint.io/v1alpha1
+kind: ServiceUser
+metadata: {name: nginx-e2e}
+spec:
+  permissions: [invoices:read, reports:write]
+  tokenPolicy: {requestsPerMinute: %d}
+---
+apiVersion: keymint.io/v1alpha1
+kind: ApiToken
+metadata: {name: nginx-e2e-full}
+spec: {serviceUser: nginx-e2e}
+---
+apiVersion: keymint.io/v1alpha1
+kind: ApiToken
+metadata: {name: nginx-e2e-read}
+spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
+`, limit)
+		path := filepath.Join(devDir, "nginx-e2e.yaml")
+		Expect(os.WriteFile(path, []byte(manifest), 0o600)).To(Succeed())
+		mustKubectl("apply", "-f", path)
+		mustKubectl("wait", "--for=condition=Ready", "apitoken/nginx-e2e-full", "apitoken/nginx-e2e-read", "--timeout=60s")
+		fullToken = secretToken("nginx-e2e-full")
+		readToken = secretToken("nginx-e2e-read")
+
+		By("starting the application nginx protects")
+		app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			appHits.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(appView{
+				User: r.Header.Get("X-Keymint-User"), Token: r.Header.Get("X-Keymint-Token"),
+				Scopes: r.Header.Get("X-Keymint-Scopes"), Authorization: r.Header.Get("Authorization"), Path: r.URL.RequestURI(),
+			})
+		}))
+		DeferCleanup(app.Close)
+
+		By("writing " + nginxConf + " with only its CHANGE(...) values set")
+		// Workers run as nobody when the suite runs as root: the prefix (temporary
+		// files) must be reachable for them, so not under a 0700 test directory.
+		var err error
+		prefix, err = os.MkdirTemp("", "keymint-nginx-")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(os.Chmod(prefix, 0o755)).To(Succeed())
+		DeferCleanup(os.RemoveAll, prefix)
+		shipped, err := os.ReadFile(filepath.Join(root, nginxConf))
+		Expect(err).NotTo(HaveOccurred())
+		checkURL, err := url.Parse(env["KEYMINT_CHECK_URL"])
+		Expect(err).NotTo(HaveOccurred())
+		port := freeLoopbackPort()
+		conf, err := configureNginx(string(shipped), map[string]string{
+			"listen":       fmt.Sprintf("127.0.0.1:%d", port),
+			"keymint":      checkURL.Host,
+			"keymint-name": "localhost", // make run's certificate is for 127.0.0.1 and localhost
+			"keymint-ca":   env["KEYMINT_CA_FILE"],
+			"app":          strings.TrimPrefix(app.URL, "http://"),
+		})
+		Expect(err).NotTo(HaveOccurred())
+		confPath := filepath.Join(prefix, "keymint.conf")
+		Expect(os.WriteFile(confPath, []byte(conf), 0o644)).To(Succeed())
+		args := []string{"-p", prefix + "/", "-e", "stderr", "-c", confPath}
+		out, err = exec.Command(nginxBin, append(args, "-t")...).CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "nginx -t:\n%s", out)
+
+		By("starting nginx")
+		var nginxLog bytes.Buffer
+		cmd := exec.Command(nginxBin, append(args, "-g", "daemon off;")...)
+		cmd.Stdout = io.MultiWriter(&nginxLog, GinkgoWriter)
+		cmd.Stderr = cmd.Stdout
+		Expect(cmd.Start()).To(Succeed())
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		var pids []int
+		DeferCleanup(func() {
+			By("stopping nginx gracefully (SIGQUIT, as nginx -s quit)")
+			pids = append(append(pids, cmd.Process.Pid), childrenOf(cmd.Process.Pid)...)
+			Expect(cmd.Process.Signal(syscall.SIGQUIT)).To(Succeed())
+			select {
+			case err := <-exited:
+				Expect(err).NotTo(HaveOccurred(), "nginx exited with an error:\n%s", nginxLog.String())
+			case <-time.After(20 * time.Second):
+				_ = cmd.Process.Kill()
+				Fail("nginx did not stop within 20 s of SIGQUIT:\n" + nginxLog.String())
+			}
+			Eventually(func() []string { return nginxAlive(pids) }, 10*time.Second).Should(BeEmpty(), "nginx processes left behind")
+			Expect(processesUsing(prefix)).To(BeEmpty(), "processes left behind")
+		})
+
+		nginxURL = fmt.Sprintf("http://127.0.0.1:%d", port)
+		client = &http.Client{Timeout: 5 * time.Second}
+		Eventually(func() error {
+			select {
+			case err := <-exited:
+				exited <- err
+				StopTrying(fmt.Sprintf("nginx exited: %v\n%s", err, nginxLog.String())).Now()
+			default:
+			}
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}, 10*time.Second).Should(Succeed())
+		pids = childrenOf(cmd.Process.Pid)
+		Expect(pids).NotTo(BeEmpty(), "nginx's workers")
+	})
+
+	AfterEach(func() {
+		if !CurrentSpecReport().Failed() {
+			return
+		}
+		for _, name := range []string{"error.log", "access.log"} {
+			b, err := os.ReadFile(filepath.Join(prefix, name))
+			GinkgoWriter.Printf("--- nginx %s (%v):\n%s\n", name, err, b)
+		}
+	})
+
+	// get asks nginx for path with tok (none if ""), and extra headers.
+	get := func(path, tok string, headers ...string) (*http.Response, []byte) {
+		GinkgoHelper()
+		req, err := http.NewRequest(http.MethodGet, nginxURL+path, nil)
+		Expect(err).NotTo(HaveOccurred())
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		resp, err := client.Do(req)
+		Expect(err).NotTo(HaveOccurred())
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		Expect(err).NotTo(HaveOccurred())
+		return resp, body
+	}
+	errorCode := func(body []byte) any {
+		GinkgoHelper()
+		var b map[string]any
+		Expect(json.Unmarshal(body, &b)).To(Succeed(), "a JSON body: %s", body)
+		return b["error"]
+	}
+
+	It("lets a token with the scope through: 200, and the application sees who called, not what the client claims", func() {
+		resp, body := get("/reports/2026", fullToken, "X-Keymint-User", "keymint:default:someone-else")
+		Expect(resp.StatusCode).To(Equal(http.StatusOK), "%s", body)
+		var app appView
+		Expect(json.Unmarshal(body, &app)).To(Succeed(), "%s", body)
+		Expect(app).To(Equal(appView{
+			User: "keymint:default:nginx-e2e", Token: "default/nginx-e2e-full", Scopes: "invoices:read,reports:write",
+			Path: "/reports/2026", // and no Authorization: the token stays at nginx
+		}))
+		Expect(resp.Header.Get("X-RateLimit-Limit")).To(Equal(strconv.Itoa(limit)))
+	})
+
+	It("refuses a missing, malformed or unknown token: 401 with keymint's WWW-Authenticate", func() {
+		hits := appHits.Load()
+		unknown, err := token.Mint("km")
+		Expect(err).NotTo(HaveOccurred())
+		for tok, code := range map[string]string{"": "missing_token", "km_not-a-token": "malformed_token", unknown: "invalid_token"} {
+			resp, body := get("/reports/2026", tok)
+			Expect(resp.StatusCode).To(Equal(http.StatusUnauthorized), "%s: %s", code, body)
+			Expect(resp.Header.Values("WWW-Authenticate")).To(HaveExactElements(HavePrefix(`Bearer realm="keymint"`)), code)
+			Expect(resp.Header.Get("X-Keymint-Error")).To(Equal(code))
+			Expect(errorCode(body)).To(Equal(code))
+		}
+		Expect(appHits.Load()).To(Equal(hits), "the application saw none of them")
+	})
+
+	It("refuses a token without the scope: 403", func() {
+		hits := appHits.Load()
+		resp, body := get("/reports/2026", readToken)
+		Expect(resp.StatusCode).To(Equal(http.StatusForbidden), "%s", body)
+		Expect(errorCode(body)).To(Equal("insufficient_scope"))
+		Expect(resp.Header.Get("X-Keymint-Error")).To(Equal("insufficient_scope"))
+		Expect(resp.Header.Values("Retry-After")).To(BeEmpty())
+		Expect(appHits.Load()).To(Equal(hits))
+	})
+
+	It("answers 429 with Retry-After once the token's rate is used up", func() {
+		// The client's own rate_limit_status=429 must not reach keymint: if it
+		// did, keymint would answer 429 to the subrequest and nginx the client 500.
+		// Windows are aligned to the minute: if one ends during the loop, the
+		// count starts again, hence up to 3 × limit requests.
+		var resp *http.Response
+		var body []byte
+		for i := 0; i < 3*limit+1; i++ {
+			hits := appHits.Load()
+			resp, body = get("/reports/2026?rate_limit_status=429", fullToken)
+			if resp.StatusCode == http.StatusTooManyRequests {
+				Expect(appHits.Load()).To(Equal(hits), "a rate-limited request never reaches the application")
+				break
+			}
+			Expect(resp.StatusCode).To(Equal(http.StatusOK), "request %d: %s", i+1, body)
+		}
+		Expect(resp.StatusCode).To(Equal(http.StatusTooManyRequests), "%s", body)
+		retryAfter, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+		Expect(err).NotTo(HaveOccurred(), "Retry-After: %q", resp.Header.Get("Retry-After"))
+		Expect(retryAfter).To(And(BeNumerically(">", 0), BeNumerically("<=", 60)))
+		Expect(resp.Header.Get("X-Keymint-Error")).To(Equal("rate_limited"))
+		Expect(resp.Header.Get("X-RateLimit-Limit")).To(Equal(strconv.Itoa(limit)))
+		Expect(resp.Header.Get("X-RateLimit-Remaining")).To(Equal("0"))
+		Expect(resp.Header.Get("Content-Type")).To(Equal("application/json"))
+		Expect(string(body)).To(MatchJSON(fmt.Sprintf(`{"error": "rate_limited", "retryAfter": %d}`, retryAfter)))
+		GinkgoWriter.Printf("429 with Retry-After: %d\n", retryAfter)
+	})
+})
