@@ -247,8 +247,7 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 			}
 			return err
 		}, 10*time.Second).Should(Succeed())
-		pids = childrenOf(cmd.Process.Pid)
-		Expect(pids).NotTo(BeEmpty(), "nginx's workers")
+		Eventually(func() []int { pids = childrenOf(cmd.Process.Pid); return pids }, 10*time.Second).ShouldNot(BeEmpty(), "nginx's workers")
 	})
 
 	AfterEach(func() {
