@@ -114,3 +114,18 @@ func TestUsageForgetsDeletedTokens(t *testing.T) {
 		t.Errorf("a second take returned %v %v, want nothing", seen, gone)
 	}
 }
+
+func TestLimiterHoldsWindowsOfLiveTokensOnly(t *testing.T) {
+	l := NewLimiter()
+	a, b := types.NamespacedName{Namespace: "ns", Name: "a"}, types.NamespacedName{Namespace: "ns", Name: "b"}
+	l.Allow(a, 10, t0)
+	l.Allow(b, 10, t0)
+	l.Forget(a)
+	if _, ok := l.windows[a]; ok || len(l.windows) != 1 {
+		t.Errorf("windows after forgetting a: %v", l.windows)
+	}
+	// A token seen again after it was forgotten starts a fresh window.
+	if d := l.Allow(a, 10, t0); d.Remaining != 9 {
+		t.Errorf("remaining %d after a fresh start, want 9", d.Remaining)
+	}
+}
