@@ -32,6 +32,9 @@ func TestSecretLookup(t *testing.T) {
 		}
 	}
 	foreign := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "t"}}
+	// An ApiToken of the same name in another API group is someone else's.
+	otherGroup := owned("uid-other")
+	otherGroup.OwnerReferences[0].APIVersion = "evil.example.com/v1"
 
 	tests := map[string]struct {
 		cached, live *corev1.Secret
@@ -43,6 +46,9 @@ func TestSecretLookup(t *testing.T) {
 		"its own Secret in the cache":                              {cached: owned("uid-now"), live: owned("uid-now"), wantSecret: true, wantToken: true},
 		"its own Secret the cache has not seen yet is no conflict": {live: owned("uid-now"), wantSecret: true, wantToken: true},
 		"a Secret of someone else is a conflict":                   {live: foreign, wantConflict: true},
+		"a Secret of an ApiToken kind of another API group is a conflict": {
+			cached: otherGroup, live: otherGroup, wantConflict: true,
+		},
 		"a Secret of an earlier ApiToken of that name is taken over, its token dropped": {
 			cached: owned("uid-before"), live: owned("uid-before"), wantSecret: true,
 		},
