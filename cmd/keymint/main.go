@@ -4,8 +4,11 @@ package main
 
 import (
 	"flag"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,11 +21,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
 	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
+	"github.com/keymint/keymint/webhook/admission"
 	"github.com/keymint/keymint/webhook/check"
 )
 
@@ -34,6 +39,9 @@ func main() {
 		checkOpts   = check.Options{Clock: clock.RealClock{}, Registerer: metrics.Registry}
 		certDir     string
 		recordKey   string
+		webhookAddr string
+		webhookCert string
+		webhookKey  string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
@@ -45,6 +53,9 @@ func main() {
 	flag.BoolVar(&checkOpts.EnableHTTP2, "check-enable-http2", false, "serve HTTP/2 on the check server (off by default, as for Kubernetes webhooks)")
 	flag.IntVar(&checkOpts.DefaultRequestsPerMinute, "default-requests-per-minute", 500, "checks a token may pass per minute when neither it nor its ServiceUser sets a rate")
 	flag.DurationVar(&checkOpts.FlushInterval, "last-used-flush-interval", 10*time.Second, "how often lastUsedAt is written to ApiToken status; each token at most once a minute")
+	flag.StringVar(&webhookAddr, "webhook-bind-address", ":9443", "address the admission webhooks (who may mint tokens and claim groups) listen on, over TLS")
+	flag.StringVar(&webhookCert, "webhook-tls-cert-file", "", "serving certificate of the admission webhooks, reloaded when it changes; unset: the check server's")
+	flag.StringVar(&webhookKey, "webhook-tls-key-file", "", "private key of --webhook-tls-cert-file")
 	flag.StringVar(&recordKey, "record-key-secret", defaultRecordKeySecret(), "namespace/name of the Secret holding the keys that sign token records, created on first start; only keymint should read it (docs/security.md)")
 	zapOpts := zap.Options{Development: false}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -70,6 +81,18 @@ func main() {
 		checkOpts.CertFile, checkOpts.KeyFile = files.CertFile, files.KeyFile
 		log.Info("Serving token checks with a self-signed certificate", "ca", files.CAFile)
 	}
+	if (webhookCert == "") != (webhookKey == "") || filepath.Dir(webhookCert) != filepath.Dir(webhookKey) {
+		log.Error(nil, "Invalid flags: set both --webhook-tls-cert-file and --webhook-tls-key-file, in one directory, or neither")
+		os.Exit(2)
+	}
+	if webhookCert == "" {
+		webhookCert, webhookKey = checkOpts.CertFile, checkOpts.KeyFile
+	}
+	webhookHost, webhookPort, err := splitHostPort(webhookAddr)
+	if err != nil {
+		log.Error(err, "Invalid flags: --webhook-bind-address", "value", webhookAddr)
+		os.Exit(2)
+	}
 
 	scheme := runtime.NewScheme()
 	must(clientgoscheme.AddToScheme(scheme))
@@ -83,6 +106,11 @@ func main() {
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "keymint.keymint.io",
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Host: webhookHost, Port: webhookPort,
+			CertDir: filepath.Dir(webhookCert), CertName: filepath.Base(webhookCert),
+			KeyName: filepath.Base(webhookKey),
+		}),
 	})
 	if err != nil {
 		log.Error(err, "Unable to create manager")
@@ -95,8 +123,10 @@ func main() {
 	}
 	must(controllers.Setup(ctx, mgr, clock.RealClock{}, keyring))
 	must(check.Setup(ctx, mgr, checkOpts))
+	admission.Setup(mgr, mgr.GetClient(), admission.SubjectAccessReviewer{Client: mgr.GetClient()})
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
+	must(mgr.AddReadyzCheck("webhooks", mgr.GetWebhookServer().StartedChecker()))
 
 	log.Info("Starting manager")
 	if err := mgr.Start(ctx); err != nil {
@@ -118,6 +148,18 @@ func defaultRecordKeySecret() string {
 func parseNamespacedName(s string) (types.NamespacedName, bool) {
 	ns, name, ok := strings.Cut(s, "/")
 	return types.NamespacedName{Namespace: ns, Name: name}, ok && ns != "" && name != "" && !strings.Contains(name, "/")
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", 0, fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	return host, n, nil
 }
 
 func must(err error) {

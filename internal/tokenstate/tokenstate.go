@@ -294,6 +294,28 @@ func EffectiveScopes(scopes, permissions []string) []string {
 	return slices.Compact(out)
 }
 
+// NotGranted returns what a token's spec asks for that its user does not
+// give: the scopes the user does not hold, and whether the lifetime or
+// expiresAt asked for (from now) goes beyond the user's maxLifetime. The
+// token is issued all the same, with less; admission warns and the
+// controller's RequestGranted condition says so.
+func NotGranted(spec *keymintv1alpha1.ApiTokenSpec, u *User, now time.Time) (scopes []string, lifetimeCapped bool) {
+	for _, s := range spec.Scopes {
+		if !slices.Contains(u.Permissions, s) {
+			scopes = append(scopes, s)
+		}
+	}
+	if u.MaxLifetime > 0 {
+		switch {
+		case spec.Lifetime != nil:
+			lifetimeCapped = spec.Lifetime.Duration > u.MaxLifetime
+		case spec.ExpiresAt != nil:
+			lifetimeCapped = spec.ExpiresAt.Time.After(now.Add(u.MaxLifetime))
+		}
+	}
+	return scopes, lifetimeCapped
+}
+
 // MissingScopes returns the required scopes that effective scopes lack.
 func MissingScopes(effective, required []string) []string {
 	var missing []string

@@ -1,0 +1,224 @@
+package admission_test
+
+import (
+	"os"
+	"path/filepath"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
+)
+
+// manageTokens is what an editor of ApiTokens holds, without mint.
+var manageTokens = rbacv1.PolicyRule{APIGroups: []string{"keymint.io"}, Resources: []string{"apitokens"}, Verbs: []string{"get", "list", "create", "update", "patch", "delete"}}
+
+func mint(users ...string) rbacv1.PolicyRule {
+	return rbacv1.PolicyRule{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"mint"}, ResourceNames: users}
+}
+
+func serviceUser(ns, name string, groups ...string) *keymintv1alpha1.ServiceUser {
+	return &keymintv1alpha1.ServiceUser{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"invoices:read", "reports:write"}, Groups: groups},
+	}
+}
+
+func apiToken(ns, name, user string) *keymintv1alpha1.ApiToken {
+	return &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: user},
+	}
+}
+
+// update applies mutate to an ApiToken as c, retrying on conflicts with the
+// controller's status writes.
+func update(c client.Client, ns, name string, mutate func(*keymintv1alpha1.ApiToken)) error {
+	GinkgoHelper()
+	var err error
+	for range 10 {
+		t := &keymintv1alpha1.ApiToken{}
+		Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, t)).To(Succeed())
+		mutate(t)
+		if err = c.Update(ctx, t); !apierrors.IsConflict(err) {
+			return err
+		}
+	}
+	return err
+}
+
+var _ = Describe("Minting", func() {
+	var ns string
+	BeforeEach(func() {
+		ns = newNamespace()
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "billing"))).To(Succeed())
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "payroll"))).To(Succeed())
+	})
+
+	It("is denied without mint, naming the rule to add", func() {
+		grant(ns, "bob", manageTokens)
+		bob, _ := as("bob")
+		err := bob.Create(ctx, apiToken(ns, "t", "billing"))
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(And(
+			ContainSubstring(`user "bob" may not mint tokens of ServiceUser "billing"`),
+			ContainSubstring(`verbs: ["mint"], resourceNames: ["billing"]`),
+		))
+	})
+
+	It("by resourceName is allowed for that ServiceUser only", func() {
+		grant(ns, "alice", manageTokens, mint("billing"))
+		alice, _ := as("alice")
+		Expect(alice.Create(ctx, apiToken(ns, "billing-token", "billing"))).To(Succeed())
+		err := alice.Create(ctx, apiToken(ns, "payroll-token", "payroll"))
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(ContainSubstring(`ServiceUser "payroll"`))
+	})
+
+	It("is needed to widen, rotate or un-revoke a token, not to revoke it or edit its description", func() {
+		Expect(k8sClient.Create(ctx, apiToken(ns, "t", "billing"))).To(Succeed())
+		grant(ns, "bob", manageTokens)
+		bob, _ := as("bob")
+
+		forbidden := func(err error) { GinkgoHelper(); Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err) }
+		forbidden(update(bob, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Spec.Scopes = []string{"invoices:read"} }))
+		forbidden(update(bob, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Spec.Lifetime = &metav1.Duration{Duration: time.Hour} }))
+		forbidden(update(bob, ns, "t", func(t *keymintv1alpha1.ApiToken) {
+			t.Annotations = map[string]string{keymintv1alpha1.RotateAnnotation: "now"}
+		}))
+		Expect(update(bob, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Spec.Description = "nightly export" })).To(Succeed())
+		Expect(update(bob, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true })).To(Succeed())
+
+		// Wait for keymint's revocation (the CEL rule holds un-revoking until then).
+		Eventually(func(g Gomega) {
+			t := &keymintv1alpha1.ApiToken{}
+			g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "t"}, t)).To(Succeed())
+			g.Expect(meta.IsStatusConditionTrue(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionRevoked)).To(BeTrue())
+			g.Expect(t.Status.TokenHash).To(BeEmpty())
+		}).Should(Succeed())
+		forbidden(update(bob, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = false }))
+		Expect(bob.Delete(ctx, apiToken(ns, "t", "billing"))).To(Succeed())
+	})
+})
+
+var _ = Describe("Group claims", func() {
+	manageUsers := rbacv1.PolicyRule{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"get", "create", "update", "patch"}}
+
+	It("need impersonate on each group, named in the denial", func() {
+		ns := newNamespace()
+		grant(ns, "carol", manageUsers)
+		grantCluster("carol-impersonates-reporting", "carol", rbacv1.PolicyRule{
+			APIGroups: []string{""}, Resources: []string{"groups"}, Verbs: []string{"impersonate"}, ResourceNames: []string{"reporting"},
+		})
+		carol, _ := as("carol")
+
+		err := carol.Create(ctx, serviceUser(ns, "exporter", "cluster-admins"))
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(And(ContainSubstring(`the group "cluster-admins"`), ContainSubstring(`verbs: ["impersonate"], resourceNames: ["cluster-admins"]`)))
+
+		Expect(carol.Create(ctx, serviceUser(ns, "exporter", "reporting"))).To(Succeed())
+		Eventually(func() error { // past conflicts with keymint's finalizer write
+			u := &keymintv1alpha1.ServiceUser{}
+			Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "exporter"}, u)).To(Succeed())
+			u.Spec.Groups = append(u.Spec.Groups, "cluster-admins")
+			err = carol.Update(ctx, u)
+			if apierrors.IsConflict(err) {
+				return err
+			}
+			return nil
+		}).Should(Succeed())
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(ContainSubstring(`"cluster-admins"`))
+	})
+})
+
+var _ = Describe("Asking for more than the ServiceUser gives", func() {
+	It("is admitted with warnings, and the token gets only what the user holds", func() {
+		ns := newNamespace()
+		u := serviceUser(ns, "billing")
+		u.Spec.TokenPolicy.MaxLifetime = &metav1.Duration{Duration: 24 * time.Hour}
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		grant(ns, "alice", manageTokens, mint("billing"))
+		alice, seen := as("alice")
+
+		tok := apiToken(ns, "greedy", "billing")
+		tok.Spec.Scopes = []string{"invoices:read", "admin:write"}
+		tok.Spec.Lifetime = &metav1.Duration{Duration: 720 * time.Hour}
+		Expect(alice.Create(ctx, tok)).To(Succeed())
+		Expect(seen.all()).To(ContainElements(
+			ContainSubstring(`scopes admin:write are not among ServiceUser "billing"'s permissions`),
+			ContainSubstring(`longer than ServiceUser "billing"'s tokenPolicy.maxLifetime (24h0m0s)`),
+		))
+	})
+
+	It("for a ServiceUser applied later (GitOps, any order) is admitted and converges", func() {
+		ns := newNamespace()
+		grant(ns, "alice", manageTokens, mint("later"))
+		alice, seen := as("alice")
+		Expect(alice.Create(ctx, apiToken(ns, "early", "later"))).To(Succeed())
+		Expect(seen.all()).To(ContainElement(ContainSubstring(`ServiceUser "later" does not exist (yet)`)))
+
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "later"))).To(Succeed())
+		Eventually(func(g Gomega) {
+			t := &keymintv1alpha1.ApiToken{}
+			g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "early"}, t)).To(Succeed())
+			g.Expect(meta.IsStatusConditionTrue(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)).To(BeTrue())
+		}).Should(Succeed())
+	})
+})
+
+var _ = Describe("With the webhook down", func() {
+	It("minting and group claims fail with the webhook's error; revoking and disabling still work", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "billing"))).To(Succeed())
+		Expect(k8sClient.Create(ctx, apiToken(ns, "live", "billing"))).To(Succeed())
+
+		// The shipped configuration, pointed at a port nothing listens on, for
+		// this namespace only.
+		root, err := testenv.RepoRoot()
+		Expect(err).NotTo(HaveOccurred())
+		raw, err := os.ReadFile(filepath.Join(root, "config", "webhook", "validating.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		down := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+		Expect(yaml.Unmarshal(raw, down)).To(Succeed())
+		down.Name = "keymint-down-" + ns
+		for i := range down.Webhooks {
+			w := &down.Webhooks[i]
+			w.ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: ptr.To("https://127.0.0.1:1" + *w.ClientConfig.Service.Path)}
+			w.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: ns}}
+		}
+		Expect(k8sClient.Create(ctx, down)).To(Succeed())
+		DeferCleanup(func() { Expect(k8sClient.Delete(ctx, down)).To(Succeed()) })
+
+		Eventually(func() string {
+			err := k8sClient.Create(ctx, apiToken(ns, "new", "billing"))
+			if err == nil {
+				Expect(k8sClient.Delete(ctx, apiToken(ns, "new", "billing"))).To(Succeed())
+				return ""
+			}
+			return err.Error()
+		}).Should(ContainSubstring(`failed calling webhook "apitokens.keymint.io"`))
+		err = update(k8sClient, ns, "live", func(t *keymintv1alpha1.ApiToken) { t.Spec.Scopes = []string{"invoices:read"} })
+		Expect(err).To(MatchError(ContainSubstring("failed calling webhook")))
+
+		Expect(update(k8sClient, ns, "live", func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true })).To(Succeed())
+		Eventually(func() error {
+			u := &keymintv1alpha1.ServiceUser{}
+			Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "billing"}, u)).To(Succeed())
+			u.Spec.Disabled = true
+			return k8sClient.Update(ctx, u)
+		}).Should(Succeed())
+	})
+})
