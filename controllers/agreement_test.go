@@ -122,7 +122,7 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 
 			// The controller: conditions from the same objects, no action.
 			o := observe(tok, userObj, secretState{Plain: current, Holds: true}, false, r.at)
-			written := desiredStatus(tok.Status, tok.Generation, "app", o, afterAction(o, decision{}, nil)).Status
+			written := desiredStatus(tok.Status, tok.Generation, "app", o, afterAction(o, decision{}, nil, nil)).Status
 			controllerSays := "ok"
 			switch {
 			case meta.IsStatusConditionTrue(written.Conditions, keymintv1alpha1.ApiTokenConditionRevoked):

@@ -61,9 +61,6 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if err := r.Client.Get(ctx, req.NamespacedName, tok); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if tok.DeletionTimestamp != nil {
-		return ctrl.Result{}, nil // its Secret goes with it, by owner reference
-	}
 
 	user, err := r.serviceUser(ctx, tok)
 	if err != nil {
@@ -78,26 +75,43 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if obs.Claimed, err = r.claimedElsewhere(ctx, tok, obs); err != nil {
 		return ctrl.Result{}, err
 	}
-	d := decide(obs)
-	var rec secretRecord
-	switch d.Action {
-	case actIssue, actRotate:
-		if rec, err = r.writeNewToken(ctx, tok, user.Spec.TokenPolicy.Prefix, sec, obs, d); err != nil {
-			return ctrl.Result{}, err
+	if obs.Adopted {
+		// Right after our own Secret write, the cached ApiToken may not show
+		// the status written next: ask the API server before recovering.
+		fresh := &keymintv1alpha1.ApiToken{}
+		if err := r.APIReader.Get(ctx, req.NamespacedName, fresh); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
-	case actRevoke:
-		if err := r.removeToken(ctx, sec); err != nil {
-			return ctrl.Result{}, err
+		if fresh.Status.Serial >= obs.Serial {
+			return ctrl.Result{}, nil // the status update on its way brings us back
 		}
 	}
-	// The action is done once the Secret is written: say so even if the
-	// status write below fails and a retry adopts the Secret.
-	r.actionEvent(tok, obs, d, rec)
+	d := decide(obs)
+	var rec secretRecord
+	var writeErr error
+	switch d.Action {
+	case actIssue, actRotate:
+		rec, writeErr = r.writeNewToken(ctx, tok, user.Spec.TokenPolicy.Prefix, sec, obs, d)
+	case actRevoke:
+		writeErr = r.removeToken(ctx, sec)
+	}
+	if writeErr == nil {
+		// The action is done once the Secret is written: say so even if the
+		// status write below fails and a retry adopts the Secret.
+		r.actionEvent(tok, obs, d, rec)
+	} else {
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretWriteFailed, "Write", "%s", writeErr.Error())
+	}
 
+	// The status is written whether or not the Secret could be: a shortened
+	// expiry, or a token the Secret no longer delivers, is on record at once.
 	before := tok.Status.DeepCopy()
-	res := desiredStatus(tok.Status, tok.Generation, tok.SecretNameOrDefault(), obs, afterAction(obs, d, &rec))
+	res := desiredStatus(tok.Status, tok.Generation, tok.SecretNameOrDefault(), obs, afterAction(obs, d, &rec, writeErr))
 	if err := r.updateStatus(ctx, tok, res.Status); err != nil {
 		return ctrl.Result{}, err
+	}
+	if writeErr != nil {
+		return ctrl.Result{}, writeErr
 	}
 	r.conditionEvents(tok, before, obs)
 	if conflict {
@@ -116,6 +130,7 @@ func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, s
 		Now:           now,
 	}
 	observeToken(&o, &tok.Status, sec)
+	o.Current.Deleting = tok.DeletionTimestamp != nil
 	return o
 }
 
@@ -274,7 +289,8 @@ func (r *ApiTokenReconciler) updateStatus(ctx context.Context, tok *keymintv1alp
 	}
 	patch := client.MergeFrom(tok.DeepCopy())
 	tok.Status = st
-	return r.Client.Status().Patch(ctx, tok, patch)
+	// An ApiToken gone in the meantime needs no status.
+	return client.IgnoreNotFound(r.Client.Status().Patch(ctx, tok, patch))
 }
 
 // actionEvent emits an Event for the action a reconcile took, and for an
@@ -303,13 +319,22 @@ func (r *ApiTokenReconciler) actionEvent(tok *keymintv1alpha1.ApiToken, obs obse
 	case eventRotationRequested, eventRotationScheduled:
 		how := "on schedule"
 		if d.Reason == eventRotationRequested {
-			how = fmt.Sprintf("as requested by %s=%q", keymintv1alpha1.RotateAnnotation, obs.RotateRequest)
+			how = fmt.Sprintf("as requested by %s=%q", keymintv1alpha1.RotateAnnotation, truncate(obs.RotateRequest, 64))
 		}
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, "Rotated", "Rotate", "Rotated %s to token %s…; %s", how, rec.Display, graceText(rec))
 	case eventRevoked:
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventRevoked, "Revoke",
 			"%s; removed the token from Secret %s", revokeMessage(tokenstate.Evaluate(&obs.Current, &obs.User, obs.Now).Revoked, tok.Spec.ServiceUser), secretName)
 	}
+}
+
+// truncate keeps user-set text in an Event short: the API server refuses an
+// Event whose note is too long.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 func graceText(rec secretRecord) string {
@@ -331,6 +356,14 @@ func expiresText(t *time.Time) string {
 func (r *ApiTokenReconciler) conditionEvents(tok *keymintv1alpha1.ApiToken, before *keymintv1alpha1.ApiTokenStatus, obs observation) {
 	st := tok.Status
 	secretName := tok.SecretNameOrDefault()
+	if shortened(before, &st) {
+		was := "no expiry"
+		if before.ExpiresAt != nil {
+			was = before.ExpiresAt.UTC().Format(time.RFC3339)
+		}
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventExpiryShortened, "Expire", "Token %s… now expires at %s (was %s): the spec or the user's policy shortened it",
+			st.TokenPrefix, st.ExpiresAt.UTC().Format(time.RFC3339), was)
+	}
 	if becameTrue(before.Conditions, st.Conditions, keymintv1alpha1.ApiTokenConditionExpired) {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventExpired, "Expire", "Token %s… expired at %s", st.TokenPrefix, st.ExpiresAt.UTC().Format(time.RFC3339))
 	}
@@ -388,6 +421,14 @@ func (r *ApiTokenReconciler) tokensOfUser(ctx context.Context, obj client.Object
 		reqs[i] = ctrl.Request{NamespacedName: types.NamespacedName{Namespace: t.Namespace, Name: t.Name}}
 	}
 	return reqs
+}
+
+// shortened reports whether the same token's expiry moved earlier.
+func shortened(before, after *keymintv1alpha1.ApiTokenStatus) bool {
+	if before.TokenHash == "" || before.TokenHash != after.TokenHash || after.ExpiresAt == nil {
+		return false
+	}
+	return before.ExpiresAt == nil || after.ExpiresAt.Before(before.ExpiresAt)
 }
 
 func becameTrue(before, after []metav1.Condition, condType string) bool {

@@ -54,6 +54,8 @@ var _ = Describe("Issuing a token", func() {
 
 		By("an Event says so, naming the token only by its prefix")
 		Eventually(func() []string { return eventsFor(ns, "exporter-prod") }).Should(ContainElement("Issued"))
+		Consistently(func() []string { return eventsFor(ns, "exporter-prod") }, "1s").ShouldNot(ContainElement("Adopted"),
+			"no crash happened: the reconcile that sees its own Secret before its status recovers nothing")
 		for _, note := range eventNotes(ns) {
 			Expect(note).NotTo(ContainSubstring(plain[12:]))
 		}
@@ -128,6 +130,7 @@ var _ = Describe("Expiry", func() {
 			g.Expect(t.Status.ExpiresAt).NotTo(BeNil())
 			g.Expect(t.Status.ExpiresAt.Time).To(Equal(t.Status.IssuedAt.Add(2 * time.Hour)))
 		}).Should(Succeed())
+		Eventually(func() []string { return eventsFor(ns, "forever") }).Should(ContainElement("ExpiryShortened"))
 	})
 })
 

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -71,6 +72,8 @@ const (
 	eventAdopted           = "Adopted"
 	eventSecretChanged     = "SecretChanged"
 	eventHashConflict      = "HashConflict"
+	eventSecretWriteFailed = "SecretWriteFailed"
+	eventExpiryShortened   = "ExpiryShortened"
 	eventTokenLost         = "TokenLost"
 	eventRenewed           = "Renewed"
 	eventRotationRequested = "RotationRequested"
@@ -86,7 +89,11 @@ const (
 // evidence of a token.
 func observeToken(o *observation, st *keymintv1alpha1.ApiTokenStatus, sec secretState) {
 	o.SecretHolds = sec.Holds
-	if rec := sec.Signed; rec != nil && rec.Serial > st.Serial {
+	// A status that has named a token and names none now was revoked (or
+	// never written after an un-revoke): nothing minted before is adopted
+	// into it; a fresh token is minted instead.
+	if rec := sec.Signed; rec != nil && rec.Serial > st.Serial && (st.Serial == 0 || st.TokenHash != "") {
+		rec.Previous = namedPrevious(rec.Previous, st)
 		o.Current = tokenFromRecord(o.Spec, rec)
 		o.Hash, o.Display, o.Serial, o.RotatedAt, o.RotationRequest = rec.Hash, rec.Display, rec.Serial, rec.RotatedAt, rec.RotationRequest
 		o.Adopted, o.Delivered = true, true
@@ -99,6 +106,20 @@ func observeToken(o *observation, st *keymintv1alpha1.ApiTokenStatus, sec secret
 		o.RotatedAt = &t
 	}
 	o.Delivered = o.Current.Issued && sec.Plain != "" && token.Matches(sec.Plain, st.TokenHash)
+}
+
+// namedPrevious keeps the grace-period hashes of an adopted record that the
+// status names too: the token it replaced, or ones still in grace. A record
+// never brings a hash into the status by itself.
+func namedPrevious(prev []recordPrevious, st *keymintv1alpha1.ApiTokenStatus) []recordPrevious {
+	named := statusHashes(st)
+	var out []recordPrevious
+	for _, p := range prev {
+		if slices.Contains(named, p.Hash) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // decide picks the one action a reconcile takes.
@@ -194,17 +215,30 @@ type after struct {
 	Serial          int64
 	RotatedAt       *time.Time
 	RotationRequest string
+	// Failed says why the action's Secret write failed, "" when it did not.
+	Failed string
 }
 
 // afterAction returns the state after the decision's action: the new
-// record's token, no token after a revocation, else the observed one.
-func afterAction(o observation, d decision, rec *secretRecord) after {
+// record's token, no token after a revocation, else the observed one. When
+// the Secret write failed (failed non-nil), the status still moves: a token
+// the Secret no longer delivers, or another ApiToken claims, stops at once,
+// whether or not its replacement could be written.
+func afterAction(o observation, d decision, rec *secretRecord, failed error) after {
+	if failed != nil {
+		a := after{Token: o.Current, Hash: o.Hash, Display: o.Display, Serial: o.Serial, RotatedAt: o.RotatedAt,
+			RotationRequest: o.RotationRequest, Failed: failed.Error()}
+		if d.Action == actIssue && o.Current.Issued && (!o.Delivered || o.Claimed) {
+			a.Token, a.Hash, a.RotatedAt = tokenstate.Token{Spec: o.Spec, Deleting: o.Current.Deleting}, "", nil
+		}
+		return a
+	}
 	switch d.Action {
 	case actIssue, actRotate:
 		return after{Token: tokenFromRecord(o.Spec, rec), Hash: rec.Hash, Display: rec.Display, Serial: rec.Serial,
 			RotatedAt: rec.RotatedAt, RotationRequest: rec.RotationRequest}
 	case actRevoke:
-		return after{Token: tokenstate.Token{Spec: o.Spec}, Display: o.Display, Serial: o.Serial, RotationRequest: o.RotationRequest}
+		return after{Token: tokenstate.Token{Spec: o.Spec, Deleting: o.Current.Deleting}, Display: o.Display, Serial: o.Serial, RotationRequest: o.RotationRequest}
 	}
 	return after{Token: o.Current, Hash: o.Hash, Display: o.Display, Serial: o.Serial, RotatedAt: o.RotatedAt, RotationRequest: o.RotationRequest}
 }
@@ -228,6 +262,10 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 	if a.Token.Issued && v.Revoked == "" {
 		st.TokenHash = a.Hash
 		st.ServiceUserUID = string(a.Token.UserUID)
+		if st.ServiceUserUID == "" && o.User.Found {
+			// A record older than the field: bind it to the user it has now.
+			st.ServiceUserUID = string(o.User.UID)
+		}
 		st.IssuedAt = timePtr(&a.Token.IssuedAt)
 		st.RotatedAt = timePtr(a.RotatedAt)
 		// The effective expiry becomes the record: a later extension of the
@@ -275,6 +313,9 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 	case v.Expired:
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, keymintv1alpha1.ApiTokenReasonExpired,
 			"The token has expired; a later expiresAt or lifetime mints a new one")
+	case !v.Accepted && a.Failed != "":
+		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, keymintv1alpha1.ApiTokenReasonPending,
+			"No token is issued: "+a.Failed)
 	case !v.Accepted:
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, keymintv1alpha1.ApiTokenReasonPending, "No token is issued yet")
 	default:
@@ -299,6 +340,8 @@ func revokeMessage(reason, user string) string {
 		return fmt.Sprintf("ServiceUser %q is disabled", user)
 	case keymintv1alpha1.ApiTokenReasonServiceUserNotFound:
 		return fmt.Sprintf("ServiceUser %q does not exist, is being deleted, or was deleted since the token was minted", user)
+	case keymintv1alpha1.ApiTokenReasonDeleting:
+		return "The ApiToken is being deleted"
 	}
 	return "The token is not revoked"
 }

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -201,6 +202,9 @@ func TestObserveToken(t *testing.T) {
 		"an unsigned Secret is never adopted": {
 			status: keymintv1alpha1.ApiTokenStatus{}, secret: secretState{Plain: "x", Holds: true},
 		},
+		"a revoked status adopts nothing, even a newer record: a fresh token is minted instead": {
+			status: keymintv1alpha1.ApiTokenStatus{Serial: 1}, secret: secretState{Plain: "x", Holds: true, Signed: signed(2)},
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -213,6 +217,20 @@ func TestObserveToken(t *testing.T) {
 				t.Errorf("an adopted record: delivered %v serial %d", o.Delivered, o.Serial)
 			}
 		})
+	}
+}
+
+func TestAdoptedRecordBringsNoHashTheStatusDoesNotName(t *testing.T) {
+	issued := metav1.NewTime(now.Add(-time.Hour))
+	status := keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:status", IssuedAt: &issued, Serial: 3}
+	rec := &secretRecord{Serial: 4, Hash: "sha256:secret", IssuedAt: now, Previous: []recordPrevious{
+		{Hash: "sha256:status", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)},
+		{Hash: "sha256:planted", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)},
+	}}
+	o := observation{Spec: &keymintv1alpha1.ApiTokenSpec{}}
+	observeToken(&o, &status, secretState{Plain: "x", Holds: true, Signed: rec})
+	if !o.Adopted || len(o.Current.Previous) != 1 || o.Current.Previous[0].Hash != "sha256:status" {
+		t.Errorf("adopted %v with previous %+v; want only the status's own hash in grace", o.Adopted, o.Current.Previous)
 	}
 }
 
@@ -310,6 +328,7 @@ func TestDesiredStatus(t *testing.T) {
 		wantExpiry *time.Time
 		wantWake   time.Duration
 		wantPrev   []time.Time
+		failed     error
 	}{
 		"issued, no expiry: Ready, nothing scheduled": {
 			obs: obs(), wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
@@ -359,6 +378,14 @@ func TestDesiredStatus(t *testing.T) {
 			obs: obs(func(o *observation) { o.User.Disabled = true }), d: decision{Action: actRevoke},
 			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonServiceUserDisabled,
 		},
+		"the Secret no longer delivers the token and its replacement could not be written: the old hash stops anyway": {
+			obs: obs(func(o *observation) { o.Delivered = false }), d: decision{Action: actIssue}, failed: errors.New("Secret is immutable"),
+			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonPending,
+		},
+		"a rotation that could not be written keeps the current token": {
+			obs: obs(), d: decision{Action: actRotate}, failed: errors.New("Secret is immutable"),
+			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
+		},
 		"a Secret conflict: not Ready": {
 			obs:       obs(noToken, func(o *observation) { o.Conflict = true }),
 			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonSecretConflict,
@@ -367,7 +394,7 @@ func TestDesiredStatus(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			current := keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:stale", LastUsedAt: &metav1.Time{Time: now}}
-			res := desiredStatus(current, 7, "ci-secret", tc.obs, afterAction(tc.obs, tc.d, nil))
+			res := desiredStatus(current, 7, "ci-secret", tc.obs, afterAction(tc.obs, tc.d, nil, tc.failed))
 			ready := meta.FindStatusCondition(res.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)
 			if ready == nil || ready.Status != tc.wantReady || ready.Reason != tc.wantReason || ready.ObservedGeneration != 7 {
 				t.Errorf("Ready = %+v, want %s/%s at generation 7", ready, tc.wantReady, tc.wantReason)
@@ -396,5 +423,24 @@ func TestDesiredStatus(t *testing.T) {
 				t.Errorf("serial %d, observedGeneration %d, secretName %q", res.Status.Serial, res.Status.ObservedGeneration, res.Status.SecretName)
 			}
 		})
+	}
+}
+
+func TestDesiredStatusBindsARecordWithoutAUserUIDToTheUserFound(t *testing.T) {
+	o := obs(func(o *observation) { o.Current.UserUID = "" })
+	st := desiredStatus(keymintv1alpha1.ApiTokenStatus{}, 1, "s", o, afterAction(o, decision{}, nil, nil)).Status
+	if st.ServiceUserUID != "uid-ci" {
+		t.Errorf("serviceUserUID = %q, want the user's uid-ci", st.ServiceUserUID)
+	}
+}
+
+func TestADeletingApiTokenIsRevokedAndMintsNothing(t *testing.T) {
+	o := obs(func(o *observation) { o.Current.Deleting = true; o.RotateRequest = "new" })
+	if d := decide(o); d.Action != actRevoke {
+		t.Errorf("decide = %+v, want the Secret emptied", d)
+	}
+	st := desiredStatus(keymintv1alpha1.ApiTokenStatus{}, 1, "s", o, afterAction(o, decision{Action: actRevoke}, nil, nil)).Status
+	if c := meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionRevoked); c == nil || c.Reason != keymintv1alpha1.ApiTokenReasonDeleting || st.TokenHash != "" {
+		t.Errorf("Revoked = %+v, hash %q; want Deleting and no hash", c, st.TokenHash)
 	}
 }

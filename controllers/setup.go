@@ -4,6 +4,7 @@ import (
 	"context"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/utils/clock"
@@ -27,9 +28,25 @@ func CacheOptions() cache.Options {
 		// Managed fields are never read: keep them out of memory.
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}: {Label: labels.NewSelector().Add(*hasTokenLabel)},
+			&corev1.Secret{}: {Label: labels.NewSelector().Add(*hasTokenLabel), Transform: keepOwnedSecrets},
 		},
 	}
+}
+
+// keepOwnedSecrets strips managed fields from every cached Secret, and the
+// data and annotations from one no ApiToken controls: anyone may put the
+// label on a Secret of their own, and its contents are none of keymint's
+// business (its name and owner are all a conflict check reads).
+func keepOwnedSecrets(obj any) (any, error) {
+	sec, ok := obj.(*corev1.Secret)
+	if !ok {
+		return obj, nil
+	}
+	sec.ManagedFields = nil
+	if owner := metav1.GetControllerOf(sec); owner == nil || !isApiTokenRef(owner) {
+		sec.Data, sec.StringData, sec.Annotations = nil, nil, nil
+	}
+	return sec, nil
 }
 
 // Setup registers the indexes and both controllers with a manager. clk is the

@@ -8,9 +8,11 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
@@ -326,5 +328,53 @@ var _ = Describe("ApiToken names", func() {
 		sec, err := getSecret(ns, name)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(metav1.GetControllerOf(sec).Name).To(Equal(name), "the owner reference names the ApiToken")
+	})
+})
+
+var _ = Describe("A token Secret keymint cannot write", func() {
+	It("does not keep the old token alive: the status drops it at once and says why", func() {
+		ns := newNamespace()
+		createUser(ns, "ci")
+		createToken(ns, "app", "ci")
+		first, _ := issued(ns, "app")
+
+		// Garbage in the Secret, made immutable so no replacement can land.
+		Eventually(func() error {
+			sec, err := getSecret(ns, "app")
+			if err != nil {
+				return err
+			}
+			sec.Data[keymintv1alpha1.SecretTokenKey] = []byte("not a token")
+			sec.Immutable = ptr.To(true)
+			return k8sClient.Update(ctx, sec)
+		}).Should(Succeed())
+
+		tok := expectCondition(ns, "app", keymintv1alpha1.ApiTokenConditionReady, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonPending)
+		Expect(tok.Status.TokenHash).To(BeEmpty(), "the token the Secret no longer delivers is refused")
+		Expect(tok.Status.TokenHash).NotTo(Equal(token.HashString(first)))
+		Expect(meta.FindStatusCondition(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady).Message).To(ContainSubstring("immutable"))
+		Eventually(func() []string { return eventsFor(ns, "app") }).Should(ContainElement("SecretWriteFailed"))
+	})
+})
+
+var _ = Describe("An ApiToken being deleted", func() {
+	It("is revoked even while a finalizer holds it", func() {
+		ns := newNamespace()
+		createUser(ns, "ci")
+		createToken(ns, "app", "ci")
+		issued(ns, "app")
+		mutateToken(ns, "app", func(t *keymintv1alpha1.ApiToken) { t.Finalizers = append(t.Finalizers, "example.com/hold") })
+		Expect(k8sClient.Delete(ctx, getToken(ns, "app"))).To(Succeed())
+		DeferCleanup(func() {
+			mutateToken(ns, "app", func(t *keymintv1alpha1.ApiToken) { t.Finalizers = nil })
+		})
+
+		tok := expectCondition(ns, "app", keymintv1alpha1.ApiTokenConditionRevoked, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonDeleting)
+		Expect(tok.Status.TokenHash).To(BeEmpty())
+		Eventually(func(g Gomega) {
+			sec, err := getSecret(ns, "app")
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(sec.Data).NotTo(HaveKey(keymintv1alpha1.SecretTokenKey))
+		}).Should(Succeed())
 	})
 })

@@ -164,8 +164,8 @@ const (
 	// passed (reason Expired), False before (reason NotExpired).
 	ApiTokenConditionExpired = "Expired"
 	// ApiTokenConditionRevoked is True while the token is revoked, with reason
-	// RevokedBySpec, ServiceUserDisabled or ServiceUserNotFound; False with
-	// reason NotRevoked.
+	// RevokedBySpec, ServiceUserDisabled, ServiceUserNotFound or Deleting (the
+	// ApiToken is being deleted); False with reason NotRevoked.
 	ApiTokenConditionRevoked = "Revoked"
 
 	ApiTokenReasonIssued              = "Issued"
@@ -173,6 +173,7 @@ const (
 	ApiTokenReasonNotExpired          = "NotExpired"
 	ApiTokenReasonNotRevoked          = "NotRevoked"
 	ApiTokenReasonRevokedBySpec       = "RevokedBySpec"
+	ApiTokenReasonDeleting            = "Deleting"
 	ApiTokenReasonServiceUserDisabled = "ServiceUserDisabled"
 	ApiTokenReasonServiceUserNotFound = "ServiceUserNotFound"
 	ApiTokenReasonSecretConflict      = "SecretConflict"
@@ -263,7 +264,7 @@ type ApiTokenStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=apitok,categories=keymint
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.spec.revoked) || !oldSelf.spec.revoked || (has(self.spec.revoked) && self.spec.revoked) || !has(oldSelf.status) || !has(oldSelf.status.tokenHash) || size(oldSelf.status.tokenHash) == 0",message="spec.revoked can be set back to false only once keymint has revoked the token (status.tokenHash is empty); try again in a moment"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.spec.revoked) || !oldSelf.spec.revoked || (has(self.spec.revoked) && self.spec.revoked) || !has(oldSelf.status) || !has(oldSelf.status.tokenHash) || size(oldSelf.status.tokenHash) == 0",message="spec.revoked can be set back to false only once keymint has revoked the token (status.tokenHash is empty); try again in a moment",fieldPath=".spec.revoked"
 // +kubebuilder:printcolumn:name="Service user",type=string,JSONPath=`.spec.serviceUser`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`

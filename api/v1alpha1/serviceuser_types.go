@@ -142,7 +142,7 @@ type ServiceUserStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=su,categories=keymint
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.spec.disabled) || !oldSelf.spec.disabled || (has(self.spec.disabled) && self.spec.disabled) || !has(oldSelf.status) || ((!has(oldSelf.status.activeTokens) || oldSelf.status.activeTokens == 0) && (!has(oldSelf.status.unrevokedTokens) || oldSelf.status.unrevokedTokens == 0))",message="spec.disabled can be set back to false only once keymint has revoked every token of the user (status.unrevokedTokens is 0); try again in a moment"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.spec.disabled) || !oldSelf.spec.disabled || (has(self.spec.disabled) && self.spec.disabled) || !has(oldSelf.status) || ((!has(oldSelf.status.activeTokens) || oldSelf.status.activeTokens == 0) && (!has(oldSelf.status.unrevokedTokens) || oldSelf.status.unrevokedTokens == 0))",message="spec.disabled can be set back to false only once keymint has revoked every token of the user (status.activeTokens and status.unrevokedTokens are 0); try again in a moment",fieldPath=".spec.disabled"
 // +kubebuilder:printcolumn:name="Display name",type=string,JSONPath=`.spec.displayName`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Tokens",type=integer,JSONPath=`.status.tokens`

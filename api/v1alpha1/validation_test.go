@@ -356,7 +356,7 @@ var _ = Describe("Undoing a revocation", func() {
 		u.Spec.Disabled = true
 		Expect(k8sClient.Update(ctx, u)).To(Succeed())
 		u.Spec.Disabled = false
-		expectErrors(k8sClient.Update(ctx, u), []string{"status.unrevokedTokens is 0"})
+		expectErrors(k8sClient.Update(ctx, u), []string{"spec.disabled: Invalid value", "status.unrevokedTokens are 0"})
 
 		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(u), u)).To(Succeed())
 		u.Status.UnrevokedTokens = 0

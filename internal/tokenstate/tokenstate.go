@@ -75,6 +75,9 @@ type Token struct {
 	// older than the field, which then match any.
 	UserUID  types.UID
 	Previous []Previous
+	// Deleting is true once the ApiToken is being deleted: deleting a token
+	// revokes it, even while a finalizer holds the object.
+	Deleting bool
 }
 
 // TokenFrom reads the token record of an ApiToken's status.
@@ -95,7 +98,8 @@ func TokenFrom(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenS
 // Verdict is the state of a token at one instant.
 type Verdict struct {
 	// Revoked is the ApiToken condition reason the token is revoked for
-	// (RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled), or "".
+	// (Deleting, RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled),
+	// or "".
 	Revoked string
 	// Expiry is the current token's effective expiry; Expires is false when
 	// it has none.
@@ -137,12 +141,14 @@ func Evaluate(t *Token, u *User, now time.Time) Verdict {
 	return v
 }
 
-// revocationReason says why a token is revoked. An explicit revocation wins
-// over the user's state, and a missing user over a disabled one. A token
+// revocationReason says why a token is revoked. Deletion, then an explicit
+// revocation, win over the user's state, and a missing user over a disabled one. A token
 // minted for a ServiceUser that was since deleted and created again counts as
 // its user missing.
 func revocationReason(t *Token, u *User) string {
 	switch {
+	case t.Deleting:
+		return keymintv1alpha1.ApiTokenReasonDeleting
 	case t.Spec.Revoked:
 		return keymintv1alpha1.ApiTokenReasonRevokedBySpec
 	case !u.Found, t.Issued && t.UserUID != "" && t.UserUID != u.UID:

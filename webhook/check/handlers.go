@@ -95,7 +95,9 @@ func writeJSON(w http.ResponseWriter, status int, body any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(body)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // messages name paths like /check/<path>
+	_ = enc.Encode(body)
 }
 
 func writeError(w http.ResponseWriter, status int, f Failure, message string) {

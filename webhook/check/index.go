@@ -130,6 +130,7 @@ func newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
 		},
 	}
 	e.state = tokenstate.TokenFrom(&e.spec, &t.Status)
+	e.state.Deleting = t.DeletionTimestamp != nil
 	if h, ok := token.ParseHash(t.Status.TokenHash); ok && e.state.Issued {
 		e.current, e.hasCurrent = h, true
 	}
