@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -127,7 +128,7 @@ func runAgainstCluster(ctx context.Context, o options, dir, envFile string, cfg 
 		return err
 	}
 	say("This cluster's kube-apiserver does not ask keymint about tokens unless you configure it (docs/checks.md); /check works as is")
-	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, kubeconfig)
+	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, kubeconfig, nil)
 }
 
 func runLocal(ctx context.Context, o options, dir, envFile string) error {
@@ -216,7 +217,7 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 		return err
 	}
 
-	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, managerKubeconfig)
+	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, managerKubeconfig, cfg)
 }
 
 // configureLocal keeps etcd's data in dir/etcd, so objects outlive a run,
@@ -236,6 +237,49 @@ func configureLocal(env *envtest.Environment, dir, webhookConfig, tokenFile stri
 	args.Set("authentication-token-webhook-version", "v1")
 	args.Set("authentication-token-webhook-cache-ttl", "5s")
 	args.Set("token-auth-file", tokenFile)
+	return nil
+}
+
+// installWebhooks creates (or updates) config/webhook/validating.yaml's
+// configuration, pointed at keymint on 127.0.0.1:port and trusting caFile.
+func installWebhooks(ctx context.Context, cfg *rest.Config, root string, port int, caFile string) error {
+	raw, err := os.ReadFile(filepath.Join(root, "config", "webhook", "validating.yaml"))
+	if err != nil {
+		return err
+	}
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		return err
+	}
+	want := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+	if err := yaml.Unmarshal(raw, want); err != nil {
+		return fmt.Errorf("reading config/webhook/validating.yaml: %w", err)
+	}
+	want.Name = "keymint-local"
+	for i := range want.Webhooks {
+		w := &want.Webhooks[i]
+		url := fmt.Sprintf("https://127.0.0.1:%d%s", port, *w.ClientConfig.Service.Path)
+		w.ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: ca}
+	}
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return err
+	}
+	got := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+	switch err := c.Get(ctx, client.ObjectKeyFromObject(want), got); {
+	case apierrors.IsNotFound(err):
+		err = c.Create(ctx, want)
+		if err != nil {
+			return fmt.Errorf("installing the admission webhooks: %w", err)
+		}
+		return nil
+	case err != nil:
+		return err
+	}
+	got.Webhooks = want.Webhooks
+	if err := c.Update(ctx, got); err != nil {
+		return fmt.Errorf("updating the admission webhooks: %w", err)
+	}
 	return nil
 }
 
@@ -298,12 +342,20 @@ func bindManagerRole(ctx context.Context, cfg *rest.Config, root string) error {
 // SIGINT or SIGTERM.
 // kubeconfig is what keymint.env tells the user; keymint runs with
 // managerKubeconfig.
-func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig, managerKubeconfig string) error {
+// serveKeymint runs keymint until ctx ends. With admin (the local control
+// plane), kube-apiserver is also pointed at keymint's admission webhooks
+// once keymint is ready; a cluster's kube-apiserver cannot reach this
+// machine, so there they stay off.
+func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig, managerKubeconfig string, admin *rest.Config) error {
 	checkPort, err := port(o.checkPort)
 	if err != nil {
 		return fmt.Errorf("port %d for the check server: %w (pass -check-port 0 for a free one)", o.checkPort, err)
 	}
 	probePort, err := port(0)
+	if err != nil {
+		return err
+	}
+	webhookPort, err := port(0)
 	if err != nil {
 		return err
 	}
@@ -316,6 +368,7 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 		"--check-bind-address", "127.0.0.1:"+strconv.Itoa(checkPort),
 		"--check-tls-cert-file", certs.CertFile, "--check-tls-key-file", certs.KeyFile,
 		"--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(probePort),
+		"--webhook-bind-address", "127.0.0.1:"+strconv.Itoa(webhookPort),
 		"--metrics-bind-address", "0",
 	)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+managerKubeconfig)
@@ -331,6 +384,15 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	if err := waitReady(ctx, probePort, exited); err != nil {
 		stopChild(cmd, exited)
 		return err
+	}
+	if admin != nil {
+		if err := installWebhooks(ctx, admin, root, webhookPort, certs.CAFile); err != nil {
+			stopChild(cmd, exited)
+			return err
+		}
+		say("kube-apiserver asks keymint's admission webhooks who may mint tokens and claim groups")
+	} else {
+		say("Admission webhooks are off: this cluster's kube-apiserver cannot reach keymint here (see docs/security.md)")
 	}
 	vars := fmt.Sprintf("KUBECONFIG=%s\nKEYMINT_CHECK_URL=%s\nKEYMINT_CA_FILE=%s\n", kubeconfig, checkURL, certs.CAFile)
 	if err := os.WriteFile(envFile, []byte(vars), 0o600); err != nil {

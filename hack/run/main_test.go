@@ -71,7 +71,7 @@ func TestServeKeymintReturnsWhenKeymintExitsEarly(t *testing.T) {
 	dir := t.TempDir()
 	done := make(chan error, 1)
 	go func() {
-		done <- serveKeymint(t.Context(), options{keymintBin: bin}, dir, dir, filepath.Join(dir, "keymint.env"), "", "")
+		done <- serveKeymint(t.Context(), options{keymintBin: bin}, dir, dir, filepath.Join(dir, "keymint.env"), "", "", nil)
 	}()
 	select {
 	case err := <-done:

@@ -309,3 +309,17 @@ func secretTokenOrEmpty(secret string) string {
 	out, _ := kubectl("get", "secret", secret, "-o", "jsonpath={.data.token}")
 	return out
 }
+
+var _ = Describe("Minting through kube-apiserver's admission webhook, as the README shows", func() {
+	It("denies alice without mint and admits her with mint on that ServiceUser", func() {
+		mustKubectl("apply", "-f", "docs/examples/alice-edits-tokens.yaml")
+		out, err := kubectl("--as=alice", "apply", "-f", "docs/examples/alice-token.yaml")
+		Expect(err).To(HaveOccurred(), out)
+		Expect(out).To(And(ContainSubstring("Forbidden"), ContainSubstring(`user "alice" may not mint tokens of ServiceUser "billing-exporter"`)))
+
+		mustKubectl("apply", "-f", "docs/examples/alice-mints-billing.yaml")
+		Eventually(func() (string, error) { return kubectl("--as=alice", "apply", "-f", "docs/examples/alice-token.yaml") }).
+			Should(ContainSubstring("apitoken.keymint.io/alice-export created"))
+		Eventually(func() string { return secretTokenOrEmpty("alice-export") }).ShouldNot(BeEmpty())
+	})
+})
