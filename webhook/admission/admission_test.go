@@ -3,6 +3,7 @@ package admission_test
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -220,5 +221,55 @@ var _ = Describe("With the webhook down", func() {
 			u.Spec.Disabled = true
 			return k8sClient.Update(ctx, u)
 		}).Should(Succeed())
+	})
+})
+
+var _ = Describe("The shipped roles (config/rbac/keymint_roles.yaml)", func() {
+	// loadRoles creates the shipped ClusterRoles under their installed names.
+	loadRoles := func() {
+		GinkgoHelper()
+		root, err := testenv.RepoRoot()
+		Expect(err).NotTo(HaveOccurred())
+		raw, err := os.ReadFile(filepath.Join(root, "config", "rbac", "keymint_roles.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		for _, doc := range strings.Split(string(raw), "\n---\n") {
+			role := &rbacv1.ClusterRole{}
+			Expect(yaml.Unmarshal([]byte(doc), role)).To(Succeed())
+			role.Name = "keymint-" + role.Name // the prefix config/default adds
+			Expect(k8sClient.Create(ctx, role)).To(Succeed())
+			Expect(role.Labels).To(HaveKey(HavePrefix("rbac.authorization.k8s.io/aggregate-to-")), "aggregated to a built-in role")
+		}
+	}
+	bind := func(ns, user, role string) {
+		GinkgoHelper()
+		Expect(k8sClient.Create(ctx, &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: user + "-" + role},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
+		})).To(Succeed())
+	}
+
+	It("let an editor mint, a viewer only read, and an admin manage ServiceUsers but claim no group", func() {
+		loadRoles()
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "billing"))).To(Succeed())
+		bind(ns, "erin", "keymint-editor")
+		bind(ns, "vic", "keymint-viewer")
+		bind(ns, "ada", "keymint-admin")
+		erin, _ := as("erin")
+		vic, _ := as("vic")
+		ada, _ := as("ada")
+
+		Eventually(func() error { return erin.Create(ctx, apiToken(ns, "erin-token", "billing")) }).Should(Succeed())
+		list := &keymintv1alpha1.ApiTokenList{}
+		Expect(vic.List(ctx, list, client.InNamespace(ns))).To(Succeed())
+		Expect(list.Items).To(HaveLen(1))
+		Expect(apierrors.IsForbidden(vic.Create(ctx, apiToken(ns, "vic-token", "billing")))).To(BeTrue())
+		Expect(apierrors.IsForbidden(vic.Get(ctx, types.NamespacedName{Namespace: ns, Name: "erin-token"}, &corev1.Secret{}))).To(BeTrue(), "a viewer reads no Secret")
+
+		Expect(ada.Create(ctx, serviceUser(ns, "reports"))).To(Succeed())
+		err := ada.Create(ctx, serviceUser(ns, "admins", "cluster-admins"))
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(ContainSubstring(`the group "cluster-admins"`))
 	})
 })
