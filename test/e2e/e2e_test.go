@@ -323,3 +323,15 @@ var _ = Describe("Minting through kube-apiserver's admission webhook, as the REA
 		Eventually(func() string { return secretTokenOrEmpty("alice-export") }).ShouldNot(BeEmpty())
 	})
 })
+
+var _ = Describe("The installer", func() {
+	It("passes kube-apiserver's validation: kubectl apply --dry-run=server of config/default", func() {
+		rendered := mustKubectl("kustomize", "config/default")
+		path := filepath.Join(devDir, "install.yaml")
+		Expect(os.WriteFile(path, []byte(rendered), 0o600)).To(Succeed())
+		out := mustKubectl("apply", "--dry-run=server", "--server-side", "--force-conflicts", "-f", path)
+		for _, kind := range []string{"customresourcedefinition", "deployment", "clusterrole", "service", "namespace"} {
+			Expect(out).To(ContainSubstring(kind), "config/default renders a %s", kind)
+		}
+	})
+})
