@@ -1,6 +1,7 @@
 package check_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,12 +11,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -47,7 +50,29 @@ var (
 	checkURL   string
 	httpClient *http.Client
 	probeURL   string
+	// managerLogs and registry keep everything the manager logged and
+	// exported, for the plaintext sweep.
+	managerLogs = &syncBuffer{}
+	registry    = prometheus.NewRegistry()
 )
+
+// syncBuffer is a bytes.Buffer safe for the manager's concurrent logging.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 func TestCheckServer(t *testing.T) {
 	RegisterFailHandler(Fail)
@@ -55,7 +80,7 @@ func TestCheckServer(t *testing.T) {
 }
 
 var _ = BeforeSuite(func() {
-	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
+	logf.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(GinkgoWriter, managerLogs)), zap.UseDevMode(true), zap.Level(zapcore.Level(-5))))
 	SetDefaultEventuallyTimeout(15 * time.Second)
 	SetDefaultEventuallyPollingInterval(50 * time.Millisecond)
 	ctx, cancel = context.WithCancel(context.Background())
@@ -101,7 +126,7 @@ var _ = BeforeSuite(func() {
 	Expect(check.Setup(ctx, mgr, check.Options{
 		Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile,
 		DefaultRequestsPerMinute: 500, FlushInterval: 100 * time.Millisecond,
-		Clock: clock.RealClock{}, Registerer: prometheus.NewRegistry(),
+		Clock: clock.RealClock{}, Registerer: registry,
 	})).To(Succeed())
 	go func() {
 		defer GinkgoRecover()
