@@ -3,13 +3,17 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -27,6 +31,7 @@ import (
 	"github.com/keymint/keymint/controllers"
 	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
+	"github.com/keymint/keymint/internal/servingcert"
 	"github.com/keymint/keymint/webhook/admission"
 	"github.com/keymint/keymint/webhook/check"
 )
@@ -42,6 +47,9 @@ func main() {
 		webhookAddr string
 		webhookCert string
 		webhookKey  string
+		selfCerts   bool
+		certOpts    = servingcert.Options{}
+		certSecret  string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
@@ -56,6 +64,11 @@ func main() {
 	flag.StringVar(&webhookAddr, "webhook-bind-address", ":9443", "address the admission webhooks (who may mint tokens and claim groups) listen on, over TLS")
 	flag.StringVar(&webhookCert, "webhook-tls-cert-file", "", "serving certificate of the admission webhooks, reloaded when it changes; unset: the check server's")
 	flag.StringVar(&webhookKey, "webhook-tls-key-file", "", "private key of --webhook-tls-cert-file")
+	flag.BoolVar(&selfCerts, "self-managed-certs", false, "keep a CA and a serving certificate for keymint's Service in --serving-certs-secret, rotated before expiry, for the check server and the admission webhooks, and put the CA into --validating-webhook-configuration (off: certificates from files, as cert-manager mounts them)")
+	flag.StringVar(&certSecret, "serving-certs-secret", defaultInOwnNamespace("keymint-serving-certs"), "namespace/name of the Secret --self-managed-certs keeps")
+	flag.StringVar(&certOpts.Dir, "serving-certs-dir", "/etc/keymint/serving-certs", "where --serving-certs-secret is mounted as a volume (config/manager does)")
+	flag.StringVar(&certOpts.Service, "serving-certs-service", "keymint-webhook", "the Service, in that namespace, the certificate is for")
+	flag.StringVar(&certOpts.WebhookConfiguration, "validating-webhook-configuration", "keymint-validating-webhook-configuration", "the ValidatingWebhookConfiguration whose caBundle --self-managed-certs fills")
 	flag.StringVar(&recordKey, "record-key-secret", defaultRecordKeySecret(), "namespace/name of the Secret holding the keys that sign token records, created on first start; only keymint should read it (docs/security.md)")
 	zapOpts := zap.Options{Development: false}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -71,6 +84,17 @@ func main() {
 	if !ok {
 		log.Error(nil, "Invalid flags: --record-key-secret must be namespace/name", "value", recordKey)
 		os.Exit(2)
+	}
+	if certOpts.Secret, ok = parseNamespacedName(certSecret); selfCerts && !ok {
+		log.Error(nil, "Invalid flags: --serving-certs-secret must be namespace/name", "value", certSecret)
+		os.Exit(2)
+	}
+	if selfCerts && (checkOpts.CertFile != "" || webhookCert != "") {
+		log.Error(nil, "Invalid flags: --self-managed-certs makes its own certificate; drop --check-tls-cert-file and --webhook-tls-cert-file")
+		os.Exit(2)
+	}
+	if selfCerts {
+		checkOpts.CertFile, checkOpts.KeyFile = certOpts.CertFile(), certOpts.KeyFile()
 	}
 	if checkOpts.CertFile == "" {
 		files, err := selfsigned.Write(certDir, "localhost", "127.0.0.1", "::1")
@@ -116,6 +140,12 @@ func main() {
 		log.Error(err, "Unable to create manager")
 		os.Exit(1)
 	}
+	if selfCerts {
+		if checkOpts.CertReady, err = servingcert.Setup(ctx, mgr, certOpts); err != nil {
+			log.Error(err, "Unable to set up serving certificates")
+			os.Exit(1)
+		}
+	}
 	keyring, err := recordkey.LoadOrCreate(ctx, mgr.GetAPIReader(), mgr.GetClient(), recordKeyRef)
 	if err != nil {
 		log.Error(err, "Unable to load the record key", "secret", recordKey)
@@ -123,10 +153,9 @@ func main() {
 	}
 	must(controllers.Setup(ctx, mgr, clock.RealClock{}, keyring))
 	must(check.Setup(ctx, mgr, checkOpts))
-	admission.Setup(mgr, mgr.GetClient(), admission.SubjectAccessReviewer{Client: mgr.GetClient()})
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
-	must(mgr.AddReadyzCheck("webhooks", mgr.GetWebhookServer().StartedChecker()))
+	must(mgr.AddReadyzCheck("webhooks", serveWebhooks(ctx, mgr, checkOpts.CertReady)))
 
 	log.Info("Starting manager")
 	if err := mgr.Start(ctx); err != nil {
@@ -135,14 +164,46 @@ func main() {
 	}
 }
 
-// defaultRecordKeySecret is keymint-record-key in keymint's own namespace:
+// serveWebhooks registers the admission webhooks once their certificate
+// exists (the webhook server reads it when it starts), and returns the
+// readiness check that passes once they are served.
+func serveWebhooks(ctx context.Context, mgr ctrl.Manager, certReady <-chan struct{}) healthz.Checker {
+	var started atomic.Pointer[healthz.Checker]
+	register := func() {
+		checker := mgr.GetWebhookServer().StartedChecker()
+		admission.Setup(mgr, mgr.GetClient(), admission.SubjectAccessReviewer{Client: mgr.GetClient()})
+		started.Store(&checker)
+	}
+	if certReady == nil {
+		register()
+	} else {
+		go func() {
+			select {
+			case <-certReady:
+				register()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return func(req *http.Request) error {
+		if c := started.Load(); c != nil {
+			return (*c)(req)
+		}
+		return errors.New("waiting for the serving certificate")
+	}
+}
+
+// defaultRecordKeySecret is keymint-record-key in keymint's own namespace.
+func defaultRecordKeySecret() string { return defaultInOwnNamespace("keymint-record-key") }
+
+// defaultInOwnNamespace names a Secret in keymint's own namespace:
 // POD_NAMESPACE (set by config/manager) or keymint-system.
-func defaultRecordKeySecret() string {
+func defaultInOwnNamespace(name string) string {
 	ns := os.Getenv("POD_NAMESPACE")
 	if ns == "" {
 		ns = "keymint-system"
 	}
-	return ns + "/keymint-record-key"
+	return ns + "/" + name
 }
 
 func parseNamespacedName(s string) (types.NamespacedName, bool) {

@@ -28,6 +28,9 @@ type Server struct {
 	// webhooks, to stay clear of HTTP/2 rapid-reset attacks.
 	EnableHTTP2 bool
 	Handler     http.Handler
+	// CertReady, when set, is waited for before the certificate files are
+	// read: self-managed certificates appear after the manager starts.
+	CertReady <-chan struct{}
 	// listener, when set, is used instead of listening on Addr (tests).
 	listener net.Listener
 }
@@ -39,6 +42,13 @@ func (s *Server) NeedLeaderElection() bool { return false }
 // change.
 func (s *Server) Start(ctx context.Context) error {
 	log := logf.FromContext(ctx).WithName("check-server")
+	if s.CertReady != nil {
+		select {
+		case <-s.CertReady:
+		case <-ctx.Done():
+			return nil
+		}
+	}
 	watcher, err := certwatcher.New(s.CertFile, s.KeyFile)
 	if err != nil {
 		return fmt.Errorf("loading the check server certificate: %w", err)

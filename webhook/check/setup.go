@@ -31,6 +31,8 @@ type Options struct {
 	Registerer    prometheus.Registerer
 	// Listener, when set, is served instead of listening on Addr.
 	Listener net.Listener
+	// CertReady, when set, closes once CertFile and KeyFile exist.
+	CertReady <-chan struct{}
 }
 
 // MaxRequestsPerMinute bounds --default-requests-per-minute, as the CRDs
@@ -66,7 +68,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	}
 	if err := mgr.Add(&Server{
 		Addr: opts.Addr, CertFile: opts.CertFile, KeyFile: opts.KeyFile, EnableHTTP2: opts.EnableHTTP2,
-		Handler: handler.ServeMux(), listener: opts.Listener,
+		Handler: handler.ServeMux(), listener: opts.Listener, CertReady: opts.CertReady,
 	}); err != nil {
 		return err
 	}
