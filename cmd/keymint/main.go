@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -41,6 +42,7 @@ func main() {
 		metricsAddr string
 		probeAddr   string
 		leaderElect bool
+		metricsAuth bool
 		checkOpts   = check.Options{Clock: clock.RealClock{}, Registerer: metrics.Registry}
 		certDir     string
 		recordKey   string
@@ -52,6 +54,7 @@ func main() {
 		certSecret  string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
+	flag.BoolVar(&metricsAuth, "metrics-secure", true, "serve metrics over HTTPS to callers kube-apiserver authenticates and RBAC allows (get on nonResourceURL /metrics: ClusterRole keymint-metrics-reader); false serves plain HTTP to anyone")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so only one replica runs the controllers")
 	flag.StringVar(&checkOpts.Addr, "check-bind-address", ":8443", "address the token check server (TokenReview and /check) listens on, over TLS")
@@ -126,7 +129,7 @@ func main() {
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                 scheme,
 		Cache:                  controllers.CacheOptions(),
-		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
+		Metrics:                metricsOptions(metricsAddr, metricsAuth),
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "keymint.keymint.io",
@@ -163,6 +166,19 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// metricsOptions serves metrics at addr; secure, only to callers with a
+// token kube-apiserver accepts and RBAC lets read /metrics.
+func metricsOptions(addr string, secure bool) metricsserver.Options {
+	o := metricsserver.Options{BindAddress: addr}
+	if secure {
+		o.SecureServing, o.FilterProvider = true, filters.WithAuthenticationAndAuthorization
+	}
+	return o
+}
+
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
 // serveWebhooks registers the admission webhooks once their certificate
 // exists (the webhook server reads it when it starts), and returns the
