@@ -3,6 +3,7 @@ package controllers
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -323,6 +324,10 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 			fmt.Sprintf("Token %s… is in Secret %q", a.Display, secretName))
 	}
 
+	if o.User.Found {
+		setRequestGranted(&st, generation, o)
+	}
+
 	res := result{Status: st}
 	for _, t := range wake {
 		if d := t.Sub(now); d > 0 && (res.RequeueAfter == 0 || d < res.RequeueAfter) {
@@ -330,6 +335,27 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 		}
 	}
 	return res
+}
+
+// setRequestGranted says whether the token gets what its spec asks for: what
+// admission warned about, kept on record. The token never gets more.
+func setRequestGranted(st *keymintv1alpha1.ApiTokenStatus, generation int64, o observation) {
+	scopes, capped := tokenstate.NotGranted(o.Spec, &o.User, o.Now)
+	var why []string
+	reason := keymintv1alpha1.ApiTokenReasonAsRequested
+	if capped {
+		reason = keymintv1alpha1.ApiTokenReasonLifetimeCapped
+		why = append(why, fmt.Sprintf("the lifetime asked for exceeds ServiceUser %q's tokenPolicy.maxLifetime (%s), which caps it", o.Spec.ServiceUser, o.User.MaxLifetime))
+	}
+	if len(scopes) > 0 {
+		reason = keymintv1alpha1.ApiTokenReasonScopesNotHeld
+		why = append(why, fmt.Sprintf("scopes %s are not among ServiceUser %q's permissions and are not granted", strings.Join(scopes, ", "), o.Spec.ServiceUser))
+	}
+	message := "The token gets all its spec asks for"
+	if len(why) > 0 {
+		message = strings.ToUpper(why[0][:1]) + strings.Join(why, "; ")[1:]
+	}
+	setCondition(st, generation, keymintv1alpha1.ApiTokenConditionRequestGranted, len(why) == 0, reason, message)
 }
 
 func revokeMessage(reason, user string) string {

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -421,6 +422,49 @@ func TestDesiredStatus(t *testing.T) {
 			}
 			if res.Status.Serial != 3 || res.Status.ObservedGeneration != 7 || res.Status.SecretName != "ci-secret" {
 				t.Errorf("serial %d, observedGeneration %d, secretName %q", res.Status.Serial, res.Status.ObservedGeneration, res.Status.SecretName)
+			}
+		})
+	}
+}
+
+func TestRequestGranted(t *testing.T) {
+	tests := map[string]struct {
+		obs        observation
+		wantStatus metav1.ConditionStatus
+		wantReason string
+		wantIn     []string
+	}{
+		"nothing asked beyond the user": {obs: obs(), wantStatus: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonAsRequested},
+		"a scope the user lacks": {
+			obs: obs(func(o *observation) {
+				o.Spec.Scopes = []string{"links:read", "admin:write"}
+				o.User.Permissions = []string{"links:read"}
+			}),
+			wantStatus: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonScopesNotHeld, wantIn: []string{"admin:write"},
+		},
+		"a lifetime beyond maxLifetime": {
+			obs:        obs(lifetime(48*time.Hour), func(o *observation) { o.User.MaxLifetime = 24 * time.Hour }),
+			wantStatus: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonLifetimeCapped, wantIn: []string{"24h0m0s"},
+		},
+		"both: the scopes are named first, and the lifetime too": {
+			obs: obs(lifetime(48*time.Hour), func(o *observation) {
+				o.User.MaxLifetime = 24 * time.Hour
+				o.Spec.Scopes = []string{"admin:write"}
+			}),
+			wantStatus: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonScopesNotHeld, wantIn: []string{"admin:write", "maxLifetime"},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			st := desiredStatus(keymintv1alpha1.ApiTokenStatus{}, 1, "s", tc.obs, afterAction(tc.obs, decision{}, nil, nil)).Status
+			c := meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionRequestGranted)
+			if c == nil || c.Status != tc.wantStatus || c.Reason != tc.wantReason {
+				t.Fatalf("RequestGranted = %+v, want %s/%s", c, tc.wantStatus, tc.wantReason)
+			}
+			for _, w := range tc.wantIn {
+				if !strings.Contains(c.Message, w) {
+					t.Errorf("message %q does not name %q", c.Message, w)
+				}
 			}
 		})
 	}

@@ -168,6 +168,16 @@ const (
 	// ApiToken is being deleted); False with reason NotRevoked.
 	ApiTokenConditionRevoked = "Revoked"
 
+	// ApiTokenConditionRequestGranted is True (reason AsRequested) when the
+	// token gets all its spec asks for; False when its ServiceUser gives less:
+	// reason ScopesNotHeld (scopes the user lacks are not granted) or
+	// LifetimeCapped (tokenPolicy.maxLifetime cuts the lifetime short).
+	ApiTokenConditionRequestGranted = "RequestGranted"
+
+	ApiTokenReasonAsRequested    = "AsRequested"
+	ApiTokenReasonScopesNotHeld  = "ScopesNotHeld"
+	ApiTokenReasonLifetimeCapped = "LifetimeCapped"
+
 	ApiTokenReasonIssued              = "Issued"
 	ApiTokenReasonExpired             = "Expired"
 	ApiTokenReasonNotExpired          = "NotExpired"

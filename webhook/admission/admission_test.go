@@ -162,6 +162,18 @@ var _ = Describe("Asking for more than the ServiceUser gives", func() {
 			ContainSubstring(`scopes admin:write are not among ServiceUser "billing"'s permissions`),
 			ContainSubstring(`longer than ServiceUser "billing"'s tokenPolicy.maxLifetime (24h0m0s)`),
 		))
+
+		By("the controller keeps the same on a condition, and issues the token with less")
+		Eventually(func(g Gomega) {
+			t := &keymintv1alpha1.ApiToken{}
+			g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "greedy"}, t)).To(Succeed())
+			c := meta.FindStatusCondition(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionRequestGranted)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(c.Reason).To(Equal(keymintv1alpha1.ApiTokenReasonScopesNotHeld))
+			g.Expect(c.Message).To(And(ContainSubstring("admin:write"), ContainSubstring("maxLifetime")))
+			g.Expect(t.Status.ExpiresAt).NotTo(BeNil())
+			g.Expect(t.Status.ExpiresAt.Time).To(Equal(t.Status.IssuedAt.Add(24 * time.Hour)))
+		}).Should(Succeed())
 	})
 
 	It("for a ServiceUser applied later (GitOps, any order) is admitted and converges", func() {
