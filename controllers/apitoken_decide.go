@@ -134,6 +134,9 @@ func decide(o observation) decision {
 			return decision{Action: actRevoke, Reason: eventRevoked}
 		}
 		return decision{}
+	case o.Current.Issued && o.Claimed && v.Expired, o.Current.Issued && !o.Delivered && v.Expired:
+		// A token past its expiry is not replaced: that would revive it.
+		return decision{}
 	case o.Current.Issued && o.Claimed:
 		// One hash, one ApiToken: checks refuse a hash two claim, and both
 		// controllers replace it.
@@ -170,15 +173,33 @@ func renewalLives(o observation) bool {
 	return !expires || o.Now.Before(expiry)
 }
 
+// replaces reports whether a decision replaces the current token with one
+// of the same life (the Secret lost it, or another ApiToken claims its hash):
+// that needs no one's authority, so it must give nothing the current token
+// did not have.
+func replaces(o observation, d decision) bool {
+	return d.Action == actIssue && o.Current.Issued &&
+		(d.Reason == eventTokenLost || d.Reason == eventSecretChanged || d.Reason == eventHashConflict)
+}
+
 // newRecord returns the record of a token minted at now, with hash and
 // display, by the given decision. A rotation keeps the token before it for
-// the grace period; an issue does not.
+// the grace period; an issue does not. A replacement keeps the current
+// token's issue time, expiry and rotation schedule.
 func newRecord(o observation, d decision, hash, display string) secretRecord {
 	// Whole seconds, as the status stores them.
 	now := o.Now.Truncate(time.Second)
 	rec := secretRecord{
 		Serial: o.Serial + 1, Hash: hash, Display: display, ServiceUserUID: o.User.UID,
 		IssuedAt: now, RotationRequest: o.RotateRequest,
+	}
+	if replaces(o, d) {
+		v := tokenstate.Evaluate(&o.Current, &o.User, o.Now)
+		rec.IssuedAt, rec.RotatedAt, rec.RotationRequest = o.Current.IssuedAt, o.RotatedAt, o.RotationRequest
+		if v.Expires {
+			rec.ExpiresAt = &v.Expiry
+		}
+		return rec
 	}
 	if expiry, ok := tokenstate.Expiry(o.Spec, &o.User, now); ok {
 		rec.ExpiresAt = &expiry
@@ -365,7 +386,7 @@ func revokeMessage(reason, user string) string {
 	case keymintv1alpha1.ApiTokenReasonServiceUserDisabled:
 		return fmt.Sprintf("ServiceUser %q is disabled", user)
 	case keymintv1alpha1.ApiTokenReasonServiceUserNotFound:
-		return fmt.Sprintf("ServiceUser %q does not exist, is being deleted, or was deleted since the token was minted", user)
+		return fmt.Sprintf("ServiceUser %q does not exist (yet: a token is issued once it does), is being deleted, or was deleted since the token was minted", user)
 	case keymintv1alpha1.ApiTokenReasonDeleting:
 		return "The ApiToken is being deleted"
 	}

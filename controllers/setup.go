@@ -17,8 +17,9 @@ import (
 )
 
 // CacheOptions limits the manager's cache of Secrets to keymint's token
-// Secrets, so the manager never holds other Secrets in memory, and strips
-// managed fields from everything it caches.
+// Secrets, so the manager holds no other namespace's Secrets in memory, and
+// strips managed fields from everything it caches. (The serving-certificate
+// rotator keeps a cache of its own, of keymint's namespace only.)
 func CacheOptions() cache.Options {
 	hasTokenLabel, err := labels.NewRequirement(keymintv1alpha1.TokenLabel, selection.Exists, nil)
 	if err != nil {

@@ -378,3 +378,34 @@ var _ = Describe("An ApiToken being deleted", func() {
 		}).Should(Succeed())
 	})
 })
+
+var _ = Describe("A token replaced because its Secret lost it", func() {
+	It("keeps the life it had: same issue time and expiry, and an expired one is not replaced at all", func() {
+		ns := newNamespace()
+		createUser(ns, "ci")
+		createToken(ns, "app", "ci", withLifetime(time.Hour))
+		first, before := issued(ns, "app")
+
+		fakeClock.Step(30 * time.Minute)
+		sec, err := getSecret(ns, "app")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(k8sClient.Delete(ctx, sec)).To(Succeed())
+		replacedBy(ns, "app", first)
+		after := getToken(ns, "app")
+		Expect(after.Status.IssuedAt.Time).To(Equal(before.Status.IssuedAt.Time), "a replacement is not a renewal")
+		Expect(after.Status.ExpiresAt.Time).To(Equal(before.Status.ExpiresAt.Time))
+
+		By("past its expiry, deleting the Secret brings nothing back")
+		fakeClock.Step(31 * time.Minute)
+		poke(ns, "app")
+		expectCondition(ns, "app", keymintv1alpha1.ApiTokenConditionExpired, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonExpired)
+		sec, err = getSecret(ns, "app")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(k8sClient.Delete(ctx, sec)).To(Succeed())
+		Consistently(func() bool {
+			return meta.IsStatusConditionTrue(getToken(ns, "app").Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)
+		}, "2s").Should(BeFalse(), "the expired token stays expired")
+		_, err = getSecret(ns, "app")
+		Expect(isNotFound(err)).To(BeTrue(), "no token was minted for it")
+	})
+})

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -134,7 +135,7 @@ func main() {
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "keymint.keymint.io",
 		WebhookServer: webhook.NewServer(webhook.Options{
-			Host: webhookHost, Port: webhookPort,
+			Host: webhookHost, Port: webhookPort, TLSOpts: []func(*tls.Config){http1Only},
 			CertDir: filepath.Dir(webhookCert), CertName: filepath.Base(webhookCert),
 			KeyName: filepath.Base(webhookKey),
 		}),
@@ -167,10 +168,14 @@ func main() {
 	}
 }
 
+// http1Only turns HTTP/2 off, as for the check server: it keeps the HTTP/2
+// rapid-reset attacks away from servers any pod can reach.
+func http1Only(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }
+
 // metricsOptions serves metrics at addr; secure, only to callers with a
 // token kube-apiserver accepts and RBAC lets read /metrics.
 func metricsOptions(addr string, secure bool) metricsserver.Options {
-	o := metricsserver.Options{BindAddress: addr}
+	o := metricsserver.Options{BindAddress: addr, TLSOpts: []func(*tls.Config){http1Only}}
 	if secure {
 		o.SecureServing, o.FilterProvider = true, filters.WithAuthenticationAndAuthorization
 	}

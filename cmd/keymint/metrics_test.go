@@ -111,6 +111,14 @@ func TestMetricsNeedAuthenticationAndRBAC(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}}) //nolint:gosec
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := conn.ConnectionState().NegotiatedProtocol; p != "http/1.1" {
+		t.Errorf("metrics negotiated %q, want http/1.1 only", p)
+	}
+	_ = conn.Close()
 	if got := get(""); got != http.StatusUnauthorized {
 		t.Errorf("no token: %d, want 401", got)
 	}

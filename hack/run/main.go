@@ -46,6 +46,7 @@ type options struct {
 	keymintBin string
 	checkPort  int
 	local      bool
+	noKeymint  bool
 }
 
 func main() {
@@ -54,6 +55,7 @@ func main() {
 	flag.StringVar(&o.keymintBin, "keymint", "bin/keymint", "the keymint binary to run")
 	flag.IntVar(&o.checkPort, "check-port", 8443, "port of keymint's check server on 127.0.0.1 (0 picks a free one)")
 	flag.BoolVar(&o.local, "local", false, "start a local control plane even when a kubeconfig points at a reachable cluster")
+	flag.BoolVar(&o.noKeymint, "no-keymint", false, "start the local control plane only, without keymint: to repair what keeps keymint from starting (with -local)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -215,6 +217,11 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 	}
 	if err := ensureNamespace(ctx, cfg, keymintNamespace); err != nil {
 		return err
+	}
+	if o.noKeymint {
+		say("The control plane is up without keymint (Ctrl-C stops it). In a second terminal:\n\n  export KUBECONFIG=%s\n", kubeconfig)
+		<-ctx.Done()
+		return nil
 	}
 
 	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, managerKubeconfig, cfg)

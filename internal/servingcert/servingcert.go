@@ -38,7 +38,9 @@ type Options struct {
 func (o Options) CertFile() string { return filepath.Join(o.Dir, "tls.crt") }
 func (o Options) KeyFile() string  { return filepath.Join(o.Dir, "tls.key") }
 
-// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=get;list;watch;update;patch
+// cert-controller's cache lists every configuration; keymint writes only its own.
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=list;watch
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,resourceNames=keymint-validating-webhook-configuration,verbs=get;update;patch
 
 // Setup adds the rotator to the manager, creating its Secret (empty) if it
 // does not exist yet. The returned channel closes once the certificate files

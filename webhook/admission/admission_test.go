@@ -1,6 +1,7 @@
 package admission_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -283,5 +284,90 @@ var _ = Describe("The shipped roles (config/rbac/keymint_roles.yaml)", func() {
 		err := ada.Create(ctx, serviceUser(ns, "admins", "cluster-admins"))
 		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
 		Expect(err.Error()).To(ContainSubstring(`the group "cluster-admins"`))
+	})
+})
+
+var _ = Describe("Minting for a ServiceUser with groups", func() {
+	It("also needs impersonate on each of its groups: a token carries them to kube-apiserver", func() {
+		ns := newNamespace()
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "deployer", "payments"))).To(Succeed())
+		grant(ns, "erin", manageTokens, mint())
+		erin, _ := as("erin")
+		err := erin.Create(ctx, apiToken(ns, "t", "deployer"))
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(And(ContainSubstring(`carry its group "payments"`), ContainSubstring(`resourceNames: ["payments"]`)))
+
+		grantCluster("erin-impersonates-payments-"+ns, "erin", rbacv1.PolicyRule{
+			APIGroups: []string{""}, Resources: []string{"groups"}, Verbs: []string{"impersonate"}, ResourceNames: []string{"payments"},
+		})
+		Eventually(func() error { return erin.Create(ctx, apiToken(ns, "t", "deployer")) }).Should(Succeed())
+	})
+})
+
+var _ = Describe("Changing a ServiceUser so its tokens get more", func() {
+	It("needs mint on it: re-enabling, more permissions, a looser lifetime policy", func() {
+		ns := newNamespace()
+		u := serviceUser(ns, "billing")
+		u.Spec.TokenPolicy.MaxLifetime = &metav1.Duration{Duration: time.Hour}
+		u.Spec.TokenPolicy.DefaultLifetime = &metav1.Duration{Duration: 30 * time.Minute}
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		grant(ns, "mallory", rbacv1.PolicyRule{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"get", "update", "patch"}})
+		mallory, _ := as("mallory")
+
+		change := func(c client.Client, mutate func(*keymintv1alpha1.ServiceUser)) error {
+			GinkgoHelper()
+			var err error
+			Eventually(func() error {
+				u := &keymintv1alpha1.ServiceUser{}
+				Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "billing"}, u)).To(Succeed())
+				mutate(u)
+				if err = c.Update(ctx, u); apierrors.IsConflict(err) {
+					return err
+				}
+				return nil
+			}).Should(Succeed())
+			return err
+		}
+		for what, mutate := range map[string]func(*keymintv1alpha1.ServiceUser){
+			"more permissions": func(u *keymintv1alpha1.ServiceUser) {
+				u.Spec.Permissions = append(u.Spec.Permissions, "everything:admin")
+			},
+			"no maxLifetime": func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.MaxLifetime = nil },
+			"a longer maxLifetime": func(u *keymintv1alpha1.ServiceUser) {
+				u.Spec.TokenPolicy.MaxLifetime = &metav1.Duration{Duration: 2 * time.Hour}
+			},
+			"a longer defaultLifetime": func(u *keymintv1alpha1.ServiceUser) {
+				u.Spec.TokenPolicy.DefaultLifetime = &metav1.Duration{Duration: time.Hour}
+			},
+		} {
+			err := change(mallory, mutate)
+			Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%s: %v", what, err)
+			Expect(err.Error()).To(ContainSubstring(`may not mint tokens of ServiceUser "billing"`), what)
+		}
+		Expect(change(mallory, func(u *keymintv1alpha1.ServiceUser) { u.Spec.Description = "billing exports" })).To(Succeed())
+		Expect(change(mallory, func(u *keymintv1alpha1.ServiceUser) { u.Spec.Permissions = []string{"invoices:read"} })).To(Succeed(), "fewer permissions")
+		Expect(change(mallory, func(u *keymintv1alpha1.ServiceUser) { u.Spec.Disabled = true })).To(Succeed())
+		Eventually(func() error {
+			err := change(mallory, func(u *keymintv1alpha1.ServiceUser) { u.Spec.Disabled = false })
+			if err != nil && strings.Contains(err.Error(), "try again in a moment") {
+				return err // keymint has not revoked yet
+			}
+			if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "re-enabling it mints new tokens") {
+				return StopTrying(fmt.Sprintf("re-enabling: %v", err))
+			}
+			return nil
+		}).Should(Succeed())
+	})
+})
+
+var _ = Describe("An ApiToken created revoked", func() {
+	It("needs no mint and tells nothing about its ServiceUser", func() {
+		ns := newNamespace()
+		grant(ns, "bob", manageTokens)
+		bob, seen := as("bob")
+		tok := apiToken(ns, "t", "secret-user")
+		tok.Spec.Revoked = true
+		Expect(bob.Create(ctx, tok)).To(Succeed())
+		Expect(seen.all()).To(BeEmpty())
 	})
 })

@@ -33,12 +33,14 @@ type ApiTokenValidator struct {
 	Clock clock.PassiveClock
 }
 
-// ValidateCreate needs mint unless the token is created revoked.
+// ValidateCreate needs mint unless the token is created revoked (then it
+// mints nothing, and says nothing about its ServiceUser).
 func (v *ApiTokenValidator) ValidateCreate(ctx context.Context, tok *keymintv1alpha1.ApiToken) (admission.Warnings, error) {
-	if !tok.Spec.Revoked {
-		if err := v.authorizeMint(ctx, tok); err != nil {
-			return nil, err
-		}
+	if tok.Spec.Revoked {
+		return nil, nil
+	}
+	if err := v.authorizeMint(ctx, tok); err != nil {
+		return nil, err
 	}
 	return v.warnings(ctx, tok)
 }
@@ -79,15 +81,38 @@ func mints(before, after *keymintv1alpha1.ApiToken) bool {
 }
 
 // authorizeMint asks whether the requesting user may mint tokens of the
-// token's ServiceUser, and denies in words a user can paste into a Role.
+// token's ServiceUser and, since every such token carries the user's groups
+// to kube-apiserver, impersonate each of those groups (as minting a
+// credential in a group is acting as it).
 func (v *ApiTokenValidator) authorizeMint(ctx context.Context, tok *keymintv1alpha1.ApiToken) error {
+	if err := authorizeMint(ctx, v.Authorizer, tok.Namespace, tok.Name, "apitokens", tok.Spec.ServiceUser, ""); err != nil {
+		return err
+	}
+	user := &keymintv1alpha1.ServiceUser{}
+	err := v.Reader.Get(ctx, types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}, user)
+	if apierrors.IsNotFound(err) {
+		return nil // not there yet: whoever creates it with groups is checked for them
+	}
+	if err != nil {
+		return apierrors.NewInternalError(err)
+	}
+	return authorizeGroups(ctx, v.Authorizer, keymintv1alpha1.GroupVersion.WithResource("apitokens").GroupResource(), tok.Name, user.Spec.Groups,
+		func(who, g string) string {
+			return fmt.Sprintf("user %q may not mint tokens of ServiceUser %q, which carry its group %q to kube-apiserver", who, user.Name, g)
+		})
+}
+
+// authorizeMint asks whether the requesting user may mint tokens of
+// ServiceUser userName, and denies in words a user can paste into a Role.
+// why, when set, says why the request mints.
+func authorizeMint(ctx context.Context, authz Authorizer, namespace, objName, resource, userName, why string) error {
 	req, err := admission.RequestFromContext(ctx)
 	if err != nil {
 		return apierrors.NewInternalError(err)
 	}
-	allowed, err := v.Authorizer.Allowed(ctx, req.UserInfo, authorizationv1.ResourceAttributes{
-		Namespace: tok.Namespace, Verb: MintVerb, Group: keymintv1alpha1.GroupVersion.Group,
-		Resource: "serviceusers", Name: tok.Spec.ServiceUser,
+	allowed, err := authz.Allowed(ctx, req.UserInfo, authorizationv1.ResourceAttributes{
+		Namespace: namespace, Verb: MintVerb, Group: keymintv1alpha1.GroupVersion.Group,
+		Resource: "serviceusers", Name: userName,
 	})
 	if err != nil {
 		return apierrors.NewInternalError(err)
@@ -95,11 +120,14 @@ func (v *ApiTokenValidator) authorizeMint(ctx context.Context, tok *keymintv1alp
 	if allowed {
 		return nil
 	}
-	return apierrors.NewForbidden(keymintv1alpha1.GroupVersion.WithResource("apitokens").GroupResource(), tok.Name, fmt.Errorf(
-		"user %q may not mint tokens of ServiceUser %q in namespace %q: that needs verb %q on resource \"serviceusers\" of API group %q. "+
+	if why != "" {
+		why = " (" + why + ")"
+	}
+	return apierrors.NewForbidden(keymintv1alpha1.GroupVersion.WithResource(resource).GroupResource(), objName, fmt.Errorf(
+		"user %q may not mint tokens of ServiceUser %q in namespace %q%s: that needs verb %q on resource \"serviceusers\" of API group %q. "+
 			"A Role rule that grants it: {apiGroups: [%q], resources: [\"serviceusers\"], verbs: [%q], resourceNames: [%q]}",
-		req.UserInfo.Username, tok.Spec.ServiceUser, tok.Namespace, MintVerb, keymintv1alpha1.GroupVersion.Group,
-		keymintv1alpha1.GroupVersion.Group, MintVerb, tok.Spec.ServiceUser))
+		req.UserInfo.Username, userName, namespace, why, MintVerb, keymintv1alpha1.GroupVersion.Group,
+		keymintv1alpha1.GroupVersion.Group, MintVerb, userName))
 }
 
 // warnings says what the token asks for that it will not get. kubectl

@@ -7,6 +7,8 @@ import (
 
 	authorizationv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
@@ -14,7 +16,9 @@ import (
 
 // ServiceUserValidator admits ServiceUsers: giving one a Kubernetes group
 // needs the right to impersonate that group, as `kubectl --as-group` does,
-// since every token of the user will carry the group to kube-apiserver.
+// since every token of the user will carry the group to kube-apiserver; and
+// a change that gives its existing tokens more (re-enabling it, more
+// permissions, a looser token policy) needs the right to mint its tokens.
 type ServiceUserValidator struct {
 	Authorizer Authorizer
 }
@@ -43,7 +47,33 @@ func (v *ServiceUserValidator) ValidateUpdate(ctx context.Context, before, after
 			}
 		}
 	}
-	return nil, v.authorizeGroups(ctx, after, groups)
+	if err := v.authorizeGroups(ctx, after, groups); err != nil {
+		return nil, err
+	}
+	if what := widens(before, after); what != "" {
+		return nil, authorizeMint(ctx, v.Authorizer, after.Namespace, after.Name, "serviceusers", after.Name, what)
+	}
+	return nil, nil
+}
+
+// widens says how an update gives the user's existing tokens more, or "".
+func widens(before, after *keymintv1alpha1.ServiceUser) string {
+	b, a := &before.Spec.TokenPolicy, &after.Spec.TokenPolicy
+	switch {
+	case before.Spec.Disabled:
+		return "re-enabling it mints new tokens"
+	case slices.ContainsFunc(after.Spec.Permissions, func(p string) bool { return !slices.Contains(before.Spec.Permissions, p) }):
+		return "new permissions widen its tokens"
+	case longer(b.MaxLifetime, a.MaxLifetime), longer(b.DefaultLifetime, a.DefaultLifetime):
+		return "a longer maxLifetime or defaultLifetime renews its tokens"
+	}
+	return ""
+}
+
+// longer reports whether a lifetime policy went from before to a later (or
+// no) limit.
+func longer(before, after *metav1.Duration) bool {
+	return before != nil && (after == nil || after.Duration > before.Duration)
 }
 
 // ValidateDelete allows every deletion: it revokes the user's tokens.
@@ -52,6 +82,15 @@ func (v *ServiceUserValidator) ValidateDelete(context.Context, *keymintv1alpha1.
 }
 
 func (v *ServiceUserValidator) authorizeGroups(ctx context.Context, u *keymintv1alpha1.ServiceUser, groups []string) error {
+	return authorizeGroups(ctx, v.Authorizer, keymintv1alpha1.GroupVersion.WithResource("serviceusers").GroupResource(), u.Name, groups,
+		func(who, g string) string {
+			return fmt.Sprintf("user %q may not give ServiceUser %q the group %q: its tokens would carry that group to kube-apiserver", who, u.Name, g)
+		})
+}
+
+// authorizeGroups asks whether the requesting user may impersonate each
+// group, and denies with denial(user, group) and the rule to add.
+func authorizeGroups(ctx context.Context, authz Authorizer, resource schema.GroupResource, objName string, groups []string, denial func(user, group string) string) error {
 	if len(groups) == 0 {
 		return nil
 	}
@@ -60,15 +99,15 @@ func (v *ServiceUserValidator) authorizeGroups(ctx context.Context, u *keymintv1
 		return apierrors.NewInternalError(err)
 	}
 	for _, g := range groups {
-		allowed, err := v.Authorizer.Allowed(ctx, req.UserInfo, authorizationv1.ResourceAttributes{Verb: "impersonate", Resource: "groups", Name: g})
+		allowed, err := authz.Allowed(ctx, req.UserInfo, authorizationv1.ResourceAttributes{Verb: "impersonate", Resource: "groups", Name: g})
 		if err != nil {
 			return apierrors.NewInternalError(err)
 		}
 		if !allowed {
-			return apierrors.NewForbidden(keymintv1alpha1.GroupVersion.WithResource("serviceusers").GroupResource(), u.Name, fmt.Errorf(
-				"user %q may not give ServiceUser %q the group %q: its tokens would carry that group to kube-apiserver, which needs verb \"impersonate\" on resource \"groups\" (core API group), as kubectl --as-group does. "+
+			return apierrors.NewForbidden(resource, objName, fmt.Errorf(
+				"%s, which needs verb \"impersonate\" on resource \"groups\" (core API group), as kubectl --as-group does. "+
 					"A ClusterRole rule that grants it: {apiGroups: [\"\"], resources: [\"groups\"], verbs: [\"impersonate\"], resourceNames: [%q]}",
-				req.UserInfo.Username, u.Name, g, g))
+				denial(req.UserInfo.Username, g), g))
 		}
 	}
 	return nil
