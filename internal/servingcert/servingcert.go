@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/open-policy-agent/cert-controller/pkg/rotator"
 	corev1 "k8s.io/api/core/v1"
@@ -32,6 +33,16 @@ type Options struct {
 	// Dir is where the Secret is mounted as a volume: the kubelet writes
 	// tls.crt and tls.key there, and again after each rotation.
 	Dir string
+	// Timing overrides cert-controller's: the serving certificate lives a
+	// year, is renewed 90 days before it expires, checked every 12 hours;
+	// the CA lives ten years. Tests shorten them.
+	Timing Timing
+}
+
+// Timing is how long certificates live and when they are renewed; zero
+// fields keep cert-controller's defaults.
+type Timing struct {
+	CA, Server, RenewBefore, CheckEvery time.Duration
 }
 
 // CertFile and KeyFile are the files the servers read.
@@ -63,7 +74,11 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (ready <-chan struc
 		IsReady:        ch,
 		Webhooks:       []rotator.WebhookInfo{{Name: o.WebhookConfiguration, Type: rotator.Validating}},
 		// Every replica serves, so every replica needs the files.
-		RequireLeaderElection: false,
+		RequireLeaderElection:  false,
+		CaCertDuration:         o.Timing.CA,
+		ServerCertDuration:     o.Timing.Server,
+		LookaheadInterval:      o.Timing.RenewBefore,
+		RotationCheckFrequency: o.Timing.CheckEvery,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("setting up serving certificates: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"net"
 	"os"
 	"path/filepath"
@@ -80,6 +81,9 @@ func TestSelfManagedCertificates(t *testing.T) {
 	opts := servingcert.Options{
 		Secret: types.NamespacedName{Namespace: ns, Name: "keymint-serving-certs"}, Service: "keymint-webhook",
 		WebhookConfiguration: vwc.Name, Dir: t.TempDir(),
+		// A serving certificate of one minute, renewed 50 s before it
+		// expires: the first rotation is due about 10 s after issue.
+		Timing: servingcert.Timing{CA: time.Hour, Server: time.Minute, RenewBefore: 50 * time.Second, CheckEvery: time.Second},
 	}
 	ready, err := servingcert.Setup(ctx, mgr, opts)
 	if err != nil {
@@ -151,9 +155,44 @@ func TestSelfManagedCertificates(t *testing.T) {
 		}
 		cert := conn.ConnectionState().PeerCertificates[0]
 		_ = conn.Close()
-		if left := time.Until(cert.NotAfter); left < 24*time.Hour {
-			t.Errorf("the serving certificate expires in %v", left)
+		if left := time.Until(cert.NotAfter); left <= 0 {
+			t.Errorf("the serving certificate has expired: %v", cert.NotAfter)
 		}
+	}
+
+	// Before it expires, the certificate is renewed, and the check server
+	// serves the new one without a restart.
+	first := sec.Data["tls.crt"]
+	deadline = time.Now().Add(45 * time.Second)
+	var renewed []byte
+	for time.Now().Before(deadline) && renewed == nil {
+		now := &corev1.Secret{}
+		if err := c.Get(ctx, opts.Secret, now); err == nil && len(now.Data["tls.crt"]) > 0 && string(now.Data["tls.crt"]) != string(first) {
+			renewed = now.Data["tls.crt"]
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if renewed == nil {
+		t.Fatal("the serving certificate was not renewed before it expired")
+	}
+	block, _ := pem.Decode(renewed)
+	want, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "keymint-webhook.keymint-system.svc", MinVersion: tls.VersionTLS12})
+		if err == nil {
+			served := conn.ConnectionState().PeerCertificates[0]
+			_ = conn.Close()
+			if served.SerialNumber.Cmp(want.SerialNumber) == 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the check server still serves the old certificate (%v)", err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
