@@ -22,6 +22,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math/big"
+	"unsafe"
 )
 
 const (
@@ -90,15 +91,20 @@ func Parse(s string) (prefix string, err error) {
 	if s[underscore] != '_' || !validPrefix(s[:underscore]) {
 		return "", ErrMalformed
 	}
+	// One table lookup per character; any byte outside the alphabet sets
+	// the high bit of bad.
+	var bad byte
+	for i := underscore + 1; i < len(s)-ChecksumLen; i++ {
+		bad |= digits[s[i]]
+	}
 	var sum uint64
-	for i := underscore + 1; i < len(s); i++ {
-		d := digit(s[i])
-		if d < 0 {
-			return "", ErrMalformed
-		}
-		if i >= len(s)-ChecksumLen {
-			sum = sum*62 + uint64(d)
-		}
+	for i := len(s) - ChecksumLen; i < len(s); i++ {
+		d := digits[s[i]]
+		bad |= d
+		sum = sum*62 + uint64(d)
+	}
+	if bad&0x80 != 0 {
+		return "", ErrMalformed
 	}
 	if sum != uint64(crcString(s[:len(s)-ChecksumLen])) {
 		return "", ErrChecksum
@@ -106,9 +112,26 @@ func Parse(s string) (prefix string, err error) {
 	return s[:underscore], nil
 }
 
-// Hash returns the SHA-256 of a token: the only form keymint stores.
+// digits maps a byte to its base62 value, or 0xff when it is not one.
+var digits = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
+	}
+	for i := range len(alphabet) {
+		t[alphabet[i]] = byte(i)
+	}
+	return t
+}()
+
+// Hash returns the SHA-256 of a token: the only form keymint stores. It
+// reads the string in place, allocating nothing.
 func Hash(s string) [sha256.Size]byte {
-	return sha256.Sum256([]byte(s))
+	return sha256.Sum256(bytesOf(s))
+}
+
+// bytesOf views a string's bytes without copying them; callers only read.
+func bytesOf(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 // HashString returns "sha256:<64 lowercase hex>" for a token, the form used in
@@ -161,14 +184,10 @@ func Display(s string) string {
 	return s[:DisplayLen]
 }
 
-// crcString is crc32.ChecksumIEEE over a string without copying it to a
-// byte slice, so that Parse allocates nothing.
+// crcString is crc32.ChecksumIEEE (hardware-accelerated where the CPU can)
+// over a string, read in place so that Parse allocates nothing.
 func crcString(s string) uint32 {
-	crc := ^uint32(0)
-	for i := 0; i < len(s); i++ {
-		crc = crc32.IEEETable[byte(crc)^s[i]] ^ (crc >> 8)
-	}
-	return ^crc
+	return crc32.ChecksumIEEE(bytesOf(s))
 }
 
 func validPrefix(p string) bool {
@@ -186,18 +205,6 @@ func validPrefix(p string) bool {
 
 // ValidPrefix reports whether p can prefix a token.
 func ValidPrefix(p string) bool { return validPrefix(p) }
-
-func digit(c byte) int {
-	switch {
-	case c >= '0' && c <= '9':
-		return int(c - '0')
-	case c >= 'A' && c <= 'Z':
-		return int(c-'A') + 10
-	case c >= 'a' && c <= 'z':
-		return int(c-'a') + 36
-	}
-	return -1
-}
 
 // appendBase62 appends n in base62, left-padded with '0' to width characters.
 func appendBase62(buf []byte, n *big.Int, width int) []byte {

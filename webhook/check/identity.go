@@ -38,7 +38,7 @@ func identity(t *tokenEntry, user *userEntry) Identity {
 		Username:  user.username,
 		UserUID:   user.state.UID,
 		Groups:    user.groups,
-		Scopes:    tokenstate.EffectiveScopes(t.spec.Scopes, user.state.Permissions),
+		Scopes:    t.scopesFor(user),
 		Audiences: t.spec.Audiences,
 		entry:     t,
 		user:      &user.state,

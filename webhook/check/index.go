@@ -6,6 +6,7 @@ package check
 import (
 	"crypto/sha256"
 	"sync"
+	"sync/atomic"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
@@ -35,6 +36,30 @@ type tokenEntry struct {
 	// (revoked, user disabled or missing, claimed twice): checks answer them
 	// revoked_token, whatever later events say about them.
 	refused []hash
+	// scopes caches the effective scopes for the user entry they were
+	// computed against, so a check allocates nothing; copies of an entry
+	// share it (same spec).
+	scopes *scopeCell
+}
+
+// scopeCell holds the last effective scopes computed for an entry.
+type scopeCell struct{ last atomic.Pointer[scopeCache] }
+
+type scopeCache struct {
+	user   *userEntry
+	scopes []string
+}
+
+// scopesFor returns the token's effective scopes under user u: computed
+// once per user entry (a new one on every change of the user), then read.
+// The slice is shared: callers only read it.
+func (e *tokenEntry) scopesFor(u *userEntry) []string {
+	if c := e.scopes.last.Load(); c != nil && c.user == u {
+		return c.scopes
+	}
+	s := tokenstate.EffectiveScopes(e.spec.Scopes, u.state.Permissions)
+	e.scopes.last.Store(&scopeCache{user: u, scopes: s})
+	return s
 }
 
 // live returns the hashes a check may accept, with tokenstate's selector.
@@ -117,8 +142,9 @@ func (ix *Index) Contested() int {
 // newEntry builds the entry of an ApiToken from its spec and status.
 func newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
 	e := &tokenEntry{
-		key:  types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
-		user: types.NamespacedName{Namespace: t.Namespace, Name: t.Spec.ServiceUser},
+		scopes: &scopeCell{},
+		key:    types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
+		user:   types.NamespacedName{Namespace: t.Namespace, Name: t.Spec.ServiceUser},
 		spec: keymintv1alpha1.ApiTokenSpec{
 			ServiceUser:       t.Spec.ServiceUser,
 			Scopes:            t.Spec.Scopes,
