@@ -36,6 +36,10 @@ type tokenEntry struct {
 	// (revoked, user disabled or missing, claimed twice): checks answer them
 	// revoked_token, whatever later events say about them.
 	refused []hash
+	// owner holds the token's ServiceUser entry (nil while it is not
+	// indexed), shared by all tokens of that user: UpsertUser swaps one
+	// pointer, and a check reads one map.
+	owner *userSlot
 	// scopes caches the effective scopes for the user entry they were
 	// computed against, so a check allocates nothing; copies of an entry
 	// share it (same spec).
@@ -83,6 +87,10 @@ func (e *tokenEntry) names(h hash) bool {
 	return false
 }
 
+// userSlot is where the tokens of one ServiceUser find its current entry;
+// guarded by the index's lock.
+type userSlot struct{ entry *userEntry }
+
 // userEntry is what the index keeps of one ServiceUser.
 type userEntry struct {
 	state tokenstate.User
@@ -106,7 +114,7 @@ type Index struct {
 	mu     sync.RWMutex
 	byHash map[hash]hashRef
 	tokens map[types.NamespacedName]*tokenEntry
-	users  map[types.NamespacedName]*userEntry
+	users  map[types.NamespacedName]*userSlot
 	// byUser lists the tokens that name each ServiceUser, so disabling a
 	// user refuses its tokens' hashes without a scan.
 	byUser map[types.NamespacedName]map[types.NamespacedName]struct{}
@@ -119,7 +127,7 @@ func NewIndex() *Index {
 	return &Index{
 		byHash: map[hash]hashRef{},
 		tokens: map[types.NamespacedName]*tokenEntry{},
-		users:  map[types.NamespacedName]*userEntry{},
+		users:  map[types.NamespacedName]*userSlot{},
 		byUser: map[types.NamespacedName]map[types.NamespacedName]struct{}{},
 	}
 }
@@ -202,6 +210,7 @@ func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
 // storeLocked replaces the entry of e.key with e and points its hashes at it.
 // A hash another token claims too is refused for both, for good.
 func (ix *Index) storeLocked(e *tokenEntry) {
+	e.owner = ix.slotLocked(e.user)
 	ix.removeTokenLocked(e.key)
 	ix.tokens[e.key] = e
 	users := ix.byUser[e.user]
@@ -258,6 +267,7 @@ func (ix *Index) DeleteToken(key types.NamespacedName) {
 				delete(ix.byUser, old.user)
 			}
 		}
+		defer ix.forgetSlotLocked(old.user)
 	}
 	ix.removeTokenLocked(key)
 }
@@ -292,9 +302,27 @@ func (ix *Index) UpsertUser(u *keymintv1alpha1.ServiceUser) {
 	key := types.NamespacedName{Namespace: u.Namespace, Name: u.Name}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	ix.users[key] = e
+	ix.slotLocked(key).entry = e
 	if !e.state.Found || e.state.Disabled {
 		ix.refuseTokensOfLocked(key)
+	}
+}
+
+// slotLocked returns the slot of a user, making it on first use.
+func (ix *Index) slotLocked(user types.NamespacedName) *userSlot {
+	s := ix.users[user]
+	if s == nil {
+		s = &userSlot{}
+		ix.users[user] = s
+	}
+	return s
+}
+
+// forgetSlotLocked drops a user's slot once neither the user nor a token
+// of it is indexed.
+func (ix *Index) forgetSlotLocked(user types.NamespacedName) {
+	if s := ix.users[user]; s != nil && s.entry == nil && len(ix.byUser[user]) == 0 {
+		delete(ix.users, user)
 	}
 }
 
@@ -302,10 +330,14 @@ func (ix *Index) UpsertUser(u *keymintv1alpha1.ServiceUser) {
 func (ix *Index) DeleteUser(key types.NamespacedName) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	delete(ix.users, key)
+	if s := ix.users[key]; s != nil {
+		s.entry = nil
+	}
 	ix.refuseTokensOfLocked(key)
+	ix.forgetSlotLocked(key)
 }
 
+// refuseTokensOfLocked makes the live hashes of a user's tokens refused.
 func (ix *Index) refuseTokensOfLocked(user types.NamespacedName) {
 	for key := range ix.byUser[user] {
 		e := ix.tokens[key]
@@ -330,5 +362,5 @@ func (ix *Index) lookup(h hash) (hashRef, *userEntry, bool) {
 	if !ok {
 		return hashRef{}, nil, false
 	}
-	return ref, ix.users[ref.token.user], true
+	return ref, ref.token.owner.entry, true
 }

@@ -129,3 +129,17 @@ func TestLimiterHoldsWindowsOfLiveTokensOnly(t *testing.T) {
 		t.Errorf("remaining %d after a fresh start, want 9", d.Remaining)
 	}
 }
+
+func TestTheIndexForgetsUsersAndTokensThatGo(t *testing.T) {
+	f := newFixture(t)
+	ix := f.index
+	f.user("exporter")
+	f.token("a", "exporter")
+	f.token("b", "ghost") // a token of a user not indexed
+	ix.DeleteToken(types.NamespacedName{Namespace: "team-a", Name: "a"})
+	ix.DeleteToken(types.NamespacedName{Namespace: "team-a", Name: "b"})
+	ix.DeleteUser(types.NamespacedName{Namespace: "team-a", Name: "exporter"})
+	if len(ix.users) != 0 || len(ix.byUser) != 0 || len(ix.tokens) != 0 || ix.Len() != 0 {
+		t.Errorf("left behind: %d users, %d user lists, %d tokens, %d hashes", len(ix.users), len(ix.byUser), len(ix.tokens), ix.Len())
+	}
+}
