@@ -1,0 +1,236 @@
+// Package fault runs keymint's real binary against a real control plane and
+// breaks things on purpose: nothing may be lost.
+package fault
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
+	"github.com/keymint/keymint/internal/token"
+)
+
+const tokens = 200
+
+// TestKill9WhileIssuing kills the manager with SIGKILL while it issues 200
+// tokens, starts it again, and checks that every ApiToken ends Ready with
+// exactly one accepted token whose hash is its Secret's, that every token
+// Secret belongs to an ApiToken, and that every record has its Secret.
+func TestKill9WhileIssuing(t *testing.T) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "keymint")
+	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(root, "cmd", "keymint")).CombinedOutput(); err != nil {
+		t.Fatalf("building keymint: %v\n%s", err, out)
+	}
+
+	env, err := testenv.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	c, err := client.New(cfg, client.Options{Scheme: testenv.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}}))
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	must(writeKubeconfig(cfg, kubeconfig))
+
+	const ns = "default"
+	must(c.Create(ctx, &keymintv1alpha1.ServiceUser{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "batch"},
+		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"jobs:run"}},
+	}))
+	for i := range tokens {
+		must(c.Create(ctx, &keymintv1alpha1.ApiToken{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("t%03d", i)},
+			Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "batch"},
+		}))
+	}
+
+	ready := func() int {
+		var list keymintv1alpha1.ApiTokenList
+		must(c.List(ctx, &list, client.InNamespace(ns)))
+		n := 0
+		for _, tok := range list.Items {
+			if meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady) {
+				n++
+			}
+		}
+		return n
+	}
+
+	// First run: killed with SIGKILL part-way through issuing.
+	first := start(t, bin, kubeconfig, dir)
+	for ready() < tokens/4 {
+		if ctx.Err() != nil {
+			t.Fatal("the first run issued too few tokens before the deadline")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	must(first.Process.Signal(syscall.SIGKILL))
+	_ = first.Wait()
+	killedAt := ready()
+	t.Logf("killed with SIGKILL after %d of %d tokens were Ready; %d Secrets held a token their status did not name yet",
+		killedAt, tokens, writtenBeforeStatus(t, c, ns))
+	if killedAt >= tokens {
+		t.Fatal("every token was issued before the kill: the test proves nothing; issue more tokens")
+	}
+
+	// Second run: finishes the job.
+	second := start(t, bin, kubeconfig, dir)
+	t.Cleanup(func() { _ = second.Process.Signal(syscall.SIGTERM); _ = second.Wait() })
+	for ready() < tokens {
+		if ctx.Err() != nil {
+			t.Fatalf("only %d of %d tokens Ready after the restart", ready(), tokens)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	var list keymintv1alpha1.ApiTokenList
+	must(c.List(ctx, &list, client.InNamespace(ns)))
+	owners := map[types.UID]string{}
+	for _, tok := range list.Items {
+		owners[tok.UID] = tok.Name
+		sec := &corev1.Secret{}
+		if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: tok.Name}, sec); err != nil {
+			t.Errorf("%s: Ready, but its Secret: %v", tok.Name, err)
+			continue
+		}
+		plain := string(sec.Data[keymintv1alpha1.SecretTokenKey])
+		switch {
+		case !token.Matches(plain, tok.Status.TokenHash):
+			t.Errorf("%s: the Secret's token is not the one the status accepts", tok.Name)
+		case len(tok.Status.PreviousTokens) != 0:
+			t.Errorf("%s: %d more hashes accepted besides the current one", tok.Name, len(tok.Status.PreviousTokens))
+		case sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation] == "":
+			t.Errorf("%s: the Secret carries no signed record", tok.Name)
+		}
+	}
+	var secrets corev1.SecretList
+	must(c.List(ctx, &secrets, client.InNamespace(ns), client.HasLabels{keymintv1alpha1.TokenLabel}))
+	if len(secrets.Items) != tokens {
+		t.Errorf("%d token Secrets for %d ApiTokens", len(secrets.Items), tokens)
+	}
+	for _, sec := range secrets.Items {
+		owner := metav1.GetControllerOf(&sec)
+		if owner == nil || owners[owner.UID] != sec.Name {
+			t.Errorf("Secret %s belongs to no ApiToken of its name", sec.Name)
+		}
+	}
+}
+
+// writtenBeforeStatus counts token Secrets whose ApiToken status names no
+// token yet: the crash window between the two writes.
+func writtenBeforeStatus(t *testing.T, c client.Client, ns string) int {
+	t.Helper()
+	var list keymintv1alpha1.ApiTokenList
+	if err := c.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, tok := range list.Items {
+		sec := &corev1.Secret{}
+		if tok.Status.TokenHash == "" && c.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: tok.Name}, sec) == nil &&
+			len(sec.Data[keymintv1alpha1.SecretTokenKey]) > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// start runs keymint as a deployment would, on free loopback ports, and
+// waits until it is ready.
+func start(t *testing.T, bin, kubeconfig, dir string) *exec.Cmd {
+	t.Helper()
+	probe, check, webhook := freePort(t), freePort(t), freePort(t)
+	cmd := exec.Command(bin,
+		"--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(probe),
+		"--check-bind-address", "127.0.0.1:"+strconv.Itoa(check),
+		"--webhook-bind-address", "127.0.0.1:"+strconv.Itoa(webhook),
+		"--check-self-signed-dir", filepath.Join(dir, "certs"),
+		"--metrics-bind-address", "0",
+	)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	log, err := os.Create(filepath.Join(dir, fmt.Sprintf("keymint-%d.log", probe)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = log.Close() })
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", probe))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return cmd
+			}
+		}
+		if time.Now().After(deadline) {
+			out, _ := os.ReadFile(log.Name())
+			t.Fatalf("keymint was not ready within a minute:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// writeKubeconfig writes envtest's admin credentials for the keymint binary.
+func writeKubeconfig(cfg *rest.Config, path string) error {
+	return clientcmd.WriteToFile(clientcmdapi.Config{
+		Clusters: map[string]*clientcmdapi.Cluster{"envtest": {Server: cfg.Host, CertificateAuthorityData: cfg.CAData}},
+		AuthInfos: map[string]*clientcmdapi.AuthInfo{"admin": {
+			ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken,
+		}},
+		Contexts:       map[string]*clientcmdapi.Context{"envtest": {Cluster: "envtest", AuthInfo: "admin"}},
+		CurrentContext: "envtest",
+	}, path)
+}
