@@ -10,8 +10,10 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,6 +53,8 @@ type Handler struct {
 	// ServiceUser set no rate.
 	DefaultRequestsPerMinute int32
 	Metrics                  *Metrics
+
+	reset atomic.Pointer[cachedReset]
 }
 
 // NewHandler returns a handler over index with its own rate limiter and
@@ -138,33 +142,92 @@ const HeaderError = "X-Keymint-Error"
 // "/check/" alone is where a misplaced auth URL ("/check/?scope=...") lands:
 // its query would be ignored there, so it is refused rather than letting
 // every token through without the scope.
-func checkFormError(r *http.Request, q url.Values, fromQuery bool) string {
-	if !fromQuery && r.URL.Path == CheckPath+"/" && (q.Has("scope") || q.Has("audience")) {
+func checkFormError(r *http.Request, fromQuery bool) string {
+	raw := r.URL.RawQuery
+	if raw == "" {
+		return ""
+	}
+	_, scope := param(raw, "scope")
+	_, audience := param(raw, "audience")
+	if !fromQuery && r.URL.Path == CheckPath+"/" && (scope || audience) {
 		return "Requirements in the query are read on " + CheckPath + " only; under " + CheckPath + "/<path> they come from the " +
 			HeaderScope + " and " + HeaderAudience + " headers. Use " + CheckPath + "?scope=... as the auth URL."
 	}
-	if v := q.Get(RateLimitStatusParam); fromQuery && v != "" && v != "403" && v != "429" {
+	if v, _ := param(raw, RateLimitStatusParam); fromQuery && v != "" && v != "403" && v != "429" {
 		return RateLimitStatusParam + " must be 403 or 429."
 	}
 	return ""
 }
 
-// requirements collects a repeatable requirement from the query or from a
-// header; each value may also be a comma-separated list.
-func requirements(r *http.Request, q url.Values, query, header string, fromQuery bool) []string {
-	values := r.Header.Values(header)
-	if fromQuery {
-		values = q[query]
+// appendRequirements appends each value of a repeatable requirement, from
+// the query or from a header, to dst; each value may also be a
+// comma-separated list. With a dst on the caller's stack it allocates
+// nothing, unless a query value needs unescaping.
+func appendRequirements(dst []string, r *http.Request, query, header string, fromQuery bool) []string {
+	if !fromQuery {
+		for _, v := range r.Header.Values(header) {
+			dst = appendList(dst, v)
+		}
+		return dst
 	}
-	var out []string
-	for _, v := range values {
-		for _, s := range strings.Split(v, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				out = append(out, s)
-			}
+	for raw := r.URL.RawQuery; raw != ""; {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		if v, ok := paramValue(pair, query); ok {
+			dst = appendList(dst, v)
 		}
 	}
-	return out
+	return dst
+}
+
+// appendList appends the non-empty, trimmed items of a comma-separated list.
+func appendList(dst []string, v string) []string {
+	for v != "" {
+		var item string
+		item, v, _ = strings.Cut(v, ",")
+		if item = strings.TrimSpace(item); item != "" {
+			dst = append(dst, item)
+		}
+	}
+	return dst
+}
+
+// paramValue returns the unescaped value of a raw query pair when its key
+// is key. A pair that does not unescape is skipped, as url.ParseQuery skips
+// it; parsing only what is asked spares a map on every check.
+func paramValue(pair, key string) (string, bool) {
+	if strings.Contains(pair, ";") {
+		return "", false // url.ParseQuery refuses semicolon separators
+	}
+	k, v, _ := strings.Cut(pair, "=")
+	if strings.ContainsAny(k, "%+") {
+		var err error
+		if k, err = url.QueryUnescape(k); err != nil {
+			return "", false
+		}
+	}
+	if k != key {
+		return "", false
+	}
+	if strings.ContainsAny(v, "%+") {
+		var err error
+		if v, err = url.QueryUnescape(v); err != nil {
+			return "", false
+		}
+	}
+	return v, true
+}
+
+// param is the first value of key in a raw query, and whether there is one.
+func param(raw, key string) (string, bool) {
+	for raw != "" {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		if v, ok := paramValue(pair, key); ok {
+			return v, true
+		}
+	}
+	return "", false
 }
 
 func (h *Handler) serveCheck(w http.ResponseWriter, r *http.Request) {
@@ -181,18 +244,20 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 	// (nginx and Traefik pass the client's headers through); under
 	// /check/<path>, headers (Envoy appends the client's own path and query).
 	fromQuery := r.URL.Path == CheckPath
-	var q url.Values // parsed once, and only when there is a query
-	if r.URL.RawQuery != "" {
-		q = r.URL.Query()
-	}
-	if msg := checkFormError(r, q, fromQuery); msg != "" {
+	if msg := checkFormError(r, fromQuery); msg != "" {
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: msg})
 		return "bad_request"
 	}
 	id, failure := h.Checker.Check(bearerToken(r), now)
-	if failure == OK {
-		if _, ok := id.AcceptsAudience(requirements(r, q, "audience", HeaderAudience, fromQuery)); !ok {
-			failure = WrongAudience
+	if failure == OK && len(id.Audiences) > 0 {
+		// A token restricted to audiences needs one of them asked for.
+		var buf [4]string
+		failure = WrongAudience
+		for _, a := range appendRequirements(buf[:0], r, "audience", HeaderAudience, fromQuery) {
+			if slices.Contains(id.Audiences, a) {
+				failure = OK
+				break
+			}
 		}
 	}
 	if failure != OK {
@@ -205,14 +270,15 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 	}
 
 	d := h.Limiter.Allow(id.Token, id.RequestsPerMinute(h.DefaultRequestsPerMinute), now)
-	w.Header().Set("X-RateLimit-Limit", strconv.Itoa(int(d.Limit)))
-	w.Header().Set("X-RateLimit-Remaining", strconv.Itoa(int(d.Remaining)))
-	w.Header().Set("X-RateLimit-Reset", strconv.FormatInt(d.Reset.Unix(), 10))
+	hdr := w.Header()
+	hdr["X-Ratelimit-Limit"] = number(int64(d.Limit))
+	hdr["X-Ratelimit-Remaining"] = number(int64(d.Remaining))
+	hdr["X-Ratelimit-Reset"] = h.resetHeader(d.Reset)
 	if !d.Allowed {
 		retry := int64(math.Ceil(d.Reset.Sub(now).Seconds()))
 		w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
 		status := http.StatusTooManyRequests
-		if fromQuery && q.Get(RateLimitStatusParam) == "403" {
+		if v, _ := param(r.URL.RawQuery, RateLimitStatusParam); fromQuery && v == "403" {
 			status = http.StatusForbidden
 		}
 		w.Header().Set(HeaderError, string(RateLimited))
@@ -221,21 +287,69 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 		return RateLimited
 	}
 
-	if missing := id.MissingScopes(requirements(r, q, "scope", HeaderScope, fromQuery)); len(missing) > 0 {
+	var buf [8]string
+	var missing []string // allocated only for a refusal
+	for _, s := range appendRequirements(buf[:0], r, "scope", HeaderScope, fromQuery) {
+		if !slices.Contains(id.Scopes, s) {
+			missing = append(missing, s)
+		}
+	}
+	if len(missing) > 0 {
 		writeError(w, http.StatusForbidden, InsufficientScope, "The bearer token lacks the required scope: "+strings.Join(missing, ", ")+".")
 		return InsufficientScope
 	}
 
+	// The success answer is prebuilt per token and user entry: headers are
+	// assigned, not formatted, and the body is written as is.
 	h.Usage.Record(id.Token, now)
-	w.Header().Set(HeaderUser, id.Username)
-	w.Header().Set(HeaderToken, id.Token.String())
-	w.Header().Set(HeaderScopes, strings.Join(id.Scopes, ","))
-	scopes := id.Scopes
-	if scopes == nil {
-		scopes = []string{}
-	}
-	writeJSON(w, http.StatusOK, checkBody{User: id.Username, Token: id.Token.String(), Scopes: scopes})
+	hdr["X-Keymint-User"] = id.ok.user
+	hdr["X-Keymint-Token"] = id.ok.token
+	hdr["X-Keymint-Scopes"] = id.ok.scopes
+	hdr["Content-Type"] = jsonContentType
+	hdr["Cache-Control"] = noStore
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(id.ok.body)
 	return OK
+}
+
+// Header values every answer shares; net/http only reads them.
+var (
+	jsonContentType = []string{"application/json"}
+	noStore         = []string{"no-store"}
+)
+
+// numbers holds the decimal header values below 10,000, so the rate-limit
+// headers of most answers cost no allocation.
+var numbers = func() []string {
+	out := make([]string, 10_000)
+	for i := range out {
+		out[i] = strconv.Itoa(i)
+	}
+	return out
+}()
+
+// number is a one-value header slice for n.
+func number(n int64) []string {
+	if n >= 0 && n < int64(len(numbers)) {
+		return numbers[n : n+1 : n+1]
+	}
+	return []string{strconv.FormatInt(n, 10)}
+}
+
+// resetHeader is X-RateLimit-Reset for a window ending at reset: windows
+// are clock minutes, so one value serves every token for a minute.
+func (h *Handler) resetHeader(reset time.Time) []string {
+	if c := h.reset.Load(); c != nil && c.at.Equal(reset) {
+		return c.value
+	}
+	c := &cachedReset{at: reset, value: []string{strconv.FormatInt(reset.Unix(), 10)}}
+	h.reset.Store(c)
+	return c.value
+}
+
+type cachedReset struct {
+	at    time.Time
+	value []string
 }
 
 // tokenReview is the part of a TokenReview, v1 or v1beta1, that a check reads.

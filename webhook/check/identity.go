@@ -28,20 +28,24 @@ type Identity struct {
 	// entry and user are the token's index entries, for its rate.
 	entry *tokenEntry
 	user  *tokenstate.User
+	// ok is the prebuilt /check success answer.
+	ok *successAnswer
 }
 
 // identity builds the Identity of an accepted token; its user is indexed
 // (an unindexed user is refused before this).
 func identity(t *tokenEntry, user *userEntry) Identity {
+	c := t.cached(user)
 	return Identity{
 		Token:     t.key,
 		Username:  user.username,
 		UserUID:   user.state.UID,
 		Groups:    user.groups,
-		Scopes:    t.scopesFor(user),
+		Scopes:    c.scopes,
 		Audiences: t.spec.Audiences,
 		entry:     t,
 		user:      &user.state,
+		ok:        c.ok,
 	}
 }
 

@@ -5,6 +5,8 @@ package check
 
 import (
 	"crypto/sha256"
+	"encoding/json"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -52,17 +54,39 @@ type scopeCell struct{ last atomic.Pointer[scopeCache] }
 type scopeCache struct {
 	user   *userEntry
 	scopes []string
+	// ok is the /check success answer, built once: what every 200 for this
+	// token and user entry repeats.
+	ok *successAnswer
 }
 
-// scopesFor returns the token's effective scopes under user u: computed
-// once per user entry (a new one on every change of the user), then read.
-// The slice is shared: callers only read it.
-func (e *tokenEntry) scopesFor(u *userEntry) []string {
+// successAnswer is a /check 200's headers and body, prebuilt; shared and
+// only read.
+type successAnswer struct {
+	user, token, scopes []string // header values
+	body                []byte
+}
+
+// cached returns the token's effective scopes and success answer under user
+// u: built once per user entry (a new one on every change of the user),
+// then read. The results are shared: callers only read them.
+func (e *tokenEntry) cached(u *userEntry) *scopeCache {
 	if c := e.scopes.last.Load(); c != nil && c.user == u {
-		return c.scopes
+		return c
 	}
 	s := tokenstate.EffectiveScopes(e.spec.Scopes, u.state.Permissions)
-	e.scopes.last.Store(&scopeCache{user: u, scopes: s})
+	body, _ := json.Marshal(checkBody{User: u.username, Token: e.key.String(), Scopes: orEmpty(s)})
+	c := &scopeCache{user: u, scopes: s, ok: &successAnswer{
+		user: []string{u.username}, token: []string{e.key.String()}, scopes: []string{strings.Join(s, ",")},
+		body: append(body, '\n'),
+	}}
+	e.scopes.last.Store(c)
+	return c
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
 	return s
 }
 
