@@ -1,7 +1,6 @@
 package controllers_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -46,30 +45,12 @@ var (
 	faults = &faultInjector{}
 	writes = &writeCounter{counts: map[string]int{}}
 	// controllerLogs keeps everything the controllers logged.
-	controllerLogs = &syncBuffer{}
+	controllerLogs = &testenv.LogBuffer{}
 	// keyring is the controllers' record key, for specs that play keymint
 	// writing a record (a crash) or an attacker who lacks it.
 	keyring         *recordkey.Keyring
 	recordKeySecret = types.NamespacedName{Namespace: "keymint-system", Name: "keymint-record-key"}
 )
-
-// syncBuffer is a bytes.Buffer safe for the controllers' concurrent logging.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func TestControllers(t *testing.T) {
 	RegisterFailHandler(Fail)

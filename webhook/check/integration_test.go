@@ -1,7 +1,6 @@
 package check_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -52,27 +50,9 @@ var (
 	probeURL   string
 	// managerLogs and registry keep everything the manager logged and
 	// exported, for the plaintext sweep.
-	managerLogs = &syncBuffer{}
+	managerLogs = &testenv.LogBuffer{}
 	registry    = prometheus.NewRegistry()
 )
-
-// syncBuffer is a bytes.Buffer safe for the manager's concurrent logging.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func TestCheckServer(t *testing.T) {
 	RegisterFailHandler(Fail)
