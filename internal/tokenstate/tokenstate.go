@@ -333,6 +333,20 @@ func MissingScopes(effective, required []string) []string {
 	return missing
 }
 
+// AudienceAccepted is AcceptsAudience's answer alone, without the matched
+// list: for the check path, which allocates nothing.
+func AudienceAccepted(audiences, requested []string) bool {
+	if len(audiences) == 0 {
+		return true
+	}
+	for _, a := range requested {
+		if slices.Contains(audiences, a) {
+			return true
+		}
+	}
+	return false
+}
+
 // AcceptsAudience reports whether a token restricted to audiences may be used
 // for one of the requested ones, and which. Audiences restrict tokens, not
 // routes: a token that sets none is accepted whatever is asked (for a

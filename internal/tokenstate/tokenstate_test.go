@@ -867,3 +867,19 @@ func TestRate(t *testing.T) {
 		})
 	}
 }
+
+func TestAudienceAcceptedAgreesWithAcceptsAudience(t *testing.T) {
+	cases := []struct{ audiences, requested []string }{
+		{nil, nil}, {nil, []string{"x"}}, {[]string{"vault"}, nil}, {[]string{"vault"}, []string{"grafana"}},
+		{[]string{"vault"}, []string{"grafana", "vault"}}, {[]string{"a", "b"}, []string{"b"}},
+	}
+	for _, c := range cases {
+		_, want := AcceptsAudience(c.audiences, c.requested)
+		if got := AudienceAccepted(c.audiences, c.requested); got != want {
+			t.Errorf("AudienceAccepted(%q, %q) = %v, AcceptsAudience says %v", c.audiences, c.requested, got, want)
+		}
+	}
+	if !AudienceAccepted([]string{"vault"}, []string{"vault"}) || AudienceAccepted([]string{"vault"}, []string{"grafana"}) {
+		t.Error("the two answers a user sees are wrong")
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -21,6 +20,8 @@ import (
 	authnv1beta1 "k8s.io/api/authentication/v1beta1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
+
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // maxBodyBytes bounds a TokenReview body; a real one is well under 4 KiB.
@@ -249,15 +250,10 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 		return "bad_request"
 	}
 	id, failure := h.Checker.Check(bearerToken(r), now)
-	if failure == OK && len(id.Audiences) > 0 {
-		// A token restricted to audiences needs one of them asked for.
+	if failure == OK {
 		var buf [4]string
-		failure = WrongAudience
-		for _, a := range appendRequirements(buf[:0], r, "audience", HeaderAudience, fromQuery) {
-			if slices.Contains(id.Audiences, a) {
-				failure = OK
-				break
-			}
+		if !tokenstate.AudienceAccepted(id.Audiences, appendRequirements(buf[:0], r, "audience", HeaderAudience, fromQuery)) {
+			failure = WrongAudience
 		}
 	}
 	if failure != OK {
@@ -288,13 +284,7 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 	}
 
 	var buf [8]string
-	var missing []string // allocated only for a refusal
-	for _, s := range appendRequirements(buf[:0], r, "scope", HeaderScope, fromQuery) {
-		if !slices.Contains(id.Scopes, s) {
-			missing = append(missing, s)
-		}
-	}
-	if len(missing) > 0 {
+	if missing := id.MissingScopes(appendRequirements(buf[:0], r, "scope", HeaderScope, fromQuery)); len(missing) > 0 {
 		writeError(w, http.StatusForbidden, InsufficientScope, "The bearer token lacks the required scope: "+strings.Join(missing, ", ")+".")
 		return InsufficientScope
 	}
