@@ -134,6 +134,9 @@ func main() {
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "keymint.keymint.io",
+		// In a pod, controller-runtime finds its namespace itself; outside
+		// one (make run, tests), the Lease goes to keymint's own namespace.
+		LeaderElectionNamespace: ownNamespace(),
 		WebhookServer: webhook.NewServer(webhook.Options{
 			Host: webhookHost, Port: webhookPort, TLSOpts: []func(*tls.Config){http1Only},
 			CertDir: filepath.Dir(webhookCert), CertName: filepath.Base(webhookCert),
@@ -217,14 +220,16 @@ func serveWebhooks(ctx context.Context, mgr ctrl.Manager, certReady <-chan struc
 // defaultRecordKeySecret is keymint-record-key in keymint's own namespace.
 func defaultRecordKeySecret() string { return defaultInOwnNamespace("keymint-record-key") }
 
-// defaultInOwnNamespace names a Secret in keymint's own namespace:
-// POD_NAMESPACE (set by config/manager) or keymint-system.
-func defaultInOwnNamespace(name string) string {
-	ns := os.Getenv("POD_NAMESPACE")
-	if ns == "" {
-		ns = "keymint-system"
+// defaultInOwnNamespace names a Secret in keymint's own namespace.
+func defaultInOwnNamespace(name string) string { return ownNamespace() + "/" + name }
+
+// ownNamespace is keymint's namespace: POD_NAMESPACE (set by
+// config/manager) or keymint-system.
+func ownNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
 	}
-	return ns + "/" + name
+	return "keymint-system"
 }
 
 func parseNamespacedName(s string) (types.NamespacedName, bool) {

@@ -42,7 +42,7 @@ func TestKill9WhileIssuing(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "keymint")
-	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(root, "cmd", "keymint")).CombinedOutput(); err != nil {
+	if out, err := execGo("build", "-o", bin, filepath.Join(root, "cmd", "keymint")); err != nil {
 		t.Fatalf("building keymint: %v\n%s", err, out)
 	}
 
@@ -162,18 +162,26 @@ func writtenBeforeStatus(t *testing.T, c client.Client, ns string) int {
 	return n
 }
 
-// start runs keymint as a deployment would, on free loopback ports, and
-// waits until it is ready.
-func start(t *testing.T, bin, kubeconfig, dir string) *exec.Cmd {
+// replica is one running keymint.
+type replica struct {
+	*exec.Cmd
+	checkAddr string // host:port of its check server
+	caFile    string // the CA its self-signed check certificate chains to
+}
+
+// start runs keymint as a deployment would, on free loopback ports, with
+// extra flags, and waits until it is ready.
+func start(t *testing.T, bin, kubeconfig, dir string, extra ...string) replica {
 	t.Helper()
 	probe, check, webhook := freePort(t), freePort(t), freePort(t)
-	cmd := exec.Command(bin,
-		"--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(probe),
-		"--check-bind-address", "127.0.0.1:"+strconv.Itoa(check),
-		"--webhook-bind-address", "127.0.0.1:"+strconv.Itoa(webhook),
-		"--check-self-signed-dir", filepath.Join(dir, "certs"),
+	certs := filepath.Join(dir, fmt.Sprintf("certs-%d", probe))
+	cmd := exec.Command(bin, append([]string{
+		"--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(probe),
+		"--check-bind-address", "127.0.0.1:" + strconv.Itoa(check),
+		"--webhook-bind-address", "127.0.0.1:" + strconv.Itoa(webhook),
+		"--check-self-signed-dir", certs,
 		"--metrics-bind-address", "0",
-	)
+	}, extra...)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	log, err := os.Create(filepath.Join(dir, fmt.Sprintf("keymint-%d.log", probe)))
 	if err != nil {
@@ -190,7 +198,7 @@ func start(t *testing.T, bin, kubeconfig, dir string) *exec.Cmd {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return cmd
+				return replica{Cmd: cmd, checkAddr: "127.0.0.1:" + strconv.Itoa(check), caFile: filepath.Join(certs, "ca.crt")}
 			}
 		}
 		if time.Now().After(deadline) {
@@ -199,6 +207,11 @@ func start(t *testing.T, bin, kubeconfig, dir string) *exec.Cmd {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// execGo runs the go command, for building the binary under test.
+func execGo(args ...string) ([]byte, error) {
+	return exec.Command("go", args...).CombinedOutput()
 }
 
 func freePort(t *testing.T) int {

@@ -164,9 +164,9 @@ func issue(ns, name string) string {
 }
 
 var _ = Describe("The check server in the manager", func() {
-	It("is ready once its index has synced", func() {
+	It("is ready once its index has synced and it listens", func() {
 		Eventually(func(g Gomega) {
-			resp, err := http.Get(probeURL + "/readyz/check-index")
+			resp, err := http.Get(probeURL + "/readyz/check-server")
 			g.Expect(err).NotTo(HaveOccurred())
 			resp.Body.Close()
 			g.Expect(resp.StatusCode).To(Equal(http.StatusOK))

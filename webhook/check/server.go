@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -33,6 +34,9 @@ type Server struct {
 	CertReady <-chan struct{}
 	// listener, when set, is used instead of listening on Addr (tests).
 	listener net.Listener
+	// listening is set once the server accepts connections: readiness
+	// waits for it, so no request is sent to a port nobody answers.
+	listening atomic.Bool
 }
 
 // NeedLeaderElection is false: every replica answers checks.
@@ -87,6 +91,8 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	log.Info("Serving token checks", "address", ln.Addr().String(), "http2", s.EnableHTTP2)
+	s.listening.Store(true)
+	defer s.listening.Store(false)
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(tls.NewListener(ln, tlsConfig)) }()

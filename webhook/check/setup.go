@@ -66,10 +66,11 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	if err != nil {
 		return err
 	}
-	if err := mgr.Add(&Server{
+	server := &Server{
 		Addr: opts.Addr, CertFile: opts.CertFile, KeyFile: opts.KeyFile, EnableHTTP2: opts.EnableHTTP2,
 		Handler: handler.ServeMux(), listener: opts.Listener, CertReady: opts.CertReady,
-	}); err != nil {
+	}
+	if err := mgr.Add(server); err != nil {
 		return err
 	}
 	if err := mgr.Add(&UsageFlusher{
@@ -77,9 +78,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	}); err != nil {
 		return err
 	}
-	return mgr.AddReadyzCheck("check-index", func(*http.Request) error {
-		if !synced() {
+	return mgr.AddReadyzCheck("check-server", func(*http.Request) error {
+		switch {
+		case !synced():
 			return errors.New("the token index has not synced yet")
+		case !server.listening.Load():
+			return errors.New("the check server is not listening yet")
 		}
 		return nil
 	})
