@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"encoding/json"
-	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -157,5 +156,3 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
-
-func formatSerial(n int64) string { return strconv.FormatInt(n, 10) }
