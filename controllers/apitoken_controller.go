@@ -144,18 +144,26 @@ func (r *ApiTokenReconciler) claimedElsewhere(ctx context.Context, tok *keymintv
 	for _, p := range obs.Current.Previous {
 		hashes = append(hashes, p.Hash)
 	}
+	others, err := r.othersClaiming(ctx, tok.UID, hashes)
+	return len(others) > 0, err
+}
+
+// othersClaiming lists the ApiTokens other than uid whose status names one
+// of the hashes (from the cache's hash index).
+func (r *ApiTokenReconciler) othersClaiming(ctx context.Context, uid types.UID, hashes []string) ([]keymintv1alpha1.ApiToken, error) {
+	var out []keymintv1alpha1.ApiToken
 	for _, h := range hashes {
-		var others keymintv1alpha1.ApiTokenList
-		if err := r.Client.List(ctx, &others, client.MatchingFields{TokenHashIndex: h}); err != nil {
-			return false, err
+		var list keymintv1alpha1.ApiTokenList
+		if err := r.Client.List(ctx, &list, client.MatchingFields{TokenHashIndex: h}); err != nil {
+			return nil, err
 		}
-		for i := range others.Items {
-			if others.Items[i].UID != tok.UID {
-				return true, nil
+		for _, o := range list.Items {
+			if o.UID != uid {
+				out = append(out, o)
 			}
 		}
 	}
-	return false, nil
+	return out, nil
 }
 
 // serviceUser returns the token's ServiceUser, or nil when it does not exist.
@@ -393,18 +401,14 @@ func (r *ApiTokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
 // of its hashes.
 func (r *ApiTokenReconciler) claimants(ctx context.Context, obj client.Object) []ctrl.Request {
 	tok := obj.(*keymintv1alpha1.ApiToken)
-	var reqs []ctrl.Request
-	for _, h := range statusHashes(&tok.Status) {
-		var others keymintv1alpha1.ApiTokenList
-		if err := r.Client.List(ctx, &others, client.MatchingFields{TokenHashIndex: h}); err != nil {
-			logf.FromContext(ctx).Error(err, "Listing the ApiTokens that claim a hash", "apiToken", tok.Name)
-			return nil
-		}
-		for _, o := range others.Items {
-			if o.UID != tok.UID {
-				reqs = append(reqs, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: o.Namespace, Name: o.Name}})
-			}
-		}
+	others, err := r.othersClaiming(ctx, tok.UID, statusHashes(&tok.Status))
+	if err != nil {
+		logf.FromContext(ctx).Error(err, "Listing the ApiTokens that claim a hash", "apiToken", tok.Name)
+		return nil
+	}
+	reqs := make([]ctrl.Request, len(others))
+	for i, o := range others {
+		reqs[i] = ctrl.Request{NamespacedName: types.NamespacedName{Namespace: o.Namespace, Name: o.Name}}
 	}
 	return reqs
 }

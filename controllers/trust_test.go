@@ -130,14 +130,22 @@ func rotateToken(ns, name, value string) {
 }
 
 var _ = Describe("A restored copy of a token Secret", func() {
-	It("never brings back a token rotated out since: keymint issues a fresh one and says so", func() {
-		ns := newNamespace()
+	// issuedAndSaved issues token "app" in a new namespace and returns it,
+	// a copy of its Secret as a backup would hold it, and a watch of the
+	// hashes its status names from now on.
+	issuedAndSaved := func() (ns, first string, saved *corev1.Secret, seen func() [][]string) {
+		GinkgoHelper()
+		ns = newNamespace()
 		createUser(ns, "ci")
 		createToken(ns, "app", "ci")
-		first, _ := issued(ns, "app")
+		first, _ = issued(ns, "app")
 		saved, err := getSecret(ns, "app")
 		Expect(err).NotTo(HaveOccurred())
-		seen := statusHashes(ns, "app")
+		return ns, first, saved, statusHashes(ns, "app")
+	}
+
+	It("never brings back a token rotated out since: keymint issues a fresh one and says so", func() {
+		ns, first, saved, seen := issuedAndSaved()
 
 		rotateToken(ns, "app", "r1")
 		second := replacedBy(ns, "app", first)
@@ -151,13 +159,7 @@ var _ = Describe("A restored copy of a token Secret", func() {
 	})
 
 	It("never brings back a revoked token, before or after un-revoking", func() {
-		ns := newNamespace()
-		createUser(ns, "ci")
-		createToken(ns, "app", "ci")
-		first, _ := issued(ns, "app")
-		saved, err := getSecret(ns, "app")
-		Expect(err).NotTo(HaveOccurred())
-		seen := statusHashes(ns, "app")
+		ns, first, saved, seen := issuedAndSaved()
 
 		mutateToken(ns, "app", func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true })
 		expectCondition(ns, "app", keymintv1alpha1.ApiTokenConditionRevoked, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonRevokedBySpec)

@@ -36,28 +36,8 @@ const tokens = 200
 // exactly one accepted token whose hash is its Secret's, that every token
 // Secret belongs to an ApiToken, and that every record has its Secret.
 func TestKill9WhileIssuing(t *testing.T) {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "keymint")
-	if out, err := execGo("build", "-o", bin, filepath.Join(root, "cmd", "keymint")); err != nil {
-		t.Fatalf("building keymint: %v\n%s", err, out)
-	}
-
-	cfg, c := testenv.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}}))
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	must(writeKubeconfig(cfg, kubeconfig))
+	ctx, c, bin, kubeconfig, dir := setup(t)
+	must := mustFor(t)
 
 	const ns = "default"
 	must(c.Create(ctx, &keymintv1alpha1.ServiceUser{
@@ -209,9 +189,38 @@ func start(t *testing.T, bin, kubeconfig, dir string, extra ...string) replica {
 	}
 }
 
-// execGo runs the go command, for building the binary under test.
-func execGo(args ...string) ([]byte, error) {
-	return exec.Command("go", args...).CombinedOutput()
+// setup builds the keymint binary, starts a control plane with keymint's
+// namespace, and writes a kubeconfig for the binary. The context ends the
+// test after three minutes at most.
+func setup(t *testing.T) (ctx context.Context, c client.Client, bin, kubeconfig, dir string) {
+	t.Helper()
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = t.TempDir()
+	bin = filepath.Join(dir, "keymint")
+	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(root, "cmd", "keymint")).CombinedOutput(); err != nil {
+		t.Fatalf("building keymint: %v\n%s", err, out)
+	}
+	cfg, c := testenv.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	must := mustFor(t)
+	must(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}}))
+	kubeconfig = filepath.Join(dir, "kubeconfig")
+	must(writeKubeconfig(cfg, kubeconfig))
+	return ctx, c, bin, kubeconfig, dir
+}
+
+// mustFor fails t on an error.
+func mustFor(t *testing.T) func(error) {
+	return func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func freePort(t *testing.T) int {

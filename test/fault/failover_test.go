@@ -1,12 +1,10 @@
 package fault
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -18,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
-	"github.com/keymint/keymint/internal/testenv"
 )
 
 // leaseDuration is controller-runtime's default, which keymint keeps.
@@ -28,27 +25,8 @@ const leaseDuration = 15 * time.Second
 // with SIGKILL, and checks that the other takes over reconciling within
 // about one lease duration, while its check server never stops answering.
 func TestLeaderKilled(t *testing.T) {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "keymint")
-	if out, err := execGo("build", "-o", bin, filepath.Join(root, "cmd", "keymint")); err != nil {
-		t.Fatalf("building keymint: %v\n%s", err, out)
-	}
-	cfg, c := testenv.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}}))
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	must(writeKubeconfig(cfg, kubeconfig))
+	ctx, c, bin, kubeconfig, dir := setup(t)
+	must := mustFor(t)
 
 	const ns = "default"
 	must(c.Create(ctx, &keymintv1alpha1.ServiceUser{
