@@ -47,11 +47,16 @@ func benchIndex(b *testing.B, n int) (*Index, string) {
 	return index, last
 }
 
-var sizes = []int{10, 100_000}
+// sizes are the index sizes of the handler benchmarks; checkSizes, of the
+// check and its baseline, reach a million to show the check stays flat.
+var (
+	sizes      = []int{10, 100_000}
+	checkSizes = []int{10, 100_000, 1_000_000}
+)
 
 // BenchmarkCheck is one in-process check: parse, hash, lookup, policy.
 func BenchmarkCheck(b *testing.B) {
-	for _, n := range sizes {
+	for _, n := range checkSizes {
 		index, tok := benchIndex(b, n)
 		c := &Checker{Index: index}
 		b.Run(fmt.Sprintf("tokens=%d", n), func(b *testing.B) {
@@ -68,7 +73,7 @@ func BenchmarkCheck(b *testing.B) {
 // BenchmarkBaselineHashLookup is the least a hashed-token check can do: a
 // SHA-256 and a map read, with no format check and no policy.
 func BenchmarkBaselineHashLookup(b *testing.B) {
-	for _, n := range sizes {
+	for _, n := range checkSizes {
 		m := make(map[[sha256.Size]byte]*tokenEntry, n)
 		var tok string
 		for range n {
@@ -112,6 +117,27 @@ func BenchmarkCheckHandler(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkBaselineHandler is the handler benchmark's yardstick: the same
+// mux, request and reused writer, with a handler that writes a fixed 200.
+func BenchmarkBaselineHandler(b *testing.B) {
+	mux := http.NewServeMux()
+	mux.HandleFunc(CheckPath, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"ok":true}` + "\n"))
+	})
+	req := httptest.NewRequest(http.MethodGet, CheckPath+"?scope=links:read", nil)
+	req.Header.Set("Authorization", "Bearer km_x")
+	w := &reusedWriter{header: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		w.reset()
+		mux.ServeHTTP(w, req)
+		if w.code != 0 && w.code != http.StatusOK {
+			b.Fatal(w.code)
+		}
 	}
 }
 

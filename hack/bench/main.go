@@ -1,0 +1,135 @@
+// Command bench is `make bench`: it measures every figure of
+// docs/performance.md against a baseline run in the same process, on the same
+// machine, interleaved where the two sides could drift apart, and rewrites
+// the generated blocks of that document in place.
+//
+// A generated block sits between two markers, so the prose around it (what a
+// profile showed, why a target is missed) stays hand-written:
+//
+//	<!-- bench:NAME -->
+//	…replaced on every run…
+//	<!-- /bench:NAME -->
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// A section measures one group of figures and returns its Markdown block.
+type section struct {
+	name  string
+	about string
+	run   func(ctx context.Context, env *env) (string, error)
+}
+
+// sections run in this order; -only picks some of them.
+var sections = []section{
+	{"run", "machine, date, Go version, commit", runInfo},
+	{"micro", "go test benchmarks: token format, verdict, in-process check and /check", runMicro},
+	{"http", "loopback TLS load (vegeta): /check and TokenReview against a bare Go server", runHTTP},
+	{"cluster", "against a local control plane: issuance, revocation reach, memory per token", runCluster},
+	{"scale", "a million tokens simulated: index memory and build time, relist", runScale},
+}
+
+// env is what every section may use.
+type env struct {
+	root  string // the repository
+	quick bool   // shorter runs: a smoke test of the harness, not figures to publish
+	log   func(format string, args ...any)
+}
+
+func main() {
+	doc := flag.String("doc", "docs/performance.md", "document whose generated blocks are rewritten")
+	only := flag.String("only", "", "comma-separated sections to run (default: all): "+names())
+	quick := flag.Bool("quick", false, "short runs, to try the harness; the figures are not worth publishing")
+	dryRun := flag.Bool("print", false, "print the blocks instead of rewriting the document")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *doc, *only, *quick, *dryRun); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func names() string {
+	var n []string
+	for _, s := range sections {
+		n = append(n, s.name)
+	}
+	return strings.Join(n, ",")
+}
+
+func run(ctx context.Context, docPath, only string, quick, dryRun bool) error {
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	if !filepath.IsAbs(docPath) {
+		docPath = filepath.Join(root, docPath)
+	}
+	var picked []section
+	for _, s := range sections {
+		if only == "" || slices.Contains(strings.Split(only, ","), s.name) {
+			picked = append(picked, s)
+		}
+	}
+	if len(picked) == 0 {
+		return fmt.Errorf("-only %q names no section; sections are %s", only, names())
+	}
+	e := &env{root: root, quick: quick, log: func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+	}}
+	blocks := map[string]string{}
+	for _, s := range picked {
+		e.log("== %s: %s", s.name, s.about)
+		start := time.Now()
+		out, err := s.run(ctx, e)
+		if err != nil {
+			return fmt.Errorf("section %s: %w", s.name, err)
+		}
+		blocks[s.name] = out
+		e.log("== %s done in %s", s.name, time.Since(start).Round(time.Second))
+		if dryRun {
+			fmt.Printf("<!-- bench:%s -->\n%s<!-- /bench:%s -->\n\n", s.name, out, s.name)
+			continue
+		}
+		// Write after each section, so a long run interrupted later keeps
+		// what it measured.
+		if err := rewriteFile(docPath, map[string]string{s.name: out}); err != nil {
+			return err
+		}
+	}
+	if !dryRun {
+		e.log("wrote %s", docPath)
+	}
+	return nil
+}
+
+// repoRoot is the directory of go.mod above the working directory.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above %s", dir)
+		}
+		dir = parent
+	}
+}
