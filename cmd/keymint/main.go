@@ -42,6 +42,7 @@ func main() {
 	var (
 		metricsAddr string
 		probeAddr   string
+		pprofAddr   string
 		leaderElect bool
 		metricsAuth bool
 		checkOpts   = check.Options{Clock: clock.RealClock{}, Registerer: metrics.Registry}
@@ -57,6 +58,7 @@ func main() {
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
 	flag.BoolVar(&metricsAuth, "metrics-secure", true, "serve metrics over HTTPS to callers kube-apiserver authenticates and RBAC allows (get on nonResourceURL /metrics: ClusterRole keymint-metrics-reader); false serves plain HTTP to anyone")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "address Go's /debug/pprof endpoints bind to, plain HTTP and unauthenticated: bind it to loopback (kubectl port-forward); 0 turns it off")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so only one replica runs the controllers")
 	flag.StringVar(&checkOpts.Addr, "check-bind-address", ":8443", "address the token check server (TokenReview and /check) listens on, over TLS")
 	flag.StringVar(&checkOpts.CertFile, "check-tls-cert-file", "", "serving certificate of the check server, reloaded when it changes; with neither file set, a self-signed pair is written to --check-self-signed-dir")
@@ -132,6 +134,7 @@ func main() {
 		Cache:                  controllers.CacheOptions(),
 		Metrics:                metricsOptions(metricsAddr, metricsAuth),
 		HealthProbeBindAddress: probeAddr,
+		PprofBindAddress:       pprofAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "keymint.keymint.io",
 		// In a pod, controller-runtime finds its namespace itself; outside
