@@ -3,6 +3,5 @@ package main
 import "context"
 
 // Placeholders until each section is written; each lives in its own file.
-func runHTTP(context.Context, *env) (string, error)    { return "_not measured yet_\n", nil }
 func runCluster(context.Context, *env) (string, error) { return "_not measured yet_\n", nil }
 func runScale(context.Context, *env) (string, error)   { return "_not measured yet_\n", nil }
