@@ -62,9 +62,8 @@ test-deps: ## Install nginx (Debian package) for the end-to-end suite if it is n
 	}
 
 .PHONY: bench
-bench: ## Run the benchmarks, then drive the check server over HTTPS against a bare Go server.
-	go test ./... -run '^$$' -bench . -benchmem
-	go run ./hack/loadgen -duration 5s -connections 16
+bench: ## Measure the figures of docs/performance.md, each against a baseline in the same run, and rewrite its generated blocks (hack/bench).
+	go run ./hack/bench
 
 ##@ Build
 
