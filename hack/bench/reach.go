@@ -1,0 +1,283 @@
+package main
+
+// reach.go: revocation reach, and the manager's memory per token.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+)
+
+// revocationReach revokes n Ready tokens one at a time and measures, from
+// the moment the revoking patch is sent, how long until every replica's
+// check server refuses the token. The baseline is the same moment to the
+// revocation arriving on a bare watch of the bench's own: the least any
+// watch-fed system could do.
+func (cl *cluster) revocationReach(ctx context.Context, e *env, b *strings.Builder, replicas ...*replica) error {
+	n := 200
+	if e.quick {
+		n = 20
+	}
+	const ns = "bench-revoke"
+	if err := cl.namespaceWithUser(ctx, ns); err != nil {
+		return err
+	}
+	e.log("cluster: revocation reach: issuing %d tokens", n)
+	if _, err := cl.issue(ctx, ns, n); err != nil {
+		return err
+	}
+	plains := make([]string, n)
+	for i := range n {
+		sec := &corev1.Secret{}
+		if err := cl.c.Get(ctx, types.NamespacedName{Namespace: ns, Name: fmt.Sprintf("t-%d", i)}, sec); err != nil {
+			return err
+		}
+		plains[i] = string(sec.Data[keymintv1alpha1.SecretTokenKey])
+		for _, r := range replicas {
+			if code, err := r.check(plains[i]); err != nil || code != http.StatusOK {
+				return fmt.Errorf("token t-%d before revocation: status %d, %v", i, code, err)
+			}
+		}
+	}
+
+	w, err := cl.c.Watch(ctx, &keymintv1alpha1.ApiTokenList{}, client.InNamespace(ns))
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	e.log("cluster: revocation reach: revoking %d tokens one at a time", n)
+	var reach, watched, patched []time.Duration
+	for i := range n {
+		name := fmt.Sprintf("t-%d", i)
+		sent := time.Now()
+		patchDone := make(chan error, 1)
+		go func() {
+			tok := &keymintv1alpha1.ApiToken{}
+			tok.Namespace, tok.Name = ns, name
+			patchDone <- cl.c.Patch(ctx, tok, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"revoked":true}}`)))
+		}()
+		refused := make(chan time.Duration, len(replicas))
+		for _, r := range replicas {
+			go func() { refused <- pollUntilRefused(ctx, r, plains[i], sent) }()
+		}
+		var seen time.Duration
+		for seen == 0 {
+			select {
+			case ev, ok := <-w.ResultChan():
+				if !ok {
+					return errors.New("watch closed")
+				}
+				if t, ok := ev.Object.(*keymintv1alpha1.ApiToken); ok && ev.Type == watch.Modified && t.Name == name && t.Spec.Revoked {
+					seen = time.Since(sent)
+				}
+			case <-time.After(10 * time.Second):
+				return fmt.Errorf("the bare watch never saw %s revoked", name)
+			}
+		}
+		if err := <-patchDone; err != nil {
+			return err
+		}
+		patched = append(patched, time.Since(sent))
+		var last time.Duration
+		for range replicas {
+			d := <-refused
+			if d < 0 {
+				return fmt.Errorf("a replica still accepted %s 10 s after its revocation", name)
+			}
+			last = max(last, d)
+		}
+		reach, watched = append(reach, last), append(watched, seen)
+	}
+	slices.Sort(reach)
+	slices.Sort(watched)
+	rp99, wp99 := percentile(reach, 0.99), percentile(watched, 0.99)
+	fmt.Fprintf(b, "**Revocation reach**: %d Ready tokens revoked one at a time (a merge patch of `spec.revoked`). Clock starts when the patch is sent; "+
+		"keymint's figure ends when **every** replica's `/check` (%d replicas, polled back to back over keep-alive TLS) refuses the token; "+
+		"the baseline ends when a bare watch in the bench process receives the change, the least any watch-fed system can do.\n\n", n, len(replicas))
+	b.WriteString("| | p50 | p99 | max | ratio p99 | target |\n|---|---:|---:|---:|---:|---|\n")
+	fmt.Fprintf(b, "| baseline: the change on a bare watch | %s | %s | %s | | |\n", ms(percentile(watched, 0.5)), ms(wp99), ms(watched[len(watched)-1]))
+	fmt.Fprintf(b, "| keymint: every replica refuses | %s | %s | %s | %s | p99 < 100 ms: %s |\n\n",
+		ms(percentile(reach, 0.5)), ms(rp99), ms(reach[len(reach)-1]), ratio(float64(rp99), float64(wp99)), verdict(rp99 < 100*time.Millisecond))
+	slices.Sort(patched)
+	fmt.Fprintf(b, "The patch itself took %s (p50), %s (p99) to return.\n\n", ms(percentile(patched, 0.5)), ms(percentile(patched, 0.99)))
+	return nil
+}
+
+// pollUntilRefused checks plain on r back to back and returns the time since
+// sent at the first 401, or -1 after 10 s.
+func pollUntilRefused(ctx context.Context, r *replica, plain string, sent time.Time) time.Duration {
+	for time.Since(sent) < 10*time.Second && ctx.Err() == nil {
+		if code, err := r.check(plain); err == nil && code == http.StatusUnauthorized {
+			return time.Since(sent)
+		}
+	}
+	return -1
+}
+
+// memoryRun keeps the replicas' memory at each token count.
+type memoryRun struct {
+	points   []memoryPoint
+	profiles [2][]byte // the last heap profile of the leader and the follower
+}
+
+type memoryPoint struct {
+	tokens    int
+	rss, heap [2]int64 // leader, follower
+}
+
+// sample waits for the replicas to settle, has each collect its garbage,
+// then records its resident memory and heap in use (the median of five
+// readings a second apart). The last heap profile of each is kept.
+func (m *memoryRun) sample(ctx context.Context, cl *cluster, leader, follower *replica, tokens int) error {
+	time.Sleep(5 * time.Second) // let the last reconciles and flushes pass
+	p := memoryPoint{tokens: tokens}
+	for i, r := range []*replica{leader, follower} {
+		prof, err := r.heapProfile()
+		if err != nil {
+			return err
+		}
+		m.profiles[i] = prof
+		var rss, heap []float64
+		for range 5 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			v, err := r.rss()
+			if err != nil {
+				return err
+			}
+			h, err := r.metric("go_memstats_heap_inuse_bytes")
+			if err != nil {
+				return err
+			}
+			rss, heap = append(rss, float64(v)), append(heap, h)
+		}
+		p.rss[i], p.heap[i] = int64(median(rss)), int64(median(heap))
+	}
+	m.points = append(m.points, p)
+	return nil
+}
+
+// memory grows the number of tokens to 10,000 and 100,000 (quick: 2,000)
+// through keymint, and reports each replica's memory per token against the
+// same replica with no tokens.
+func (cl *cluster) memory(ctx context.Context, e *env, b *strings.Builder, m *memoryRun, leader, follower *replica) error {
+	targets := []int{10_000, 100_000}
+	if e.quick {
+		targets = []int{2_000}
+	}
+	for _, target := range targets {
+		have, err := cl.countTokens(ctx)
+		if err != nil {
+			return err
+		}
+		if more := target - have; more > 0 {
+			ns := fmt.Sprintf("bench-memory-%d", target)
+			if err := cl.namespaceWithUser(ctx, ns); err != nil {
+				return err
+			}
+			e.log("cluster: memory: issuing %d more tokens (to %d)", more, target)
+			start := time.Now()
+			if _, err := cl.issueMany(ctx, ns, more); err != nil {
+				return err
+			}
+			e.log("cluster: memory: %d tokens issued in %s", more, time.Since(start).Round(time.Second))
+		}
+		have, err = cl.countTokens(ctx)
+		if err != nil {
+			return err
+		}
+		if err := m.sample(ctx, cl, leader, follower, have); err != nil {
+			return err
+		}
+	}
+	base := m.points[0]
+	b.WriteString("**Memory per token**: each replica's resident memory (VmRSS) and Go heap in use, the median of five readings once idle, " +
+		"with every token issued by keymint (Ready, with its Secret), against the same replica before any token existed. " +
+		"The leader runs the controllers and the check server; the follower only the check server and its informers.\n\n")
+	b.WriteString("| tokens | leader RSS | per token | leader heap | per token | follower RSS | per token | follower heap | per token | target |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, p := range m.points {
+		if p.tokens == base.tokens {
+			fmt.Fprintf(b, "| %d (baseline) | %s | | %s | | %s | | %s | | |\n", p.tokens, mib(p.rss[0]), mib(p.heap[0]), mib(p.rss[1]), mib(p.heap[1]))
+			continue
+		}
+		per := func(v, v0 int64) float64 { return float64(v-v0) / float64(p.tokens-base.tokens) }
+		lr, lh, fr, fh := per(p.rss[0], base.rss[0]), per(p.heap[0], base.heap[0]), per(p.rss[1], base.rss[1]), per(p.heap[1], base.heap[1])
+		fmt.Fprintf(b, "| %d | %s | %s | %s | %s | %s | %s | %s | %s | < 1 KB RSS per token: %s |\n", p.tokens,
+			mib(p.rss[0]), kb(lr), mib(p.heap[0]), kb(lh), mib(p.rss[1]), kb(fr), mib(p.heap[1]), kb(fh), verdict(max(lr, fr) < 1024))
+	}
+	b.WriteString("\n")
+	for i, who := range []string{"leader", "follower"} {
+		top, err := pprofTop(ctx, e, m.profiles[i], "heap-"+who+".pprof")
+		if err != nil {
+			return err
+		}
+		last := m.points[len(m.points)-1]
+		fmt.Fprintf(b, "<details><summary>Where the %s's heap goes at %d tokens (live objects after a GC, `go tool pprof -top -sample_index=inuse_space`)</summary>\n\n```\n%s```\n\n</details>\n\n", who, last.tokens, top)
+	}
+	return nil
+}
+
+// pprofTop saves a heap profile under bin/bench and returns the top of it.
+func pprofTop(ctx context.Context, e *env, profile []byte, name string) (string, error) {
+	dir := filepath.Join(e.root, "bin", "bench")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, profile, 0o644); err != nil {
+		return "", err
+	}
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=15", path).Output()
+	if err != nil {
+		return "", fmt.Errorf("go tool pprof %s: %w", path, err)
+	}
+	// Keep the table: from the "flat" header on.
+	text := string(out)
+	if i := strings.Index(text, "      flat"); i >= 0 {
+		text = text[i:]
+	}
+	return text, nil
+}
+
+func mib(v int64) string  { return fmt.Sprintf("%.1f MiB", float64(v)/(1<<20)) }
+func kb(v float64) string { return fmt.Sprintf("%.2f KB", v/1024) }
+
+func (cl *cluster) countTokens(ctx context.Context) (int, error) {
+	var list keymintv1alpha1.ApiTokenList
+	if err := cl.c.List(ctx, &list); err != nil {
+		return 0, err
+	}
+	return len(list.Items), nil
+}
+
+// issueMany issues n tokens in batches, so one watch never holds too many
+// events unread.
+func (cl *cluster) issueMany(ctx context.Context, ns string, n int) (time.Duration, error) {
+	start := time.Now()
+	for done := 0; done < n; {
+		batch := min(5_000, n-done)
+		if _, err := cl.issueFrom(ctx, ns, done, batch); err != nil {
+			return 0, err
+		}
+		done += batch
+	}
+	return time.Since(start), nil
+}
