@@ -26,6 +26,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -83,6 +84,7 @@ var checkQuery = check.CheckPath + "?scope=links:read"
 // A side is one server of a comparison and the request it is sent.
 type side struct {
 	label  string
+	srv    *server
 	target vegeta.Target
 	// check says what is wrong with an answer, or "".
 	check func(*vegeta.Result) string
@@ -174,17 +176,17 @@ func runHTTP(ctx context.Context, e *env) (string, error) {
 		return vegeta.Target{Method: http.MethodPost, URL: s.URL + check.TokenReviewV1, Body: tokenReviewBody(tok),
 			Header: http.Header{"Content-Type": {"application/json"}}}
 	}
-	baseGet := side{label: "baseline: bare handler, same TLS server", target: checkGet(bare), check: baselineAnswer}
-	smallCheck := side{label: fmt.Sprintf("keymint `/check`, %d tokens", smallTokens), target: checkGet(small), check: checkAnswer(small.User)}
+	baseGet := side{label: "baseline: bare handler, same TLS server", srv: bare, target: checkGet(bare), check: baselineAnswer}
+	smallCheck := side{label: fmt.Sprintf("keymint `/check`, %d tokens", smallTokens), srv: small, target: checkGet(small), check: checkAnswer(small.User)}
 	largeTarget := checkGet(large)
 	largeTarget.Header = http.Header{"Authorization": {"Bearer " + large.Token}}
-	largeCheck := side{label: fmt.Sprintf("keymint `/check`, %s tokens", thousands(p.tokens)), target: largeTarget, check: checkAnswer(large.User)}
+	largeCheck := side{label: fmt.Sprintf("keymint `/check`, %s tokens", thousands(p.tokens)), srv: large, target: largeTarget, check: checkAnswer(large.User)}
 
 	closed := []*scenario{
 		{title: fmt.Sprintf("`/check`, %d connections", p.conns), conns: p.conns, base: baseGet, cand: smallCheck, minRPS: 0.90, maxP99: 1.5},
 		{title: fmt.Sprintf("TokenReview, %d connections", p.conns), conns: p.conns,
-			base:   side{label: "baseline: bare handler, same TLS server", target: review(bare, small.Token), check: baselineAnswer},
-			cand:   side{label: fmt.Sprintf("keymint TokenReview v1, %d tokens", smallTokens), target: review(small, small.Token), check: reviewAnswer(small.User)},
+			base:   side{label: "baseline: bare handler, same TLS server", srv: bare, target: review(bare, small.Token), check: baselineAnswer},
+			cand:   side{label: fmt.Sprintf("keymint TokenReview v1, %d tokens", smallTokens), srv: small, target: review(small, small.Token), check: reviewAnswer(small.User)},
 			minRPS: 0.75},
 		{title: "`/check`, 1 connection", conns: 1, base: baseGet, cand: smallCheck},
 		{title: fmt.Sprintf("`/check`, %s tokens indexed against %d, %d connections", thousands(p.tokens), smallTokens, p.conns), conns: p.conns,
@@ -257,6 +259,7 @@ type tally struct {
 	requests  int
 	elapsed   time.Duration // first request sent to last answer read
 	latencies []time.Duration
+	serverCPU time.Duration // the server process's CPU time over the run; 0 if unknown
 	failures  int
 	reasons   []string // distinct, the first few
 }
@@ -319,7 +322,11 @@ func drive(s side, pool *x509.CertPool, conns, rate int, warmup, d time.Duration
 	if warmup > 0 {
 		attack(0, warmup, false)
 	}
+	before, ok := s.srv.cpu()
 	attack(rate, d, true)
+	if after, ok2 := s.srv.cpu(); ok && ok2 {
+		r.serverCPU = after - before
+	}
 	return r
 }
 
@@ -327,6 +334,7 @@ func drive(s side, pool *x509.CertPool, conns, rate int, warmup, d time.Duration
 type sample struct {
 	rps            float64
 	p50, p99, p999 time.Duration
+	cpuPerRequest  time.Duration // the server's; 0 if unknown
 	failures       int
 	reasons        []string
 }
@@ -338,34 +346,50 @@ func (r tally) sample() sample {
 	if r.elapsed > 0 {
 		out.rps = float64(r.requests) / r.elapsed.Seconds()
 	}
+	if r.requests > 0 {
+		out.cpuPerRequest = r.serverCPU / time.Duration(r.requests)
+	}
 	return out
 }
 
 // summary is a side's rounds in one row: medians, and every failure.
 type summary struct {
-	rps            float64
-	p50, p99, p999 time.Duration
-	failures       int
+	rps, rpsLo, rpsHi float64 // median, and the range over rounds
+	p50, p99, p999    time.Duration
+	cpuPerRequest     time.Duration
+	failures          int
 }
 
 func summarize(runs []sample) summary {
-	var rps, p50, p99, p999 []float64
+	var rps, p50, p99, p999, cpu []float64
 	s := summary{}
-	for _, r := range runs {
+	for i, r := range runs {
 		rps = append(rps, r.rps)
 		p50, p99, p999 = append(p50, float64(r.p50)), append(p99, float64(r.p99)), append(p999, float64(r.p999))
+		cpu = append(cpu, float64(r.cpuPerRequest))
 		s.failures += r.failures
+		if i == 0 {
+			s.rpsLo, s.rpsHi = r.rps, r.rps
+		}
+		s.rpsLo, s.rpsHi = min(s.rpsLo, r.rps), max(s.rpsHi, r.rps)
 	}
 	s.rps = median(rps)
 	s.p50, s.p99, s.p999 = time.Duration(median(p50)), time.Duration(median(p99)), time.Duration(median(p999))
+	s.cpuPerRequest = time.Duration(median(cpu))
 	return s
 }
 
-// pairedRatios are the medians of each round's candidate/baseline ratio of
-// requests/s and of p99: the two sides of a round ran back to back, so the
-// ratio of a round cancels most of what the machine was doing then.
-func pairedRatios(base, cand []sample) (rps, p99 float64) {
-	var rs, ps []float64
+// ratios of a candidate to its baseline: each the median of the rounds'
+// ratios, the two sides of a round having run back to back, so that a
+// round's ratio cancels most of what the machine was doing then.
+type ratios struct {
+	rps, rpsLo, rpsHi float64 // requests/s, median and range
+	p99               float64
+	cpu               float64 // server CPU per request; 0 if unknown
+}
+
+func pairedRatios(base, cand []sample) ratios {
+	var rs, ps, cs []float64
 	for i := range min(len(base), len(cand)) {
 		if base[i].rps > 0 {
 			rs = append(rs, cand[i].rps/base[i].rps)
@@ -373,8 +397,15 @@ func pairedRatios(base, cand []sample) (rps, p99 float64) {
 		if base[i].p99 > 0 {
 			ps = append(ps, float64(cand[i].p99)/float64(base[i].p99))
 		}
+		if base[i].cpuPerRequest > 0 && cand[i].cpuPerRequest > 0 {
+			cs = append(cs, float64(cand[i].cpuPerRequest)/float64(base[i].cpuPerRequest))
+		}
 	}
-	return median(rs), median(ps)
+	r := ratios{rps: median(rs), p99: median(ps), cpu: median(cs)}
+	if len(rs) > 0 {
+		r.rpsLo, r.rpsHi = slices.Min(rs), slices.Max(rs)
+	}
+	return r
 }
 
 // failuresOf counts a side's failed answers over its rounds, with a few reasons.
@@ -410,7 +441,8 @@ func httpReport(p httpPlan, rate int, scenarios []*scenario) string {
 		"so a slow answer is not hidden by the requests it delays (no coordinated omission); latency counts any wait for a free connection.\n\n",
 		rate, p.openFraction*100)
 	fmt.Fprintf(&b, "Every answer is checked: `/check` 200 with `%s` naming the token's user; TokenReview 200 with `\"authenticated\":true` and that user; "+
-		"the baseline 200 with its fixed body. keymint's tokens require scope `links:read` (asked by the query) and have no rate limit worth the name (10⁹ a minute).\n",
+		"the baseline 200 with its fixed body. Server CPU/request is the server process's user and system CPU time over a run (from /proc, 10 ms ticks) over its requests: "+
+		"it moves less than requests/s with what else the machine runs (the Go scheduler's idle spinning counts in it). keymint's tokens require scope `links:read` (asked by the query) and have no rate limit worth the name (10⁹ a minute).\n",
 		check.HeaderUser)
 	for _, sc := range scenarios {
 		httpTable(&b, sc)
@@ -420,25 +452,41 @@ func httpReport(p httpPlan, rate int, scenarios []*scenario) string {
 
 func httpTable(b *strings.Builder, sc *scenario) {
 	fmt.Fprintf(b, "\n**%s**\n\n", sc.title)
-	b.WriteString("| server | requests/s | p50 | p99 | p99.9 | failures | requests/s ratio | p99 ratio | target |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| server | requests/s (range) | p50 | p99 | p99.9 | server CPU/request | failures | requests/s ratio (range) | p99 ratio | CPU/request ratio | target |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	base, cand := summarize(sc.baseRuns), summarize(sc.candRuns)
-	row := func(label string, s summary, rpsRatio, p99Ratio, target string) {
-		fmt.Fprintf(b, "| %s | %.0f | %s | %s | %s | %d | %s | %s | %s |\n", label, s.rps, ms(s.p50), ms(s.p99), ms(s.p999), s.failures, rpsRatio, p99Ratio, target)
+	row := func(label string, s summary, r []string, target string) {
+		rps := fmt.Sprintf("%.0f", s.rps)
+		if s.rpsHi > s.rpsLo {
+			rps += fmt.Sprintf(" (%.0f–%.0f)", s.rpsLo, s.rpsHi)
+		}
+		cpu := "?"
+		if s.cpuPerRequest > 0 {
+			cpu = ms(s.cpuPerRequest)
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %d | %s | %s |\n", label, rps, ms(s.p50), ms(s.p99), ms(s.p999), cpu, s.failures, strings.Join(r, " | "), target)
 	}
-	row(sc.base.label, base, "", "", "")
-	rr, pr := pairedRatios(sc.baseRuns, sc.candRuns)
+	row(sc.base.label, base, []string{"", "", ""}, "")
+	r := pairedRatios(sc.baseRuns, sc.candRuns)
+	rr := fmt.Sprintf("%.2f", r.rps)
+	if r.rpsHi > r.rpsLo {
+		rr += fmt.Sprintf(" (%.2f–%.2f)", r.rpsLo, r.rpsHi)
+	}
+	cr := "?"
+	if r.cpu > 0 {
+		cr = fmt.Sprintf("%.2f", r.cpu)
+	}
 	var targets []string
 	if sc.minRPS > 0 {
-		targets = append(targets, fmt.Sprintf("requests/s ≥ %.2f×: %s", sc.minRPS, verdict(rr >= sc.minRPS)))
+		targets = append(targets, fmt.Sprintf("requests/s ≥ %.2f×: %s", sc.minRPS, verdict(r.rps >= sc.minRPS)))
 	}
 	if sc.maxP99 > 0 {
-		targets = append(targets, fmt.Sprintf("p99 ≤ %.1f×: %s", sc.maxP99, verdict(pr <= sc.maxP99)))
+		targets = append(targets, fmt.Sprintf("p99 ≤ %.1f×: %s", sc.maxP99, verdict(r.p99 <= sc.maxP99)))
 	}
 	if len(targets) == 0 {
 		targets = append(targets, "none, for the record")
 	}
-	row(sc.cand.label, cand, fmt.Sprintf("%.2f", rr), fmt.Sprintf("%.2f", pr), strings.Join(targets, "; "))
+	row(sc.cand.label, cand, []string{rr, fmt.Sprintf("%.2f", r.p99), cr}, strings.Join(targets, "; "))
 	if sc.rate > 0 {
 		// A generator that fell behind would report latencies at a rate it never sent.
 		for _, s := range []summary{base, cand} {
@@ -577,6 +625,39 @@ func startServer(ctx context.Context, name string, args ...string) (*server, err
 		return nil, fmt.Errorf("%s server did not start: %w", name, err)
 	}
 	return s, nil
+}
+
+// cpu is the server process's CPU time so far, user and system, from
+// /proc (Linux); false where there is none.
+func (s *server) cpu() (time.Duration, bool) {
+	if s == nil || s.cmd.Process == nil {
+		return 0, false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, false
+	}
+	return statCPU(string(stat))
+}
+
+// statCPU reads utime and stime from a /proc/PID/stat line, in clock ticks
+// of 1/100 s (USER_HZ, 100 on every Linux Go runs on).
+func statCPU(stat string) (time.Duration, bool) {
+	// The command name, in parentheses, may hold spaces: count after it.
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 13 {
+		return 0, false
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, true
 }
 
 // stop closes the server's stdin, which ends it, and waits for it.

@@ -46,12 +46,12 @@ func TestTallyFailKeepsAFewDistinctReasons(t *testing.T) {
 
 func TestSummarize(t *testing.T) {
 	runs := []sample{
-		{rps: 100, p50: 1, p99: 10, p999: 100, failures: 1},
-		{rps: 300, p50: 3, p99: 30, p999: 300},
-		{rps: 200, p50: 2, p99: 20, p999: 200, failures: 2},
+		{rps: 100, p50: 1, p99: 10, p999: 100, cpuPerRequest: 7, failures: 1},
+		{rps: 300, p50: 3, p99: 30, p999: 300, cpuPerRequest: 5},
+		{rps: 200, p50: 2, p99: 20, p999: 200, cpuPerRequest: 6, failures: 2},
 	}
 	got := summarize(runs)
-	want := summary{rps: 200, p50: 2, p99: 20, p999: 200, failures: 3}
+	want := summary{rps: 200, rpsLo: 100, rpsHi: 300, p50: 2, p99: 20, p999: 200, cpuPerRequest: 6, failures: 3}
 	if got != want {
 		t.Errorf("summarize = %+v, want %+v", got, want)
 	}
@@ -63,16 +63,30 @@ func TestSummarize(t *testing.T) {
 func TestPairedRatios(t *testing.T) {
 	// The median of each round's ratio (0.9, 0.95, 0.7), not the ratio of
 	// the medians (190/200).
-	base := []sample{{rps: 100, p99: 10}, {rps: 200, p99: 40}, {rps: 300, p99: 5}}
-	cand := []sample{{rps: 90, p99: 12}, {rps: 190, p99: 48}, {rps: 210, p99: 6}}
-	rps, p99 := pairedRatios(base, cand)
-	if !near(rps, 0.9) || !near(p99, 1.2) {
-		t.Errorf("pairedRatios = %v, %v; want 0.9, 1.2", rps, p99)
+	base := []sample{{rps: 100, p99: 10, cpuPerRequest: 10}, {rps: 200, p99: 40, cpuPerRequest: 20}, {rps: 300, p99: 5, cpuPerRequest: 10}}
+	cand := []sample{{rps: 90, p99: 12, cpuPerRequest: 11}, {rps: 190, p99: 48, cpuPerRequest: 30}, {rps: 210, p99: 6, cpuPerRequest: 12}}
+	r := pairedRatios(base, cand)
+	if !near(r.rps, 0.9) || !near(r.rpsLo, 0.7) || !near(r.rpsHi, 0.95) || !near(r.p99, 1.2) || !near(r.cpu, 1.2) {
+		t.Errorf("pairedRatios = %+v; want requests/s 0.9 (0.7–0.95), p99 1.2, CPU 1.2", r)
 	}
-	// Rounds pair by index; an empty baseline round is skipped.
-	rps, _ = pairedRatios([]sample{{rps: 0}, {rps: 100}}, []sample{{rps: 50}, {rps: 80}, {rps: 1}})
-	if !near(rps, 0.8) {
-		t.Errorf("pairedRatios with an empty baseline round = %v, want 0.8", rps)
+	// Rounds pair by index; an empty baseline round is skipped, and so is an
+	// unknown CPU time.
+	r = pairedRatios([]sample{{rps: 0}, {rps: 100}}, []sample{{rps: 50}, {rps: 80, cpuPerRequest: 3}, {rps: 1}})
+	if !near(r.rps, 0.8) || r.cpu != 0 {
+		t.Errorf("pairedRatios with an empty baseline round = %+v, want requests/s 0.8, no CPU ratio", r)
+	}
+}
+
+func TestStatCPU(t *testing.T) {
+	// A command name with a space and a parenthesis; utime 250, stime 50 ticks.
+	stat := "4242 (bench (x) y) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 9 0 100 1000 10"
+	if got, ok := statCPU(stat); !ok || got != 3*time.Second {
+		t.Errorf("statCPU = %v, %v; want 3s, true", got, ok)
+	}
+	for _, bad := range []string{"", "4242 (bench", "4242 (bench) S 1 2"} {
+		if _, ok := statCPU(bad); ok {
+			t.Errorf("statCPU(%q) ok", bad)
+		}
 	}
 }
 
@@ -155,14 +169,14 @@ func TestHTTPTable(t *testing.T) {
 	var b strings.Builder
 	httpTable(&b, sc)
 	out := b.String()
-	for _, want := range []string{"| keymint | 850 |", "| 0.85 | 1.00 |", "requests/s ≥ 0.90×: **missed**", "p99 ≤ 1.5×: met"} {
+	for _, want := range []string{"| keymint | 850 |", "| 0.85 | 1.00 | ? |", "requests/s ≥ 0.90×: **missed**", "p99 ≤ 1.5×: met"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
 	}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n")[2:] {
-		if n := strings.Count(line, "|"); n != 10 {
-			t.Errorf("%d pipes in %q, want 10 (9 columns)", n, line)
+		if n := strings.Count(line, "|"); n != 12 {
+			t.Errorf("%d pipes in %q, want 12 (11 columns)", n, line)
 		}
 	}
 	sc.rate = 2000
