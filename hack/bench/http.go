@@ -487,15 +487,24 @@ func httpTable(b *strings.Builder, sc *scenario) {
 		targets = append(targets, "none, for the record")
 	}
 	row(sc.cand.label, cand, []string{rr, fmt.Sprintf("%.2f", r.p99), cr}, strings.Join(targets, "; "))
-	if sc.rate > 0 {
-		// A generator that fell behind would report latencies at a rate it never sent.
-		for _, s := range []summary{base, cand} {
-			if s.rps < 0.95*float64(sc.rate) {
-				fmt.Fprintf(b, "\nThe load generator sent %.0f requests/s, under the %d asked: the machine could not keep the schedule, so this open loop is not one.\n", s.rps, sc.rate)
-				break
-			}
+	if n := behind(sc); n > 0 {
+		fmt.Fprintf(b, "\nIn %d of %d runs the load generator sent under 95%% of the %d requests/s asked: the machine could not keep the schedule, "+
+			"so those runs were not an open loop, and their latencies are mostly the queue.\n", n, len(sc.baseRuns)+len(sc.candRuns), sc.rate)
+	}
+}
+
+// behind counts the runs of an open loop that fell behind its rate.
+func behind(sc *scenario) int {
+	n := 0
+	if sc.rate == 0 {
+		return 0
+	}
+	for _, r := range slices.Concat(sc.baseRuns, sc.candRuns) {
+		if r.rps < 0.95*float64(sc.rate) {
+			n++
 		}
 	}
+	return n
 }
 
 func plural(n int, what string) string {
