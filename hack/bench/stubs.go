@@ -3,5 +3,4 @@ package main
 import "context"
 
 // Placeholders until each section is written; each lives in its own file.
-func runCluster(context.Context, *env) (string, error) { return "_not measured yet_\n", nil }
-func runScale(context.Context, *env) (string, error)   { return "_not measured yet_\n", nil }
+func runScale(context.Context, *env) (string, error) { return "_not measured yet_\n", nil }
