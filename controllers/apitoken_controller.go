@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -45,6 +46,12 @@ type ApiTokenReconciler struct {
 	// Keyring signs the record written into each token Secret, and verifies
 	// it before a record is adopted.
 	Keyring *recordkey.Keyring
+
+	// statusWritten holds, per ApiToken UID, the serial of the last status
+	// this controller wrote, until the next reconcile of that token takes it:
+	// a Secret event that beats our own status write into the cache then
+	// needs no read past the cache to be told apart from a crash's leftover.
+	statusWritten sync.Map // types.UID → int64
 }
 
 // +kubebuilder:rbac:groups=keymint.io,resources=apitokens,verbs=get;list;watch
@@ -61,6 +68,9 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if err := r.Client.Get(ctx, req.NamespacedName, tok); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	// Taken by whichever reconcile comes next, so the map holds only writes
+	// whose watch event is still on its way.
+	wrote, _ := r.statusWritten.LoadAndDelete(tok.UID)
 
 	user, err := r.serviceUser(ctx, tok)
 	if err != nil {
@@ -77,7 +87,11 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	if obs.Adopted {
 		// Right after our own Secret write, the cached ApiToken may not show
-		// the status written next: ask the API server before recovering.
+		// the status written next. When this controller wrote that status,
+		// its event is on its way; else ask the API server before recovering.
+		if serial, ok := wrote.(int64); ok && serial >= obs.Serial {
+			return ctrl.Result{}, nil
+		}
 		fresh := &keymintv1alpha1.ApiToken{}
 		if err := r.APIReader.Get(ctx, req.NamespacedName, fresh); err != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(err)
@@ -109,6 +123,9 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	res := desiredStatus(tok.Status, tok.Generation, tok.SecretNameOrDefault(), obs, afterAction(obs, d, &rec, writeErr))
 	if err := r.updateStatus(ctx, tok, res.Status); err != nil {
 		return ctrl.Result{}, err
+	}
+	if !equality.Semantic.DeepEqual(before, &res.Status) {
+		r.statusWritten.Store(tok.UID, res.Status.Serial)
 	}
 	if writeErr != nil {
 		return ctrl.Result{}, writeErr
@@ -184,6 +201,12 @@ func (r *ApiTokenReconciler) secret(ctx context.Context, tok *keymintv1alpha1.Ap
 	key := types.NamespacedName{Namespace: tok.Namespace, Name: tok.SecretNameOrDefault()}
 	sec = &corev1.Secret{}
 	err = r.Client.Get(ctx, key, sec)
+	if apierrors.IsNotFound(err) && neverReconciled(tok) {
+		// Nothing of ours can exist yet (a Secret written before a crash
+		// would be labelled, so cached). A foreign Secret of that name makes
+		// the create fail, and the next reconcile looks past the cache.
+		return nil, false, nil
+	}
 	if apierrors.IsNotFound(err) {
 		// The cache holds only labelled Secrets, and may not yet hold one
 		// this controller just created: ask the API server, for metadata
@@ -264,6 +287,11 @@ func (r *ApiTokenReconciler) removeToken(ctx context.Context, sec *corev1.Secret
 	}
 	logf.FromContext(ctx).Info("Removed revoked token from Secret", "secret", sec.Name)
 	return nil
+}
+
+// neverReconciled reports whether no status was ever written for tok.
+func neverReconciled(tok *keymintv1alpha1.ApiToken) bool {
+	return len(tok.Status.Conditions) == 0 && tok.Status.Serial == 0 && tok.Status.TokenHash == ""
 }
 
 // isApiTokenRef reports whether an owner reference points at an ApiToken of

@@ -19,7 +19,14 @@ func TestSecretLookup(t *testing.T) {
 	scheme := runtime.NewScheme()
 	_ = corev1.AddToScheme(scheme)
 	_ = keymintv1alpha1.AddToScheme(scheme)
-	tok := &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "t", UID: "uid-now"}}
+	// A token reconciled before: a Secret the cache has not seen is looked
+	// up past the cache.
+	tok := &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "t", UID: "uid-now"},
+		Status: keymintv1alpha1.ApiTokenStatus{Conditions: []metav1.Condition{{
+			Type: keymintv1alpha1.ApiTokenConditionReady, Status: metav1.ConditionFalse, Reason: keymintv1alpha1.ApiTokenReasonPending,
+		}}},
+	}
 	owned := func(uid types.UID) *corev1.Secret {
 		prev := tok.DeepCopy()
 		prev.UID = uid
@@ -53,6 +60,20 @@ func TestSecretLookup(t *testing.T) {
 			cached: owned("uid-before"), live: owned("uid-before"), wantSecret: true,
 		},
 	}
+	// A token never reconciled has nothing of keymint's outside the cache: it
+	// creates its Secret straight away, and a foreign one makes that fail.
+	t.Run("a token never reconciled does not look past the cache", func(t *testing.T) {
+		fresh := tok.DeepCopy()
+		fresh.Status = keymintv1alpha1.ApiTokenStatus{}
+		r := &ApiTokenReconciler{
+			Client:    fake.NewClientBuilder().WithScheme(scheme).Build(),
+			APIReader: fake.NewClientBuilder().WithScheme(scheme).WithObjects(foreign).Build(),
+		}
+		sec, conflict, err := r.secret(context.Background(), fresh)
+		if err != nil || sec != nil || conflict {
+			t.Fatalf("secret = %v, conflict = %v, err = %v; want none of them", sec != nil, conflict, err)
+		}
+	})
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			cache, live := fake.NewClientBuilder().WithScheme(scheme), fake.NewClientBuilder().WithScheme(scheme)
