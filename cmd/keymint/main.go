@@ -31,6 +31,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
+	"github.com/keymint/keymint/internal/freshness"
 	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/internal/servingcert"
@@ -54,6 +55,7 @@ func main() {
 		selfCerts   bool
 		certOpts    = servingcert.Options{}
 		certSecret  string
+		maxStale    time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
 	flag.BoolVar(&metricsAuth, "metrics-secure", true, "serve metrics over HTTPS to callers kube-apiserver authenticates and RBAC allows (get on nonResourceURL /metrics: ClusterRole keymint-metrics-reader); false serves plain HTTP to anyone")
@@ -75,6 +77,7 @@ func main() {
 	flag.StringVar(&certOpts.Dir, "serving-certs-dir", "/etc/keymint/serving-certs", "where --serving-certs-secret is mounted as a volume (config/manager does)")
 	flag.StringVar(&certOpts.Service, "serving-certs-service", "keymint-webhook", "the Service, in that namespace, the certificate is for")
 	flag.StringVar(&certOpts.WebhookConfiguration, "validating-webhook-configuration", "keymint-validating-webhook-configuration", "the ValidatingWebhookConfiguration whose caBundle --self-managed-certs fills")
+	flag.DurationVar(&maxStale, "max-index-staleness", 10*time.Second, "readiness fails once the check server's index has been out of touch with the API server (its watch of ApiTokens or ServiceUsers down) for longer than this; checks go on being answered from the index")
 	flag.StringVar(&recordKey, "record-key-secret", defaultRecordKeySecret(), "namespace/name of the Secret holding the keys that sign token records, created on first start; only keymint should read it (docs/security.md)")
 	zapOpts := zap.Options{Development: false}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -84,6 +87,10 @@ func main() {
 
 	if err := checkOpts.Validate(); err != nil {
 		log.Error(err, "Invalid flags")
+		os.Exit(2)
+	}
+	if maxStale <= 0 {
+		log.Error(nil, "Invalid flags: --max-index-staleness must be positive", "value", maxStale)
 		os.Exit(2)
 	}
 	recordKeyRef, ok := parseNamespacedName(recordKey)
@@ -128,10 +135,20 @@ func main() {
 	must(clientgoscheme.AddToScheme(scheme))
 	must(keymintv1alpha1.AddToScheme(scheme))
 
+	// The check index is fed by the cache's ApiToken and ServiceUser
+	// informers: follow whether their watches are up, and while the API
+	// server refuses connections, retry them every second or so rather than
+	// on client-go's backoff (up to 60 s), so the index is current again
+	// within seconds of its return.
+	fresh := freshness.New(clock.RealClock{}, ctrl.Log.WithName("check-index"), &keymintv1alpha1.ApiToken{}, &keymintv1alpha1.ServiceUser{})
+	fresh.RetryRefused = time.Second
+	cacheOpts := controllers.CacheOptions()
+	cacheOpts.NewInformer = fresh.NewInformer(cacheOpts.NewInformer)
+
 	ctx := ctrl.SetupSignalHandler()
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                 scheme,
-		Cache:                  controllers.CacheOptions(),
+		Cache:                  cacheOpts,
 		Metrics:                metricsOptions(metricsAddr, metricsAuth),
 		HealthProbeBindAddress: probeAddr,
 		PprofBindAddress:       pprofAddr,
@@ -163,6 +180,8 @@ func main() {
 	}
 	must(controllers.Setup(ctx, mgr, clock.RealClock{}, keyring))
 	must(check.Setup(ctx, mgr, checkOpts))
+	must(metrics.Registry.Register(fresh.Collector(maxStale)))
+	must(mgr.AddReadyzCheck("index-fresh", fresh.Checker(maxStale)))
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
 	must(mgr.AddReadyzCheck("webhooks", serveWebhooks(ctx, mgr, checkOpts.CertReady)))
