@@ -6,10 +6,16 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -101,6 +107,28 @@ func Start(t testing.TB) (*rest.Config, client.Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return start(t, env)
+}
+
+// StartWithAPIServer is Start, and also returns the control plane's
+// kube-apiserver, for a test to stop and start again while etcd runs on.
+func StartWithAPIServer(t testing.TB) (*rest.Config, client.Client, *APIServer) {
+	t.Helper()
+	env, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// envtest makes, and removes on Stop, a directory of its own for the
+	// serving certificate unless given one: a restart would then serve a
+	// new certificate, from a new CA, that no earlier client trusts.
+	s := env.ControlPlane.GetAPIServer()
+	s.CertDir = t.TempDir()
+	cfg, c := start(t, env)
+	return cfg, c, &APIServer{s: s}
+}
+
+func start(t testing.TB, env *envtest.Environment) (*rest.Config, client.Client) {
+	t.Helper()
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +139,71 @@ func Start(t testing.TB) (*rest.Config, client.Client) {
 		t.Fatal(err)
 	}
 	return cfg, c
+}
+
+// APIServer is a running control plane's kube-apiserver. Stopped and started
+// again, it keeps its address, its serving certificate and CA, its client
+// CA (so the users envtest made still authenticate) and, in etcd, its data:
+// configs and kubeconfigs written before a stop work after the start.
+type APIServer struct{ s *envtest.APIServer }
+
+// Stop stops kube-apiserver as envtest does: SIGTERM, then SIGKILL if it
+// has not exited within envtest's stop timeout (20 s unless set). With a
+// watch open it takes that long: kube-apiserver stops accepting connections
+// at once but goes on serving open watches while it drains.
+func (a *APIServer) Stop() error { return a.s.Stop() }
+
+// Start starts kube-apiserver again, on the same port, and returns once it
+// answers /healthz. It fails if something else took the port meanwhile.
+func (a *APIServer) Start() error { return a.s.Start() }
+
+// Kill kills kube-apiserver with SIGKILL, as a crash or the loss of its node
+// would, and returns once it has exited: its sockets are closed, so every
+// watch on it ends at once.
+func (a *APIServer) Kill() error {
+	pid, err := a.pid()
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("killing kube-apiserver (pid %d): %w", pid, err)
+	}
+	// envtest waits for its process: once it has, Stop finds it exited and
+	// only tidies up.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("kube-apiserver (pid %d) still there 10 s after SIGKILL", pid)
+		}
+	}
+	return a.s.Stop()
+}
+
+// pid finds kube-apiserver's process by its command line, which names the
+// certificate directory, one of this test's own.
+func (a *APIServer) pid() (int, error) {
+	want := "--cert-dir=" + a.s.CertDir
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmdline), "\x00")
+		if filepath.Base(args[0]) == "kube-apiserver" && slices.Contains(args, want) {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no kube-apiserver process with %s", want)
 }
 
 // LogBuffer keeps what a manager logs, for tests that search it; safe for
