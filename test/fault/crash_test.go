@@ -146,7 +146,9 @@ func writtenBeforeStatus(t *testing.T, c client.Client, ns string) int {
 type replica struct {
 	*exec.Cmd
 	checkAddr string // host:port of its check server
+	probeAddr string // host:port of its /healthz and /readyz
 	caFile    string // the CA its self-signed check certificate chains to
+	logFile   string // its stdout and stderr
 }
 
 // start runs keymint as a deployment would, on free loopback ports, with
@@ -178,7 +180,10 @@ func start(t *testing.T, bin, kubeconfig, dir string, extra ...string) replica {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return replica{Cmd: cmd, checkAddr: "127.0.0.1:" + strconv.Itoa(check), caFile: filepath.Join(certs, "ca.crt")}
+				return replica{
+					Cmd: cmd, checkAddr: "127.0.0.1:" + strconv.Itoa(check), probeAddr: "127.0.0.1:" + strconv.Itoa(probe),
+					caFile: filepath.Join(certs, "ca.crt"), logFile: log.Name(),
+				}
 			}
 		}
 		if time.Now().After(deadline) {
@@ -194,6 +199,14 @@ func start(t *testing.T, bin, kubeconfig, dir string, extra ...string) replica {
 // test after three minutes at most.
 func setup(t *testing.T) (ctx context.Context, c client.Client, bin, kubeconfig, dir string) {
 	t.Helper()
+	ctx, c, bin, kubeconfig, dir, _ = setupWithAPIServer(t)
+	return ctx, c, bin, kubeconfig, dir
+}
+
+// setupWithAPIServer is setup, and also returns the kube-apiserver, for a
+// test to kill and start again.
+func setupWithAPIServer(t *testing.T) (ctx context.Context, c client.Client, bin, kubeconfig, dir string, api *testenv.APIServer) {
+	t.Helper()
 	root, err := testenv.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -203,14 +216,14 @@ func setup(t *testing.T) (ctx context.Context, c client.Client, bin, kubeconfig,
 	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(root, "cmd", "keymint")).CombinedOutput(); err != nil {
 		t.Fatalf("building keymint: %v\n%s", err, out)
 	}
-	cfg, c := testenv.Start(t)
+	cfg, c, api := testenv.StartWithAPIServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	must := mustFor(t)
 	must(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}}))
 	kubeconfig = filepath.Join(dir, "kubeconfig")
 	must(writeKubeconfig(cfg, kubeconfig))
-	return ctx, c, bin, kubeconfig, dir
+	return ctx, c, bin, kubeconfig, dir, api
 }
 
 // mustFor fails t on an error.
