@@ -41,7 +41,8 @@ const (
 	// HashPrefix starts every stored hash: "sha256:<64 lowercase hex>".
 	HashPrefix = "sha256:"
 
-	// MaxLen is the longest well-formed token.
+	// MinLen and MaxLen are the shortest and the longest well-formed token.
+	MinLen = MinPrefixLen + 1 + SecretLen + ChecksumLen
 	MaxLen = MaxPrefixLen + 1 + SecretLen + ChecksumLen
 
 	alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -84,7 +85,7 @@ func mint(prefix string, random io.Reader) (string, error) {
 // returns its prefix. It allocates nothing and reads s once; its cost does
 // not depend on any stored token.
 func Parse(s string) (prefix string, err error) {
-	if len(s) < MinPrefixLen+1+SecretLen+ChecksumLen || len(s) > MaxLen {
+	if len(s) < MinLen || len(s) > MaxLen {
 		return "", ErrMalformed
 	}
 	underscore := len(s) - SecretLen - ChecksumLen - 1

@@ -54,17 +54,30 @@ type Checker struct {
 	Index *Index
 }
 
-// Check parses the token (refusing a bad checksum before any lookup), hashes
-// it, looks it up and decides at now with tokenstate.Check, the rule the
-// controller's conditions come from too.
+// Check hashes the token, looks the hash up, refuses a token that does not
+// parse (a bad checksum: a typo) and decides at now with tokenstate.Check,
+// the rule the controller's conditions come from too.
+//
+// A token whose hash is indexed and was seen to parse is not parsed again:
+// only that token has the hash. Any other is parsed, so a typo is told from
+// an unknown token as before; a string no token's length is refused before
+// it is hashed.
 func (c *Checker) Check(presented string, now time.Time) (Identity, Failure) {
 	if presented == "" {
 		return Identity{}, MissingToken
 	}
-	if _, err := token.Parse(presented); err != nil {
+	if len(presented) < token.MinLen || len(presented) > token.MaxLen {
 		return Identity{}, MalformedToken
 	}
 	ref, user, ok := c.Index.lookup(token.Hash(presented))
+	if !ok || !ref.parsedBefore() {
+		if _, err := token.Parse(presented); err != nil {
+			return Identity{}, MalformedToken
+		}
+		if ok {
+			ref.markParsed()
+		}
+	}
 	if !ok {
 		return Identity{}, InvalidToken
 	}

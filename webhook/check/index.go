@@ -42,14 +42,21 @@ type tokenEntry struct {
 	// indexed), shared by all tokens of that user: UpsertUser swaps one
 	// pointer, and a check reads one map.
 	owner *userSlot
-	// scopes caches the effective scopes for the user entry they were
-	// computed against, so a check allocates nothing; copies of an entry
-	// share it (same spec).
-	scopes *scopeCell
+	// memo is what checks learn of the entry; copies of an entry share it
+	// (same spec, same live hashes in the same places).
+	memo *entryMemo
 }
 
-// scopeCell holds the last effective scopes computed for an entry.
-type scopeCell struct{ last atomic.Pointer[scopeCache] }
+// entryMemo holds what checks of an entry learn once and then read.
+type entryMemo struct {
+	// last caches the effective scopes and the success answer for the user
+	// entry they were computed against, so a check allocates nothing.
+	last atomic.Pointer[scopeCache]
+	// wellFormed has bit which+1 set (tokenstate.Current is bit 0) once a
+	// presented token with that live hash parsed: only that token has the
+	// hash, so it needs no second parse.
+	wellFormed atomic.Uint64
+}
 
 type scopeCache struct {
 	user   *userEntry
@@ -70,7 +77,7 @@ type successAnswer struct {
 // u: built once per user entry (a new one on every change of the user),
 // then read. The results are shared: callers only read them.
 func (e *tokenEntry) cached(u *userEntry) *scopeCache {
-	if c := e.scopes.last.Load(); c != nil && c.user == u {
+	if c := e.memo.last.Load(); c != nil && c.user == u {
 		return c
 	}
 	s := tokenstate.EffectiveScopes(e.spec.Scopes, u.state.Permissions)
@@ -79,7 +86,7 @@ func (e *tokenEntry) cached(u *userEntry) *scopeCache {
 		user: []string{u.username}, token: []string{e.key.String()}, scopes: []string{strings.Join(s, ",")},
 		body: append(body, '\n'),
 	}}
-	e.scopes.last.Store(c)
+	e.memo.last.Store(c)
 	return c
 }
 
@@ -109,6 +116,28 @@ func (e *tokenEntry) names(h hash) bool {
 		}
 	}
 	return false
+}
+
+// wellFormedBit is ref's bit in entryMemo.wellFormed; 0 for a hash that has
+// none (refused, or too far down the previous hashes).
+func (ref hashRef) wellFormedBit() uint64 {
+	if ref.refused || ref.which+1 >= 64 {
+		return 0
+	}
+	return 1 << (ref.which + 1)
+}
+
+// parsedBefore reports whether a token with ref's hash parsed before.
+func (ref hashRef) parsedBefore() bool {
+	bit := ref.wellFormedBit()
+	return bit != 0 && ref.token.memo.wellFormed.Load()&bit != 0
+}
+
+// markParsed records that a token with ref's hash parsed.
+func (ref hashRef) markParsed() {
+	if bit := ref.wellFormedBit(); bit != 0 {
+		ref.token.memo.wellFormed.Or(bit)
+	}
 }
 
 // userSlot is where the tokens of one ServiceUser find its current entry;
@@ -174,9 +203,9 @@ func (ix *Index) Contested() int {
 // newEntry builds the entry of an ApiToken from its spec and status.
 func newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
 	e := &tokenEntry{
-		scopes: &scopeCell{},
-		key:    types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
-		user:   types.NamespacedName{Namespace: t.Namespace, Name: t.Spec.ServiceUser},
+		memo: &entryMemo{},
+		key:  types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
+		user: types.NamespacedName{Namespace: t.Namespace, Name: t.Spec.ServiceUser},
 		spec: keymintv1alpha1.ApiTokenSpec{
 			ServiceUser:       t.Spec.ServiceUser,
 			Scopes:            t.Spec.Scopes,
