@@ -168,17 +168,17 @@ func (a *APIServer) Kill() error {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("killing kube-apiserver (pid %d): %w", pid, err)
 	}
-	// envtest waits for its process: once it has, Stop finds it exited and
-	// only tidies up.
+	// envtest waits for its process, which removes it from /proc. (No
+	// envtest Stop: it may not have noted the exit yet, and would signal a
+	// process that is gone. Start makes a new process state anyway.)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, fs.ErrNotExist) {
-			break
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("kube-apiserver (pid %d) still there 10 s after SIGKILL", pid)
 		}
 	}
-	return a.s.Stop()
 }
 
 // pid finds kube-apiserver's process by its command line, which names the
