@@ -56,6 +56,7 @@ type Handler struct {
 	Metrics                  *Metrics
 
 	reset atomic.Pointer[cachedReset]
+	limit atomic.Pointer[cachedLimit]
 }
 
 // NewHandler returns a handler over index with its own rate limiter and
@@ -116,9 +117,15 @@ func writeError(w http.ResponseWriter, status int, f Failure, message string) {
 // bearerToken reads "Bearer <token>" (the scheme in any case) from the
 // Authorization header, else from X-Forwarded-Authorization. It returns "" if
 // neither carries a bearer token.
+//
+// The header map is indexed directly: net/http stores request header names
+// canonical, as both names here are, so Get's canonicalizing is not needed.
 func bearerToken(r *http.Request) string {
-	for _, name := range []string{"Authorization", HeaderForwarded} {
-		v := r.Header.Get(name)
+	for _, name := range [...]string{"Authorization", HeaderForwarded} {
+		var v string
+		if vs := r.Header[name]; len(vs) > 0 {
+			v = vs[0]
+		}
 		scheme, tok, ok := strings.Cut(strings.TrimSpace(v), " ")
 		if ok && strings.EqualFold(scheme, "Bearer") {
 			if tok = strings.TrimSpace(tok); tok != "" {
@@ -139,44 +146,86 @@ const RateLimitStatusParam = "rate_limit_status"
 // headers but not bodies.
 const HeaderError = "X-Keymint-Error"
 
-// checkFormError says what is wrong with a /check request's form, or "".
+// checkQuery is what the raw query of a /check request asks, read in one
+// pass as url.ParseQuery reads it: a pair with a semicolon, or a key or
+// value that does not unescape, is skipped. Only the keys /check reads are
+// kept, so a check builds no map.
+type checkQuery struct {
+	// scopes and audiences are the items of every scope and audience
+	// value; each value may be a comma-separated list.
+	scopes, audiences []string
+	// hasScope and hasAudience say whether such a pair is there at all,
+	// even with nothing in it.
+	hasScope, hasAudience bool
+	// rateLimitStatus is the first RateLimitStatusParam value.
+	rateLimitStatus    string
+	hasRateLimitStatus bool
+}
+
+// parse returns q with raw read into it, appended to the slices q has:
+// with buffers on the caller's stack it allocates nothing, unless a value
+// needs unescaping (q goes by value so that they can stay there).
+func (q checkQuery) parse(raw string) checkQuery {
+	for raw != "" {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		if strings.IndexByte(pair, ';') >= 0 {
+			continue // url.ParseQuery refuses semicolon separators
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		k, ok := queryUnescape(k)
+		if !ok || k != "scope" && k != "audience" && k != RateLimitStatusParam {
+			continue
+		}
+		if v, ok = queryUnescape(v); !ok {
+			continue
+		}
+		switch k {
+		case "scope":
+			q.scopes, q.hasScope = appendList(q.scopes, v), true
+		case "audience":
+			q.audiences, q.hasAudience = appendList(q.audiences, v), true
+		default:
+			if !q.hasRateLimitStatus {
+				q.rateLimitStatus, q.hasRateLimitStatus = v, true
+			}
+		}
+	}
+	return q
+}
+
+// queryUnescape is url.QueryUnescape, called only when s has something to
+// unescape.
+func queryUnescape(s string) (string, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' || s[i] == '+' {
+			u, err := url.QueryUnescape(s)
+			return u, err == nil
+		}
+	}
+	return s, true
+}
+
+// formError says what is wrong with a /check request's form, or "".
 // "/check/" alone is where a misplaced auth URL ("/check/?scope=...") lands:
 // its query would be ignored there, so it is refused rather than letting
 // every token through without the scope.
-func checkFormError(r *http.Request, fromQuery bool) string {
-	raw := r.URL.RawQuery
-	if raw == "" {
-		return ""
-	}
-	_, scope := param(raw, "scope")
-	_, audience := param(raw, "audience")
-	if !fromQuery && r.URL.Path == CheckPath+"/" && (scope || audience) {
+func (q *checkQuery) formError(path string, fromQuery bool) string {
+	if !fromQuery && path == CheckPath+"/" && (q.hasScope || q.hasAudience) {
 		return "Requirements in the query are read on " + CheckPath + " only; under " + CheckPath + "/<path> they come from the " +
 			HeaderScope + " and " + HeaderAudience + " headers. Use " + CheckPath + "?scope=... as the auth URL."
 	}
-	if v, _ := param(raw, RateLimitStatusParam); fromQuery && v != "" && v != "403" && v != "429" {
+	if v := q.rateLimitStatus; fromQuery && v != "" && v != "403" && v != "429" {
 		return RateLimitStatusParam + " must be 403 or 429."
 	}
 	return ""
 }
 
-// appendRequirements appends each value of a repeatable requirement, from
-// the query or from a header, to dst; each value may also be a
-// comma-separated list. With a dst on the caller's stack it allocates
-// nothing, unless a query value needs unescaping.
-func appendRequirements(dst []string, r *http.Request, query, header string, fromQuery bool) []string {
-	if !fromQuery {
-		for _, v := range r.Header.Values(header) {
-			dst = appendList(dst, v)
-		}
-		return dst
-	}
-	for raw := r.URL.RawQuery; raw != ""; {
-		var pair string
-		pair, raw, _ = strings.Cut(raw, "&")
-		if v, ok := paramValue(pair, query); ok {
-			dst = appendList(dst, v)
-		}
+// appendHeaderRequirements appends each value of a repeatable requirement
+// header to dst; each value may also be a comma-separated list.
+func appendHeaderRequirements(dst []string, r *http.Request, header string) []string {
+	for _, v := range r.Header.Values(header) {
+		dst = appendList(dst, v)
 	}
 	return dst
 }
@@ -193,48 +242,10 @@ func appendList(dst []string, v string) []string {
 	return dst
 }
 
-// paramValue returns the unescaped value of a raw query pair when its key
-// is key. A pair that does not unescape is skipped, as url.ParseQuery skips
-// it; parsing only what is asked spares a map on every check.
-func paramValue(pair, key string) (string, bool) {
-	if strings.Contains(pair, ";") {
-		return "", false // url.ParseQuery refuses semicolon separators
-	}
-	k, v, _ := strings.Cut(pair, "=")
-	if strings.ContainsAny(k, "%+") {
-		var err error
-		if k, err = url.QueryUnescape(k); err != nil {
-			return "", false
-		}
-	}
-	if k != key {
-		return "", false
-	}
-	if strings.ContainsAny(v, "%+") {
-		var err error
-		if v, err = url.QueryUnescape(v); err != nil {
-			return "", false
-		}
-	}
-	return v, true
-}
-
-// param is the first value of key in a raw query, and whether there is one.
-func param(raw, key string) (string, bool) {
-	for raw != "" {
-		var pair string
-		pair, raw, _ = strings.Cut(raw, "&")
-		if v, ok := paramValue(pair, key); ok {
-			return v, true
-		}
-	}
-	return "", false
-}
-
 func (h *Handler) serveCheck(w http.ResponseWriter, r *http.Request) {
 	start := h.Clock.Now()
 	result := h.check(w, r, start)
-	h.Metrics.observe("check", result, h.Clock.Since(start))
+	h.Metrics.observe(&h.Metrics.check, result, h.Clock.Since(start))
 }
 
 // check answers one /check request and returns the result label for metrics.
@@ -245,16 +256,20 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 	// (nginx and Traefik pass the client's headers through); under
 	// /check/<path>, headers (Envoy appends the client's own path and query).
 	fromQuery := r.URL.Path == CheckPath
-	if msg := checkFormError(r, fromQuery); msg != "" {
+	var scopes [8]string
+	var audiences [4]string
+	q := checkQuery{scopes: scopes[:0], audiences: audiences[:0]}.parse(r.URL.RawQuery)
+	if msg := q.formError(r.URL.Path, fromQuery); msg != "" {
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: msg})
 		return "bad_request"
 	}
+	if !fromQuery {
+		q.scopes = appendHeaderRequirements(q.scopes[:0], r, HeaderScope)
+		q.audiences = appendHeaderRequirements(q.audiences[:0], r, HeaderAudience)
+	}
 	id, failure := h.Checker.Check(bearerToken(r), now)
-	if failure == OK {
-		var buf [4]string
-		if !tokenstate.AudienceAccepted(id.Audiences, appendRequirements(buf[:0], r, "audience", HeaderAudience, fromQuery)) {
-			failure = WrongAudience
-		}
+	if failure == OK && !tokenstate.AudienceAccepted(id.Audiences, q.audiences) {
+		failure = WrongAudience
 	}
 	if failure != OK {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="keymint", error="invalid_token"`)
@@ -267,14 +282,14 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 
 	d := h.Limiter.Allow(id.Token, id.RequestsPerMinute(h.DefaultRequestsPerMinute), now)
 	hdr := w.Header()
-	hdr["X-Ratelimit-Limit"] = number(int64(d.Limit))
+	hdr["X-Ratelimit-Limit"] = h.limitHeader(d.Limit)
 	hdr["X-Ratelimit-Remaining"] = number(int64(d.Remaining))
 	hdr["X-Ratelimit-Reset"] = h.resetHeader(d.Reset)
 	if !d.Allowed {
 		retry := int64(math.Ceil(d.Reset.Sub(now).Seconds()))
 		w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
 		status := http.StatusTooManyRequests
-		if v, _ := param(r.URL.RawQuery, RateLimitStatusParam); fromQuery && v == "403" {
+		if fromQuery && q.rateLimitStatus == "403" {
 			status = http.StatusForbidden
 		}
 		w.Header().Set(HeaderError, string(RateLimited))
@@ -283,8 +298,7 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 		return RateLimited
 	}
 
-	var buf [8]string
-	if missing := id.MissingScopes(appendRequirements(buf[:0], r, "scope", HeaderScope, fromQuery)); len(missing) > 0 {
+	if missing := id.MissingScopes(q.scopes); len(missing) > 0 {
 		writeError(w, http.StatusForbidden, InsufficientScope, "The bearer token lacks the required scope: "+strings.Join(missing, ", ")+".")
 		return InsufficientScope
 	}
@@ -324,6 +338,25 @@ func number(n int64) []string {
 		return numbers[n : n+1 : n+1]
 	}
 	return []string{strconv.FormatInt(n, 10)}
+}
+
+// limitHeader is X-RateLimit-Limit: from the table, or for a rate above it,
+// the last such value, kept (most tokens share the server's default rate).
+func (h *Handler) limitHeader(limit int32) []string {
+	if limit >= 0 && int(limit) < len(numbers) {
+		return number(int64(limit))
+	}
+	if c := h.limit.Load(); c != nil && c.n == limit {
+		return c.value
+	}
+	c := &cachedLimit{n: limit, value: number(int64(limit))}
+	h.limit.Store(c)
+	return c.value
+}
+
+type cachedLimit struct {
+	n     int32
+	value []string
 }
 
 // resetHeader is X-RateLimit-Reset for a window ending at reset: windows
@@ -371,7 +404,7 @@ func decodeTokenReview(body io.Reader, path string) (*tokenReview, error) {
 func (h *Handler) serveTokenReview(w http.ResponseWriter, r *http.Request) {
 	start := h.Clock.Now()
 	result := h.tokenReview(w, r, start)
-	h.Metrics.observe("tokenreview", result, h.Clock.Since(start))
+	h.Metrics.observe(&h.Metrics.tokenReview, result, h.Clock.Since(start))
 }
 
 // tokenReview answers the webhook token authentication contract: HTTP 200 and

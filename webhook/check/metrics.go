@@ -1,6 +1,7 @@
 package check
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +14,26 @@ type Metrics struct {
 	rateLimited prometheus.Counter
 	indexSize   prometheus.GaugeFunc
 	contested   prometheus.CounterFunc
+	// check and tokenReview are the series of each endpoint that every
+	// good answer counts in.
+	check, tokenReview endpointSeries
+}
+
+// endpointSeries holds an endpoint's name and its series of good answers
+// and of latency, each looked up by label once, on first use: the lookup
+// costs more than the count.
+type endpointSeries struct {
+	name    string
+	ok      func() prometheus.Counter
+	latency func() prometheus.Observer
+}
+
+func (m *Metrics) series(endpoint string) endpointSeries {
+	return endpointSeries{
+		name:    endpoint,
+		ok:      sync.OnceValue(func() prometheus.Counter { return m.checks.WithLabelValues(endpoint, "ok") }),
+		latency: sync.OnceValue(func() prometheus.Observer { return m.latency.WithLabelValues(endpoint) }),
+	}
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -40,15 +61,17 @@ func NewMetrics(reg prometheus.Registerer, index *Index) *Metrics {
 			Help: "Token hashes refused because two ApiTokens claimed them at once; each is refused for good and both tokens are reissued.",
 		}, func() float64 { return float64(index.Contested()) }),
 	}
+	m.check, m.tokenReview = m.series("check"), m.series("tokenreview")
 	reg.MustRegister(m.checks, m.latency, m.rateLimited, m.indexSize, m.contested)
 	return m
 }
 
-func (m *Metrics) observe(endpoint string, result Failure, took time.Duration) {
-	label := string(result)
+// observe counts one answer of an endpoint and its latency.
+func (m *Metrics) observe(e *endpointSeries, result Failure, took time.Duration) {
 	if result == OK {
-		label = "ok"
+		e.ok().Inc()
+	} else {
+		m.checks.WithLabelValues(e.name, string(result)).Inc()
 	}
-	m.checks.WithLabelValues(endpoint, label).Inc()
-	m.latency.WithLabelValues(endpoint).Observe(took.Seconds())
+	e.latency().Observe(took.Seconds())
 }
