@@ -42,10 +42,10 @@ var sections = []section{
 
 // env is what every section may use.
 type env struct {
-	root  string // the repository
-	quick   bool // shorter runs: a smoke test of the harness, not figures to publish
-	million bool // the scale section also relists a million tokens (memory hungry)
-	log   func(format string, args ...any)
+	root    string // the repository
+	quick   bool   // shorter runs: a smoke test of the harness, not figures to publish
+	million bool   // the scale section also relists a million tokens (memory hungry)
+	log     func(format string, args ...any)
 }
 
 func main() {
