@@ -24,8 +24,7 @@ type hash = [sha256.Size]byte
 // changed once stored: an update stores a new one, so a reader holding an
 // entry after releasing the lock reads a consistent snapshot.
 type tokenEntry struct {
-	key  types.NamespacedName
-	user types.NamespacedName
+	key types.NamespacedName
 	// spec holds only the fields a verdict reads; state.Spec points at it.
 	spec  keymintv1alpha1.ApiTokenSpec
 	state tokenstate.Token
@@ -95,6 +94,11 @@ func orEmpty(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+// userKey names the token's ServiceUser, in the token's namespace.
+func (e *tokenEntry) userKey() types.NamespacedName {
+	return types.NamespacedName{Namespace: e.key.Namespace, Name: e.spec.ServiceUser}
 }
 
 // live returns the hashes a check may accept, with tokenstate's selector.
@@ -205,7 +209,6 @@ func newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
 	e := &tokenEntry{
 		memo: &entryMemo{},
 		key:  types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
-		user: types.NamespacedName{Namespace: t.Namespace, Name: t.Spec.ServiceUser},
 		spec: keymintv1alpha1.ApiTokenSpec{
 			ServiceUser:       t.Spec.ServiceUser,
 			Scopes:            t.Spec.Scopes,
@@ -263,13 +266,14 @@ func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
 // storeLocked replaces the entry of e.key with e and points its hashes at it.
 // A hash another token claims too is refused for both, for good.
 func (ix *Index) storeLocked(e *tokenEntry) {
-	e.owner = ix.slotLocked(e.user)
+	user := e.userKey()
+	e.owner = ix.slotLocked(user)
 	ix.removeTokenLocked(e.key)
 	ix.tokens[e.key] = e
-	users := ix.byUser[e.user]
+	users := ix.byUser[user]
 	if users == nil {
 		users = map[types.NamespacedName]struct{}{}
-		ix.byUser[e.user] = users
+		ix.byUser[user] = users
 	}
 	users[e.key] = struct{}{}
 	for _, h := range e.refused {
@@ -314,13 +318,14 @@ func (ix *Index) DeleteToken(key types.NamespacedName) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	if old, ok := ix.tokens[key]; ok {
-		if users := ix.byUser[old.user]; users != nil {
+		user := old.userKey()
+		if users := ix.byUser[user]; users != nil {
 			delete(users, key)
 			if len(users) == 0 {
-				delete(ix.byUser, old.user)
+				delete(ix.byUser, user)
 			}
 		}
-		defer ix.forgetSlotLocked(old.user)
+		defer ix.forgetSlotLocked(user)
 	}
 	ix.removeTokenLocked(key)
 }
