@@ -11,10 +11,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -189,15 +191,45 @@ func changed(before, after []metav1.Condition, condType string) bool {
 	return a != nil && (b == nil || b.Status != a.Status || b.Reason != a.Reason)
 }
 
+// recountDelay is how long a change of an ApiToken waits before its
+// ServiceUser is recounted: a burst of issues then costs one status write per
+// user, not one per token. Only recounts wait; a change of the ServiceUser
+// itself (disabling it) is counted at once, and a late recount only delays
+// re-enabling, which waits for the counts to reach 0.
+const recountDelay = time.Second
+
 // SetupWithManager registers the controller: it watches ServiceUsers and the
 // ApiTokens that name them.
 func (r *ServiceUserReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&keymintv1alpha1.ServiceUser{}).
-		Watches(&keymintv1alpha1.ApiToken{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []ctrl.Request {
-			tok := obj.(*keymintv1alpha1.ApiToken)
-			return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}}}
-		}), builder.WithPredicates(notOnlyLastUsed())).
+		Watches(&keymintv1alpha1.ApiToken{}, recountUserLater(recountDelay), builder.WithPredicates(notOnlyLastUsed())).
 		Named("serviceuser").
 		Complete(r)
+}
+
+// recountUserLater enqueues the ServiceUser an ApiToken names, after delay;
+// the queue keeps one entry per user, so changes within delay share it.
+func recountUserLater(delay time.Duration) handler.EventHandler {
+	add := func(q workqueue.TypedRateLimitingInterface[ctrl.Request], objs ...client.Object) {
+		for _, obj := range objs {
+			if tok, ok := obj.(*keymintv1alpha1.ApiToken); ok {
+				q.AddAfter(ctrl.Request{NamespacedName: types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}}, delay)
+			}
+		}
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+			add(q, e.Object)
+		},
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+			add(q, e.ObjectOld, e.ObjectNew)
+		},
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+			add(q, e.Object)
+		},
+		GenericFunc: func(_ context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+			add(q, e.Object)
+		},
+	}
 }

@@ -1,14 +1,20 @@
 package controllers_test
 
 import (
+	"fmt"
+	"time"
+
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
+	"github.com/keymint/keymint/internal/testenv"
 )
 
 func getUserStatus(ns, name string) keymintv1alpha1.ServiceUserStatus {
@@ -50,6 +56,40 @@ var _ = Describe("ServiceUser status", func() {
 			g.Expect(u.Status.ActiveTokens).To(BeZero())
 		}).Should(Succeed())
 		Eventually(func() []string { return eventsFor(ns, "ci") }).Should(ContainElement(keymintv1alpha1.ServiceUserReasonDisabled))
+	})
+})
+
+var _ = Describe("ServiceUser counts under a burst of tokens", func() {
+	It("reaches the right counts with far fewer status writes than tokens", func() {
+		ns := newNamespace()
+		createUser(ns, "batch")
+		wc, err := client.NewWithWatch(cfg, client.Options{Scheme: testenv.Scheme})
+		Expect(err).NotTo(HaveOccurred())
+		w, err := wc.Watch(ctx, &keymintv1alpha1.ServiceUserList{}, client.InNamespace(ns))
+		Expect(err).NotTo(HaveOccurred())
+		defer w.Stop()
+		const n = 40
+		for i := range n {
+			createToken(ns, fmt.Sprintf("t%d", i), "batch")
+		}
+		Eventually(func(g Gomega) {
+			st := getUserStatus(ns, "batch")
+			g.Expect(st.Tokens).To(Equal(int32(n)))
+			g.Expect(st.ActiveTokens).To(Equal(int32(n)))
+		}).WithTimeout(time.Minute).Should(Succeed())
+		// Every status write is one MODIFIED event of the ServiceUser.
+		writes := 0
+		for drained := false; !drained; {
+			select {
+			case ev := <-w.ResultChan():
+				if ev.Type == watch.Modified {
+					writes++
+				}
+			case <-time.After(2 * time.Second):
+				drained = true
+			}
+		}
+		Expect(writes).To(BeNumerically("<", n/2), "ServiceUser status writes for %d tokens", n)
 	})
 })
 
