@@ -102,6 +102,8 @@ type source struct {
 	listed bool
 	// lastErr is the last error of a List, a Watch or a watch stream.
 	lastErr string
+	// logged is true once this disconnection was logged.
+	logged bool
 	// call counts List and Watch calls: a watch changes the state only
 	// while no later call was made (the reflector makes one at a time).
 	call uint64
@@ -318,10 +320,10 @@ func (t *Tracker) connectLocked(src *source) {
 		return
 	}
 	now := t.clock.Now()
-	if src.listed {
+	if src.logged {
 		t.log.Info("Watch connected again: the check index is current", "kind", src.kind.name, "after", now.Sub(src.since).Round(time.Millisecond).String())
 	}
-	src.connected, src.since, src.listed, src.lastErr = true, now, true, ""
+	src.connected, src.since, src.listed, src.lastErr, src.logged = true, now, true, "", false
 }
 
 func (t *Tracker) disconnect(src *source, err error) {
@@ -330,15 +332,20 @@ func (t *Tracker) disconnect(src *source, err error) {
 	t.disconnectLocked(src, err)
 }
 
+// disconnectLocked logs a disconnection at its first error, not when a watch
+// merely ends: one ends every 5 to 10 minutes and is opened again at once.
 func (t *Tracker) disconnectLocked(src *source, err error) {
-	if err != nil {
-		src.lastErr = err.Error()
+	if src.connected {
+		src.connected, src.since = false, t.clock.Now()
 	}
-	if !src.connected {
+	if err == nil {
 		return
 	}
-	src.connected, src.since = false, t.clock.Now()
-	t.log.Info("Watch disconnected: checks are answered from the index as it is until it connects again", "kind", src.kind.name, "error", src.lastErr)
+	src.lastErr = err.Error()
+	if !src.logged {
+		src.logged = true
+		t.log.Info("Watch disconnected: checks are answered from the index as it is until it connects again", "kind", src.kind.name, "error", src.lastErr)
+	}
 }
 
 // watchConnected and watchEnded change the state only for the watch of the

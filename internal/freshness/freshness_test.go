@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -408,7 +409,7 @@ func TestRetryRefused(t *testing.T) {
 				}
 				f.clock.Step(1500 * time.Millisecond)
 			}
-			for calls() < before+4 {
+			for calls() < before+4 || !f.clock.HasWaiters() {
 				time.Sleep(time.Millisecond)
 			}
 			f.inner.set(nil, nil)
@@ -440,5 +441,35 @@ func TestRetryRefused(t *testing.T) {
 	}()
 	if _, err := f.lw.ListWithContext(ctx, metav1.ListOptions{}); err == nil {
 		t.Fatal("a List refused and cancelled returned no error")
+	}
+}
+
+// TestLog: a watch that ends and is opened again at once, as one does every
+// 5 to 10 minutes, logs nothing; a disconnection with an error logs it, and
+// its end.
+func TestLog(t *testing.T) {
+	var lines []string
+	f := newFixture(t)
+	f.tracker.log = funcr.New(func(_, args string) { lines = append(lines, args) }, funcr.Options{})
+	f.list(nil)
+	f.watch(false, nil)
+	f.clock.Step(7 * time.Minute)
+	f.closeWatch(0)
+	f.watch(false, nil)
+	f.send(modified)
+	if len(lines) != 0 {
+		t.Fatalf("a watch timing out logged %q", lines)
+	}
+	f.closeWatch(1)
+	f.watch(false, refused)
+	f.clock.Step(3 * time.Second)
+	f.watch(false, refused)
+	f.list(nil)
+	want := []string{
+		`"level"=0 "msg"="Watch disconnected: checks are answered from the index as it is until it connects again" "kind"="ApiToken" "error"="dial tcp 127.0.0.1:6443: connect: connection refused"`,
+		`"level"=0 "msg"="Watch connected again: the check index is current" "kind"="ApiToken" "after"="3s"`,
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("logged\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
 }
