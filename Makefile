@@ -62,7 +62,7 @@ test-deps: ## Install nginx (Debian package) for the end-to-end suite if it is n
 	}
 
 .PHONY: bench
-bench: ## Measure the figures of docs/performance.md, each against a baseline in the same run, and rewrite its generated blocks (hack/bench).
+bench: control-plane ## Measure the figures of docs/performance.md, each against a baseline in the same run, and rewrite its generated blocks (hack/bench).
 	go run ./hack/bench
 
 ##@ Build

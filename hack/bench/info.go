@@ -31,8 +31,9 @@ func runInfo(ctx context.Context, e *env) (string, error) {
 	if e.quick {
 		fmt.Fprintf(&b, "| mode | **quick** (`-quick`): short runs to try the harness, not figures to compare |\n")
 	}
-	b.WriteString("\nReproduce with `make bench` (everything, about 25 minutes on this machine) or\n" +
-		"`go run ./hack/bench -only micro,http` for one part; `go run ./hack/bench -h` lists the parts.\n")
+	b.WriteString("\nReproduce with `make bench` (everything: about 45 minutes on this machine, most of it issuing\n" +
+		"100,000 tokens for the memory figure) or `go run ./hack/bench -only micro,http` for some parts;\n" +
+		"`go run ./hack/bench -h` lists them. `-print` prints the blocks instead of rewriting this file.\n")
 	return b.String(), nil
 }
 
