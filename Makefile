@@ -62,8 +62,8 @@ test-deps: ## Install nginx (Debian package) for the end-to-end suite if it is n
 	}
 
 .PHONY: bench
-bench: control-plane ## Measure the figures of docs/performance.md, each against a baseline in the same run, and rewrite its generated blocks (hack/bench).
-	go run ./hack/bench
+bench: manifests control-plane ## Measure the figures of docs/performance.md against baselines and rewrite its generated blocks (hack/bench; about 45 min; BENCH_ARGS="-only micro,http", see go run ./hack/bench -h).
+	go run ./hack/bench $(BENCH_ARGS)
 
 ##@ Build
 

@@ -44,7 +44,7 @@ import (
 	"github.com/keymint/keymint/webhook/check"
 )
 
-var httpCPUProfile = flag.String("http-cpuprofile", "",
+var httpCPUProfile = benchFlags.String("http-cpuprofile", "",
 	"`dir`ectory for a CPU profile of each server of the http section (baseline.pprof, keymint-10.pprof, …), from its first request to its exit")
 
 // serverArg, as the first argument, makes this program one of the http

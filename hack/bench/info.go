@@ -28,10 +28,11 @@ func runInfo(ctx context.Context, e *env) (string, error) {
 	fmt.Fprintf(&b, "| machine | %s, %d cores (GOMAXPROCS %d), %s RAM, %s/%s |\n", cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), memTotal(), runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(&b, "| Go | %s |\n", strings.TrimSpace(string(goVersion)))
 	fmt.Fprintf(&b, "| load average at start | %s |\n", loadAverage())
+	fmt.Fprintf(&b, "| sections measured in this run | %s |\n", strings.Join(e.sections, ", "))
 	if e.quick {
 		fmt.Fprintf(&b, "| mode | **quick** (`-quick`): short runs to try the harness, not figures to compare |\n")
 	}
-	b.WriteString("\nReproduce with `make bench` (everything: about 45 minutes on this machine, most of it issuing\n" +
+	b.WriteString("\nReproduce with `make bench` (everything: about 45 minutes on the 2-core development machine, most of it issuing\n" +
 		"100,000 tokens for the memory figure) or `go run ./hack/bench -only micro,http` for some parts;\n" +
 		"`go run ./hack/bench -h` lists them. `-print` prints the blocks instead of rewriting this file.\n")
 	return b.String(), nil

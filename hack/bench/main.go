@@ -42,19 +42,30 @@ var sections = []section{
 
 // env is what every section may use.
 type env struct {
-	root    string // the repository
-	quick   bool   // shorter runs: a smoke test of the harness, not figures to publish
-	million bool   // the scale section also relists a million tokens (memory hungry)
-	log     func(format string, args ...any)
+	root     string   // the repository
+	quick    bool     // shorter runs: a smoke test of the harness, not figures to publish
+	million  bool     // the scale section also relists a million tokens (memory hungry)
+	sections []string // the sections this run measures
+	log      func(format string, args ...any)
 }
 
+// benchFlags are the bench's own flags (not the ones libraries register on
+// the default set, such as -kubeconfig).
+var benchFlags = flag.NewFlagSet("bench", flag.ExitOnError)
+
 func main() {
-	doc := flag.String("doc", "docs/performance.md", "document whose generated blocks are rewritten")
-	only := flag.String("only", "", "comma-separated sections to run (default: all): "+names())
-	quick := flag.Bool("quick", false, "short runs, to try the harness; the figures are not worth publishing")
-	dryRun := flag.Bool("print", false, "print the blocks instead of rewriting the document")
-	million := flag.Bool("million", false, "scale: also decode and cache a million tokens, rather than extrapolate from 100,000 (about 15 GB of memory and 10 more minutes)")
-	flag.Parse()
+	doc := benchFlags.String("doc", "docs/performance.md", "document whose generated blocks are rewritten")
+	only := benchFlags.String("only", "", "comma-separated sections to run (default: all): "+names())
+	quick := benchFlags.Bool("quick", false, "short runs, to try the harness; the figures are not worth publishing (implies -print unless -doc is set)")
+	dryRun := benchFlags.Bool("print", false, "print the blocks instead of rewriting the document")
+	million := benchFlags.Bool("million", false, "scale: also decode and cache a million tokens, rather than extrapolate from 100,000 (about 15 GB of memory and 10 more minutes)")
+	benchFlags.Usage = usage
+	_ = benchFlags.Parse(os.Args[1:])
+	docSet := false
+	benchFlags.Visit(func(f *flag.Flag) { docSet = docSet || f.Name == "doc" })
+	if *quick && !docSet {
+		*dryRun = true // a quick run's figures never land in the tracked document by accident
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -62,6 +73,25 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+func usage() {
+	fmt.Fprintf(os.Stderr, `Usage: go run ./hack/bench [flags]   (make bench runs it with no flags)
+
+Measures the figures of docs/performance.md, each against a baseline in the same
+run, and rewrites the document's generated blocks, section by section (an
+interrupted run keeps the sections it finished). Everything takes about 45
+minutes on a 2-core machine, most of it issuing 100,000 tokens; run it on an
+otherwise idle machine. The cluster section needs the control plane that
+make control-plane builds.
+
+Sections:
+`)
+	for _, s := range sections {
+		fmt.Fprintf(os.Stderr, "  %-8s %s\n", s.name, s.about)
+	}
+	fmt.Fprintf(os.Stderr, "\nFlags:\n")
+	benchFlags.PrintDefaults()
 }
 
 func names() string {
@@ -80,16 +110,27 @@ func run(ctx context.Context, docPath, only string, quick, million, dryRun bool)
 	if !filepath.IsAbs(docPath) {
 		docPath = filepath.Join(root, docPath)
 	}
+	var wanted, measured []string
+	for _, n := range strings.Split(only, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			if !slices.ContainsFunc(sections, func(s section) bool { return s.name == n }) {
+				return fmt.Errorf("-only: no section %q; sections are %s", n, names())
+			}
+			wanted = append(wanted, n)
+		}
+	}
 	var picked []section
 	for _, s := range sections {
-		if only == "" || slices.Contains(strings.Split(only, ","), s.name) {
+		// The run block says when and where the blocks beside it were
+		// measured: it is rewritten with any of them.
+		if len(wanted) == 0 || slices.Contains(wanted, s.name) || (s.name == "run" && !dryRun) {
 			picked = append(picked, s)
 		}
 	}
-	if len(picked) == 0 {
-		return fmt.Errorf("-only %q names no section; sections are %s", only, names())
+	for _, s := range picked {
+		measured = append(measured, s.name)
 	}
-	e := &env{root: root, quick: quick, million: million, log: func(format string, args ...any) {
+	e := &env{root: root, quick: quick, million: million, sections: measured, log: func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 	}}
 	blocks := map[string]string{}
