@@ -47,11 +47,11 @@ type ApiTokenReconciler struct {
 	// it before a record is adopted.
 	Keyring *recordkey.Keyring
 
-	// statusWritten holds, per ApiToken UID, the serial of the last status
-	// this controller wrote, until the next reconcile of that token takes it:
-	// a Secret event that beats our own status write into the cache then
-	// needs no read past the cache to be told apart from a crash's leftover.
-	statusWritten sync.Map // types.UID → int64
+	// statusWritten holds, per ApiToken UID, the last status this controller
+	// wrote, until the next reconcile of that token takes it: a Secret event
+	// that beats our own status write into the cache then needs no read past
+	// the cache to be told apart from a crash's leftover.
+	statusWritten sync.Map // types.UID → writtenStatus
 }
 
 // +kubebuilder:rbac:groups=keymint.io,resources=apitokens,verbs=get;list;watch
@@ -70,13 +70,19 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	// Taken by whichever reconcile comes next, so the map holds only writes
 	// whose watch event is still on its way.
-	wrote, _ := r.statusWritten.LoadAndDelete(tok.UID)
+	var wrote *writtenStatus
+	if v, ok := r.statusWritten.LoadAndDelete(tok.UID); ok {
+		w := v.(writtenStatus)
+		wrote = &w
+	}
 
 	user, err := r.serviceUser(ctx, tok)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	sec, conflict, err := r.secret(ctx, tok)
+	// A token never reconciled, whose first status write is not merely
+	// still on its way to the cache, has nothing of keymint's outside it.
+	sec, conflict, err := r.secret(ctx, tok, neverReconciled(tok) && wrote == nil)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -89,7 +95,9 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		// Right after our own Secret write, the cached ApiToken may not show
 		// the status written next. When this controller wrote that status,
 		// its event is on its way; else ask the API server before recovering.
-		if serial, ok := wrote.(int64); ok && serial >= obs.Serial {
+		// Only while the cache still holds exactly the object that write
+		// replaced: anything newer (a status someone wiped) is read live.
+		if wrote != nil && wrote.replaced == tok.ResourceVersion && wrote.serial >= obs.Serial {
 			return ctrl.Result{}, nil
 		}
 		fresh := &keymintv1alpha1.ApiToken{}
@@ -121,11 +129,13 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	// expiry, or a token the Secret no longer delivers, is on record at once.
 	before := tok.Status.DeepCopy()
 	res := desiredStatus(tok.Status, tok.Generation, tok.SecretNameOrDefault(), obs, afterAction(obs, d, &rec, writeErr))
-	if err := r.updateStatus(ctx, tok, res.Status); err != nil {
+	replaced := tok.ResourceVersion
+	written, err := r.updateStatus(ctx, tok, res.Status)
+	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if !equality.Semantic.DeepEqual(before, &res.Status) {
-		r.statusWritten.Store(tok.UID, res.Status.Serial)
+	if written {
+		r.statusWritten.Store(tok.UID, writtenStatus{serial: res.Status.Serial, replaced: replaced})
 	}
 	if writeErr != nil {
 		return ctrl.Result{}, writeErr
@@ -197,11 +207,14 @@ func (r *ApiTokenReconciler) serviceUser(ctx context.Context, tok *keymintv1alph
 // that name owned by nobody or by someone else is a conflict, and is never
 // touched. A Secret left by an earlier ApiToken of the same name (awaiting
 // garbage collection) is taken over, but its token is never reused.
-func (r *ApiTokenReconciler) secret(ctx context.Context, tok *keymintv1alpha1.ApiToken) (sec *corev1.Secret, conflict bool, err error) {
+//
+// With fresh set (a token never reconciled), a Secret missing from the cache
+// is taken as missing: the create that follows fails on a foreign one.
+func (r *ApiTokenReconciler) secret(ctx context.Context, tok *keymintv1alpha1.ApiToken, fresh bool) (sec *corev1.Secret, conflict bool, err error) {
 	key := types.NamespacedName{Namespace: tok.Namespace, Name: tok.SecretNameOrDefault()}
 	sec = &corev1.Secret{}
 	err = r.Client.Get(ctx, key, sec)
-	if apierrors.IsNotFound(err) && neverReconciled(tok) {
+	if apierrors.IsNotFound(err) && fresh {
 		// Nothing of ours can exist yet (a Secret written before a crash
 		// would be labelled, so cached). A foreign Secret of that name makes
 		// the create fail, and the next reconcile looks past the cache.
@@ -319,14 +332,25 @@ func ownerReferences(refs []metav1.OwnerReference, tok *keymintv1alpha1.ApiToken
 
 // updateStatus writes the status if it changed; an unchanged state writes
 // nothing, so re-applying a manifest costs no API writes.
-func (r *ApiTokenReconciler) updateStatus(ctx context.Context, tok *keymintv1alpha1.ApiToken, st keymintv1alpha1.ApiTokenStatus) error {
+// It reports whether it wrote.
+func (r *ApiTokenReconciler) updateStatus(ctx context.Context, tok *keymintv1alpha1.ApiToken, st keymintv1alpha1.ApiTokenStatus) (bool, error) {
 	if equality.Semantic.DeepEqual(tok.Status, st) {
-		return nil
+		return false, nil
 	}
 	patch := client.MergeFrom(tok.DeepCopy())
 	tok.Status = st
-	// An ApiToken gone in the meantime needs no status.
-	return client.IgnoreNotFound(r.Client.Status().Patch(ctx, tok, patch))
+	err := r.Client.Status().Patch(ctx, tok, patch)
+	if apierrors.IsNotFound(err) {
+		return false, nil // an ApiToken gone in the meantime needs no status
+	}
+	return err == nil, err
+}
+
+// writtenStatus is a status write of this controller: its serial, and the
+// resourceVersion of the object it replaced.
+type writtenStatus struct {
+	serial   int64
+	replaced string
 }
 
 // actionEvent emits an Event for the action a reconcile took, and for an

@@ -69,7 +69,7 @@ func TestSecretLookup(t *testing.T) {
 			Client:    fake.NewClientBuilder().WithScheme(scheme).Build(),
 			APIReader: fake.NewClientBuilder().WithScheme(scheme).WithObjects(foreign).Build(),
 		}
-		sec, conflict, err := r.secret(context.Background(), fresh)
+		sec, conflict, err := r.secret(context.Background(), fresh, neverReconciled(fresh))
 		if err != nil || sec != nil || conflict {
 			t.Fatalf("secret = %v, conflict = %v, err = %v; want none of them", sec != nil, conflict, err)
 		}
@@ -84,7 +84,7 @@ func TestSecretLookup(t *testing.T) {
 				live = live.WithObjects(tc.live)
 			}
 			r := &ApiTokenReconciler{Client: cache.Build(), APIReader: live.Build()}
-			sec, conflict, err := r.secret(context.Background(), tok)
+			sec, conflict, err := r.secret(context.Background(), tok, false)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -191,11 +191,12 @@ func changed(before, after []metav1.Condition, condType string) bool {
 	return a != nil && (b == nil || b.Status != a.Status || b.Reason != a.Reason)
 }
 
-// recountDelay is how long a change of an ApiToken waits before its
-// ServiceUser is recounted: a burst of issues then costs one status write per
-// user, not one per token. Only recounts wait; a change of the ServiceUser
-// itself (disabling it) is counted at once, and a late recount only delays
-// re-enabling, which waits for the counts to reach 0.
+// recountDelay is how long a change of an ApiToken of an enabled user waits
+// before the user is recounted: a burst of issues then costs one status
+// write per user, not one per token. The counts only gate re-enabling a
+// disabled user, so a token of a disabled (or missing) user is recounted at
+// once: a count that lags behind a token issued just before the disable
+// would let the user be re-enabled early.
 const recountDelay = time.Second
 
 // SetupWithManager registers the controller: it watches ServiceUsers and the
@@ -203,33 +204,42 @@ const recountDelay = time.Second
 func (r *ServiceUserReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&keymintv1alpha1.ServiceUser{}).
-		Watches(&keymintv1alpha1.ApiToken{}, recountUserLater(recountDelay), builder.WithPredicates(notOnlyLastUsed())).
+		Watches(&keymintv1alpha1.ApiToken{}, recountUser(r.Client, recountDelay), builder.WithPredicates(notOnlyLastUsed())).
 		Named("serviceuser").
 		Complete(r)
 }
 
-// recountUserLater enqueues the ServiceUser an ApiToken names, after delay;
-// the queue keeps one entry per user, so changes within delay share it.
-func recountUserLater(delay time.Duration) handler.EventHandler {
-	add := func(q workqueue.TypedRateLimitingInterface[ctrl.Request], objs ...client.Object) {
+// recountUser enqueues the ServiceUser an ApiToken names: at once when that
+// user is disabled or not in the cache, else after delay (the queue keeps one
+// entry per user, so changes within delay share it).
+func recountUser(c client.Reader, delay time.Duration) handler.EventHandler {
+	add := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[ctrl.Request], objs ...client.Object) {
 		for _, obj := range objs {
-			if tok, ok := obj.(*keymintv1alpha1.ApiToken); ok {
-				q.AddAfter(ctrl.Request{NamespacedName: types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}}, delay)
+			tok, ok := obj.(*keymintv1alpha1.ApiToken)
+			if !ok {
+				continue
 			}
+			req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}}
+			user := &keymintv1alpha1.ServiceUser{}
+			if err := c.Get(ctx, req.NamespacedName, user); err != nil || user.Spec.Disabled || user.DeletionTimestamp != nil {
+				q.Add(req)
+				continue
+			}
+			q.AddAfter(req, delay)
 		}
 	}
 	return handler.Funcs{
-		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
-			add(q, e.Object)
+		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+			add(ctx, q, e.Object)
 		},
-		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
-			add(q, e.ObjectOld, e.ObjectNew)
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+			add(ctx, q, e.ObjectOld, e.ObjectNew)
 		},
-		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
-			add(q, e.Object)
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+			add(ctx, q, e.Object)
 		},
-		GenericFunc: func(_ context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
-			add(q, e.Object)
+		GenericFunc: func(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[ctrl.Request]) {
+			add(ctx, q, e.Object)
 		},
 	}
 }
