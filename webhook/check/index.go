@@ -246,6 +246,12 @@ func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
 
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	if s := ix.users[e.userKey()]; s != nil && s.entry != nil && (!s.entry.state.Found || s.entry.state.Disabled) {
+		// A hash first seen after its user was disabled is refused for good
+		// too, as if it had been indexed before: re-enabling the user must
+		// not bring it back while its revocation is on its way.
+		refuseLive(e)
+	}
 	if old, ok := ix.tokens[e.key]; ok {
 		for _, h := range old.refused {
 			if isRevoked || e.names(h) {
@@ -267,6 +273,17 @@ func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
 // A hash another token claims too is refused for both, for good.
 func (ix *Index) storeLocked(e *tokenEntry) {
 	user := e.userKey()
+	if old, ok := ix.tokens[e.key]; ok && old.userKey() != user {
+		// The name now belongs to a token of another user (deleted and
+		// recreated, seen as one update after a relist).
+		if users := ix.byUser[old.userKey()]; users != nil {
+			delete(users, e.key)
+			if len(users) == 0 {
+				delete(ix.byUser, old.userKey())
+			}
+		}
+		defer ix.forgetSlotLocked(old.userKey())
+	}
 	e.owner = ix.slotLocked(user)
 	ix.removeTokenLocked(e.key)
 	ix.tokens[e.key] = e
@@ -399,16 +416,24 @@ func (ix *Index) DeleteUser(key types.NamespacedName) {
 func (ix *Index) refuseTokensOfLocked(user types.NamespacedName) {
 	for key := range ix.byUser[user] {
 		e := ix.tokens[key]
+		if e == nil {
+			continue
+		}
 		ne := *e
 		ne.state.Spec = &ne.spec
 		ne.refused = append([]hash(nil), e.refused...)
-		for h := range e.live {
-			ne.refused = append(ne.refused, h)
-		}
-		ne.hasCurrent, ne.previous = false, nil
-		ne.state.Issued, ne.state.Previous = false, nil
+		refuseLive(&ne)
 		ix.storeLocked(&ne)
 	}
+}
+
+// refuseLive moves e's live hashes to its refused ones.
+func refuseLive(e *tokenEntry) {
+	for h := range e.live {
+		e.refused = append(e.refused, h)
+	}
+	e.hasCurrent, e.previous = false, nil
+	e.state.Issued, e.state.Previous = false, nil
 }
 
 // lookup returns the hash's ref and its token's user (nil when the user is

@@ -143,3 +143,39 @@ func TestTheIndexForgetsUsersAndTokensThatGo(t *testing.T) {
 		t.Errorf("left behind: %d users, %d user lists, %d tokens, %d hashes", len(ix.users), len(ix.byUser), len(ix.tokens), ix.Len())
 	}
 }
+
+// TestATokenFirstSeenWhileItsUserIsDisabledStaysRefused: a token issued just
+// before its user was disabled, whose status reaches this replica only after
+// the disable, is refused for good too: re-enabling the user before its
+// revocation arrives does not let it in.
+func TestATokenFirstSeenWhileItsUserIsDisabledStaysRefused(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter", func(u *keymintv1alpha1.ServiceUser) { u.Spec.Disabled = true })
+	late := f.token("t", "exporter")
+	expectError(t, f.check(late, ""), http.StatusUnauthorized, RevokedToken)
+	f.user("exporter")
+	expectError(t, f.check(late, ""), http.StatusUnauthorized, RevokedToken)
+	// A token issued after the re-enable passes.
+	if a := f.check(f.token("u", "exporter"), ""); a.status != http.StatusOK {
+		t.Errorf("a token issued after the re-enable: %d %v", a.status, a.body)
+	}
+}
+
+// TestANameMovingToAnotherUser: after a relist, an ApiToken deleted and
+// recreated for another ServiceUser arrives as one update. Disabling the
+// first user afterwards refuses nothing of the second's, and nothing panics
+// once the token is gone.
+func TestANameMovingToAnotherUser(t *testing.T) {
+	f := newFixture(t)
+	f.user("a")
+	f.user("b")
+	f.token("t", "a")
+	moved := f.token("t", "b")
+	f.user("a", func(u *keymintv1alpha1.ServiceUser) { u.Spec.Disabled = true })
+	if a := f.check(moved, ""); a.status != http.StatusOK {
+		t.Errorf("b's token after a was disabled: %d %v", a.status, a.body)
+	}
+	f.index.DeleteToken(types.NamespacedName{Namespace: "team-a", Name: "t"})
+	f.index.DeleteUser(types.NamespacedName{Namespace: "team-a", Name: "a"}) // panicked before
+	f.user("a", func(u *keymintv1alpha1.ServiceUser) { u.Spec.Disabled = true })
+}
