@@ -6,6 +6,7 @@ package check
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -230,9 +231,15 @@ func appendHeaderRequirements(dst []string, r *http.Request, header string) []st
 	return dst
 }
 
-// appendList appends the non-empty, trimmed items of a comma-separated list.
+// maxRequirements bounds the scopes, and the audiences, a check may require:
+// they are read before the token is, so a request without a good token must
+// not make the server build a long list.
+const maxRequirements = 64
+
+// appendList appends the non-empty, trimmed items of a comma-separated list,
+// stopping one past maxRequirements (which the caller refuses).
 func appendList(dst []string, v string) []string {
-	for v != "" {
+	for v != "" && len(dst) <= maxRequirements {
 		var item string
 		item, v, _ = strings.Cut(v, ",")
 		if item = strings.TrimSpace(item); item != "" {
@@ -266,6 +273,11 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 	if !fromQuery {
 		q.scopes = appendHeaderRequirements(q.scopes[:0], r, HeaderScope)
 		q.audiences = appendHeaderRequirements(q.audiences[:0], r, HeaderAudience)
+	}
+	if len(q.scopes) > maxRequirements || len(q.audiences) > maxRequirements {
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request",
+			Message: fmt.Sprintf("A check requires at most %d scopes and %d audiences.", maxRequirements, maxRequirements)})
+		return "bad_request"
 	}
 	id, failure := h.Checker.Check(bearerToken(r), now)
 	if failure == OK && !tokenstate.AudienceAccepted(id.Audiences, q.audiences) {

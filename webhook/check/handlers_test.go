@@ -565,3 +565,21 @@ func TestMetricsCountChecksByEndpointAndResult(t *testing.T) {
 		t.Errorf("latency histograms for %d endpoints, want 2", n)
 	}
 }
+
+// TestCheckRefusesALongListOfRequirements: requirements are read before the
+// token, so a long list is refused rather than built for anyone who asks.
+func TestCheckRefusesALongListOfRequirements(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter")
+	tok := f.token("scoped", "exporter", func(t *keymintv1alpha1.ApiToken) { t.Spec.Scopes = []string{"links:read"} })
+	long := "scope=links:read" + strings.Repeat(",links:read", maxRequirements)
+	for _, bearer := range []string{tok, "not-a-token"} {
+		a := f.check(bearer, long)
+		if a.status != http.StatusBadRequest || !strings.Contains(a.body["message"].(string), "at most 64 scopes") {
+			t.Errorf("%d scopes: %d %v, want 400 saying at most 64", maxRequirements+1, a.status, a.body)
+		}
+	}
+	if a := f.check(tok, "scope=links:read"+strings.Repeat(",links:read", maxRequirements-1)); a.status != http.StatusOK {
+		t.Errorf("%d scopes: %d %v, want 200", maxRequirements, a.status, a.body)
+	}
+}
