@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -42,11 +43,12 @@ var sections = []section{
 
 // env is what every section may use.
 type env struct {
-	root     string   // the repository
-	quick    bool     // shorter runs: a smoke test of the harness, not figures to publish
-	million  bool     // the scale section also relists a million tokens (memory hungry)
-	sections []string // the sections this run measures
-	log      func(format string, args ...any)
+	root         string   // the repository
+	quick        bool     // shorter runs: a smoke test of the harness, not figures to publish
+	million      bool     // the scale section also relists a million tokens (memory hungry)
+	sections     []string // the sections this run measures
+	memoryTokens []int    // token counts the cluster section measures memory at
+	log          func(format string, args ...any)
 }
 
 // benchFlags are the bench's own flags (not the ones libraries register on
@@ -59,6 +61,7 @@ func main() {
 	quick := benchFlags.Bool("quick", false, "short runs, to try the harness; the figures are not worth publishing (implies -print unless -doc is set)")
 	dryRun := benchFlags.Bool("print", false, "print the blocks instead of rewriting the document")
 	million := benchFlags.Bool("million", false, "scale: also decode and cache a million tokens, rather than extrapolate from 100,000 (about 15 GB of memory and 10 more minutes)")
+	memoryTokens := benchFlags.String("memory-tokens", "10000,100000", "cluster: token counts, issued through keymint, to measure memory at (100,000 takes about 25 minutes here)")
 	benchFlags.Usage = usage
 	_ = benchFlags.Parse(os.Args[1:])
 	docSet := false
@@ -69,7 +72,16 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *doc, *only, *quick, *million, *dryRun); err != nil {
+	var counts []int
+	for _, f := range strings.Split(*memoryTokens, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "bench: -memory-tokens: %q is not a positive count\n", f)
+			os.Exit(2)
+		}
+		counts = append(counts, n)
+	}
+	if err := run(ctx, *doc, *only, *quick, *million, *dryRun, counts); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -102,7 +114,7 @@ func names() string {
 	return strings.Join(n, ",")
 }
 
-func run(ctx context.Context, docPath, only string, quick, million, dryRun bool) error {
+func run(ctx context.Context, docPath, only string, quick, million, dryRun bool, memoryTokens []int) error {
 	root, err := repoRoot()
 	if err != nil {
 		return err
@@ -130,7 +142,7 @@ func run(ctx context.Context, docPath, only string, quick, million, dryRun bool)
 	for _, s := range picked {
 		measured = append(measured, s.name)
 	}
-	e := &env{root: root, quick: quick, million: million, sections: measured, log: func(format string, args ...any) {
+	e := &env{root: root, quick: quick, million: million, sections: measured, memoryTokens: memoryTokens, log: func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 	}}
 	blocks := map[string]string{}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -178,7 +179,7 @@ func (m *memoryRun) sample(ctx context.Context, cl *cluster, leader, follower *r
 // through keymint, and reports each replica's memory per token against the
 // same replica with no tokens.
 func (cl *cluster) memory(ctx context.Context, e *env, b *strings.Builder, m *memoryRun, leader, follower *replica) error {
-	targets := []int{10_000, 100_000}
+	targets := e.memoryTokens
 	if e.quick {
 		targets = []int{2_000}
 	}
@@ -260,12 +261,21 @@ func pprofTop(ctx context.Context, e *env, profile []byte, name string) (string,
 func mib(v int64) string  { return fmt.Sprintf("%.1f MiB", float64(v)/(1<<20)) }
 func kb(v float64) string { return fmt.Sprintf("%.2f KB", v/1024) }
 
+// countTokens counts the ApiTokens page by page, metadata only: one list of
+// 100,000 whole objects is a response kube-apiserver may cut.
 func (cl *cluster) countTokens(ctx context.Context) (int, error) {
-	var list keymintv1alpha1.ApiTokenList
-	if err := cl.c.List(ctx, &list); err != nil {
-		return 0, err
+	n, cont := 0, ""
+	for {
+		list := &metav1.PartialObjectMetadataList{}
+		list.SetGroupVersionKind(keymintv1alpha1.GroupVersion.WithKind("ApiTokenList"))
+		if err := cl.c.List(ctx, list, client.Limit(1000), client.Continue(cont)); err != nil {
+			return 0, err
+		}
+		n += len(list.Items)
+		if cont = list.Continue; cont == "" {
+			return n, nil
+		}
 	}
-	return len(list.Items), nil
 }
 
 // issueMany issues n tokens in batches, so one watch never holds too many
