@@ -60,20 +60,28 @@ type ApiTokenSpec struct {
 	// +kubebuilder:validation:items:Pattern=`^[a-z0-9][a-z0-9._-]*:[a-z0-9][a-z0-9._-]*$`
 	Scopes []string `json:"scopes,omitempty"`
 
-	// expiresAt is when the token stops being valid. Conflicts with lifetime.
-	// The ServiceUser's tokenPolicy.maxLifetime still caps it.
+	// expiresAt is when the token stops being valid: an RFC 3339 time such as
+	// "2030-01-01T00:00:00Z", from 1970 to before 9999, with an uppercase T
+	// and Z (the date-time format alone lets through a lowercase t or z, or an
+	// offset of +99:99, which keymint could not read back). Conflicts with
+	// lifetime. The ServiceUser's tokenPolicy.maxLifetime still caps it.
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Format=date-time
+	// +kubebuilder:validation:Pattern=`^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$`
+	// +kubebuilder:validation:XValidation:rule="self >= timestamp('1970-01-01T00:00:00Z') && self < timestamp('9999-01-01T00:00:00Z')",message="expiresAt must be an RFC 3339 time such as 2030-01-01T00:00:00Z, from 1970 to before 9999"
 	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
 
 	// lifetime is how long the token stays valid after it is issued or
 	// rotated, as a Go duration such as "720h". Conflicts with expiresAt. When
 	// both are unset, the ServiceUser's tokenPolicy.defaultLifetime applies;
-	// when that is unset too, the token does not expire. Must be positive.
+	// when that is unset too, the token does not expire. Must be positive and
+	// at most 2562047h (about 292 years, the most a Go duration holds).
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
-	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="lifetime must be positive"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('2562047h')",message="lifetime must be positive, at most 2562047h"
 	Lifetime *metav1.Duration `json:"lifetime,omitempty"`
 
 	// revoked, when true, revokes the token: its Secret is emptied and checks
@@ -123,22 +131,24 @@ type ApiTokenSpec struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.every) || !has(self.gracePeriod) || duration(self.gracePeriod) < duration(self.every)",message="gracePeriod must be shorter than every"
 type Rotation struct {
 	// every rotates the token this long after it was issued or last rotated,
-	// as a Go duration such as "720h". At least 1m.
+	// as a Go duration such as "720h". At least 1m, at most 2562047h.
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="rotation.every must be at least 1m"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('2562047h')",message="rotation.every must be at least 1m, at most 2562047h"
 	Every *metav1.Duration `json:"every,omitempty"`
 
 	// gracePeriod keeps accepting a rotated-out token this long after its
 	// replacement is issued, so that clients can pick up the new one. Defaults
 	// to 0: the old token stops at once. Never extends a token past its expiry.
+	// At most 2562047h.
 	// +optional
 	// +kubebuilder:default="0s"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('2562047h')",message="rotation.gracePeriod must be from 0s to 2562047h"
 	GracePeriod *metav1.Duration `json:"gracePeriod,omitempty"`
 }
 

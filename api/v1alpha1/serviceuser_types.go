@@ -69,22 +69,22 @@ type TokenPolicy struct {
 
 	// maxLifetime caps how long any token of this identity stays valid after
 	// it is issued or rotated, whatever the token asks for. Unset means no cap.
-	// A Go duration such as "720h"; must be positive.
+	// A Go duration such as "720h"; must be positive, at most 2562047h.
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
-	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="maxLifetime must be positive"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('2562047h')",message="maxLifetime must be positive, at most 2562047h"
 	MaxLifetime *metav1.Duration `json:"maxLifetime,omitempty"`
 
 	// defaultLifetime is the lifetime of a token that sets neither expiresAt
 	// nor lifetime. Unset means such tokens do not expire (unless maxLifetime
-	// caps them). Must be positive and not above maxLifetime.
+	// caps them). Must be positive, at most 2562047h, and not above maxLifetime.
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
-	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="defaultLifetime must be positive"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('2562047h')",message="defaultLifetime must be positive, at most 2562047h"
 	DefaultLifetime *metav1.Duration `json:"defaultLifetime,omitempty"`
 
 	// requestsPerMinute is the rate each token of this identity may be checked

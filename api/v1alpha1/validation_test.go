@@ -1,6 +1,7 @@
 package v1alpha1_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -9,6 +10,8 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -374,4 +377,359 @@ var _ = Describe("Undoing a revocation", func() {
 		t.Spec.Revoked = false
 		Expect(k8sClient.Update(ctx, t)).To(Succeed())
 	})
+})
+
+// A value kube-apiserver stores but metav1.Duration or metav1.Time cannot
+// parse makes every typed List and Watch of its kind fail: keymint's
+// informers, and with them every controller and the check index, would
+// stall cluster-wide. So the invariant is: accepted by the schema ⇒ the Go
+// type decodes it. Each case sends the raw JSON a kubectl user could, and
+// asserts both sides: what the API server answers, and that whatever it
+// stores is read back by the typed client (Get, and a List of the kind).
+var _ = Describe("Durations and times keymint cannot read", func() {
+	const maxGo = "2562047h47m16.854775807s" // the longest time.Duration
+
+	// set returns a mutate that puts value (nil: JSON null) at path.
+	set := func(value any, path ...string) func(*unstructured.Unstructured) {
+		return func(u *unstructured.Unstructured) {
+			Expect(unstructured.SetNestedField(u.Object, value, path...)).To(Succeed())
+		}
+	}
+	both := func(mutates ...func(*unstructured.Unstructured)) func(*unstructured.Unstructured) {
+		return func(u *unstructured.Unstructured) {
+			for _, m := range mutates {
+				m(u)
+			}
+		}
+	}
+	raw := func(kind, base string) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{Object: map[string]any{"spec": map[string]any{}}}
+		u.SetAPIVersion(keymintv1alpha1.GroupVersion.String())
+		u.SetKind(kind)
+		u.SetNamespace("default")
+		u.SetName(uniqueName(base))
+		return u
+	}
+	rawToken := func() *unstructured.Unstructured {
+		u := raw("ApiToken", "tok")
+		Expect(unstructured.SetNestedField(u.Object, "ci-bot", "spec", "serviceUser")).To(Succeed())
+		return u
+	}
+
+	// expectReadable checks the invariant for one create or patch: a value
+	// the Go type cannot decode is refused, and whatever is stored reads
+	// back through the typed client.
+	expectReadable := func(u *unstructured.Unstructured, write error, typed client.Object, list client.ObjectList) {
+		GinkgoHelper()
+		body, err := json.Marshal(u.Object)
+		Expect(err).NotTo(HaveOccurred())
+		if decodeErr := json.Unmarshal(body, typed); decodeErr != nil {
+			Expect(write).To(HaveOccurred(), "the Go type cannot decode %s (%v), so the API server must refuse it", body, decodeErr)
+		}
+		if write != nil {
+			return
+		}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(u), typed)).To(Succeed(), "a stored object must decode")
+		Expect(k8sClient.List(ctx, list, client.InNamespace(u.GetNamespace()))).To(Succeed(), "one undecodable object fails the whole List")
+	}
+	create := func(u *unstructured.Unstructured, typed client.Object, list client.ObjectList, wantErrors []string) {
+		GinkgoHelper()
+		err := k8sClient.Create(ctx, u)
+		if err == nil {
+			// If a poisoned object got through, take it away again so that
+			// only this spec fails, not every later List.
+			DeferCleanup(func() { Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, u))).To(Succeed()) })
+		}
+		expectErrors(err, wantErrors)
+		expectReadable(u, err, typed, list)
+	}
+
+	tokenTests := []struct {
+		desc       string
+		mutate     func(*unstructured.Unstructured)
+		wantErrors []string
+	}{
+		// Durations. CEL's duration() is Go's time.ParseDuration, so every
+		// rule calling it refuses what Go cannot parse; the bound makes the
+		// message say why.
+		{
+			desc: "the security review's case: a revoked token with a gracePeriod past int64 nanoseconds",
+			mutate: both(set(true, "spec", "revoked"),
+				set("99999999999999999999h", "spec", "rotation", "gracePeriod")),
+			wantErrors: []string{"spec.rotation.gracePeriod", "rotation.gracePeriod must be from 0s to 2562047h"},
+		},
+		{
+			desc:       "a gracePeriod of 2562048h (just past Go's range) is refused",
+			mutate:     set("2562048h", "spec", "rotation", "gracePeriod"),
+			wantErrors: []string{"rotation.gracePeriod must be from 0s to 2562047h"},
+		},
+		{
+			desc:       "a gracePeriod 1ns past Go's range is refused",
+			mutate:     set("2562047h47m16.854775808s", "spec", "rotation", "gracePeriod"),
+			wantErrors: []string{"rotation.gracePeriod must be from 0s to 2562047h"},
+		},
+		{
+			desc:       "a gracePeriod of 2^63 ns is refused",
+			mutate:     set("9223372036854775808ns", "spec", "rotation", "gracePeriod"),
+			wantErrors: []string{"rotation.gracePeriod must be from 0s to 2562047h"},
+		},
+		{
+			desc:       "a gracePeriod of exactly Go's maximum is refused by the bound, with its message",
+			mutate:     set(maxGo, "spec", "rotation", "gracePeriod"),
+			wantErrors: []string{"rotation.gracePeriod must be from 0s to 2562047h"},
+		},
+		{desc: "a gracePeriod of 2562047h is valid", mutate: set("2562047h", "spec", "rotation", "gracePeriod")},
+		{desc: "a gracePeriod below 1ns is valid (Go reads 0s)", mutate: set("0.0000000001s", "spec", "rotation", "gracePeriod")},
+		{desc: "a gracePeriod with a long fraction is valid", mutate: set("1.00000000000000000000000001h", "spec", "rotation", "gracePeriod")},
+		{desc: "a gracePeriod in µs (micro sign) is valid", mutate: set("1500µs", "spec", "rotation", "gracePeriod")},
+		{
+			desc:       "a gracePeriod in μs (Greek mu, which Go also reads) is refused by the pattern",
+			mutate:     set("1500μs", "spec", "rotation", "gracePeriod"),
+			wantErrors: []string{"spec.rotation.gracePeriod", "should match"},
+		},
+		{
+			desc:       "a gracePeriod in days is refused",
+			mutate:     set("1d", "spec", "rotation", "gracePeriod"),
+			wantErrors: []string{"spec.rotation.gracePeriod", "should match"},
+		},
+		{
+			desc:       "a negative gracePeriod is refused",
+			mutate:     set("-1m", "spec", "rotation", "gracePeriod"),
+			wantErrors: []string{"spec.rotation.gracePeriod", "should match"},
+		},
+		{
+			desc:       "a gracePeriod without a leading digit (which Go reads) is refused by the pattern",
+			mutate:     set(".5h", "spec", "rotation", "gracePeriod"),
+			wantErrors: []string{"spec.rotation.gracePeriod", "should match"},
+		},
+		{
+			desc:       "a gracePeriod as a JSON number is refused",
+			mutate:     set(int64(3600), "spec", "rotation", "gracePeriod"),
+			wantErrors: []string{"spec.rotation.gracePeriod", "must be of type string"},
+		},
+		{desc: "a null gracePeriod is dropped and defaulted", mutate: set(nil, "spec", "rotation", "gracePeriod")},
+		{
+			desc:       "a rotation.every past Go's range is refused",
+			mutate:     set("99999999999999999999h", "spec", "rotation", "every"),
+			wantErrors: []string{"spec.rotation.every", "rotation.every must be at least 1m, at most 2562047h"},
+		},
+		{
+			desc:   "a rotation.every of 2562047h is valid",
+			mutate: both(set("2562047h", "spec", "rotation", "every"), set("1h", "spec", "rotation", "gracePeriod")),
+		},
+		{
+			desc:       "a lifetime past Go's range is refused",
+			mutate:     set("99999999999999999999h", "spec", "lifetime"),
+			wantErrors: []string{"spec.lifetime", "lifetime must be positive, at most 2562047h"},
+		},
+		{
+			desc:       "a lifetime of Go's maximum is refused by the bound",
+			mutate:     set(maxGo, "spec", "lifetime"),
+			wantErrors: []string{"lifetime must be positive, at most 2562047h"},
+		},
+		{desc: "a lifetime of 2562047h is valid", mutate: set("2562047h", "spec", "lifetime")},
+		{
+			desc:       "an empty lifetime is refused",
+			mutate:     set("", "spec", "lifetime"),
+			wantErrors: []string{"spec.lifetime", "should match"},
+		},
+		{
+			desc:       "a lifetime with a trailing space is refused",
+			mutate:     set("1h ", "spec", "lifetime"),
+			wantErrors: []string{"spec.lifetime", "should match"},
+		},
+
+		// Times. The date-time format alone is laxer than Go's RFC 3339
+		// parser (it lower-cases the string, and reads any two digits as an
+		// offset); the pattern and the rule close the gap.
+		{desc: "an expiresAt in UTC is valid", mutate: set("2030-01-01T00:00:00Z", "spec", "expiresAt")},
+		{
+			desc:       "an expiresAt with a lowercase t and z is refused",
+			mutate:     set("2026-01-01t00:00:00z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt", "should match"},
+		},
+		{
+			desc:       "an expiresAt with a lowercase z is refused",
+			mutate:     set("2030-01-01T00:00:00z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt", "should match"},
+		},
+		{
+			desc:       "an expiresAt with a lowercase t is refused",
+			mutate:     set("2030-01-01t00:00:00Z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt", "should match"},
+		},
+		{
+			desc:       "an expiresAt with an offset of +99:99 is refused",
+			mutate:     set("2030-01-01T00:00:00+99:99", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt", "expiresAt must be an RFC 3339 time"},
+		},
+		{
+			desc:       "an expiresAt without a zone is refused",
+			mutate:     set("2030-01-01T00:00:00", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt"},
+		},
+		{
+			desc:       "an expiresAt with a space for the T is refused",
+			mutate:     set("2030-01-01 00:00:00Z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt"},
+		},
+		{
+			desc:       "an expiresAt with an offset without a colon is refused",
+			mutate:     set("2030-01-01T00:00:00+0100", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt"},
+		},
+		{
+			desc:       "an expiresAt with a one-digit hour (which Go reads) is refused by the pattern",
+			mutate:     set("2030-01-01T1:00:00Z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt", "should match"},
+		},
+		{
+			desc:       "an expiresAt with a decimal comma (which Go reads) is refused by the pattern",
+			mutate:     set("2030-01-01T00:00:00,5Z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt", "should match"},
+		},
+		{
+			desc:       "an expiresAt with any character for the decimal point (which the date-time format allows) is refused",
+			mutate:     set("2030-01-01T00:00:00x5Z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt", "should match"},
+		},
+		{desc: "an expiresAt with nanoseconds is valid", mutate: set("2030-01-01T00:00:00.123456789Z", "spec", "expiresAt")},
+		{desc: "an expiresAt with more than 9 fractional digits is valid", mutate: set("2030-01-01T00:00:00.1234567891234Z", "spec", "expiresAt")},
+		{desc: "an expiresAt with an offset is valid", mutate: set("2030-01-01T00:00:00+01:00", "spec", "expiresAt")},
+		{desc: "an expiresAt with offset -00:00 is valid", mutate: set("2030-01-01T00:00:00-00:00", "spec", "expiresAt")},
+		{desc: "an expiresAt with offset +23:60 (which Go reads) is valid", mutate: set("2030-01-01T00:00:00+23:60", "spec", "expiresAt")},
+		{desc: "an expiresAt with offset +24:00 (which Go reads) is valid", mutate: set("2030-01-01T00:00:00+24:00", "spec", "expiresAt")},
+		{
+			desc:       "an expiresAt of February 30 is refused",
+			mutate:     set("2030-02-30T00:00:00Z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt"},
+		},
+		{
+			desc:       "an expiresAt at hour 24 is refused",
+			mutate:     set("2030-01-01T24:00:00Z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt"},
+		},
+		{
+			desc:       "an expiresAt on a leap second is refused",
+			mutate:     set("2030-06-30T23:59:60Z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt"},
+		},
+		{
+			desc:       "an expiresAt in year 10000 is refused",
+			mutate:     set("10000-01-01T00:00:00Z", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt"},
+		},
+		{
+			desc:       "an expiresAt after 9999-01-01 is refused, even one Go reads",
+			mutate:     set("9999-12-31T23:59:59-01:00", "spec", "expiresAt"),
+			wantErrors: []string{"expiresAt must be an RFC 3339 time such as 2030-01-01T00:00:00Z, from 1970 to before 9999"},
+		},
+		{desc: "an expiresAt in 9998 is valid", mutate: set("9998-12-31T23:59:59Z", "spec", "expiresAt")},
+		{
+			desc:       "an expiresAt in year 0 is refused",
+			mutate:     set("0000-01-01T00:00:00Z", "spec", "expiresAt"),
+			wantErrors: []string{"expiresAt must be an RFC 3339 time"},
+		},
+		{
+			desc:       "an expiresAt before 1970 is refused",
+			mutate:     set("1969-12-31T23:59:59Z", "spec", "expiresAt"),
+			wantErrors: []string{"expiresAt must be an RFC 3339 time"},
+		},
+		{desc: "an expiresAt at the Unix epoch is valid", mutate: set("1970-01-01T00:00:00Z", "spec", "expiresAt")},
+		{
+			desc:       "an empty expiresAt is refused",
+			mutate:     set("", "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt"},
+		},
+		{
+			desc:       "an expiresAt as a Unix time number is refused",
+			mutate:     set(int64(1893456000), "spec", "expiresAt"),
+			wantErrors: []string{"spec.expiresAt", "must be of type date-time"},
+		},
+		{desc: "a null expiresAt is dropped", mutate: set(nil, "spec", "expiresAt")},
+	}
+	for _, tc := range tokenTests {
+		It("ApiToken: "+tc.desc, func() {
+			u := rawToken()
+			tc.mutate(u)
+			create(u, &keymintv1alpha1.ApiToken{}, &keymintv1alpha1.ApiTokenList{}, tc.wantErrors)
+		})
+	}
+
+	userTests := []struct {
+		desc       string
+		mutate     func(*unstructured.Unstructured)
+		wantErrors []string
+	}{
+		{
+			desc: "a disabled user with a maxLifetime past Go's range is refused",
+			mutate: both(set(true, "spec", "disabled"),
+				set("99999999999999999999h", "spec", "tokenPolicy", "maxLifetime")),
+			wantErrors: []string{"spec.tokenPolicy.maxLifetime", "maxLifetime must be positive, at most 2562047h"},
+		},
+		{
+			desc:       "a defaultLifetime just past Go's range is refused",
+			mutate:     set("2562048h", "spec", "tokenPolicy", "defaultLifetime"),
+			wantErrors: []string{"spec.tokenPolicy.defaultLifetime", "defaultLifetime must be positive, at most 2562047h"},
+		},
+		{
+			desc:       "a maxLifetime of Go's maximum is refused by the bound",
+			mutate:     set(maxGo, "spec", "tokenPolicy", "maxLifetime"),
+			wantErrors: []string{"maxLifetime must be positive, at most 2562047h"},
+		},
+		{
+			desc: "a maxLifetime and defaultLifetime of 2562047h are valid",
+			mutate: both(set("2562047h", "spec", "tokenPolicy", "maxLifetime"),
+				set("2562047h", "spec", "tokenPolicy", "defaultLifetime")),
+		},
+		{
+			desc:       "a maxLifetime in days is refused",
+			mutate:     set("90d", "spec", "tokenPolicy", "maxLifetime"),
+			wantErrors: []string{"spec.tokenPolicy.maxLifetime", "should match"},
+		},
+	}
+	for _, tc := range userTests {
+		It("ServiceUser: "+tc.desc, func() {
+			u := raw("ServiceUser", "su")
+			tc.mutate(u)
+			create(u, &keymintv1alpha1.ServiceUser{}, &keymintv1alpha1.ServiceUserList{}, tc.wantErrors)
+		})
+	}
+
+	patchTests := []struct {
+		desc       string
+		user       bool // patch a ServiceUser, else an ApiToken
+		patch      string
+		wantErrors []string
+	}{
+		{
+			desc:       "revoking a token and setting an unreadable gracePeriod in one merge patch is refused",
+			patch:      `{"spec":{"revoked":true,"rotation":{"gracePeriod":"99999999999999999999h"}}}`,
+			wantErrors: []string{"rotation.gracePeriod must be from 0s to 2562047h"},
+		},
+		{
+			desc:       "an unreadable expiresAt in a merge patch is refused",
+			patch:      `{"spec":{"expiresAt":"2030-01-01t00:00:00z"}}`,
+			wantErrors: []string{"spec.expiresAt", "should match"},
+		},
+		{
+			desc:       "disabling a user and setting an unreadable defaultLifetime in one merge patch is refused",
+			user:       true,
+			patch:      `{"spec":{"disabled":true,"tokenPolicy":{"defaultLifetime":"99999999999999999999h"}}}`,
+			wantErrors: []string{"defaultLifetime must be positive, at most 2562047h"},
+		},
+	}
+	for _, tc := range patchTests {
+		It("on update: "+tc.desc, func() {
+			u, typed, list := rawToken(), client.Object(&keymintv1alpha1.ApiToken{}), client.ObjectList(&keymintv1alpha1.ApiTokenList{})
+			if tc.user {
+				u, typed, list = raw("ServiceUser", "su"), &keymintv1alpha1.ServiceUser{}, &keymintv1alpha1.ServiceUserList{}
+			}
+			Expect(k8sClient.Create(ctx, u)).To(Succeed())
+			err := k8sClient.Patch(ctx, u, client.RawPatch(types.MergePatchType, []byte(tc.patch)))
+			expectErrors(err, tc.wantErrors)
+			Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(u), typed)).To(Succeed())
+			Expect(k8sClient.List(ctx, list, client.InNamespace(u.GetNamespace()))).To(Succeed())
+		})
+	}
 })
