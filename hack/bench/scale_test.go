@@ -287,9 +287,19 @@ func TestFixtureMatchesAPIServer(t *testing.T) {
 		}
 		obj.SetManagedFields(recorded)
 	}
+	// The ServiceUser is recounted up to a second after its tokens change:
+	// wait for the counts of both tokens.
 	realUser := &keymintv1alpha1.ServiceUser{}
-	if err := c.Get(ctx, client.ObjectKeyFromObject(su), realUser); err != nil {
-		t.Fatal(err)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(su), realUser); err != nil {
+			t.Fatal(err)
+		}
+		if realUser.Status.Tokens == int32(len(want)) && realUser.Status.ActiveTokens == int32(len(want)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ServiceUser %s never counted its %d tokens: %+v", su.Name, len(want), realUser.Status)
+		}
 	}
 	compare(realUser, userWriters)
 	var secrets [2]*corev1.Secret
