@@ -23,6 +23,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/keymint/keymint/internal/testenv"
 )
 
 // A section measures one group of figures and returns its Markdown block.
@@ -115,7 +117,7 @@ func names() string {
 }
 
 func run(ctx context.Context, docPath, only string, quick, million, dryRun bool, memoryTokens []int) error {
-	root, err := repoRoot()
+	root, err := testenv.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -169,22 +171,4 @@ func run(ctx context.Context, docPath, only string, quick, million, dryRun bool,
 		e.log("wrote %s", docPath)
 	}
 	return nil
-}
-
-// repoRoot is the directory of go.mod above the working directory.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above %s", dir)
-		}
-		dir = parent
-	}
 }
