@@ -34,8 +34,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -136,14 +134,7 @@ func startCluster(ctx context.Context, e *env) (*cluster, error) {
 		return nil, err
 	}
 	cl.kubeconfig = filepath.Join(dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(clientcmdapi.Config{
-		Clusters: map[string]*clientcmdapi.Cluster{"bench": {Server: cl.cfg.Host, CertificateAuthorityData: cl.cfg.CAData}},
-		AuthInfos: map[string]*clientcmdapi.AuthInfo{"admin": {
-			ClientCertificateData: cl.cfg.CertData, ClientKeyData: cl.cfg.KeyData, Token: cl.cfg.BearerToken,
-		}},
-		Contexts:       map[string]*clientcmdapi.Context{"bench": {Cluster: "bench", AuthInfo: "admin"}},
-		CurrentContext: "bench",
-	}, cl.kubeconfig); err != nil {
+	if err := testenv.WriteKubeconfig(cl.cfg, cl.kubeconfig); err != nil {
 		cl.stop()
 		return nil, err
 	}

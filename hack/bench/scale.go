@@ -98,7 +98,7 @@ func runScale(ctx context.Context, e *env) (string, error) {
 	}
 	var idx []scaleIndexResult
 	for _, n := range indexSizes {
-		e.log("scale: index of %s tokens", groupThousands(n))
+		e.log("scale: index of %s tokens", thousands(n))
 		r, err := measureCheckIndex(ctx, f, n)
 		if err != nil {
 			return "", err
@@ -107,7 +107,7 @@ func runScale(ctx context.Context, e *env) (string, error) {
 	}
 	var rel []scaleRelistResult
 	for _, run := range relists {
-		e.log("scale: relist of %s tokens, transforms %v", groupThousands(run.n), run.transformed)
+		e.log("scale: relist of %s tokens, transforms %v", thousands(run.n), run.transformed)
 		r, err := measureCacheRelist(ctx, f, run)
 		if err != nil {
 			return "", err
@@ -1020,15 +1020,15 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 		"etcd's and bbolt's own records, in pages %.0f%% full.\n\n", testenv.KubernetesVersion, scaleTokensPerUser, etcdFill*100)
 	b.WriteString("| object | stored as | bytes | of which managedFields | etcd bytes per revision |\n|---|---|---:|---:|---:|\n")
 	fmt.Fprintf(&b, "| ApiToken that rotates (like `billing-exporter-prod`) | JSON | %s | %s | %s |\n",
-		groupThousands(s.token[shapeRotating]), groupThousands(s.tokenManaged[shapeRotating]), groupThousands(int(etcdRevisionBytes(s.tokenKey, s.token[shapeRotating]))))
+		thousands(s.token[shapeRotating]), thousands(s.tokenManaged[shapeRotating]), thousands(int(etcdRevisionBytes(s.tokenKey, s.token[shapeRotating]))))
 	fmt.Fprintf(&b, "| ApiToken with one scope, 168h (like `billing-backfill`) | JSON | %s | %s | %s |\n",
-		groupThousands(s.token[shapeScoped]), groupThousands(s.tokenManaged[shapeScoped]), groupThousands(int(etcdRevisionBytes(s.tokenKey, s.token[shapeScoped]))))
-	fmt.Fprintf(&b, "| … applied with client-side `kubectl apply` instead | JSON | +%s | | |\n", groupThousands(s.tokenCSA))
+		thousands(s.token[shapeScoped]), thousands(s.tokenManaged[shapeScoped]), thousands(int(etcdRevisionBytes(s.tokenKey, s.token[shapeScoped]))))
+	fmt.Fprintf(&b, "| … applied with client-side `kubectl apply` instead | JSON | +%s | | |\n", thousands(s.tokenCSA))
 	fmt.Fprintf(&b, "| Secret (token of %d B, record, signature, owner) | protobuf (as JSON: %s) | %s | %s | %s |\n",
-		s.secretToken, groupThousands(s.secretJSON), groupThousands(s.secret), groupThousands(s.secretMF), groupThousands(int(secretRev)))
-	fmt.Fprintf(&b, "| ServiceUser, one per %d tokens | JSON | %s | | %s |\n", scaleTokensPerUser, groupThousands(s.user), groupThousands(int(userRev)))
+		s.secretToken, thousands(s.secretJSON), thousands(s.secret), thousands(s.secretMF), thousands(int(secretRev)))
+	fmt.Fprintf(&b, "| ServiceUser, one per %d tokens | JSON | %s | | %s |\n", scaleTokensPerUser, thousands(s.user), thousands(int(userRev)))
 	fmt.Fprintf(&b, "| the largest valid ApiToken (128 scopes, 16 audiences, 8 grace hashes, longest names) | JSON | %s | %s | |\n",
-		groupThousands(s.token[shapeLargest]), groupThousands(s.tokenManaged[shapeLargest]))
+		thousands(s.token[shapeLargest]), thousands(s.tokenManaged[shapeLargest]))
 
 	b.WriteString("\n**The check index** (`webhook/check.Index`), built with `UpsertUser` and `UpsertToken` as the feed calls them, from " +
 		"ApiTokens as the cache holds them (the clock runs over those calls only); then every token sent once through the `/check` handler " +
@@ -1036,9 +1036,9 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 		"GC, the ApiTokens' own strings and slices the index keeps included. Times are CPU time of the process, GC included.\n\n")
 	b.WriteString("| tokens | ServiceUsers | build, CPU | per token | heap | per token | after one `/check` each | per token |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range idx {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s B | %s | %s B |\n", groupThousands(r.n), groupThousands(r.users),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s B | %s | %s B |\n", thousands(r.n), thousands(r.users),
 			scaleDuration(r.build.cpu), scaleDuration(r.build.cpu/time.Duration(r.n)), scaleMB(float64(r.heap)),
-			groupThousands(int(r.heap)/r.n), scaleMB(float64(r.warm)), groupThousands(int(r.warm)/r.n))
+			thousands(int(r.heap)/r.n), scaleMB(float64(r.warm)), thousands(int(r.warm)/r.n))
 	}
 
 	fmt.Fprintf(&b, "\n**The manager's cache after a relist.** ApiTokens and ServiceUsers decoded from JSON, Secrets from protobuf "+
@@ -1053,11 +1053,11 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 		tr, it, ih := "none", "", ""
 		if r.transformed {
 			tr = "keymint's"
-			it, ih = scaleDuration(r.indexTime.cpu), groupThousands(int(r.index)/r.n)+" B"
+			it, ih = scaleDuration(r.indexTime.cpu), thousands(int(r.index)/r.n)+" B"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s B | %s | %s B | %s B | %s | %s |\n", groupThousands(r.n), tr, scaleDuration(r.tokensTime.cpu),
-			groupThousands(int(r.tokens)/r.n), scaleDuration(r.secretsTime.cpu), groupThousands(int(r.secrets)/r.n),
-			groupThousands(int(r.users)/users), it, ih)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s B | %s | %s B | %s B | %s | %s |\n", thousands(r.n), tr, scaleDuration(r.tokensTime.cpu),
+			thousands(int(r.tokens)/r.n), scaleDuration(r.secretsTime.cpu), thousands(int(r.secrets)/r.n),
+			thousands(int(r.users)/users), it, ih)
 	}
 
 	ix, full, bare := idx[len(idx)-1], largestRelist(rel, true), largestRelist(rel, false)
@@ -1074,7 +1074,7 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 	restart := full.tokensTime.plus(full.usersTime).plus(full.indexTime)
 	tokenWire := per(full.tokenWire, full.n)
 
-	from := fmt.Sprintf("per-token figures from the %s-token runs", groupThousands(full.n))
+	from := fmt.Sprintf("per-token figures from the %s-token runs", thousands(full.n))
 	if full.n != n || ix.n != n {
 		from += ", times scaled linearly"
 	}
@@ -1084,17 +1084,17 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 	fmt.Fprintf(&b, "\n**What one replica holds at 1,000,000 tokens** (%s):\n\n", from)
 	fmt.Fprintf(&b, "- **check index: %s**, %s once every token has passed a check (%s B per token, %s B more once checked; "+
 		"%s B alone in the %s-token run, counting the spec strings and slices it shares with the cache);\n",
-		scaleMB(index*n), scaleMB((index+checked)*n), groupThousands(int(index)), groupThousands(int(checked)), groupThousands(int(idxAlone)), groupThousands(ix.n))
+		scaleMB(index*n), scaleMB((index+checked)*n), thousands(int(index)), thousands(int(checked)), thousands(int(idxAlone)), thousands(ix.n))
 	fmt.Fprintf(&b, "- **cache on every replica: %s** of ApiTokens and ServiceUsers (%s B per token), which the check server's feed, the "+
 		"field indexes and the ServiceUser controller read; without the transforms %s: stripping managed fields saves %s. Of a cached "+
 		"ApiToken, the `%s` field index takes %s B (%s at a million): controller-runtime indexes each value twice, under its namespace "+
 		"and under all namespaces, and a hash, being unique, gets two sets of its own; the `%s` index takes %s B;\n",
-		scaleMB((tok+user)*n), groupThousands(int(tok+user)), scaleMB((bareTok+bareUser)*n), scaleMB((bareTok+bareUser-tok-user)*n),
-		controllers.TokenHashIndex, groupThousands(int(per(full.hashIndex, full.n))), scaleMB(per(full.hashIndex, full.n)*n),
-		controllers.ServiceUserIndex, groupThousands(int(per(full.userIndex, full.n))))
+		scaleMB((tok+user)*n), thousands(int(tok+user)), scaleMB((bareTok+bareUser)*n), scaleMB((bareTok+bareUser-tok-user)*n),
+		controllers.TokenHashIndex, thousands(int(per(full.hashIndex, full.n))), scaleMB(per(full.hashIndex, full.n)*n),
+		controllers.ServiceUserIndex, thousands(int(per(full.userIndex, full.n))))
 	fmt.Fprintf(&b, "- **cache on the leader only: %s** of Secrets (%s B per token; %s without the transforms), watched by the ApiToken "+
 		"controller, which runs on the leader. It holds every token in plaintext, as the Secret's data;\n",
-		scaleMB(sec*n), groupThousands(int(sec)), scaleMB(bareSec*n))
+		scaleMB(sec*n), thousands(int(sec)), scaleMB(bareSec*n))
 	fmt.Fprintf(&b, "- **live heap: %s on a replica, %s on the leader**; with Go's default GOGC=100 the heap grows to about twice the live "+
 		"data between collections;\n", scaleMB(replica), scaleMB(leader))
 	fmt.Fprintf(&b, "- **after a restart**, decoding and storing the ApiTokens and ServiceUsers and building the index costs %s of CPU "+
@@ -1114,12 +1114,12 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 		if live < quota {
 			return fmt.Sprintf("fits (%.0f%%)", 100*live/quota)
 		}
-		return fmt.Sprintf("**does not fit**: it binds at about %s tokens", groupThousands(int(quota/perToken)))
+		return fmt.Sprintf("**does not fit**: it binds at about %s tokens", thousands(int(quota/perToken)))
 	}
 	fmt.Fprintf(&b, "- **etcd: %.2f GiB of live data**, %s keys, %s bytes per token with its Secret and its share of a "+
 		"ServiceUser. etcd's default 2 GiB quota %s; 8 GiB, the most etcd recommends, %s. No object grows with the number of tokens (a "+
 		"ServiceUser's status holds counts, not lists), and the largest valid ApiToken, %s, is far below etcd's %.1f MiB request limit;\n",
-		live/(1<<30), groupThousands(2*n+n/scaleTokensPerUser), groupThousands(int(perToken)), fits(etcdQuota), fits(etcdQuotaMax),
+		live/(1<<30), thousands(2*n+n/scaleTokensPerUser), thousands(int(perToken)), fits(etcdQuota), fits(etcdQuotaMax),
 		scaleKB(s.token[shapeLargest]), float64(etcdMaxRequest)/(1<<20))
 	// Every lastUsedAt write is a new revision of the whole ApiToken, kept
 	// until kube-apiserver compacts (every 5 minutes, to the revision of the
@@ -1133,7 +1133,7 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 		"is a new revision of the whole ApiToken (%s in etcd), kept 5 to 10 minutes until compaction. With all 1,000,000 tokens in use "+
 		"that is %s status writes a second per replica (%s/s into etcd's log), and up to %.1f GiB of history; under an 8 GiB quota the "+
 		"history leaves room for about %s tokens in constant use, divided by the number of replicas that see them.\n",
-		scaleKB(int(tokenRev)), groupThousands(int(writes)), scaleMB(writes*tokenRev), float64(n)*kept/(1<<30), groupThousands(int(headroom/kept)))
+		scaleKB(int(tokenRev)), thousands(int(writes)), scaleMB(writes*tokenRev), float64(n)*kept/(1<<30), thousands(int(headroom/kept)))
 	return b.String()
 }
 
@@ -1173,21 +1173,3 @@ func scaleMB(x float64) string {
 }
 
 func scaleKB(x int) string { return fmt.Sprintf("%.1f KB", float64(x)/1e3) }
-
-// groupThousands formats n with commas between groups of three digits.
-func groupThousands(n int) string {
-	s := fmt.Sprint(n)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var b strings.Builder
-	for i, c := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(c)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
-}

@@ -19,9 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
@@ -222,7 +219,7 @@ func setupWithAPIServer(t *testing.T) (ctx context.Context, c client.Client, bin
 	must := mustFor(t)
 	must(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}}))
 	kubeconfig = filepath.Join(dir, "kubeconfig")
-	must(writeKubeconfig(cfg, kubeconfig))
+	must(testenv.WriteKubeconfig(cfg, kubeconfig))
 	return ctx, c, bin, kubeconfig, dir, api
 }
 
@@ -244,16 +241,4 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// writeKubeconfig writes envtest's admin credentials for the keymint binary.
-func writeKubeconfig(cfg *rest.Config, path string) error {
-	return clientcmd.WriteToFile(clientcmdapi.Config{
-		Clusters: map[string]*clientcmdapi.Cluster{"envtest": {Server: cfg.Host, CertificateAuthorityData: cfg.CAData}},
-		AuthInfos: map[string]*clientcmdapi.AuthInfo{"admin": {
-			ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken,
-		}},
-		Contexts:       map[string]*clientcmdapi.Context{"envtest": {Cluster: "envtest", AuthInfo: "admin"}},
-		CurrentContext: "envtest",
-	}, path)
 }
