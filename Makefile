@@ -68,8 +68,9 @@ bench: manifests control-plane ## Measure the figures of docs/performance.md aga
 ##@ Build
 
 .PHONY: build
-build: manifests generate fmt vet ## Build the manager binary into bin/keymint.
+build: manifests generate fmt vet ## Build the manager into bin/keymint and the kubectl plugin into bin/kubectl-keymint.
 	go build -o bin/keymint ./cmd/keymint
+	go build -o bin/kubectl-keymint ./cmd/kubectl-keymint
 
 .PHONY: run
 run: build control-plane ## Run keymint in the foreground: against the cluster in your kubeconfig if one answers, else a local control plane (Ctrl-C stops all).
