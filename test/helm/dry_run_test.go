@@ -1,0 +1,108 @@
+package helm
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/keymint/keymint/internal/testenv"
+)
+
+// TestServerDryRun pipes helm template to kubectl apply --dry-run=server
+// against a real kube-apiserver: every object must pass its schema,
+// defaulting and validation (the CRDs' structural schemas and CEL rules,
+// the webhook configuration's matchConditions, the Deployment's pod spec).
+//
+// The control plane starts without keymint's CRDs, so the chart's CRDs are
+// validated as new ones. Objects of cert-manager and prometheus-operator
+// kinds need their CRDs to exist: testdata/crds holds stand-ins
+// (testdata/crds/README.md). A dry run does not create the release
+// namespace, and namespaced objects need it, so it is created for real.
+func TestServerDryRun(t *testing.T) {
+	_, _ = tools(t)
+	assets, err := testenv.AssetsDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		CRDDirectoryPaths:     []string{filepath.Join("testdata", "crds")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := testenv.WriteKubeconfig(cfg, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+
+	cases := map[string]struct {
+		namespace string
+		args      []string
+		// want are objects the dry run must report, as kind/name.
+		want []string
+	}{
+		"defaults": {
+			namespace: "keymint-system",
+			want: []string{
+				"customresourcedefinition.apiextensions.k8s.io/apitokens.keymint.io",
+				"customresourcedefinition.apiextensions.k8s.io/serviceusers.keymint.io",
+				"deployment.apps/keymint-manager",
+				"validatingwebhookconfiguration.admissionregistration.k8s.io/keymint-validating-webhook-configuration",
+				"clusterrole.rbac.authorization.k8s.io/keymint-manager-role",
+				"poddisruptionbudget.policy/keymint-manager",
+			},
+		},
+		"cert-manager and ServiceMonitor, another namespace": {
+			namespace: "tokens",
+			args:      []string{"--values", filepath.Join("testdata", "values", "cert-manager.yaml")},
+			want: []string{
+				"certificate.cert-manager.io/keymint-check",
+				"issuer.cert-manager.io/keymint-selfsigned",
+				"servicemonitor.monitoring.coreos.com/keymint-metrics",
+				"deployment.apps/keymint-manager",
+			},
+		},
+		"one replica, plain metrics, scheduling values": {
+			namespace: "keymint",
+			args:      []string{"--values", filepath.Join("testdata", "values", "small.yaml")},
+			want:      []string{"deployment.apps/keymint-manager", "service/keymint-webhook"},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: tc.namespace}}
+			if err := c.Create(context.Background(), ns); err != nil {
+				t.Fatal(err)
+			}
+			manifest := template(t, tc.namespace, tc.args...)
+			// Everything must land in the release namespace (or be
+			// cluster-wide): nothing may still name the kustomize one.
+			if tc.namespace != "keymint-system" && strings.Contains(string(manifest), "keymint-system") {
+				t.Errorf("rendered for namespace %s, the chart still names keymint-system", tc.namespace)
+			}
+			out, err := command(t, manifest, "kubectl", "--kubeconfig", kubeconfig, "apply", "--dry-run=server", "-f", "-")
+			if err != nil {
+				t.Fatalf("kubectl apply --dry-run=server refused the chart: %v", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(out), w+" created (server dry run)") {
+					t.Errorf("dry run did not create %s:\n%s", w, out)
+				}
+			}
+		})
+	}
+}

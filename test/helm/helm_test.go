@@ -1,0 +1,323 @@
+// Package helm tests the Helm chart in dist/chart with the real helm and
+// kubectl binaries: it lints, its values schema refuses bad values, it
+// renders objects kube-apiserver accepts (dry_run_test.go), and it renders
+// the objects config/default builds (drift_test.go).
+package helm
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/keymint/keymint/internal/testenv"
+)
+
+// tools finds the repository root and the helm binary make helm installs
+// (HELM overrides it).
+func tools(t *testing.T) (root, helm string) {
+	t.Helper()
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helm = os.Getenv("HELM")
+	if helm == "" {
+		helm = filepath.Join(root, "bin", "helm")
+	}
+	if _, err := os.Stat(helm); err != nil {
+		t.Fatalf("no helm binary at %s: run make helm (make test does)", helm)
+	}
+	return root, helm
+}
+
+// command runs a binary and returns its output; stderr is returned with the
+// error.
+func command(t *testing.T, stdin []byte, name string, args ...string) ([]byte, error) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, errors.New(err.Error() + ": " + stderr.String() + string(out))
+	}
+	return out, nil
+}
+
+// template renders the chart as release keymint in namespace ns.
+func template(t *testing.T, ns string, args ...string) []byte {
+	t.Helper()
+	root, helm := tools(t)
+	args = append([]string{"template", "keymint", filepath.Join(root, "dist", "chart"), "--namespace", ns}, args...)
+	out, err := command(t, nil, helm, args...)
+	if err != nil {
+		t.Fatalf("helm %s: %v", strings.Join(args, " "), err)
+	}
+	return out
+}
+
+// object is one Kubernetes object, as decoded JSON.
+type object = map[string]any
+
+// decode splits a YAML stream into objects.
+func decode(t *testing.T, stream []byte) []object {
+	t.Helper()
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(stream)))
+	var objs []object
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return objs
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var obj object
+		if err := yaml.Unmarshal(doc, &obj); err != nil {
+			t.Fatalf("%v in\n%s", err, doc)
+		}
+		if len(obj) > 0 {
+			objs = append(objs, obj)
+		}
+	}
+}
+
+func get(v any, path ...string) any {
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[p]
+	}
+	return v
+}
+
+func str(v any, path ...string) string { s, _ := get(v, path...).(string); return s }
+
+// find returns the object of that kind and name, or nil.
+func find(objs []object, kind, name string) object {
+	for _, o := range objs {
+		if str(o, "kind") == kind && str(o, "metadata", "name") == name {
+			return o
+		}
+	}
+	return nil
+}
+
+func chartPath(t *testing.T) string {
+	root, _ := tools(t)
+	return filepath.Join(root, "dist", "chart")
+}
+
+func TestLint(t *testing.T) {
+	_, helm := tools(t)
+	for _, values := range []string{"", "testdata/values/cert-manager.yaml", "testdata/values/small.yaml"} {
+		for _, strict := range []bool{false, true} {
+			args := []string{"lint", chartPath(t)}
+			if values != "" {
+				args = append(args, "--values", values)
+			}
+			if strict {
+				args = append(args, "--strict")
+			}
+			out, err := command(t, nil, helm, args...)
+			if err != nil {
+				t.Errorf("helm %s failed: %v", strings.Join(args, " "), err)
+				continue
+			}
+			if !strings.Contains(string(out), "0 chart(s) failed") {
+				t.Errorf("helm %s: no success line in\n%s", strings.Join(args, " "), out)
+			}
+		}
+	}
+}
+
+// TestSchemaRefusesBadValues: each bad values file fails helm lint and
+// helm template, with an error naming the offending value.
+func TestSchemaRefusesBadValues(t *testing.T) {
+	_, helm := tools(t)
+	cases := map[string]string{
+		"replicas-zero.yaml":         "/replicas",
+		"cert-source.yaml":           "/certs/source",
+		"unknown-key.yaml":           "replica",
+		"metrics-secure-string.yaml": "/metrics/secure",
+		"log-level.yaml":             "/logLevel",
+		"rate-zero.yaml":             "/defaultRequestsPerMinute",
+		"issuer-kind.yaml":           "/certs/certManager/issuerRef/kind",
+	}
+	for file, want := range cases {
+		t.Run(file, func(t *testing.T) {
+			values := filepath.Join("testdata", "bad", file)
+			for _, verb := range []string{"lint", "template"} {
+				out, err := command(t, nil, helm, verb, chartPath(t), "--values", values)
+				if err == nil {
+					t.Fatalf("helm %s accepted %s:\n%s", verb, file, out)
+				}
+				if !strings.Contains(err.Error(), "schema") || !strings.Contains(err.Error(), want) {
+					t.Errorf("helm %s refused %s without naming %q in a schema error: %v", verb, file, want, err)
+				}
+			}
+		})
+	}
+}
+
+// TestValues renders the chart with values a user sets and checks what they
+// change in the manager's Deployment and around it.
+func TestValues(t *testing.T) {
+	args := func(objs []object) []string {
+		d := find(objs, "Deployment", "keymint-manager")
+		var out []string
+		for _, a := range get(d, "spec", "template", "spec", "containers").([]any)[0].(map[string]any)["args"].([]any) {
+			out = append(out, a.(string))
+		}
+		return out
+	}
+	servicePorts := func(objs []object) []string {
+		var names []string
+		for _, p := range get(find(objs, "Service", "keymint-webhook"), "spec", "ports").([]any) {
+			names = append(names, str(p, "name"))
+		}
+		return names
+	}
+	cases := map[string]struct {
+		set   []string
+		check func(t *testing.T, objs []object)
+	}{
+		"defaults: two replicas, leader election, self-managed certs, secure metrics": {
+			check: func(t *testing.T, objs []object) {
+				a := args(objs)
+				for _, want := range []string{"--leader-elect", "--self-managed-certs", "--metrics-bind-address=:8080"} {
+					if !slices.Contains(a, want) {
+						t.Errorf("args %q lack %s", a, want)
+					}
+				}
+				for _, kind := range []string{"PodDisruptionBudget/keymint-manager", "ClusterRole/keymint-metrics-reader"} {
+					k, n, _ := strings.Cut(kind, "/")
+					if find(objs, k, n) == nil {
+						t.Errorf("no %s", kind)
+					}
+				}
+				if find(objs, "Certificate", "keymint-check") != nil || find(objs, "ServiceMonitor", "keymint-metrics") != nil {
+					t.Error("cert-manager or prometheus-operator objects rendered by default")
+				}
+				for _, crd := range []string{"apitokens.keymint.io", "serviceusers.keymint.io"} {
+					if str(find(objs, "CustomResourceDefinition", crd), "metadata", "annotations", "helm.sh/resource-policy") != "keep" {
+						t.Errorf("CRD %s is not kept on uninstall", crd)
+					}
+				}
+				img := get(find(objs, "Deployment", "keymint-manager"), "spec", "template", "spec", "containers").([]any)[0]
+				if got := str(img, "image"); got != "ghcr.io/keymint/keymint:latest" {
+					t.Errorf("image %s, want the appVersion tag", got)
+				}
+			},
+		},
+		"one replica without leader election has no PDB": {
+			set: []string{"replicas=1", "leaderElection.enable=false"},
+			check: func(t *testing.T, objs []object) {
+				if slices.Contains(args(objs), "--leader-elect") {
+					t.Error("--leader-elect with one replica and leader election off")
+				}
+				if find(objs, "PodDisruptionBudget", "keymint-manager") != nil {
+					t.Error("a PDB with minAvailable 1 for one replica blocks every drain")
+				}
+			},
+		},
+		"several replicas force leader election": {
+			set: []string{"replicas=3", "leaderElection.enable=false"},
+			check: func(t *testing.T, objs []object) {
+				if !slices.Contains(args(objs), "--leader-elect") {
+					t.Error("three replicas without --leader-elect would all run the controllers")
+				}
+			},
+		},
+		"metrics off": {
+			set: []string{"metrics.enable=false", "serviceMonitor.enable=true"},
+			check: func(t *testing.T, objs []object) {
+				if !slices.Contains(args(objs), "--metrics-bind-address=0") {
+					t.Errorf("args %q do not turn metrics off", args(objs))
+				}
+				if slices.Contains(servicePorts(objs), "metrics") {
+					t.Error("Service keeps a metrics port")
+				}
+				if find(objs, "ServiceMonitor", "keymint-metrics") != nil || find(objs, "ClusterRole", "keymint-metrics-reader") != nil {
+					t.Error("ServiceMonitor or metrics-reader role for metrics that are off")
+				}
+			},
+		},
+		"rate, log level, plain metrics and extra args": {
+			set: []string{"defaultRequestsPerMinute=60", "logLevel=debug", "metrics.secure=false", "extraArgs={--max-index-staleness=30s}"},
+			check: func(t *testing.T, objs []object) {
+				a := args(objs)
+				for _, want := range []string{"--default-requests-per-minute=60", "--zap-log-level=debug", "--metrics-secure=false", "--max-index-staleness=30s"} {
+					if !slices.Contains(a, want) {
+						t.Errorf("args %q lack %s", a, want)
+					}
+				}
+				if find(objs, "ClusterRole", "keymint-metrics-reader") != nil {
+					t.Error("metrics-reader role for plain-HTTP metrics")
+				}
+			},
+		},
+		"cert-manager with an issuer of the user's": {
+			set: []string{"certs.source=cert-manager", "certs.certManager.issuerRef.name=corp-ca", "certs.certManager.issuerRef.kind=ClusterIssuer"},
+			check: func(t *testing.T, objs []object) {
+				a := args(objs)
+				if slices.Contains(a, "--self-managed-certs") || !slices.Contains(a, "--check-tls-cert-file=/etc/keymint/tls/tls.crt") {
+					t.Errorf("args %q do not use cert-manager's certificate", a)
+				}
+				if find(objs, "Issuer", "keymint-selfsigned") != nil {
+					t.Error("a self-signed Issuer besides the user's")
+				}
+				ref := get(find(objs, "Certificate", "keymint-check"), "spec", "issuerRef")
+				if str(ref, "name") != "corp-ca" || str(ref, "kind") != "ClusterIssuer" {
+					t.Errorf("Certificate issuerRef %v", ref)
+				}
+				hook := find(objs, "ValidatingWebhookConfiguration", "keymint-validating-webhook-configuration")
+				if got := str(hook, "metadata", "annotations", "cert-manager.io/inject-ca-from"); got != "tokens/keymint-check" {
+					t.Errorf("webhook configuration's inject-ca-from is %q", got)
+				}
+			},
+		},
+		"CRDs left out, or not kept": {
+			set: []string{"crd.keep=false"},
+			check: func(t *testing.T, objs []object) {
+				if ann := get(find(objs, "CustomResourceDefinition", "apitokens.keymint.io"), "metadata", "annotations", "helm.sh/resource-policy"); ann != nil {
+					t.Errorf("resource-policy %v with crd.keep=false", ann)
+				}
+			},
+		},
+		"no CRDs": {
+			set: []string{"crd.enable=false"},
+			check: func(t *testing.T, objs []object) {
+				for _, o := range objs {
+					if str(o, "kind") == "CustomResourceDefinition" {
+						t.Errorf("CRD %s with crd.enable=false", str(o, "metadata", "name"))
+					}
+				}
+			},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			var flags []string
+			for _, s := range tc.set {
+				flags = append(flags, "--set", s)
+			}
+			tc.check(t, decode(t, template(t, "tokens", flags...)))
+		})
+	}
+}
