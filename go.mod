@@ -3,6 +3,7 @@ module github.com/keymint/keymint
 go 1.26.0
 
 require (
+	github.com/creack/pty v1.1.18
 	github.com/envoyproxy/go-control-plane/envoy v1.36.0
 	github.com/go-logr/logr v1.4.3
 	github.com/onsi/ginkgo/v2 v2.28.1

@@ -1,0 +1,138 @@
+package plugin_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/plugin"
+	"github.com/keymint/keymint/internal/token"
+)
+
+// The status table says what checks make of each token at one instant,
+// from statuses pinned in place (no controller runs in this namespace).
+func TestStatus(t *testing.T) {
+	g := NewWithT(t)
+	cl := startCluster(t)
+	const ns = "status"
+	newNamespace(t, cl, ns)
+	createUser(t, cl, ns, "billing")
+	now := time.Now().Truncate(time.Second)
+	at := func(d time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(d)} }
+	opts := plugin.Options{Now: func() time.Time { return now }}
+
+	ready := createToken(t, cl, ns, "ready", "billing", func(tok *keymintv1alpha1.ApiToken) {
+		tok.Spec.Lifetime = &metav1.Duration{Duration: 150 * time.Hour}
+		tok.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: 100 * time.Hour}, GracePeriod: &metav1.Duration{Duration: time.Hour}}
+	})
+	readyPlain := issue(t, cl, ready, "ready-secret", now.Add(-time.Hour), keymintv1alpha1.ApiTokenStatus{
+		ExpiresAt: at(149 * time.Hour), LastUsedAt: at(-5 * time.Minute),
+		PreviousTokens: []keymintv1alpha1.PreviousToken{{TokenHash: token.HashString("rotated-out"), IssuedAt: *at(-101 * time.Hour), ValidUntil: *at(45 * time.Minute)}},
+	})
+	expired := createToken(t, cl, ns, "expired", "billing", func(tok *keymintv1alpha1.ApiToken) {
+		tok.Spec.Lifetime = &metav1.Duration{Duration: 24 * time.Hour}
+	})
+	// Ready=True as last written: the expiry passed since, and checks
+	// refuse it whatever the condition still says.
+	expiredPlain := issue(t, cl, expired, "expired", now.Add(-26*time.Hour), keymintv1alpha1.ApiTokenStatus{ExpiresAt: at(-2 * time.Hour)})
+	revoked := createToken(t, cl, ns, "revoked", "billing", func(tok *keymintv1alpha1.ApiToken) { tok.Spec.Revoked = true })
+	setStatus(t, cl, revoked, keymintv1alpha1.ApiTokenStatus{TokenPrefix: "km_Revoked12", Serial: 3, Conditions: []metav1.Condition{{
+		Type: keymintv1alpha1.ApiTokenConditionRevoked, Status: metav1.ConditionTrue, Reason: keymintv1alpha1.ApiTokenReasonRevokedBySpec, LastTransitionTime: metav1.Now(),
+	}}})
+	orphan := createToken(t, cl, ns, "orphan", "ghost")
+	orphanPlain := issue(t, cl, orphan, "orphan", now.Add(-time.Minute), keymintv1alpha1.ApiTokenStatus{})
+	createToken(t, cl, ns, "pending", "billing")
+	plains := []string{readyPlain, expiredPlain, orphanPlain}
+	neverPrintsATokens := func(r result) {
+		t.Helper()
+		for _, p := range plains {
+			g.Expect(r.stdout + r.stderr).NotTo(ContainSubstring(p[len(token.DefaultPrefix)+1:]))
+		}
+	}
+
+	t.Run("table", func(t *testing.T) {
+		r := cl.run(t, opts, "status", "-n", ns)
+		t.Log("\n" + r.stdout)
+		g.Expect(r.code).To(Equal(0), r.stderr)
+		neverPrintsATokens(r)
+		rows := table(t, r.stdout)
+		g.Expect(rows).To(HaveLen(5))
+		g.Expect(rows["ready"]).To(Equal(map[string]string{
+			"NAME": "ready", "SERVICE USER": "billing", "STATE": "Ready", "EXPIRES": "in 6d5h", "LAST USED": "5m ago",
+			"PREFIX": token.Display(readyPlain), "ROTATION": "in 4d3h, old token accepted for 45m",
+		}))
+		g.Expect(rows["expired"]).To(HaveKeyWithValue("STATE", "Expired"))
+		g.Expect(rows["expired"]).To(HaveKeyWithValue("EXPIRES", "expired 2h ago"))
+		g.Expect(rows["expired"]).To(HaveKeyWithValue("LAST USED", "never"))
+		g.Expect(rows["revoked"]).To(Equal(map[string]string{
+			"NAME": "revoked", "SERVICE USER": "billing", "STATE": "Revoked", "EXPIRES": "-", "LAST USED": "never",
+			"PREFIX": "km_Revoked12", "ROTATION": "-",
+		}))
+		g.Expect(rows["orphan"]).To(HaveKeyWithValue("STATE", "ServiceUserNotFound"))
+		g.Expect(rows["orphan"]).To(HaveKeyWithValue("EXPIRES", "never"))
+		g.Expect(rows["pending"]).To(HaveKeyWithValue("STATE", "Pending"))
+		g.Expect(rows["pending"]).To(HaveKeyWithValue("PREFIX", "-"))
+	})
+
+	t.Run("one by name, wide", func(t *testing.T) {
+		r := cl.run(t, opts, "status", "ready", "-n", ns, "-o", "wide")
+		t.Log("\n" + r.stdout)
+		g.Expect(r.code).To(Equal(0), r.stderr)
+		rows := table(t, r.stdout)
+		g.Expect(rows).To(HaveLen(1))
+		g.Expect(rows["ready"]).To(HaveKeyWithValue("SECRET", "ready-secret"))
+		g.Expect(rows["ready"]).To(HaveKeyWithValue("SERIAL", "1"))
+		g.Expect(rows["ready"]).To(HaveKeyWithValue("ISSUED", "1h ago"))
+	})
+
+	t.Run("all namespaces", func(t *testing.T) {
+		r := cl.run(t, opts, "status", "-A")
+		g.Expect(r.code).To(Equal(0), r.stderr)
+		g.Expect(strings.Fields(strings.SplitN(r.stdout, "\n", 2)[0])[0]).To(Equal("NAMESPACE"))
+		g.Expect(table(t, r.stdout)["ready"]).To(HaveKeyWithValue("NAMESPACE", ns))
+	})
+
+	t.Run("json and yaml print the objects", func(t *testing.T) {
+		r := cl.run(t, opts, "status", "-n", ns, "-o", "json")
+		g.Expect(r.code).To(Equal(0), r.stderr)
+		neverPrintsATokens(r)
+		var list keymintv1alpha1.ApiTokenList
+		g.Expect(json.Unmarshal([]byte(r.stdout), &list)).To(Succeed())
+		g.Expect(list.Items).To(HaveLen(5))
+		g.Expect(list.Items[0].Kind).To(Equal("ApiToken"))
+		g.Expect(list.Items[0].APIVersion).To(Equal("keymint.io/v1alpha1"))
+		g.Expect(r.stdout).NotTo(ContainSubstring("managedFields"))
+
+		r = cl.run(t, opts, "status", "ready", "-n", ns, "-o", "yaml")
+		g.Expect(r.code).To(Equal(0), r.stderr)
+		g.Expect(r.stdout).To(ContainSubstring("kind: ApiToken\n"))
+		g.Expect(r.stdout).To(ContainSubstring("tokenPrefix: " + token.Display(readyPlain)))
+
+		r = cl.run(t, opts, "status", "ready", "-n", ns, "-o", "jsonpath={.status.secretName}")
+		g.Expect(r.stdout).To(Equal("ready-secret"))
+	})
+
+	t.Run("bad input", func(t *testing.T) {
+		r := cl.run(t, opts, "status", "nope", "-n", ns)
+		g.Expect(r.code).To(Equal(1))
+		g.Expect(r.stderr).To(Equal("error: apitoken \"nope\" not found in namespace \"status\"\n"))
+
+		r = cl.run(t, opts, "status", "ready", "-A")
+		g.Expect(r.code).To(Equal(1))
+		g.Expect(r.stderr).To(ContainSubstring("cannot be looked up across all namespaces"))
+
+		r = cl.run(t, opts, "status", "-o", "csv")
+		g.Expect(r.code).To(Equal(1))
+		g.Expect(r.stderr).To(ContainSubstring(`unable to match a printer suitable for the output format "csv"`))
+
+		r = cl.run(t, opts, "status", "-n", "empty-namespace")
+		g.Expect(r.code).To(Equal(0))
+		g.Expect(r.stdout).To(BeEmpty())
+		g.Expect(r.stderr).To(Equal("No ApiTokens found in empty-namespace namespace.\n"))
+	})
+}
