@@ -292,9 +292,9 @@ func matches(list *matcherv3.ListStringMatcher, name string) bool {
 	return false
 }
 
-// authRequest is the request filter f sends keymint for the client's r, as
+// envoyAuthRequest is the request filter f sends keymint for the client's r, as
 // bytes on the wire: Envoy's HTTP/1 codec writes lower-case header names.
-func authRequest(f envoyFilter, r *http.Request) string {
+func envoyAuthRequest(f envoyFilter, r *http.Request) string {
 	svc := f.config.GetHttpService()
 	header := map[string]string{"host": r.Host, "content-length": "0"}
 	for name, values := range r.Header {
@@ -329,7 +329,7 @@ func (e *envoyRecipe) ask(t *testing.T, k *keymint, f envoyFilter, r *http.Reque
 		t.Fatalf("connecting to keymint as the keymint cluster does: %v", err)
 	}
 	defer conn.Close()
-	if _, err := io.WriteString(conn, authRequest(f, r)); err != nil {
+	if _, err := io.WriteString(conn, envoyAuthRequest(f, r)); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: r.Method})
@@ -401,7 +401,7 @@ func TestEnvoyRecipe(t *testing.T) {
 	t.Run("keymint gets the token and the route's scope, nothing else of the client's", func(t *testing.T) {
 		r := clientRequest(http.MethodDelete, "/reports/2026?x=1", "Authorization", k.bearer("exporter"),
 			"Cookie", "session=secret", check.HeaderScope, "invoices:read", "X-Forwarded-Authorization", "Bearer other")
-		got := authRequest(e.active(t, e.route(t, "/reports/2026"))[0], r)
+		got := envoyAuthRequest(e.active(t, e.route(t, "/reports/2026"))[0], r)
 		want := "DELETE /check/envoy/reports/2026?x=1 HTTP/1.1\r\n" +
 			"authorization: " + k.bearer("exporter") + "\r\n" +
 			"content-length: 0\r\nhost: app.example.com\r\nx-keymint-scope: reports:write\r\n\r\n"
