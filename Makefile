@@ -23,8 +23,13 @@ help: ## Show the targets and what they do.
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate the CRDs, RBAC role and webhook configurations under config/.
+manifests: controller-gen kustomize ## Generate the CRDs, RBAC role and webhook configurations under config/, and the Helm chart's copies of them.
 	"$(CONTROLLER_GEN)" rbac:roleName=manager-role crd webhook paths="./..." output:crd:artifacts:config=config/crd/bases
+	go run ./hack/chart -kustomize "$(KUSTOMIZE)"
+
+.PHONY: helm-chart
+helm-chart: kustomize ## Regenerate the CRDs, RBAC and webhook configuration of the Helm chart (dist/chart) from config/.
+	go run ./hack/chart -kustomize "$(KUSTOMIZE)"
 
 .PHONY: generate
 generate: controller-gen ## Generate DeepCopy methods for the API types.
@@ -43,7 +48,7 @@ control-plane: ## Build kube-apiserver and etcd (and kubectl if none is on PATH)
 	go run ./hack/controlplane -dir "$(LOCALBIN)/k8s" -kubernetes-version $(KUBERNETES_VERSION) -etcd-version $(ETCD_VERSION)
 
 .PHONY: test
-test: manifests generate fmt vet control-plane test-deps ## Run every test: unit, envtest suites (real kube-apiserver + etcd) and end-to-end.
+test: manifests generate fmt vet control-plane test-deps helm ## Run every test: unit, envtest suites (real kube-apiserver + etcd) and end-to-end.
 	PATH="$$PATH:$(CONTROL_PLANE_DIR)" KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./... -count=1 -coverprofile cover.out
 
 .PHONY: test-e2e
@@ -123,9 +128,11 @@ $(LOCALBIN):
 CONTROL_PLANE_DIR ?= $(LOCALBIN)/k8s/$(KUBERNETES_VERSION)
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen
 KUSTOMIZE ?= $(LOCALBIN)/kustomize
+HELM ?= $(LOCALBIN)/helm
 
 CONTROLLER_TOOLS_VERSION ?= v0.21.0
 KUSTOMIZE_VERSION ?= v5.5.0
+HELM_VERSION ?= v3.22.0
 
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN) ## Install controller-gen into bin/.
@@ -136,6 +143,11 @@ $(CONTROLLER_GEN): $(LOCALBIN)
 kustomize: $(KUSTOMIZE) ## Install kustomize into bin/.
 $(KUSTOMIZE): $(LOCALBIN)
 	$(call go-install-tool,$(KUSTOMIZE),sigs.k8s.io/kustomize/kustomize/v5,$(KUSTOMIZE_VERSION))
+
+.PHONY: helm
+helm: $(HELM) ## Install helm into bin/.
+$(HELM): $(LOCALBIN)
+	$(call go-install-tool,$(HELM),helm.sh/helm/v3/cmd/helm,$(HELM_VERSION))
 
 # go-install-tool installs package $(2) at version $(3) as $(1)-$(3) and links $(1) to it,
 # so that changing a version above installs the new one.

@@ -28,8 +28,8 @@ var (
 func TestChartMatchesKustomize(t *testing.T) {
 	root, _ := tools(t)
 	cases := map[string]struct {
-		// kustomization is the install: a directory, or (when overlay is
-		// set) an overlay written to a temporary directory.
+		// kustomization is the install's directory; or overlay, a
+		// kustomization of config/default (%s) and config/certmanager (%s).
 		kustomization string
 		overlay       string
 		values        []string
@@ -38,9 +38,8 @@ func TestChartMatchesKustomize(t *testing.T) {
 			kustomization: filepath.Join(root, "config", "default"),
 		},
 		"config/default with the config/certmanager component": {
-			overlay: fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n",
-				filepath.Join(root, "config", "default"), filepath.Join(root, "config", "certmanager")),
-			values: []string{"certs.source=cert-manager"},
+			overlay: "resources: [%s]\ncomponents: [%s]\n",
+			values:  []string{"certs.source=cert-manager"},
 		},
 	}
 	// Only kustomize makes the namespace; helm install --create-namespace
@@ -51,8 +50,18 @@ func TestChartMatchesKustomize(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := tc.kustomization
 			if tc.overlay != "" {
+				// As config/certmanager says to use it. kustomize wants
+				// relative paths to the bases.
 				dir = t.TempDir()
-				if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(tc.overlay), 0o644); err != nil {
+				rel := func(p string) string {
+					r, err := filepath.Rel(dir, filepath.Join(root, p))
+					if err != nil {
+						t.Fatal(err)
+					}
+					return r
+				}
+				overlay := fmt.Sprintf(tc.overlay, rel("config/default"), rel("config/certmanager"))
+				if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(overlay), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -123,7 +132,34 @@ func normalize(o object) object {
 			delete(meta, field)
 		}
 	}
+	// Flags count as keymint parses them: the last of a name wins, and
+	// --x is --x=true. config/certmanager appends --self-managed-certs=false
+	// after config/manager's --self-managed-certs; the chart writes only the
+	// latter.
+	containers, _ := get(o, "spec", "template", "spec", "containers").([]any)
+	for _, c := range containers {
+		if c, ok := c.(map[string]any); ok && c["args"] != nil {
+			c["args"] = effectiveFlags(c["args"].([]any))
+		}
+	}
 	return o
+}
+
+func effectiveFlags(args []any) []string {
+	last := map[string]string{}
+	for _, a := range args {
+		name, value, ok := strings.Cut(a.(string), "=")
+		if !ok {
+			value = "true"
+		}
+		last[name] = value
+	}
+	var flags []string
+	for name, value := range last {
+		flags = append(flags, name+"="+value)
+	}
+	sort.Strings(flags)
+	return flags
 }
 
 func keys(m map[string]object) []string {

@@ -54,6 +54,8 @@ func TestServerDryRun(t *testing.T) {
 		args      []string
 		// want are objects the dry run must report, as kind/name.
 		want []string
+		// wantErr, when set, is part of the error kube-apiserver must give.
+		wantErr string
 	}{
 		"defaults": {
 			namespace: "keymint-system",
@@ -81,6 +83,13 @@ func TestServerDryRun(t *testing.T) {
 			args:      []string{"--values", filepath.Join("testdata", "values", "small.yaml")},
 			want:      []string{"deployment.apps/keymint-manager", "service/keymint-webhook"},
 		},
+		// The schema leaves quantities to kube-apiserver, which must
+		// refuse them: the dry run is what catches this.
+		"a bad quantity is refused": {
+			namespace: "refused",
+			args:      []string{"--set", "resources.requests.cpu=lots"},
+			wantErr:   "quantities must match",
+		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -95,6 +104,12 @@ func TestServerDryRun(t *testing.T) {
 				t.Errorf("rendered for namespace %s, the chart still names keymint-system", tc.namespace)
 			}
 			out, err := command(t, manifest, "kubectl", "--kubeconfig", kubeconfig, "apply", "--dry-run=server", "-f", "-")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("kubectl apply --dry-run=server: want an error with %q, got %v:\n%s", tc.wantErr, err, out)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatalf("kubectl apply --dry-run=server refused the chart: %v", err)
 			}

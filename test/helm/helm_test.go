@@ -292,7 +292,7 @@ func TestValues(t *testing.T) {
 				}
 			},
 		},
-		"CRDs left out, or not kept": {
+		"CRDs not kept on uninstall": {
 			set: []string{"crd.keep=false"},
 			check: func(t *testing.T, objs []object) {
 				if ann := get(find(objs, "CustomResourceDefinition", "apitokens.keymint.io"), "metadata", "annotations", "helm.sh/resource-policy"); ann != nil {
