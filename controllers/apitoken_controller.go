@@ -46,6 +46,9 @@ type ApiTokenReconciler struct {
 	// Keyring signs the record written into each token Secret, and verifies
 	// it before a record is adopted.
 	Keyring *recordkey.Keyring
+	// ExpiryWarning is how long before expiry a token whose ServiceUser sets
+	// no tokenPolicy.expiryWarning is ExpiringSoon; zero turns it off.
+	ExpiryWarning time.Duration
 
 	// statusWritten holds, per ApiToken UID, the last status this controller
 	// wrote, until the next reconcile of that token takes it: a Secret event
@@ -88,6 +91,10 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 
 	obs := observe(tok, user, readSecret(sec, tok, r.Keyring), conflict, r.Clock.Now())
+	obs.ExpiryWarning = r.ExpiryWarning
+	if user != nil && user.Spec.TokenPolicy.ExpiryWarning != nil {
+		obs.ExpiryWarning = user.Spec.TokenPolicy.ExpiryWarning.Duration
+	}
 	if obs.Claimed, err = r.claimedElsewhere(ctx, tok, obs); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -141,6 +148,11 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, writeErr
 	}
 	r.conditionEvents(tok, before, obs)
+	for _, p := range res.Retired {
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventRetiredIdle, "Retire",
+			"The rotated-out token issued at %s is no longer accepted: the current token %s… is in use and the old one went unused for %s (rotation.retireWhenIdle)",
+			p.IssuedAt.UTC().Format(time.RFC3339), tok.Status.TokenPrefix, tokenstate.RetireWhenIdle(&tok.Spec))
+	}
 	if conflict {
 		return ctrl.Result{RequeueAfter: conflictRetry}, nil
 	}
@@ -426,6 +438,10 @@ func (r *ApiTokenReconciler) conditionEvents(tok *keymintv1alpha1.ApiToken, befo
 	}
 	if becameTrue(before.Conditions, st.Conditions, keymintv1alpha1.ApiTokenConditionExpired) {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventExpired, "Expire", "Token %s… expired at %s", st.TokenPrefix, st.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	if becameTrue(before.Conditions, st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon) {
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventExpiringSoon, "Warn", "%s",
+			meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon).Message)
 	}
 	if obs.Conflict && !hasReason(before.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonSecretConflict) {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretConflict, "Issue",

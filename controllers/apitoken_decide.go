@@ -57,7 +57,10 @@ type observation struct {
 	// Claimed is true when another ApiToken's status names one of Current's
 	// hashes.
 	Claimed bool
-	Now     time.Time
+	// ExpiryWarning is how long before expiry the token is ExpiringSoon:
+	// its user's tokenPolicy.expiryWarning, else the manager's default.
+	ExpiryWarning time.Duration
+	Now           time.Time
 }
 
 // decision is what to do and why.
@@ -82,6 +85,8 @@ const (
 	eventRevoked           = "Revoked"
 	eventExpired           = "Expired"
 	eventSecretConflict    = "SecretConflict"
+	eventExpiringSoon      = "ExpiringSoon"
+	eventRetiredIdle       = "RetiredIdleToken"
 )
 
 // observeToken fills in the token part of an observation: the status's
@@ -226,8 +231,11 @@ func newRecord(o observation, d decision, hash, display string) secretRecord {
 type result struct {
 	Status keymintv1alpha1.ApiTokenStatus
 	// RequeueAfter is when the state changes next by the clock alone (expiry,
-	// rotation, end of a grace period); zero when never.
+	// rotation, end of a grace period, a warning window); zero when never.
 	RequeueAfter time.Duration
+	// Retired are the rotated-out hashes retireWhenIdle ended at this
+	// reconcile.
+	Retired []tokenstate.Previous
 }
 
 // after is the token state a reconcile leaves behind.
@@ -280,6 +288,7 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 	now := o.Now
 	v := tokenstate.Evaluate(&a.Token, &o.User, now)
 	var wake []time.Time
+	var retired []tokenstate.Previous
 
 	if a.Token.Issued && v.Revoked == "" {
 		st.TokenHash = a.Hash
@@ -304,7 +313,21 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 			st.NextRotationAt = timePtr(&v.NextRotation)
 			wake = append(wake, v.NextRotation)
 		}
-		prev := tokenstate.StillAccepted(&a.Token, &o.User, &v, now)
+		// Uses are the check servers' record: the current token's carries
+		// over while it stays current, and a rotated-out one keeps its own.
+		if current.TokenHash != a.Hash {
+			st.TokenLastUsedAt = nil
+		}
+		a.Token.LastUsed = time.Time{}
+		if st.TokenLastUsedAt != nil {
+			a.Token.LastUsed = st.TokenLastUsedAt.Time
+		}
+		prev := withLastUsed(tokenstate.StillAccepted(&a.Token, &o.User, &v, now), &current)
+		var next time.Time
+		prev, retired, next = tokenstate.Retire(&a.Token, prev, now)
+		if !next.IsZero() {
+			wake = append(wake, next)
+		}
 		st.PreviousTokens = previousTokens(prev)
 		for _, p := range prev {
 			wake = append(wake, p.ValidUntil)
@@ -315,7 +338,20 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 		// ever adopted.
 		st.TokenHash, st.ServiceUserUID = "", ""
 		st.IssuedAt, st.RotatedAt, st.ExpiresAt, st.NextRotationAt = nil, nil, nil, nil
-		st.PreviousTokens = nil
+		st.PreviousTokens, st.TokenLastUsedAt = nil, nil
+	}
+
+	if soon, opens, ok := tokenstate.ExpiringSoon(&v, o.ExpiryWarning, now); soon {
+		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionExpiringSoon, true, keymintv1alpha1.ApiTokenReasonWithinWarningWindow,
+			fmt.Sprintf("Token %s… expires at %s, within the %s warning window, and no scheduled rotation replaces it first: "+
+				"rotate it (annotation %s), or set a later expiresAt or lifetime", a.Display, v.Expiry.UTC().Format(time.RFC3339),
+				o.ExpiryWarning, keymintv1alpha1.RotateAnnotation))
+	} else {
+		if ok {
+			wake = append(wake, opens)
+		}
+		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionExpiringSoon, false, keymintv1alpha1.ApiTokenReasonNotExpiringSoon,
+			"The token is not inside its expiry warning window")
 	}
 
 	setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionRevoked, v.Revoked != "",
@@ -349,13 +385,31 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 		setRequestGranted(&st, generation, o)
 	}
 
-	res := result{Status: st}
+	res := result{Status: st, Retired: retired}
 	for _, t := range wake {
 		if d := t.Sub(now); d > 0 && (res.RequeueAfter == 0 || d < res.RequeueAfter) {
 			res.RequeueAfter = d
 		}
 	}
 	return res
+}
+
+// withLastUsed fills in the recorded last use of each rotated-out hash from
+// the status: its own entry's, or, for the token rotated out just now, the
+// current token's.
+func withLastUsed(prev []tokenstate.Previous, st *keymintv1alpha1.ApiTokenStatus) []tokenstate.Previous {
+	for i := range prev {
+		p := &prev[i]
+		if p.Hash == st.TokenHash && st.TokenLastUsedAt != nil && st.TokenLastUsedAt.After(p.LastUsed) {
+			p.LastUsed = st.TokenLastUsedAt.Time
+		}
+		for _, q := range st.PreviousTokens {
+			if q.TokenHash == p.Hash && q.LastUsedAt != nil && q.LastUsedAt.After(p.LastUsed) {
+				p.LastUsed = q.LastUsedAt.Time
+			}
+		}
+	}
+	return prev
 }
 
 // setRequestGranted says whether the token gets what its spec asks for: what

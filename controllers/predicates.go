@@ -6,25 +6,38 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
-// notOnlyLastUsed drops ApiToken updates that change nothing but
-// status.lastUsedAt: every replica's check server writes it, up to once a
-// minute per token, and no reconcile depends on it.
+// notOnlyLastUsed drops ApiToken updates that change nothing but the
+// recorded uses (status.lastUsedAt, tokenLastUsedAt, previousTokens[].lastUsedAt):
+// every replica's check server writes them, up to once a minute per token.
+// One use matters: the first of a token whose rotated-out predecessors
+// retireWhenIdle may retire, since retiring waits for it.
 func notOnlyLastUsed() predicate.Predicate {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 		before, ok1 := e.ObjectOld.(*keymintv1alpha1.ApiToken)
 		after, ok2 := e.ObjectNew.(*keymintv1alpha1.ApiToken)
-		return !ok1 || !ok2 || !onlyLastUsedChanged(before, after)
+		return !ok1 || !ok2 || !onlyLastUsedChanged(before, after) || firstUseToRetireOn(before, after)
 	}}
 }
 
 func onlyLastUsedChanged(before, after *keymintv1alpha1.ApiToken) bool {
 	a, b := before.DeepCopy(), after.DeepCopy()
 	for _, t := range []*keymintv1alpha1.ApiToken{a, b} {
-		t.Status.LastUsedAt = nil
+		t.Status.LastUsedAt, t.Status.TokenLastUsedAt = nil, nil
+		for i := range t.Status.PreviousTokens {
+			t.Status.PreviousTokens[i].LastUsedAt = nil
+		}
 		t.ResourceVersion = ""
 		t.ManagedFields = nil
 	}
 	return equality.Semantic.DeepEqual(a, b)
+}
+
+// firstUseToRetireOn reports whether after records the first use of its
+// current token while retireWhenIdle may retire a predecessor.
+func firstUseToRetireOn(before, after *keymintv1alpha1.ApiToken) bool {
+	return before.Status.TokenLastUsedAt == nil && after.Status.TokenLastUsedAt != nil &&
+		len(after.Status.PreviousTokens) > 0 && tokenstate.RetireWhenIdle(&after.Spec) > 0
 }

@@ -113,7 +113,7 @@ func tokenFromRecord(spec *keymintv1alpha1.ApiTokenSpec, rec *secretRecord) toke
 		t.Expiry, t.Expires = *rec.ExpiresAt, true
 	}
 	for _, p := range rec.Previous {
-		t.Previous = append(t.Previous, tokenstate.Previous(p))
+		t.Previous = append(t.Previous, tokenstate.Previous{Hash: p.Hash, IssuedAt: p.IssuedAt, ValidUntil: p.ValidUntil})
 	}
 	return t
 }
@@ -122,7 +122,7 @@ func tokenFromRecord(spec *keymintv1alpha1.ApiTokenSpec, rec *secretRecord) toke
 func toRecordPrevious(prev []tokenstate.Previous) []recordPrevious {
 	out := make([]recordPrevious, len(prev))
 	for i, p := range prev {
-		out[i] = recordPrevious(p)
+		out[i] = recordPrevious{Hash: p.Hash, IssuedAt: p.IssuedAt, ValidUntil: p.ValidUntil}
 	}
 	return out
 }
@@ -135,6 +135,9 @@ func previousTokens(prev []tokenstate.Previous) []keymintv1alpha1.PreviousToken 
 	for i, p := range prev {
 		out[i] = keymintv1alpha1.PreviousToken{
 			TokenHash: p.Hash, IssuedAt: metav1.NewTime(p.IssuedAt.UTC()), ValidUntil: metav1.NewTime(p.ValidUntil.UTC()),
+		}
+		if !p.LastUsed.IsZero() {
+			out[i].LastUsedAt = timePtr(&p.LastUsed)
 		}
 	}
 	return out

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -50,19 +51,45 @@ func keepOwnedSecrets(obj any) (any, error) {
 	return sec, nil
 }
 
-// Setup registers the indexes and both controllers with a manager. clk is the
-// clock expiry and rotation are decided by; tests pass a fake one. ring signs
-// the token records written into Secrets.
-func Setup(ctx context.Context, mgr ctrl.Manager, clk clock.PassiveClock, ring *recordkey.Keyring) error {
+// DefaultExpiryWarning is how long before expiry a token is ExpiringSoon
+// when its ServiceUser sets no tokenPolicy.expiryWarning: 7 days, as GitLab
+// warns.
+const DefaultExpiryWarning = 7 * 24 * time.Hour
+
+// Options configure the controllers.
+type Options struct {
+	// Clock is the clock expiry and rotation are decided by; tests pass a
+	// fake one. Nil means the real clock.
+	Clock clock.PassiveClock
+	// Keyring signs the token records written into Secrets.
+	Keyring *recordkey.Keyring
+	// ExpiryWarning is the default expiry warning window; zero turns
+	// warnings off for users that set none.
+	ExpiryWarning time.Duration
+}
+
+// Setup registers the indexes and the controllers with a manager.
+func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
 	if err := SetupIndexes(ctx, mgr); err != nil {
 		return err
 	}
 	if err := (&ApiTokenReconciler{
-		Client:    mgr.GetClient(),
-		APIReader: mgr.GetAPIReader(),
-		Recorder:  mgr.GetEventRecorder("keymint-apitoken"),
-		Clock:     clk,
-		Keyring:   ring,
+		Client:        mgr.GetClient(),
+		APIReader:     mgr.GetAPIReader(),
+		Recorder:      mgr.GetEventRecorder("keymint-apitoken"),
+		Clock:         o.Clock,
+		Keyring:       o.Keyring,
+		ExpiryWarning: o.ExpiryWarning,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := (&RestartReconciler{
+		Client:   mgr.GetClient(),
+		Recorder: mgr.GetEventRecorder("keymint-restart"),
+		Clock:    o.Clock,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

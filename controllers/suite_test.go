@@ -114,7 +114,7 @@ var _ = BeforeSuite(func() {
 	Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}})).To(Succeed())
 	keyring, err = recordkey.LoadOrCreate(ctx, k8sClient, k8sClient, recordKeySecret)
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controllers.Setup(ctx, mgr, fakeClock, keyring)).To(Succeed())
+	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: fakeClock, Keyring: keyring, ExpiryWarning: controllers.DefaultExpiryWarning})).To(Succeed())
 	go func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())

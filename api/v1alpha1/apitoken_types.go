@@ -30,6 +30,12 @@ const (
 
 	// SecretTokenKey is the key of the token in its Secret's data.
 	SecretTokenKey = "token"
+
+	// RestartedAtAnnotation is set on the pod template of each of
+	// spec.rotation.restartTargets when a new token replaces the one in the
+	// Secret: its value, the new token's issue time, changes the template and
+	// so rolls the pods.
+	RestartedAtAnnotation = "keymint.io/restartedAt"
 )
 
 // ApiTokenSpec is the desired state of an ApiToken.
@@ -129,6 +135,7 @@ type ApiTokenSpec struct {
 // Rotation says when a token is replaced by a new one.
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.every) || !has(self.gracePeriod) || duration(self.gracePeriod) < duration(self.every)",message="gracePeriod must be shorter than every"
+// +kubebuilder:validation:XValidation:rule="!has(self.retireWhenIdle) || (has(self.gracePeriod) && duration(self.retireWhenIdle) < duration(self.gracePeriod))",message="retireWhenIdle must be shorter than gracePeriod: it ends a grace period early"
 type Rotation struct {
 	// every rotates the token this long after it was issued or last rotated,
 	// as a Go duration such as "720h". At least 1m, at most 2562047h.
@@ -150,6 +157,46 @@ type Rotation struct {
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('2562047h')",message="rotation.gracePeriod must be from 0s to 2562047h"
 	GracePeriod *metav1.Duration `json:"gracePeriod,omitempty"`
+
+	// retireWhenIdle ends a rotated-out token's grace period early: once the
+	// new token has passed a check, the old one stops being accepted as soon
+	// as it has not passed one for this long (counted from the rotation at
+	// the earliest). Uses are recorded about a minute late, so it is at least
+	// 5m; it must be shorter than gracePeriod, which still bounds it. Unset
+	// means the full grace period applies.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('5m') && duration(self) <= duration('2562047h')",message="rotation.retireWhenIdle must be at least 5m, at most 2562047h"
+	RetireWhenIdle *metav1.Duration `json:"retireWhenIdle,omitempty"`
+
+	// restartTargets are workloads in the token's namespace that mount its
+	// Secret: after each new token replaces one (rotation, renewal, reissue),
+	// keymint sets annotation keymint.io/restartedAt on their pod template,
+	// which rolls their pods onto the new token, as `kubectl rollout restart`
+	// does. Naming a workload needs the right to patch it. At most 16.
+	// +optional
+	// +listType=map
+	// +listMapKey=kind
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=16
+	RestartTargets []RestartTarget `json:"restartTargets,omitempty"`
+}
+
+// RestartTarget names a workload whose pods keymint restarts after a new
+// token replaces the one in its Secret.
+type RestartTarget struct {
+	// kind is Deployment, StatefulSet or DaemonSet (API group apps).
+	// +required
+	// +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet
+	Kind string `json:"kind"`
+	// name is the workload's name, in the ApiToken's namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
 }
 
 // PreviousToken is a rotated-out token that is still accepted for a while.
@@ -161,6 +208,10 @@ type PreviousToken struct {
 	IssuedAt metav1.Time `json:"issuedAt"`
 	// validUntil is when the rotated-out token stops being accepted.
 	ValidUntil metav1.Time `json:"validUntil"`
+	// lastUsedAt is when a check last accepted this rotated-out token, as
+	// recorded by the check servers (about a minute late at most).
+	// +optional
+	LastUsedAt *metav1.Time `json:"lastUsedAt,omitempty"`
 }
 
 // ApiToken condition types and reasons.
@@ -183,6 +234,16 @@ const (
 	// reason ScopesNotHeld (scopes the user lacks are not granted) or
 	// LifetimeCapped (tokenPolicy.maxLifetime cuts the lifetime short).
 	ApiTokenConditionRequestGranted = "RequestGranted"
+
+	// ApiTokenConditionExpiringSoon is True (reason WithinWarningWindow) while
+	// the current token expires within its ServiceUser's
+	// tokenPolicy.expiryWarning (7 days unless set) and no scheduled rotation
+	// replaces it first; False (reason NotExpiringSoon) otherwise. A Warning
+	// Event goes with each change to True: once per token.
+	ApiTokenConditionExpiringSoon = "ExpiringSoon"
+
+	ApiTokenReasonWithinWarningWindow = "WithinWarningWindow"
+	ApiTokenReasonNotExpiringSoon     = "NotExpiringSoon"
 
 	ApiTokenReasonAsRequested    = "AsRequested"
 	ApiTokenReasonScopesNotHeld  = "ScopesNotHeld"
@@ -262,10 +323,22 @@ type ApiTokenStatus struct {
 	// +listType=atomic
 	PreviousTokens []PreviousToken `json:"previousTokens,omitempty"`
 
-	// lastUsedAt is when a check last accepted this token, recorded at most
-	// about once a minute.
+	// lastUsedAt is when a check last accepted this token, current or in a
+	// grace period, recorded at most about once a minute.
 	// +optional
 	LastUsedAt *metav1.Time `json:"lastUsedAt,omitempty"`
+
+	// tokenLastUsedAt is when a check last accepted the current token
+	// (tokenHash); unset until it is first used. rotation.retireWhenIdle
+	// waits for it.
+	// +optional
+	TokenLastUsedAt *metav1.Time `json:"tokenLastUsedAt,omitempty"`
+
+	// restartedSerial is the serial of the token whose arrival last
+	// restarted spec.rotation.restartTargets (keymint sets it to the current
+	// serial, without restarting anything, when it first sees the targets).
+	// +optional
+	RestartedSerial int64 `json:"restartedSerial,omitempty"`
 
 	// lastRotationRequest is the keymint.io/rotate annotation value the
 	// controller last handled.

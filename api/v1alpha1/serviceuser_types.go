@@ -94,6 +94,18 @@ type TokenPolicy struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000000
 	RequestsPerMinute int32 `json:"requestsPerMinute,omitempty"`
+
+	// expiryWarning is how long before a token expires keymint warns: the
+	// token gets condition ExpiringSoon=True and a Warning Event, once. No
+	// warning comes when a scheduled rotation replaces the token before it
+	// expires. Unset means the manager's --expiry-warning (168h, 7 days,
+	// unless changed); "0s" turns warnings off. At most 2562047h.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('2562047h')",message="expiryWarning must be from 0s to 2562047h"
+	ExpiryWarning *metav1.Duration `json:"expiryWarning,omitempty"`
 }
 
 // ServiceUser condition types and reasons.

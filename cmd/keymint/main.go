@@ -41,21 +41,22 @@ import (
 
 func main() {
 	var (
-		metricsAddr string
-		probeAddr   string
-		pprofAddr   string
-		leaderElect bool
-		metricsAuth bool
-		checkOpts   = check.Options{Clock: clock.RealClock{}, Registerer: metrics.Registry}
-		certDir     string
-		recordKey   string
-		webhookAddr string
-		webhookCert string
-		webhookKey  string
-		selfCerts   bool
-		certOpts    = servingcert.Options{}
-		certSecret  string
-		maxStale    time.Duration
+		metricsAddr   string
+		probeAddr     string
+		pprofAddr     string
+		leaderElect   bool
+		metricsAuth   bool
+		checkOpts     = check.Options{Clock: clock.RealClock{}, Registerer: metrics.Registry}
+		certDir       string
+		recordKey     string
+		webhookAddr   string
+		webhookCert   string
+		webhookKey    string
+		selfCerts     bool
+		certOpts      = servingcert.Options{}
+		certSecret    string
+		maxStale      time.Duration
+		expiryWarning time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
 	flag.BoolVar(&metricsAuth, "metrics-secure", true, "serve metrics over HTTPS to callers kube-apiserver authenticates and RBAC allows (get on nonResourceURL /metrics: ClusterRole keymint-metrics-reader); false serves plain HTTP to anyone")
@@ -77,6 +78,7 @@ func main() {
 	flag.StringVar(&certOpts.Dir, "serving-certs-dir", "/etc/keymint/serving-certs", "where --serving-certs-secret is mounted as a volume (config/manager does)")
 	flag.StringVar(&certOpts.Service, "serving-certs-service", "keymint-webhook", "the Service, in that namespace, the certificate is for")
 	flag.StringVar(&certOpts.WebhookConfiguration, "validating-webhook-configuration", "keymint-validating-webhook-configuration", "the ValidatingWebhookConfiguration whose caBundle --self-managed-certs fills")
+	flag.DurationVar(&expiryWarning, "expiry-warning", controllers.DefaultExpiryWarning, "how long before expiry a token gets condition ExpiringSoon and a Warning Event, when its ServiceUser sets no tokenPolicy.expiryWarning; 0 turns such warnings off")
 	flag.DurationVar(&maxStale, "max-index-staleness", 10*time.Second, "readiness fails once the check server's index has been out of touch with the API server (its watch of ApiTokens or ServiceUsers down) for longer than this; checks go on being answered from the index")
 	flag.StringVar(&recordKey, "record-key-secret", defaultRecordKeySecret(), "namespace/name of the Secret holding the keys that sign token records, created on first start; only keymint should read it (docs/security.md)")
 	zapOpts := zap.Options{Development: false}
@@ -91,6 +93,10 @@ func main() {
 	}
 	if maxStale <= 0 {
 		log.Error(nil, "Invalid flags: --max-index-staleness must be positive", "value", maxStale)
+		os.Exit(2)
+	}
+	if expiryWarning < 0 {
+		log.Error(nil, "Invalid flags: --expiry-warning must not be negative", "value", expiryWarning)
 		os.Exit(2)
 	}
 	recordKeyRef, ok := parseNamespacedName(recordKey)
@@ -178,7 +184,7 @@ func main() {
 		log.Error(err, "Unable to load the record key", "secret", recordKey)
 		os.Exit(1)
 	}
-	must(controllers.Setup(ctx, mgr, clock.RealClock{}, keyring))
+	must(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: expiryWarning}))
 	must(check.Setup(ctx, mgr, checkOpts))
 	must(metrics.Registry.Register(fresh.Collector(maxStale)))
 	must(mgr.AddReadyzCheck("index-fresh", fresh.Checker(maxStale)))

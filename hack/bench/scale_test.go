@@ -206,7 +206,7 @@ func TestFixtureMatchesAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := controllers.Setup(ctx, mgr, clock.RealClock{}, f.ring); err != nil {
+	if err := controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: f.ring, ExpiryWarning: controllers.DefaultExpiryWarning}); err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = mgr.Start(ctx) }()

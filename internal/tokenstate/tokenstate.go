@@ -56,6 +56,9 @@ type Previous struct {
 	Hash       string
 	IssuedAt   time.Time
 	ValidUntil time.Time
+	// LastUsed is when a check last accepted it, as recorded; zero when
+	// never (since it was rotated out, or at all).
+	LastUsed time.Time
 }
 
 // Token is what a verdict reads of an ApiToken: its spec, and the record of
@@ -75,6 +78,9 @@ type Token struct {
 	// older than the field, which then match any.
 	UserUID  types.UID
 	Previous []Previous
+	// LastUsed is when a check last accepted the current token, as
+	// recorded; zero when never.
+	LastUsed time.Time
 	// Deleting is true once the ApiToken is being deleted: deleting a token
 	// revokes it, even while a finalizer holds the object.
 	Deleting bool
@@ -89,8 +95,15 @@ func TokenFrom(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenS
 	if st.ExpiresAt != nil {
 		tok.Expiry, tok.Expires = st.ExpiresAt.Time, true
 	}
+	if st.TokenLastUsedAt != nil {
+		tok.LastUsed = st.TokenLastUsedAt.Time
+	}
 	for _, p := range st.PreviousTokens {
-		tok.Previous = append(tok.Previous, Previous{Hash: p.TokenHash, IssuedAt: p.IssuedAt.Time, ValidUntil: p.ValidUntil.Time})
+		prev := Previous{Hash: p.TokenHash, IssuedAt: p.IssuedAt.Time, ValidUntil: p.ValidUntil.Time}
+		if p.LastUsedAt != nil {
+			prev.LastUsed = p.LastUsedAt.Time
+		}
+		tok.Previous = append(tok.Previous, prev)
 	}
 	return tok
 }
@@ -209,7 +222,66 @@ func RotatedOut(t *Token, v *Verdict, hash string, now time.Time) (Previous, boo
 	if v.Expires && v.Expiry.Before(until) {
 		until = v.Expiry
 	}
-	return Previous{Hash: hash, IssuedAt: t.IssuedAt, ValidUntil: until}, until.After(now)
+	return Previous{Hash: hash, IssuedAt: t.IssuedAt, ValidUntil: until, LastUsed: t.LastUsed}, until.After(now)
+}
+
+// RetireWhenIdle returns spec.rotation.retireWhenIdle, zero when unset.
+func RetireWhenIdle(spec *keymintv1alpha1.ApiTokenSpec) time.Duration {
+	if spec.Rotation == nil || spec.Rotation.RetireWhenIdle == nil || spec.Rotation.RetireWhenIdle.Duration < 0 {
+		return 0
+	}
+	return spec.Rotation.RetireWhenIdle.Duration
+}
+
+// RetireAt returns when rotated-out hash p is retired by
+// spec.rotation.retireWhenIdle: once the current token has passed a check,
+// p stops as soon as it has gone unused for that long, counted from its last
+// recorded use or, at the earliest, from the current token's issue (its
+// rotation). ok is false while the rule does not apply: no retireWhenIdle,
+// no current token, or the current token never used. Retiring is the
+// controller's act: it drops the hash from the status, so a check server
+// that sees a later use recorded never accepts a retired hash again.
+func RetireAt(t *Token, p *Previous) (at time.Time, ok bool) {
+	idle := RetireWhenIdle(t.Spec)
+	if idle <= 0 || !t.Issued || t.LastUsed.IsZero() {
+		return time.Time{}, false
+	}
+	since := t.IssuedAt
+	if p.LastUsed.After(since) {
+		since = p.LastUsed
+	}
+	return since.Add(idle), true
+}
+
+// Retire splits the still-accepted rotated-out hashes prev of t into those
+// kept and those retireWhenIdle retires at now. next is the earliest time a
+// kept hash is due to retire, zero when none is scheduled.
+func Retire(t *Token, prev []Previous, now time.Time) (kept, retired []Previous, next time.Time) {
+	for _, p := range prev {
+		at, ok := RetireAt(t, &p)
+		switch {
+		case ok && !now.Before(at):
+			retired = append(retired, p)
+			continue
+		case ok && at.Before(p.ValidUntil) && (next.IsZero() || at.Before(next)):
+			next = at
+		}
+		kept = append(kept, p)
+	}
+	return kept, retired, next
+}
+
+// ExpiringSoon reports whether a token of verdict v is inside its expiry
+// warning window at now: accepted, expiring within warning, with no
+// scheduled rotation replacing it first. opens is when the window opens, for
+// a token not yet inside it (ok false when it never will: no expiry, a
+// rotation comes first, no warning, or not accepted).
+func ExpiringSoon(v *Verdict, warning time.Duration, now time.Time) (soon bool, opens time.Time, ok bool) {
+	if warning <= 0 || !v.Accepted || !v.Expires || v.Rotates {
+		return false, time.Time{}, false
+	}
+	opens = v.Expiry.Add(-warning)
+	return !now.Before(opens), opens, true
 }
 
 // previousUntil is until when rotated-out token p is accepted: its recorded

@@ -883,3 +883,115 @@ func TestAudienceAcceptedAgreesWithAcceptsAudience(t *testing.T) {
 		t.Error("the two answers a user sees are wrong")
 	}
 }
+
+func TestRetire(t *testing.T) {
+	retiring := &keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{GracePeriod: dur(time.Hour), RetireWhenIdle: dur(10 * time.Minute)}}
+	graceOnly := &keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{GracePeriod: dur(time.Hour)}}
+	// prev was rotated out at t0, when the current token was minted.
+	prev := func(lastUsed time.Time) Previous {
+		return Previous{Hash: "sha256:old", IssuedAt: t0.Add(-24 * time.Hour), ValidUntil: t0.Add(time.Hour), LastUsed: lastUsed}
+	}
+	tests := map[string]struct {
+		spec *keymintv1alpha1.ApiTokenSpec
+		// currentUsed is the current token's last use; zero: never used.
+		currentUsed time.Time
+		prev        Previous
+		now         time.Time
+		wantRetired bool
+		// wantNext is when the kept hash is due to retire; zero: none.
+		wantNext time.Time
+	}{
+		"no retireWhenIdle: the grace period runs its course": {
+			spec: graceOnly, currentUsed: t0.Add(time.Minute), prev: prev(time.Time{}), now: t0.Add(59 * time.Minute),
+		},
+		"the new token never used: kept however idle the old one is": {
+			spec: retiring, prev: prev(time.Time{}), now: t0.Add(59 * time.Minute),
+		},
+		"new token used, old one unused since the rotation: retired 10m after it": {
+			spec: retiring, currentUsed: t0.Add(time.Minute), prev: prev(time.Time{}), now: t0.Add(10 * time.Minute), wantRetired: true,
+		},
+		"new token used, 9m59s after the rotation: kept, due at 10m": {
+			spec: retiring, currentUsed: t0.Add(time.Minute), prev: prev(time.Time{}), now: t0.Add(10*time.Minute - time.Second),
+			wantNext: t0.Add(10 * time.Minute),
+		},
+		"old token used 5m after the rotation: kept until 10m after that use": {
+			spec: retiring, currentUsed: t0.Add(time.Minute), prev: prev(t0.Add(5 * time.Minute)), now: t0.Add(12 * time.Minute),
+			wantNext: t0.Add(15 * time.Minute),
+		},
+		"old token's last use is from before the rotation: idle counts from the rotation": {
+			spec: retiring, currentUsed: t0.Add(time.Minute), prev: prev(t0.Add(-time.Hour)), now: t0.Add(10 * time.Minute), wantRetired: true,
+		},
+		"due after its grace ends: nothing scheduled, the grace end stands": {
+			spec: retiring, currentUsed: t0.Add(time.Minute), prev: prev(t0.Add(55 * time.Minute)), now: t0.Add(56 * time.Minute),
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			tok := issued(tc.spec, time.Time{})
+			tok.LastUsed = tc.currentUsed
+			kept, retired, next := Retire(&tok, []Previous{tc.prev}, tc.now)
+			if got := len(retired) == 1; got != tc.wantRetired {
+				t.Fatalf("retired %v, kept %v; want retired = %v", retired, kept, tc.wantRetired)
+			}
+			if len(kept)+len(retired) != 1 {
+				t.Errorf("kept %d + retired %d hashes, want 1 in all", len(kept), len(retired))
+			}
+			if !next.Equal(tc.wantNext) {
+				t.Errorf("next = %v, want %v", next, tc.wantNext)
+			}
+		})
+	}
+}
+
+func TestExpiringSoon(t *testing.T) {
+	week := 7 * 24 * time.Hour
+	tests := map[string]struct {
+		spec    *keymintv1alpha1.ApiTokenSpec
+		user    User
+		warning time.Duration
+		now     time.Time
+		// wantOpens is when the window opens; zero: it never does.
+		wantSoon  bool
+		wantOpens time.Time
+	}{
+		"outside the window": {
+			spec: lifetime(30 * 24 * time.Hour), user: active, warning: week, now: t0.Add(22 * 24 * time.Hour),
+			wantOpens: t0.Add(23 * 24 * time.Hour),
+		},
+		"at the window's start": {
+			spec: lifetime(30 * 24 * time.Hour), user: active, warning: week, now: t0.Add(23 * 24 * time.Hour),
+			wantSoon: true, wantOpens: t0.Add(23 * 24 * time.Hour),
+		},
+		"a token that never expires": {
+			spec: &keymintv1alpha1.ApiTokenSpec{}, user: active, warning: week, now: t0,
+		},
+		"expired: no longer soon": {
+			spec: lifetime(time.Hour), user: active, warning: week, now: t0.Add(2 * time.Hour),
+		},
+		"a rotation scheduled before expiry replaces it": {
+			spec: &keymintv1alpha1.ApiTokenSpec{Lifetime: dur(30 * 24 * time.Hour), Rotation: &keymintv1alpha1.Rotation{Every: dur(29 * 24 * time.Hour)}},
+			user: active, warning: week, now: t0.Add(25 * 24 * time.Hour),
+		},
+		"warnings off": {
+			spec: lifetime(time.Hour), user: active, now: t0.Add(59 * time.Minute),
+		},
+		"revoked": {
+			spec: &keymintv1alpha1.ApiTokenSpec{Lifetime: dur(time.Hour), Revoked: true}, user: active, warning: week, now: t0,
+		},
+		"maxLifetime brings the expiry into the window": {
+			spec: lifetime(30 * 24 * time.Hour), user: User{Found: true, UID: uid, MaxLifetime: 8 * 24 * time.Hour}, warning: week, now: t0.Add(36 * time.Hour),
+			wantSoon: true, wantOpens: t0.Add(24 * time.Hour),
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			expiry, _ := Expiry(tc.spec, &tc.user, t0)
+			tok := issued(tc.spec, expiry)
+			v := Evaluate(&tok, &tc.user, tc.now)
+			soon, opens, ok := ExpiringSoon(&v, tc.warning, tc.now)
+			if soon != tc.wantSoon || ok != !tc.wantOpens.IsZero() || !opens.Equal(tc.wantOpens) {
+				t.Errorf("ExpiringSoon = %v, opens %v (ok %v); want %v, opens %v", soon, opens, ok, tc.wantSoon, tc.wantOpens)
+			}
+		})
+	}
+}

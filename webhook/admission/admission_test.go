@@ -80,6 +80,39 @@ var _ = Describe("Minting", func() {
 		))
 	})
 
+	It("names a restart target only for a user who may patch that workload itself", func() {
+		grant(ns, "bob", manageTokens, mint("billing"),
+			rbacv1.PolicyRule{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"patch"}, ResourceNames: []string{"web"}})
+		bob, _ := as("bob")
+		withTargets := func(name string, targets ...keymintv1alpha1.RestartTarget) *keymintv1alpha1.ApiToken {
+			t := apiToken(ns, name, "billing")
+			t.Spec.Rotation = &keymintv1alpha1.Rotation{RestartTargets: targets}
+			return t
+		}
+		web := keymintv1alpha1.RestartTarget{Kind: "Deployment", Name: "web"}
+		db := keymintv1alpha1.RestartTarget{Kind: "StatefulSet", Name: "db"}
+
+		Expect(bob.Create(ctx, withTargets("rolls-web", web))).To(Succeed())
+		err := bob.Create(ctx, withTargets("rolls-db", web, db))
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(And(
+			ContainSubstring(`user "bob" may not name StatefulSet "db" in spec.rotation.restartTargets`),
+			ContainSubstring(`verb "patch" on resource "statefulsets" of API group "apps"`),
+		))
+
+		By("adding one to an existing token is checked the same way")
+		err = update(bob, ns, "rolls-web", func(t *keymintv1alpha1.ApiToken) {
+			t.Spec.Rotation.RestartTargets = append(t.Spec.Rotation.RestartTargets, db)
+		})
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+
+		By("a target named before is not asked about again, and dropping one needs no right")
+		grant(ns, "carol", manageTokens)
+		carol, _ := as("carol")
+		Expect(update(carol, ns, "rolls-web", func(t *keymintv1alpha1.ApiToken) { t.Spec.Description = "rolls web" })).To(Succeed())
+		Expect(update(carol, ns, "rolls-web", func(t *keymintv1alpha1.ApiToken) { t.Spec.Rotation.RestartTargets = nil })).To(Succeed())
+	})
+
 	It("by resourceName is allowed for that ServiceUser only", func() {
 		grant(ns, "alice", manageTokens, mint("billing"))
 		alice, _ := as("alice")

@@ -36,6 +36,9 @@ type ApiTokenValidator struct {
 // ValidateCreate needs mint unless the token is created revoked (then it
 // mints nothing, and says nothing about its ServiceUser).
 func (v *ApiTokenValidator) ValidateCreate(ctx context.Context, tok *keymintv1alpha1.ApiToken) (admission.Warnings, error) {
+	if err := v.authorizeRestartTargets(ctx, tok, nil); err != nil {
+		return nil, err
+	}
 	if tok.Spec.Revoked {
 		return nil, nil
 	}
@@ -48,6 +51,9 @@ func (v *ApiTokenValidator) ValidateCreate(ctx context.Context, tok *keymintv1al
 // ValidateUpdate needs mint for a change that mints or widens a token.
 // Revoking, and changes that mint nothing (description, rate), need none.
 func (v *ApiTokenValidator) ValidateUpdate(ctx context.Context, before, after *keymintv1alpha1.ApiToken) (admission.Warnings, error) {
+	if err := v.authorizeRestartTargets(ctx, after, before); err != nil {
+		return nil, err
+	}
 	if !mints(before, after) {
 		return nil, nil
 	}
@@ -75,9 +81,73 @@ func mints(before, after *keymintv1alpha1.ApiToken) bool {
 	}
 	rotate := keymintv1alpha1.RotateAnnotation
 	return !slices.Equal(b.Scopes, a.Scopes) || !slices.Equal(b.Audiences, a.Audiences) ||
-		!equality.Semantic.DeepEqual(b.Rotation, a.Rotation) ||
+		!equality.Semantic.DeepEqual(withoutRestartTargets(b.Rotation), withoutRestartTargets(a.Rotation)) ||
 		!equality.Semantic.DeepEqual(b.ExpiresAt, a.ExpiresAt) || !equality.Semantic.DeepEqual(b.Lifetime, a.Lifetime) ||
 		(after.Annotations[rotate] != "" && after.Annotations[rotate] != before.Annotations[rotate])
+}
+
+// withoutRestartTargets returns the rotation less its restart targets, which
+// mint nothing (authorizeRestartTargets checks them).
+func withoutRestartTargets(r *keymintv1alpha1.Rotation) *keymintv1alpha1.Rotation {
+	if r == nil {
+		return nil
+	}
+	c := r.DeepCopy()
+	c.RestartTargets = nil
+	return c
+}
+
+// workloadResources maps restart target kinds to their resources in API
+// group apps.
+var workloadResources = map[string]string{"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
+
+// authorizeRestartTargets denies naming a workload in
+// spec.rotation.restartTargets unless the requesting user may patch it
+// itself: keymint patches it after each rotation, and must not lend its own
+// right to do so. Targets already named before an update are not asked
+// about again.
+func (v *ApiTokenValidator) authorizeRestartTargets(ctx context.Context, tok, before *keymintv1alpha1.ApiToken) error {
+	targets := restartTargets(tok)
+	if len(targets) == 0 {
+		return nil
+	}
+	var had []keymintv1alpha1.RestartTarget
+	if before != nil {
+		had = restartTargets(before)
+	}
+	req, err := admission.RequestFromContext(ctx)
+	if err != nil {
+		return apierrors.NewInternalError(err)
+	}
+	for _, t := range targets {
+		if slices.Contains(had, t) {
+			continue
+		}
+		resource, ok := workloadResources[t.Kind]
+		if !ok {
+			return apierrors.NewBadRequest(fmt.Sprintf("spec.rotation.restartTargets: kind %q is not Deployment, StatefulSet or DaemonSet", t.Kind))
+		}
+		allowed, err := v.Authorizer.Allowed(ctx, req.UserInfo, authorizationv1.ResourceAttributes{
+			Namespace: tok.Namespace, Verb: "patch", Group: "apps", Resource: resource, Name: t.Name,
+		})
+		if err != nil {
+			return apierrors.NewInternalError(err)
+		}
+		if !allowed {
+			return apierrors.NewForbidden(keymintv1alpha1.GroupVersion.WithResource("apitokens").GroupResource(), tok.Name, fmt.Errorf(
+				"user %q may not name %s %q in spec.rotation.restartTargets: keymint restarts it after each rotation, which needs the right to patch it, "+
+					"and that is verb \"patch\" on resource %q of API group \"apps\" in namespace %q, which the user does not have",
+				req.UserInfo.Username, t.Kind, t.Name, resource, tok.Namespace))
+		}
+	}
+	return nil
+}
+
+func restartTargets(tok *keymintv1alpha1.ApiToken) []keymintv1alpha1.RestartTarget {
+	if tok.Spec.Rotation == nil {
+		return nil
+	}
+	return tok.Spec.Rotation.RestartTargets
 }
 
 // authorizeMint asks whether the requesting user may mint tokens of the

@@ -72,7 +72,7 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	ring, err := recordkey.Generate("test")
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controllers.Setup(ctx, mgr, clock.RealClock{}, ring)).To(Succeed())
+	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
 	admission.Setup(mgr, mgr.GetClient(), admission.SubjectAccessReviewer{Client: mgr.GetClient()})
 	go func() {
 		defer GinkgoRecover()

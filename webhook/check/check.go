@@ -97,5 +97,5 @@ func (c *Checker) Check(presented string, now time.Time) (Identity, Failure) {
 	case tokenstate.GraceEnded:
 		return Identity{}, InvalidToken
 	}
-	return identity(t, user), OK
+	return identity(t, user, ref.which), OK
 }

@@ -317,7 +317,7 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 
 	// The success answer is prebuilt per token and user entry: headers are
 	// assigned, not formatted, and the body is written as is.
-	h.Usage.Record(id.Token, now)
+	h.Usage.Record(id.Token, id.used, now)
 	hdr["X-Keymint-User"] = id.ok.user
 	hdr["X-Keymint-Token"] = id.ok.token
 	hdr["X-Keymint-Scopes"] = id.ok.scopes
@@ -443,7 +443,7 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 		status.Audiences = matched
 	}
 	if failure == OK {
-		h.Usage.Record(id.Token, now)
+		h.Usage.Record(id.Token, id.used, now)
 		status.Authenticated = true
 		status.User = authnv1.UserInfo{
 			Username: id.Username,

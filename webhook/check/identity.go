@@ -30,13 +30,21 @@ type Identity struct {
 	user  *tokenstate.User
 	// ok is the prebuilt /check success answer.
 	ok *successAnswer
+	// used is the hash the check accepted: the current token's or a
+	// rotated-out one's, for the record of uses.
+	used hash
 }
 
 // identity builds the Identity of an accepted token; its user is indexed
 // (an unindexed user is refused before this).
-func identity(t *tokenEntry, user *userEntry) Identity {
+func identity(t *tokenEntry, user *userEntry, which int) Identity {
 	c := t.cached(user)
+	used := t.current
+	if which >= 0 && which < len(t.previous) {
+		used = t.previous[which]
+	}
 	return Identity{
+		used:      used,
 		Token:     t.key,
 		Username:  user.username,
 		UserUID:   user.state.UID,

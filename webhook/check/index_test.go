@@ -95,17 +95,23 @@ func TestRemainingNeverGoesBelowZeroWhenARateIsLowered(t *testing.T) {
 func TestUsageForgetsDeletedTokens(t *testing.T) {
 	u := NewUsage()
 	key := types.NamespacedName{Namespace: "team-a", Name: "t"}
-	u.Record(key, t0)
-	u.Record(key, t0.Add(-time.Second)) // an older check recorded late does not move it back
+	current, previous := hash{1}, hash{2}
+	u.Record(key, current, t0)
+	u.Record(key, current, t0.Add(-time.Second)) // an older check recorded late does not move it back
+	u.Record(key, previous, t0.Add(-time.Minute))
 	seen, _ := u.take()
-	if !seen[key].Equal(t0) {
-		t.Errorf("recorded %v, want %v", seen[key], t0)
+	if at := seen[usageKey{key, current}]; !at.Equal(t0) {
+		t.Errorf("recorded %v for the current hash, want %v", at, t0)
 	}
-	u.Record(key, t0.Add(time.Second))
+	if at := seen[usageKey{key, previous}]; !at.Equal(t0.Add(-time.Minute)) {
+		t.Errorf("recorded %v for the rotated-out hash, want its own use %v", at, t0.Add(-time.Minute))
+	}
+	u.Record(key, current, t0.Add(time.Second))
+	u.Record(key, previous, t0.Add(time.Second))
 	u.Forget(key)
 	seen, gone := u.take()
-	if _, ok := seen[key]; ok {
-		t.Error("a forgotten token's use is still pending")
+	if len(seen) != 0 {
+		t.Errorf("a forgotten token's uses are still pending: %v", seen)
 	}
 	if _, ok := gone[key]; !ok {
 		t.Error("the flusher is not told the token went")

@@ -34,6 +34,7 @@ import (
 	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/internal/testenv"
+	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/webhook/check"
 )
 
@@ -102,10 +103,10 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	ring, err := recordkey.Generate("test")
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controllers.Setup(ctx, mgr, clock.RealClock{}, ring)).To(Succeed())
+	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
 	Expect(check.Setup(ctx, mgr, check.Options{
 		Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile,
-		DefaultRequestsPerMinute: 500, FlushInterval: 100 * time.Millisecond,
+		DefaultRequestsPerMinute: 500, FlushInterval: 100 * time.Millisecond, FlushMinGap: 100 * time.Millisecond,
 		Clock: clock.RealClock{}, Registerer: registry,
 	})).To(Succeed())
 	go func() {
@@ -238,6 +239,42 @@ var _ = Describe("The check server in the manager", func() {
 			g.Expect(k8sClient.Get(ctx, key, tok)).To(Succeed())
 			g.Expect(tok.Status.LastUsedAt.Time).To(Equal(later.Time))
 		}, time.Second, 50*time.Millisecond).Should(Succeed())
+	})
+
+	It("records the uses of the current and of a rotated-out token apart, for retireWhenIdle", func() {
+		const ns, name = "uses-per-hash", "deployer"
+		key := types.NamespacedName{Namespace: ns, Name: name}
+		old := issue(ns, name)
+		tok := &keymintv1alpha1.ApiToken{}
+		Expect(k8sClient.Get(ctx, key, tok)).To(Succeed())
+		patch := client.MergeFrom(tok.DeepCopy())
+		tok.Spec.Rotation = &keymintv1alpha1.Rotation{GracePeriod: &metav1.Duration{Duration: time.Hour}}
+		tok.Annotations = map[string]string{keymintv1alpha1.RotateAnnotation: "1"}
+		Expect(k8sClient.Patch(ctx, tok, patch)).To(Succeed())
+		var current string
+		Eventually(func(g Gomega) {
+			sec := &corev1.Secret{}
+			g.Expect(k8sClient.Get(ctx, key, sec)).To(Succeed())
+			current = string(sec.Data[keymintv1alpha1.SecretTokenKey])
+			g.Expect(current).NotTo(Equal(old))
+			status, _ := get(current)
+			g.Expect(status).To(Equal(http.StatusOK))
+		}).Should(Succeed())
+		usedOld := time.Now().Truncate(time.Second)
+		status, _ := get(old)
+		Expect(status).To(Equal(http.StatusOK), "the rotated-out token is in its grace period")
+
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, key, tok)).To(Succeed())
+			g.Expect(tok.Status.TokenHash).To(Equal(token.HashString(current)))
+			g.Expect(tok.Status.TokenLastUsedAt).NotTo(BeNil(), "the current token's use")
+			g.Expect(tok.Status.TokenLastUsedAt.Time).To(BeTemporally(">=", tok.Status.IssuedAt.Time))
+			g.Expect(tok.Status.PreviousTokens).To(HaveLen(1))
+			g.Expect(tok.Status.PreviousTokens[0].TokenHash).To(Equal(token.HashString(old)))
+			g.Expect(tok.Status.PreviousTokens[0].LastUsedAt).NotTo(BeNil(), "the rotated-out token's use")
+			g.Expect(tok.Status.PreviousTokens[0].LastUsedAt.Time).To(BeTemporally(">=", usedOld))
+			g.Expect(tok.Status.LastUsedAt.Time).To(BeTemporally(">=", usedOld))
+		}).Should(Succeed())
 	})
 
 	It("speaks HTTP/1.1 only unless HTTP/2 is turned on", func() {

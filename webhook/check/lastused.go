@@ -16,27 +16,36 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/token"
 )
 
-// Usage collects the checks' last-use times. Record is a map write under a
-// lock; the flusher takes the whole map by swapping it, so it never holds
-// that lock for more than a pointer swap.
+// Usage collects the checks' last-use times, per token and hash (current or
+// rotated out: retireWhenIdle tells the two apart). Record is a map write
+// under a lock; the flusher takes the whole map by swapping it, so it never
+// holds that lock for more than a pointer swap.
 type Usage struct {
 	mu      sync.Mutex
-	pending map[types.NamespacedName]time.Time
+	pending map[usageKey]time.Time
 	gone    map[types.NamespacedName]struct{}
+}
+
+// usageKey is one hash of one token.
+type usageKey struct {
+	token types.NamespacedName
+	hash  hash
 }
 
 // NewUsage returns an empty Usage.
 func NewUsage() *Usage {
-	return &Usage{pending: map[types.NamespacedName]time.Time{}, gone: map[types.NamespacedName]struct{}{}}
+	return &Usage{pending: map[usageKey]time.Time{}, gone: map[types.NamespacedName]struct{}{}}
 }
 
-// Record notes that the token passed a check at now.
-func (u *Usage) Record(key types.NamespacedName, now time.Time) {
+// Record notes that hash h of the token passed a check at now.
+func (u *Usage) Record(key types.NamespacedName, h hash, now time.Time) {
+	k := usageKey{token: key, hash: h}
 	u.mu.Lock()
-	if now.After(u.pending[key]) {
-		u.pending[key] = now
+	if now.After(u.pending[k]) {
+		u.pending[k] = now
 	}
 	u.mu.Unlock()
 }
@@ -45,28 +54,35 @@ func (u *Usage) Record(key types.NamespacedName, now time.Time) {
 // token stays here past the next flush.
 func (u *Usage) Forget(key types.NamespacedName) {
 	u.mu.Lock()
-	delete(u.pending, key)
+	for k := range u.pending {
+		if k.token == key {
+			delete(u.pending, k)
+		}
+	}
 	u.gone[key] = struct{}{}
 	u.mu.Unlock()
 }
 
 // take returns what was recorded and forgotten since the last take.
-func (u *Usage) take() (seen map[types.NamespacedName]time.Time, gone map[types.NamespacedName]struct{}) {
+func (u *Usage) take() (seen map[usageKey]time.Time, gone map[types.NamespacedName]struct{}) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if len(u.pending) == 0 && len(u.gone) == 0 {
 		return nil, nil
 	}
 	seen, gone = u.pending, u.gone
-	u.pending, u.gone = map[types.NamespacedName]time.Time{}, map[types.NamespacedName]struct{}{}
+	u.pending, u.gone = map[usageKey]time.Time{}, map[types.NamespacedName]struct{}{}
 	return seen, gone
 }
 
-// UsageFlusher writes lastUsedAt to ApiToken status in batches: every
+// UsageFlusher writes the uses to ApiToken status in batches: every
 // Interval, each token used since its last write, and written at least MinGap
-// ago, gets one status patch. It runs on every replica, since each sees its
-// own checks. lastUsedAt only moves forward: a patch is skipped when the
-// status already shows a later use, and locks on the resourceVersion it read.
+// ago, gets one status patch, of lastUsedAt (any hash), tokenLastUsedAt (the
+// current hash) and previousTokens[].lastUsedAt (each rotated-out hash). It
+// runs on every replica, since each sees its own checks. Uses only move
+// forward: a field already showing a later use is left alone, and the patch
+// locks on the resourceVersion it read, so a hash is credited only to the
+// status entry that names it.
 type UsageFlusher struct {
 	Usage *Usage
 	// Client reads ApiTokens from the cache and patches their status.
@@ -76,7 +92,7 @@ type UsageFlusher struct {
 	MinGap   time.Duration
 
 	// waiting and written belong to the flusher's goroutine alone.
-	waiting map[types.NamespacedName]time.Time
+	waiting map[types.NamespacedName]map[hash]time.Time
 	written map[types.NamespacedName]time.Time
 }
 
@@ -100,24 +116,29 @@ func (f *UsageFlusher) NeedLeaderElection() bool { return false }
 // Flush writes what is due now. Only one goroutine may call it at a time.
 func (f *UsageFlusher) Flush(ctx context.Context) {
 	if f.waiting == nil {
-		f.waiting, f.written = map[types.NamespacedName]time.Time{}, map[types.NamespacedName]time.Time{}
+		f.waiting, f.written = map[types.NamespacedName]map[hash]time.Time{}, map[types.NamespacedName]time.Time{}
 	}
 	seen, gone := f.Usage.take()
 	for key := range gone {
 		delete(f.waiting, key)
 		delete(f.written, key)
 	}
-	for key, at := range seen {
-		if at.After(f.waiting[key]) {
-			f.waiting[key] = at
+	for k, at := range seen {
+		uses := f.waiting[k.token]
+		if uses == nil {
+			uses = map[hash]time.Time{}
+			f.waiting[k.token] = uses
+		}
+		if at.After(uses[k.hash]) {
+			uses[k.hash] = at
 		}
 	}
 	now := f.Clock.Now()
-	for key, at := range f.waiting {
+	for key, uses := range f.waiting {
 		if written, ok := f.written[key]; ok && now.Sub(written) < f.MinGap {
 			continue // written less than MinGap ago: wait
 		}
-		switch err := f.write(ctx, key, at); {
+		switch err := f.write(ctx, key, uses); {
 		case apierrors.IsNotFound(err):
 			delete(f.waiting, key)
 			delete(f.written, key)
@@ -132,18 +153,37 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 	}
 }
 
-// write sets the token's lastUsedAt to at, unless its status already shows
-// at or later (another replica's write), locking on the resourceVersion read.
-func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, at time.Time) error {
+// write records the uses of the token's hashes in its status, where they
+// are later than what it shows (another replica's write), locking on the
+// resourceVersion read.
+func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses map[hash]time.Time) error {
 	tok := &keymintv1alpha1.ApiToken{}
 	if err := f.Client.Get(ctx, key, tok); err != nil {
 		return err
 	}
-	t := metav1.NewTime(at.UTC().Truncate(time.Second))
-	if last := tok.Status.LastUsedAt; last != nil && !last.Before(&t) {
+	patch := client.MergeFromWithOptions(tok.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	st := &tok.Status
+	changed := false
+	later := func(field **metav1.Time, at time.Time) {
+		t := metav1.NewTime(at.UTC().Truncate(time.Second))
+		if *field == nil || (*field).Before(&t) {
+			*field, changed = &t, true
+		}
+	}
+	for h, at := range uses {
+		later(&st.LastUsedAt, at)
+		name := token.FormatHash(h)
+		if name == st.TokenHash {
+			later(&st.TokenLastUsedAt, at)
+		}
+		for i := range st.PreviousTokens {
+			if st.PreviousTokens[i].TokenHash == name {
+				later(&st.PreviousTokens[i].LastUsedAt, at)
+			}
+		}
+	}
+	if !changed {
 		return nil
 	}
-	patch := client.MergeFromWithOptions(tok.DeepCopy(), client.MergeFromWithOptimisticLock{})
-	tok.Status.LastUsedAt = &t
 	return f.Client.Status().Patch(ctx, tok, patch)
 }

@@ -1,6 +1,7 @@
 package check
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,8 +28,11 @@ type Options struct {
 	// FlushInterval is how often lastUsedAt is written; each token is
 	// written at most once a minute whatever it is.
 	FlushInterval time.Duration
-	Clock         clock.WithTicker
-	Registerer    prometheus.Registerer
+	// FlushMinGap is the least time between two writes of one token's uses
+	// by this replica; zero means a minute. Tests shorten it.
+	FlushMinGap time.Duration
+	Clock       clock.WithTicker
+	Registerer  prometheus.Registerer
 	// Listener, when set, is served instead of listening on Addr.
 	Listener net.Listener
 	// CertReady, when set, closes once CertFile and KeyFile exist.
@@ -74,7 +78,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	if err := mgr.Add(&UsageFlusher{
-		Usage: handler.Usage, Client: mgr.GetClient(), Clock: opts.Clock, Interval: opts.FlushInterval, MinGap: time.Minute,
+		Usage: handler.Usage, Client: mgr.GetClient(), Clock: opts.Clock, Interval: opts.FlushInterval, MinGap: cmp.Or(opts.FlushMinGap, time.Minute),
 	}); err != nil {
 		return err
 	}
