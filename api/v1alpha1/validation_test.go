@@ -59,6 +59,19 @@ var _ = Describe("ServiceUser validation", func() {
 			},
 		},
 		{
+			desc:   "an expiryWarning of 0s (off) is valid",
+			mutate: func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.ExpiryWarning = &metav1.Duration{} },
+		},
+		{
+			desc:   "an expiryWarning of 14 days is valid",
+			mutate: func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.ExpiryWarning = duration("336h") },
+		},
+		{
+			desc:       "a negative expiryWarning is refused",
+			mutate:     func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.ExpiryWarning = duration("-1h") },
+			wantErrors: []string{"spec.tokenPolicy.expiryWarning"},
+		},
+		{
 			desc:       "a permission without a verb is refused",
 			mutate:     func(u *keymintv1alpha1.ServiceUser) { u.Spec.Permissions = []string{"links"} },
 			wantErrors: []string{"spec.permissions[0]", "should match"},
@@ -195,6 +208,55 @@ var _ = Describe("ApiToken validation", func() {
 				t.Spec.Rotation = &keymintv1alpha1.Rotation{Every: duration("1h"), GracePeriod: duration("1h")}
 			},
 			wantErrors: []string{"gracePeriod must be shorter than every"},
+		},
+		{
+			desc: "retireWhenIdle shorter than the grace period, and restart targets, are valid",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Rotation = &keymintv1alpha1.Rotation{GracePeriod: duration("24h"), RetireWhenIdle: duration("15m"),
+					RestartTargets: []keymintv1alpha1.RestartTarget{{Kind: "Deployment", Name: "web"}, {Kind: "StatefulSet", Name: "web"}, {Kind: "DaemonSet", Name: "agent"}}}
+			},
+		},
+		{
+			desc: "retireWhenIdle without a grace period is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Rotation = &keymintv1alpha1.Rotation{RetireWhenIdle: duration("15m")}
+			},
+			wantErrors: []string{"retireWhenIdle must be shorter than gracePeriod"},
+		},
+		{
+			desc: "retireWhenIdle as long as the grace period is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Rotation = &keymintv1alpha1.Rotation{GracePeriod: duration("1h"), RetireWhenIdle: duration("1h")}
+			},
+			wantErrors: []string{"retireWhenIdle must be shorter than gracePeriod"},
+		},
+		{
+			desc: "retireWhenIdle under 5m is refused: uses are recorded about a minute late",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Rotation = &keymintv1alpha1.Rotation{GracePeriod: duration("1h"), RetireWhenIdle: duration("4m")}
+			},
+			wantErrors: []string{"rotation.retireWhenIdle must be at least 5m"},
+		},
+		{
+			desc: "a restart target of another kind is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Rotation = &keymintv1alpha1.Rotation{RestartTargets: []keymintv1alpha1.RestartTarget{{Kind: "Pod", Name: "web"}}}
+			},
+			wantErrors: []string{"spec.rotation.restartTargets[0].kind", "Unsupported value"},
+		},
+		{
+			desc: "the same restart target twice is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Rotation = &keymintv1alpha1.Rotation{RestartTargets: []keymintv1alpha1.RestartTarget{{Kind: "Deployment", Name: "web"}, {Kind: "Deployment", Name: "web"}}}
+			},
+			wantErrors: []string{"Duplicate value"},
+		},
+		{
+			desc: "a restart target with an invalid name is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Rotation = &keymintv1alpha1.Rotation{RestartTargets: []keymintv1alpha1.RestartTarget{{Kind: "Deployment", Name: "Web_App"}}}
+			},
+			wantErrors: []string{"spec.rotation.restartTargets[0].name", "should match"},
 		},
 		{
 			desc: "a rotation with a shorter grace period is valid",
@@ -518,6 +580,16 @@ var _ = Describe("Durations and times keymint cannot read", func() {
 			mutate: both(set("2562047h", "spec", "rotation", "every"), set("1h", "spec", "rotation", "gracePeriod")),
 		},
 		{
+			desc:       "a retireWhenIdle past Go's range is refused",
+			mutate:     both(set("2h", "spec", "rotation", "gracePeriod"), set("99999999999999999999h", "spec", "rotation", "retireWhenIdle")),
+			wantErrors: []string{"spec.rotation.retireWhenIdle", "rotation.retireWhenIdle must be at least 5m, at most 2562047h"},
+		},
+		{
+			desc:       "a retireWhenIdle as a JSON number is refused",
+			mutate:     both(set("2h", "spec", "rotation", "gracePeriod"), set(int64(600), "spec", "rotation", "retireWhenIdle")),
+			wantErrors: []string{"spec.rotation.retireWhenIdle", "must be of type string"},
+		},
+		{
 			desc:       "a lifetime past Go's range is refused",
 			mutate:     set("99999999999999999999h", "spec", "lifetime"),
 			wantErrors: []string{"spec.lifetime", "lifetime must be positive, at most 2562047h"},
@@ -686,6 +758,16 @@ var _ = Describe("Durations and times keymint cannot read", func() {
 			desc:       "a maxLifetime in days is refused",
 			mutate:     set("90d", "spec", "tokenPolicy", "maxLifetime"),
 			wantErrors: []string{"spec.tokenPolicy.maxLifetime", "should match"},
+		},
+		{
+			desc:       "an expiryWarning past Go's range is refused",
+			mutate:     set("99999999999999999999h", "spec", "tokenPolicy", "expiryWarning"),
+			wantErrors: []string{"spec.tokenPolicy.expiryWarning", "expiryWarning must be from 0s to 2562047h"},
+		},
+		{
+			desc:       "an expiryWarning in days is refused",
+			mutate:     set("7d", "spec", "tokenPolicy", "expiryWarning"),
+			wantErrors: []string{"spec.tokenPolicy.expiryWarning", "should match"},
 		},
 	}
 	for _, tc := range userTests {
