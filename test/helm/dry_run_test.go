@@ -118,6 +118,23 @@ func TestServerDryRun(t *testing.T) {
 					t.Errorf("dry run did not create %s:\n%s", w, out)
 				}
 			}
+
+			// helm install renders NOTES.txt, which helm template leaves
+			// out: the first commands a user runs must name the release
+			// namespace.
+			_, helm := tools(t)
+			install := append([]string{"install", "keymint", chartPath(t), "--kubeconfig", kubeconfig,
+				"--namespace", tc.namespace, "--dry-run=server"}, tc.args...)
+			notes, err := command(t, nil, helm, install...)
+			if err != nil {
+				t.Fatalf("helm install --dry-run=server: %v", err)
+			}
+			if want := "kubectl -n " + tc.namespace + " rollout status deployment/keymint-manager"; !strings.Contains(string(notes), want) {
+				t.Errorf("NOTES lack %q:\n%s", want, notes)
+			}
+			if testing.Verbose() {
+				t.Logf("helm install --dry-run=server NOTES:\n%s", notes[strings.Index(string(notes), "NOTES:"):])
+			}
 		})
 	}
 }
