@@ -1,12 +1,14 @@
 package plugin_test
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
@@ -115,6 +117,33 @@ func TestStatus(t *testing.T) {
 
 		r = cl.run(t, opts, "status", "ready", "-n", ns, "-o", "jsonpath={.status.secretName}")
 		g.Expect(r.stdout).To(Equal("ready-secret"))
+
+		r = cl.run(t, opts, "status", "ready", "-n", ns, "-o", "name")
+		g.Expect(r.stdout).To(Equal("apitoken.keymint.io/ready\n"))
+	})
+
+	t.Run("without the right to read ServiceUsers, from the conditions", func(t *testing.T) {
+		// alice may read ApiTokens here, nothing else: status still works.
+		g.Expect(cl.c.Create(context.Background(), &rbacv1.Role{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "apitoken-reader"},
+			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"keymint.io"}, Resources: []string{"apitokens"}, Verbs: []string{"get", "list"}}},
+		})).To(Succeed())
+		g.Expect(cl.c.Create(context.Background(), &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "alice-reads-apitokens"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "apitoken-reader"},
+			Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: "alice"}},
+		})).To(Succeed())
+		r := cl.run(t, opts, "status", "-n", ns, "--as", "alice")
+		g.Expect(r.code).To(Equal(0), r.stderr)
+		rows := table(t, r.stdout)
+		g.Expect(rows["ready"]).To(HaveKeyWithValue("STATE", "Ready"))
+		g.Expect(rows["ready"]).To(HaveKeyWithValue("ROTATION", "in 4d3h, old token accepted for 45m"))
+		g.Expect(rows["expired"]).To(HaveKeyWithValue("STATE", "Expired"))
+		g.Expect(rows["revoked"]).To(HaveKeyWithValue("STATE", "Revoked"))
+
+		r = cl.run(t, opts, "status", "ready", "-n", ns, "--as", "alice")
+		g.Expect(r.code).To(Equal(0), r.stderr)
+		g.Expect(table(t, r.stdout)["ready"]).To(HaveKeyWithValue("STATE", "Ready"))
 	})
 
 	t.Run("bad input", func(t *testing.T) {
