@@ -15,7 +15,7 @@ import (
 )
 
 func newScanCommand(o Options) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "scan PATH...",
 		Short: "Find keymint tokens in files (for CI and pre-commit hooks)",
 		Long: `Find keymint tokens in files and directories: strings with a token's shape
@@ -60,6 +60,12 @@ not be read (then the scan is incomplete, whatever it found).`,
 			return nil
 		},
 	}
+	// A CI job must tell "found a token" (1) from "could not scan" (2),
+	// a mistyped flag included.
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &exitError{code: ExitScanError, err: err}
+	})
+	return cmd
 }
 
 // scanner finds tokens and keeps count.

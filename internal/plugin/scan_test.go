@@ -104,6 +104,10 @@ func TestScan(t *testing.T) {
 		r = noCluster.run(t, plugin.Options{}, "scan")
 		g.Expect(r.code).To(Equal(2))
 		g.Expect(r.stderr).To(Equal("error: scan needs at least one PATH (a file, a directory, or - for standard input)\n"))
+
+		r = noCluster.run(t, plugin.Options{}, "scan", "--recursive", dir)
+		g.Expect(r.code).To(Equal(2))
+		g.Expect(r.stderr).To(Equal("error: unknown flag: --recursive\n"))
 	})
 }
 
