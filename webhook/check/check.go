@@ -81,21 +81,23 @@ func (c *Checker) Check(presented string, now time.Time) (Identity, Failure) {
 	if !ok {
 		return Identity{}, InvalidToken
 	}
-	if ref.refused {
-		return Identity{}, RevokedToken
-	}
+	// A refusal of a known token names only its entry, for the metrics
+	// counted by ServiceUser.
 	t := ref.token
+	if ref.refused {
+		return Identity{entry: t}, RevokedToken
+	}
 	var state tokenstate.User
 	if user != nil {
 		state = user.state
 	}
 	switch tokenstate.Check(&t.state, &state, ref.which, now) {
 	case tokenstate.Revoked:
-		return Identity{}, RevokedToken
+		return Identity{entry: t}, RevokedToken
 	case tokenstate.Expired:
-		return Identity{}, ExpiredToken
+		return Identity{entry: t}, ExpiredToken
 	case tokenstate.GraceEnded:
-		return Identity{}, InvalidToken
+		return Identity{entry: t}, InvalidToken
 	}
 	return identity(t, user, ref.which), OK
 }

@@ -251,13 +251,15 @@ func appendList(dst []string, v string) []string {
 
 func (h *Handler) serveCheck(w http.ResponseWriter, r *http.Request) {
 	start := h.Clock.Now()
-	result := h.check(w, r, start)
-	h.Metrics.observe(&h.Metrics.check, result, h.Clock.Since(start))
+	var id Identity
+	result := h.check(w, r, start, &id)
+	h.Metrics.observe(&h.Metrics.check, result, h.Clock.Since(start), id.entry)
 }
 
-// check answers one /check request and returns the result label for metrics.
+// check answers one /check request and returns the result label for metrics;
+// id is who the token was found to be, also when refused.
 // Any method is accepted: proxies forward the client's (Envoy does).
-func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) Failure {
+func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time, id *Identity) Failure {
 	// Requirements come from one source per form, the one the proxy's admin
 	// writes and a client cannot: on /check, the query of the auth URL
 	// (nginx and Traefik pass the client's headers through); under
@@ -279,7 +281,8 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) F
 			Message: fmt.Sprintf("A check requires at most %d scopes and %d audiences.", maxRequirements, maxRequirements)})
 		return "bad_request"
 	}
-	id, failure := h.Checker.Check(bearerToken(r), now)
+	var failure Failure
+	*id, failure = h.Checker.Check(bearerToken(r), now)
 	if failure == OK && !tokenstate.AudienceAccepted(id.Audiences, q.audiences) {
 		failure = WrongAudience
 	}
@@ -415,13 +418,14 @@ func decodeTokenReview(body io.Reader, path string) (*tokenReview, error) {
 
 func (h *Handler) serveTokenReview(w http.ResponseWriter, r *http.Request) {
 	start := h.Clock.Now()
-	result := h.tokenReview(w, r, start)
-	h.Metrics.observe(&h.Metrics.tokenReview, result, h.Clock.Since(start))
+	var id Identity
+	result := h.tokenReview(w, r, start, &id)
+	h.Metrics.observe(&h.Metrics.tokenReview, result, h.Clock.Since(start), id.entry)
 }
 
 // tokenReview answers the webhook token authentication contract: HTTP 200 and
 // status.authenticated, in the request's apiVersion.
-func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.Time) Failure {
+func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.Time, id *Identity) Failure {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
 		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "method_not_allowed", Message: "Use POST."})
@@ -434,7 +438,8 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 	}
 
 	status := authnv1.TokenReviewStatus{}
-	id, failure := h.Checker.Check(tr.Spec.Token, now)
+	var failure Failure
+	*id, failure = h.Checker.Check(tr.Spec.Token, now)
 	if failure == OK {
 		matched, ok := id.AcceptsAudience(tr.Spec.Audiences)
 		if !ok {

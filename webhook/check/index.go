@@ -145,8 +145,12 @@ func (ref hashRef) markParsed() {
 }
 
 // userSlot is where the tokens of one ServiceUser find its current entry;
-// guarded by the index's lock.
-type userSlot struct{ entry *userEntry }
+// guarded by the index's lock. series is the user's check metrics, made on
+// its first check.
+type userSlot struct {
+	entry  *userEntry
+	series atomic.Pointer[userSeries]
+}
 
 // userEntry is what the index keeps of one ServiceUser.
 type userEntry struct {
@@ -398,6 +402,9 @@ func (ix *Index) slotLocked(user types.NamespacedName) *userSlot {
 func (ix *Index) forgetSlotLocked(user types.NamespacedName) {
 	if s := ix.users[user]; s != nil && s.entry == nil && len(ix.byUser[user]) == 0 {
 		delete(ix.users, user)
+		if us := s.series.Load(); us != nil {
+			us.forget()
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package check
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,6 +15,7 @@ type Metrics struct {
 	rateLimited prometheus.Counter
 	indexSize   prometheus.GaugeFunc
 	contested   prometheus.CounterFunc
+	byUser      *prometheus.CounterVec
 	// check and tokenReview are the series of each endpoint that every
 	// good answer counts in.
 	check, tokenReview endpointSeries
@@ -60,18 +62,81 @@ func NewMetrics(reg prometheus.Registerer, index *Index) *Metrics {
 			Name: "keymint_contested_hashes_total",
 			Help: "Token hashes refused because two ApiTokens claimed them at once; each is refused for good and both tokens are reissued.",
 		}, func() float64 { return float64(index.Contested()) }),
+		byUser: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keymint_checks_by_service_user_total",
+			Help: "Token checks of a known token (both endpoints), by the token's ServiceUser and result (ok or the error code). Checks of unknown or malformed tokens have no user and are counted only in keymint_checks_total.",
+		}, []string{"namespace", "service_user", "result"}),
 	}
 	m.check, m.tokenReview = m.series("check"), m.series("tokenreview")
-	reg.MustRegister(m.checks, m.latency, m.rateLimited, m.indexSize, m.contested)
+	reg.MustRegister(m.checks, m.latency, m.rateLimited, m.indexSize, m.contested, m.byUser)
 	return m
 }
 
-// observe counts one answer of an endpoint and its latency.
-func (m *Metrics) observe(e *endpointSeries, result Failure, took time.Duration) {
+// observe counts one answer of an endpoint and its latency, and, when the
+// token was found in the index (entry is not nil), counts it for its
+// ServiceUser.
+func (m *Metrics) observe(e *endpointSeries, result Failure, took time.Duration, entry *tokenEntry) {
 	if result == OK {
 		e.ok().Inc()
 	} else {
 		m.checks.WithLabelValues(e.name, string(result)).Inc()
 	}
+	if entry != nil && entry.owner != nil {
+		m.userCounter(entry, result).Inc()
+	}
 	e.latency().Observe(took.Seconds())
+}
+
+// userResults are the results a check of a known token can have, in the
+// order of userSeries.counters.
+var userResults = [...]Failure{OK, ExpiredToken, RevokedToken, InvalidToken, WrongAudience, InsufficientScope, RateLimited}
+
+// userSeries holds one ServiceUser's series of keymint_checks_by_service_user_total,
+// each looked up by label on its first use and then read from here, so a
+// check allocates nothing. It hangs off the user's index slot, which every
+// token of the user shares, and goes with it.
+type userSeries struct {
+	counters [len(userResults)]atomic.Pointer[prometheus.Counter]
+	// forget deletes the user's series, once the index holds neither the
+	// user nor any of its tokens.
+	forget func()
+}
+
+// userCounter returns the series of entry's ServiceUser for result.
+func (m *Metrics) userCounter(entry *tokenEntry, result Failure) prometheus.Counter {
+	slot := entry.owner
+	us := slot.series.Load()
+	if us == nil {
+		ns, name := entry.key.Namespace, entry.spec.ServiceUser
+		us = &userSeries{forget: func() {
+			m.byUser.DeletePartialMatch(prometheus.Labels{"namespace": ns, "service_user": name})
+		}}
+		if !slot.series.CompareAndSwap(nil, us) {
+			us = slot.series.Load()
+		}
+	}
+	label := string(result)
+	if result == OK {
+		label = "ok"
+	}
+	i, listed := userResultIndex(result)
+	if !listed {
+		return m.byUser.WithLabelValues(entry.key.Namespace, entry.spec.ServiceUser, label)
+	}
+	if c := us.counters[i].Load(); c != nil {
+		return *c
+	}
+	c := m.byUser.WithLabelValues(entry.key.Namespace, entry.spec.ServiceUser, label)
+	us.counters[i].Store(&c)
+	return c
+}
+
+// userResultIndex is result's place in userResults.
+func userResultIndex(result Failure) (int, bool) {
+	for i, r := range userResults {
+		if r == result {
+			return i, true
+		}
+	}
+	return 0, false
 }
