@@ -130,6 +130,15 @@ type ApiTokenSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000000
 	RequestsPerMinute *int32 `json:"requestsPerMinute,omitempty"`
+
+	// scopeRequestsPerMinute overrides the ServiceUser's
+	// tokenPolicy.scopeRequestsPerMinute for this token, scope by scope. At
+	// most 32.
+	// +optional
+	// +listType=map
+	// +listMapKey=scope
+	// +kubebuilder:validation:MaxItems=32
+	ScopeRequestsPerMinute []ScopeRate `json:"scopeRequestsPerMinute,omitempty"`
 }
 
 // Rotation says when a token is replaced by a new one.

@@ -95,6 +95,17 @@ type TokenPolicy struct {
 	// +kubebuilder:validation:Maximum=1000000
 	RequestsPerMinute int32 `json:"requestsPerMinute,omitempty"`
 
+	// scopeRequestsPerMinute gives some scopes a rate of their own, such as
+	// 60 a minute for "links:write" and 1000 for "links:read": a check that
+	// requires such a scope counts against that scope's budget (each, when
+	// it requires several) instead of requestsPerMinute. A token's own
+	// scopeRequestsPerMinute overrides these, scope by scope. At most 32.
+	// +optional
+	// +listType=map
+	// +listMapKey=scope
+	// +kubebuilder:validation:MaxItems=32
+	ScopeRequestsPerMinute []ScopeRate `json:"scopeRequestsPerMinute,omitempty"`
+
 	// expiryWarning is how long before a token expires keymint warns: the
 	// token gets condition ExpiringSoon=True and a Warning Event, once. No
 	// warning comes when a scheduled rotation replaces the token before it
@@ -106,6 +117,21 @@ type TokenPolicy struct {
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('2562047h')",message="expiryWarning must be from 0s to 2562047h"
 	ExpiryWarning *metav1.Duration `json:"expiryWarning,omitempty"`
+}
+
+// ScopeRate is the check rate of one scope.
+type ScopeRate struct {
+	// scope is a permission, "resource:verb".
+	// +required
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[a-z0-9][a-z0-9._-]*:[a-z0-9][a-z0-9._-]*$`
+	Scope string `json:"scope"`
+	// requestsPerMinute is how many checks requiring the scope a token may
+	// pass a minute: that many at once, then one more each 60s/rate.
+	// +required
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	RequestsPerMinute int32 `json:"requestsPerMinute"`
 }
 
 // ServiceUser condition types and reasons.

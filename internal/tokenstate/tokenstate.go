@@ -30,6 +30,8 @@ type User struct {
 	DefaultLifetime time.Duration
 	// RequestsPerMinute is the policy's rate, zero when unset.
 	RequestsPerMinute int32
+	// ScopeRates are the policy's rates of single scopes.
+	ScopeRates []keymintv1alpha1.ScopeRate
 }
 
 // UserFrom reads a ServiceUser; nil means it does not exist.
@@ -40,6 +42,7 @@ func UserFrom(u *keymintv1alpha1.ServiceUser) User {
 	user := User{
 		Found: true, UID: u.UID, Disabled: u.Spec.Disabled, Permissions: u.Spec.Permissions,
 		RequestsPerMinute: u.Spec.TokenPolicy.RequestsPerMinute,
+		ScopeRates:        u.Spec.TokenPolicy.ScopeRequestsPerMinute,
 	}
 	if d := u.Spec.TokenPolicy.MaxLifetime; d != nil {
 		user.MaxLifetime = d.Duration
@@ -446,4 +449,22 @@ func Rate(spec *keymintv1alpha1.ApiTokenSpec, u *User, serverDefault int32) int3
 		return u.RequestsPerMinute
 	}
 	return serverDefault
+}
+
+// ScopeRate returns the rate a token has for checks that require scope:
+// its own entry for that scope, else its user's policy's; nil when neither
+// gives the scope a rate (Rate applies). The entry is the spec's or the
+// user's own: callers only read it. It allocates nothing.
+func ScopeRate(spec *keymintv1alpha1.ApiTokenSpec, u *User, scope string) *keymintv1alpha1.ScopeRate {
+	for i := range spec.ScopeRequestsPerMinute {
+		if r := &spec.ScopeRequestsPerMinute[i]; r.Scope == scope {
+			return r
+		}
+	}
+	for i := range u.ScopeRates {
+		if r := &u.ScopeRates[i]; r.Scope == scope {
+			return r
+		}
+	}
+	return nil
 }

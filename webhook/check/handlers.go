@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,12 +44,15 @@ const (
 	HeaderScope     = "X-Keymint-Scope"
 	HeaderAudience  = "X-Keymint-Audience"
 	HeaderForwarded = "X-Forwarded-Authorization"
+	// HeaderRateLimitScope names the scope whose budget the X-RateLimit
+	// headers describe, when it is not the token's own.
+	HeaderRateLimitScope = "X-Ratelimit-Scope"
 )
 
 // Handler serves /check and the TokenReview API.
 type Handler struct {
 	Checker *Checker
-	Limiter *Limiter
+	Limiter RateLimiter
 	Usage   *Usage
 	Clock   clock.PassiveClock
 	// DefaultRequestsPerMinute applies to tokens whose ApiToken and
@@ -56,9 +60,15 @@ type Handler struct {
 	DefaultRequestsPerMinute int32
 	Metrics                  *Metrics
 
-	reset atomic.Pointer[cachedReset]
-	limit atomic.Pointer[cachedLimit]
+	reset  [resetSlots]atomic.Pointer[cachedReset]
+	limit  atomic.Pointer[cachedLimit]
+	scopes sync.Map // scope → []string, the X-RateLimit-Scope value
 }
+
+// resetSlots is how many X-RateLimit-Reset values are kept: budgets are
+// whole again within a minute, so one slot per second of the next two
+// minutes serves them all.
+const resetSlots = 128
 
 // NewHandler returns a handler over index with its own rate limiter and
 // usage record, and metrics registered with reg.
@@ -295,13 +305,22 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time, i
 		return failure
 	}
 
-	d := h.Limiter.Allow(id.Token, id.RequestsPerMinute(h.DefaultRequestsPerMinute), now)
+	buckets, ok := id.buckets(q.scopes, h.DefaultRequestsPerMinute)
+	if !ok {
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request",
+			Message: fmt.Sprintf("A check may require at most %d scopes that have rates of their own.", maxBuckets)})
+		return "bad_request"
+	}
+	d := h.Limiter.Allow(r.Context(), id.Token, buckets, now)
 	hdr := w.Header()
 	hdr["X-Ratelimit-Limit"] = h.limitHeader(d.Limit)
 	hdr["X-Ratelimit-Remaining"] = number(int64(d.Remaining))
 	hdr["X-Ratelimit-Reset"] = h.resetHeader(d.Reset)
+	if d.Scope != "" {
+		hdr[HeaderRateLimitScope] = h.scopeHeader(d.Scope)
+	}
 	if !d.Allowed {
-		retry := int64(math.Ceil(d.Reset.Sub(now).Seconds()))
+		retry := max(1, int64(math.Ceil(d.RetryAfter.Seconds())))
 		w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
 		status := http.StatusTooManyRequests
 		if fromQuery && q.rateLimitStatus == "403" {
@@ -374,20 +393,36 @@ type cachedLimit struct {
 	value []string
 }
 
-// resetHeader is X-RateLimit-Reset for a window ending at reset: windows
-// are clock minutes, so one value serves every token for a minute.
+// resetHeader is X-RateLimit-Reset, the Unix second a budget is whole
+// again: kept per second, so the values of the next two minutes are
+// formatted once.
 func (h *Handler) resetHeader(reset time.Time) []string {
-	if c := h.reset.Load(); c != nil && c.at.Equal(reset) {
+	sec := reset.Unix()
+	if reset.Nanosecond() > 0 {
+		sec++ // whole again by the end of that second
+	}
+	slot := &h.reset[uint64(sec)%resetSlots]
+	if c := slot.Load(); c != nil && c.sec == sec {
 		return c.value
 	}
-	c := &cachedReset{at: reset, value: []string{strconv.FormatInt(reset.Unix(), 10)}}
-	h.reset.Store(c)
+	c := &cachedReset{sec: sec, value: []string{strconv.FormatInt(sec, 10)}}
+	slot.Store(c)
 	return c.value
 }
 
 type cachedReset struct {
-	at    time.Time
+	sec   int64
 	value []string
+}
+
+// scopeHeader is X-RateLimit-Scope, kept per scope (scopes with rates are
+// few, and named in specs).
+func (h *Handler) scopeHeader(scope string) []string {
+	if v, ok := h.scopes.Load(scope); ok {
+		return v.([]string)
+	}
+	v, _ := h.scopes.LoadOrStore(scope, []string{scope})
+	return v.([]string)
 }
 
 // tokenReview is the part of a TokenReview, v1 or v1beta1, that a check reads.

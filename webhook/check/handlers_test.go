@@ -153,7 +153,9 @@ func TestCheckAcceptsAGoodToken(t *testing.T) {
 		HeaderScopes:            "links:read,links:write,qr:read",
 		"X-RateLimit-Limit":     "500",
 		"X-RateLimit-Remaining": "499",
-		"X-RateLimit-Reset":     strconv.FormatInt(t0.Truncate(time.Minute).Add(time.Minute).Unix(), 10),
+		// One check takes a minute/500 = 120 ms out of the budget, whole
+		// again by the end of the second that ends in.
+		"X-RateLimit-Reset": strconv.FormatInt(t0.Unix()+1, 10),
 	} {
 		if got := a.header.Get(header); got != want {
 			t.Errorf("%s = %q, want %q", header, got, want)
@@ -297,27 +299,36 @@ func TestCheckRateLimitsPerToken(t *testing.T) {
 	f.user("exporter", func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequestsPerMinute = 5 })
 	limited := f.token("limited", "exporter", func(t *keymintv1alpha1.ApiToken) { t.Spec.RequestsPerMinute = ptr.To[int32](2) })
 	other := f.token("other", "exporter")
-	reset := strconv.FormatInt(t0.Truncate(time.Minute).Add(time.Minute).Unix(), 10)
 
-	for i, wantRemaining := range []string{"1", "0"} {
+	// 2 a minute: both at once, each taking 30 s out of the budget, which is
+	// whole again 30 s, then 60 s, from now.
+	for i, want := range []struct{ remaining, reset string }{
+		{"1", strconv.FormatInt(t0.Unix()+30, 10)},
+		{"0", strconv.FormatInt(t0.Unix()+60, 10)},
+	} {
 		a := f.check(limited, "")
-		if a.status != http.StatusOK || a.header.Get("X-RateLimit-Limit") != "2" || a.header.Get("X-RateLimit-Remaining") != wantRemaining || a.header.Get("X-RateLimit-Reset") != reset {
-			t.Fatalf("request %d: %d limit %s remaining %s reset %s", i+1, a.status, a.header.Get("X-RateLimit-Limit"), a.header.Get("X-RateLimit-Remaining"), a.header.Get("X-RateLimit-Reset"))
+		if a.status != http.StatusOK || a.header.Get("X-RateLimit-Limit") != "2" || a.header.Get("X-RateLimit-Remaining") != want.remaining || a.header.Get("X-RateLimit-Reset") != want.reset {
+			t.Fatalf("request %d: %d limit %s remaining %s reset %s; want remaining %s reset %s", i+1, a.status, a.header.Get("X-RateLimit-Limit"),
+				a.header.Get("X-RateLimit-Remaining"), a.header.Get("X-RateLimit-Reset"), want.remaining, want.reset)
 		}
 	}
 	a := f.check(limited, "")
 	expectError(t, a, http.StatusTooManyRequests, RateLimited)
-	if a.header.Get("Retry-After") != "45" || a.body["retryAfter"] != float64(45) || a.header.Get("X-RateLimit-Remaining") != "0" {
-		t.Errorf("429: Retry-After %q, retryAfter %v, remaining %q; want 45, 45, 0", a.header.Get("Retry-After"), a.body["retryAfter"], a.header.Get("X-RateLimit-Remaining"))
+	if a.header.Get("Retry-After") != "30" || a.body["retryAfter"] != float64(30) || a.header.Get("X-RateLimit-Remaining") != "0" {
+		t.Errorf("429: Retry-After %q, retryAfter %v, remaining %q; want 30, 30, 0", a.header.Get("Retry-After"), a.body["retryAfter"], a.header.Get("X-RateLimit-Remaining"))
 	}
 
 	if a := f.check(other, ""); a.status != http.StatusOK || a.header.Get("X-RateLimit-Limit") != "5" {
 		t.Errorf("another token of the same user is limited separately at the user's rate: %d limit %s", a.status, a.header.Get("X-RateLimit-Limit"))
 	}
 
-	f.clock.Step(45 * time.Second)
+	f.clock.Step(30 * time.Second)
+	if a := f.check(limited, ""); a.status != http.StatusOK || a.header.Get("X-RateLimit-Remaining") != "0" {
+		t.Errorf("30 s later, one check has come back: %d remaining %s; want 200, 0", a.status, a.header.Get("X-RateLimit-Remaining"))
+	}
+	f.clock.Step(60 * time.Second)
 	if a := f.check(limited, ""); a.status != http.StatusOK || a.header.Get("X-RateLimit-Remaining") != "1" {
-		t.Errorf("after the reset: %d remaining %s", a.status, a.header.Get("X-RateLimit-Remaining"))
+		t.Errorf("a minute later, the budget is whole: %d remaining %s; want 200, 1", a.status, a.header.Get("X-RateLimit-Remaining"))
 	}
 }
 
@@ -393,8 +404,8 @@ func TestRateLimitStatusForNginx(t *testing.T) {
 	f.check(tok, "")
 	a := f.check(tok, RateLimitStatusParam+"=403")
 	expectError(t, a, http.StatusForbidden, RateLimited)
-	if a.header.Get(HeaderError) != "rate_limited" || a.header.Get("Retry-After") != "45" {
-		t.Errorf("headers %v: want X-Keymint-Error rate_limited and Retry-After 45", a.header)
+	if a.header.Get(HeaderError) != "rate_limited" || a.header.Get("Retry-After") != "60" {
+		t.Errorf("headers %v: want X-Keymint-Error rate_limited and Retry-After 60", a.header)
 	}
 	expectError(t, f.check(tok, ""), http.StatusTooManyRequests, RateLimited)
 	if a := f.check(tok, RateLimitStatusParam+"=500"); a.status != http.StatusBadRequest {
@@ -581,5 +592,41 @@ func TestCheckRefusesALongListOfRequirements(t *testing.T) {
 	}
 	if a := f.check(tok, "scope=links:read"+strings.Repeat(",links:read", maxRequirements-1)); a.status != http.StatusOK {
 		t.Errorf("%d scopes: %d %v, want 200", maxRequirements, a.status, a.body)
+	}
+}
+
+func TestScopesWithRatesOfTheirOwn(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter", func(u *keymintv1alpha1.ServiceUser) {
+		u.Spec.Permissions = []string{"links:read", "links:write"}
+		u.Spec.TokenPolicy.RequestsPerMinute = 1000
+		u.Spec.TokenPolicy.ScopeRequestsPerMinute = []keymintv1alpha1.ScopeRate{{Scope: "links:write", RequestsPerMinute: 2}, {Scope: "links:read", RequestsPerMinute: 100}}
+	})
+	tok := f.token("t", "exporter", func(t *keymintv1alpha1.ApiToken) {
+		// The token's own entry wins over its user's, scope by scope.
+		t.Spec.ScopeRequestsPerMinute = []keymintv1alpha1.ScopeRate{{Scope: "links:read", RequestsPerMinute: 3}}
+	})
+
+	for range 2 {
+		if a := f.check(tok, "scope=links:write"); a.status != http.StatusOK || a.header.Get(HeaderRateLimitScope) != "links:write" || a.header.Get("X-RateLimit-Limit") != "2" {
+			t.Fatalf("links:write: %d scope %q limit %q", a.status, a.header.Get(HeaderRateLimitScope), a.header.Get("X-RateLimit-Limit"))
+		}
+	}
+	a := f.check(tok, "scope=links:write")
+	expectError(t, a, http.StatusTooManyRequests, RateLimited)
+	if a.header.Get(HeaderRateLimitScope) != "links:write" || a.header.Get("Retry-After") != "30" {
+		t.Errorf("429 names scope %q, Retry-After %q; want links:write, 30", a.header.Get(HeaderRateLimitScope), a.header.Get("Retry-After"))
+	}
+	if a := f.check(tok, "scope=links:read"); a.status != http.StatusOK || a.header.Get("X-RateLimit-Limit") != "3" || a.header.Get("X-RateLimit-Remaining") != "2" {
+		t.Errorf("links:read has its own budget, at the token's rate of 3: %d limit %q remaining %q", a.status, a.header.Get("X-RateLimit-Limit"), a.header.Get("X-RateLimit-Remaining"))
+	}
+	if a := f.check(tok, "scope=links:read&scope=links:write"); a.status != http.StatusTooManyRequests {
+		t.Errorf("a check requiring both counts against both, and links:write is spent: %d", a.status)
+	}
+	if a := f.check(tok, "scope=links:read"); a.header.Get("X-RateLimit-Remaining") != "1" {
+		t.Errorf("the refused check took nothing from links:read: remaining %q, want 1", a.header.Get("X-RateLimit-Remaining"))
+	}
+	if a := f.check(tok, ""); a.status != http.StatusOK || a.header.Get(HeaderRateLimitScope) != "" || a.header.Get("X-RateLimit-Limit") != "1000" {
+		t.Errorf("a check requiring no rated scope counts against the token's own rate: %d scope %q limit %q", a.status, a.header.Get(HeaderRateLimitScope), a.header.Get("X-RateLimit-Limit"))
 	}
 }

@@ -73,3 +73,18 @@ func (id Identity) MissingScopes(required []string) []string {
 func (id Identity) AcceptsAudience(requested []string) (matched []string, ok bool) {
 	return tokenstate.AcceptsAudience(id.Audiences, requested)
 }
+
+// buckets returns the budgets a check that requires scopes counts against:
+// one per required scope that has a rate of its own, else the token's own
+// rate. ok is false when that is more than maxBuckets budgets.
+func (id Identity) buckets(required []string, serverDefault int32) (bs Buckets, ok bool) {
+	for _, s := range required {
+		if r := tokenstate.ScopeRate(&id.entry.spec, id.user, s); r != nil && !bs.Add(r.Scope, r.RequestsPerMinute) {
+			return bs, false
+		}
+	}
+	if bs.Len() == 0 {
+		bs.Add("", id.RequestsPerMinute(serverDefault))
+	}
+	return bs, true
+}

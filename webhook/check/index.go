@@ -214,13 +214,14 @@ func newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
 		memo: &entryMemo{},
 		key:  types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
 		spec: keymintv1alpha1.ApiTokenSpec{
-			ServiceUser:       t.Spec.ServiceUser,
-			Scopes:            t.Spec.Scopes,
-			ExpiresAt:         t.Spec.ExpiresAt,
-			Lifetime:          t.Spec.Lifetime,
-			Revoked:           t.Spec.Revoked,
-			Audiences:         t.Spec.Audiences,
-			RequestsPerMinute: t.Spec.RequestsPerMinute,
+			ServiceUser:            t.Spec.ServiceUser,
+			Scopes:                 t.Spec.Scopes,
+			ExpiresAt:              t.Spec.ExpiresAt,
+			Lifetime:               t.Spec.Lifetime,
+			Revoked:                t.Spec.Revoked,
+			Audiences:              t.Spec.Audiences,
+			RequestsPerMinute:      t.Spec.RequestsPerMinute,
+			ScopeRequestsPerMinute: t.Spec.ScopeRequestsPerMinute,
 		},
 	}
 	e.state = tokenstate.TokenFrom(&e.spec, &t.Status)

@@ -1,69 +1,208 @@
 package check
 
-// ratelimit.go: checks per token per minute.
+// ratelimit.go: how many checks a token may pass a minute. Each budget is a
+// GCRA bucket (the generic cell rate algorithm): a rate of n a minute lets n
+// checks through at once, then one more each minute/n, so there is no
+// boundary at which twice the rate gets through. The state of a budget is
+// one time, its theoretical arrival time (TAT), which makes it cheap to keep
+// in process (LocalLimiter) and to share through Redis (RedisLimiter).
 
 import (
+	"context"
 	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// Limiter counts checks per token in fixed one-minute windows aligned to the
-// clock's minutes: a token may pass `limit` checks in each minute, and its
-// count resets at the top of the next one. Each replica counts on its own:
-// behind N replicas a token may pass up to N × limit a minute.
-type Limiter struct {
-	mu      sync.Mutex
-	windows map[types.NamespacedName]*window
+// ratePeriod is what a rate counts over.
+const ratePeriod = time.Minute
+
+// maxBuckets bounds the budgets one check counts against: the token's own,
+// or one per rated scope it requires.
+const maxBuckets = 8
+
+// Bucket is one budget a check counts against: the token's own (Scope ""),
+// or that of one scope with a rate of its own.
+type Bucket struct {
+	Scope string
+	Limit int32
 }
 
-type window struct {
-	start time.Time
-	count int32
+// Buckets are the budgets of one check, passed by value so that asking a
+// RateLimiter allocates nothing.
+type Buckets struct {
+	n int
+	b [maxBuckets]Bucket
 }
+
+// Add adds a budget, once per scope. It reports false when the check
+// already has maxBuckets.
+func (bs *Buckets) Add(scope string, limit int32) bool {
+	for i := range bs.n {
+		if bs.b[i].Scope == scope {
+			return true
+		}
+	}
+	if bs.n == maxBuckets {
+		return false
+	}
+	bs.b[bs.n] = Bucket{Scope: scope, Limit: limit}
+	bs.n++
+	return true
+}
+
+// Len is how many budgets the check has.
+func (bs *Buckets) Len() int { return bs.n }
 
 // Decision is the outcome of one Allow, with what the rate-limit headers say.
 type Decision struct {
-	Allowed   bool
+	Allowed bool
+	// Limit, Remaining and Reset describe the budget that binds: the one
+	// that refused, or the one with the least left. Reset is when that
+	// budget is whole again.
 	Limit     int32
 	Remaining int32
-	// Reset is when the current window ends and the count starts again.
-	Reset time.Time
+	Reset     time.Time
+	// Scope is that budget's scope, "" for the token's own.
+	Scope string
+	// RetryAfter is, for a refusal, how long until the check would pass.
+	RetryAfter time.Duration
 }
 
-// NewLimiter returns an empty limiter.
-func NewLimiter() *Limiter {
-	return &Limiter{windows: map[types.NamespacedName]*window{}}
+// RateLimiter decides whether one more check of a token fits its budgets,
+// and counts it if so: against every budget, or against none.
+type RateLimiter interface {
+	Allow(ctx context.Context, token types.NamespacedName, buckets Buckets, now time.Time) Decision
+	// Forget drops what is kept of a deleted token.
+	Forget(token types.NamespacedName)
 }
 
-// Allow counts one check of the token at now against limit per minute.
-func (l *Limiter) Allow(key types.NamespacedName, limit int32, now time.Time) Decision {
-	start := now.Truncate(time.Minute)
-	l.mu.Lock()
-	w, ok := l.windows[key]
-	if !ok {
-		w = &window{}
-		l.windows[key] = w
+// emission is the time one check takes out of a budget of limit a minute.
+func emission(limit int32) int64 {
+	if limit < 1 {
+		limit = 1
 	}
-	if !w.start.Equal(start) {
-		w.start, w.count = start, 0
+	return int64(ratePeriod) / int64(limit)
+}
+
+// gcra decides one budget at now (Unix nanoseconds), given its TAT (zero
+// when unused). It returns the TAT after counting the check when allowed,
+// and what the headers say of this budget.
+func gcra(tat, now int64, limit int32) (next int64, allowed bool, remaining int32, reset, retry int64) {
+	t := emission(limit)
+	tat = max(tat, now)
+	next = tat + t
+	if allowAt := next - int64(ratePeriod); now < allowAt {
+		return tat, false, 0, tat, allowAt - now
 	}
-	d := Decision{Limit: limit, Reset: start.Add(time.Minute)}
-	if w.count < limit {
-		w.count++
-		d.Allowed = true
+	remaining = int32((now + int64(ratePeriod) - next) / t)
+	return next, true, min(remaining, limit), next, 0
+}
+
+// decideAll runs gcra on every budget with its TAT in tats, and updates
+// tats when the check passes all of them. The decision is about the
+// refusing budget that waits longest, or the allowing one with least left.
+func decideAll(bs *Buckets, tats []int64, now int64) Decision {
+	var nexts [maxBuckets]int64
+	var d Decision
+	d.Allowed = true
+	for i := range bs.n {
+		b := &bs.b[i]
+		next, ok, remaining, reset, retry := gcra(tats[i], now, b.Limit)
+		nexts[i] = next
+		switch {
+		case !ok && (d.Allowed || time.Duration(retry) > d.RetryAfter):
+			d = Decision{Limit: b.Limit, Reset: time.Unix(0, reset), Scope: b.Scope, RetryAfter: time.Duration(retry)}
+		case ok && d.Allowed && (i == 0 || remaining < d.Remaining):
+			d = Decision{Allowed: true, Limit: b.Limit, Remaining: remaining, Reset: time.Unix(0, reset), Scope: b.Scope}
+		}
 	}
-	// A rate lowered mid-window can leave the count above it.
-	d.Remaining = max(0, limit-w.count)
-	l.mu.Unlock()
+	if d.Allowed {
+		copy(tats, nexts[:bs.n])
+	}
 	return d
 }
 
-// Forget drops a token's window; the feed calls it when the token goes, so
-// the limiter holds windows of live tokens only.
-func (l *Limiter) Forget(key types.NamespacedName) {
+// LocalLimiter keeps budgets in this process: behind N replicas a token may
+// pass up to N times its rate, and a restart starts it afresh. It is the
+// default, and what RedisLimiter falls back to when Redis cannot be reached
+// and it is set to fail open.
+type LocalLimiter struct {
+	mu     sync.Mutex
+	tokens map[types.NamespacedName]*tokenBudgets
+}
+
+// tokenBudgets is a token's TATs: its own, and one per rated scope it was
+// checked for.
+type tokenBudgets struct {
+	own    int64
+	scopes []scopeTAT
+}
+
+type scopeTAT struct {
+	scope string
+	tat   int64
+}
+
+// NewLimiter returns an empty in-process limiter.
+func NewLimiter() *LocalLimiter {
+	return &LocalLimiter{tokens: map[types.NamespacedName]*tokenBudgets{}}
+}
+
+// Allow implements RateLimiter.
+func (l *LocalLimiter) Allow(_ context.Context, token types.NamespacedName, bs Buckets, now time.Time) Decision {
+	var tats [maxBuckets]int64
+	var where [maxBuckets]*int64
 	l.mu.Lock()
-	delete(l.windows, key)
+	defer l.mu.Unlock()
+	tb := l.tokens[token]
+	if tb == nil {
+		tb = &tokenBudgets{}
+		l.tokens[token] = tb
+	}
+	for i := range bs.n {
+		tb.add(bs.b[i].Scope)
+	}
+	// Pointers only once every budget exists: adding one may move the rest.
+	for i := range bs.n {
+		where[i] = tb.tat(bs.b[i].Scope)
+		tats[i] = *where[i]
+	}
+	d := decideAll(&bs, tats[:bs.n], now.UnixNano())
+	if d.Allowed {
+		for i := range bs.n {
+			*where[i] = tats[i]
+		}
+	}
+	return d
+}
+
+// add keeps a budget for scope from now on. The scope strings are the
+// specs' own (tokenstate.ScopeRate), not a request's.
+func (tb *tokenBudgets) add(scope string) {
+	if scope != "" && tb.tat(scope) == nil {
+		tb.scopes = append(tb.scopes, scopeTAT{scope: scope})
+	}
+}
+
+// tat returns where a budget's TAT is kept; nil for a scope not added.
+func (tb *tokenBudgets) tat(scope string) *int64 {
+	if scope == "" {
+		return &tb.own
+	}
+	for i := range tb.scopes {
+		if tb.scopes[i].scope == scope {
+			return &tb.scopes[i].tat
+		}
+	}
+	return nil
+}
+
+// Forget drops a token's budgets; the feed calls it when the token goes, so
+// the limiter holds budgets of live tokens only.
+func (l *LocalLimiter) Forget(token types.NamespacedName) {
+	l.mu.Lock()
+	delete(l.tokens, token)
 	l.mu.Unlock()
 }
