@@ -1,0 +1,63 @@
+package tokenmetrics
+
+import (
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/tokenstate"
+)
+
+// TestEvaluate: each state keymint_apitokens counts, from the same verdict
+// the controller and the check server use.
+func TestEvaluate(t *testing.T) {
+	now := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) *metav1.Time { t := metav1.NewTime(now.Add(d)); return &t }
+	issued := func(mods ...func(*keymintv1alpha1.ApiToken)) *keymintv1alpha1.ApiToken {
+		tok := &keymintv1alpha1.ApiToken{
+			Spec:   keymintv1alpha1.ApiTokenSpec{ServiceUser: "u"},
+			Status: keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:00", IssuedAt: at(-time.Hour)},
+		}
+		for _, m := range mods {
+			m(tok)
+		}
+		return tok
+	}
+	user := tokenstate.User{Found: true, UID: "uid"}
+	cases := map[string]struct {
+		token *keymintv1alpha1.ApiToken
+		user  tokenstate.User
+		want  string
+	}{
+		"issued, no expiry":   {token: issued(), user: user, want: StateActive},
+		"not issued yet":      {token: &keymintv1alpha1.ApiToken{Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "u"}}, user: user, want: StatePending},
+		"past its expiry":     {token: issued(func(t *keymintv1alpha1.ApiToken) { t.Status.ExpiresAt = at(-time.Second) }), user: user, want: StateExpired},
+		"at its expiry":       {token: issued(func(t *keymintv1alpha1.ApiToken) { t.Status.ExpiresAt = at(0) }), user: user, want: StateExpired},
+		"a second before":     {token: issued(func(t *keymintv1alpha1.ApiToken) { t.Status.ExpiresAt = at(time.Second) }), user: user, want: StateActive},
+		"revoked by spec":     {token: issued(func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true }), user: user, want: StateRevoked},
+		"being deleted":       {token: issued(func(t *keymintv1alpha1.ApiToken) { t.DeletionTimestamp = at(0) }), user: user, want: StateRevoked},
+		"user disabled":       {token: issued(), user: tokenstate.User{Found: true, Disabled: true}, want: StateDisabled},
+		"user missing":        {token: issued(), user: tokenstate.User{}, want: StateOrphaned},
+		"revoked and expired": {token: issued(func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true; t.Status.ExpiresAt = at(-time.Second) }), user: user, want: StateRevoked},
+		"rotated-out token in its grace period": {token: issued(func(t *keymintv1alpha1.ApiToken) {
+			t.Status.PreviousTokens = []keymintv1alpha1.PreviousToken{{TokenHash: "sha256:01", IssuedAt: *at(-2 * time.Hour), ValidUntil: *at(time.Minute)}}
+		}), user: user, want: StateRotating},
+		"grace period over": {token: issued(func(t *keymintv1alpha1.ApiToken) {
+			t.Status.PreviousTokens = []keymintv1alpha1.PreviousToken{{TokenHash: "sha256:01", IssuedAt: *at(-2 * time.Hour), ValidUntil: *at(0)}}
+		}), user: user, want: StateActive},
+		"Secret name taken": {token: func() *keymintv1alpha1.ApiToken {
+			tok := &keymintv1alpha1.ApiToken{Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "u"}}
+			tok.Status.Conditions = []metav1.Condition{{Type: keymintv1alpha1.ApiTokenConditionReady, Status: metav1.ConditionFalse, Reason: keymintv1alpha1.ApiTokenReasonSecretConflict}}
+			return tok
+		}(), user: user, want: StateConflict},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got, _ := Evaluate(tc.token, &tc.user, now); got != tc.want {
+				t.Errorf("state = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,133 @@
+package tokenmetrics_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/controllers"
+	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/testenv"
+	"github.com/keymint/keymint/internal/tokenmetrics"
+)
+
+// series is one exported sample: its labels and value.
+type series struct {
+	labels map[string]string
+	value  float64
+}
+
+// gather returns the samples of one metric.
+func gather(g Gomega, reg *prometheus.Registry, name string) []series {
+	families, err := reg.Gather()
+	g.Expect(err).NotTo(HaveOccurred())
+	var out []series
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			s := series{labels: map[string]string{}, value: m.GetGauge().GetValue()}
+			for _, l := range m.GetLabel() {
+				s.labels[l.GetName()] = l.GetValue()
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// byState returns keymint_apitokens as state → count.
+func byState(g Gomega, reg *prometheus.Registry) map[string]float64 {
+	out := map[string]float64{}
+	for _, s := range gather(g, reg, tokenmetrics.TokensName) {
+		out[s.labels["state"]] = s.value
+	}
+	return out
+}
+
+// TestTokenMetrics runs the real controllers against kube-apiserver and
+// scrapes the collector as Prometheus would: each token's expiry with its
+// labels, gone once the token is; counts by state that follow a revocation.
+func TestTokenMetrics(t *testing.T) {
+	g := NewWithT(t)
+	g.SetDefaultEventuallyTimeout(20 * time.Second)
+	g.SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
+	cfg, c := testenv.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme: testenv.Scheme, Cache: controllers.CacheOptions(), Metrics: metricsserver.Options{BindAddress: "0"},
+	})
+	g.Expect(err).NotTo(HaveOccurred())
+	ring, err := recordkey.Generate("test")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
+	reg := prometheus.NewRegistry()
+	g.Expect(reg.Register(tokenmetrics.New(mgr.GetCache(), clock.RealClock{}))).To(Succeed())
+	go func() { _ = mgr.Start(ctx) }()
+
+	const ns = "metrics"
+	g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+	g.Expect(c.Create(ctx, &keymintv1alpha1.ServiceUser{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "exporter"},
+		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"invoices:read"}},
+	})).To(Succeed())
+	expiry := metav1.NewTime(time.Now().Add(72 * time.Hour).Truncate(time.Second))
+	nightly := &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "nightly"},
+		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter", ExpiresAt: &expiry},
+	}
+	forever := &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "forever"},
+		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter"},
+	}
+	stray := &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "stray"},
+		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "nobody"},
+	}
+	for _, tok := range []*keymintv1alpha1.ApiToken{nightly, forever, stray} {
+		g.Expect(c.Create(ctx, tok)).To(Succeed())
+	}
+
+	// The expiring token has one series, with its expiry and nothing else
+	// about it; the one that never expires and the one never issued, none.
+	g.Eventually(func(g Gomega) {
+		got := gather(g, reg, tokenmetrics.ExpirationName)
+		g.Expect(got).To(HaveLen(1))
+		g.Expect(got[0].labels).To(Equal(map[string]string{"namespace": ns, "name": "nightly", "service_user": "exporter"}))
+		g.Expect(got[0].value).To(Equal(float64(expiry.Unix())))
+	}).Should(Succeed())
+	g.Eventually(func(g Gomega) map[string]float64 { return byState(g, reg) }).Should(Equal(map[string]float64{
+		"active": 2, "orphaned": 1,
+		"rotating": 0, "expired": 0, "revoked": 0, "disabled": 0, "conflict": 0, "pending": 0,
+	}))
+
+	// Revoking one moves it from active to revoked.
+	patch := client.MergeFrom(forever.DeepCopy())
+	forever.Spec.Revoked = true
+	g.Expect(c.Patch(ctx, forever, patch)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		s := byState(g, reg)
+		g.Expect(s["active"]).To(Equal(1.0))
+		g.Expect(s["revoked"]).To(Equal(1.0))
+	}).Should(Succeed())
+
+	// Deleting the expiring token removes its series.
+	g.Expect(c.Delete(ctx, nightly)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		g.Expect(gather(g, reg, tokenmetrics.ExpirationName)).To(BeEmpty())
+		g.Expect(byState(g, reg)["active"]).To(BeZero())
+	}).Should(Succeed())
+}
