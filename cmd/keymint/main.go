@@ -186,7 +186,7 @@ func main() {
 	}
 	must(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: expiryWarning}))
 	must(check.Setup(ctx, mgr, checkOpts))
-	must(metrics.Registry.Register(fresh.Collector(maxStale)))
+	must(registerMetrics(metrics.Registry, mgr, fresh, maxStale))
 	must(mgr.AddReadyzCheck("index-fresh", fresh.Checker(maxStale)))
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))

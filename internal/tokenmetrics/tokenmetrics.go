@@ -53,13 +53,17 @@ var States = []string{StateActive, StateRotating, StateExpired, StateRevoked, St
 
 // Metric names.
 const (
-	ExpirationName = "keymint_apitoken_expiration_timestamp_seconds"
-	TokensName     = "keymint_apitokens"
+	ExpirationName   = "keymint_apitoken_expiration_timestamp_seconds"
+	NextRotationName = "keymint_apitoken_next_rotation_timestamp_seconds"
+	TokensName       = "keymint_apitokens"
 )
 
 var (
 	expirationDesc = prometheus.NewDesc(ExpirationName,
 		"When the current token of this ApiToken expires, in Unix seconds: its effective expiry, which a shortened lifetime or maxLifetime may have brought forward. No series for a token that never expires, is revoked, or has none issued yet.",
+		[]string{"namespace", "name", "service_user"}, nil)
+	nextRotationDesc = prometheus.NewDesc(NextRotationName,
+		"When the current token of this ApiToken is replaced on schedule (spec.rotation.every), in Unix seconds. Only for tokens that rotate before they expire: an expiry alert can leave those out, since a new token comes first.",
 		[]string{"namespace", "name", "service_user"}, nil)
 	tokensDesc = prometheus.NewDesc(TokensName,
 		"ApiTokens by state: active, rotating (rotated-out tokens still in their grace period), expired, revoked, disabled (ServiceUser disabled), orphaned (ServiceUser missing), conflict (Secret name taken), pending (not issued yet).",
@@ -83,6 +87,7 @@ func New(c cache.Cache, clk clock.PassiveClock) *Collector {
 // Describe sends both descriptors.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- expirationDesc
+	ch <- nextRotationDesc
 	ch <- tokensDesc
 }
 
@@ -116,6 +121,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if v.Expires && v.Revoked == "" {
 			ch <- prometheus.MustNewConstMetric(expirationDesc, prometheus.GaugeValue,
 				float64(v.Expiry.Unix()), t.Namespace, t.Name, t.Spec.ServiceUser)
+		}
+		if v.Rotates && v.Accepted {
+			ch <- prometheus.MustNewConstMetric(nextRotationDesc, prometheus.GaugeValue,
+				float64(v.NextRotation.Unix()), t.Namespace, t.Name, t.Spec.ServiceUser)
 		}
 	}
 	for _, s := range States {

@@ -97,20 +97,37 @@ func TestTokenMetrics(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "stray"},
 		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "nobody"},
 	}
-	for _, tok := range []*keymintv1alpha1.ApiToken{nightly, forever, stray} {
+	daily := &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "daily"},
+		Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter", Lifetime: &metav1.Duration{Duration: 72 * time.Hour},
+			Rotation: &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: 24 * time.Hour}}},
+	}
+	for _, tok := range []*keymintv1alpha1.ApiToken{nightly, forever, stray, daily} {
 		g.Expect(c.Create(ctx, tok)).To(Succeed())
 	}
 
 	// The expiring token has one series, with its expiry and nothing else
 	// about it; the one that never expires and the one never issued, none.
+	// The rotating one has its expiry and its next rotation, from its status.
 	g.Eventually(func(g Gomega) {
-		got := gather(g, reg, tokenmetrics.ExpirationName)
-		g.Expect(got).To(HaveLen(1))
-		g.Expect(got[0].labels).To(Equal(map[string]string{"namespace": ns, "name": "nightly", "service_user": "exporter"}))
-		g.Expect(got[0].value).To(Equal(float64(expiry.Unix())))
+		got := map[string]series{}
+		for _, s := range gather(g, reg, tokenmetrics.ExpirationName) {
+			got[s.labels["name"]] = s
+		}
+		g.Expect(got).To(HaveLen(2))
+		g.Expect(got["nightly"].labels).To(Equal(map[string]string{"namespace": ns, "name": "nightly", "service_user": "exporter"}))
+		g.Expect(got["nightly"].value).To(Equal(float64(expiry.Unix())))
+
+		g.Expect(c.Get(ctx, client.ObjectKeyFromObject(daily), daily)).To(Succeed())
+		g.Expect(daily.Status.ExpiresAt).NotTo(BeNil())
+		g.Expect(got["daily"].value).To(Equal(float64(daily.Status.ExpiresAt.Unix())))
+		rot := gather(g, reg, tokenmetrics.NextRotationName)
+		g.Expect(rot).To(HaveLen(1))
+		g.Expect(rot[0].labels["name"]).To(Equal("daily"))
+		g.Expect(rot[0].value).To(Equal(float64(daily.Status.NextRotationAt.Unix())))
 	}).Should(Succeed())
 	g.Eventually(func(g Gomega) map[string]float64 { return byState(g, reg) }).Should(Equal(map[string]float64{
-		"active": 2, "orphaned": 1,
+		"active": 3, "orphaned": 1,
 		"rotating": 0, "expired": 0, "revoked": 0, "disabled": 0, "conflict": 0, "pending": 0,
 	}))
 
@@ -120,14 +137,16 @@ func TestTokenMetrics(t *testing.T) {
 	g.Expect(c.Patch(ctx, forever, patch)).To(Succeed())
 	g.Eventually(func(g Gomega) {
 		s := byState(g, reg)
-		g.Expect(s["active"]).To(Equal(1.0))
+		g.Expect(s["active"]).To(Equal(2.0))
 		g.Expect(s["revoked"]).To(Equal(1.0))
 	}).Should(Succeed())
 
-	// Deleting the expiring token removes its series.
+	// Deleting the expiring token removes its series, and only its.
 	g.Expect(c.Delete(ctx, nightly)).To(Succeed())
 	g.Eventually(func(g Gomega) {
-		g.Expect(gather(g, reg, tokenmetrics.ExpirationName)).To(BeEmpty())
-		g.Expect(byState(g, reg)["active"]).To(BeZero())
+		got := gather(g, reg, tokenmetrics.ExpirationName)
+		g.Expect(got).To(HaveLen(1))
+		g.Expect(got[0].labels["name"]).To(Equal("daily"))
+		g.Expect(byState(g, reg)["active"]).To(Equal(1.0))
 	}).Should(Succeed())
 }
