@@ -57,6 +57,7 @@ func main() {
 		certSecret    string
 		maxStale      time.Duration
 		expiryWarning time.Duration
+		rateLimit     rateLimitFlags
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
 	flag.BoolVar(&metricsAuth, "metrics-secure", true, "serve metrics over HTTPS to callers kube-apiserver authenticates and RBAC allows (get on nonResourceURL /metrics: ClusterRole keymint-metrics-reader); false serves plain HTTP to anyone")
@@ -78,6 +79,9 @@ func main() {
 	flag.StringVar(&certOpts.Dir, "serving-certs-dir", "/etc/keymint/serving-certs", "where --serving-certs-secret is mounted as a volume (config/manager does)")
 	flag.StringVar(&certOpts.Service, "serving-certs-service", "keymint-webhook", "the Service, in that namespace, the certificate is for")
 	flag.StringVar(&certOpts.WebhookConfiguration, "validating-webhook-configuration", "keymint-validating-webhook-configuration", "the ValidatingWebhookConfiguration whose caBundle --self-managed-certs fills")
+	flag.StringVar(&rateLimit.backend, "rate-limit-backend", "local", "where rate-limit budgets live: local (each replica its own; behind N replicas a token gets N times its rate) or redis (shared by every replica, --redis-url)")
+	flag.StringVar(&rateLimit.url, "redis-url", "", "the Redis that --rate-limit-backend=redis shares budgets through: redis://[user:password@]host:port/db, rediss:// for TLS")
+	flag.StringVar(&rateLimit.failure, "rate-limit-redis-failure", "open", "what checks do while Redis cannot be reached: open (each replica counts on its own until it is back) or closed (every check gets 429)")
 	flag.DurationVar(&expiryWarning, "expiry-warning", controllers.DefaultExpiryWarning, "how long before expiry a token gets condition ExpiringSoon and a Warning Event, when its ServiceUser sets no tokenPolicy.expiryWarning; 0 turns such warnings off")
 	flag.DurationVar(&maxStale, "max-index-staleness", 10*time.Second, "readiness fails once the check server's index has been out of touch with the API server (its watch of ApiTokens or ServiceUsers down) for longer than this; checks go on being answered from the index")
 	flag.StringVar(&recordKey, "record-key-secret", defaultRecordKeySecret(), "namespace/name of the Secret holding the keys that sign token records, created on first start; only keymint should read it (docs/security.md)")
@@ -99,6 +103,12 @@ func main() {
 		log.Error(nil, "Invalid flags: --expiry-warning must not be negative", "value", expiryWarning)
 		os.Exit(2)
 	}
+	limiter, err := rateLimit.limiter(context.Background(), metrics.Registry, log)
+	if err != nil {
+		log.Error(err, "Invalid flags")
+		os.Exit(2)
+	}
+	checkOpts.Limiter = limiter
 	recordKeyRef, ok := parseNamespacedName(recordKey)
 	if !ok {
 		log.Error(nil, "Invalid flags: --record-key-secret must be namespace/name", "value", recordKey)

@@ -327,7 +327,11 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time, i
 			status = http.StatusForbidden
 		}
 		w.Header().Set(HeaderError, string(RateLimited))
-		writeJSON(w, status, errorBody{Error: RateLimited, Message: RateLimited.Message(), RetryAfter: &retry})
+		msg := RateLimited.Message()
+		if d.Unavailable {
+			msg = "Rate limits cannot be checked right now: the shared rate-limit store is unreachable, and keymint is set to refuse checks until it is back (fail closed). Retry after the time given."
+		}
+		writeJSON(w, status, errorBody{Error: RateLimited, Message: msg, RetryAfter: &retry})
 		h.Metrics.rateLimited.Inc()
 		return RateLimited
 	}

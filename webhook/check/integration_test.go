@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -274,6 +275,61 @@ var _ = Describe("The check server in the manager", func() {
 			g.Expect(tok.Status.PreviousTokens[0].LastUsedAt).NotTo(BeNil(), "the rotated-out token's use")
 			g.Expect(tok.Status.PreviousTokens[0].LastUsedAt.Time).To(BeTemporally(">=", usedOld))
 			g.Expect(tok.Status.LastUsedAt.Time).To(BeTemporally(">=", usedOld))
+		}).Should(Succeed())
+	})
+
+	It("writes a token's uses about once a minute whatever the number of replicas", func() {
+		const ns, name = "uses-bounded", "deployer"
+		key := types.NamespacedName{Namespace: ns, Name: name}
+		plain := issue(ns, name)
+		// Three replicas' flushers, on one clock, each having seen its own
+		// checks of the token; the suite's own flusher writes the first.
+		clk := clocktesting.NewFakeClock(time.Now().Add(time.Hour))
+		replicas := make([]*check.UsageFlusher, 3)
+		for i := range replicas {
+			replicas[i] = &check.UsageFlusher{Usage: check.NewUsage(), Client: k8sClient, Clock: clk, Interval: time.Second, MinGap: time.Minute}
+		}
+		resourceVersion := func() string {
+			tok := &keymintv1alpha1.ApiToken{}
+			Expect(k8sClient.Get(ctx, key, tok)).To(Succeed())
+			return tok.ResourceVersion
+		}
+		// flushAll has the first n replicas see a check now, then every
+		// replica flush.
+		flushAll := func(n int) {
+			for _, r := range replicas[:n] {
+				r.Usage.Record(key, token.Hash(plain), clk.Now())
+			}
+			for _, r := range replicas {
+				r.Flush(ctx)
+			}
+		}
+		flushAll(1)
+		Eventually(func(g Gomega) {
+			replicas[0].Flush(ctx) // again, if the first met a controller's write
+			tok := &keymintv1alpha1.ApiToken{}
+			g.Expect(k8sClient.Get(ctx, key, tok)).To(Succeed())
+			g.Expect(tok.Status.TokenLastUsedAt.Time).To(BeTemporally("==", clk.Now().Truncate(time.Second)))
+		}).Should(Succeed())
+		written := resourceVersion()
+
+		By("uses less than a minute after the recorded one write nothing, also on replicas that have not written yet")
+		for i, step := range []time.Duration{10 * time.Second, 20 * time.Second, 20 * time.Second} {
+			clk.Step(step)
+			flushAll(min(i+2, len(replicas)))
+		}
+		Consistently(resourceVersion, time.Second, 100*time.Millisecond).Should(Equal(written))
+
+		By("a minute after it, one write")
+		clk.Step(11 * time.Second)
+		flushAll(3)
+		Eventually(func(g Gomega) {
+			for _, r := range replicas {
+				r.Flush(ctx)
+			}
+			tok := &keymintv1alpha1.ApiToken{}
+			g.Expect(k8sClient.Get(ctx, key, tok)).To(Succeed())
+			g.Expect(tok.Status.TokenLastUsedAt.Time).To(BeTemporally("==", clk.Now().Truncate(time.Second)))
 		}).Should(Succeed())
 	})
 

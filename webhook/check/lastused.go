@@ -80,9 +80,12 @@ func (u *Usage) take() (seen map[usageKey]time.Time, gone map[types.NamespacedNa
 // ago, gets one status patch, of lastUsedAt (any hash), tokenLastUsedAt (the
 // current hash) and previousTokens[].lastUsedAt (each rotated-out hash). It
 // runs on every replica, since each sees its own checks. Uses only move
-// forward: a field already showing a later use is left alone, and the patch
-// locks on the resourceVersion it read, so a hash is credited only to the
-// status entry that names it.
+// forward, and by at least MinGap: a field already showing a use less than
+// MinGap before this one is left alone (unless unset), so N replicas together
+// write a token about once per MinGap, not N times. The patch locks on the
+// resourceVersion it read: of replicas writing at once, one wins and the
+// others find its write next time. A hash is credited only to the status
+// entry that names it.
 type UsageFlusher struct {
 	Usage *Usage
 	// Client reads ApiTokens from the cache and patches their status.
@@ -166,7 +169,7 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 	changed := false
 	later := func(field **metav1.Time, at time.Time) {
 		t := metav1.NewTime(at.UTC().Truncate(time.Second))
-		if *field == nil || (*field).Before(&t) {
+		if *field == nil || (*field).Add(f.MinGap).Before(t.Time) || (*field).Add(f.MinGap).Equal(t.Time) {
 			*field, changed = &t, true
 		}
 	}

@@ -68,6 +68,9 @@ type Decision struct {
 	Scope string
 	// RetryAfter is, for a refusal, how long until the check would pass.
 	RetryAfter time.Duration
+	// Unavailable is true for a refusal because the shared budgets cannot
+	// be reached (RedisLimiter failing closed).
+	Unavailable bool
 }
 
 // RateLimiter decides whether one more check of a token fits its budgets,

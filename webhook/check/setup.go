@@ -33,6 +33,9 @@ type Options struct {
 	FlushMinGap time.Duration
 	Clock       clock.WithTicker
 	Registerer  prometheus.Registerer
+	// Limiter, when set, keeps the rate-limit budgets (a RedisLimiter, to
+	// share them across replicas); nil keeps them in process.
+	Limiter RateLimiter
 	// Listener, when set, is served instead of listening on Addr.
 	Listener net.Listener
 	// CertReady, when set, closes once CertFile and KeyFile exist.
@@ -66,6 +69,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	}
 	index := NewIndex()
 	handler := NewHandler(index, opts.Clock, int32(opts.DefaultRequestsPerMinute), opts.Registerer)
+	if opts.Limiter != nil {
+		handler.Limiter = opts.Limiter
+	}
 	synced, err := Feed(ctx, mgr.GetCache(), index, handler.Usage.Forget, handler.Limiter.Forget)
 	if err != nil {
 		return err

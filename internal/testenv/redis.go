@@ -1,0 +1,98 @@
+package testenv
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Redis is a redis-server the tests start on a loopback port of their own,
+// with no persistence, and can stop and start again on the same port.
+type Redis struct {
+	// Addr is host:port.
+	Addr string
+	dir  string
+	cmd  *exec.Cmd
+	log  LogBuffer
+}
+
+// RedisServerPath finds redis-server: on PATH, or where Debian installs it.
+func RedisServerPath() (string, error) {
+	if p, err := exec.LookPath("redis-server"); err == nil {
+		return p, nil
+	}
+	for _, p := range []string{"/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"} {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("redis-server is not installed; `make test-deps` installs it (Debian/Ubuntu: apt-get install redis-server)")
+}
+
+// StartRedis starts a redis-server on a free loopback port, writing its
+// files under dir.
+func StartRedis(dir string) (*Redis, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		return nil, err
+	}
+	r := &Redis{Addr: addr, dir: dir}
+	return r, r.Start()
+}
+
+// Start starts the server (again) on its port and waits until it answers.
+func (r *Redis) Start() error {
+	path, err := RedisServerPath()
+	if err != nil {
+		return err
+	}
+	_, port, err := net.SplitHostPort(r.Addr)
+	if err != nil {
+		return err
+	}
+	r.cmd = exec.Command(path, "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
+		"--dir", r.dir, "--pidfile", filepath.Join(r.dir, "redis-"+port+".pid"))
+	r.cmd.Stdout, r.cmd.Stderr = &r.log, &r.log
+	if err := r.cmd.Start(); err != nil {
+		return fmt.Errorf("starting redis-server: %w", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", r.Addr, 100*time.Millisecond); err == nil {
+			_ = c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = r.Stop()
+	return fmt.Errorf("redis-server did not answer on %s within 10s: %s", r.Addr, r.log.String())
+}
+
+// Stop stops the server (SIGKILL: as a crash, keeping nothing) and waits
+// for it to exit.
+func (r *Redis) Stop() error {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return nil
+	}
+	err := r.cmd.Process.Signal(syscall.SIGKILL)
+	_ = r.cmd.Wait()
+	r.cmd = nil
+	return err
+}
+
+// Port returns the server's port.
+func (r *Redis) Port() int {
+	_, port, _ := net.SplitHostPort(r.Addr)
+	n, _ := strconv.Atoi(port)
+	return n
+}

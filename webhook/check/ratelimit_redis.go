@@ -1,0 +1,166 @@
+package check
+
+// ratelimit_redis.go: budgets shared by every replica through Redis, one
+// round trip per check.
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"k8s.io/apimachinery/pkg/types"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+)
+
+// gcraScript decides every budget of one check at once, on Redis's clock, so
+// replicas whose clocks differ still share one budget; see its comments.
+//
+//go:embed gcra.lua
+var gcraScript string
+
+// FailureMode is what a RedisLimiter does while Redis cannot be reached.
+type FailureMode string
+
+const (
+	// FailOpen decides with the replica's own LocalLimiter: limits hold per
+	// replica (N × the rate behind N replicas) until Redis is back.
+	FailOpen FailureMode = "open"
+	// FailClosed refuses every check with 429 until Redis is back.
+	FailClosed FailureMode = "closed"
+)
+
+// redisBackoff is how long a replica stops asking Redis after a failed
+// round trip: a dead server costs one timeout, not one per check.
+const redisBackoff = time.Second
+
+// RedisLimiter keeps the budgets in Redis, so a token's rate holds across
+// replicas and restarts. Each check is one EVALSHA of gcra.lua; the keys of
+// one token share a hash slot ({namespace/name}), so it works with Redis
+// Cluster too.
+type RedisLimiter struct {
+	client   redis.UniversalClient
+	script   *redis.Script
+	prefix   string
+	mode     FailureMode
+	fallback *LocalLimiter
+
+	// downUntil is when, in Unix nanoseconds, to try Redis again after a
+	// failure; zero while it answers.
+	downUntil atomic.Int64
+	up        prometheus.Gauge
+	degraded  prometheus.Counter
+}
+
+// NewRedisLimiter returns a limiter over client, with its metrics
+// registered with reg.
+func NewRedisLimiter(client redis.UniversalClient, mode FailureMode, reg prometheus.Registerer) (*RedisLimiter, error) {
+	if mode != FailOpen && mode != FailClosed {
+		return nil, fmt.Errorf("--rate-limit-redis-failure must be %q or %q, not %q", FailOpen, FailClosed, mode)
+	}
+	degraded := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keymint_rate_limit_degraded_total",
+		Help: "Checks decided without the shared rate-limit store, by mode: open (this replica's own budgets) or closed (refused).",
+	}, []string{"mode"})
+	l := &RedisLimiter{
+		client: client, script: redis.NewScript(gcraScript), prefix: "keymint:rl:", mode: mode, fallback: NewLimiter(),
+		up: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keymint_rate_limit_backend_up",
+			Help: "1 while the shared rate-limit store (Redis) answers this replica, 0 while checks are decided without it.",
+		}),
+		degraded: degraded.WithLabelValues(string(mode)),
+	}
+	l.up.Set(1)
+	if reg != nil {
+		for _, c := range []prometheus.Collector{l.up, degraded} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return l, nil
+}
+
+// Up reports whether Redis answered the last round trip.
+func (l *RedisLimiter) Up() bool { return l.downUntil.Load() == 0 }
+
+// Allow implements RateLimiter. now is used only to place Reset: the budget
+// is decided on Redis's clock.
+func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs Buckets, now time.Time) Decision {
+	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
+		return l.degradedDecision(ctx, token, bs, now)
+	}
+	keys := make([]string, bs.n)
+	args := make([]any, bs.n)
+	tag := "{" + token.Namespace + "/" + token.Name + "}"
+	for i := range bs.n {
+		keys[i] = l.prefix + tag + ":" + bs.b[i].Scope
+		args[i] = bs.b[i].Limit
+	}
+	res, err := l.script.Run(ctx, l.client, keys, args...).Int64Slice()
+	if err != nil || len(res) != 5 || res[1] < 1 || int(res[1]) > bs.n {
+		if err == nil {
+			err = fmt.Errorf("gcra.lua answered %v", res)
+		}
+		l.markDown(ctx, err, now)
+		return l.degradedDecision(ctx, token, bs, now)
+	}
+	if l.downUntil.Swap(0) != 0 {
+		l.up.Set(1)
+		logf.FromContext(ctx).Info("Rate-limit store answers again: budgets are shared across replicas")
+	}
+	b := bs.b[res[1]-1]
+	return Decision{
+		Allowed: res[0] == 1, Limit: b.Limit, Remaining: int32(res[2]), Scope: b.Scope,
+		Reset: now.Add(time.Duration(res[3]) * time.Microsecond), RetryAfter: time.Duration(res[4]) * time.Microsecond,
+	}
+}
+
+// markDown stops asking Redis for redisBackoff, and says so once.
+func (l *RedisLimiter) markDown(ctx context.Context, err error, now time.Time) {
+	if l.downUntil.Swap(now.Add(redisBackoff).UnixNano()) == 0 {
+		l.up.Set(0)
+		how := "checks use this replica's own budgets until it is back (fail open)"
+		if l.mode == FailClosed {
+			how = "checks are refused until it is back (fail closed)"
+		}
+		logf.FromContext(ctx).Error(err, "Rate-limit store unreachable: "+how)
+	}
+}
+
+// degradedDecision decides without Redis, as the failure mode says.
+func (l *RedisLimiter) degradedDecision(ctx context.Context, token types.NamespacedName, bs Buckets, now time.Time) Decision {
+	l.degraded.Inc()
+	if l.mode == FailOpen {
+		return l.fallback.Allow(ctx, token, bs, now)
+	}
+	b := bs.b[0]
+	return Decision{Limit: b.Limit, Scope: b.Scope, Reset: now.Add(redisBackoff), RetryAfter: redisBackoff, Unavailable: true}
+}
+
+// Forget implements RateLimiter: Redis keys expire once their budget is
+// whole again, so only the fallback's are dropped.
+func (l *RedisLimiter) Forget(token types.NamespacedName) { l.fallback.Forget(token) }
+
+// Ping asks Redis once, for a start-up check with a clear error.
+func (l *RedisLimiter) Ping(ctx context.Context) error {
+	if err := l.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("the rate-limit store (Redis) does not answer: %w", err)
+	}
+	return nil
+}
+
+// ParseFailureMode reads --rate-limit-redis-failure.
+func ParseFailureMode(s string) (FailureMode, error) {
+	switch m := FailureMode(strings.ToLower(s)); m {
+	case FailOpen, FailClosed:
+		return m, nil
+	}
+	return "", errors.New("--rate-limit-redis-failure must be open or closed, not " + strconv.Quote(s))
+}
