@@ -56,15 +56,19 @@ test-e2e: control-plane test-deps ## Run only the end-to-end suite: keymint star
 	PATH="$$PATH:$(CONTROL_PLANE_DIR)" KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./test/e2e/ -count=1 -v -args -ginkgo.v
 
 .PHONY: test-deps
-test-deps: ## Install nginx (Debian package) for the end-to-end suite if it is not on PATH; a no-op once installed.
-	@command -v nginx >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null 2>&1 || { \
+test-deps: ## Install nginx and redis-server (Debian packages) for the suites if they are missing; a no-op once installed.
+	@missing=""; \
+	for bin in nginx redis-server; do \
+	  command -v $$bin >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
-	    echo "The end-to-end suite runs nginx and none is installed. Install it (Debian/Ubuntu: sudo apt-get install nginx) and run make again." >&2; \
+	    echo "The suites run nginx (end-to-end) and redis-server (shared rate limits); missing:$$missing. Install them (Debian/Ubuntu: sudo apt-get install$$missing) and run make again." >&2; \
 	    exit 1; \
 	  fi; \
-	  echo "Installing nginx for the end-to-end suite (apt-get)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; \
-	}
+	  echo "Installing$$missing for the suites (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 .PHONY: bench
 bench: manifests control-plane ## Measure the figures of docs/performance.md against baselines and rewrite its generated blocks (hack/bench; about 45 min; BENCH_ARGS="-only micro,http", see go run ./hack/bench -h).
