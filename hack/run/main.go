@@ -366,18 +366,15 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	if err != nil {
 		return err
 	}
-	checkURL := fmt.Sprintf("https://127.0.0.1:%d", checkPort)
+	metricsPort, err := port(0)
+	if err != nil {
+		return err
+	}
+	ports := ports{check: checkPort, probe: probePort, webhook: webhookPort, metrics: metricsPort}
 	certs := certFiles(dir)
 
 	say("Starting keymint; its logs follow")
-	cmd := exec.Command(o.keymintBin,
-		"--zap-devel",
-		"--check-bind-address", "127.0.0.1:"+strconv.Itoa(checkPort),
-		"--check-tls-cert-file", certs.CertFile, "--check-tls-key-file", certs.KeyFile,
-		"--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(probePort),
-		"--webhook-bind-address", "127.0.0.1:"+strconv.Itoa(webhookPort),
-		"--metrics-bind-address", "0",
-	)
+	cmd := exec.Command(o.keymintBin, keymintArgs(certs, ports)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+managerKubeconfig)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -401,8 +398,7 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	} else {
 		say("Admission webhooks are off: this cluster's kube-apiserver cannot reach keymint here (see docs/security.md)")
 	}
-	vars := fmt.Sprintf("KUBECONFIG=%s\nKEYMINT_CHECK_URL=%s\nKEYMINT_CA_FILE=%s\n", kubeconfig, checkURL, certs.CAFile)
-	if err := os.WriteFile(envFile, []byte(vars), 0o600); err != nil {
+	if err := os.WriteFile(envFile, []byte(envVars(kubeconfig, certs, ports)), 0o600); err != nil {
 		stopChild(cmd, exited)
 		return err
 	}
@@ -417,6 +413,31 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	case err := <-exited:
 		return fmt.Errorf("keymint exited: %v", err)
 	}
+}
+
+// ports are where keymint listens, all on 127.0.0.1.
+type ports struct{ check, probe, webhook, metrics int }
+
+// keymintArgs are keymint's flags under make run. Its metrics are served
+// over plain HTTP on loopback, so a plain curl reads them: only this
+// machine reaches them, unlike in a cluster, where config/manager keeps them
+// behind authentication and RBAC.
+func keymintArgs(certs selfsigned.Files, p ports) []string {
+	return []string{
+		"--zap-devel",
+		"--check-bind-address", "127.0.0.1:" + strconv.Itoa(p.check),
+		"--check-tls-cert-file", certs.CertFile, "--check-tls-key-file", certs.KeyFile,
+		"--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(p.probe),
+		"--webhook-bind-address", "127.0.0.1:" + strconv.Itoa(p.webhook),
+		"--metrics-bind-address", "127.0.0.1:" + strconv.Itoa(p.metrics),
+		"--metrics-secure=false",
+	}
+}
+
+// envVars is keymint.env: what the second terminal needs.
+func envVars(kubeconfig string, certs selfsigned.Files, p ports) string {
+	return fmt.Sprintf("KUBECONFIG=%s\nKEYMINT_CHECK_URL=https://127.0.0.1:%d\nKEYMINT_CA_FILE=%s\nKEYMINT_METRICS_URL=http://127.0.0.1:%d/metrics\n",
+		kubeconfig, p.check, certs.CAFile, p.metrics)
 }
 
 // waitReady waits until keymint's /readyz answers 200: the controllers are
@@ -475,12 +496,13 @@ func printNextSteps(root, envFile string) {
 	fmt.Printf(`
 ==> keymint is ready. In a second terminal, from %s:
 
-  source %s && export KUBECONFIG KEYMINT_CHECK_URL KEYMINT_CA_FILE
+  source %s && export KUBECONFIG KEYMINT_CHECK_URL KEYMINT_CA_FILE KEYMINT_METRICS_URL
   kubectl apply -k config/samples
   kubectl get serviceusers,apitokens
   TOKEN=$(kubectl get secret billing-exporter-token -o jsonpath='{.data.token}' | base64 -d)
   kubectl --token "$TOKEN" auth whoami
   curl --cacert "$KEYMINT_CA_FILE" -H "Authorization: Bearer $TOKEN" "$KEYMINT_CHECK_URL/check?scope=invoices:read"
+  curl -s "$KEYMINT_METRICS_URL" | grep ^keymint_
 
 Ctrl-C here stops keymint, kube-apiserver and etcd.
 

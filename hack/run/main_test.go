@@ -82,3 +82,35 @@ func TestServeKeymintReturnsWhenKeymintExitsEarly(t *testing.T) {
 		t.Fatal("serveKeymint still waiting 30s after keymint exited")
 	}
 }
+
+// TestMetricsOnLoopback: keymint.env names the metrics endpoint keymint is
+// told to serve, on 127.0.0.1 and over plain HTTP (a plain curl reads it);
+// the end-to-end suite curls it on a running make run.
+func TestMetricsOnLoopback(t *testing.T) {
+	certs := certFiles("/x")
+	p := ports{check: 8443, probe: 40001, webhook: 40002, metrics: 40003}
+	args := strings.Join(keymintArgs(certs, p), " ")
+	for _, want := range []string{"--metrics-bind-address 127.0.0.1:40003", "--metrics-secure=false"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("keymint runs with %q, missing %q", args, want)
+		}
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(envVars("/x/kubeconfig", certs, p)), "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("keymint.env line %q is not NAME=value", line)
+		}
+		env[k] = v
+	}
+	for k, want := range map[string]string{
+		"KUBECONFIG":          "/x/kubeconfig",
+		"KEYMINT_CHECK_URL":   "https://127.0.0.1:8443",
+		"KEYMINT_CA_FILE":     certs.CAFile,
+		"KEYMINT_METRICS_URL": "http://127.0.0.1:40003/metrics",
+	} {
+		if env[k] != want {
+			t.Errorf("keymint.env %s=%q, want %q", k, env[k], want)
+		}
+	}
+}
