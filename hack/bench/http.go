@@ -33,6 +33,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
@@ -40,6 +41,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/selfsigned"
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/webhook/check"
 )
@@ -168,6 +170,15 @@ func runHTTP(ctx context.Context, e *env) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	rdb, err := testenv.StartRedis(dir)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = rdb.Stop() }()
+	shared, err := start(fmt.Sprintf("keymint-%d-redis", smallTokens), "-handler", "keymint", "-tokens", fmt.Sprint(smallTokens), "-redis", rdb.Addr)
+	if err != nil {
+		return "", err
+	}
 
 	checkGet := func(s *server) vegeta.Target {
 		return vegeta.Target{Method: http.MethodGet, URL: s.URL + checkQuery, Header: http.Header{"Authorization": {"Bearer " + small.Token}}}
@@ -181,6 +192,17 @@ func runHTTP(ctx context.Context, e *env) (string, error) {
 	largeTarget := checkGet(large)
 	largeTarget.Header = http.Header{"Authorization": {"Bearer " + large.Token}}
 	largeCheck := side{label: fmt.Sprintf("keymint `/check`, %s tokens", thousands(p.tokens)), srv: large, target: largeTarget, check: checkAnswer(large.User)}
+	roundTrip, err := start(fmt.Sprintf("keymint-%d-redis-no-leases", smallTokens), "-handler", "keymint", "-tokens", fmt.Sprint(smallTokens), "-redis", rdb.Addr, "-no-leases")
+	if err != nil {
+		return "", err
+	}
+	roundTripTarget := checkGet(roundTrip)
+	roundTripTarget.Header = http.Header{"Authorization": {"Bearer " + roundTrip.Token}}
+	roundTripCheck := side{label: fmt.Sprintf("keymint `/check`, %d tokens, budgets in Redis, a round trip per check", smallTokens), srv: roundTrip,
+		target: roundTripTarget, check: checkAnswer(roundTrip.User)}
+	sharedTarget := checkGet(shared)
+	sharedTarget.Header = http.Header{"Authorization": {"Bearer " + shared.Token}}
+	sharedCheck := side{label: fmt.Sprintf("keymint `/check`, %d tokens, budgets in Redis", smallTokens), srv: shared, target: sharedTarget, check: checkAnswer(shared.User)}
 
 	closed := []*scenario{
 		{title: fmt.Sprintf("`/check`, %d connections", p.conns), conns: p.conns, base: baseGet, cand: smallCheck, minRPS: 0.90, maxP99: 1.5},
@@ -191,6 +213,12 @@ func runHTTP(ctx context.Context, e *env) (string, error) {
 		{title: "`/check`, 1 connection", conns: 1, base: baseGet, cand: smallCheck},
 		{title: fmt.Sprintf("`/check`, %s tokens indexed against %d, %d connections", thousands(p.tokens), smallTokens, p.conns), conns: p.conns,
 			base: smallCheck, cand: largeCheck, minRPS: 0.95},
+		{title: fmt.Sprintf("`/check` with budgets shared in Redis against the bare server, %d connections", p.conns), conns: p.conns,
+			base: baseGet, cand: sharedCheck, minRPS: 0.85, maxP99: 1.5},
+		{title: fmt.Sprintf("`/check` with budgets shared in Redis against in-process budgets, %d connections", p.conns), conns: p.conns,
+			base: smallCheck, cand: sharedCheck, minRPS: 0.90},
+		{title: fmt.Sprintf("`/check` with a Redis round trip per check (no leases) against in-process budgets, %d connections", p.conns), conns: p.conns,
+			base: smallCheck, cand: roundTripCheck},
 	}
 	for round := range p.rounds {
 		for _, sc := range closed {
@@ -685,17 +713,19 @@ func serveHTTP(args []string) int {
 	cert := fs.String("cert", "", "serving certificate file")
 	key := fs.String("key", "", "its key file")
 	profile := fs.String("cpuprofile", "", "write a CPU profile of the serving (not of the index build) to this file")
+	redisAddr := fs.String("redis", "", "keymint: keep rate-limit budgets in the Redis at this host:port, as --rate-limit-backend=redis does")
+	noLeases := fs.Bool("no-leases", false, "keymint with -redis: one round trip to Redis per check, no leases")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if err := serve(*handler, *tokens, *cert, *key, *profile); err != nil {
+	if err := serve(*handler, *tokens, *cert, *key, *profile, *redisAddr, *noLeases); err != nil {
 		fmt.Fprintf(os.Stderr, "bench %s: %v\n", serverArg, err)
 		return 1
 	}
 	return 0
 }
 
-func serve(kind string, tokens int, cert, key, profile string) error {
+func serve(kind string, tokens int, cert, key, profile, redisAddr string, noLeases bool) error {
 	logf.SetLogger(logr.Discard())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -717,7 +747,7 @@ func serve(kind string, tokens int, cert, key, profile string) error {
 		})
 	case "keymint":
 		var err error
-		if h, ready.Token, ready.User, err = keymintHandler(tokens); err != nil {
+		if h, ready.Token, ready.User, err = keymintHandler(tokens, redisAddr, noLeases); err != nil {
 			return err
 		}
 	default:
@@ -795,7 +825,7 @@ const benchUsers = 100
 
 // keymintHandler is the check server's handler with n tokens indexed, and
 // one token's plaintext and user name.
-func keymintHandler(n int) (http.Handler, string, string, error) {
+func keymintHandler(n int, redisAddr string, noLeases bool) (http.Handler, string, string, error) {
 	const ns = "bench"
 	index := check.NewIndex()
 	for u := range benchUsers {
@@ -823,5 +853,15 @@ func keymintHandler(n int) (http.Handler, string, string, error) {
 		plain, user = p, check.Username(ns, u)
 	}
 	h := check.NewHandler(index, clock.RealClock{}, 1_000_000_000, prometheus.NewRegistry())
+	if redisAddr != "" {
+		// As cmd/keymint sets it up: no retries on the check path.
+		client := redis.NewClient(&redis.Options{Addr: redisAddr, MaxRetries: -1, PoolSize: 32})
+		l, err := check.NewRedisLimiter(client, check.FailClosed, nil)
+		if err != nil {
+			return nil, "", "", err
+		}
+		l.NoLeases = noLeases
+		h.Limiter = l
+	}
 	return h.ServeMux(), plain, user, nil
 }

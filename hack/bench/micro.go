@@ -22,7 +22,7 @@ var (
 	microBenches  = map[string]string{
 		"./internal/token":      "^Benchmark(Mint|Parse|Hash|HashString|BaselineRandomHex|BaselineSHA256)$",
 		"./internal/tokenstate": "^BenchmarkCheck$",
-		"./webhook/check":       "^Benchmark(Check|BaselineHashLookup|CheckHandler|BaselineHandler)$",
+		"./webhook/check":       "^Benchmark(Check|BaselineHashLookup|CheckHandler|BaselineHandler|Limiter)$",
 	}
 )
 

@@ -1,6 +1,7 @@
 package check
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"net/http"
@@ -10,10 +11,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 )
 
@@ -195,3 +199,46 @@ func (w *reusedWriter) Header() http.Header         { return w.header }
 func (w *reusedWriter) WriteHeader(code int)        { w.code = code }
 func (w *reusedWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p), nil }
 func (w *reusedWriter) reset()                      { clear(w.header); w.code, w.n = 0, 0 }
+
+// BenchmarkLimiter is one rate-limit decision for one of 1,000 tokens: in
+// process (the default), and shared through a real redis-server on loopback
+// (one EVALSHA round trip). The difference is what sharing budgets across
+// replicas costs each check.
+func BenchmarkLimiter(b *testing.B) {
+	tokens := make([]types.NamespacedName, 1000)
+	for i := range tokens {
+		tokens[i] = types.NamespacedName{Namespace: "ns", Name: fmt.Sprintf("t%d", i)}
+	}
+	var bs Buckets
+	bs.Add("", 1_000_000)
+	run := func(b *testing.B, l RateLimiter) {
+		ctx := context.Background()
+		b.ReportAllocs()
+		b.ResetTimer()
+		i := 0
+		for b.Loop() {
+			if !l.Allow(ctx, tokens[i%len(tokens)], bs, time.Now()).Allowed {
+				b.Fatal("refused")
+			}
+			i++
+		}
+	}
+	b.Run("backend=local", func(b *testing.B) { run(b, NewLimiter()) })
+	for _, leases := range []bool{true, false} {
+		b.Run(fmt.Sprintf("backend=redis/leases=%v", leases), func(b *testing.B) {
+			srv, err := testenv.StartRedis(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer func() { _ = srv.Stop() }()
+			client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+			defer client.Close()
+			l, err := NewRedisLimiter(client, FailClosed, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			l.NoLeases = !leases
+			run(b, l)
+		})
+	}
+}

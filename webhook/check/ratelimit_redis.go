@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,35 @@ const (
 // round trip: a dead server costs one timeout, not one per check.
 const redisBackoff = time.Second
 
+// Leases. A check with one budget takes up to leaseShare of its rate from
+// Redis at once, and the replica spends the rest locally for up to
+// leaseTTL: one round trip per lease instead of per check. What a replica
+// leases and does not spend in time is lost to everyone, so a rate is never
+// exceeded, and at most N × leaseShare of it goes unused behind N replicas.
+// Rates below 1/leaseShare lease one check at a time: exact.
+const (
+	leaseShare = 50 // 1/50 = 2% of the rate
+	leaseMax   = 1000
+	leaseTTL   = time.Second
+)
+
+// leaseSize is how many checks a single-budget check asks Redis for.
+func leaseSize(limit int32) int32 {
+	return min(max(1, limit/leaseShare), leaseMax)
+}
+
+// lease is what a replica holds of one budget: checks it may spend without
+// asking Redis, or a refusal it may repeat, until `until`.
+type lease struct {
+	scope string
+	left  int32 // checks left to spend; 0 with refused false: ask Redis
+	// refused: Redis refused; the same answer holds until then, since a TAT
+	// only moves later.
+	refused bool
+	until   time.Time
+	d       Decision // Redis's answer at the lease, for the headers
+}
+
 // RedisLimiter keeps the budgets in Redis, so a token's rate holds across
 // replicas and restarts. Each check is one EVALSHA of gcra.lua; the keys of
 // one token share a hash slot ({namespace/name}), so it works with Redis
@@ -50,6 +80,13 @@ type RedisLimiter struct {
 	prefix   string
 	mode     FailureMode
 	fallback *LocalLimiter
+
+	// NoLeases makes every check a round trip to Redis: for measuring what
+	// leases save, not for production.
+	NoLeases bool
+
+	mu     sync.Mutex
+	leases map[types.NamespacedName][]lease
 
 	// downUntil is when, in Unix nanoseconds, to try Redis again after a
 	// failure; zero while it answers.
@@ -70,6 +107,7 @@ func NewRedisLimiter(client redis.UniversalClient, mode FailureMode, reg prometh
 	}, []string{"mode"})
 	l := &RedisLimiter{
 		client: client, script: redis.NewScript(gcraScript), prefix: "keymint:rl:", mode: mode, fallback: NewLimiter(),
+		leases: map[types.NamespacedName][]lease{},
 		up: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keymint_rate_limit_backend_up",
 			Help: "1 while the shared rate-limit store (Redis) answers this replica, 0 while checks are decided without it.",
@@ -90,21 +128,30 @@ func NewRedisLimiter(client redis.UniversalClient, mode FailureMode, reg prometh
 // Up reports whether Redis answered the last round trip.
 func (l *RedisLimiter) Up() bool { return l.downUntil.Load() == 0 }
 
-// Allow implements RateLimiter. now is used only to place Reset: the budget
-// is decided on Redis's clock.
+// Allow implements RateLimiter. The budget is decided on Redis's clock;
+// now places Reset and times leases.
 func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs Buckets, now time.Time) Decision {
+	single := bs.n == 1 && !l.NoLeases
+	if single {
+		if d, ok := l.spendLease(token, bs.b[0], now); ok {
+			return d
+		}
+	}
 	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
 		return l.degradedDecision(ctx, token, bs, now)
 	}
 	keys := make([]string, bs.n)
-	args := make([]any, bs.n)
+	args := make([]any, 2*bs.n)
 	tag := "{" + token.Namespace + "/" + token.Name + "}"
 	for i := range bs.n {
 		keys[i] = l.prefix + tag + ":" + bs.b[i].Scope
-		args[i] = bs.b[i].Limit
+		args[2*i], args[2*i+1] = bs.b[i].Limit, 1
+	}
+	if single {
+		args[1] = leaseSize(bs.b[0].Limit)
 	}
 	res, err := l.script.Run(ctx, l.client, keys, args...).Int64Slice()
-	if err != nil || len(res) != 5 || res[1] < 1 || int(res[1]) > bs.n {
+	if err != nil || len(res) != 6 || res[1] < 1 || int(res[1]) > bs.n {
 		if err == nil {
 			err = fmt.Errorf("gcra.lua answered %v", res)
 		}
@@ -116,10 +163,61 @@ func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs
 		logf.FromContext(ctx).Info("Rate-limit store answers again: budgets are shared across replicas")
 	}
 	b := bs.b[res[1]-1]
-	return Decision{
+	d := Decision{
 		Allowed: res[0] == 1, Limit: b.Limit, Remaining: int32(res[2]), Scope: b.Scope,
 		Reset: now.Add(time.Duration(res[3]) * time.Microsecond), RetryAfter: time.Duration(res[4]) * time.Microsecond,
 	}
+	if single && (res[5] > 1 || !d.Allowed) {
+		l.keepLease(token, b.Scope, int32(max(res[5]-1, 0)), d, now)
+	}
+	if d.Allowed && res[5] > 1 {
+		d.Remaining += int32(res[5] - 1) // leased here, not yet spent
+	}
+	return d
+}
+
+// spendLease answers from a lease this replica holds of the budget, if any.
+func (l *RedisLimiter) spendLease(token types.NamespacedName, b Bucket, now time.Time) (Decision, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ls := l.leases[token]
+	for i := range ls {
+		x := &ls[i]
+		if x.scope != b.Scope || !now.Before(x.until) {
+			continue
+		}
+		switch {
+		case x.refused:
+			d := x.d
+			d.RetryAfter = x.until.Sub(now)
+			return d, true
+		case x.left > 0 && x.d.Limit == b.Limit:
+			x.left--
+			d := x.d
+			d.Remaining += x.left
+			return d, true
+		}
+	}
+	return Decision{}, false
+}
+
+// keepLease records what Redis granted beyond this check, or its refusal,
+// replacing what was held of that budget.
+func (l *RedisLimiter) keepLease(token types.NamespacedName, scope string, left int32, d Decision, now time.Time) {
+	x := lease{scope: scope, left: left, refused: !d.Allowed, until: now.Add(leaseTTL), d: d}
+	if x.refused {
+		x.until = now.Add(d.RetryAfter)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ls := l.leases[token]
+	for i := range ls {
+		if ls[i].scope == scope {
+			ls[i] = x
+			return
+		}
+	}
+	l.leases[token] = append(ls, x)
 }
 
 // markDown stops asking Redis for redisBackoff, and says so once.
@@ -145,8 +243,13 @@ func (l *RedisLimiter) degradedDecision(ctx context.Context, token types.Namespa
 }
 
 // Forget implements RateLimiter: Redis keys expire once their budget is
-// whole again, so only the fallback's are dropped.
-func (l *RedisLimiter) Forget(token types.NamespacedName) { l.fallback.Forget(token) }
+// whole again, so only what this replica holds is dropped.
+func (l *RedisLimiter) Forget(token types.NamespacedName) {
+	l.fallback.Forget(token)
+	l.mu.Lock()
+	delete(l.leases, token)
+	l.mu.Unlock()
+}
 
 // Ping asks Redis once, for a start-up check with a clear error.
 func (l *RedisLimiter) Ping(ctx context.Context) error {

@@ -100,10 +100,11 @@ func TestRedisDownFailsOpenOrClosedAndRecovers(t *testing.T) {
 	srv := startRedis(t)
 	ctx := context.Background()
 	tok := types.NamespacedName{Namespace: "ns", Name: "t"}
+	// A rate under 50 a minute leases one check at a time: every check asks Redis.
 	open, openReg := replica(t, srv.Addr, FailOpen)
 	closed, closedReg := replica(t, srv.Addr, FailClosed)
 	for _, l := range []*RedisLimiter{open, closed} {
-		if d := l.Allow(ctx, tok, own(1000), time.Now()); !d.Allowed {
+		if d := l.Allow(ctx, tok, own(40), time.Now()); !d.Allowed {
 			t.Fatalf("with Redis up: %+v", d)
 		}
 	}
@@ -112,13 +113,13 @@ func TestRedisDownFailsOpenOrClosedAndRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	if d := open.Allow(ctx, tok, own(1000), now); !d.Allowed || d.Unavailable {
+	if d := open.Allow(ctx, tok, own(40), now); !d.Allowed || d.Unavailable {
 		t.Errorf("fail open, Redis down: %+v; want allowed by the replica's own budget", d)
 	}
-	if d := open.Allow(ctx, tok, own(1000), now); !d.Allowed || d.Remaining != 998 {
-		t.Errorf("fail open counts in process meanwhile: %+v, want 998 left", d)
+	if d := open.Allow(ctx, tok, own(40), now); !d.Allowed || d.Remaining != 38 {
+		t.Errorf("fail open counts in process meanwhile: %+v, want 38 left", d)
 	}
-	if d := closed.Allow(ctx, tok, own(1000), now); d.Allowed || !d.Unavailable || d.RetryAfter != redisBackoff {
+	if d := closed.Allow(ctx, tok, own(40), now); d.Allowed || !d.Unavailable || d.RetryAfter != redisBackoff {
 		t.Errorf("fail closed, Redis down: %+v; want refused as unavailable, retry in %v", d, redisBackoff)
 	}
 	if open.Up() || closed.Up() {
@@ -139,11 +140,47 @@ func TestRedisDownFailsOpenOrClosedAndRecovers(t *testing.T) {
 	// Within the back-off nothing asks Redis; after it, the next check does.
 	later := now.Add(redisBackoff + time.Millisecond)
 	for _, l := range []*RedisLimiter{open, closed} {
-		if d := l.Allow(ctx, tok, own(1000), later); !d.Allowed || d.Unavailable || !l.Up() {
+		if d := l.Allow(ctx, tok, own(40), later); !d.Allowed || d.Unavailable || !l.Up() {
 			t.Errorf("Redis back (mode %s): %+v, up %v", l.mode, d, l.Up())
 		}
 	}
 	if got := testutil.ToFloat64(open.up); got != 1 {
 		t.Errorf("keymint_rate_limit_backend_up = %v after recovery, want 1", got)
+	}
+}
+
+func TestRedisLeasesNeverExceedARateAcrossReplicas(t *testing.T) {
+	srv := startRedis(t)
+	ctx := context.Background()
+	tok := types.NamespacedName{Namespace: "ns", Name: "busy"}
+	const rate = 6000 // leases of 120 checks
+	replicas := []*RedisLimiter{}
+	for range 3 {
+		l, _ := replica(t, srv.Addr, FailClosed)
+		replicas = append(replicas, l)
+	}
+	start := time.Now()
+	passed := 0
+	for i := range 3 * rate {
+		if replicas[i%3].Allow(ctx, tok, own(rate), time.Now()).Allowed {
+			passed++
+		}
+	}
+	elapsed := time.Since(start)
+	refill := int(elapsed * rate / time.Minute)
+	// Never more than the rate (plus its refill); at most one lease per
+	// replica left unspent.
+	if passed > rate+refill || passed < rate-3*int(leaseSize(rate)) {
+		t.Errorf("%d checks passed across 3 replicas in %v; want at most %d (+%d refilled), at least %d", passed, elapsed, rate, refill, rate-3*int(leaseSize(rate)))
+	}
+	t.Logf("%d of %d checks passed at %d a minute across 3 replicas in %v (leases of %d)", passed, 3*rate, rate, elapsed, leaseSize(rate))
+
+	// A refusal is repeated locally until its retry time, without asking Redis.
+	d := replicas[0].Allow(ctx, tok, own(rate), time.Now())
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if again := replicas[0].Allow(ctx, tok, own(rate), time.Now()); d.Allowed || again.Allowed || again.Unavailable {
+		t.Errorf("refused %+v, then with Redis down %+v; want the same refusal, from the lease", d, again)
 	}
 }
