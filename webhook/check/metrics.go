@@ -97,10 +97,21 @@ var userResults = [...]Failure{OK, ExpiredToken, RevokedToken, InvalidToken, Wro
 // token of the user shares, and goes with it.
 type userSeries struct {
 	counters [len(userResults)]atomic.Pointer[prometheus.Counter]
-	// forget deletes the user's series, once the index holds neither the
-	// user nor any of its tokens.
-	forget func()
+	// delete deletes the user's series; gone is set once it has run.
+	delete func()
+	gone   atomic.Bool
 }
+
+// forget deletes the user's series, once the index holds neither the user
+// nor any of its tokens. A check still holding the user's entry counts in a
+// series no longer exported, rather than bringing the user back.
+func (us *userSeries) forget() {
+	us.gone.Store(true)
+	us.delete()
+}
+
+// discarded counts what a forgotten user's late checks would have.
+var discarded = prometheus.NewCounter(prometheus.CounterOpts{Name: "discarded"})
 
 // userCounter returns the series of entry's ServiceUser for result.
 func (m *Metrics) userCounter(entry *tokenEntry, result Failure) prometheus.Counter {
@@ -108,26 +119,30 @@ func (m *Metrics) userCounter(entry *tokenEntry, result Failure) prometheus.Coun
 	us := slot.series.Load()
 	if us == nil {
 		ns, name := entry.key.Namespace, entry.spec.ServiceUser
-		us = &userSeries{forget: func() {
+		us = &userSeries{delete: func() {
 			m.byUser.DeletePartialMatch(prometheus.Labels{"namespace": ns, "service_user": name})
 		}}
 		if !slot.series.CompareAndSwap(nil, us) {
 			us = slot.series.Load()
 		}
 	}
+	i, listed := userResultIndex(result)
+	if listed {
+		if c := us.counters[i].Load(); c != nil {
+			return *c
+		}
+	}
+	if us.gone.Load() {
+		return discarded
+	}
 	label := string(result)
 	if result == OK {
 		label = "ok"
 	}
-	i, listed := userResultIndex(result)
-	if !listed {
-		return m.byUser.WithLabelValues(entry.key.Namespace, entry.spec.ServiceUser, label)
-	}
-	if c := us.counters[i].Load(); c != nil {
-		return *c
-	}
 	c := m.byUser.WithLabelValues(entry.key.Namespace, entry.spec.ServiceUser, label)
-	us.counters[i].Store(&c)
+	if listed {
+		us.counters[i].Store(&c)
+	}
 	return c
 }
 
