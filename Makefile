@@ -82,9 +82,9 @@ build: manifests generate fmt vet ## Build the manager into bin/keymint and the 
 	go build -o bin/kubectl-keymint ./cmd/kubectl-keymint
 
 .PHONY: run
-run: build control-plane ## Run keymint in the foreground: against the cluster in your kubeconfig if one answers, else a local control plane (Ctrl-C stops all).
+run: build control-plane ## Run keymint in the foreground: against the cluster in your kubeconfig if one answers, else a local control plane (Ctrl-C stops all). REPLICAS=2 RATE_LIMIT_BACKEND=redis: two replicas sharing budgets in a local redis-server.
 	go build -o bin/keymint-run ./hack/run
-	bin/keymint-run $(RUN_ARGS)
+	bin/keymint-run $(if $(REPLICAS),-replicas $(REPLICAS)) $(if $(RATE_LIMIT_BACKEND),-rate-limit-backend $(RATE_LIMIT_BACKEND)) $(RUN_ARGS)
 
 .PHONY: docker-build
 docker-build: ## Build the manager image.

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +22,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,6 +50,11 @@ type options struct {
 	checkPort  int
 	local      bool
 	noKeymint  bool
+	replicas   int
+	// rateLimitBackend is keymint's --rate-limit-backend; with "redis" and
+	// no redisURL, make run starts a redis-server of its own.
+	rateLimitBackend string
+	redisURL         string
 }
 
 func main() {
@@ -56,7 +64,14 @@ func main() {
 	flag.IntVar(&o.checkPort, "check-port", 8443, "port of keymint's check server on 127.0.0.1 (0 picks a free one)")
 	flag.BoolVar(&o.local, "local", false, "start a local control plane even when a kubeconfig points at a reachable cluster")
 	flag.BoolVar(&o.noKeymint, "no-keymint", false, "start the local control plane only, without keymint: to repair what keeps keymint from starting (with -local)")
+	flag.IntVar(&o.replicas, "replicas", 1, "keymint replicas to run, electing a leader for the controllers; every one answers checks (make run REPLICAS=2)")
+	flag.StringVar(&o.rateLimitBackend, "rate-limit-backend", "local", "keymint's --rate-limit-backend: local, or redis to share budgets across replicas (make run RATE_LIMIT_BACKEND=redis)")
+	flag.StringVar(&o.redisURL, "redis-url", "", "with -rate-limit-backend=redis, the Redis to use; unset: a redis-server of make run's own, data in -dir")
 	flag.Parse()
+	if o.replicas < 1 || (o.rateLimitBackend != "local" && o.rateLimitBackend != "redis") {
+		fmt.Fprintln(os.Stderr, "keymint run: -replicas must be at least 1, and -rate-limit-backend local or redis")
+		os.Exit(2)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -212,10 +227,10 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 			return err
 		}
 	}
-	if err := bindManagerRole(ctx, cfg, root); err != nil {
+	if err := ensureNamespace(ctx, cfg, keymintNamespace); err != nil {
 		return err
 	}
-	if err := ensureNamespace(ctx, cfg, keymintNamespace); err != nil {
+	if err := bindManagerRole(ctx, cfg, root); err != nil {
 		return err
 	}
 	if o.noKeymint {
@@ -322,18 +337,35 @@ func bindManagerRole(ctx context.Context, cfg *rest.Config, root string) error {
 		return fmt.Errorf("reading config/rbac/role.yaml: %w", err)
 	}
 	role.Name = "keymint-manager-role"
+	// Leader election (make run REPLICAS=2) needs Leases in keymint's
+	// namespace: the Role config/rbac gives the manager there.
+	raw, err = os.ReadFile(filepath.Join(root, "config", "rbac", "leader_election_role.yaml"))
+	if err != nil {
+		return err
+	}
+	election := &rbacv1.Role{}
+	if err := yaml.Unmarshal(raw, election); err != nil {
+		return fmt.Errorf("reading config/rbac/leader_election_role.yaml: %w", err)
+	}
+	election.Name, election.Namespace = "keymint-leader-election", keymintNamespace
 	c, err := client.New(cfg, client.Options{})
 	if err != nil {
 		return err
 	}
+	manager := []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: managerUser}}
 	binding := &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: "keymint-manager"},
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: managerUser}},
+		Subjects:   manager,
+	}
+	electionBinding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "keymint-leader-election", Namespace: keymintNamespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: election.Name},
+		Subjects:   manager,
 	}
 	// .dev/etcd outlives a run: replace what an earlier run created, so the
 	// role is always the one generated now.
-	for _, obj := range []client.Object{role, binding} {
+	for _, obj := range []client.Object{role, binding, election, electionBinding} {
 		if err := c.Delete(ctx, obj); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("replacing %s: %w", obj.GetName(), err)
 		}
@@ -344,75 +376,251 @@ func bindManagerRole(ctx context.Context, cfg *rest.Config, root string) error {
 	return nil
 }
 
-// serveKeymint runs keymint against kubeconfig with a self-signed check
-// server certificate, writes envFile once it is ready, and stops it on
-// SIGINT or SIGTERM.
-// kubeconfig is what keymint.env tells the user; keymint runs with
-// managerKubeconfig.
-// serveKeymint runs keymint until ctx ends. With admin (the local control
-// plane), kube-apiserver is also pointed at keymint's admission webhooks
-// once keymint is ready; a cluster's kube-apiserver cannot reach this
-// machine, so there they stay off.
+// serveKeymint runs o.replicas keymint processes against managerKubeconfig
+// (kubeconfig is what keymint.env tells the user), with a self-signed check
+// server certificate, writes envFile once they are ready, and stops them on
+// SIGINT or SIGTERM. With admin (the local control plane), kube-apiserver is
+// also pointed at the first replica's admission webhooks; a cluster's
+// kube-apiserver cannot reach this machine, so there they stay off. With
+// more than one replica, one that exits is started again, as a Deployment
+// would.
 func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig, managerKubeconfig string, admin *rest.Config) error {
-	checkPort, err := port(o.checkPort)
-	if err != nil {
-		return fmt.Errorf("port %d for the check server: %w (pass -check-port 0 for a free one)", o.checkPort, err)
-	}
-	probePort, err := port(0)
-	if err != nil {
-		return err
-	}
-	webhookPort, err := port(0)
-	if err != nil {
-		return err
-	}
-	metricsPort, err := port(0)
-	if err != nil {
-		return err
-	}
-	ports := ports{check: checkPort, probe: probePort, webhook: webhookPort, metrics: metricsPort}
 	certs := certFiles(dir)
-
-	say("Starting keymint; its logs follow")
-	cmd := exec.Command(o.keymintBin, keymintArgs(certs, ports)...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+managerKubeconfig)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Start(); err != nil {
-		return err
+	o.replicas = max(o.replicas, 1)
+	var extra []string
+	if o.replicas > 1 {
+		extra = append(extra, "--leader-elect")
 	}
-	// Closed after its one value, so stopChild returns even when waitReady
-	// has already taken that value (keymint exited before it was ready).
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait(); close(exited) }()
+	var redisAddr string
+	if o.rateLimitBackend == "redis" {
+		url := o.redisURL
+		if url == "" {
+			if err := os.MkdirAll(filepath.Join(dir, "redis"), 0o700); err != nil {
+				return err
+			}
+			say("Starting redis-server for the shared rate-limit budgets")
+			rdb, err := testenv.StartRedis(filepath.Join(dir, "redis"))
+			if err != nil {
+				return err
+			}
+			stopRedis := superviseRedis(ctx, rdb)
+			defer stopRedis()
+			redisAddr, url = rdb.Addr, "redis://"+rdb.Addr+"/0"
+		}
+		extra = append(extra, "--rate-limit-backend=redis", "--redis-url="+url)
+	}
 
-	if err := waitReady(ctx, probePort, exited); err != nil {
-		stopChild(cmd, exited)
-		return err
+	replicas := make([]*replica, o.replicas)
+	for i := range replicas {
+		want := 0
+		if i == 0 {
+			want = o.checkPort
+		}
+		p, err := freePorts(want)
+		if err != nil {
+			return fmt.Errorf("port %d for the check server: %w (pass -check-port 0 for a free one)", o.checkPort, err)
+		}
+		replicas[i] = &replica{n: i + 1, ports: p, args: append(keymintArgs(certs, p), extra...), bin: o.keymintBin, kubeconfig: managerKubeconfig, of: o.replicas}
+	}
+	defer func() {
+		for _, r := range replicas {
+			r.stop()
+		}
+	}()
+
+	say("Starting %s; their logs follow", plural(o.replicas, "keymint replica", "keymint replicas"))
+	exits := make(chan *replica, len(replicas))
+	for _, r := range replicas {
+		if err := r.start(exits); err != nil {
+			return err
+		}
+	}
+	for _, r := range replicas {
+		if err := waitReady(ctx, r.ports.probe, r.exited); err != nil {
+			return fmt.Errorf("replica %d: %w", r.n, err)
+		}
 	}
 	if admin != nil {
-		if err := installWebhooks(ctx, admin, root, webhookPort, certs.CAFile); err != nil {
-			stopChild(cmd, exited)
+		if err := installWebhooks(ctx, admin, root, replicas[0].ports.webhook, certs.CAFile); err != nil {
 			return err
 		}
 		say("kube-apiserver asks keymint's admission webhooks who may mint tokens and claim groups")
 	} else {
 		say("Admission webhooks are off: this cluster's kube-apiserver cannot reach keymint here (see docs/security.md)")
 	}
-	if err := os.WriteFile(envFile, []byte(envVars(kubeconfig, certs, ports)), 0o600); err != nil {
-		stopChild(cmd, exited)
+	writeEnv := func() error {
+		var ps []ports
+		var pids []int
+		for _, r := range replicas {
+			ps, pids = append(ps, r.ports), append(pids, r.cmd.Process.Pid)
+		}
+		return os.WriteFile(envFile, []byte(envVars(kubeconfig, certs, ps, pids, redisAddr)), 0o600)
+	}
+	if err := writeEnv(); err != nil {
 		return err
 	}
 	defer os.Remove(envFile)
 	printNextSteps(root, envFile)
 
-	select {
-	case <-ctx.Done():
-		say("Stopping keymint")
-		stopChild(cmd, exited)
-		return nil
-	case err := <-exited:
-		return fmt.Errorf("keymint exited: %v", err)
+	// With one replica, its exit ends make run, as before; with more, it
+	// is started again after a second.
+	for {
+		select {
+		case <-ctx.Done():
+			say("Stopping keymint")
+			return nil
+		case r := <-exits:
+			if o.replicas == 1 {
+				return fmt.Errorf("keymint exited: %v", r.lastErr)
+			}
+			say("keymint replica %d exited (%v); starting it again in 1s", r.n, r.lastErr)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+			if err := r.start(exits); err != nil {
+				return err
+			}
+			if err := waitReady(ctx, r.ports.probe, r.exited); err != nil {
+				return fmt.Errorf("replica %d: %w", r.n, err)
+			}
+			say("keymint replica %d is ready again", r.n)
+			if err := writeEnv(); err != nil {
+				return err
+			}
+		}
 	}
+}
+
+// superviseRedis starts make run's redis-server again, on the same port,
+// two seconds after it exits (stopped by hand, to see keymint fail open and
+// recover). The returned func stops it for good.
+func superviseRedis(ctx context.Context, rdb *testenv.Redis) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-rdb.Exited():
+			}
+			say("redis-server exited; keymint decides as --rate-limit-redis-failure says until it is back; starting it again in 2s")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+			if err := rdb.Start(); err != nil {
+				say("redis-server did not start again: %v", err)
+				return
+			}
+			say("redis-server is back on %s", rdb.Addr)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		_ = rdb.Stop()
+	}
+}
+
+// replica is one keymint process of make run.
+type replica struct {
+	n, of      int
+	ports      ports
+	args       []string
+	bin        string
+	kubeconfig string
+	cmd        *exec.Cmd
+	// exited gets the process's exit and is closed; a new one per start.
+	exited   chan error
+	lastErr  error
+	stopping atomic.Bool
+}
+
+// start starts the process; when it exits, r goes to exits.
+func (r *replica) start(exits chan<- *replica) error {
+	r.cmd = exec.Command(r.bin, r.args...)
+	r.cmd.Env = append(os.Environ(), "KUBECONFIG="+r.kubeconfig)
+	r.cmd.Stdout, r.cmd.Stderr = os.Stdout, os.Stderr
+	if r.of > 1 {
+		prefix := fmt.Sprintf("[replica %d] ", r.n)
+		r.cmd.Stdout, r.cmd.Stderr = &prefixWriter{prefix: prefix, w: os.Stdout}, &prefixWriter{prefix: prefix, w: os.Stderr}
+	}
+	if err := r.cmd.Start(); err != nil {
+		return err
+	}
+	// exited is for waitReady and stopChild: its one value, then closed.
+	exited := make(chan error, 1)
+	r.exited = exited
+	cmd := r.cmd
+	go func() {
+		err := cmd.Wait()
+		exited <- err
+		close(exited)
+		if !r.stopping.Load() {
+			r.lastErr = err
+			exits <- r
+		}
+	}()
+	return nil
+}
+
+func (r *replica) stop() {
+	r.stopping.Store(true)
+	if r.cmd != nil {
+		stopChild(r.cmd, r.exited)
+	}
+}
+
+// freePorts picks the ports of one replica: check on want (0: any).
+func freePorts(want int) (ports, error) {
+	var p ports
+	var err error
+	if p.check, err = port(want); err != nil {
+		return p, err
+	}
+	for _, f := range []*int{&p.probe, &p.webhook, &p.metrics} {
+		if *f, err = port(0); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+// prefixWriter prefixes each line a replica writes with its number.
+type prefixWriter struct {
+	mu     sync.Mutex
+	prefix string
+	w      io.Writer
+	mid    bool
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []byte
+	for _, c := range b {
+		if !p.mid {
+			out = append(out, p.prefix...)
+		}
+		out = append(out, c)
+		p.mid = c != '\n'
+	}
+	if _, err := p.w.Write(out); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + strings.TrimPrefix(one, "1 ")
+	}
+	return strconv.Itoa(n) + " " + many
 }
 
 // ports are where keymint listens, all on 127.0.0.1.
@@ -434,10 +642,25 @@ func keymintArgs(certs selfsigned.Files, p ports) []string {
 	}
 }
 
-// envVars is keymint.env: what the second terminal needs.
-func envVars(kubeconfig string, certs selfsigned.Files, p ports) string {
-	return fmt.Sprintf("KUBECONFIG=%s\nKEYMINT_CHECK_URL=https://127.0.0.1:%d\nKEYMINT_CA_FILE=%s\nKEYMINT_METRICS_URL=http://127.0.0.1:%d/metrics\n",
-		kubeconfig, p.check, certs.CAFile, p.metrics)
+// envVars is keymint.env: what the second terminal needs. The first
+// replica's URLs stand alone for scripts that know one; KEYMINT_CHECK_URLS
+// and KEYMINT_PIDS list every replica's, in order.
+func envVars(kubeconfig string, certs selfsigned.Files, replicas []ports, pidList []int, redisAddr string) string {
+	var urls, pids, metrics []string
+	for i, r := range replicas {
+		urls = append(urls, fmt.Sprintf("https://127.0.0.1:%d", r.check))
+		metrics = append(metrics, fmt.Sprintf("http://127.0.0.1:%d/metrics", r.metrics))
+		pids = append(pids, strconv.Itoa(pidList[i]))
+	}
+	vars := fmt.Sprintf("KUBECONFIG=%s\nKEYMINT_CHECK_URL=%s\nKEYMINT_CA_FILE=%s\nKEYMINT_METRICS_URL=%s\n",
+		kubeconfig, urls[0], certs.CAFile, metrics[0])
+	if len(replicas) > 1 || redisAddr != "" {
+		vars += fmt.Sprintf("KEYMINT_CHECK_URLS=%q\nKEYMINT_METRICS_URLS=%q\nKEYMINT_PIDS=%q\n", strings.Join(urls, " "), strings.Join(metrics, " "), strings.Join(pids, " "))
+	}
+	if redisAddr != "" {
+		vars += "KEYMINT_REDIS_URL=redis://" + redisAddr + "/0\n"
+	}
+	return vars
 }
 
 // waitReady waits until keymint's /readyz answers 200: the controllers are

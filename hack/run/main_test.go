@@ -96,7 +96,7 @@ func TestMetricsOnLoopback(t *testing.T) {
 		}
 	}
 	env := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(envVars("/x/kubeconfig", certs, p)), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(envVars("/x/kubeconfig", certs, []ports{p}, []int{1234}, "")), "\n") {
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
 			t.Fatalf("keymint.env line %q is not NAME=value", line)
@@ -112,5 +112,29 @@ func TestMetricsOnLoopback(t *testing.T) {
 		if env[k] != want {
 			t.Errorf("keymint.env %s=%q, want %q", k, env[k], want)
 		}
+	}
+}
+
+// TestEnvOfReplicas: with two replicas sharing a local Redis, keymint.env
+// lists every replica's check URL, metrics URL and process, and the Redis;
+// the first replica's stay in the single-valued names.
+func TestEnvOfReplicas(t *testing.T) {
+	certs := certFiles("/x")
+	one := ports{check: 8443, probe: 40001, webhook: 40002, metrics: 40003}
+	two := ports{check: 40004, probe: 40005, webhook: 40006, metrics: 40007}
+	got := envVars("/x/kubeconfig", certs, []ports{one, two}, []int{11, 22}, "127.0.0.1:6390")
+	for _, want := range []string{
+		"KEYMINT_CHECK_URL=https://127.0.0.1:8443\n",
+		"KEYMINT_CHECK_URLS=\"https://127.0.0.1:8443 https://127.0.0.1:40004\"\n",
+		"KEYMINT_METRICS_URLS=\"http://127.0.0.1:40003/metrics http://127.0.0.1:40007/metrics\"\n",
+		"KEYMINT_PIDS=\"11 22\"\n",
+		"KEYMINT_REDIS_URL=redis://127.0.0.1:6390/0\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("keymint.env lacks %q:\n%s", want, got)
+		}
+	}
+	if single := envVars("/x/kubeconfig", certs, []ports{one}, []int{11}, ""); strings.Contains(single, "KEYMINT_CHECK_URLS") {
+		t.Errorf("with one replica and no Redis, keymint.env is as before:\n%s", single)
 	}
 }

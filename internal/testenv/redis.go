@@ -20,6 +20,8 @@ type Redis struct {
 	dir  string
 	cmd  *exec.Cmd
 	log  LogBuffer
+	// exited is closed when the process started last exits.
+	exited chan struct{}
 }
 
 // RedisServerPath finds redis-server: on PATH, or where Debian installs it.
@@ -66,6 +68,9 @@ func (r *Redis) Start() error {
 	if err := r.cmd.Start(); err != nil {
 		return fmt.Errorf("starting redis-server: %w", err)
 	}
+	exited, cmd := make(chan struct{}), r.cmd
+	r.exited = exited
+	go func() { _ = cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if c, err := net.DialTimeout("tcp", r.Addr, 100*time.Millisecond); err == nil {
@@ -85,10 +90,13 @@ func (r *Redis) Stop() error {
 		return nil
 	}
 	err := r.cmd.Process.Signal(syscall.SIGKILL)
-	_ = r.cmd.Wait()
+	<-r.exited
 	r.cmd = nil
 	return err
 }
+
+// Exited is closed when the server started last exits, whoever stopped it.
+func (r *Redis) Exited() <-chan struct{} { return r.exited }
 
 // Port returns the server's port.
 func (r *Redis) Port() int {

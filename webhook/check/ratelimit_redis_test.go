@@ -175,12 +175,17 @@ func TestRedisLeasesNeverExceedARateAcrossReplicas(t *testing.T) {
 	}
 	t.Logf("%d of %d checks passed at %d a minute across 3 replicas in %v (leases of %d)", passed, 3*rate, rate, elapsed, leaseSize(rate))
 
-	// A refusal is repeated locally until its retry time, without asking Redis.
-	d := replicas[0].Allow(ctx, tok, own(rate), time.Now())
+	// A refusal is repeated locally until its retry time, without asking
+	// Redis: at 1 a minute, for a minute.
+	slow := types.NamespacedName{Namespace: "ns", Name: "slow"}
+	if d := replicas[0].Allow(ctx, slow, own(1), time.Now()); !d.Allowed {
+		t.Fatalf("first check at 1 a minute: %+v", d)
+	}
+	d := replicas[0].Allow(ctx, slow, own(1), time.Now())
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if again := replicas[0].Allow(ctx, tok, own(rate), time.Now()); d.Allowed || again.Allowed || again.Unavailable {
+	if again := replicas[0].Allow(ctx, slow, own(1), time.Now()); d.Allowed || again.Allowed || again.Unavailable || again.RetryAfter > d.RetryAfter {
 		t.Errorf("refused %+v, then with Redis down %+v; want the same refusal, from the lease", d, again)
 	}
 }
