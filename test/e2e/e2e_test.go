@@ -41,6 +41,8 @@ var (
 	exited   chan error
 	env      map[string]string
 	checkTLS *http.Client
+	// binDir holds the keymint and keymint-run binaries the suite built.
+	binDir string
 )
 
 var _ = BeforeSuite(func() {
@@ -53,6 +55,7 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred(), "the end-to-end suite drives keymint with kubectl; put kubectl on PATH")
 
 	tmp := GinkgoT().TempDir()
+	binDir = tmp
 	devDir = filepath.Join(tmp, "dev")
 	By("building keymint and the make run launcher")
 	for pkg, out := range map[string]string{"./cmd/keymint": filepath.Join(tmp, "keymint"), "./hack/run": filepath.Join(tmp, "keymint-run")} {
