@@ -244,6 +244,39 @@ func TestValues(t *testing.T) {
 				}
 			},
 		},
+		"rate limits shared in Redis, the URL from a Secret": {
+			set: []string{"rateLimit.backend=redis", "rateLimit.redisURLSecret.name=keymint-redis", "rateLimit.redisFailure=closed"},
+			check: func(t *testing.T, objs []object) {
+				a := args(objs)
+				for _, want := range []string{"--rate-limit-backend=redis", "--redis-url=$(REDIS_URL)", "--rate-limit-redis-failure=closed"} {
+					if !slices.Contains(a, want) {
+						t.Errorf("args %q lack %s", a, want)
+					}
+				}
+				c := get(find(objs, "Deployment", "keymint-manager"), "spec", "template", "spec", "containers").([]any)[0]
+				found := false
+				for _, e := range c.(map[string]any)["env"].([]any) {
+					if str(e, "name") == "REDIS_URL" {
+						found = str(e, "valueFrom", "secretKeyRef", "name") == "keymint-redis" && str(e, "valueFrom", "secretKeyRef", "key") == "url"
+					}
+				}
+				if !found {
+					t.Error("no REDIS_URL from Secret keymint-redis, key url")
+				}
+			},
+		},
+		"a ServiceMonitor the alerts and dashboard match": {
+			set: []string{"serviceMonitor.enable=true"},
+			check: func(t *testing.T, objs []object) {
+				sm := find(objs, "ServiceMonitor", "keymint-metrics")
+				if str(sm, "spec", "jobLabel") != "app.kubernetes.io/name" {
+					t.Error("jobLabel is not app.kubernetes.io/name: the alerts' job=\"keymint\" would not match")
+				}
+				if ep := get(sm, "spec", "endpoints").([]any)[0]; ep.(map[string]any)["honorLabels"] != true {
+					t.Error("honorLabels is not true: token series would lose their namespace label")
+				}
+			},
+		},
 		"metrics off": {
 			set: []string{"metrics.enable=false", "serviceMonitor.enable=true"},
 			check: func(t *testing.T, objs []object) {
