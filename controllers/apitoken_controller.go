@@ -350,6 +350,12 @@ func (r *ApiTokenReconciler) updateStatus(ctx context.Context, tok *keymintv1alp
 		return false, nil
 	}
 	patch := client.MergeFrom(tok.DeepCopy())
+	if !equality.Semantic.DeepEqual(tok.Status.PreviousTokens, st.PreviousTokens) {
+		// previousTokens is replaced whole, and the check servers write
+		// each entry's lastUsedAt: lock on what was read, so a use recorded
+		// meanwhile is never overwritten by an older copy.
+		patch = client.MergeFromWithOptions(tok.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	}
 	tok.Status = st
 	err := r.Client.Status().Patch(ctx, tok, patch)
 	if apierrors.IsNotFound(err) {

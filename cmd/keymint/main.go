@@ -80,7 +80,7 @@ func main() {
 	flag.StringVar(&certOpts.Service, "serving-certs-service", "keymint-webhook", "the Service, in that namespace, the certificate is for")
 	flag.StringVar(&certOpts.WebhookConfiguration, "validating-webhook-configuration", "keymint-validating-webhook-configuration", "the ValidatingWebhookConfiguration whose caBundle --self-managed-certs fills")
 	flag.StringVar(&rateLimit.backend, "rate-limit-backend", "local", "where rate-limit budgets live: local (each replica its own; behind N replicas a token gets N times its rate) or redis (shared by every replica, --redis-url)")
-	flag.StringVar(&rateLimit.url, "redis-url", "", "the Redis that --rate-limit-backend=redis shares budgets through: redis://[user:password@]host:port/db, rediss:// for TLS")
+	flag.StringVar(&rateLimit.url, "redis-url", "", "the Redis that --rate-limit-backend=redis shares budgets through: redis://[user:password@]host:port/db, rediss:// for TLS; unset: environment variable KEYMINT_REDIS_URL, which keeps a password out of the command line")
 	flag.StringVar(&rateLimit.failure, "rate-limit-redis-failure", "open", "what checks do while Redis cannot be reached: open (each replica counts on its own until it is back) or closed (every check gets 429)")
 	flag.DurationVar(&expiryWarning, "expiry-warning", controllers.DefaultExpiryWarning, "how long before expiry a token gets condition ExpiringSoon and a Warning Event, when its ServiceUser sets no tokenPolicy.expiryWarning; 0 turns such warnings off")
 	flag.DurationVar(&maxStale, "max-index-staleness", 10*time.Second, "readiness fails once the check server's index has been out of touch with the API server (its watch of ApiTokens or ServiceUsers down) for longer than this; checks go on being answered from the index")

@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	neturl "net/url"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -19,6 +22,22 @@ type rateLimitFlags struct {
 	failure string
 }
 
+// redisURLEnv is where keymint reads the Redis URL when --redis-url is
+// unset: from a Secret, through the pod's environment, the password never
+// shows in the process's arguments.
+const redisURLEnv = "KEYMINT_REDIS_URL"
+
+// redactURL removes url, and the password in it, from an error message.
+func redactURL(msg, url string) string {
+	msg = strings.ReplaceAll(msg, url, "<the URL>")
+	if u, err := neturl.Parse(url); err == nil && u.User != nil {
+		if p, ok := u.User.Password(); ok && p != "" {
+			msg = strings.ReplaceAll(msg, p, "<password>")
+		}
+	}
+	return msg
+}
+
 // quietRedisLogger drops go-redis's own logging (one line per failed dial,
 // on the check path); the limiter logs a lost and a regained store once.
 type quietRedisLogger struct{}
@@ -32,8 +51,8 @@ func (quietRedisLogger) Printf(context.Context, string, ...any) {}
 func (f rateLimitFlags) limiter(ctx context.Context, reg prometheus.Registerer, log logr.Logger) (check.RateLimiter, error) {
 	switch f.backend {
 	case "local":
-		if f.url != "" {
-			return nil, fmt.Errorf("--redis-url is set but --rate-limit-backend is %q: set --rate-limit-backend=redis to use it", f.backend)
+		if f.url != "" || os.Getenv(redisURLEnv) != "" {
+			return nil, fmt.Errorf("a Redis URL is set (--redis-url or %s) but --rate-limit-backend is %q: set --rate-limit-backend=redis to use it", redisURLEnv, f.backend)
 		}
 		return nil, nil
 	case "redis":
@@ -44,12 +63,17 @@ func (f rateLimitFlags) limiter(ctx context.Context, reg prometheus.Registerer, 
 	if err != nil {
 		return nil, err
 	}
-	if f.url == "" {
-		return nil, fmt.Errorf("--rate-limit-backend=redis needs --redis-url, such as redis://redis.keymint-system.svc:6379/0 (rediss:// for TLS)")
+	url, from := f.url, "--redis-url"
+	if url == "" {
+		url, from = os.Getenv(redisURLEnv), redisURLEnv
 	}
-	opts, err := redis.ParseURL(f.url)
+	if url == "" {
+		return nil, fmt.Errorf("--rate-limit-backend=redis needs the Redis URL in environment variable %s (keeps a password out of the command line) or --redis-url, such as redis://redis.keymint-system.svc:6379/0 (rediss:// for TLS)", redisURLEnv)
+	}
+	opts, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("--redis-url: %w", err)
+		// The parser's error quotes the URL, password and all.
+		return nil, fmt.Errorf("%s is not a Redis URL (redis://[user:password@]host:port/db or rediss://…): %s", from, redactURL(err.Error(), url))
 	}
 	// A check waits at most this long for Redis; no retries on the check
 	// path: a failure falls back (or refuses) at once.

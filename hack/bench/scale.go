@@ -265,13 +265,23 @@ func (f *scaleFixture) token(i int, plain string, s tokenShape, managed bool) (*
 	display := token.Display(plain)
 	used := f.at(-time.Minute)
 	st.TokenHash, st.TokenPrefix, st.SecretName, st.Serial = token.HashString(plain), display, secretName, serial
-	st.IssuedAt, st.ExpiresAt, st.LastUsedAt = &issued, &expires, &used
+	st.IssuedAt, st.ExpiresAt, st.LastUsedAt, st.TokenLastUsedAt = &issued, &expires, &used, &used
 	st.ServiceUserUID, st.ObservedGeneration = string(fakeUID('u', u)), 1
 	cond := func(typ string, status metav1.ConditionStatus, reason, message string) metav1.Condition {
 		return metav1.Condition{Type: typ, Status: status, ObservedGeneration: 1, LastTransitionTime: tok.CreationTimestamp, Reason: reason, Message: message}
 	}
-	// In the order desiredStatus sets them, with its messages.
+	// In the order desiredStatus sets them, with its messages. The
+	// default 7-day warning: a token that does not rotate first is inside
+	// it for its last week.
+	soon := cond(keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotExpiringSoon,
+		"The token is not inside its expiry warning window")
+	if week := 7 * 24 * time.Hour; tok.Spec.Rotation == nil && !f.at(0).Time.Before(expires.Add(-week)) {
+		soon = cond(keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonWithinWarningWindow,
+			fmt.Sprintf("Token %s… expires at %s, within the %s warning window, and no scheduled rotation replaces it first: "+
+				"rotate it (annotation %s), or set a later expiresAt or lifetime", display, expires.UTC().Format(time.RFC3339), week, keymintv1alpha1.RotateAnnotation))
+	}
 	st.Conditions = []metav1.Condition{
+		soon,
 		cond(keymintv1alpha1.ApiTokenConditionRevoked, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotRevoked, "The token is not revoked"),
 		cond(keymintv1alpha1.ApiTokenConditionExpired, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotExpired, "The token has not expired"),
 		cond(keymintv1alpha1.ApiTokenConditionReady, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonIssued, fmt.Sprintf("Token %s… is in Secret %q", display, secretName)),

@@ -259,7 +259,7 @@ func TestFixtureMatchesAPIServer(t *testing.T) {
 		}
 		patch := client.MergeFromWithOptions(got[i].DeepCopy(), client.MergeFromWithOptimisticLock{})
 		used := metav1.NewTime(time.Now().Truncate(time.Second))
-		got[i].Status.LastUsedAt = &used
+		got[i].Status.LastUsedAt, got[i].Status.TokenLastUsedAt = &used, &used
 		if err := manager.Status().Patch(ctx, got[i], patch); err != nil {
 			t.Fatal(err)
 		}

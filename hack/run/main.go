@@ -391,7 +391,8 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	if o.replicas > 1 {
 		extra = append(extra, "--leader-elect")
 	}
-	var redisAddr string
+	var redisURL string
+	var childEnv []string
 	if o.rateLimitBackend == "redis" {
 		url := o.redisURL
 		if url == "" {
@@ -399,15 +400,19 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 				return err
 			}
 			say("Starting redis-server for the shared rate-limit budgets")
-			rdb, err := testenv.StartRedis(filepath.Join(dir, "redis"))
+			// A password, so that another user of this machine cannot
+			// change the budgets; it is in keymint.env (0600) only.
+			rdb, err := testenv.StartRedisWithPassword(filepath.Join(dir, "redis"), randomHex(16))
 			if err != nil {
 				return err
 			}
 			stopRedis := superviseRedis(ctx, rdb)
 			defer stopRedis()
-			redisAddr, url = rdb.Addr, "redis://"+rdb.Addr+"/0"
+			redisURL, url = rdb.URL(), rdb.URL()
 		}
-		extra = append(extra, "--rate-limit-backend=redis", "--redis-url="+url)
+		// In the environment, as the chart passes it: not in the arguments.
+		childEnv = append(childEnv, "KEYMINT_REDIS_URL="+url)
+		extra = append(extra, "--rate-limit-backend=redis")
 	}
 
 	replicas := make([]*replica, o.replicas)
@@ -420,7 +425,7 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 		if err != nil {
 			return fmt.Errorf("port %d for the check server: %w (pass -check-port 0 for a free one)", o.checkPort, err)
 		}
-		replicas[i] = &replica{n: i + 1, ports: p, args: append(keymintArgs(certs, p), extra...), bin: o.keymintBin, kubeconfig: managerKubeconfig, of: o.replicas}
+		replicas[i] = &replica{n: i + 1, ports: p, args: append(keymintArgs(certs, p), extra...), env: childEnv, bin: o.keymintBin, kubeconfig: managerKubeconfig, of: o.replicas}
 	}
 	defer func() {
 		for _, r := range replicas {
@@ -454,7 +459,7 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 		for _, r := range replicas {
 			ps, pids = append(ps, r.ports), append(pids, r.cmd.Process.Pid)
 		}
-		return os.WriteFile(envFile, []byte(envVars(kubeconfig, certs, ps, pids, redisAddr)), 0o600)
+		return os.WriteFile(envFile, []byte(envVars(kubeconfig, certs, ps, pids, redisURL)), 0o600)
 	}
 	if err := writeEnv(); err != nil {
 		return err
@@ -532,6 +537,7 @@ type replica struct {
 	n, of      int
 	ports      ports
 	args       []string
+	env        []string
 	bin        string
 	kubeconfig string
 	cmd        *exec.Cmd
@@ -544,7 +550,7 @@ type replica struct {
 // start starts the process; when it exits, r goes to exits.
 func (r *replica) start(exits chan<- *replica) error {
 	r.cmd = exec.Command(r.bin, r.args...)
-	r.cmd.Env = append(os.Environ(), "KUBECONFIG="+r.kubeconfig)
+	r.cmd.Env = append(append(os.Environ(), "KUBECONFIG="+r.kubeconfig), r.env...)
 	r.cmd.Stdout, r.cmd.Stderr = os.Stdout, os.Stderr
 	if r.of > 1 {
 		prefix := fmt.Sprintf("[replica %d] ", r.n)
@@ -645,7 +651,7 @@ func keymintArgs(certs selfsigned.Files, p ports) []string {
 // envVars is keymint.env: what the second terminal needs. The first
 // replica's URLs stand alone for scripts that know one; KEYMINT_CHECK_URLS
 // and KEYMINT_PIDS list every replica's, in order.
-func envVars(kubeconfig string, certs selfsigned.Files, replicas []ports, pidList []int, redisAddr string) string {
+func envVars(kubeconfig string, certs selfsigned.Files, replicas []ports, pidList []int, redisURL string) string {
 	var urls, pids, metrics []string
 	for i, r := range replicas {
 		urls = append(urls, fmt.Sprintf("https://127.0.0.1:%d", r.check))
@@ -654,11 +660,11 @@ func envVars(kubeconfig string, certs selfsigned.Files, replicas []ports, pidLis
 	}
 	vars := fmt.Sprintf("KUBECONFIG=%s\nKEYMINT_CHECK_URL=%s\nKEYMINT_CA_FILE=%s\nKEYMINT_METRICS_URL=%s\n",
 		kubeconfig, urls[0], certs.CAFile, metrics[0])
-	if len(replicas) > 1 || redisAddr != "" {
+	if len(replicas) > 1 || redisURL != "" {
 		vars += fmt.Sprintf("KEYMINT_CHECK_URLS=%q\nKEYMINT_METRICS_URLS=%q\nKEYMINT_PIDS=%q\n", strings.Join(urls, " "), strings.Join(metrics, " "), strings.Join(pids, " "))
 	}
-	if redisAddr != "" {
-		vars += "KEYMINT_REDIS_URL=redis://" + redisAddr + "/0\n"
+	if redisURL != "" {
+		vars += "KEYMINT_REDIS_URL=" + redisURL + "\n"
 	}
 	return vars
 }

@@ -122,13 +122,13 @@ func TestEnvOfReplicas(t *testing.T) {
 	certs := certFiles("/x")
 	one := ports{check: 8443, probe: 40001, webhook: 40002, metrics: 40003}
 	two := ports{check: 40004, probe: 40005, webhook: 40006, metrics: 40007}
-	got := envVars("/x/kubeconfig", certs, []ports{one, two}, []int{11, 22}, "127.0.0.1:6390")
+	got := envVars("/x/kubeconfig", certs, []ports{one, two}, []int{11, 22}, "redis://:pw@127.0.0.1:6390/0")
 	for _, want := range []string{
 		"KEYMINT_CHECK_URL=https://127.0.0.1:8443\n",
 		"KEYMINT_CHECK_URLS=\"https://127.0.0.1:8443 https://127.0.0.1:40004\"\n",
 		"KEYMINT_METRICS_URLS=\"http://127.0.0.1:40003/metrics http://127.0.0.1:40007/metrics\"\n",
 		"KEYMINT_PIDS=\"11 22\"\n",
-		"KEYMINT_REDIS_URL=redis://127.0.0.1:6390/0\n",
+		"KEYMINT_REDIS_URL=redis://:pw@127.0.0.1:6390/0\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("keymint.env lacks %q:\n%s", want, got)

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +47,9 @@ not be read (then the scan is incomplete, whatever it found).`,
 				s.path(p)
 			}
 			fmt.Fprintf(o.Streams.ErrOut, "scan: %d keymint token(s) found in %d of %d file(s) scanned", s.found, s.filesWithTokens, s.files)
+			if s.binary > 0 {
+				fmt.Fprintf(o.Streams.ErrOut, "; %d binary file(s) skipped", s.binary)
+			}
 			if s.errors > 0 {
 				fmt.Fprintf(o.Streams.ErrOut, "; %d path(s) could not be read", s.errors)
 			}
@@ -72,7 +76,7 @@ not be read (then the scan is incomplete, whatever it found).`,
 type scanner struct {
 	out, errOut                   io.Writer
 	files, filesWithTokens, found int
-	errors                        int
+	errors, binary                int
 }
 
 func (s *scanner) fail(path string, err error) {
@@ -134,6 +138,7 @@ func (s *scanner) reader(name string, r io.Reader) {
 		return
 	}
 	if bytes.IndexByte(data[:min(len(data), binarySniffLen)], 0) >= 0 {
+		s.binary++
 		return
 	}
 	s.files++
@@ -145,6 +150,10 @@ func (s *scanner) reader(name string, r io.Reader) {
 		}
 		for _, display := range FindTokens(text[:end]) {
 			fmt.Fprintf(s.out, "%s:%d: %s...\n", name, line, display)
+			found++
+		}
+		for _, display := range FindEncodedTokens(text[:end]) {
+			fmt.Fprintf(s.out, "%s:%d: %s... (base64-encoded)\n", name, line, display)
 			found++
 		}
 		text = text[min(end+1, len(text)):]
@@ -193,4 +202,40 @@ func allBase62(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// minEncodedRun is the shortest run of base64 characters that can hold a
+// token: the base64 length of the shortest one.
+var minEncodedRun = base64.RawStdEncoding.EncodedLen(token.MinLen)
+
+// FindEncodedTokens returns the displayable prefix of every keymint token
+// held base64-encoded in line, as a Secret's data shows it (kubectl get
+// secret -o yaml): each run of base64 characters long enough to hold a
+// token is decoded and searched.
+func FindEncodedTokens(line []byte) []string {
+	var found []string
+	for i := 0; i < len(line); {
+		if !isBase64(line[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(line) && isBase64(line[j]) {
+			j++
+		}
+		if run := bytes.TrimRight(line[i:j], "="); len(run) >= minEncodedRun {
+			for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
+				if decoded, err := enc.DecodeString(string(run)); err == nil {
+					found = append(found, FindTokens(decoded)...)
+					break
+				}
+			}
+		}
+		i = j
+	}
+	return found
+}
+
+func isBase64(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '-' || c == '_' || c == '='
 }

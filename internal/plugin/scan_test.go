@@ -1,6 +1,7 @@
 package plugin_test
 
 import (
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,7 +73,7 @@ func TestScan(t *testing.T) {
 		g.Expect(r.stdout).To(Equal(
 			filepath.Join(dir, "deploy", ".env") + ":3: " + token.Display(leaked) + "...\n" +
 				filepath.Join(dir, "src", "client.go") + ":3: " + token.Display(custom) + "...\n"))
-		g.Expect(r.stderr).To(HavePrefix("scan: 2 keymint token(s) found in 2 of 3 file(s) scanned\n"))
+		g.Expect(r.stderr).To(HavePrefix("scan: 2 keymint token(s) found in 2 of 3 file(s) scanned; 1 binary file(s) skipped\n"))
 		for _, tok := range all {
 			// Not the token, nor one character more of it than status
 			// shows anyway.
@@ -134,4 +135,19 @@ func TestFindTokens(t *testing.T) {
 			NewWithT(t).Expect(plugin.FindTokens([]byte(c.line))).To(Equal(c.want))
 		})
 	}
+}
+
+func TestScanFindsTokensAsSecretsHoldThem(t *testing.T) {
+	g := NewWithT(t)
+	dir := t.TempDir()
+	tok := mint(t, "billing")
+	typo := broken(t, mint(t, token.DefaultPrefix))
+	// What `kubectl get secret -o yaml` shows, committed by mistake.
+	write(t, filepath.Join(dir, "secret.yaml"), "apiVersion: v1\nkind: Secret\ndata:\n  token: "+base64.StdEncoding.EncodeToString([]byte(tok))+
+		"\n  typo: "+base64.StdEncoding.EncodeToString([]byte(typo))+"\n")
+	r := noCluster.run(t, plugin.Options{}, "scan", dir)
+	g.Expect(r.code).To(Equal(1), r.stderr)
+	g.Expect(r.stdout).To(Equal(filepath.Join(dir, "secret.yaml") + ":4: " + token.Display(tok) + "... (base64-encoded)\n"))
+	g.Expect(r.stdout + r.stderr).NotTo(ContainSubstring(tok[:token.DisplayLen+1]))
+	g.Expect(r.stdout + r.stderr).NotTo(ContainSubstring(base64.StdEncoding.EncodeToString([]byte(tok))[:24]))
 }

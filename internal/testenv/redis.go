@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -17,9 +18,11 @@ import (
 type Redis struct {
 	// Addr is host:port.
 	Addr string
-	dir  string
-	cmd  *exec.Cmd
-	log  LogBuffer
+	// Password, when set, is required of every client (requirepass).
+	Password string
+	dir      string
+	cmd      *exec.Cmd
+	log      LogBuffer
 	// exited is closed when the process started last exits.
 	exited chan struct{}
 }
@@ -40,6 +43,12 @@ func RedisServerPath() (string, error) {
 // StartRedis starts a redis-server on a free loopback port, writing its
 // files under dir.
 func StartRedis(dir string) (*Redis, error) {
+	return StartRedisWithPassword(dir, "")
+}
+
+// StartRedisWithPassword is StartRedis with a password every client must
+// give (none when empty).
+func StartRedisWithPassword(dir, password string) (*Redis, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -48,8 +57,16 @@ func StartRedis(dir string) (*Redis, error) {
 	if err := ln.Close(); err != nil {
 		return nil, err
 	}
-	r := &Redis{Addr: addr, dir: dir}
+	r := &Redis{Addr: addr, Password: password, dir: dir}
 	return r, r.Start()
+}
+
+// URL is the redis:// URL of the server, password included.
+func (r *Redis) URL() string {
+	if r.Password != "" {
+		return "redis://:" + r.Password + "@" + r.Addr + "/0"
+	}
+	return "redis://" + r.Addr + "/0"
 }
 
 // Start starts the server (again) on its port and waits until it answers.
@@ -62,8 +79,14 @@ func (r *Redis) Start() error {
 	if err != nil {
 		return err
 	}
-	r.cmd = exec.Command(path, "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
-		"--dir", r.dir, "--pidfile", filepath.Join(r.dir, "redis-"+port+".pid"))
+	args := []string{"--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
+		"--dir", r.dir, "--pidfile", filepath.Join(r.dir, "redis-"+port+".pid")}
+	r.cmd = exec.Command(path, args...)
+	if r.Password != "" {
+		// On stdin, as a config file: not in the process's arguments.
+		r.cmd.Args = append([]string{path, "-"}, args...)
+		r.cmd.Stdin = strings.NewReader("requirepass " + r.Password + "\n")
+	}
 	r.cmd.Stdout, r.cmd.Stderr = &r.log, &r.log
 	if err := r.cmd.Start(); err != nil {
 		return fmt.Errorf("starting redis-server: %w", err)

@@ -106,6 +106,24 @@ var _ = Describe("Minting", func() {
 		})
 		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
 
+		By("targets added while revoked (admission is not asked then) are asked about on un-revoking")
+		revoked := withTargets("revoked-first", web, db)
+		revoked.Spec.Revoked = true
+		Expect(bob.Create(ctx, revoked)).To(Succeed(), "revoking, and creating revoked, never waits for the webhook")
+		err = update(bob, ns, "revoked-first", func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = false })
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(ContainSubstring(`may not name StatefulSet "db"`))
+		Expect(update(bob, ns, "rolls-web", func(t *keymintv1alpha1.ApiToken) {
+			t.Spec.Revoked = true
+			t.Spec.Rotation.RestartTargets = append(t.Spec.Rotation.RestartTargets, db)
+		})).To(Succeed())
+		err = update(bob, ns, "rolls-web", func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = false })
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "a target added in the same patch as a revocation: %v", err)
+		Expect(update(bob, ns, "rolls-web", func(t *keymintv1alpha1.ApiToken) {
+			t.Spec.Revoked = false
+			t.Spec.Rotation.RestartTargets = []keymintv1alpha1.RestartTarget{web}
+		})).To(Succeed(), "un-revoked with only the target bob may patch")
+
 		By("a target named before is not asked about again, and dropping one needs no right")
 		grant(ns, "carol", manageTokens)
 		carol, _ := as("carol")

@@ -111,8 +111,11 @@ func (v *ApiTokenValidator) authorizeRestartTargets(ctx context.Context, tok, be
 	if len(targets) == 0 {
 		return nil
 	}
+	// A revoked object is never sent here (the webhook's matchCondition lets
+	// revoking work while keymint is down), so targets it gained while
+	// revoked were never asked about: on un-revoking, ask about them all.
 	var had []keymintv1alpha1.RestartTarget
-	if before != nil {
+	if before != nil && !before.Spec.Revoked {
 		had = restartTargets(before)
 	}
 	req, err := admission.RequestFromContext(ctx)

@@ -60,9 +60,10 @@ type Handler struct {
 	DefaultRequestsPerMinute int32
 	Metrics                  *Metrics
 
-	reset  [resetSlots]atomic.Pointer[cachedReset]
-	limit  atomic.Pointer[cachedLimit]
-	scopes sync.Map // scope → []string, the X-RateLimit-Scope value
+	reset      [resetSlots]atomic.Pointer[cachedReset]
+	limit      atomic.Pointer[cachedLimit]
+	scopes     sync.Map // scope → []string, the X-RateLimit-Scope value
+	scopeCount atomic.Int32
 }
 
 // resetSlots is how many X-RateLimit-Reset values are kept: budgets are
@@ -419,13 +420,23 @@ type cachedReset struct {
 	value []string
 }
 
-// scopeHeader is X-RateLimit-Scope, kept per scope (scopes with rates are
-// few, and named in specs).
+// maxScopeHeaders bounds the X-RateLimit-Scope values kept: scopes with
+// rates are few, but whoever may edit an ApiToken names them.
+const maxScopeHeaders = 1024
+
+// scopeHeader is X-RateLimit-Scope, kept per scope up to maxScopeHeaders,
+// then made per answer.
 func (h *Handler) scopeHeader(scope string) []string {
 	if v, ok := h.scopes.Load(scope); ok {
 		return v.([]string)
 	}
-	v, _ := h.scopes.LoadOrStore(scope, []string{scope})
+	if h.scopeCount.Load() >= maxScopeHeaders {
+		return []string{scope}
+	}
+	v, loaded := h.scopes.LoadOrStore(scope, []string{scope})
+	if !loaded {
+		h.scopeCount.Add(1)
+	}
 	return v.([]string)
 }
 

@@ -187,11 +187,13 @@ func (l *RedisLimiter) spendLease(token types.NamespacedName, b Bucket, now time
 			continue
 		}
 		switch {
+		case x.d.Limit != b.Limit:
+			continue // the rate changed since: ask Redis
 		case x.refused:
 			d := x.d
 			d.RetryAfter = x.until.Sub(now)
 			return d, true
-		case x.left > 0 && x.d.Limit == b.Limit:
+		case x.left > 0:
 			x.left--
 			d := x.d
 			d.Remaining += x.left
