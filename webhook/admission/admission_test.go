@@ -117,6 +117,11 @@ var _ = Describe("Minting", func() {
 			t.Spec.Revoked = true
 			t.Spec.Rotation.RestartTargets = append(t.Spec.Rotation.RestartTargets, db)
 		})).To(Succeed())
+		Eventually(func() string { // un-revoking waits for keymint to revoke (a CEL rule)
+			t := &keymintv1alpha1.ApiToken{}
+			Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "rolls-web"}, t)).To(Succeed())
+			return t.Status.TokenHash
+		}).Should(BeEmpty())
 		err = update(bob, ns, "rolls-web", func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = false })
 		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "a target added in the same patch as a revocation: %v", err)
 		Expect(update(bob, ns, "rolls-web", func(t *keymintv1alpha1.ApiToken) {
