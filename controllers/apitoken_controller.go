@@ -445,7 +445,10 @@ func (r *ApiTokenReconciler) conditionEvents(tok *keymintv1alpha1.ApiToken, befo
 	if becameTrue(before.Conditions, st.Conditions, keymintv1alpha1.ApiTokenConditionExpired) {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventExpired, "Expire", "Token %s… expired at %s", st.TokenPrefix, st.ExpiresAt.UTC().Format(time.RFC3339))
 	}
-	if becameTrue(before.Conditions, st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon) {
+	// Once per token: when the window opens, or when a new token is
+	// already inside it (a lifetime shorter than the warning).
+	if becameTrue(before.Conditions, st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon) ||
+		(meta.IsStatusConditionTrue(st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon) && before.TokenHash != st.TokenHash) {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventExpiringSoon, "Warn", "%s",
 			meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon).Message)
 	}

@@ -73,6 +73,21 @@ var _ = Describe("Expiry warnings", func() {
 		expectCondition(ns, "nightly", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotExpiringSoon)
 	})
 
+	It("warns once per token: a new token inside the window from the start gets its own Event", func() {
+		ns := newNamespace()
+		createUser(ns, "batch", func(u *keymintv1alpha1.ServiceUser) {
+			u.Spec.TokenPolicy.ExpiryWarning = &metav1.Duration{Duration: 2 * time.Hour}
+		})
+		createToken(ns, "short", "batch", withLifetime(time.Hour))
+		first, _ := issued(ns, "short")
+		expectCondition(ns, "short", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonWithinWarningWindow)
+		Eventually(func() int { return countOf(eventsFor(ns, "short"), "ExpiringSoon") }).Should(Equal(1))
+		rotateTo(ns, "short", "renew", first)
+		Eventually(func() int { return countOf(eventsFor(ns, "short"), "ExpiringSoon") }).Should(Equal(2))
+		poke(ns, "short")
+		Consistently(func() int { return countOf(eventsFor(ns, "short"), "ExpiringSoon") }, "2s").Should(Equal(2))
+	})
+
 	It("uses the manager's 7-day default when the ServiceUser sets none, and 0s turns warnings off", func() {
 		ns := newNamespace()
 		createUser(ns, "batch")

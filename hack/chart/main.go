@@ -92,7 +92,46 @@ func run(kustomize, config, chart string) error {
 			return err
 		}
 	}
+	rules, err := runRules(kustomize, filepath.Join(filepath.Dir(config), "prometheus"), chart)
+	if err != nil {
+		return err
+	}
+	for _, p := range rules {
+		written[p] = true
+	}
 	return removeStale(filepath.Join(chart, "templates"), written)
+}
+
+// runRules writes config/prometheus's PrometheusRule into the chart, under
+// prometheusRule.enable, in the release namespace (config/prometheus is not
+// part of config/default; its ServiceMonitor is templated by hand).
+func runRules(kustomize, config, chart string) ([]string, error) {
+	out, err := exec.Command(kustomize, "build", config).Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s build %s: %w", kustomize, config, err)
+	}
+	objs, err := split(out)
+	if err != nil {
+		return nil, err
+	}
+	var paths []string
+	for _, obj := range objs {
+		if str(obj, "kind") != "PrometheusRule" {
+			continue
+		}
+		meta := obj["metadata"].(map[string]any)
+		meta["name"], meta["namespace"] = "keymint-"+str(obj, "metadata", "name"), kustomizeNamespace
+		text, err := render(obj, target{dir: "prometheus", condition: ".Values.prometheusRule.enable"})
+		if err != nil {
+			return nil, err
+		}
+		path := filepath.Join(chart, "templates", "prometheus", "rules.yaml")
+		if err := writeIfChanged(path, text); err != nil {
+			return nil, err
+		}
+		paths = append(paths, path)
+	}
+	return paths, nil
 }
 
 // place maps an object of config/default to its place in the chart, or

@@ -416,12 +416,13 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	}
 
 	replicas := make([]*replica, o.replicas)
+	taken := map[int]bool{}
 	for i := range replicas {
 		want := 0
 		if i == 0 {
 			want = o.checkPort
 		}
-		p, err := freePorts(want)
+		p, err := freePorts(want, taken)
 		if err != nil {
 			return fmt.Errorf("port %d for the check server: %w (pass -check-port 0 for a free one)", o.checkPort, err)
 		}
@@ -465,7 +466,7 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 		return err
 	}
 	defer os.Remove(envFile)
-	printNextSteps(root, envFile)
+	printNextSteps(root, envFile, o.replicas > 1 || redisURL != "")
 
 	// With one replica, its exit ends make run, as before; with more, it
 	// is started again after a second.
@@ -478,7 +479,11 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 			if o.replicas == 1 {
 				return fmt.Errorf("keymint exited: %v", r.lastErr)
 			}
-			say("keymint replica %d exited (%v); starting it again in 1s", r.n, r.lastErr)
+			why := "exit status 0"
+			if r.lastErr != nil {
+				why = r.lastErr.Error()
+			}
+			say("keymint replica %d exited (%s); starting it again in 1s", r.n, why)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -528,6 +533,7 @@ func superviseRedis(ctx context.Context, rdb *testenv.Redis) (stop func()) {
 	return func() {
 		cancel()
 		<-done
+		say("Stopping redis-server")
 		_ = rdb.Stop()
 	}
 }
@@ -582,17 +588,26 @@ func (r *replica) stop() {
 	}
 }
 
-// freePorts picks the ports of one replica: check on want (0: any).
-func freePorts(want int) (ports, error) {
+// freePorts picks the ports of one replica: check on want (0: any), none
+// already in taken (the other replicas' picks, which they have not bound
+// yet), and adds them to taken.
+func freePorts(want int, taken map[int]bool) (ports, error) {
 	var p ports
 	var err error
 	if p.check, err = port(want); err != nil {
 		return p, err
 	}
+	taken[p.check] = true
 	for _, f := range []*int{&p.probe, &p.webhook, &p.metrics} {
-		if *f, err = port(0); err != nil {
-			return p, err
+		for {
+			if *f, err = port(0); err != nil {
+				return p, err
+			}
+			if !taken[*f] {
+				break
+			}
 		}
+		taken[*f] = true
 	}
 	return p, nil
 }
@@ -715,7 +730,7 @@ func stopChild(cmd *exec.Cmd, exited <-chan error) {
 	}
 }
 
-func printNextSteps(root, envFile string) {
+func printNextSteps(root, envFile string, replicas bool) {
 	rel := func(p string) string {
 		if r, err := filepath.Rel(root, p); err == nil {
 			return r
@@ -736,6 +751,17 @@ func printNextSteps(root, envFile string) {
 Ctrl-C here stops keymint, kube-apiserver and etcd.
 
 `, root, rel(envFile))
+	if replicas {
+		fmt.Printf(`With several replicas or Redis, keymint.env also has KEYMINT_CHECK_URLS and KEYMINT_METRICS_URLS
+(every replica's, the first one's in KEYMINT_CHECK_URL and KEYMINT_METRICS_URL), KEYMINT_PIDS and,
+with Redis, KEYMINT_REDIS_URL; Ctrl-C stops the replicas and redis-server too:
+
+  source %s && for url in $KEYMINT_CHECK_URLS; do
+    curl -s --cacert "$KEYMINT_CA_FILE" -H "Authorization: Bearer $TOKEN" "$url/check?scope=invoices:read"; echo
+  done
+
+`, rel(envFile))
+	}
 }
 
 // port returns p if it is free on 127.0.0.1, or a free port when p is 0.

@@ -127,6 +127,10 @@ func (s *scanner) file(path string) {
 	s.reader(path, f)
 }
 
+// IgnoreMarker on a line tells scan to skip it: for tokens that are meant
+// to be there (test vectors, documentation), as gitleaks:allow does.
+const IgnoreMarker = "keymint-scan:ignore"
+
 // binarySniffLen is how much of a file is looked at for a NUL byte, as git
 // decides whether a file is binary.
 const binarySniffLen = 8000
@@ -147,6 +151,10 @@ func (s *scanner) reader(name string, r io.Reader) {
 		end := bytes.IndexByte(text, '\n')
 		if end < 0 {
 			end = len(text)
+		}
+		if bytes.Contains(text[:end], []byte(IgnoreMarker)) {
+			text = text[min(end+1, len(text)):]
+			continue
 		}
 		for _, display := range FindTokens(text[:end]) {
 			fmt.Fprintf(s.out, "%s:%d: %s...\n", name, line, display)

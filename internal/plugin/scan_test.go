@@ -151,3 +151,13 @@ func TestScanFindsTokensAsSecretsHoldThem(t *testing.T) {
 	g.Expect(r.stdout + r.stderr).NotTo(ContainSubstring(tok[:token.DisplayLen+1]))
 	g.Expect(r.stdout + r.stderr).NotTo(ContainSubstring(base64.StdEncoding.EncodeToString([]byte(tok))[:24]))
 }
+
+func TestScanSkipsLinesMarkedToIgnore(t *testing.T) {
+	g := NewWithT(t)
+	dir := t.TempDir()
+	vector, leaked := mint(t, token.DefaultPrefix), mint(t, token.DefaultPrefix)
+	write(t, filepath.Join(dir, "vectors_test.go"), "var v = \""+vector+"\" // "+plugin.IgnoreMarker+"\nvar w = \""+leaked+"\"\n")
+	r := noCluster.run(t, plugin.Options{}, "scan", dir)
+	g.Expect(r.code).To(Equal(1), r.stderr)
+	g.Expect(r.stdout).To(Equal(filepath.Join(dir, "vectors_test.go") + ":2: " + token.Display(leaked) + "...\n"))
+}

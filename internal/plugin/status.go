@@ -96,6 +96,16 @@ func status(ctx context.Context, c client.Client, o Options, ns string, args []s
 		for i := range list.Items {
 			list.Items[i].SetGroupVersionKind(gvk)
 		}
+		if output == "name" {
+			// The name printer takes objects one at a time, as kubectl get
+			// -o name prints a list.
+			for i := range list.Items {
+				if err := printer.PrintObj(&list.Items[i], o.Streams.Out); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
 		return printer.PrintObj(list, o.Streams.Out)
 	}
 

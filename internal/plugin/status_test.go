@@ -120,6 +120,10 @@ func TestStatus(t *testing.T) {
 
 		r = cl.run(t, opts, "status", "ready", "-n", ns, "-o", "name")
 		g.Expect(r.stdout).To(Equal("apitoken.keymint.io/ready\n"))
+
+		r = cl.run(t, opts, "status", "-n", ns, "-o", "name")
+		g.Expect(r.code).To(Equal(0), r.stderr)
+		g.Expect(r.stdout).To(ContainSubstring("apitoken.keymint.io/ready\n"), "every token, one name a line, as kubectl get -o name")
 	})
 
 	t.Run("without the right to read ServiceUsers, from the conditions", func(t *testing.T) {

@@ -64,7 +64,8 @@ func StartRedisWithPassword(dir, password string) (*Redis, error) {
 // URL is the redis:// URL of the server, password included.
 func (r *Redis) URL() string {
 	if r.Password != "" {
-		return "redis://:" + r.Password + "@" + r.Addr + "/0"
+		// User "default", as redis-cli -u needs it spelled out.
+		return "redis://default:" + r.Password + "@" + r.Addr + "/0"
 	}
 	return "redis://" + r.Addr + "/0"
 }

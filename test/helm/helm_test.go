@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -267,6 +268,24 @@ func TestValues(t *testing.T) {
 				}
 				if !found {
 					t.Error("no KEYMINT_REDIS_URL from Secret keymint-redis, key url")
+				}
+			},
+		},
+		"the alerts as a PrometheusRule, as config/prometheus has them": {
+			set: []string{"prometheusRule.enable=true"},
+			check: func(t *testing.T, objs []object) {
+				rule := find(objs, "PrometheusRule", "keymint-alerts")
+				if rule == nil {
+					t.Fatal("no PrometheusRule keymint-alerts")
+				}
+				if ns := str(rule, "metadata", "namespace"); ns != "tokens" {
+					t.Errorf("PrometheusRule in namespace %q, want the release's", ns)
+				}
+				text := fmt.Sprint(get(rule, "spec", "groups"))
+				for _, want := range []string{"KeymintApiTokenExpiringSoon", "{{ $labels.namespace }}", "keymint_apitoken_expiration_timestamp_seconds"} {
+					if !strings.Contains(text, want) {
+						t.Errorf("the rules lack %q: Prometheus's own templates must reach it as written", want)
+					}
 				}
 			},
 		},
