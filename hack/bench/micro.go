@@ -173,6 +173,12 @@ func microTables(samples map[string][]benchSample, rounds int, benchtime string)
 	for _, n := range []string{"10", "100000"} {
 		row("`CheckHandler`, "+n+" tokens", "check.BenchmarkCheckHandler/tokens="+n, "check.BenchmarkBaselineHandler", "≤ 1 µs, ≤ 3 allocs:", handlerTarget)
 	}
+
+	b.WriteString("\n**One rate-limit decision** (`webhook/check.Limiter`, issue 13), for one of 1,000 tokens: in process, and through a real redis-server on loopback, with leases (what keymint does) and with a round trip per check. Baseline: the in-process decision.\n\n")
+	b.WriteString(header)
+	row("`Limiter`, in process", "check.BenchmarkLimiter/backend=local", "", "", nil)
+	row("`Limiter`, Redis, leases", "check.BenchmarkLimiter/backend=redis/leases=true", "check.BenchmarkLimiter/backend=local", "", nil)
+	row("`Limiter`, Redis, a round trip per check", "check.BenchmarkLimiter/backend=redis/leases=false", "check.BenchmarkLimiter/backend=local", "", nil)
 	return b.String(), nil
 }
 
