@@ -59,6 +59,19 @@ var _ = Describe("ServiceUser validation", func() {
 			},
 		},
 		{
+			desc: "a policy's per-scope rates are valid",
+			mutate: func(u *keymintv1alpha1.ServiceUser) {
+				u.Spec.TokenPolicy.ScopeRequestsPerMinute = []keymintv1alpha1.ScopeRate{{Scope: "links:write", RequestsPerMinute: 60}}
+			},
+		},
+		{
+			desc: "a policy's per-scope rate of 0 is refused",
+			mutate: func(u *keymintv1alpha1.ServiceUser) {
+				u.Spec.TokenPolicy.ScopeRequestsPerMinute = []keymintv1alpha1.ScopeRate{{Scope: "links:write"}}
+			},
+			wantErrors: []string{"spec.tokenPolicy.scopeRequestsPerMinute[0].requestsPerMinute"},
+		},
+		{
 			desc:   "an expiryWarning of 0s (off) is valid",
 			mutate: func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.ExpiryWarning = &metav1.Duration{} },
 		},
@@ -208,6 +221,40 @@ var _ = Describe("ApiToken validation", func() {
 				t.Spec.Rotation = &keymintv1alpha1.Rotation{Every: duration("1h"), GracePeriod: duration("1h")}
 			},
 			wantErrors: []string{"gracePeriod must be shorter than every"},
+		},
+		{
+			desc: "per-scope rates are valid",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.ScopeRequestsPerMinute = []keymintv1alpha1.ScopeRate{{Scope: "links:write", RequestsPerMinute: 60}, {Scope: "links:read", RequestsPerMinute: 1000000}}
+			},
+		},
+		{
+			desc: "a per-scope rate of 0 is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.ScopeRequestsPerMinute = []keymintv1alpha1.ScopeRate{{Scope: "links:write", RequestsPerMinute: 0}}
+			},
+			wantErrors: []string{"spec.scopeRequestsPerMinute[0].requestsPerMinute"},
+		},
+		{
+			desc: "a per-scope rate above 1,000,000 is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.ScopeRequestsPerMinute = []keymintv1alpha1.ScopeRate{{Scope: "links:write", RequestsPerMinute: 1000001}}
+			},
+			wantErrors: []string{"spec.scopeRequestsPerMinute[0].requestsPerMinute"},
+		},
+		{
+			desc: "a per-scope rate for something not shaped as a scope is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.ScopeRequestsPerMinute = []keymintv1alpha1.ScopeRate{{Scope: "Links", RequestsPerMinute: 5}}
+			},
+			wantErrors: []string{"spec.scopeRequestsPerMinute[0].scope", "should match"},
+		},
+		{
+			desc: "two rates for one scope are refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.ScopeRequestsPerMinute = []keymintv1alpha1.ScopeRate{{Scope: "links:write", RequestsPerMinute: 5}, {Scope: "links:write", RequestsPerMinute: 6}}
+			},
+			wantErrors: []string{"Duplicate value"},
 		},
 		{
 			desc: "retireWhenIdle shorter than the grace period, and restart targets, are valid",
