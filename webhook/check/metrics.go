@@ -46,8 +46,8 @@ func NewMetrics(reg prometheus.Registerer, index *Index) *Metrics {
 			Help: "Token checks answered, by endpoint (check, tokenreview) and result (ok or the error code).",
 		}, []string{"endpoint", "result"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "keymint_check_duration_seconds",
-			Help:    "Time to answer a token check, from request routing to the answer being written.",
+			Name: "keymint_check_duration_seconds",
+			Help: "Time to answer a token check, from request routing to the answer being written.",
 			// Up to 10 ms for an answer from memory; the rest for a round
 			// trip to a shared rate-limit store.
 			Buckets: []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25},
