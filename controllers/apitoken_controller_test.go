@@ -208,17 +208,6 @@ var _ = Describe("Rotation", func() {
 			t.Annotations[keymintv1alpha1.RotateAnnotation] = value
 		})
 	}
-	// rotatedFrom waits until the Secret holds a token other than old.
-	rotatedFrom := func(ns, name, old string) (string, *keymintv1alpha1.ApiToken) {
-		GinkgoHelper()
-		var plain string
-		var tok *keymintv1alpha1.ApiToken
-		Eventually(func(g Gomega) {
-			plain, tok = issued(ns, name)
-			g.Expect(plain).NotTo(Equal(old))
-		}).Should(Succeed())
-		return plain, tok
-	}
 
 	It("rotates once per new annotation value, dropping the old token at once without grace", func() {
 		ns := newNamespace()

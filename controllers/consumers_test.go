@@ -32,16 +32,11 @@ func countOf(reasons []string, reason string) int {
 	return n
 }
 
+// rotateTo asks for a rotation and waits for the token that replaces old.
 func rotateTo(ns, name, value, old string) (string, *keymintv1alpha1.ApiToken) {
 	GinkgoHelper()
 	rotateToken(ns, name, value)
-	var plain string
-	var tok *keymintv1alpha1.ApiToken
-	Eventually(func(g Gomega) {
-		plain, tok = issued(ns, name)
-		g.Expect(plain).NotTo(Equal(old))
-	}).Should(Succeed())
-	return plain, tok
+	return rotatedFrom(ns, name, old)
 }
 
 var _ = Describe("Expiry warnings", func() {

@@ -115,6 +115,19 @@ func issued(ns, name string) (string, *keymintv1alpha1.ApiToken) {
 	return plain, tok
 }
 
+// rotatedFrom waits until the Secret holds a token other than old, and
+// returns it and the ApiToken.
+func rotatedFrom(ns, name, old string) (string, *keymintv1alpha1.ApiToken) {
+	GinkgoHelper()
+	var plain string
+	var tok *keymintv1alpha1.ApiToken
+	Eventually(func(g Gomega) {
+		plain, tok = issued(ns, name)
+		g.Expect(plain).NotTo(Equal(old))
+	}).Should(Succeed())
+	return plain, tok
+}
+
 // expectCondition waits until the ApiToken has the condition with the status
 // and reason.
 func expectCondition(ns, name, condType string, status metav1.ConditionStatus, reason string) *keymintv1alpha1.ApiToken {
