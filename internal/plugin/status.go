@@ -247,6 +247,10 @@ func stateOf(tok *keymintv1alpha1.ApiToken, t *tokenstate.Token, v *tokenstate.V
 		return keymintv1alpha1.ApiTokenReasonPending
 	case v.Expired:
 		return "Expired"
+	case meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon):
+		// Accepted, inside its expiry warning window, as keymint last wrote
+		// (it knows the window: the user's policy, else its own flag).
+		return keymintv1alpha1.ApiTokenConditionExpiringSoon
 	}
 	return "Ready"
 }

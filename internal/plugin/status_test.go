@@ -49,7 +49,13 @@ func TestStatus(t *testing.T) {
 	orphan := createToken(t, cl, ns, "orphan", "ghost")
 	orphanPlain := issue(t, cl, orphan, "orphan", now.Add(-time.Minute), keymintv1alpha1.ApiTokenStatus{})
 	createToken(t, cl, ns, "pending", "billing")
-	plains := []string{readyPlain, expiredPlain, orphanPlain}
+	expiring := createToken(t, cl, ns, "expiring", "billing", func(tok *keymintv1alpha1.ApiToken) {
+		tok.Spec.Lifetime = &metav1.Duration{Duration: 24 * time.Hour}
+	})
+	expiringPlain := issue(t, cl, expiring, "expiring", now.Add(-20*time.Hour), keymintv1alpha1.ApiTokenStatus{ExpiresAt: at(4 * time.Hour),
+		Conditions: []metav1.Condition{{Type: keymintv1alpha1.ApiTokenConditionExpiringSoon, Status: metav1.ConditionTrue,
+			Reason: keymintv1alpha1.ApiTokenReasonWithinWarningWindow, LastTransitionTime: metav1.Now()}}})
+	plains := []string{readyPlain, expiredPlain, orphanPlain, expiringPlain}
 	neverPrintsATokens := func(r result) {
 		t.Helper()
 		for _, p := range plains {
@@ -63,7 +69,8 @@ func TestStatus(t *testing.T) {
 		g.Expect(r.code).To(Equal(0), r.stderr)
 		neverPrintsATokens(r)
 		rows := table(t, r.stdout)
-		g.Expect(rows).To(HaveLen(5))
+		g.Expect(rows).To(HaveLen(6))
+		g.Expect(rows["expiring"]).To(HaveKeyWithValue("STATE", "ExpiringSoon"), "accepted, inside its warning window")
 		g.Expect(rows["ready"]).To(Equal(map[string]string{
 			"NAME": "ready", "SERVICE USER": "billing", "STATE": "Ready", "EXPIRES": "in 6d5h", "LAST USED": "5m ago",
 			"PREFIX": token.Display(readyPlain), "ROTATION": "in 4d3h, old token accepted for 45m",
@@ -105,7 +112,7 @@ func TestStatus(t *testing.T) {
 		neverPrintsATokens(r)
 		var list keymintv1alpha1.ApiTokenList
 		g.Expect(json.Unmarshal([]byte(r.stdout), &list)).To(Succeed())
-		g.Expect(list.Items).To(HaveLen(5))
+		g.Expect(list.Items).To(HaveLen(6))
 		g.Expect(list.Items[0].Kind).To(Equal("ApiToken"))
 		g.Expect(list.Items[0].APIVersion).To(Equal("keymint.io/v1alpha1"))
 		g.Expect(r.stdout).NotTo(ContainSubstring("managedFields"))
