@@ -234,5 +234,17 @@ func GrantWarnings(spec *keymintv1alpha1.ApiTokenSpec, u *tokenstate.User, userN
 		out = append(out, fmt.Sprintf("the token asks to live longer than ServiceUser %q's tokenPolicy.maxLifetime (%s): it will expire %s after it is issued",
 			userName, u.MaxLifetime, u.MaxLifetime))
 	}
+	// A rate for a scope the token will not get never applies: a check
+	// requiring that scope is refused 403 first.
+	effective := tokenstate.EffectiveScopes(spec.Scopes, u.Permissions)
+	var unused []string
+	for _, r := range spec.ScopeRequestsPerMinute {
+		if !slices.Contains(effective, r.Scope) {
+			unused = append(unused, r.Scope)
+		}
+	}
+	if len(unused) > 0 {
+		out = append(out, fmt.Sprintf("scopeRequestsPerMinute gives rates to %s, which the token will not get: those rates never apply", strings.Join(unused, ", ")))
+	}
 	return out
 }
