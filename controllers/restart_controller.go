@@ -52,7 +52,7 @@ const (
 func decideRestart(tok *keymintv1alpha1.ApiToken) restartAction {
 	st := &tok.Status
 	switch {
-	case tok.DeletionTimestamp != nil, len(restartTargets(&tok.Spec)) == 0:
+	case tok.DeletionTimestamp != nil, len(tok.Spec.RestartTargets()) == 0:
 		return restartNothing
 	case st.TokenHash == "":
 		// Nothing to roll onto (not issued yet, or revoked): a later token
@@ -64,13 +64,6 @@ func decideRestart(tok *keymintv1alpha1.ApiToken) restartAction {
 		return restartRoll
 	}
 	return restartNothing
-}
-
-func restartTargets(spec *keymintv1alpha1.ApiTokenSpec) []keymintv1alpha1.RestartTarget {
-	if spec.Rotation == nil {
-		return nil
-	}
-	return spec.Rotation.RestartTargets
 }
 
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=patch
@@ -115,7 +108,7 @@ func (r *RestartReconciler) restart(ctx context.Context, tok *keymintv1alpha1.Ap
 		return err
 	}
 	var restarted, missing []string
-	for _, t := range restartTargets(&tok.Spec) {
+	for _, t := range tok.Spec.RestartTargets() {
 		obj, err := workload(t.Kind, tok.Namespace, t.Name)
 		if err != nil {
 			return err // the CRD's enum keeps other kinds out

@@ -393,6 +393,15 @@ func (t *ApiToken) SecretNameOrDefault() string {
 	return t.Name
 }
 
+// RestartTargets returns spec.rotation.restartTargets, nil without a
+// rotation.
+func (s *ApiTokenSpec) RestartTargets() []RestartTarget {
+	if s.Rotation == nil {
+		return nil
+	}
+	return s.Rotation.RestartTargets
+}
+
 // ApiTokenList is a list of ApiTokens.
 //
 // +kubebuilder:object:root=true

@@ -57,16 +57,21 @@ func main() {
 	}
 }
 
-func run(kustomize, config, chart string) error {
-	out, err := exec.Command(kustomize, "build", config).Output()
+// build returns the objects kustomize builds from dir.
+func build(kustomize, dir string) ([]map[string]any, error) {
+	out, err := exec.Command(kustomize, "build", dir).Output()
 	if err != nil {
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {
-			return fmt.Errorf("%s build %s: %v\n%s", kustomize, config, err, exit.Stderr)
+			return nil, fmt.Errorf("%s build %s: %v\n%s", kustomize, dir, err, exit.Stderr)
 		}
-		return fmt.Errorf("%s build %s: %w (run make kustomize)", kustomize, config, err)
+		return nil, fmt.Errorf("%s build %s: %w (run make kustomize)", kustomize, dir, err)
 	}
-	objs, err := split(out)
+	return split(out)
+}
+
+func run(kustomize, config, chart string) error {
+	objs, err := build(kustomize, config)
 	if err != nil {
 		return err
 	}
@@ -106,11 +111,7 @@ func run(kustomize, config, chart string) error {
 // prometheusRule.enable, in the release namespace (config/prometheus is not
 // part of config/default; its ServiceMonitor is templated by hand).
 func runRules(kustomize, config, chart string) ([]string, error) {
-	out, err := exec.Command(kustomize, "build", config).Output()
-	if err != nil {
-		return nil, fmt.Errorf("%s build %s: %w", kustomize, config, err)
-	}
-	objs, err := split(out)
+	objs, err := build(kustomize, config)
 	if err != nil {
 		return nil, err
 	}

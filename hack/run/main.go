@@ -639,7 +639,7 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 
 func plural(n int, one, many string) string {
 	if n == 1 {
-		return "1 " + strings.TrimPrefix(one, "1 ")
+		return "1 " + one
 	}
 	return strconv.Itoa(n) + " " + many
 }

@@ -107,7 +107,7 @@ var workloadResources = map[string]string{"Deployment": "deployments", "Stateful
 // right to do so. Targets already named before an update are not asked
 // about again.
 func (v *ApiTokenValidator) authorizeRestartTargets(ctx context.Context, tok, before *keymintv1alpha1.ApiToken) error {
-	targets := restartTargets(tok)
+	targets := tok.Spec.RestartTargets()
 	if len(targets) == 0 {
 		return nil
 	}
@@ -116,7 +116,7 @@ func (v *ApiTokenValidator) authorizeRestartTargets(ctx context.Context, tok, be
 	// revoked were never asked about: on un-revoking, ask about them all.
 	var had []keymintv1alpha1.RestartTarget
 	if before != nil && !before.Spec.Revoked {
-		had = restartTargets(before)
+		had = before.Spec.RestartTargets()
 	}
 	req, err := admission.RequestFromContext(ctx)
 	if err != nil {
@@ -144,13 +144,6 @@ func (v *ApiTokenValidator) authorizeRestartTargets(ctx context.Context, tok, be
 		}
 	}
 	return nil
-}
-
-func restartTargets(tok *keymintv1alpha1.ApiToken) []keymintv1alpha1.RestartTarget {
-	if tok.Spec.Rotation == nil {
-		return nil
-	}
-	return tok.Spec.Rotation.RestartTargets
 }
 
 // authorizeMint asks whether the requesting user may mint tokens of the

@@ -51,27 +51,35 @@ func (u *Usage) Record(key types.NamespacedName, h hash, now time.Time) {
 }
 
 // Forget drops a deleted token: the feed calls it, so nothing of a deleted
-// token stays here past the next flush.
+// token stays here past the next flush. It only notes the name, so that a
+// deletion never holds up the checks' Record with a walk of every pending
+// use; take drops the uses. (A token deleted and created again under the
+// same name within one flush interval loses that interval's uses too.)
 func (u *Usage) Forget(key types.NamespacedName) {
 	u.mu.Lock()
-	for k := range u.pending {
-		if k.token == key {
-			delete(u.pending, k)
-		}
-	}
 	u.gone[key] = struct{}{}
 	u.mu.Unlock()
 }
 
-// take returns what was recorded and forgotten since the last take.
+// take returns what was recorded, less the uses of tokens forgotten, and
+// what was forgotten, since the last take.
 func (u *Usage) take() (seen map[usageKey]time.Time, gone map[types.NamespacedName]struct{}) {
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	if len(u.pending) == 0 && len(u.gone) == 0 {
+		u.mu.Unlock()
 		return nil, nil
 	}
 	seen, gone = u.pending, u.gone
 	u.pending, u.gone = map[usageKey]time.Time{}, map[types.NamespacedName]struct{}{}
+	u.mu.Unlock()
+	// Outside the lock: the maps are the flusher's alone now.
+	if len(gone) > 0 {
+		for k := range seen {
+			if _, ok := gone[k.token]; ok {
+				delete(seen, k)
+			}
+		}
+	}
 	return seen, gone
 }
 

@@ -13,35 +13,13 @@ import (
 	"github.com/keymint/keymint/webhook/check"
 )
 
-// byUser returns keymint_checks_by_service_user_total for one ServiceUser
-// and result as the registry exports it, and whether the series exists.
-func byUser(namespace, user, result string) (float64, bool) {
+// userCounts returns keymint_checks_by_service_user_total of one
+// ServiceUser as the registry exports it, by result.
+func userCounts(namespace, user string) map[string]float64 {
 	GinkgoHelper()
 	families, err := registry.Gather()
 	Expect(err).NotTo(HaveOccurred())
-	for _, f := range families {
-		if f.GetName() != "keymint_checks_by_service_user_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["namespace"] == namespace && labels["service_user"] == user && labels["result"] == result {
-				return m.GetCounter().GetValue(), true
-			}
-		}
-	}
-	return 0, false
-}
-
-// userSeries counts the series of one ServiceUser.
-func userSeries(namespace, user string) int {
-	GinkgoHelper()
-	families, err := registry.Gather()
-	Expect(err).NotTo(HaveOccurred())
-	n := 0
+	out := map[string]float64{}
 	for _, f := range families {
 		if f.GetName() != "keymint_checks_by_service_user_total" {
 			continue
@@ -52,11 +30,25 @@ func userSeries(namespace, user string) int {
 				labels[l.GetName()] = l.GetValue()
 			}
 			if labels["namespace"] == namespace && labels["service_user"] == user {
-				n++
+				out[labels["result"]] = m.GetCounter().GetValue()
 			}
 		}
 	}
-	return n
+	return out
+}
+
+// byUser returns one ServiceUser's count of one result, and whether the
+// series exists.
+func byUser(namespace, user, result string) (float64, bool) {
+	GinkgoHelper()
+	v, ok := userCounts(namespace, user)[result]
+	return v, ok
+}
+
+// userSeries counts the series of one ServiceUser.
+func userSeries(namespace, user string) int {
+	GinkgoHelper()
+	return len(userCounts(namespace, user))
 }
 
 var _ = Describe("Checks counted by ServiceUser", func() {
