@@ -24,7 +24,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/authz"
 	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/requester"
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
@@ -49,6 +51,12 @@ type ApiTokenReconciler struct {
 	// ExpiryWarning is how long before expiry a token whose ServiceUser sets
 	// no tokenPolicy.expiryWarning is ExpiringSoon; zero turns it off.
 	ExpiryWarning time.Duration
+	// Authorizer asks, before each mint, whether the token's requester may
+	// have it minted.
+	Authorizer authz.Authorizer
+	// AuthorizationRetry is how often a denied mint is tried again; zero
+	// means DefaultAuthorizationRetry.
+	AuthorizationRetry time.Duration
 
 	// statusWritten holds, per ApiToken UID, the last status this controller
 	// wrote, until the next reconcile of that token takes it: a Secret event
@@ -91,6 +99,10 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 
 	obs := observe(tok, user, readSecret(sec, tok, r.Keyring), conflict, r.Clock.Now())
+	obs.Requester, obs.RequesterProblem = requester.Read(r.Keyring, tok)
+	if obs.RequesterProblem != "" {
+		obs.Requester = nil
+	}
 	obs.ExpiryWarning = r.ExpiryWarning
 	if user != nil && user.Spec.TokenPolicy.ExpiryWarning != nil {
 		obs.ExpiryWarning = user.Spec.TokenPolicy.ExpiryWarning.Duration
@@ -116,13 +128,37 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 	}
 	d := decide(obs)
+	if d.mints() {
+		// One token per mint decision: decide only on the object as it is
+		// now. A cache behind our own last status write would mint again.
+		if behind, err := r.cacheBehind(ctx, tok); behind || err != nil {
+			return ctrl.Result{RequeueAfter: time.Second}, err
+		}
+		var groups []string
+		if user != nil {
+			groups = user.Spec.Groups
+		}
+		auth, err := r.authorizeMint(ctx, tok, groups, &obs)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		obs.Auth = &auth
+		if !auth.Allowed {
+			deniedTotal.WithLabelValues("mint", auth.Reason).Inc()
+		}
+	}
 	var rec secretRecord
 	var writeErr error
-	switch d.Action {
-	case actIssue, actRotate:
+	wroteSecret := false
+	switch {
+	case d.mints() && !obs.Auth.Allowed:
+		// Not minted: the status says why, and a retry asks again.
+	case d.mints():
 		rec, writeErr = r.writeNewToken(ctx, tok, user.Spec.TokenPolicy.Prefix, sec, obs, d)
-	case actRevoke:
+		wroteSecret = writeErr == nil
+	case d.Action == actRevoke:
 		writeErr = r.removeToken(ctx, sec)
+		wroteSecret = writeErr == nil
 	}
 	if writeErr == nil {
 		// The action is done once the Secret is written: say so even if the
@@ -134,10 +170,14 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 
 	// The status is written whether or not the Secret could be: a shortened
 	// expiry, or a token the Secret no longer delivers, is on record at once.
-	before := tok.Status.DeepCopy()
-	res := desiredStatus(tok.Status, tok.Generation, tok.SecretNameOrDefault(), obs, afterAction(obs, d, &rec, writeErr))
+	a := afterAction(obs, d, &rec, writeErr)
 	replaced := tok.ResourceVersion
-	written, err := r.updateStatus(ctx, tok, res.Status)
+	before, res, written, err := r.writeStatus(ctx, tok, &obs, a, wroteSecret)
+	if apierrors.IsConflict(err) {
+		// Someone wrote the ApiToken since it was read, and nothing of ours
+		// depends on this status: decide again on the new version.
+		return ctrl.Result{Requeue: true}, nil
+	}
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -148,6 +188,9 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, writeErr
 	}
 	r.conditionEvents(tok, before, obs)
+	if obs.Auth != nil && !obs.Auth.Allowed {
+		return ctrl.Result{RequeueAfter: r.authorizationRetry()}, nil
+	}
 	for _, p := range res.Retired {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventRetiredIdle, "Retire",
 			"The rotated-out token issued at %s is no longer accepted: the current token %s… is in use and the old one went unused for %s (rotation.retireWhenIdle)",
@@ -162,6 +205,7 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 // observe gathers what decide needs.
 func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, sec secretState, conflict bool, now time.Time) observation {
 	o := observation{
+		Name:          tok.Name,
 		Spec:          &tok.Spec,
 		RotateRequest: tok.Annotations[keymintv1alpha1.RotateAnnotation],
 		User:          tokenstate.UserFrom(user),
@@ -342,20 +386,53 @@ func ownerReferences(refs []metav1.OwnerReference, tok *keymintv1alpha1.ApiToken
 	return out
 }
 
+// writeStatus writes the status after the action a. When the action wrote
+// the Secret (wroteSecret), the status must follow it: a write that loses
+// to someone else's (a use recorded, a spec edited) is computed again from
+// the object as it is now, so a minted token never lacks its record. It
+// returns the status before the write, the result and whether it wrote.
+func (r *ApiTokenReconciler) writeStatus(ctx context.Context, tok *keymintv1alpha1.ApiToken, obs *observation, a after, wroteSecret bool) (
+	*keymintv1alpha1.ApiTokenStatus, result, bool, error) {
+	for attempt := 1; ; attempt++ {
+		before := tok.Status.DeepCopy()
+		res := desiredStatus(tok.Status, tok.Generation, tok.SecretNameOrDefault(), *obs, a)
+		written, err := r.updateStatus(ctx, tok, res.Status)
+		if !apierrors.IsConflict(err) || !wroteSecret || attempt == 5 {
+			return before, res, written, err
+		}
+		fresh := &keymintv1alpha1.ApiToken{}
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(tok), fresh); err != nil {
+			return before, res, false, client.IgnoreNotFound(err)
+		}
+		// obs.Spec and a.Token.Spec point at tok.Spec: they follow.
+		tok.ObjectMeta, tok.Spec, tok.Status = fresh.ObjectMeta, fresh.Spec, fresh.Status
+		obs.Current.Deleting = tok.DeletionTimestamp != nil
+		a.Token.Deleting = obs.Current.Deleting
+	}
+}
+
+// cacheBehind reports whether the API server holds a newer ApiToken than
+// the cached tok: a mint decided on the cached one could repeat one just
+// made. One read per mint, which is rare.
+func (r *ApiTokenReconciler) cacheBehind(ctx context.Context, tok *keymintv1alpha1.ApiToken) (bool, error) {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(keymintv1alpha1.GroupVersion.WithKind("ApiToken"))
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(tok), m); err != nil {
+		return true, client.IgnoreNotFound(err)
+	}
+	return m.ResourceVersion != tok.ResourceVersion, nil
+}
+
 // updateStatus writes the status if it changed; an unchanged state writes
-// nothing, so re-applying a manifest costs no API writes.
+// nothing, so re-applying a manifest costs no API writes. Every write is
+// locked on the resourceVersion read: a status computed from an older
+// object never overwrites a newer one (a use recorded, a token minted).
 // It reports whether it wrote.
 func (r *ApiTokenReconciler) updateStatus(ctx context.Context, tok *keymintv1alpha1.ApiToken, st keymintv1alpha1.ApiTokenStatus) (bool, error) {
 	if equality.Semantic.DeepEqual(tok.Status, st) {
 		return false, nil
 	}
-	patch := client.MergeFrom(tok.DeepCopy())
-	if !equality.Semantic.DeepEqual(tok.Status.PreviousTokens, st.PreviousTokens) {
-		// previousTokens is replaced whole, and the check servers write
-		// each entry's lastUsedAt: lock on what was read, so a use recorded
-		// meanwhile is never overwritten by an older copy.
-		patch = client.MergeFromWithOptions(tok.DeepCopy(), client.MergeFromWithOptimisticLock{})
-	}
+	patch := client.MergeFromWithOptions(tok.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	tok.Status = st
 	err := r.Client.Status().Patch(ctx, tok, patch)
 	if apierrors.IsNotFound(err) {
@@ -451,6 +528,17 @@ func (r *ApiTokenReconciler) conditionEvents(tok *keymintv1alpha1.ApiToken, befo
 		(meta.IsStatusConditionTrue(st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon) && before.TokenHash != st.TokenHash) {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventExpiringSoon, "Warn", "%s",
 			meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon).Message)
+	}
+	if c := meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized); c != nil {
+		// Once per denial (a retry that is denied again says nothing new),
+		// and once when a right granted since lets keymint mint.
+		prev := meta.FindStatusCondition(before.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
+		switch {
+		case c.Status == metav1.ConditionFalse && (prev == nil || prev.Status != c.Status || prev.Message != c.Message):
+			r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventMintDenied, "Authorize", "%s", c.Message)
+		case c.Status == metav1.ConditionTrue && prev != nil && prev.Status == metav1.ConditionFalse:
+			r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, keymintv1alpha1.ApiTokenReasonAuthorized, "Authorize", "%s", c.Message)
+		}
 	}
 	if obs.Conflict && !hasReason(before.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonSecretConflict) {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretConflict, "Issue",

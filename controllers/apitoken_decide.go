@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/requester"
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
@@ -31,6 +32,8 @@ const (
 // observation is everything a decision depends on, read from the API server
 // and the clock.
 type observation struct {
+	// Name is the ApiToken's name.
+	Name string
 	Spec *keymintv1alpha1.ApiTokenSpec
 	// RotateRequest is the keymint.io/rotate annotation's value.
 	RotateRequest string
@@ -57,6 +60,18 @@ type observation struct {
 	// Claimed is true when another ApiToken's status names one of Current's
 	// hashes.
 	Claimed bool
+	// Requester is the ApiToken's verified requester record, nil when
+	// RequesterProblem says why there is none.
+	Requester        *requester.Record
+	RequesterProblem requester.Problem
+	// Auth answers whether the requester may have the decided token minted
+	// now; nil when this reconcile asked nothing.
+	Auth *authorization
+	// OurRecord is the serial of a record keymint signed in the Secret and
+	// that was not adopted (a token minted after a revocation whose status
+	// write was lost); zero when none. A new token's serial passes it, and
+	// replacing it is no sign of tampering.
+	OurRecord int64
 	// ExpiryWarning is how long before expiry the token is ExpiringSoon:
 	// its user's tokenPolicy.expiryWarning, else the manager's default.
 	ExpiryWarning time.Duration
@@ -87,6 +102,7 @@ const (
 	eventSecretConflict    = "SecretConflict"
 	eventExpiringSoon      = "ExpiringSoon"
 	eventRetiredIdle       = "RetiredIdleToken"
+	eventMintDenied        = "MintDenied"
 )
 
 // observeToken fills in the token part of an observation: the status's
@@ -104,6 +120,9 @@ func observeToken(o *observation, st *keymintv1alpha1.ApiTokenStatus, sec secret
 		o.Hash, o.Display, o.Serial, o.RotatedAt, o.RotationRequest = rec.Hash, rec.Display, rec.Serial, rec.RotatedAt, rec.RotationRequest
 		o.Adopted, o.Delivered = true, true
 		return
+	}
+	if sec.Signed != nil {
+		o.OurRecord = sec.Signed.Serial
 	}
 	o.Current = tokenstate.TokenFrom(o.Spec, st)
 	o.Hash, o.Display, o.Serial, o.RotationRequest = st.TokenHash, st.TokenPrefix, st.Serial, st.LastRotationRequest
@@ -128,6 +147,9 @@ func namedPrevious(prev []recordPrevious, st *keymintv1alpha1.ApiTokenStatus) []
 	return out
 }
 
+// mints reports whether a decision mints a token.
+func (d decision) mints() bool { return d.Action == actIssue || d.Action == actRotate }
+
 // decide picks the one action a reconcile takes.
 func decide(o observation) decision {
 	v := tokenstate.Evaluate(&o.Current, &o.User, o.Now)
@@ -146,7 +168,7 @@ func decide(o observation) decision {
 		// One hash, one ApiToken: checks refuse a hash two claim, and both
 		// controllers replace it.
 		return decision{Action: actIssue, Reason: eventHashConflict}
-	case !o.Current.Issued && o.SecretHolds:
+	case !o.Current.Issued && o.SecretHolds && o.OurRecord == 0:
 		// Token data keymint cannot vouch for (planted, edited, or older
 		// than the status): it is never accepted; replace it.
 		return decision{Action: actIssue, Reason: eventSecretChanged}
@@ -195,7 +217,7 @@ func newRecord(o observation, d decision, hash, display string) secretRecord {
 	// Whole seconds, as the status stores them.
 	now := o.Now.Truncate(time.Second)
 	rec := secretRecord{
-		Serial: o.Serial + 1, Hash: hash, Display: display, ServiceUserUID: o.User.UID,
+		Serial: max(o.Serial, o.OurRecord) + 1, Hash: hash, Display: display, ServiceUserUID: o.User.UID,
 		IssuedAt: now, RotationRequest: o.RotateRequest,
 	}
 	if replaces(o, d) {
@@ -247,17 +269,25 @@ type after struct {
 	RotationRequest string
 	// Failed says why the action's Secret write failed, "" when it did not.
 	Failed string
+	// Denied is true when the decided token was not minted: its requester
+	// may not have it (observation.Auth says why).
+	Denied bool
 }
 
 // afterAction returns the state after the decision's action: the new
 // record's token, no token after a revocation, else the observed one. When
-// the Secret write failed (failed non-nil), the status still moves: a token
+// the requester may not have the token minted, or the Secret write failed
+// (failed non-nil), the status still moves: a token
 // the Secret no longer delivers, or another ApiToken claims, stops at once,
 // whether or not its replacement could be written.
 func afterAction(o observation, d decision, rec *secretRecord, failed error) after {
-	if failed != nil {
+	denied := d.mints() && o.Auth != nil && !o.Auth.Allowed
+	if failed != nil || denied {
 		a := after{Token: o.Current, Hash: o.Hash, Display: o.Display, Serial: o.Serial, RotatedAt: o.RotatedAt,
-			RotationRequest: o.RotationRequest, Failed: failed.Error()}
+			RotationRequest: o.RotationRequest, Denied: denied}
+		if failed != nil {
+			a.Failed = failed.Error()
+		}
 		if d.Action == actIssue && o.Current.Issued && (!o.Delivered || o.Claimed) {
 			a.Token, a.Hash, a.RotatedAt = tokenstate.Token{Spec: o.Spec, Deleting: o.Current.Deleting}, "", nil
 		}
@@ -268,7 +298,7 @@ func afterAction(o observation, d decision, rec *secretRecord, failed error) aft
 		return after{Token: tokenFromRecord(o.Spec, rec), Hash: rec.Hash, Display: rec.Display, Serial: rec.Serial,
 			RotatedAt: rec.RotatedAt, RotationRequest: rec.RotationRequest}
 	case actRevoke:
-		return after{Token: tokenstate.Token{Spec: o.Spec, Deleting: o.Current.Deleting}, Display: o.Display, Serial: o.Serial, RotationRequest: o.RotationRequest}
+		return after{Token: tokenstate.Token{Spec: o.Spec, Deleting: o.Current.Deleting}, Display: o.Display, Serial: max(o.Serial, o.OurRecord), RotationRequest: o.RotationRequest}
 	}
 	return after{Token: o.Current, Hash: o.Hash, Display: o.Display, Serial: o.Serial, RotatedAt: o.RotatedAt, RotationRequest: o.RotationRequest}
 }
@@ -282,7 +312,10 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 	st := *current.DeepCopy()
 	st.ObservedGeneration = generation
 	st.SecretName = secretName
-	st.Serial = a.Serial
+	// The serial never goes back: an action decided on a stale cache (a
+	// revocation that did not see the token minted just before it) knows an
+	// older serial than the status it writes over.
+	st.Serial = max(current.Serial, a.Serial)
 	st.TokenPrefix = a.Display
 	st.LastRotationRequest = a.RotationRequest
 	now := o.Now
@@ -354,20 +387,42 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 			"The token is not inside its expiry warning window")
 	}
 
-	setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionRevoked, v.Revoked != "",
-		orDefault(v.Revoked, keymintv1alpha1.ApiTokenReasonNotRevoked), revokeMessage(v.Revoked, o.Spec.ServiceUser))
+	// What the status says of the ServiceUser (whether it exists, is
+	// disabled, which permissions it lacks) is for those keymint acted for:
+	// a token it minted, or one a requester whose right admission checked
+	// asked for. Anyone may write a revoked ApiToken (no admission runs), so
+	// its status tells nothing of the user.
+	reveal := !o.Spec.Revoked && (o.RequesterProblem == "" || a.Token.Issued)
+	revoked := v.Revoked
+	if !reveal && revoked != keymintv1alpha1.ApiTokenReasonRevokedBySpec && revoked != keymintv1alpha1.ApiTokenReasonDeleting {
+		revoked = ""
+	}
+	setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionRevoked, revoked != "",
+		orDefault(revoked, keymintv1alpha1.ApiTokenReasonNotRevoked), revokeMessage(revoked, o.Spec.ServiceUser))
 	if v.Expired {
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionExpired, true, keymintv1alpha1.ApiTokenReasonExpired,
 			fmt.Sprintf("The token expired at %s", st.ExpiresAt.UTC().Format(time.RFC3339)))
 	} else {
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionExpired, false, keymintv1alpha1.ApiTokenReasonNotExpired, "The token has not expired")
 	}
+	auth := o.Auth
+	if auth == nil && !reveal && !o.Spec.Revoked {
+		// Nothing was asked (the user is missing or disabled, say), and
+		// nothing could be: there is no requester to ask about.
+		na := noRecord(o.RequesterProblem, o.Name)
+		auth = &na
+	}
+	if auth != nil {
+		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionAuthorized, auth.Allowed, auth.Reason, auth.Message)
+	}
 	switch {
 	case o.Conflict:
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, keymintv1alpha1.ApiTokenReasonSecretConflict,
 			fmt.Sprintf("Secret %q exists and is not owned by this ApiToken; delete it or set spec.secretName on a new ApiToken", secretName))
-	case v.Revoked != "":
-		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, v.Revoked, revokeMessage(v.Revoked, o.Spec.ServiceUser))
+	case revoked != "":
+		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, revoked, revokeMessage(revoked, o.Spec.ServiceUser))
+	case !reveal || (!v.Accepted && a.Denied):
+		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, auth.Reason, auth.Message)
 	case v.Expired:
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, keymintv1alpha1.ApiTokenReasonExpired,
 			"The token has expired; a later expiresAt or lifetime mints a new one")
@@ -381,7 +436,13 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 			fmt.Sprintf("Token %s… is in Secret %q", a.Display, secretName))
 	}
 
-	if o.User.Found {
+	switch {
+	case !reveal:
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+			Type: keymintv1alpha1.ApiTokenConditionRequestGranted, Status: metav1.ConditionUnknown, Reason: keymintv1alpha1.ApiTokenReasonNotEvaluated,
+			Message: "Not evaluated while the token is revoked by its spec or has no valid requester record", ObservedGeneration: generation,
+		})
+	case o.User.Found:
 		setRequestGranted(&st, generation, o)
 	}
 

@@ -21,6 +21,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/authz"
+	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/requester"
 )
 
 // RestartReconciler rolls the workloads an ApiToken names in
@@ -33,6 +36,10 @@ type RestartReconciler struct {
 	Recorder events.EventRecorder
 	// Clock stamps the restartedAt annotation; nil means the real clock.
 	Clock clock.PassiveClock
+	// Keyring verifies the requester record that says who named each
+	// target; Authorizer asks whether that user may still patch it.
+	Keyring    *recordkey.Keyring
+	Authorizer authz.Authorizer
 }
 
 // restartAction is what the restart controller does for one ApiToken.
@@ -52,7 +59,9 @@ const (
 func decideRestart(tok *keymintv1alpha1.ApiToken) restartAction {
 	st := &tok.Status
 	switch {
-	case tok.DeletionTimestamp != nil, len(tok.Spec.RestartTargets()) == 0:
+	case tok.DeletionTimestamp != nil, tok.Spec.Revoked, len(tok.Spec.RestartTargets()) == 0:
+		// A revoked or deleting token has nothing to roll onto, and its
+		// targets may have been named without admission.
 		return restartNothing
 	case st.TokenHash == "":
 		// Nothing to roll onto (not issued yet, or revoked): a later token
@@ -107,13 +116,23 @@ func (r *RestartReconciler) restart(ctx context.Context, tok *keymintv1alpha1.Ap
 	if err != nil {
 		return err
 	}
+	rec, problem := requester.Read(r.Keyring, tok)
 	var restarted, missing []string
 	for _, t := range tok.Spec.RestartTargets() {
+		name := t.Kind + "/" + t.Name
+		// keymint patches for the user who named the target, and only while
+		// that user may: it never lends its own right to patch workloads.
+		if why, err := r.mayRestart(ctx, tok, rec, problem, t); err != nil {
+			return err
+		} else if why != "" {
+			deniedTotal.WithLabelValues("restart", restartDenialReason(problem)).Inc()
+			r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, "RestartNotAuthorized", "Restart", "Did not restart %s onto token %s…: %s", name, tok.Status.TokenPrefix, why)
+			continue
+		}
 		obj, err := workload(t.Kind, tok.Namespace, t.Name)
 		if err != nil {
 			return err // the CRD's enum keeps other kinds out
 		}
-		name := t.Kind + "/" + t.Name
 		switch err := r.Client.Patch(ctx, obj, client.RawPatch(types.StrategicMergePatchType, body)); {
 		case apierrors.IsNotFound(err):
 			missing = append(missing, name)
@@ -135,6 +154,32 @@ func (r *RestartReconciler) restart(ctx context.Context, tok *keymintv1alpha1.Ap
 		logf.FromContext(ctx).Info("Restarted workloads onto a new token", "targets", restarted, "serial", tok.Status.Serial)
 	}
 	return nil
+}
+
+// mayRestart says why target t may not be restarted now, "" when it may:
+// the requester record must be keymint's and name t, and the user who named
+// t must still have the right to patch it.
+func (r *RestartReconciler) mayRestart(ctx context.Context, tok *keymintv1alpha1.ApiToken, rec *requester.Record, problem requester.Problem,
+	t keymintv1alpha1.RestartTarget) (string, error) {
+	if problem != "" {
+		return problem.Explain(), nil
+	}
+	who, ok := rec.NamedBy(t)
+	if !ok {
+		return "no admitted write named it: it was added while the webhook was not asked (for example while the token was revoked); name it again", nil
+	}
+	denial, err := authz.MayPatch(ctx, r.Authorizer, who.UserInfo(), tok.Namespace, t.Kind, t.Name)
+	if err != nil || denial == nil {
+		return "", err
+	}
+	return denial.Sentence(who.Username) + " (" + quoteUser(who.Username) + " named it)", nil
+}
+
+func restartDenialReason(p requester.Problem) string {
+	if p != "" {
+		return keymintv1alpha1.ApiTokenReasonNoRequesterRecord
+	}
+	return keymintv1alpha1.ApiTokenReasonNotAllowed
 }
 
 // workload returns an empty object of the target's kind to patch.

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/authz"
 	"github.com/keymint/keymint/internal/recordkey"
 )
 
@@ -66,12 +67,22 @@ type Options struct {
 	// ExpiryWarning is the default expiry warning window; zero turns
 	// warnings off for users that set none.
 	ExpiryWarning time.Duration
+	// Authorizer asks whether a token's requester may have it minted, or a
+	// restart target restarted, at the moment keymint would; nil means
+	// SubjectAccessReviews with the manager's client.
+	Authorizer authz.Authorizer
+	// AuthorizationRetry is how often a denied mint is tried again; zero
+	// means DefaultAuthorizationRetry.
+	AuthorizationRetry time.Duration
 }
 
 // Setup registers the indexes and the controllers with a manager.
 func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
+	}
+	if o.Authorizer == nil {
+		o.Authorizer = authz.SubjectAccessReviewer{Client: mgr.GetClient()}
 	}
 	if err := SetupIndexes(ctx, mgr); err != nil {
 		return err
@@ -83,13 +94,18 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		Clock:         o.Clock,
 		Keyring:       o.Keyring,
 		ExpiryWarning: o.ExpiryWarning,
+
+		Authorizer:         o.Authorizer,
+		AuthorizationRetry: o.AuthorizationRetry,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	if err := (&RestartReconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("keymint-restart"),
-		Clock:    o.Clock,
+		Client:     mgr.GetClient(),
+		Recorder:   mgr.GetEventRecorder("keymint-restart"),
+		Clock:      o.Clock,
+		Keyring:    o.Keyring,
+		Authorizer: o.Authorizer,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

@@ -67,6 +67,7 @@ var _ = BeforeSuite(func() {
 	var err error
 	env, err = testenv.New()
 	Expect(err).NotTo(HaveOccurred())
+	Expect(testenv.RecordRequesters(env)).To(Succeed())
 	cfg, err = env.Start()
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme})
@@ -114,6 +115,7 @@ var _ = BeforeSuite(func() {
 	Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}})).To(Succeed())
 	keyring, err = recordkey.LoadOrCreate(ctx, k8sClient, k8sClient, recordKeySecret)
 	Expect(err).NotTo(HaveOccurred())
+	Expect(testenv.ServeRequesters(ctx, env, keyring)).To(Succeed())
 	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: fakeClock, Keyring: keyring, ExpiryWarning: controllers.DefaultExpiryWarning})).To(Succeed())
 	go func() {
 		defer GinkgoRecover()

@@ -36,6 +36,18 @@ const (
 	// Secret: its value, the new token's issue time, changes the template and
 	// so rolls the pods.
 	RestartedAtAnnotation = "keymint.io/restartedAt"
+
+	// RequesterAnnotation is the record of who asked for the ApiToken as it
+	// is: the user whose admitted write last changed what the token is, the
+	// digest of that spec, and who named each restart target. keymint's
+	// mutating admission webhook writes it; the controllers check that
+	// user's rights again each time they mint or restart. It is trusted only
+	// with a valid RequesterSignatureAnnotation.
+	RequesterAnnotation = "keymint.io/requester"
+	// RequesterSignatureAnnotation is "<key id>.<HMAC-SHA256>" of the
+	// requester record, bound to the ApiToken's namespace and name, keyed by
+	// the record key only keymint reads.
+	RequesterSignatureAnnotation = "keymint.io/requester-signature"
 )
 
 // ApiTokenSpec is the desired state of an ApiToken.
@@ -227,8 +239,9 @@ type PreviousToken struct {
 const (
 	// ApiTokenConditionReady is True when the Secret holds a token that checks
 	// accept now (reason Issued). False otherwise, with reason Expired,
-	// RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled, SecretConflict
-	// or Pending (not issued yet).
+	// RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled, SecretConflict,
+	// NotAllowed or NoRequesterRecord (see Authorized), or Pending (not
+	// issued yet).
 	ApiTokenConditionReady = "Ready"
 	// ApiTokenConditionExpired is True once the token's effective expiry has
 	// passed (reason Expired), False before (reason NotExpired).
@@ -242,6 +255,9 @@ const (
 	// token gets all its spec asks for; False when its ServiceUser gives less:
 	// reason ScopesNotHeld (scopes the user lacks are not granted) or
 	// LifetimeCapped (tokenPolicy.maxLifetime cuts the lifetime short).
+	// Unknown (reason NotEvaluated) while the token is revoked by its spec or
+	// has no valid requester record: the condition then says nothing of the
+	// ServiceUser to whoever may write the ApiToken.
 	ApiTokenConditionRequestGranted = "RequestGranted"
 
 	// ApiTokenConditionExpiringSoon is True (reason WithinWarningWindow) while
@@ -250,6 +266,21 @@ const (
 	// replaces it first; False (reason NotExpiringSoon) otherwise. A Warning
 	// Event goes with each change to True: once per token.
 	ApiTokenConditionExpiringSoon = "ExpiringSoon"
+
+	// ApiTokenConditionAuthorized is about the last time keymint was to mint
+	// a token, or restart a workload, for this ApiToken: True (reason
+	// Authorized) when the user who asked for the token (the requester
+	// record that admission wrote) still had the right to, at that moment;
+	// False when not: reason NotAllowed (the message names the RBAC rule to
+	// add; keymint tries again by itself) or NoRequesterRecord (no valid
+	// record: the ApiToken was written without passing keymint's admission
+	// webhook). Unset until keymint first mints for the ApiToken.
+	ApiTokenConditionAuthorized = "Authorized"
+
+	ApiTokenReasonAuthorized        = "Authorized"
+	ApiTokenReasonNotAllowed        = "NotAllowed"
+	ApiTokenReasonNoRequesterRecord = "NoRequesterRecord"
+	ApiTokenReasonNotEvaluated      = "NotEvaluated"
 
 	ApiTokenReasonWithinWarningWindow = "WithinWarningWindow"
 	ApiTokenReasonNotExpiringSoon     = "NotExpiringSoon"
@@ -366,6 +397,7 @@ type ApiTokenStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=apitok,categories=keymint
+// +kubebuilder:selectablefield:JSONPath=`.spec.serviceUser`
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.spec.revoked) || !oldSelf.spec.revoked || (has(self.spec.revoked) && self.spec.revoked) || !has(oldSelf.status) || !has(oldSelf.status.tokenHash) || size(oldSelf.status.tokenHash) == 0",message="spec.revoked can be set back to false only once keymint has revoked the token (status.tokenHash is empty); try again in a moment",fieldPath=".spec.revoked"
 // +kubebuilder:printcolumn:name="Service user",type=string,JSONPath=`.spec.serviceUser`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`

@@ -32,6 +32,7 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
 	"github.com/keymint/keymint/internal/freshness"
+	"github.com/keymint/keymint/internal/authz"
 	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/internal/servingcert"
@@ -58,6 +59,7 @@ func main() {
 		maxStale      time.Duration
 		expiryWarning time.Duration
 		rateLimit     rateLimitFlags
+		authzRetry    time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
 	flag.BoolVar(&metricsAuth, "metrics-secure", true, "serve metrics over HTTPS to callers kube-apiserver authenticates and RBAC allows (get on nonResourceURL /metrics: ClusterRole keymint-metrics-reader); false serves plain HTTP to anyone")
@@ -74,11 +76,13 @@ func main() {
 	flag.StringVar(&webhookAddr, "webhook-bind-address", ":9443", "address the admission webhooks (who may mint tokens and claim groups) listen on, over TLS")
 	flag.StringVar(&webhookCert, "webhook-tls-cert-file", "", "serving certificate of the admission webhooks, reloaded when it changes; unset: the check server's")
 	flag.StringVar(&webhookKey, "webhook-tls-key-file", "", "private key of --webhook-tls-cert-file")
-	flag.BoolVar(&selfCerts, "self-managed-certs", false, "keep a CA and a serving certificate for keymint's Service in --serving-certs-secret, rotated before expiry, for the check server and the admission webhooks, and put the CA into --validating-webhook-configuration (off: certificates from files, as cert-manager mounts them)")
+	flag.BoolVar(&selfCerts, "self-managed-certs", false, "keep a CA and a serving certificate for keymint's Service in --serving-certs-secret, rotated before expiry, for the check server and the admission webhooks, and put the CA into --validating-webhook-configuration and --mutating-webhook-configuration (off: certificates from files, as cert-manager mounts them)")
 	flag.StringVar(&certSecret, "serving-certs-secret", defaultInOwnNamespace("keymint-serving-certs"), "namespace/name of the Secret --self-managed-certs keeps")
 	flag.StringVar(&certOpts.Dir, "serving-certs-dir", "/etc/keymint/serving-certs", "where --serving-certs-secret is mounted as a volume (config/manager does)")
 	flag.StringVar(&certOpts.Service, "serving-certs-service", "keymint-webhook", "the Service, in that namespace, the certificate is for")
 	flag.StringVar(&certOpts.WebhookConfiguration, "validating-webhook-configuration", "keymint-validating-webhook-configuration", "the ValidatingWebhookConfiguration whose caBundle --self-managed-certs fills")
+	flag.StringVar(&certOpts.MutatingWebhookConfiguration, "mutating-webhook-configuration", "keymint-mutating-webhook-configuration", "the MutatingWebhookConfiguration (who asked for each ApiToken) whose caBundle --self-managed-certs fills")
+	flag.DurationVar(&authzRetry, "mint-authorization-retry", controllers.DefaultAuthorizationRetry, "how often a mint whose requester lacks the right (condition Authorized=False) is tried again: RBAC changes send no event")
 	flag.StringVar(&rateLimit.backend, "rate-limit-backend", "local", "where rate-limit budgets live: local (each replica its own; behind N replicas a token gets N times its rate) or redis (shared by every replica, --redis-url)")
 	flag.StringVar(&rateLimit.url, "redis-url", "", "the Redis that --rate-limit-backend=redis shares budgets through: redis://[user:password@]host:port/db, rediss:// for TLS; unset: environment variable KEYMINT_REDIS_URL, which keeps a password out of the command line")
 	flag.StringVar(&rateLimit.failure, "rate-limit-redis-failure", "open", "what checks do while Redis cannot be reached: open (each replica counts on its own until it is back) or closed (every check gets 429)")
@@ -97,6 +101,10 @@ func main() {
 	}
 	if maxStale <= 0 {
 		log.Error(nil, "Invalid flags: --max-index-staleness must be positive", "value", maxStale)
+		os.Exit(2)
+	}
+	if authzRetry <= 0 {
+		log.Error(nil, "Invalid flags: --mint-authorization-retry must be positive", "value", authzRetry)
 		os.Exit(2)
 	}
 	if expiryWarning < 0 {
@@ -194,13 +202,13 @@ func main() {
 		log.Error(err, "Unable to load the record key", "secret", recordKey)
 		os.Exit(1)
 	}
-	must(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: expiryWarning}))
+	must(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: expiryWarning, AuthorizationRetry: authzRetry}))
 	must(check.Setup(ctx, mgr, checkOpts))
 	must(registerMetrics(metrics.Registry, mgr, fresh, maxStale))
 	must(mgr.AddReadyzCheck("index-fresh", fresh.Checker(maxStale)))
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
-	must(mgr.AddReadyzCheck("webhooks", serveWebhooks(ctx, mgr, checkOpts.CertReady)))
+	must(mgr.AddReadyzCheck("webhooks", serveWebhooks(ctx, mgr, checkOpts.CertReady, keyring)))
 
 	log.Info("Starting manager")
 	if err := mgr.Start(ctx); err != nil {
@@ -229,11 +237,11 @@ func metricsOptions(addr string, secure bool) metricsserver.Options {
 // serveWebhooks registers the admission webhooks once their certificate
 // exists (the webhook server reads it when it starts), and returns the
 // readiness check that passes once they are served.
-func serveWebhooks(ctx context.Context, mgr ctrl.Manager, certReady <-chan struct{}) healthz.Checker {
+func serveWebhooks(ctx context.Context, mgr ctrl.Manager, certReady <-chan struct{}, ring *recordkey.Keyring) healthz.Checker {
 	var started atomic.Pointer[healthz.Checker]
 	register := func() {
 		checker := mgr.GetWebhookServer().StartedChecker()
-		admission.Setup(mgr, mgr.GetClient(), admission.SubjectAccessReviewer{Client: mgr.GetClient()})
+		admission.Setup(mgr, mgr.GetClient(), authz.SubjectAccessReviewer{Client: mgr.GetClient()}, ring)
 		started.Store(&checker)
 	}
 	if certReady == nil {

@@ -40,7 +40,6 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
 	"github.com/keymint/keymint/internal/freshness"
-	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/webhook/check"
@@ -124,7 +123,7 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 		}),
 	})
 	g.Expect(err).NotTo(HaveOccurred())
-	ring, err := recordkey.Generate("test")
+	ring, err := testenv.ClusterKeyring(ctx, c)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
 	g.Expect(check.Setup(ctx, mgr, check.Options{
@@ -132,7 +131,7 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 		DefaultRequestsPerMinute: 500, FlushInterval: time.Second, Clock: clock.RealClock{}, Registerer: metrics.Registry,
 	})).To(Succeed())
 	g.Expect(registerMetrics(metrics.Registry, mgr, fresh, 10*time.Second)).To(Succeed())
-	serveWebhooks(ctx, mgr, nil)
+	serveWebhooks(ctx, mgr, nil, ring)
 	go func() { _ = mgr.Start(ctx) }()
 
 	// Traffic: a token checked once as good and once short of a scope.

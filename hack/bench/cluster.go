@@ -120,6 +120,11 @@ func startCluster(ctx context.Context, e *env) (*cluster, error) {
 		return nil, err
 	}
 	cl.env.CRDs = []*apiextensionsv1.CustomResourceDefinition{floor}
+	// Every ApiToken written carries a requester record, as in a cluster
+	// with keymint's webhooks: the controllers mint for no other.
+	if err := testenv.RecordRequesters(cl.env); err != nil {
+		return nil, err
+	}
 	e.log("cluster: starting kube-apiserver and etcd")
 	if cl.cfg, err = cl.env.Start(); err != nil {
 		return nil, fmt.Errorf("control plane: %w", err)
@@ -129,7 +134,12 @@ func startCluster(ctx context.Context, e *env) (*cluster, error) {
 		cl.stop()
 		return nil, err
 	}
-	if err := cl.c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}}); err != nil {
+	ring, err := testenv.ClusterKeyring(ctx, cl.c)
+	if err != nil {
+		cl.stop()
+		return nil, err
+	}
+	if err := testenv.ServeRequesters(ctx, cl.env, ring); err != nil {
 		cl.stop()
 		return nil, err
 	}

@@ -41,6 +41,7 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
 	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/requester"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/webhook/check"
@@ -203,6 +204,11 @@ const (
 	shapeLargest                    // every field at its longest valid size
 )
 
+// scaleRequester is who asked for the fixture's tokens: an admin with a
+// client certificate, as envtest's and kubectl's usually are.
+var scaleRequester = requester.Identity{Username: "admin", Groups: []string{"system:masters", "system:authenticated"},
+	Extra: map[string][]string{"authentication.kubernetes.io/credential-id": {"X509SHA256=" + strings.Repeat("0", 64)}}}
+
 func tokenShapeOf(i int) tokenShape { return tokenShape(i % 2) }
 
 // token returns ApiToken i and its Secret holding plain, as the controller
@@ -261,6 +267,8 @@ func (f *scaleFixture) token(i int, plain string, s tokenShape, managed bool) (*
 		grantedStatus, grantedReason = metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonScopesNotHeld
 		granted = fmt.Sprintf("Scopes %s are not among ServiceUser %q's permissions and are not granted", strings.Join(tok.Spec.Scopes, ", "), user)
 	}
+	// Admitted for an admin, as the apply in TestFixtureMatchesAPIServer is.
+	requester.Admit(f.ring, nil, tok, scaleRequester, tok.CreationTimestamp.Time)
 	secretName := tok.SecretNameOrDefault()
 	display := token.Display(plain)
 	used := f.at(-time.Minute)
@@ -284,6 +292,8 @@ func (f *scaleFixture) token(i int, plain string, s tokenShape, managed bool) (*
 		soon,
 		cond(keymintv1alpha1.ApiTokenConditionRevoked, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotRevoked, "The token is not revoked"),
 		cond(keymintv1alpha1.ApiTokenConditionExpired, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotExpired, "The token has not expired"),
+		cond(keymintv1alpha1.ApiTokenConditionAuthorized, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonAuthorized,
+			fmt.Sprintf("user %q, who asked for this token, may mint tokens of ServiceUser %q as it is now", scaleRequester.Username, user)),
 		cond(keymintv1alpha1.ApiTokenConditionReady, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonIssued, fmt.Sprintf("Token %s… is in Secret %q", display, secretName)),
 		cond(keymintv1alpha1.ApiTokenConditionRequestGranted, grantedStatus, grantedReason, granted),
 	}

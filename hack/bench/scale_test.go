@@ -206,6 +206,10 @@ func TestFixtureMatchesAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The key the environment's requester webhook signs with.
+	if f.ring, err = testenv.ClusterKeyring(ctx, c); err != nil {
+		t.Fatal(err)
+	}
 	if err := controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: f.ring, ExpiryWarning: controllers.DefaultExpiryWarning}); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -179,7 +180,12 @@ func FindTokens(line []byte) []string {
 	var found []string
 	tail := token.SecretLen + token.ChecksumLen
 	for i := token.MinPrefixLen; i+1+tail <= len(line); i++ {
-		if line[i] != '_' || !allBase62(line[i+1:i+1+tail]) {
+		next := bytes.IndexByte(line[i:len(line)-tail], '_')
+		if next < 0 {
+			break
+		}
+		i += next
+		if !allBase62(line[i+1 : i+1+tail]) {
 			continue
 		}
 		// The prefix is the run of lowercase letters and digits before the
@@ -213,15 +219,27 @@ func allBase62(b []byte) bool {
 }
 
 // minEncodedRun is the shortest run of base64 characters that can hold a
-// token: the base64 length of the shortest one.
+// token: the base64 length of the shortest one, unpadded. A token at any
+// byte offset of the encoded bytes still needs this many characters.
 var minEncodedRun = base64.RawStdEncoding.EncodedLen(token.MinLen)
 
 // FindEncodedTokens returns the displayable prefix of every keymint token
-// held base64-encoded in line, as a Secret's data shows it (kubectl get
-// secret -o yaml): each run of base64 characters long enough to hold a
-// token is decoded and searched.
+// held base64-encoded in line (standard or URL alphabet, padded or not), as
+// a Secret's data shows it (kubectl get secret -o yaml), or as a value after
+// "KEY=", "key:" or a quote. The token may sit at any byte offset of the
+// encoded bytes.
+//
+// A run of base64 characters long enough to hold a token may start with
+// characters that are not part of the encoded value: in KEYMINT_TOKEN_B64=...
+// the key, "_" and "=" are base64 characters too. Base64 decodes in quanta of
+// four characters, each on its own, so the run is decoded quantum by quantum
+// from each of its first four characters: from the one whose offset matches
+// the value's start, every quantum of the value decodes to the value's own
+// bytes, whatever precedes it. That is four linear passes, with no guess
+// about where a key ends.
 func FindEncodedTokens(line []byte) []string {
 	var found []string
+	var decoded []byte
 	for i := 0; i < len(line); {
 		if !isBase64(line[i]) {
 			i++
@@ -231,19 +249,77 @@ func FindEncodedTokens(line []byte) []string {
 		for j < len(line) && isBase64(line[j]) {
 			j++
 		}
-		if run := bytes.TrimRight(line[i:j], "="); len(run) >= minEncodedRun {
-			for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
-				if decoded, err := enc.DecodeString(string(run)); err == nil {
-					found = append(found, FindTokens(decoded)...)
-					break
-				}
-			}
+		for offset := 0; offset < 4 && j-(i+offset) >= minEncodedRun; offset++ {
+			decoded = decodeQuanta(decoded[:0], line[i+offset:j])
+			found = append(found, FindTokens(decoded)...)
 		}
 		i = j
 	}
 	return found
 }
 
+// decodeQuanta appends to dst the base64 decoding of run, four characters
+// at a time. A quantum may end in "=" padding, and the run in a short
+// quantum of two or three characters. A quantum that is not base64 ("Y=ab",
+// from a key decoded at the wrong offset) appends a space instead, which no
+// token contains, so that no token is joined across it.
+func decodeQuanta(dst, run []byte) []byte {
+	dst = slices.Grow(dst, len(run)/4*3+3)
+	for len(run) > 0 {
+		if len(run) >= 4 {
+			a, b, c, d := base64Values[run[0]], base64Values[run[1]], base64Values[run[2]], base64Values[run[3]]
+			if (a|b|c|d)&0x80 == 0 {
+				v := uint32(a)<<18 | uint32(b)<<12 | uint32(c)<<6 | uint32(d)
+				dst = append(dst, byte(v>>16), byte(v>>8), byte(v))
+				run = run[4:]
+				continue
+			}
+		}
+		q := run[:min(4, len(run))]
+		run = run[len(q):]
+		dst = decodeShortQuantum(dst, q)
+	}
+	return dst
+}
+
+// decodeShortQuantum decodes a quantum with "=" padding, a run's last two
+// or three characters, or a quantum that is not base64.
+func decodeShortQuantum(dst, q []byte) []byte {
+	n := len(q)
+	for n > 2 && q[n-1] == '=' && len(q)-n < 2 {
+		n--
+	}
+	var v uint32
+	var bad byte
+	for _, c := range q[:n] {
+		d := base64Values[c]
+		bad |= d
+		v = v<<6 | uint32(d&0x3f)
+	}
+	if bad&0x80 != 0 || n < 2 {
+		return append(dst, ' ')
+	}
+	v <<= 6 * (4 - n)
+	dst = append(dst, byte(v>>16), byte(v>>8), byte(v))
+	return dst[:len(dst)-(4-n)]
+}
+
+// base64Values maps a character of either base64 alphabet to its value,
+// "+" and "-" to 62, "/" and "_" to 63, and any other byte ("=" included)
+// to 0xff. Reading both alphabets at once is sound: a mixed string decodes
+// to bytes too, and only a checksum-valid token among them is reported.
+var base64Values = func() (t [256]byte) {
+	const std = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	for i := range t {
+		t[i] = 0xff
+	}
+	for i := range len(std) {
+		t[std[i]] = byte(i)
+	}
+	t['-'], t['_'] = 62, 63
+	return t
+}()
+
 func isBase64(c byte) bool {
-	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '-' || c == '_' || c == '='
+	return base64Values[c] != 0xff || c == '='
 }

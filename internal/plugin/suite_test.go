@@ -83,6 +83,9 @@ func bootCluster() error {
 	if err != nil {
 		return err
 	}
+	if err := testenv.RecordRequesters(env); err != nil {
+		return err
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		return err
@@ -109,6 +112,9 @@ func bootCluster() error {
 	}
 	ring, err := recordkey.LoadOrCreate(ctx, c, c, types.NamespacedName{Namespace: "keymint-system", Name: "keymint-record-key"})
 	if err != nil {
+		return err
+	}
+	if err := testenv.ServeRequesters(ctx, env, ring); err != nil {
 		return err
 	}
 	cacheOpts := controllers.CacheOptions()

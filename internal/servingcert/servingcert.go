@@ -30,6 +30,9 @@ type Options struct {
 	// WebhookConfiguration is the ValidatingWebhookConfiguration whose
 	// caBundle gets the CA.
 	WebhookConfiguration string
+	// MutatingWebhookConfiguration is the MutatingWebhookConfiguration
+	// (the requester record) whose caBundle gets the CA; empty: none.
+	MutatingWebhookConfiguration string
 	// Dir is where the Secret is mounted as a volume: the kubelet writes
 	// tls.crt and tls.key there, and again after each rotation.
 	Dir string
@@ -52,6 +55,17 @@ func (o Options) KeyFile() string  { return filepath.Join(o.Dir, "tls.key") }
 // cert-controller's cache lists every configuration; keymint writes only its own.
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=list;watch
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,resourceNames=keymint-validating-webhook-configuration,verbs=get;update;patch
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,verbs=list;watch
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,resourceNames=keymint-mutating-webhook-configuration,verbs=get;update;patch
+
+// webhooks lists the configurations whose caBundle gets the CA.
+func webhooks(o Options) []rotator.WebhookInfo {
+	out := []rotator.WebhookInfo{{Name: o.WebhookConfiguration, Type: rotator.Validating}}
+	if o.MutatingWebhookConfiguration != "" {
+		out = append(out, rotator.WebhookInfo{Name: o.MutatingWebhookConfiguration, Type: rotator.Mutating})
+	}
+	return out
+}
 
 // Setup adds the rotator to the manager, creating its Secret (empty) if it
 // does not exist yet. The returned channel closes once the certificate files
@@ -72,7 +86,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (ready <-chan struc
 		DNSName:        fmt.Sprintf("%s.%s.svc", o.Service, ns),
 		ExtraDNSNames:  []string{o.Service, fmt.Sprintf("%s.%s", o.Service, ns), fmt.Sprintf("%s.%s.svc.cluster.local", o.Service, ns)},
 		IsReady:        ch,
-		Webhooks:       []rotator.WebhookInfo{{Name: o.WebhookConfiguration, Type: rotator.Validating}},
+		Webhooks:       webhooks(o),
 		// Every replica serves, so every replica needs the files.
 		RequireLeaderElection:  false,
 		CaCertDuration:         o.Timing.CA,

@@ -103,13 +103,21 @@ func New() (*envtest.Environment, error) {
 
 // Start starts a control plane for one Go test, stopped when the test ends,
 // and returns its config and a client that reads and writes past any cache.
+// Like a cluster with keymint installed, it calls keymint's requester
+// webhook (served by the test, signing with the key in RecordKeySecret,
+// which it creates) for every ApiToken written.
 func Start(t testing.TB) (*rest.Config, client.Client) {
 	t.Helper()
 	env, err := New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return start(t, env)
+	if err := RecordRequesters(env); err != nil {
+		t.Fatal(err)
+	}
+	cfg, c := start(t, env)
+	serveRecording(t, env, c)
+	return cfg, c
 }
 
 // StartWithAPIServer is Start, and also returns the control plane's
@@ -123,9 +131,13 @@ func StartWithAPIServer(t testing.TB) (*rest.Config, client.Client, *APIServer) 
 	// envtest makes, and removes on Stop, a directory of its own for the
 	// serving certificate unless given one: a restart would then serve a
 	// new certificate, from a new CA, that no earlier client trusts.
+	if err := RecordRequesters(env); err != nil {
+		t.Fatal(err)
+	}
 	s := env.ControlPlane.GetAPIServer()
 	s.CertDir = t.TempDir()
 	cfg, c := start(t, env)
+	serveRecording(t, env, c)
 	return cfg, c, &APIServer{s: s}
 }
 

@@ -19,33 +19,50 @@ var specShape = regexp.MustCompile(`\A([a-z][a-z0-9]{1,15})_([0-9A-Za-z]{43})([0
 
 const specAlphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
+// specSecretLimit is 2^256: the secret encodes 256 bits, so its value is
+// below it.
+var specSecretLimit = new(big.Int).Lsh(big.NewInt(1), 256)
+
 // specParse reports whether s has the token's shape and, if so, its prefix
 // and whether its checksum is the CRC-32 (IEEE) of everything before it.
-// Like Parse, it does not bound the secret's value: the spec only fixes its
-// 43 base62 characters.
+// The shape includes the secret's value: 43 base62 characters can encode
+// numbers up to 62^43 - 1, but a secret is 256 bits, at most 2^256 - 1.
 func specParse(s string) (prefix string, shaped, checksumOK bool) {
 	m := specShape.FindStringSubmatch(s)
-	if m == nil {
+	if m == nil || specNumber(m[2]).Cmp(specSecretLimit) >= 0 {
 		return "", false, false
 	}
 	// Big integers, so that a checksum above 32 bits can never wrap onto a
 	// matching CRC.
-	sum := new(big.Int)
-	for _, c := range []byte(m[3]) {
-		sum.Mul(sum, big.NewInt(62))
-		sum.Add(sum, big.NewInt(int64(strings.IndexByte(specAlphabet, c))))
-	}
+	sum := specNumber(m[3])
 	want := new(big.Int).SetUint64(uint64(crc32.ChecksumIEEE([]byte(s[:len(s)-len(m[3])]))))
 	return m[1], true, sum.Cmp(want) == 0
 }
 
+// specNumber reads base62 digits as a number.
+func specNumber(digits string) *big.Int {
+	n := new(big.Int)
+	for _, c := range []byte(digits) {
+		n.Mul(n, big.NewInt(62))
+		n.Add(n, big.NewInt(int64(strings.IndexByte(specAlphabet, c))))
+	}
+	return n
+}
+
 // Known answers computed outside Go (Python's zlib.crc32 and its own base62).
-// The second one's secret is above 2^256, so Mint never makes it, yet its
-// shape and checksum are right, so Parse accepts it.
+// The second one's secret is 2^256 - 1, the largest Mint can make.
 var specVectors = []string{
 	"km_00000000000000000000000000000000000000000001NLtxW",               // keymint-scan:ignore (a known-answer vector)
-	"km_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz0jnowp",               // keymint-scan:ignore (a known-answer vector)
+	"km_yhjskwdA6OZ1AL1YmHWZWm8LLG7HjnuCA2j5rOw8Xp1473YmU",               // keymint-scan:ignore (a known-answer vector)
 	"abcdefghijklmnop_Az09Az09Az09Az09Az09Az09Az09Az09Az09Az09xyz3vSeHR", // keymint-scan:ignore (a known-answer vector)
+}
+
+// specOverflows are known answers computed the same way whose checksum is
+// right but whose secret is above 2^256 - 1 (2^256, then 62^43 - 1), so
+// Mint never makes them: malformed.
+var specOverflows = []string{
+	"km_yhjskwdA6OZ1AL1YmHWZWm8LLG7HjnuCA2j5rOw8Xp22E8ppU", // keymint-scan:ignore (a known-answer vector)
+	"km_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz0jnowp", // keymint-scan:ignore (a known-answer vector)
 }
 
 // specWrapped is specVectors[0] with its CRC plus 2^32 as the checksum: equal
@@ -105,6 +122,8 @@ func TestOracle(t *testing.T) {
 		"trailing newline":          tok + "\n",
 		"leading space":             " " + tok[1:],
 		"bearer scheme":             "Bearer " + tok,
+		"secret of 2^256":           specOverflows[0],
+		"secret of 62^43 - 1":       specOverflows[1],
 	}
 	for name, s := range badShape {
 		if _, shaped, _ := specParse(s); shaped {
@@ -120,7 +139,7 @@ func FuzzParse(f *testing.F) {
 	tok, _ := Mint("km")
 	seeds := []string{"", "km_", tok, tok[:len(tok)-1], strings.ToUpper(tok), "Bearer " + tok, tok + "\n",
 		"km_" + strings.Repeat("0", 49), tok[:len(tok)-6] + "zzzzzz", "abcdefghijklmnopq" + tok[2:], specWrapped}
-	for _, seed := range append(seeds, specVectors...) {
+	for _, seed := range append(append(seeds, specVectors...), specOverflows...) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

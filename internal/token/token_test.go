@@ -2,6 +2,7 @@ package token
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -60,6 +61,9 @@ func TestMintEncodesAll256Bits(t *testing.T) {
 			t.Errorf("%s: Parse(%q) = %v", name, tok, err)
 		}
 		body := tok[3 : 3+SecretLen]
+		if name == "all ones" && body != maxSecret {
+			t.Errorf("all ones encode to %q, want maxSecret %q", body, maxSecret)
+		}
 		if other, dup := seen[body]; dup {
 			t.Errorf("%s and %s encode to the same secret %q", name, other, body)
 		}
@@ -120,6 +124,17 @@ func TestParse(t *testing.T) {
 		"too long for any prefix":        {in: strings.Repeat("a", MaxLen+1), wantErr: ErrMalformed},
 		"checksum above 32 bits":         {in: good[:len(good)-ChecksumLen] + "zzzzzz", wantErr: ErrChecksum},
 		"valid shape, prefix with digit": {in: retag(t, "k8", good), wantErr: nil},
+		// The secret is 256 bits; 43 base62 characters can hold more. The
+		// checksums match, so only the value is wrong.
+		"secret of 2^256 - 1, the largest":  {in: withChecksum("km_" + secretOf(pow2(256, -1))), wantErr: nil},
+		"secret of 2^256 - 2":               {in: withChecksum("km_" + secretOf(pow2(256, -2))), wantErr: nil},
+		"secret of 2^255":                   {in: withChecksum("km_" + secretOf(pow2(255, 0))), wantErr: nil},
+		"secret of 2^256":                   {in: withChecksum("km_" + secretOf(pow2(256, 0))), wantErr: ErrMalformed},
+		"secret of 2^256 + 62^42":           {in: withChecksum("km_" + secretOf(new(big.Int).Add(pow2(256, 0), pow62(42)))), wantErr: ErrMalformed},
+		"secret all 'z' (62^43 - 1)":        {in: withChecksum("km_" + strings.Repeat("z", SecretLen)), wantErr: ErrMalformed},
+		"secret first character 'z'":        {in: withChecksum("km_z" + strings.Repeat("0", SecretLen-1)), wantErr: ErrMalformed},
+		"secret of 2^256, checksum wrong":   {in: "km_" + secretOf(pow2(256, 0)) + "000000", wantErr: ErrMalformed},
+		"secret of 2^256, 16-letter prefix": {in: withChecksum("abcdefghijklmnop_" + secretOf(pow2(256, 0))), wantErr: ErrMalformed},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -131,7 +146,75 @@ func TestParse(t *testing.T) {
 	}
 }
 
-// retag returns tok with a new prefix and a checksum that matches it.
+// withChecksum appends to body the checksum that matches it, computed by
+// the package's own functions.
+func withChecksum(body string) string {
+	return string(appendBase62([]byte(body), big.NewInt(int64(crcString(body))), ChecksumLen))
+}
+
+// secretOf encodes n as a secret: SecretLen base62 characters.
+func secretOf(n *big.Int) string { return string(appendBase62(nil, n, SecretLen)) }
+
+// pow2 returns 2^e + d; pow62 returns 62^e.
+func pow2(e uint, d int64) *big.Int {
+	return new(big.Int).Add(new(big.Int).Lsh(big.NewInt(1), e), big.NewInt(d))
+}
+func pow62(e int64) *big.Int { return new(big.Int).Exp(big.NewInt(62), big.NewInt(e), nil) }
+
+func TestMaxSecretIs2To256Minus1(t *testing.T) {
+	if got := secretOf(pow2(256, -1)); got != maxSecret {
+		t.Errorf("2^256 - 1 encodes to %q, maxSecret is %q", got, maxSecret)
+	}
+	// SecretLen digits hold 2^256 - 1 (so Mint loses no bit) and more.
+	if pow62(SecretLen).Cmp(pow2(256, 0)) <= 0 || pow62(SecretLen-1).Cmp(pow2(256, 0)) >= 0 {
+		t.Errorf("62^%d does not bound 2^256 from above or 62^%d from below", SecretLen, SecretLen-1)
+	}
+	// The alphabet is in ASCII order: comparing strings compares values.
+	for i := 1; i < len(alphabet); i++ {
+		if alphabet[i-1] >= alphabet[i] {
+			t.Fatalf("alphabet not in ASCII order at %d", i)
+		}
+	}
+}
+
+// Mint never makes a secret Parse refuses: 32 random bytes are at most
+// 2^256 - 1, and appendBase62 writes them in SecretLen digits exactly. Many
+// tokens from crypto/rand, and many whose secret sits just under 2^256 (the
+// 1 in 86 that start with maxSecret's first character, where the whole
+// secret is compared), all parse.
+func TestMintedSecretsAlwaysParse(t *testing.T) {
+	n := 20000
+	if testing.Short() {
+		n = 2000
+	}
+	for range n {
+		tok, err := Mint("km")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Parse(tok); err != nil {
+			t.Fatalf("Parse(Mint()) = %v for %s", err, Display(tok))
+		}
+	}
+	random := make([]byte, 32*n)
+	if _, err := rand.Read(random); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		secret := random[32*i : 32*i+32]
+		// High bytes set, so the value is within 2^256 / 2^(8*k) of the top.
+		for k := range i % 32 {
+			secret[k] = 0xff
+		}
+		tok, err := mint("km", bytes.NewReader(secret))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Parse(tok); err != nil {
+			t.Fatalf("Parse(mint(%x)) = %v", secret, err)
+		}
+	}
+}
 func retag(t *testing.T, prefix, tok string) string {
 	t.Helper()
 	body := prefix + tok[strings.IndexByte(tok, '_'):len(tok)-ChecksumLen]

@@ -16,7 +16,6 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
-	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/tokenmetrics"
 )
@@ -71,7 +70,7 @@ func TestTokenMetrics(t *testing.T) {
 		Scheme: testenv.Scheme, Cache: controllers.CacheOptions(), Metrics: metricsserver.Options{BindAddress: "0"},
 	})
 	g.Expect(err).NotTo(HaveOccurred())
-	ring, err := recordkey.Generate("test")
+	ring, err := testenv.ClusterKeyring(ctx, c)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
 	reg := prometheus.NewRegistry()

@@ -184,7 +184,7 @@ var _ = Describe("Group claims", func() {
 
 		err := carol.Create(ctx, serviceUser(ns, "exporter", "cluster-admins"))
 		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
-		Expect(err.Error()).To(And(ContainSubstring(`the group "cluster-admins"`), ContainSubstring(`verbs: ["impersonate"], resourceNames: ["cluster-admins"]`)))
+		Expect(err.Error()).To(And(ContainSubstring(`carry group "cluster-admins"`), ContainSubstring(`verbs: ["impersonate"], resourceNames: ["cluster-admins"]`)))
 
 		Expect(carol.Create(ctx, serviceUser(ns, "exporter", "reporting"))).To(Succeed())
 		Eventually(func() error { // past conflicts with keymint's finalizer write
@@ -341,7 +341,7 @@ var _ = Describe("The shipped roles (config/rbac/keymint_roles.yaml)", func() {
 		Expect(ada.Create(ctx, serviceUser(ns, "reports"))).To(Succeed())
 		err := ada.Create(ctx, serviceUser(ns, "admins", "cluster-admins"))
 		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
-		Expect(err.Error()).To(ContainSubstring(`the group "cluster-admins"`))
+		Expect(err.Error()).To(ContainSubstring(`carry group "cluster-admins"`))
 	})
 })
 
@@ -353,7 +353,7 @@ var _ = Describe("Minting for a ServiceUser with groups", func() {
 		erin, _ := as("erin")
 		err := erin.Create(ctx, apiToken(ns, "t", "deployer"))
 		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
-		Expect(err.Error()).To(And(ContainSubstring(`carry its group "payments"`), ContainSubstring(`resourceNames: ["payments"]`)))
+		Expect(err.Error()).To(And(ContainSubstring(`carry group "payments"`), ContainSubstring(`resourceNames: ["payments"]`)))
 
 		grantCluster("erin-impersonates-payments-"+ns, "erin", rbacv1.PolicyRule{
 			APIGroups: []string{""}, Resources: []string{"groups"}, Verbs: []string{"impersonate"}, ResourceNames: []string{"payments"},

@@ -6,29 +6,25 @@ import (
 	"slices"
 	"strings"
 
-	authorizationv1 "k8s.io/api/authorization/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/authz"
+	"github.com/keymint/keymint/internal/requester"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
-
-// MintVerb is the RBAC verb on serviceusers that lets a user mint tokens of
-// a ServiceUser: create an ApiToken for it, or change what a token of it is
-// (scopes, audiences, rotation, expiry), rotate it, or un-revoke it.
-const MintVerb = "mint"
 
 // ApiTokenValidator admits ApiTokens: it denies minting without the "mint"
 // right on the ServiceUser, and warns (without denying: GitOps applies in
 // any order) when the token asks for more than its ServiceUser gives.
 type ApiTokenValidator struct {
 	Reader     client.Reader
-	Authorizer Authorizer
+	Authorizer authz.Authorizer
 	// Clock is the time expiresAt is judged at; nil means the real clock.
 	Clock clock.PassiveClock
 }
@@ -54,7 +50,7 @@ func (v *ApiTokenValidator) ValidateUpdate(ctx context.Context, before, after *k
 	if err := v.authorizeRestartTargets(ctx, after, before); err != nil {
 		return nil, err
 	}
-	if !mints(before, after) {
+	if !requester.Changes(before, after) {
 		return nil, nil
 	}
 	if err := v.authorizeMint(ctx, after); err != nil {
@@ -67,39 +63,6 @@ func (v *ApiTokenValidator) ValidateUpdate(ctx context.Context, before, after *k
 func (v *ApiTokenValidator) ValidateDelete(context.Context, *keymintv1alpha1.ApiToken) (admission.Warnings, error) {
 	return nil, nil
 }
-
-// mints reports whether an update makes keymint mint a token, or changes
-// what the token may do or how long it lives. A token revoked after the
-// update mints nothing, whatever else changes: un-revoking it is checked.
-func mints(before, after *keymintv1alpha1.ApiToken) bool {
-	b, a := &before.Spec, &after.Spec
-	switch {
-	case a.Revoked:
-		return false
-	case b.Revoked:
-		return true // un-revoking mints a new token
-	}
-	rotate := keymintv1alpha1.RotateAnnotation
-	return !slices.Equal(b.Scopes, a.Scopes) || !slices.Equal(b.Audiences, a.Audiences) ||
-		!equality.Semantic.DeepEqual(withoutRestartTargets(b.Rotation), withoutRestartTargets(a.Rotation)) ||
-		!equality.Semantic.DeepEqual(b.ExpiresAt, a.ExpiresAt) || !equality.Semantic.DeepEqual(b.Lifetime, a.Lifetime) ||
-		(after.Annotations[rotate] != "" && after.Annotations[rotate] != before.Annotations[rotate])
-}
-
-// withoutRestartTargets returns the rotation less its restart targets, which
-// mint nothing (authorizeRestartTargets checks them).
-func withoutRestartTargets(r *keymintv1alpha1.Rotation) *keymintv1alpha1.Rotation {
-	if r == nil {
-		return nil
-	}
-	c := r.DeepCopy()
-	c.RestartTargets = nil
-	return c
-}
-
-// workloadResources maps restart target kinds to their resources in API
-// group apps.
-var workloadResources = map[string]string{"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
 // authorizeRestartTargets denies naming a workload in
 // spec.rotation.restartTargets unless the requesting user may patch it
@@ -126,74 +89,58 @@ func (v *ApiTokenValidator) authorizeRestartTargets(ctx context.Context, tok, be
 		if slices.Contains(had, t) {
 			continue
 		}
-		resource, ok := workloadResources[t.Kind]
-		if !ok {
-			return apierrors.NewBadRequest(fmt.Sprintf("spec.rotation.restartTargets: kind %q is not Deployment, StatefulSet or DaemonSet", t.Kind))
-		}
-		allowed, err := v.Authorizer.Allowed(ctx, req.UserInfo, authorizationv1.ResourceAttributes{
-			Namespace: tok.Namespace, Verb: "patch", Group: "apps", Resource: resource, Name: t.Name,
-		})
+		denial, err := authz.MayPatch(ctx, v.Authorizer, req.UserInfo, tok.Namespace, t.Kind, t.Name)
 		if err != nil {
 			return apierrors.NewInternalError(err)
 		}
-		if !allowed {
-			return apierrors.NewForbidden(keymintv1alpha1.GroupVersion.WithResource("apitokens").GroupResource(), tok.Name, fmt.Errorf(
-				"user %q may not name %s %q in spec.rotation.restartTargets: keymint restarts it after each rotation, which needs the right to patch it, "+
-					"and that is verb \"patch\" on resource %q of API group \"apps\" in namespace %q, which the user does not have",
-				req.UserInfo.Username, t.Kind, t.Name, resource, tok.Namespace))
+		if denial != nil {
+			return apierrors.NewForbidden(apiTokens, tok.Name, fmt.Errorf("user %q may not name %s %q in spec.rotation.restartTargets: it may not %s. A rule that grants it: %s",
+				req.UserInfo.Username, t.Kind, t.Name, denial.What, denial.Rule))
 		}
 	}
 	return nil
 }
 
 // authorizeMint asks whether the requesting user may mint tokens of the
-// token's ServiceUser and, since every such token carries the user's groups
-// to kube-apiserver, impersonate each of those groups (as minting a
-// credential in a group is acting as it).
+// token's ServiceUser and carry each of its groups. A ServiceUser that does
+// not exist yet has no groups: the controller asks again, for this user,
+// once it does.
 func (v *ApiTokenValidator) authorizeMint(ctx context.Context, tok *keymintv1alpha1.ApiToken) error {
-	if err := authorizeMint(ctx, v.Authorizer, tok.Namespace, tok.Name, "apitokens", tok.Spec.ServiceUser, ""); err != nil {
-		return err
-	}
 	user := &keymintv1alpha1.ServiceUser{}
 	err := v.Reader.Get(ctx, types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}, user)
-	if apierrors.IsNotFound(err) {
-		return nil // not there yet: whoever creates it with groups is checked for them
-	}
-	if err != nil {
+	switch {
+	case apierrors.IsNotFound(err):
+		user.Spec.Groups = nil
+	case err != nil:
 		return apierrors.NewInternalError(err)
 	}
-	return authorizeGroups(ctx, v.Authorizer, keymintv1alpha1.GroupVersion.WithResource("apitokens").GroupResource(), tok.Name, user.Spec.Groups,
-		func(who, g string) string {
-			return fmt.Sprintf("user %q may not mint tokens of ServiceUser %q, which carry its group %q to kube-apiserver", who, user.Name, g)
-		})
+	return authorizeMint(ctx, v.Authorizer, apiTokens, tok.Name, tok.Namespace, tok.Spec.ServiceUser, user.Spec.Groups, "")
 }
 
+var (
+	apiTokens    = keymintv1alpha1.GroupVersion.WithResource("apitokens").GroupResource()
+	serviceUsers = keymintv1alpha1.GroupVersion.WithResource("serviceusers").GroupResource()
+)
+
 // authorizeMint asks whether the requesting user may mint tokens of
-// ServiceUser userName, and denies in words a user can paste into a Role.
-// why, when set, says why the request mints.
-func authorizeMint(ctx context.Context, authz Authorizer, namespace, objName, resource, userName, why string) error {
+// ServiceUser userName with its groups, and denies in words a user can
+// paste into a Role. why, when set, says why the request mints.
+func authorizeMint(ctx context.Context, a authz.Authorizer, resource schema.GroupResource, objName, namespace, userName string, groups []string, why string) error {
 	req, err := admission.RequestFromContext(ctx)
 	if err != nil {
 		return apierrors.NewInternalError(err)
 	}
-	allowed, err := authz.Allowed(ctx, req.UserInfo, authorizationv1.ResourceAttributes{
-		Namespace: namespace, Verb: MintVerb, Group: keymintv1alpha1.GroupVersion.Group,
-		Resource: "serviceusers", Name: userName,
-	})
+	denial, err := authz.MayMint(ctx, a, req.UserInfo, namespace, userName, groups)
 	if err != nil {
 		return apierrors.NewInternalError(err)
 	}
-	if allowed {
+	if denial == nil {
 		return nil
 	}
 	if why != "" {
 		why = " (" + why + ")"
 	}
-	return apierrors.NewForbidden(keymintv1alpha1.GroupVersion.WithResource(resource).GroupResource(), objName, fmt.Errorf(
-		"user %q may not mint tokens of ServiceUser %q in namespace %q%s: that needs verb %q on resource \"serviceusers\" of API group %q. "+
-			"A Role rule that grants it: {apiGroups: [%q], resources: [\"serviceusers\"], verbs: [%q], resourceNames: [%q]}",
-		req.UserInfo.Username, userName, namespace, why, MintVerb, keymintv1alpha1.GroupVersion.Group,
-		keymintv1alpha1.GroupVersion.Group, MintVerb, userName))
+	return apierrors.NewForbidden(resource, objName, fmt.Errorf("user %q may not %s%s. A rule that grants it: %s", req.UserInfo.Username, denial.What, why, denial.Rule))
 }
 
 // warnings says what the token asks for that it will not get. kubectl

@@ -5,30 +5,60 @@ import (
 	"fmt"
 	"slices"
 
-	authorizationv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/fields"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/authz"
 )
 
 // ServiceUserValidator admits ServiceUsers: giving one a Kubernetes group
 // needs the right to impersonate that group, as `kubectl --as-group` does,
 // since every token of the user will carry the group to kube-apiserver; and
-// a change that gives its existing tokens more (re-enabling it, more
-// permissions, a looser token policy) needs the right to mint its tokens.
+// a change that gives its tokens more (creating it while ApiTokens name it,
+// re-enabling it, more permissions, a looser token policy) needs the right
+// to mint its tokens.
 type ServiceUserValidator struct {
-	Authorizer Authorizer
+	Authorizer authz.Authorizer
+	// APIReader lists the ApiTokens that name a ServiceUser, past the cache:
+	// a token applied a moment before its user must not slip by.
+	APIReader client.Reader
 }
 
-// ValidateCreate checks every group, unless the user is created disabled.
+// ValidateCreate checks every group, unless the user is created disabled
+// (re-enabling it is checked). Creating a ServiceUser that ApiTokens
+// already name activates those tokens, as widening an existing user widens
+// them: that needs mint too.
 func (v *ServiceUserValidator) ValidateCreate(ctx context.Context, u *keymintv1alpha1.ServiceUser) (admission.Warnings, error) {
 	if u.Spec.Disabled {
 		return nil, nil
 	}
-	return nil, v.authorizeGroups(ctx, u, u.Spec.Groups)
+	if err := v.authorizeGroups(ctx, u, u.Spec.Groups); err != nil {
+		return nil, err
+	}
+	named, err := v.namedByTokens(ctx, u)
+	if err != nil {
+		return nil, apierrors.NewInternalError(err)
+	}
+	if named {
+		return nil, authorizeMint(ctx, v.Authorizer, serviceUsers, u.Name, u.Namespace, u.Name, nil,
+			"ApiTokens already name it: creating it issues their tokens")
+	}
+	return nil, nil
+}
+
+// namedByTokens reports whether an ApiToken in u's namespace names u.
+func (v *ServiceUserValidator) namedByTokens(ctx context.Context, u *keymintv1alpha1.ServiceUser) (bool, error) {
+	var tokens metav1.PartialObjectMetadataList
+	tokens.SetGroupVersionKind(keymintv1alpha1.GroupVersion.WithKind("ApiTokenList"))
+	if err := v.APIReader.List(ctx, &tokens, client.InNamespace(u.Namespace), client.Limit(1),
+		client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("spec.serviceUser", u.Name)}); err != nil {
+		return false, fmt.Errorf("listing the ApiTokens that name ServiceUser %q: %w", u.Name, err)
+	}
+	return len(tokens.Items) > 0, nil
 }
 
 // ValidateUpdate checks the groups added. Re-enabling checks them all:
@@ -51,7 +81,7 @@ func (v *ServiceUserValidator) ValidateUpdate(ctx context.Context, before, after
 		return nil, err
 	}
 	if what := widens(before, after); what != "" {
-		return nil, authorizeMint(ctx, v.Authorizer, after.Namespace, after.Name, "serviceusers", after.Name, what)
+		return nil, authorizeMint(ctx, v.Authorizer, serviceUsers, after.Name, after.Namespace, after.Name, nil, what)
 	}
 	return nil, nil
 }
@@ -81,34 +111,20 @@ func (v *ServiceUserValidator) ValidateDelete(context.Context, *keymintv1alpha1.
 	return nil, nil
 }
 
-func (v *ServiceUserValidator) authorizeGroups(ctx context.Context, u *keymintv1alpha1.ServiceUser, groups []string) error {
-	return authorizeGroups(ctx, v.Authorizer, keymintv1alpha1.GroupVersion.WithResource("serviceusers").GroupResource(), u.Name, groups,
-		func(who, g string) string {
-			return fmt.Sprintf("user %q may not give ServiceUser %q the group %q: its tokens would carry that group to kube-apiserver", who, u.Name, g)
-		})
-}
-
 // authorizeGroups asks whether the requesting user may impersonate each
-// group, and denies with denial(user, group) and the rule to add.
-func authorizeGroups(ctx context.Context, authz Authorizer, resource schema.GroupResource, objName string, groups []string, denial func(user, group string) string) error {
-	if len(groups) == 0 {
-		return nil
-	}
+// group, and denies with the rule to add.
+func (v *ServiceUserValidator) authorizeGroups(ctx context.Context, u *keymintv1alpha1.ServiceUser, groups []string) error {
 	req, err := admission.RequestFromContext(ctx)
 	if err != nil {
 		return apierrors.NewInternalError(err)
 	}
-	for _, g := range groups {
-		allowed, err := authz.Allowed(ctx, req.UserInfo, authorizationv1.ResourceAttributes{Verb: "impersonate", Resource: "groups", Name: g})
-		if err != nil {
-			return apierrors.NewInternalError(err)
-		}
-		if !allowed {
-			return apierrors.NewForbidden(resource, objName, fmt.Errorf(
-				"%s, which needs verb \"impersonate\" on resource \"groups\" (core API group), as kubectl --as-group does. "+
-					"A ClusterRole rule that grants it: {apiGroups: [\"\"], resources: [\"groups\"], verbs: [\"impersonate\"], resourceNames: [%q]}",
-				denial(req.UserInfo.Username, g), g))
-		}
+	denial, err := authz.MayImpersonate(ctx, v.Authorizer, req.UserInfo, groups)
+	if err != nil {
+		return apierrors.NewInternalError(err)
 	}
-	return nil
+	if denial == nil {
+		return nil
+	}
+	return apierrors.NewForbidden(serviceUsers, u.Name, fmt.Errorf(
+		"user %q may not give ServiceUser %q that group: its tokens would then %s. A rule that grants it: %s", req.UserInfo.Username, u.Name, denial.What, denial.Rule))
 }

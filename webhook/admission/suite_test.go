@@ -9,6 +9,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/keymint/keymint/controllers"
+	"github.com/keymint/keymint/internal/authz"
 	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/webhook/admission"
@@ -32,6 +34,9 @@ import (
 // from config/webhook/validating.yaml (envtest points it at this process).
 // Users act through impersonation, so RBAC and SubjectAccessReviews are
 // kube-apiserver's own.
+// bypassLabel on a namespace makes the requester webhook skip it.
+const bypassLabel = "keymint-test/bypass-requester-webhook"
+
 var (
 	env       *envtest.Environment
 	cfg       *rest.Config
@@ -56,11 +61,24 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	root, err := testenv.RepoRoot()
 	Expect(err).NotTo(HaveOccurred())
-	env.WebhookInstallOptions = envtest.WebhookInstallOptions{Paths: []string{filepath.Join(root, "config", "webhook", "validating.yaml")}}
+	env.WebhookInstallOptions = envtest.WebhookInstallOptions{Paths: []string{
+		filepath.Join(root, "config", "webhook", "validating.yaml"), filepath.Join(root, "config", "webhook", "mutating.yaml"),
+	}}
 	cfg, err = env.Start()
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme})
 	Expect(err).NotTo(HaveOccurred())
+	// A namespace labelled bypassLabel is one the requester webhook skips,
+	// as if it were bypassed.
+	var mutating admissionregistrationv1.MutatingWebhookConfigurationList
+	Expect(k8sClient.List(ctx, &mutating)).To(Succeed())
+	Expect(mutating.Items).To(HaveLen(1))
+	for i := range mutating.Items[0].Webhooks {
+		mutating.Items[0].Webhooks[i].NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: bypassLabel, Operator: metav1.LabelSelectorOpDoesNotExist},
+		}}
+	}
+	Expect(k8sClient.Update(ctx, &mutating.Items[0])).To(Succeed())
 
 	wh := env.WebhookInstallOptions
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
@@ -72,8 +90,8 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	ring, err := recordkey.Generate("test")
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
-	admission.Setup(mgr, mgr.GetClient(), admission.SubjectAccessReviewer{Client: mgr.GetClient()})
+	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring, AuthorizationRetry: 500 * time.Millisecond})).To(Succeed())
+	admission.Setup(mgr, mgr.GetClient(), authz.SubjectAccessReviewer{Client: mgr.GetClient()}, ring)
 	go func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())

@@ -70,6 +70,7 @@ var _ = BeforeSuite(func() {
 	var err error
 	env, err = testenv.New()
 	Expect(err).NotTo(HaveOccurred())
+	Expect(testenv.RecordRequesters(env)).To(Succeed())
 	cfg, err := env.Start()
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme})
@@ -104,6 +105,7 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	ring, err := recordkey.Generate("test")
 	Expect(err).NotTo(HaveOccurred())
+	Expect(testenv.ServeRequesters(ctx, env, ring)).To(Succeed())
 	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
 	Expect(check.Setup(ctx, mgr, check.Options{
 		Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile,

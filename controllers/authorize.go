@@ -1,0 +1,84 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/authz"
+	"github.com/keymint/keymint/internal/requester"
+)
+
+// DefaultAuthorizationRetry is how often a mint that its requester may not
+// do is tried again: RBAC changes send no event a controller could watch
+// without caching every Role and binding in the cluster.
+const DefaultAuthorizationRetry = 30 * time.Second
+
+// authorization is the answer to "may this token's requester have it
+// minted now?".
+type authorization struct {
+	Allowed bool
+	// Reason is the Authorized condition's reason.
+	Reason string
+	// Message is the condition's message; for a denial it names the right
+	// and the rule that grants it.
+	Message string
+}
+
+// deniedTotal counts what keymint did not do for lack of a requester's
+// right, by action (mint, restart) and reason.
+var deniedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "keymint_authorization_denied_total",
+	Help: "Mints and restarts keymint did not do because the user who asked for them (the requester record admission wrote) lacked the right at that moment, or no valid record existed; by action (mint, restart) and reason (NotAllowed, NoRequesterRecord).",
+}, []string{"action", "reason"})
+
+func init() {
+	metrics.Registry.MustRegister(deniedTotal)
+	for _, action := range []string{"mint", "restart"} {
+		for _, reason := range []string{keymintv1alpha1.ApiTokenReasonNotAllowed, keymintv1alpha1.ApiTokenReasonNoRequesterRecord} {
+			deniedTotal.WithLabelValues(action, reason)
+		}
+	}
+}
+
+// noRecord is the authorization of a token without a valid requester record.
+func noRecord(p requester.Problem, name string) authorization {
+	return authorization{Reason: keymintv1alpha1.ApiTokenReasonNoRequesterRecord, Message: fmt.Sprintf(
+		"No token is minted: %s. Write the ApiToken again through kube-apiserver with keymint's admission webhook in place, "+
+			"as a user who may mint it (for example `kubectl annotate apitoken %s %s=$(date +%%s)`), so that admission records who asks",
+		p.Explain(), name, keymintv1alpha1.RotateAnnotation)}
+}
+
+// authorizeMint asks whether the token's requester may mint it now: mint on
+// its ServiceUser and impersonate each of the user's groups as they are at
+// this moment, whatever they were when the ApiToken was admitted.
+func (r *ApiTokenReconciler) authorizeMint(ctx context.Context, tok *keymintv1alpha1.ApiToken, groups []string, o *observation) (authorization, error) {
+	if o.RequesterProblem != "" {
+		return noRecord(o.RequesterProblem, tok.Name), nil
+	}
+	who := o.Requester.Requester
+	denial, err := authz.MayMint(ctx, r.Authorizer, who.UserInfo(), tok.Namespace, tok.Spec.ServiceUser, groups)
+	if err != nil {
+		return authorization{}, err
+	}
+	if denial != nil {
+		return authorization{Reason: keymintv1alpha1.ApiTokenReasonNotAllowed, Message: fmt.Sprintf(
+			"No token is minted: %s, who asked for this token (admitted %s), may not %s. A rule that grants it: %s. keymint tries again every %s",
+			quoteUser(who.Username), o.Requester.RequestedAt.UTC().Format(time.RFC3339), denial.What, denial.Rule, r.authorizationRetry())}, nil
+	}
+	return authorization{Allowed: true, Reason: keymintv1alpha1.ApiTokenReasonAuthorized, Message: fmt.Sprintf(
+		"%s, who asked for this token, may mint tokens of ServiceUser %q as it is now", quoteUser(who.Username), tok.Spec.ServiceUser)}, nil
+}
+
+func quoteUser(name string) string { return fmt.Sprintf("user %q", name) }
+
+func (r *ApiTokenReconciler) authorizationRetry() time.Duration {
+	if r.AuthorizationRetry > 0 {
+		return r.AuthorizationRetry
+	}
+	return DefaultAuthorizationRetry
+}

@@ -1,0 +1,350 @@
+package admission_test
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+)
+
+// The attacks an attacker review found on admission alone (issue 18): each
+// changes the world between the moment an ApiToken is admitted and the
+// moment keymint mints or restarts for it. The controllers ask again, for
+// the requester admission recorded, at that moment.
+
+func getToken(ns, name string) *keymintv1alpha1.ApiToken {
+	GinkgoHelper()
+	t := &keymintv1alpha1.ApiToken{}
+	Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, t)).To(Succeed())
+	return t
+}
+
+func waitReady(ns, name string) *keymintv1alpha1.ApiToken {
+	GinkgoHelper()
+	var t *keymintv1alpha1.ApiToken
+	Eventually(func(g Gomega) {
+		t = getToken(ns, name)
+		g.Expect(meta.IsStatusConditionTrue(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)).To(BeTrue(), "%+v", t.Status.Conditions)
+	}).Should(Succeed())
+	return t
+}
+
+// eventsOf lists the Events keymint emitted about an ApiToken.
+func eventsOf(ns, name string) []eventsv1.Event {
+	GinkgoHelper()
+	var list eventsv1.EventList
+	Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+	var out []eventsv1.Event
+	for _, e := range list.Items {
+		if e.Regarding.Kind == "ApiToken" && e.Regarding.Name == name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func countReason(events []eventsv1.Event, reason string) int {
+	n := 0
+	for _, e := range events {
+		if e.Reason == reason {
+			n += max(1, int(e.DeprecatedCount))
+		}
+	}
+	return n
+}
+
+func deployment(ns, name string) *appsv1.Deployment {
+	labels := map[string]string{"app": name}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}},
+			},
+		},
+	}
+}
+
+func restartedAt(ns, name string) string {
+	GinkgoHelper()
+	d := &appsv1.Deployment{}
+	Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, d)).To(Succeed())
+	return d.Spec.Template.Annotations[keymintv1alpha1.RestartedAtAnnotation]
+}
+
+var impersonatePayments = rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"groups"}, Verbs: []string{"impersonate"}, ResourceNames: []string{"payments"}}
+
+var _ = Describe("Authorization at the moment of minting", func() {
+	var ns string
+	BeforeEach(func() { ns = newNamespace() })
+
+	It("restarts nothing for a user who may not patch the workload, revoked or not (1)", func() {
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "billing"))).To(Succeed())
+		Expect(k8sClient.Create(ctx, deployment(ns, "victim"))).To(Succeed())
+		Expect(k8sClient.Create(ctx, deployment(ns, "own"))).To(Succeed())
+		// editor: every right on ApiTokens and mint, no right on Deployments
+		// but "own".
+		grant(ns, "editor", manageTokens, mint("billing"),
+			rbacv1.PolicyRule{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"patch"}, ResourceNames: []string{"own"}})
+		editor, _ := as("editor")
+		tok := apiToken(ns, "t", "billing")
+		tok.Spec.Rotation = &keymintv1alpha1.Rotation{RestartTargets: []keymintv1alpha1.RestartTarget{{Kind: "Deployment", Name: "own"}}}
+		Expect(editor.Create(ctx, tok)).To(Succeed())
+		waitReady(ns, "t")
+
+		for cycle := range 3 {
+			// One write: revoked, and victim named. Admission is skipped.
+			Expect(update(editor, ns, "t", func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Revoked = true
+				t.Spec.Rotation.RestartTargets = append(t.Spec.Rotation.RestartTargets, keymintv1alpha1.RestartTarget{Kind: "Deployment", Name: "victim"})
+			})).To(Succeed(), "cycle %d", cycle)
+			Eventually(func() string { return getToken(ns, "t").Status.TokenHash }).Should(BeEmpty())
+			// Un-revoke without victim, as admission demands: mint is enough.
+			Eventually(func() error {
+				return update(editor, ns, "t", func(t *keymintv1alpha1.ApiToken) {
+					t.Spec.Revoked = false
+					t.Spec.Rotation.RestartTargets = t.Spec.Rotation.RestartTargets[:1]
+				})
+			}).Should(Succeed())
+			waitReady(ns, "t")
+		}
+		// "own" rolls onto each new token; victim never.
+		Eventually(func() string { return restartedAt(ns, "own") }).ShouldNot(BeEmpty())
+		Consistently(func() string { return restartedAt(ns, "victim") }, 2*time.Second).Should(BeEmpty())
+
+		// Named by someone who may patch it, then that right is taken away:
+		// checked at restart time, not kept from admission.
+		grant(ns, "lead", manageTokens, mint("billing"), rbacv1.PolicyRule{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"patch"}})
+		lead, _ := as("lead")
+		Eventually(func() error {
+			return update(lead, ns, "t", func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Rotation.RestartTargets = append(t.Spec.Rotation.RestartTargets, keymintv1alpha1.RestartTarget{Kind: "Deployment", Name: "victim"})
+			})
+		}).Should(Succeed())
+		Expect(k8sClient.Delete(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "lead-" + ns}})).To(Succeed())
+		Expect(update(editor, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Annotations = map[string]string{keymintv1alpha1.RotateAnnotation: "after-lead-left"} })).To(Succeed())
+		Eventually(func() int { return countReason(eventsOf(ns, "t"), "RestartNotAuthorized") }).Should(BeNumerically(">=", 1))
+		Expect(restartedAt(ns, "victim")).To(BeEmpty())
+		var msgs []string
+		for _, e := range eventsOf(ns, "t") {
+			if e.Reason == "RestartNotAuthorized" {
+				msgs = append(msgs, e.Note)
+			}
+		}
+		Expect(msgs).To(ContainElement(And(ContainSubstring(`user "lead" may not restart Deployment "victim"`), ContainSubstring(`resourceNames: ["victim"]`))))
+	})
+
+	It("mints a token applied before its ServiceUser only once its requester may carry the user's groups (2a)", func() {
+		grant(ns, "editor", manageTokens, mint("ghost"))
+		editor, seen := as("editor")
+		Expect(editor.Create(ctx, apiToken(ns, "early", "ghost"))).To(Succeed())
+		Expect(seen.all()).To(ContainElement(ContainSubstring(`ServiceUser "ghost" does not exist (yet)`)))
+
+		// An admin, who may give groups, creates ghost in payments.
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "ghost", "payments"))).To(Succeed())
+		var cond *metav1.Condition
+		Eventually(func(g Gomega) {
+			t := getToken(ns, "early")
+			cond = meta.FindStatusCondition(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
+			g.Expect(cond).NotTo(BeNil())
+			g.Expect(cond.Status).To(Equal(metav1.ConditionFalse))
+			g.Expect(t.Status.TokenHash).To(BeEmpty())
+		}).Should(Succeed())
+		Expect(cond.Reason).To(Equal(keymintv1alpha1.ApiTokenReasonNotAllowed))
+		Expect(cond.Message).To(And(ContainSubstring(`user "editor", who asked for this token`), ContainSubstring(`verbs: ["impersonate"], resourceNames: ["payments"]`)))
+		Expect(meta.FindStatusCondition(getToken(ns, "early").Status.Conditions, keymintv1alpha1.ApiTokenConditionReady).Reason).To(Equal(keymintv1alpha1.ApiTokenReasonNotAllowed))
+		Eventually(func() int { return countReason(eventsOf(ns, "early"), "MintDenied") }).Should(Equal(1))
+		sec := &corev1.Secret{}
+		Expect(apierrors.IsNotFound(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "early"}, sec))).To(BeTrue(), "no Secret, no token")
+
+		// Granted the group: minted by itself, no write needed.
+		grantCluster("editor-impersonates-payments-"+ns, "editor", impersonatePayments)
+		t := waitReady(ns, "early")
+		Expect(meta.IsStatusConditionTrue(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)).To(BeTrue())
+		Eventually(func() int { return countReason(eventsOf(ns, "early"), keymintv1alpha1.ApiTokenReasonAuthorized) }).Should(Equal(1))
+		Expect(countReason(eventsOf(ns, "early"), "MintDenied")).To(Equal(1), "one Event per denial, not per retry")
+	})
+
+	It("needs mint to create a ServiceUser that ApiTokens already name (2b)", func() {
+		// GitOps applies the token first; its controller may mint anything.
+		grant(ns, "gitops", manageTokens, mint())
+		gitops, _ := as("gitops")
+		Expect(gitops.Create(ctx, apiToken(ns, "svc2-prod", "svc2"))).To(Succeed())
+
+		grant(ns, "su-writer", rbacv1.PolicyRule{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"get", "create", "update", "patch", "delete"}})
+		suWriter, _ := as("su-writer")
+		u := serviceUser(ns, "svc2")
+		u.Spec.Permissions = []string{"payments:refund", "admin:all"}
+		err := suWriter.Create(ctx, u)
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(And(ContainSubstring(`user "su-writer" may not mint tokens of ServiceUser "svc2"`), ContainSubstring("ApiTokens already name it")))
+
+		// Created disabled (admission skipped), then enabled: asked then.
+		u = serviceUser(ns, "svc2")
+		u.Spec.Permissions = []string{"payments:refund", "admin:all"}
+		u.Spec.Disabled = true
+		Expect(suWriter.Create(ctx, u)).To(Succeed())
+		Eventually(func() error {
+			u := &keymintv1alpha1.ServiceUser{}
+			Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "svc2"}, u)).To(Succeed())
+			u.Spec.Disabled = false
+			if err = suWriter.Update(ctx, u); apierrors.IsConflict(err) {
+				return err
+			}
+			return nil
+		}).Should(Succeed())
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(ContainSubstring("re-enabling it mints new tokens"))
+		Expect(getToken(ns, "svc2-prod").Status.TokenHash).To(BeEmpty())
+
+		// A ServiceUser nobody names is su-writer's to create.
+		Expect(suWriter.Create(ctx, serviceUser(ns, "unnamed"))).To(Succeed())
+	})
+
+	It("mints one token per decision, however fast revoke and un-revoke alternate (3)", func() {
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "billing"))).To(Succeed())
+		grant(ns, "alice", manageTokens, mint("billing"))
+		alice, _ := as("alice")
+		Expect(alice.Create(ctx, apiToken(ns, "t", "billing"))).To(Succeed())
+		waitReady(ns, "t")
+		const cycles = 6
+		for range cycles {
+			Expect(update(alice, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true })).To(Succeed())
+			// Un-revoke the moment keymint lets us (CEL waits for the hash
+			// to go), before anything settles.
+			Eventually(func() error {
+				return update(alice, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = false })
+			}, 15*time.Second, 5*time.Millisecond).Should(Succeed())
+		}
+		t := waitReady(ns, "t")
+		Consistently(func() int64 { return getToken(ns, "t").Status.Serial }, 2*time.Second).Should(Equal(t.Status.Serial))
+		t = getToken(ns, "t")
+		events := eventsOf(ns, "t")
+		// Un-revoking as soon as CEL allows can land before keymint minted
+		// for the previous un-revoke: mints may be fewer than cycles, never
+		// more than one per cycle, and each has a serial of its own.
+		Expect(t.Status.Serial).To(BeNumerically(">=", 2))
+		Expect(t.Status.Serial).To(BeNumerically("<=", 1+cycles))
+		Expect(countReason(events, "Issued")).To(BeEquivalentTo(t.Status.Serial), "one Issued Event per serial: no serial minted twice")
+		Expect(countReason(events, "SecretChanged")).To(BeZero(), "keymint never takes its own token for tampering")
+		Expect(countReason(events, "Revoked")).To(BeNumerically("<=", cycles))
+		prefixes := map[string]bool{}
+		for _, e := range events {
+			if e.Reason == "Issued" {
+				prefixes[e.Note] = true
+			}
+		}
+		Expect(prefixes).To(HaveLen(int(t.Status.Serial)), "each mint a new token")
+		sec := &corev1.Secret{}
+		Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "t"}, sec)).To(Succeed())
+		Expect(sec.Annotations[keymintv1alpha1.RecordAnnotation]).To(ContainSubstring(fmt.Sprintf(`"serial":%d`, t.Status.Serial)))
+	})
+
+	It("tells whoever writes a revoked ApiToken nothing about its ServiceUser (4)", func() {
+		u := serviceUser(ns, "billing")
+		u.Spec.Permissions = []string{"invoices:read"}
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		grant(ns, "snoop", manageTokens) // no mint, no get on serviceusers
+		snoop, seen := as("snoop")
+		statusOf := func(name, user string) []metav1.Condition {
+			GinkgoHelper()
+			tok := apiToken(ns, name, user)
+			tok.Spec.Revoked = true
+			tok.Spec.Scopes = []string{"invoices:read", "admin:write"}
+			Expect(snoop.Create(ctx, tok)).To(Succeed())
+			var conds []metav1.Condition
+			Eventually(func(g Gomega) {
+				conds = getToken(ns, name).Status.Conditions
+				g.Expect(conds).To(ContainElement(HaveField("Type", keymintv1alpha1.ApiTokenConditionReady)))
+			}).Should(Succeed())
+			for i := range conds {
+				conds[i].LastTransitionTime = metav1.Time{}
+			}
+			return conds
+		}
+		exists, missing := statusOf("probe-exists", "billing"), statusOf("probe-missing", "nobody")
+		Expect(exists).To(Equal(missing), "a user that exists and one that does not look alike")
+		Expect(seen.all()).To(BeEmpty())
+		for _, c := range exists {
+			Expect(c.Message).NotTo(Or(ContainSubstring("admin:write"), ContainSubstring("does not exist")), c.Type)
+		}
+		Expect(meta.FindStatusCondition(exists, keymintv1alpha1.ApiTokenConditionReady).Reason).To(Equal(keymintv1alpha1.ApiTokenReasonRevokedBySpec))
+		Expect(meta.FindStatusCondition(exists, keymintv1alpha1.ApiTokenConditionRequestGranted).Status).To(Equal(metav1.ConditionUnknown))
+	})
+
+	It("mints nothing for an ApiToken written past the webhook, and says why", func() {
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "billing"))).To(Succeed())
+		// The requester webhook skips this namespace: as if it were down
+		// and bypassed, or keymint were installed after the token.
+		bypass(ns)
+		Expect(k8sClient.Create(ctx, apiToken(ns, "t", "billing"))).To(Succeed())
+		var cond *metav1.Condition
+		Eventually(func(g Gomega) {
+			cond = meta.FindStatusCondition(getToken(ns, "t").Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
+			g.Expect(cond).NotTo(BeNil())
+		}).Should(Succeed())
+		Expect(cond.Reason).To(Equal(keymintv1alpha1.ApiTokenReasonNoRequesterRecord))
+		Expect(cond.Message).To(ContainSubstring("carries no record of who asked for it"))
+		Expect(getToken(ns, "t").Status.TokenHash).To(BeEmpty())
+
+		// A record copied from another ApiToken does not verify either.
+		unbypass(ns)
+		Expect(k8sClient.Create(ctx, apiToken(ns, "donor", "billing"))).To(Succeed())
+		donor := waitReady(ns, "donor")
+		bypass(ns)
+		Expect(update(k8sClient, ns, "t", func(t *keymintv1alpha1.ApiToken) {
+			t.Annotations = map[string]string{}
+			for _, k := range []string{keymintv1alpha1.RequesterAnnotation, keymintv1alpha1.RequesterSignatureAnnotation} {
+				t.Annotations[k] = donor.Annotations[k]
+			}
+		})).To(Succeed())
+		Consistently(func() string { return getToken(ns, "t").Status.TokenHash }, 2*time.Second).Should(BeEmpty())
+
+		// Written again through the webhook: recorded, minted.
+		unbypass(ns)
+		Expect(update(k8sClient, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Annotations[keymintv1alpha1.RotateAnnotation] = "now" })).To(Succeed())
+		waitReady(ns, "t")
+	})
+})
+
+// bypass makes keymint's requester webhook skip namespace ns; unbypass
+// undoes it.
+func bypass(ns string) { setBypass(ns, "true") }
+
+func unbypass(ns string) { setBypass(ns, "") }
+
+func setBypass(ns, v string) {
+	GinkgoHelper()
+	n := &corev1.Namespace{}
+	Expect(k8sClient.Get(ctx, types.NamespacedName{Name: ns}, n)).To(Succeed())
+	if v == "" {
+		delete(n.Labels, bypassLabel)
+	} else {
+		n.Labels[bypassLabel] = v
+	}
+	Expect(k8sClient.Update(ctx, n)).To(Succeed())
+	// The webhook configuration's namespaceSelector reads the label from
+	// kube-apiserver's namespace cache: wait until it takes effect.
+	Eventually(func() bool {
+		probe := apiToken(ns, "probe-"+strings.ToLower(fmt.Sprint(time.Now().UnixNano())), "billing")
+		Expect(k8sClient.Create(ctx, probe)).To(Succeed())
+		defer func() { Expect(k8sClient.Delete(ctx, probe)).To(Succeed()) }()
+		_, recorded := probe.Annotations[keymintv1alpha1.RequesterAnnotation]
+		return recorded == (v == "")
+	}).Should(BeTrue())
+}
