@@ -6,10 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/requester"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
 
@@ -30,6 +32,11 @@ func obs(opts ...func(*observation)) observation {
 		f(&o)
 	}
 	return o
+}
+
+// denied: the requester may not have the decided token minted.
+func denied(reason string) func(*observation) {
+	return func(o *observation) { o.Auth = &authorization{Reason: reason, Message: "No token is minted: ci"} }
 }
 
 // noToken: the status names no token and the Secret holds nothing.
@@ -387,6 +394,26 @@ func TestDesiredStatus(t *testing.T) {
 			obs: obs(), d: decision{Action: actRotate}, failed: errors.New("Secret is immutable"),
 			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
 		},
+		"a rotation its requester may not have: the current token stays, Ready": {
+			obs: obs(denied(keymintv1alpha1.ApiTokenReasonNotAllowed)), d: decision{Action: actRotate},
+			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
+		},
+		"a lost Secret whose replacement its requester may not have: the old hash stops, Ready says why": {
+			obs: obs(denied(keymintv1alpha1.ApiTokenReasonNotAllowed), func(o *observation) { o.Delivered = false }), d: decision{Action: actIssue},
+			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonNotAllowed,
+		},
+		"a first issue without a requester record: not minted, Ready says why": {
+			obs: obs(noToken, func(o *observation) {
+				o.RequesterProblem = requester.Missing
+				a := noRecord(requester.Missing, "t")
+				o.Auth = &a
+			}), d: decision{Action: actIssue},
+			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonNoRequesterRecord,
+		},
+		"no requester record and no user: the missing record, not the missing user": {
+			obs:       obs(noToken, func(o *observation) { o.RequesterProblem = requester.Forged; o.User = tokenstate.User{} }),
+			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonNoRequesterRecord,
+		},
 		"a Secret conflict: not Ready": {
 			obs:       obs(noToken, func(o *observation) { o.Conflict = true }),
 			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonSecretConflict,
@@ -424,6 +451,59 @@ func TestDesiredStatus(t *testing.T) {
 				t.Errorf("serial %d, observedGeneration %d, secretName %q", res.Status.Serial, res.Status.ObservedGeneration, res.Status.SecretName)
 			}
 		})
+	}
+}
+
+// A revoked ApiToken may be written by anyone who may write ApiTokens (no
+// admission runs): its status must not tell whether its ServiceUser exists
+// or which scopes it lacks.
+func TestARevokedTokensStatusTellsNothingOfItsUser(t *testing.T) {
+	revoked := func(o *observation) {
+		noToken(o)
+		o.Spec.Revoked = true
+		o.Spec.Scopes = []string{"admin:write"}
+		o.RequesterProblem = requester.Missing
+	}
+	exists := obs(revoked, func(o *observation) { o.User.Permissions = []string{"invoices:read"} })
+	missing := obs(revoked, func(o *observation) { o.User = tokenstate.User{} })
+	disabled := obs(revoked, func(o *observation) { o.User.Disabled = true })
+	var want []metav1.Condition
+	for name, o := range map[string]observation{"exists": exists, "missing": missing, "disabled": disabled} {
+		st := desiredStatus(keymintv1alpha1.ApiTokenStatus{}, 1, "s", o, afterAction(o, decide(o), nil, nil)).Status
+		for i := range st.Conditions {
+			st.Conditions[i].LastTransitionTime = metav1.Time{}
+		}
+		if want == nil {
+			want = st.Conditions
+		}
+		if !equality.Semantic.DeepEqual(st.Conditions, want) {
+			t.Errorf("%s: conditions %+v differ from %+v", name, st.Conditions, want)
+		}
+		for _, c := range st.Conditions {
+			if strings.Contains(c.Message, "admin:write") || strings.Contains(c.Message, "exist") || strings.Contains(c.Message, "disabled") {
+				t.Errorf("%s: condition %s says %q", name, c.Type, c.Message)
+			}
+		}
+		if g := meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionRequestGranted); g == nil || g.Status != metav1.ConditionUnknown {
+			t.Errorf("%s: RequestGranted = %+v, want Unknown", name, g)
+		}
+	}
+}
+
+// A revocation decided on a stale cache knows an older serial than the
+// status it writes over: the serial still never goes back.
+func TestTheSerialNeverGoesBack(t *testing.T) {
+	o := obs(func(o *observation) { o.Spec.Revoked = true; o.Serial = 2 })
+	st := desiredStatus(keymintv1alpha1.ApiTokenStatus{Serial: 5, TokenHash: "sha256:newer"}, 1, "s", o, afterAction(o, decision{Action: actRevoke}, nil, nil)).Status
+	if st.Serial != 5 || st.TokenHash != "" {
+		t.Errorf("serial %d, hash %q; want 5 and none", st.Serial, st.TokenHash)
+	}
+	o = obs(noToken, func(o *observation) { o.Serial, o.OurRecord = 2, 4 })
+	if rec := newRecord(o, decision{Action: actIssue}, "sha256:x", "km_x"); rec.Serial != 5 {
+		t.Errorf("a token minted past a record of ours with serial 4 has serial %d, want 5", rec.Serial)
+	}
+	if d := decide(obs(noToken, func(o *observation) { o.SecretHolds, o.OurRecord = true, 4 })); d.Reason != eventIssued {
+		t.Errorf("a Secret holding keymint's own unadopted record: %+v, want an issue without a SecretChanged warning", d)
 	}
 }
 

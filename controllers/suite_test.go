@@ -116,7 +116,9 @@ var _ = BeforeSuite(func() {
 	keyring, err = recordkey.LoadOrCreate(ctx, k8sClient, k8sClient, recordKeySecret)
 	Expect(err).NotTo(HaveOccurred())
 	Expect(testenv.ServeRequesters(ctx, env, keyring)).To(Succeed())
-	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: fakeClock, Keyring: keyring, ExpiryWarning: controllers.DefaultExpiryWarning})).To(Succeed())
+	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: fakeClock, Keyring: keyring, ExpiryWarning: controllers.DefaultExpiryWarning,
+		AuthorizationRetry: 200 * time.Millisecond,
+	})).To(Succeed())
 	go func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())

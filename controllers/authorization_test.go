@@ -1,0 +1,79 @@
+package controllers_test
+
+import (
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
+)
+
+var _ = Describe("A requester who loses the right to mint", func() {
+	It("keeps the issued token; its next rotation waits, and happens once the right is back", func() {
+		ns := newNamespace()
+		createUser(ns, "billing")
+		role := &rbacv1.Role{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "carol-mints-billing"},
+			Rules: []rbacv1.PolicyRule{
+				{APIGroups: []string{"keymint.io"}, Resources: []string{"apitokens"}, Verbs: []string{"get", "create", "update", "patch"}},
+				{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"mint"}, ResourceNames: []string{"billing"}},
+			},
+		}
+		Expect(k8sClient.Create(ctx, role)).To(Succeed())
+		binding := func() *rbacv1.RoleBinding {
+			return &rbacv1.RoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "carol-mints-billing"},
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+				Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "carol"}},
+			}
+		}
+		Expect(k8sClient.Create(ctx, binding())).To(Succeed())
+		carolCfg := rest.CopyConfig(cfg)
+		carolCfg.Impersonate = rest.ImpersonationConfig{UserName: "carol", Groups: []string{"system:authenticated"}}
+		carol, err := client.New(carolCfg, client.Options{Scheme: testenv.Scheme})
+		Expect(err).NotTo(HaveOccurred())
+
+		tok := &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "t"}, Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "billing"}}
+		withRotation(time.Hour, 0)(tok)
+		Expect(carol.Create(ctx, tok)).To(Succeed())
+		plain, _ := issued(ns, "t")
+		expectCondition(ns, "t", keymintv1alpha1.ApiTokenConditionAuthorized, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonAuthorized)
+
+		Expect(k8sClient.Delete(ctx, binding())).To(Succeed())
+		fakeClock.Step(61 * time.Minute)
+		poke(ns, "t")
+		t := expectCondition(ns, "t", keymintv1alpha1.ApiTokenConditionAuthorized, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotAllowed)
+		Expect(meta.FindStatusCondition(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized).Message).To(And(
+			ContainSubstring(`user "carol", who asked for this token`),
+			ContainSubstring(`verbs: ["mint"], resourceNames: ["billing"]`),
+		))
+		// The token minted while carol could still works: losing a right
+		// stops new tokens, revoking stops a token.
+		Consistently(func(g Gomega) {
+			now, tok := issued(ns, "t")
+			g.Expect(now).To(Equal(plain))
+			g.Expect(meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)).To(BeTrue())
+		}, time.Second).Should(Succeed())
+
+		// Granted again: rotated by itself, on the next retry.
+		Expect(k8sClient.Create(ctx, binding())).To(Succeed())
+		rotatedFrom(ns, "t", plain)
+		expectCondition(ns, "t", keymintv1alpha1.ApiTokenConditionAuthorized, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonAuthorized)
+		reasons := eventsFor(ns, "t")
+		Expect(reasons).To(ContainElement("MintDenied"))
+		n := 0
+		for _, r := range reasons {
+			if r == "MintDenied" {
+				n++
+			}
+		}
+		Expect(n).To(Equal(1), "one Event per denial, not one per retry: %v", reasons)
+	})
+})
