@@ -31,8 +31,8 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
-	"github.com/keymint/keymint/internal/freshness"
 	"github.com/keymint/keymint/internal/authz"
+	"github.com/keymint/keymint/internal/freshness"
 	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/internal/servingcert"

@@ -137,7 +137,9 @@ var _ = Describe("Authorization at the moment of minting", func() {
 			})
 		}).Should(Succeed())
 		Expect(k8sClient.Delete(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "lead-" + ns}})).To(Succeed())
-		Expect(update(editor, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Annotations = map[string]string{keymintv1alpha1.RotateAnnotation: "after-lead-left"} })).To(Succeed())
+		Expect(update(editor, ns, "t", func(t *keymintv1alpha1.ApiToken) {
+			t.Annotations = map[string]string{keymintv1alpha1.RotateAnnotation: "after-lead-left"}
+		})).To(Succeed())
 		Eventually(func() int { return countReason(eventsOf(ns, "t"), "RestartNotAuthorized") }).Should(BeNumerically(">=", 1))
 		Expect(restartedAt(ns, "victim")).To(BeEmpty())
 		var msgs []string
