@@ -31,6 +31,9 @@ const (
 	WrongAudience     Failure = "invalid_audience"
 	InsufficientScope Failure = "insufficient_scope"
 	RateLimited       Failure = "rate_limited"
+	// InvalidQuery is a /check query that cannot be read exactly (answered
+	// 400, before the token is read).
+	InvalidQuery Failure = "invalid_query"
 )
 
 // Messages are what a human reads next to each failure. An unknown token and
@@ -44,6 +47,7 @@ var messages = map[Failure]string{
 	WrongAudience:     "The bearer token is not valid for this audience.",
 	InsufficientScope: "The bearer token lacks a required scope.",
 	RateLimited:       "Too many requests with this token. Retry after the time given.",
+	InvalidQuery:      "The query cannot be read exactly.",
 }
 
 // Message returns the human text for a failure.

@@ -159,50 +159,94 @@ const RateLimitStatusParam = "rate_limit_status"
 const HeaderError = "X-Keymint-Error"
 
 // checkQuery is what the raw query of a /check request asks, read in one
-// pass as url.ParseQuery reads it: a pair with a semicolon, or a key or
-// value that does not unescape, is skipped. Only the keys /check reads are
-// kept, so a check builds no map.
+// pass. It is read exactly or not at all: a pair with a semicolon, a key or
+// value that does not unescape, a key other than scope, audience and
+// RateLimitStatusParam (case-sensitive), a key without "=", an empty item in
+// a value, or a second RateLimitStatusParam stops the reading with a fault,
+// which the check refuses (400), rather than dropping a requirement it could
+// not read. Only the keys /check reads are kept, so a check builds no map.
 type checkQuery struct {
 	// scopes and audiences are the items of every scope and audience
 	// value; each value may be a comma-separated list.
 	scopes, audiences []string
-	// hasScope and hasAudience say whether such a pair is there at all,
-	// even with nothing in it.
+	// hasScope and hasAudience say whether such a pair is there at all.
 	hasScope, hasAudience bool
-	// rateLimitStatus is the first RateLimitStatusParam value.
+	// rateLimitStatus is the RateLimitStatusParam value.
 	rateLimitStatus    string
 	hasRateLimitStatus bool
+	// fault is why the query cannot be read, and faultKey the key of the
+	// pair at fault: unescaped, or raw when it does not unescape.
+	fault    queryFault
+	faultKey string
 }
+
+// queryFault says why a query cannot be read exactly.
+type queryFault uint8
+
+const (
+	queryRead queryFault = iota
+	querySemicolon
+	queryKeyEscape
+	queryValueEscape
+	queryUnknownKey
+	queryNoValue
+	queryEmptyItem
+	queryRepeated
+)
 
 // parse returns q with raw read into it, appended to the slices q has:
 // with buffers on the caller's stack it allocates nothing, unless a value
-// needs unescaping (q goes by value so that they can stay there).
+// needs unescaping (q goes by value so that they can stay there). It stops
+// at the first fault. Empty pairs ("a&&b", a trailing "&") hold nothing and
+// are skipped, as url.ParseQuery skips them.
 func (q checkQuery) parse(raw string) checkQuery {
 	for raw != "" {
 		var pair string
 		pair, raw, _ = strings.Cut(raw, "&")
-		if strings.IndexByte(pair, ';') >= 0 {
-			continue // url.ParseQuery refuses semicolon separators
-		}
-		k, v, _ := strings.Cut(pair, "=")
-		k, ok := queryUnescape(k)
-		if !ok || k != "scope" && k != "audience" && k != RateLimitStatusParam {
+		if pair == "" {
 			continue
+		}
+		rawKey, v, hasValue := strings.Cut(pair, "=")
+		k, ok := queryUnescape(rawKey)
+		switch {
+		case !ok:
+			return q.fail(queryKeyEscape, rawKey)
+		case strings.IndexByte(pair, ';') >= 0:
+			return q.fail(querySemicolon, k) // url.ParseQuery refuses semicolon separators
+		case k != "scope" && k != "audience" && k != RateLimitStatusParam:
+			return q.fail(queryUnknownKey, k)
+		case !hasValue:
+			return q.fail(queryNoValue, k)
 		}
 		if v, ok = queryUnescape(v); !ok {
-			continue
+			return q.fail(queryValueEscape, k)
 		}
 		switch k {
 		case "scope":
-			q.scopes, q.hasScope = appendList(q.scopes, v), true
-		case "audience":
-			q.audiences, q.hasAudience = appendList(q.audiences, v), true
-		default:
-			if !q.hasRateLimitStatus {
-				q.rateLimitStatus, q.hasRateLimitStatus = v, true
+			q.hasScope = true
+			if q.scopes, ok = appendItems(q.scopes, v); !ok {
+				return q.fail(queryEmptyItem, k)
 			}
+		case "audience":
+			q.hasAudience = true
+			if q.audiences, ok = appendItems(q.audiences, v); !ok {
+				return q.fail(queryEmptyItem, k)
+			}
+		default:
+			if q.hasRateLimitStatus {
+				return q.fail(queryRepeated, k)
+			}
+			if v == "" {
+				return q.fail(queryEmptyItem, k)
+			}
+			q.rateLimitStatus, q.hasRateLimitStatus = v, true
 		}
 	}
+	return q
+}
+
+func (q checkQuery) fail(f queryFault, key string) checkQuery {
+	q.fault, q.faultKey = f, key
 	return q
 }
 
@@ -218,19 +262,100 @@ func queryUnescape(s string) (string, bool) {
 	return s, true
 }
 
-// formError says what is wrong with a /check request's form, or "".
-// "/check/" alone is where a misplaced auth URL ("/check/?scope=...") lands:
-// its query would be ignored there, so it is refused rather than letting
-// every token through without the scope.
-func (q *checkQuery) formError(path string, fromQuery bool) string {
-	if !fromQuery && path == CheckPath+"/" && (q.hasScope || q.hasAudience) {
-		return "Requirements in the query are read on " + CheckPath + " only; under " + CheckPath + "/<path> they come from the " +
+// faultMessage says what is wrong with a query whose reading stopped at a
+// fault, naming the parameter at fault.
+func (q *checkQuery) faultMessage() string {
+	key := quoteQueryText(q.faultKey)
+	var what string
+	switch q.fault {
+	case querySemicolon:
+		what = "Query parameter " + key + ` holds a ";": separate pairs with "&", and write a ";" in a value as %3B.`
+	case queryKeyEscape:
+		what = "Query parameter name " + key + ` has a "%" not followed by two hex digits (write a "%" as %25).`
+	case queryValueEscape:
+		what = "The value of query parameter " + key + ` has a "%" not followed by two hex digits (write a "%" as %25).`
+	case queryUnknownKey:
+		what = "Query parameter " + key + " is unknown: " + CheckPath + " reads scope, audience and " + RateLimitStatusParam + ", names case-sensitive."
+	case queryNoValue:
+		what = "Query parameter " + key + ` has no "=" and no value.`
+	case queryEmptyItem:
+		what = "Query parameter " + key + " has an empty value, or an empty item in its comma-separated list."
+	default:
+		what = "Query parameter " + key + " is given more than once."
+	}
+	return what + " A query that cannot be read exactly is refused, not read in part."
+}
+
+// maxEchoed bounds how much of a query an error message repeats, and
+// maxEchoedRun the letters and digits in a row it repeats whole.
+const (
+	maxEchoed    = 64
+	maxEchoedRun = 16
+)
+
+// quoteQueryText quotes s, from a request's query, for an error message: at
+// most maxEchoed bytes of it; bytes outside printable ASCII, and the
+// characters that mean something in JSON or HTML, written \xNN; and a run of
+// more than maxEchoedRun letters, digits and "%" (a token, or its escapes,
+// put into the query by mistake) cut to its first 4, so that no token is sent
+// back.
+func quoteQueryText(s string) string {
+	b := make([]byte, 0, 2*maxEchoed)
+	b = append(b, '"')
+	i := 0
+	for i < len(s) && i < maxEchoed {
+		j := i
+		for j < len(s) && isRunByte(s[j]) {
+			j++
+		}
+		switch {
+		case j-i > maxEchoedRun:
+			b = append(b, s[i:i+4]...)
+			b = append(b, "..."...)
+			i = j
+			continue
+		case j > i:
+			j = min(j, maxEchoed)
+			b = append(b, s[i:j]...)
+			i = j
+			continue
+		}
+		if c := s[i]; c < 0x20 || c >= 0x7f || strings.IndexByte("\"\\<>&'`", c) >= 0 {
+			b = fmt.Appendf(b, `\x%02x`, c)
+		} else {
+			b = append(b, c)
+		}
+		i++
+	}
+	if i < len(s) && !strings.HasSuffix(string(b), "...") {
+		b = append(b, "..."...)
+	}
+	return string(append(b, '"'))
+}
+
+// isRunByte is a letter, digit or "%": what a token, or its escapes, is
+// made of.
+func isRunByte(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '%'
+}
+
+// formError says what is wrong with a /check or /check/ request's query:
+// the error code and message, or "". "/check/" alone is where a misplaced
+// auth URL ("/check/?scope=...") lands: its query would be ignored there,
+// so it is refused rather than letting every token through without the
+// scope.
+func (q *checkQuery) formError(path string) (Failure, string) {
+	if q.fault != queryRead {
+		return InvalidQuery, q.faultMessage()
+	}
+	if path != CheckPath && (q.hasScope || q.hasAudience || q.hasRateLimitStatus) {
+		return "bad_request", "The query (scope, audience, " + RateLimitStatusParam + ") is read on " + CheckPath + " only; under " + CheckPath + "/<path> they come from the " +
 			HeaderScope + " and " + HeaderAudience + " headers. Use " + CheckPath + "?scope=... as the auth URL."
 	}
-	if v := q.rateLimitStatus; fromQuery && v != "" && v != "403" && v != "429" {
-		return RateLimitStatusParam + " must be 403 or 429."
+	if v := q.rateLimitStatus; q.hasRateLimitStatus && v != "403" && v != "429" {
+		return "bad_request", RateLimitStatusParam + " must be 403 or 429."
 	}
-	return ""
+	return "", ""
 }
 
 // appendHeaderRequirements appends each value of a repeatable requirement
@@ -246,6 +371,24 @@ func appendHeaderRequirements(dst []string, r *http.Request, header string) []st
 // they are read before the token is, so a request without a good token must
 // not make the server build a long list.
 const maxRequirements = 64
+
+// appendItems appends the trimmed items of a comma-separated list from a
+// query, stopping one past maxRequirements (which the caller refuses). It
+// returns false at an empty item: an empty value, or "a,,b".
+func appendItems(dst []string, v string) ([]string, bool) {
+	for len(dst) <= maxRequirements {
+		item, rest, more := strings.Cut(v, ",")
+		if item = strings.TrimSpace(item); item == "" {
+			return dst, false
+		}
+		dst = append(dst, item)
+		if !more {
+			break
+		}
+		v = rest
+	}
+	return dst, true
+}
 
 // appendList appends the non-empty, trimmed items of a comma-separated list,
 // stopping one past maxRequirements (which the caller refuses).
@@ -275,13 +418,23 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time, i
 	// writes and a client cannot: on /check, the query of the auth URL
 	// (nginx and Traefik pass the client's headers through); under
 	// /check/<path>, headers (Envoy appends the client's own path and query).
+	// The query is read, exactly or refused, on /check and on /check/ (a
+	// misplaced auth URL); under /check/<path> it is the client's and is
+	// not read at all.
 	fromQuery := r.URL.Path == CheckPath
 	var scopes [8]string
 	var audiences [4]string
-	q := checkQuery{scopes: scopes[:0], audiences: audiences[:0]}.parse(r.URL.RawQuery)
-	if msg := q.formError(r.URL.Path, fromQuery); msg != "" {
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: msg})
-		return "bad_request"
+	q := checkQuery{scopes: scopes[:0], audiences: audiences[:0]}
+	if fromQuery || r.URL.Path == CheckPath+"/" {
+		q = q.parse(r.URL.RawQuery)
+		if code, msg := q.formError(r.URL.Path); code != "" {
+			if code == InvalidQuery {
+				writeError(w, http.StatusBadRequest, code, msg)
+			} else {
+				writeJSON(w, http.StatusBadRequest, errorBody{Error: code, Message: msg})
+			}
+			return code
+		}
 	}
 	if !fromQuery {
 		q.scopes = appendHeaderRequirements(q.scopes[:0], r, HeaderScope)
