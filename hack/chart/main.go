@@ -80,8 +80,9 @@ func run(kustomize, config, chart string) error {
 		kind, name := str(obj, "kind"), str(obj, "metadata", "name")
 		t, ok := place(kind, name)
 		if !ok {
-			// The Deployment, Service, PDB and Namespace are templated by
-			// hand; test/helm fails if they and config/ part ways.
+			// The Deployment, Service, PDB, NetworkPolicies and Namespace
+			// are templated by hand; test/helm fails if they and config/
+			// part ways.
 			continue
 		}
 		text, err := render(obj, t)

@@ -27,11 +27,11 @@ import (
 	"syscall"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -40,6 +40,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/internal/testenv"
 )
@@ -145,7 +146,11 @@ func runAgainstCluster(ctx context.Context, o options, dir, envFile string, cfg 
 		return err
 	}
 	say("This cluster's kube-apiserver does not ask keymint about tokens unless you configure it (docs/checks.md); /check works as is")
-	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, kubeconfig, nil)
+	awaitKey, err := recordKeyWaiter(cfg, "")
+	if err != nil {
+		return err
+	}
+	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, kubeconfig, nil, awaitKey)
 }
 
 func runLocal(ctx context.Context, o options, dir, envFile string) error {
@@ -239,7 +244,85 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 		return nil
 	}
 
-	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, managerKubeconfig, cfg)
+	awaitKey, err := recordKeyWaiter(cfg, kubeconfig)
+	if err != nil {
+		return err
+	}
+	return serveKeymint(ctx, o, root, dir, envFile, kubeconfig, managerKubeconfig, cfg, awaitKey)
+}
+
+// recordKey is the Secret keymint keeps its record key in under make run:
+// --record-key-secret's default outside a pod.
+var recordKey = types.NamespacedName{Namespace: keymintNamespace, Name: "keymint-record-key"}
+
+// recordKeyWaiter returns awaitUsableRecordKey for the cluster at cfg;
+// kubeconfig, if set, is what the user's kubectl needs to reach it.
+func recordKeyWaiter(cfg *rest.Config, kubeconfig string) (func(context.Context) error, error) {
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) error {
+		return awaitUsableRecordKey(ctx, c, kubeconfig, os.Stderr, 2*time.Second)
+	}, nil
+}
+
+// awaitUsableRecordKey returns once keymint can start with the record key
+// Secret: it is usable, or gone (keymint then creates a new one). keymint
+// refuses a Secret it cannot use and never replaces it, since token records
+// signed with its keys would stop verifying; started anyway, it would exit
+// and stop make run, and the control plane with it. So while the Secret is
+// unusable, make run says what is wrong and how to fix it from a second
+// terminal, and checks again every so often with the control plane up. It
+// returns an error only if the Secret cannot be read or ctx ends first.
+func awaitUsableRecordKey(ctx context.Context, c client.Reader, kubeconfig string, out io.Writer, every time.Duration) error {
+	told := ""
+	for {
+		err := recordkey.Check(ctx, c, recordKey)
+		var unusable *recordkey.UnusableError
+		switch {
+		case err == nil:
+			if told != "" {
+				say("Record key Secret %s is usable now (or gone: keymint creates a new one); starting keymint", recordKey)
+			}
+			return nil
+		case !errors.As(err, &unusable):
+			return err
+		case unusable.Err.Error() != told:
+			// Once per problem, not at every check.
+			told = unusable.Err.Error()
+			fmt.Fprint(out, recordKeyHelp(unusable, kubeconfig))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stopped while record key Secret %s was unusable: %v", recordKey, unusable.Err)
+		case <-time.After(every):
+		}
+	}
+}
+
+// recordKeyHelp says why keymint cannot start with the record key Secret,
+// and the commands that fix it.
+func recordKeyHelp(e *recordkey.UnusableError, kubeconfig string) string {
+	ns, name := e.Secret.Namespace, e.Secret.Name
+	export := ""
+	if kubeconfig != "" {
+		export = "\n  export KUBECONFIG=" + kubeconfig + "\n"
+	}
+	return fmt.Sprintf(`
+==> keymint cannot start: record key Secret %[1]s is unusable: %[2]v.
+keymint never replaces a record key by itself: token records signed with its keys would stop
+verifying. Fix it from a second terminal; make run waits and starts keymint once the Secret is
+usable or gone (Ctrl-C stops make run):
+%[3]s
+  # Repair it: %[4]q names the signing key; every other entry is a key of at least %[5]d bytes
+  # (values are base64; a new key: head -c 32 /dev/urandom | base64). docs/security.md#the-record-key
+  kubectl -n %[6]s edit secret %[7]s
+
+  # Or delete it: keymint creates a new key. Records signed with the old keys no longer verify,
+  # so a token keymint would have recovered from its record after a crash is minted anew.
+  kubectl -n %[6]s delete secret %[7]s
+`, e.Secret, e.Err, export, recordkey.ActiveKey, recordkey.MinKeyLen, ns, name)
 }
 
 // configureLocal keeps etcd's data in dir/etcd, so objects outlive a run,
@@ -262,47 +345,14 @@ func configureLocal(env *envtest.Environment, dir, webhookConfig, tokenFile stri
 	return nil
 }
 
-// installWebhooks creates (or updates) config/webhook/validating.yaml's
-// configuration, pointed at keymint on 127.0.0.1:port and trusting caFile.
-func installWebhooks(ctx context.Context, cfg *rest.Config, root string, port int, caFile string) error {
-	raw, err := os.ReadFile(filepath.Join(root, "config", "webhook", "validating.yaml"))
-	if err != nil {
-		return err
-	}
+// installWebhooks creates (or updates) config/webhook's admission webhook
+// configurations, pointed at keymint on 127.0.0.1:port and trusting caFile.
+func installWebhooks(ctx context.Context, cfg *rest.Config, port int, caFile string) error {
 	ca, err := os.ReadFile(caFile)
 	if err != nil {
 		return err
 	}
-	want := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-	if err := yaml.Unmarshal(raw, want); err != nil {
-		return fmt.Errorf("reading config/webhook/validating.yaml: %w", err)
-	}
-	want.Name = "keymint-local"
-	for i := range want.Webhooks {
-		w := &want.Webhooks[i]
-		url := fmt.Sprintf("https://127.0.0.1:%d%s", port, *w.ClientConfig.Service.Path)
-		w.ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: ca}
-	}
-	c, err := client.New(cfg, client.Options{})
-	if err != nil {
-		return err
-	}
-	got := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-	switch err := c.Get(ctx, client.ObjectKeyFromObject(want), got); {
-	case apierrors.IsNotFound(err):
-		err = c.Create(ctx, want)
-		if err != nil {
-			return fmt.Errorf("installing the admission webhooks: %w", err)
-		}
-		return nil
-	case err != nil:
-		return err
-	}
-	got.Webhooks = want.Webhooks
-	if err := c.Update(ctx, got); err != nil {
-		return fmt.Errorf("updating the admission webhooks: %w", err)
-	}
-	return nil
+	return testenv.InstallWebhooks(ctx, cfg, "keymint-local", port, ca, true)
 }
 
 // managerUser is who keymint runs as on the local control plane.
@@ -384,7 +434,11 @@ func bindManagerRole(ctx context.Context, cfg *rest.Config, root string) error {
 // kube-apiserver cannot reach this machine, so there they stay off. With
 // more than one replica, one that exits is started again, as a Deployment
 // would.
-func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig, managerKubeconfig string, admin *rest.Config) error {
+//
+// awaitKey, if set, returns once keymint can start with its record key
+// Secret (awaitUsableRecordKey); it is asked before keymint starts, and
+// again before a replica that exited starts again.
+func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig, managerKubeconfig string, admin *rest.Config, awaitKey func(context.Context) error) error {
 	certs := certFiles(dir)
 	o.replicas = max(o.replicas, 1)
 	var extra []string
@@ -434,6 +488,11 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 		}
 	}()
 
+	if awaitKey != nil {
+		if err := awaitKey(ctx); err != nil {
+			return err
+		}
+	}
 	say("Starting %s; their logs follow", plural(o.replicas, "keymint replica", "keymint replicas"))
 	exits := make(chan *replica, len(replicas))
 	for _, r := range replicas {
@@ -447,12 +506,12 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 		}
 	}
 	if admin != nil {
-		if err := installWebhooks(ctx, admin, root, replicas[0].ports.webhook, certs.CAFile); err != nil {
+		if err := installWebhooks(ctx, admin, replicas[0].ports.webhook, certs.CAFile); err != nil {
 			return err
 		}
 		say("kube-apiserver asks keymint's admission webhooks who may mint tokens and claim groups")
 	} else {
-		say("Admission webhooks are off: this cluster's kube-apiserver cannot reach keymint here (see docs/security.md)")
+		say("Admission webhooks are off: this cluster's kube-apiserver cannot reach keymint here, so no ApiToken gets the requester record keymint mints for: tokens stay Authorized=False (NoRequesterRecord). Install keymint in the cluster (docs/helm.md), or run make run RUN_ARGS=-local (see docs/security.md)")
 	}
 	writeEnv := func() error {
 		var ps []ports
@@ -488,6 +547,11 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 			case <-ctx.Done():
 				return nil
 			case <-time.After(time.Second):
+			}
+			if awaitKey != nil {
+				if err := awaitKey(ctx); err != nil {
+					return err
+				}
 			}
 			if err := r.start(exits); err != nil {
 				return err

@@ -1,13 +1,24 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/keymint/keymint/internal/testenv"
 )
@@ -71,7 +82,7 @@ func TestServeKeymintReturnsWhenKeymintExitsEarly(t *testing.T) {
 	dir := t.TempDir()
 	done := make(chan error, 1)
 	go func() {
-		done <- serveKeymint(t.Context(), options{keymintBin: bin}, dir, dir, filepath.Join(dir, "keymint.env"), "", "", nil)
+		done <- serveKeymint(t.Context(), options{keymintBin: bin}, dir, dir, filepath.Join(dir, "keymint.env"), "", "", nil, nil)
 	}()
 	select {
 	case err := <-done:
@@ -137,4 +148,130 @@ func TestEnvOfReplicas(t *testing.T) {
 	if single := envVars("/x/kubeconfig", certs, []ports{one}, []int{11}, ""); strings.Contains(single, "KEYMINT_CHECK_URLS") {
 		t.Errorf("with one replica and no Redis, keymint.env is as before:\n%s", single)
 	}
+}
+
+// TestAwaitUsableRecordKey: with a record key Secret keymint would refuse,
+// make run does not start keymint (which would exit and stop make run and
+// its control plane); it says once what is wrong, names the Secret and the
+// kubectl commands that repair or delete it, never changes the Secret
+// itself, and goes on once it is fixed.
+func TestAwaitUsableRecordKey(t *testing.T) {
+	scheme := runtime.NewScheme()
+	_ = corev1.AddToScheme(scheme)
+	bad := func() *corev1.Secret {
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: recordKey.Namespace, Name: recordKey.Name},
+			Data: map[string][]byte{"active": []byte("k1"), "k1": []byte("too short")}}
+	}
+
+	t.Run("unusable, then deleted by hand", func(t *testing.T) {
+		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(bad()).Build()
+		out := &syncBuffer{}
+		done := make(chan error, 1)
+		go func() { done <- awaitUsableRecordKey(t.Context(), c, "/x/.dev/kubeconfig", out, 10*time.Millisecond) }()
+
+		deadline := time.After(10 * time.Second)
+		for !strings.Contains(out.String(), "kubectl -n keymint-system delete secret") {
+			select {
+			case err := <-done:
+				t.Fatalf("awaitUsableRecordKey returned %v with an unusable key Secret; keymint would exit at start", err)
+			case <-deadline:
+				t.Fatalf("no help after 10s:\n%s", out.String())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // several more checks
+		help := out.String()
+		for _, want := range []string{
+			"keymint cannot start: record key Secret keymint-system/keymint-record-key is unusable: key \"k1\" has 9 bytes; at least 32 are needed",
+			"never replaces",
+			"export KUBECONFIG=/x/.dev/kubeconfig",
+			"kubectl -n keymint-system edit secret keymint-record-key",
+			"kubectl -n keymint-system delete secret keymint-record-key",
+		} {
+			if !strings.Contains(help, want) {
+				t.Errorf("the help lacks %q:\n%s", want, help)
+			}
+		}
+		if n := strings.Count(help, "keymint cannot start"); n != 1 {
+			t.Errorf("the help is printed %d times, want once:\n%s", n, help)
+		}
+		got := &corev1.Secret{}
+		if err := c.Get(t.Context(), recordKey, got); err != nil || string(got.Data["k1"]) != "too short" {
+			t.Fatalf("make run changed the key Secret (%v): %v", err, got.Data)
+		}
+
+		if err := c.Delete(t.Context(), got); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("awaitUsableRecordKey = %v after the Secret was deleted, want nil (keymint creates a new one)", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("still waiting 10s after the Secret was deleted")
+		}
+	})
+
+	t.Run("usable or absent: no wait, no word", func(t *testing.T) {
+		usable := bad()
+		usable.Data["k1"] = []byte(strings.Repeat("k", 32))
+		for name, c := range map[string]client.Reader{
+			"absent": fake.NewClientBuilder().WithScheme(scheme).Build(),
+			"usable": fake.NewClientBuilder().WithScheme(scheme).WithObjects(usable).Build(),
+		} {
+			out := &syncBuffer{}
+			if err := awaitUsableRecordKey(t.Context(), c, "", out, time.Hour); err != nil || out.String() != "" {
+				t.Errorf("%s: awaitUsableRecordKey = %v, printed %q", name, err, out.String())
+			}
+		}
+	})
+
+	t.Run("Ctrl-C while unusable", func(t *testing.T) {
+		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(bad()).Build()
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		err := awaitUsableRecordKey(ctx, c, "", io.Discard, time.Hour)
+		if err == nil || !strings.Contains(err.Error(), "keymint-system/keymint-record-key") {
+			t.Errorf("awaitUsableRecordKey = %v, want an error naming the Secret", err)
+		}
+	})
+}
+
+// TestServeKeymintWaitsForTheRecordKey: keymint is not started while the
+// record key cannot be used.
+func TestServeKeymintWaitsForTheRecordKey(t *testing.T) {
+	dir := t.TempDir()
+	started := filepath.Join(dir, "started")
+	bin := filepath.Join(dir, "keymint")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\ntouch "+started+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	refused := errors.New("record key unusable")
+	err := serveKeymint(t.Context(), options{keymintBin: bin}, dir, dir, filepath.Join(dir, "keymint.env"), "", "", nil,
+		func(context.Context) error { return refused })
+	if !errors.Is(err, refused) {
+		t.Errorf("serveKeymint = %v, want the record key's error", err)
+	}
+	if _, err := os.Stat(started); err == nil {
+		t.Error("keymint was started with a record key it cannot use")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

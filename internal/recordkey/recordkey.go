@@ -100,6 +100,9 @@ func mac(key []byte, fields []string) []byte {
 
 // FromSecret reads a keyring from a key Secret.
 func FromSecret(sec *corev1.Secret) (*Keyring, error) {
+	if _, ok := sec.Data[ActiveKey]; !ok {
+		return nil, fmt.Errorf("no %q entry names the signing key", ActiveKey)
+	}
 	active := string(sec.Data[ActiveKey])
 	keys := map[string][]byte{}
 	for id, v := range sec.Data {
@@ -110,9 +113,48 @@ func FromSecret(sec *corev1.Secret) (*Keyring, error) {
 	return New(active, keys)
 }
 
+// UnusableError is a key Secret keymint cannot sign with: no "active" entry,
+// an active ID that names no key, a key shorter than MinKeyLen, a bad ID.
+// keymint never replaces such a Secret by itself: records signed with the
+// keys it holds would stop verifying. Its text says how to fix it.
+type UnusableError struct {
+	Secret types.NamespacedName
+	// Err says what is wrong with it.
+	Err error
+}
+
+func (e *UnusableError) Error() string {
+	ns, name := e.Secret.Namespace, e.Secret.Name
+	return fmt.Sprintf("record key Secret %s cannot be used: %v. keymint does not replace it, since token records signed with its keys would stop verifying: "+
+		"repair it (kubectl -n %s edit secret %s: %q names the signing key, every other entry is a key of at least %d bytes), "+
+		"or delete it (kubectl -n %s delete secret %s) and keymint creates a new key at its next start (docs/security.md#the-record-key)",
+		e.Secret, e.Err, ns, name, ActiveKey, MinKeyLen, ns, name)
+}
+
+func (e *UnusableError) Unwrap() error { return e.Err }
+
+// Check reports whether keymint can start with the key Secret at key: nil
+// when it is usable or absent (keymint creates it), an *UnusableError when
+// keymint would refuse it, any other error when it cannot be read.
+func Check(ctx context.Context, reader client.Reader, key types.NamespacedName) error {
+	sec := &corev1.Secret{}
+	err := reader.Get(ctx, key, sec)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading record key Secret %s: %w", key, err)
+	}
+	if _, err := FromSecret(sec); err != nil {
+		return &UnusableError{Secret: key, Err: err}
+	}
+	return nil
+}
+
 // LoadOrCreate reads the keyring from the Secret at key, creating the Secret
 // with a random key if it does not exist. Replicas starting together agree:
-// the one whose create loses reads the winner's.
+// the one whose create loses reads the winner's. A Secret it cannot use is an
+// *UnusableError, and stays as it is.
 func LoadOrCreate(ctx context.Context, reader client.Reader, writer client.Writer, key types.NamespacedName) (*Keyring, error) {
 	for range 2 {
 		sec := &corev1.Secret{}
@@ -120,7 +162,7 @@ func LoadOrCreate(ctx context.Context, reader client.Reader, writer client.Write
 		if err == nil {
 			ring, err := FromSecret(sec)
 			if err != nil {
-				return nil, fmt.Errorf("record key Secret %s: %w", key, err)
+				return nil, &UnusableError{Secret: key, Err: err}
 			}
 			return ring, nil
 		}

@@ -3,10 +3,13 @@ package recordkey
 import (
 	"bytes"
 	"context"
+	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -112,12 +115,61 @@ func TestLoadOrCreate(t *testing.T) {
 			t.Error("the loser kept its own key")
 		}
 	})
-	t.Run("a key Secret it cannot use is an error that says why", func(t *testing.T) {
-		bad := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name},
-			Data: map[string][]byte{ActiveKey: []byte("k1"), "k1": []byte("short")}}
-		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(bad).Build()
-		if _, err := LoadOrCreate(context.Background(), c, c, key); err == nil || !strings.Contains(err.Error(), "at least 32") {
-			t.Errorf("LoadOrCreate = %v, want the short key named", err)
+	t.Run("a key Secret it cannot use is an error that says why and how to fix it, and stays", func(t *testing.T) {
+		for name, tc := range map[string]struct {
+			data map[string][]byte
+			why  string
+		}{
+			"a short key":       {data: map[string][]byte{ActiveKey: []byte("k1"), "k1": []byte("short")}, why: `key "k1" has 5 bytes; at least 32 are needed`},
+			"no active entry":   {data: map[string][]byte{"k1": key32}, why: `no "active" entry names the signing key`},
+			"an unknown active": {data: map[string][]byte{ActiveKey: []byte("k2"), "k1": key32}, why: `the active key "k2" is not among the keys`},
+		} {
+			t.Run(name, func(t *testing.T) {
+				bad := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}, Data: tc.data}
+				c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(bad.DeepCopy()).Build()
+				_, err := LoadOrCreate(context.Background(), c, c, key)
+				var unusable *UnusableError
+				if !errors.As(err, &unusable) || unusable.Secret != key {
+					t.Fatalf("LoadOrCreate = %v, want an UnusableError for %s", err, key)
+				}
+				for _, want := range []string{
+					"record key Secret keymint-system/keymint-record-key cannot be used: " + tc.why,
+					"keymint does not replace it",
+					"kubectl -n keymint-system edit secret keymint-record-key",
+					"kubectl -n keymint-system delete secret keymint-record-key",
+				} {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("the error lacks %q:\n%v", want, err)
+					}
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("the error is several lines; keymint logs it as one:\n%v", err)
+				}
+				if check := Check(context.Background(), c, key); !errors.As(check, &unusable) {
+					t.Errorf("Check = %v, want an UnusableError", check)
+				}
+				// Never replaced: records signed with its keys would no
+				// longer verify.
+				got := &corev1.Secret{}
+				if err := c.Get(context.Background(), key, got); err != nil || !reflect.DeepEqual(got.Data, tc.data) {
+					t.Errorf("the key Secret changed: %v, %v", got.Data, err)
+				}
+			})
+		}
+	})
+	t.Run("Check accepts a usable or absent Secret and writes nothing", func(t *testing.T) {
+		c := fake.NewClientBuilder().WithScheme(scheme).Build()
+		if err := Check(context.Background(), c, key); err != nil {
+			t.Errorf("Check of an absent Secret = %v, want nil: keymint creates it", err)
+		}
+		if err := c.Get(context.Background(), key, &corev1.Secret{}); !apierrors.IsNotFound(err) {
+			t.Errorf("Check created the Secret: %v", err)
+		}
+		if _, err := LoadOrCreate(context.Background(), c, c, key); err != nil {
+			t.Fatal(err)
+		}
+		if err := Check(context.Background(), c, key); err != nil {
+			t.Errorf("Check of the Secret keymint created = %v", err)
 		}
 	})
 }

@@ -64,8 +64,12 @@ func TestServerDryRun(t *testing.T) {
 				"customresourcedefinition.apiextensions.k8s.io/serviceusers.keymint.io",
 				"deployment.apps/keymint-manager",
 				"validatingwebhookconfiguration.admissionregistration.k8s.io/keymint-validating-webhook-configuration",
+				"mutatingwebhookconfiguration.admissionregistration.k8s.io/keymint-mutating-webhook-configuration",
 				"clusterrole.rbac.authorization.k8s.io/keymint-manager-role",
 				"poddisruptionbudget.policy/keymint-manager",
+				"networkpolicy.networking.k8s.io/keymint-allow-webhook-traffic",
+				"networkpolicy.networking.k8s.io/keymint-allow-check-traffic",
+				"networkpolicy.networking.k8s.io/keymint-allow-metrics-traffic",
 			},
 		},
 		"cert-manager and ServiceMonitor, another namespace": {
@@ -78,10 +82,11 @@ func TestServerDryRun(t *testing.T) {
 				"deployment.apps/keymint-manager",
 			},
 		},
-		"one replica, plain metrics, scheduling values": {
+		"one replica, plain metrics, scheduling values, narrowed NetworkPolicies": {
 			namespace: "keymint",
 			args:      []string{"--values", filepath.Join("testdata", "values", "small.yaml")},
-			want:      []string{"deployment.apps/keymint-manager", "service/keymint-webhook"},
+			want: []string{"deployment.apps/keymint-manager", "service/keymint-webhook",
+				"networkpolicy.networking.k8s.io/keymint-allow-webhook-traffic", "networkpolicy.networking.k8s.io/keymint-allow-metrics-traffic"},
 		},
 		// The schema leaves quantities to kube-apiserver, which must
 		// refuse them: the dry run is what catches this.

@@ -159,6 +159,7 @@ func TestSchemaRefusesBadValues(t *testing.T) {
 		"log-level.yaml":             "/logLevel",
 		"rate-zero.yaml":             "/defaultRequestsPerMinute",
 		"issuer-kind.yaml":           "/certs/certManager/issuerRef/kind",
+		"network-policy-peer.yaml":   "/networkPolicy/webhook/from/0",
 	}
 	for file, want := range cases {
 		t.Run(file, func(t *testing.T) {
@@ -194,6 +195,32 @@ func TestValues(t *testing.T) {
 		}
 		return names
 	}
+	// policies maps each NetworkPolicy's allowed pod port to the sources
+	// its rule names (nil: any source), and fails on a policy that does not
+	// select exactly the manager's pods.
+	policies := func(t *testing.T, objs []object) map[float64][]any {
+		t.Helper()
+		pods := get(find(objs, "Deployment", "keymint-manager"), "spec", "template", "metadata", "labels")
+		out := map[float64][]any{}
+		for _, o := range objs {
+			if str(o, "kind") != "NetworkPolicy" {
+				continue
+			}
+			if sel := get(o, "spec", "podSelector", "matchLabels"); fmt.Sprint(sel) != fmt.Sprint(pods) {
+				t.Errorf("NetworkPolicy %s selects %v, the manager's pods are %v", str(o, "metadata", "name"), sel, pods)
+			}
+			if types := fmt.Sprint(get(o, "spec", "policyTypes")); types != "[Ingress]" {
+				t.Errorf("NetworkPolicy %s has policyTypes %s: egress (kube-apiserver, Redis) must stay open", str(o, "metadata", "name"), types)
+			}
+			for _, rule := range get(o, "spec", "ingress").([]any) {
+				from, _ := get(rule, "from").([]any)
+				for _, p := range get(rule, "ports").([]any) {
+					out[get(p, "port").(float64)] = from
+				}
+			}
+		}
+		return out
+	}
 	cases := map[string]struct {
 		set   []string
 		check func(t *testing.T, objs []object)
@@ -223,6 +250,54 @@ func TestValues(t *testing.T) {
 				img := get(find(objs, "Deployment", "keymint-manager"), "spec", "template", "spec", "containers").([]any)[0]
 				if got := str(img, "image"); got != "ghcr.io/keymint/keymint:latest" {
 					t.Errorf("image %s, want the appVersion tag", got)
+				}
+			},
+		},
+		"NetworkPolicies: webhook and check ports open to kube-apiserver, metrics to labelled namespaces": {
+			check: func(t *testing.T, objs []object) {
+				allowed := policies(t, objs)
+				// Every port the manager serves has a rule, but the
+				// probes', which only the pod's own node (the kubelet)
+				// reaches, and no policy can block that.
+				for _, p := range get(find(objs, "Deployment", "keymint-manager"), "spec", "template", "spec", "containers").([]any)[0].(map[string]any)["ports"].([]any) {
+					port, name := get(p, "containerPort").(float64), str(p, "name")
+					if _, ok := allowed[port]; ok == (name == "probes") {
+						t.Errorf("container port %s (%v): allowed by a NetworkPolicy %v, want every port but the probes'", name, port, ok)
+					}
+				}
+				for _, port := range []float64{9443, 8443} {
+					if from, ok := allowed[port]; !ok || from != nil {
+						t.Errorf("port %v: allowed %v from %v; want any source (kube-apiserver is not a pod)", port, ok, from)
+					}
+				}
+				if got := fmt.Sprint(allowed[8080]); got != "[map[namespaceSelector:map[matchLabels:map[metrics:enabled]]]]" {
+					t.Errorf("metrics port allowed from %s, want namespaces labelled metrics: enabled", got)
+				}
+			},
+		},
+		"NetworkPolicies: the webhook port from the control plane only, metrics from one namespace": {
+			set: []string{
+				"networkPolicy.webhook.from[0].ipBlock.cidr=10.0.0.0/24",
+				"networkPolicy.metrics.from[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+			},
+			check: func(t *testing.T, objs []object) {
+				allowed := policies(t, objs)
+				if got := fmt.Sprint(allowed[9443]); got != "[map[ipBlock:map[cidr:10.0.0.0/24]]]" {
+					t.Errorf("webhook port allowed from %s", got)
+				}
+				if got := fmt.Sprint(allowed[8080]); got != "[map[namespaceSelector:map[matchLabels:map[kubernetes.io/metadata.name:monitoring]]]]" {
+					t.Errorf("metrics port allowed from %s", got)
+				}
+				if from, ok := allowed[8443]; !ok || from != nil {
+					t.Errorf("check port allowed %v from %v, want any source", ok, from)
+				}
+			},
+		},
+		"no NetworkPolicies": {
+			set: []string{"networkPolicy.enable=false"},
+			check: func(t *testing.T, objs []object) {
+				if n := len(policies(t, objs)); n != 0 {
+					t.Errorf("%d ports in NetworkPolicies with networkPolicy.enable=false", n)
 				}
 			},
 		},
@@ -313,6 +388,9 @@ func TestValues(t *testing.T) {
 				if find(objs, "ServiceMonitor", "keymint-metrics") != nil || find(objs, "ClusterRole", "keymint-metrics-reader") != nil {
 					t.Error("ServiceMonitor or metrics-reader role for metrics that are off")
 				}
+				if find(objs, "NetworkPolicy", "keymint-allow-metrics-traffic") != nil {
+					t.Error("a NetworkPolicy opening the metrics port while metrics are off")
+				}
 			},
 		},
 		"rate, log level, plain metrics and extra args": {
@@ -343,9 +421,14 @@ func TestValues(t *testing.T) {
 				if str(ref, "name") != "corp-ca" || str(ref, "kind") != "ClusterIssuer" {
 					t.Errorf("Certificate issuerRef %v", ref)
 				}
-				hook := find(objs, "ValidatingWebhookConfiguration", "keymint-validating-webhook-configuration")
-				if got := str(hook, "metadata", "annotations", "cert-manager.io/inject-ca-from"); got != "tokens/keymint-check" {
-					t.Errorf("webhook configuration's inject-ca-from is %q", got)
+				for kind, name := range map[string]string{
+					"ValidatingWebhookConfiguration": "keymint-validating-webhook-configuration",
+					"MutatingWebhookConfiguration":   "keymint-mutating-webhook-configuration",
+				} {
+					hook := find(objs, kind, name)
+					if got := str(hook, "metadata", "annotations", "cert-manager.io/inject-ca-from"); got != "tokens/keymint-check" {
+						t.Errorf("%s's inject-ca-from is %q", kind, got)
+					}
 				}
 			},
 		},
