@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -68,6 +70,7 @@ func rotate(ctx context.Context, c client.Client, o Options, ns, name string, wa
 		return err
 	}
 	tok := before.DeepCopy()
+	asked := o.now().Truncate(time.Second)
 	if err := c.Patch(ctx, tok, client.RawPatch(types.MergePatchType, patch)); err != nil {
 		return apiError(err)
 	}
@@ -81,9 +84,15 @@ func rotate(ctx context.Context, c client.Client, o Options, ns, name string, wa
 		if err := c.Get(ctx, client.ObjectKeyFromObject(tok), tok); err != nil {
 			return false, apiError(err)
 		}
+		if denied := notAuthorizedSince(tok, asked); denied != "" {
+			return false, fmt.Errorf("rotation requested (%s=%s), but keymint minted nothing: %s", keymintv1alpha1.RotateAnnotation, request, denied)
+		}
 		return tok.Status.LastRotationRequest == request, nil
 	})
 	if err != nil {
+		if denied := notAuthorizedSince(tok, time.Time{}); ctx.Err() == nil && wait.Interrupted(err) && denied != "" {
+			return fmt.Errorf("rotation requested (%s=%s), but keymint has not minted within %s: %s", keymintv1alpha1.RotateAnnotation, request, timeout, denied)
+		}
 		if ctx.Err() == nil && wait.Interrupted(err) {
 			return fmt.Errorf("rotation requested (%s=%s), but keymint has not handled it within %s: is keymint running? `kubectl keymint status %s` shows when it has",
 				keymintv1alpha1.RotateAnnotation, request, timeout, name)
@@ -114,6 +123,16 @@ func rotate(ctx context.Context, c client.Client, o Options, ns, name string, wa
 			before.Status.TokenPrefix, graceUntil.UTC().Format(time.RFC3339), until(graceUntil, o.now(), "ended"))
 	}
 	return nil
+}
+
+// notAuthorizedSince returns the message of the token's Authorized=False
+// condition when it last changed at or after since, else "".
+func notAuthorizedSince(tok *keymintv1alpha1.ApiToken, since time.Time) string {
+	c := meta.FindStatusCondition(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
+	if c == nil || c.Status != metav1.ConditionFalse || c.LastTransitionTime.Time.Before(since) {
+		return ""
+	}
+	return c.Message
 }
 
 // exactlyOneName is cobra.ExactArgs(1) with a message that names what is
