@@ -63,6 +63,11 @@ type ApiTokenReconciler struct {
 	// that beats our own status write into the cache then needs no read past
 	// the cache to be told apart from a crash's leftover.
 	statusWritten sync.Map // types.UID → writtenStatus
+
+	// mints bounds how often one ApiToken mints.
+	mints mintLimiter
+	// denials counts each ApiToken's denied mints in a row, for backoff.
+	denials sync.Map // types.UID → int
 }
 
 // +kubebuilder:rbac:groups=keymint.io,resources=apitokens,verbs=get;list;watch
@@ -134,6 +139,11 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		if behind, err := r.cacheBehind(ctx, tok); behind || err != nil {
 			return ctrl.Result{RequeueAfter: time.Second}, err
 		}
+		if wait, ok := r.mints.reserve(tok.UID, time.Now()); !ok {
+			r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventMintRateLimited, "Issue",
+				"keymint minted %d tokens for this ApiToken within a minute: the next waits %s (%s)", mintBurst, wait.Round(time.Second), d.Reason)
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
 		var groups []string
 		if user != nil {
 			groups = user.Spec.Groups
@@ -152,7 +162,8 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	wroteSecret := false
 	switch {
 	case d.mints() && !obs.Auth.Allowed:
-		// Not minted: the status says why, and a retry asks again.
+		// Not minted: the status says why, and a retry asks again (an
+		// adopted record is recovered all the same).
 	case d.mints():
 		rec, writeErr = r.writeNewToken(ctx, tok, user.Spec.TokenPolicy.Prefix, sec, obs, d)
 		wroteSecret = writeErr == nil
@@ -160,11 +171,17 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		writeErr = r.removeToken(ctx, sec)
 		wroteSecret = writeErr == nil
 	}
-	if writeErr == nil {
+	denied := d.mints() && !obs.Auth.Allowed
+	switch {
+	case denied:
+		// Nothing was minted: conditionEvents says why (MintDenied). A
+		// record adopted from the Secret is recovered all the same.
+		r.actionEvent(tok, obs, decision{}, rec)
+	case writeErr == nil:
 		// The action is done once the Secret is written: say so even if the
 		// status write below fails and a retry adopts the Secret.
 		r.actionEvent(tok, obs, d, rec)
-	} else {
+	default:
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretWriteFailed, "Write", "%s", writeErr.Error())
 	}
 
@@ -188,8 +205,16 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, writeErr
 	}
 	r.conditionEvents(tok, before, obs)
-	if obs.Auth != nil && !obs.Auth.Allowed {
-		return ctrl.Result{RequeueAfter: r.authorizationRetry()}, nil
+	switch {
+	case obs.Auth == nil:
+	case obs.Auth.Allowed:
+		r.denials.Delete(tok.UID)
+	case obs.Auth.Reason == keymintv1alpha1.ApiTokenReasonNoRequesterRecord:
+		// Only a write through admission brings a record, and a write
+		// brings a reconcile: nothing to retry.
+		return ctrl.Result{RequeueAfter: res.RequeueAfter}, nil
+	default:
+		return ctrl.Result{RequeueAfter: r.retryDenied(tok.UID)}, nil
 	}
 	for _, p := range res.Retired {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventRetiredIdle, "Retire",
@@ -540,7 +565,8 @@ func (r *ApiTokenReconciler) conditionEvents(tok *keymintv1alpha1.ApiToken, befo
 			r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, keymintv1alpha1.ApiTokenReasonAuthorized, "Authorize", "%s", c.Message)
 		}
 	}
-	if obs.Conflict && !hasReason(before.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonSecretConflict) {
+	if hasReason(st.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonSecretConflict) &&
+		!hasReason(before.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonSecretConflict) {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretConflict, "Issue",
 			"Secret %s exists and is not owned by this ApiToken; no token was written", secretName)
 	}

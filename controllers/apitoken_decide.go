@@ -103,6 +103,7 @@ const (
 	eventExpiringSoon      = "ExpiringSoon"
 	eventRetiredIdle       = "RetiredIdleToken"
 	eventMintDenied        = "MintDenied"
+	eventMintRateLimited   = "MintRateLimited"
 )
 
 // observeToken fills in the token part of an observation: the status's
@@ -416,7 +417,9 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionAuthorized, auth.Allowed, auth.Reason, auth.Message)
 	}
 	switch {
-	case o.Conflict:
+	case o.Conflict && reveal:
+		// (Hidden otherwise: a revoked ApiToken naming any secretName would
+		// tell its writer whether a Secret of that name exists.)
 		setCondition(&st, generation, keymintv1alpha1.ApiTokenConditionReady, false, keymintv1alpha1.ApiTokenReasonSecretConflict,
 			fmt.Sprintf("Secret %q exists and is not owned by this ApiToken; delete it or set spec.secretName on a new ApiToken", secretName))
 	case revoked != "":

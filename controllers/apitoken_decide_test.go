@@ -455,8 +455,8 @@ func TestDesiredStatus(t *testing.T) {
 }
 
 // A revoked ApiToken may be written by anyone who may write ApiTokens (no
-// admission runs): its status must not tell whether its ServiceUser exists
-// or which scopes it lacks.
+// admission runs): its status must not tell whether its ServiceUser exists,
+// which scopes it lacks, or whether a Secret of its secretName exists.
 func TestARevokedTokensStatusTellsNothingOfItsUser(t *testing.T) {
 	revoked := func(o *observation) {
 		noToken(o)
@@ -465,10 +465,11 @@ func TestARevokedTokensStatusTellsNothingOfItsUser(t *testing.T) {
 		o.RequesterProblem = requester.Missing
 	}
 	exists := obs(revoked, func(o *observation) { o.User.Permissions = []string{"invoices:read"} })
+	secretTaken := obs(revoked, func(o *observation) { o.Conflict = true })
 	missing := obs(revoked, func(o *observation) { o.User = tokenstate.User{} })
 	disabled := obs(revoked, func(o *observation) { o.User.Disabled = true })
 	var want []metav1.Condition
-	for name, o := range map[string]observation{"exists": exists, "missing": missing, "disabled": disabled} {
+	for name, o := range map[string]observation{"exists": exists, "missing": missing, "disabled": disabled, "a Secret of its secretName exists": secretTaken} {
 		st := desiredStatus(keymintv1alpha1.ApiTokenStatus{}, 1, "s", o, afterAction(o, decide(o), nil, nil)).Status
 		for i := range st.Conditions {
 			st.Conditions[i].LastTransitionTime = metav1.Time{}

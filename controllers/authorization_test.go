@@ -62,6 +62,8 @@ var _ = Describe("A requester who loses the right to mint", func() {
 			g.Expect(meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)).To(BeTrue())
 		}, time.Second).Should(Succeed())
 
+		Expect(eventsFor(ns, "t")).NotTo(ContainElement("Rotated"), "no Event tells of a rotation that did not happen")
+
 		// Granted again: rotated by itself, on the next retry.
 		Expect(k8sClient.Create(ctx, binding())).To(Succeed())
 		rotatedFrom(ns, "t", plain)

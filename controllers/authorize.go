@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
@@ -13,9 +14,10 @@ import (
 	"github.com/keymint/keymint/internal/requester"
 )
 
-// DefaultAuthorizationRetry is how often a mint that its requester may not
-// do is tried again: RBAC changes send no event a controller could watch
-// without caching every Role and binding in the cluster.
+// DefaultAuthorizationRetry is how soon a mint that its requester may not
+// do is tried again (then twice as long each time, up to 8 times it): RBAC
+// changes send no event a controller could watch without caching every Role
+// and binding in the cluster.
 const DefaultAuthorizationRetry = 30 * time.Second
 
 // authorization is the answer to "may this token's requester have it
@@ -67,14 +69,25 @@ func (r *ApiTokenReconciler) authorizeMint(ctx context.Context, tok *keymintv1al
 	}
 	if denial != nil {
 		return authorization{Reason: keymintv1alpha1.ApiTokenReasonNotAllowed, Message: fmt.Sprintf(
-			"No token is minted: %s, who asked for this token (admitted %s), may not %s. A rule that grants it: %s. keymint tries again every %s",
-			quoteUser(who.Username), o.Requester.RequestedAt.UTC().Format(time.RFC3339), denial.What, denial.Rule, r.authorizationRetry())}, nil
+			"No token is minted: %s, who asked for this token (admitted %s), may not %s. A rule that grants it: %s. keymint asks again after %s, then less often (at most every %s)",
+			quoteUser(who.Username), o.Requester.RequestedAt.UTC().Format(time.RFC3339), denial.What, denial.Rule, r.authorizationRetry(), 8*r.authorizationRetry())}, nil
 	}
 	return authorization{Allowed: true, Reason: keymintv1alpha1.ApiTokenReasonAuthorized, Message: fmt.Sprintf(
 		"%s, who asked for this token, may mint tokens of ServiceUser %q as it is now", quoteUser(who.Username), tok.Spec.ServiceUser)}, nil
 }
 
 func quoteUser(name string) string { return fmt.Sprintf("user %q", name) }
+
+// retryDenied counts a denied mint of uid and says when to ask again: the
+// retry interval, doubling with each denial in a row up to 8 times it.
+func (r *ApiTokenReconciler) retryDenied(uid types.UID) time.Duration {
+	n := 0
+	if v, ok := r.denials.Load(uid); ok {
+		n = v.(int)
+	}
+	r.denials.Store(uid, n+1)
+	return r.authorizationRetry() << min(n, 3)
+}
 
 func (r *ApiTokenReconciler) authorizationRetry() time.Duration {
 	if r.AuthorizationRetry > 0 {

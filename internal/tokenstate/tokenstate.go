@@ -180,6 +180,7 @@ func revocationReason(t *Token, u *User) string {
 // else issuedAt + spec.lifetime, else issuedAt + the user's defaultLifetime)
 // and issuedAt + the user's maxLifetime. ok is false when it never expires.
 // A new token's record takes this; a minted token's expiry is Evaluate's.
+// It is in whole seconds.
 func Expiry(spec *keymintv1alpha1.ApiTokenSpec, u *User, issuedAt time.Time) (expiry time.Time, ok bool) {
 	switch {
 	case spec.ExpiresAt != nil:
@@ -194,7 +195,10 @@ func Expiry(spec *keymintv1alpha1.ApiTokenSpec, u *User, issuedAt time.Time) (ex
 			expiry, ok = capped, true
 		}
 	}
-	return expiry, ok
+	// Whole seconds, earlier rather than later: the status records whole
+	// seconds, and an expiry a fraction past the recorded one would read as
+	// extended at every reconcile, renewing the token without end.
+	return expiry.Truncate(time.Second), ok
 }
 
 func nextRotation(spec *keymintv1alpha1.ApiTokenSpec, issuedAt time.Time) (time.Time, bool) {

@@ -298,6 +298,22 @@ func TestEvaluateExpiry(t *testing.T) {
 			now: t0.Add(2*time.Hour - time.Second), expiry: t0.Add(2*time.Hour - time.Second), expired: true,
 		},
 
+		// Fractions of a second: the record holds whole seconds, so a
+		// spec or policy a fraction past it is no extension (it would
+		// renew at every reconcile), and it is read a fraction earlier.
+		"expiresAt half a second past the record is no extension": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{ExpiresAt: at(t0.Add(2*time.Hour + 500*time.Millisecond))}, t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(time.Hour), expiry: t0.Add(2 * time.Hour),
+		},
+		"a lifetime with a fraction is read to the whole second below": {
+			token: issued(lifetime(2*time.Hour+999*time.Millisecond), t0.Add(2*time.Hour)), user: active,
+			now: t0.Add(time.Hour), expiry: t0.Add(2 * time.Hour),
+		},
+		"a maxLifetime shortened by half a second cuts a whole second": {
+			token: issued(&keymintv1alpha1.ApiTokenSpec{}, t0.Add(2*time.Hour)), user: User{Found: true, UID: uid, MaxLifetime: 2*time.Hour - 500*time.Millisecond},
+			now: t0.Add(time.Hour), expiry: t0.Add(2*time.Hour - time.Second),
+		},
+
 		// A token not issued has no expiry and is never accepted.
 		"not issued": {
 			token: Token{Spec: lifetime(time.Hour)}, user: active, now: t0,

@@ -171,6 +171,7 @@ var _ = Describe("Authorization at the moment of minting", func() {
 		Expect(cond.Message).To(And(ContainSubstring(`user "editor", who asked for this token`), ContainSubstring(`verbs: ["impersonate"], resourceNames: ["payments"]`)))
 		Expect(meta.FindStatusCondition(getToken(ns, "early").Status.Conditions, keymintv1alpha1.ApiTokenConditionReady).Reason).To(Equal(keymintv1alpha1.ApiTokenReasonNotAllowed))
 		Eventually(func() int { return countReason(eventsOf(ns, "early"), "MintDenied") }).Should(Equal(1))
+		Consistently(func() int { return countReason(eventsOf(ns, "early"), "Issued") }, time.Second).Should(BeZero(), "no Event tells of a token never minted")
 		sec := &corev1.Secret{}
 		Expect(apierrors.IsNotFound(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "early"}, sec))).To(BeTrue(), "no Secret, no token")
 
