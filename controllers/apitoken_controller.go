@@ -57,6 +57,9 @@ type ApiTokenReconciler struct {
 	// AuthorizationRetry is how often a denied mint is tried again; zero
 	// means DefaultAuthorizationRetry.
 	AuthorizationRetry time.Duration
+	// RequesterWebhook is the MutatingWebhookConfiguration that records
+	// requesters: no record is trusted while it can be skipped.
+	RequesterWebhook string
 
 	// statusWritten holds, per ApiToken UID, the last status this controller
 	// wrote, until the next reconcile of that token takes it: a Secret event
@@ -136,7 +139,7 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if d.mints() {
 		// One token per mint decision: decide only on the object as it is
 		// now. A cache behind our own last status write would mint again.
-		if behind, err := r.cacheBehind(ctx, tok); behind || err != nil {
+		if behind, err := r.cacheBehind(ctx, tok, user); behind || err != nil {
 			return ctrl.Result{RequeueAfter: time.Second}, err
 		}
 		if wait, ok := r.mints.reserve(tok.UID, time.Now()); !ok {
@@ -230,6 +233,7 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 // observe gathers what decide needs.
 func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, sec secretState, conflict bool, now time.Time) observation {
 	o := observation{
+		Namespace:     tok.Namespace,
 		Name:          tok.Name,
 		Spec:          &tok.Spec,
 		RotateRequest: tok.Annotations[keymintv1alpha1.RotateAnnotation],
@@ -436,16 +440,30 @@ func (r *ApiTokenReconciler) writeStatus(ctx context.Context, tok *keymintv1alph
 	}
 }
 
-// cacheBehind reports whether the API server holds a newer ApiToken than
-// the cached tok: a mint decided on the cached one could repeat one just
-// made. One read per mint, which is rare.
-func (r *ApiTokenReconciler) cacheBehind(ctx context.Context, tok *keymintv1alpha1.ApiToken) (bool, error) {
-	m := &metav1.PartialObjectMetadata{}
-	m.SetGroupVersionKind(keymintv1alpha1.GroupVersion.WithKind("ApiToken"))
-	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(tok), m); err != nil {
-		return true, client.IgnoreNotFound(err)
+// cacheBehind reports whether the API server holds a newer ApiToken, or
+// ServiceUser, than the cache: a mint decided on the cached ApiToken could
+// repeat one just made, and one authorized for the cached ServiceUser could
+// miss a group added a moment ago. One read of each per mint, which is rare.
+func (r *ApiTokenReconciler) cacheBehind(ctx context.Context, tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser) (bool, error) {
+	live := func(kind, name string) (string, error) {
+		m := &metav1.PartialObjectMetadata{}
+		m.SetGroupVersionKind(keymintv1alpha1.GroupVersion.WithKind(kind))
+		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: tok.Namespace, Name: name}, m)
+		if apierrors.IsNotFound(err) {
+			return "", nil
+		}
+		return m.ResourceVersion, err
 	}
-	return m.ResourceVersion != tok.ResourceVersion, nil
+	rv, err := live("ApiToken", tok.Name)
+	if err != nil || rv != tok.ResourceVersion {
+		return true, err
+	}
+	cached := ""
+	if user != nil {
+		cached = user.ResourceVersion
+	}
+	rv, err = live("ServiceUser", tok.Spec.ServiceUser)
+	return err != nil || rv != cached, err
 }
 
 // updateStatus writes the status if it changed; an unchanged state writes

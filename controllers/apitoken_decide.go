@@ -32,8 +32,8 @@ const (
 // observation is everything a decision depends on, read from the API server
 // and the clock.
 type observation struct {
-	// Name is the ApiToken's name.
-	Name string
+	// Namespace and Name are the ApiToken's.
+	Namespace, Name string
 	Spec *keymintv1alpha1.ApiTokenSpec
 	// RotateRequest is the keymint.io/rotate annotation's value.
 	RotateRequest string
@@ -410,7 +410,7 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 	if auth == nil && !reveal && !o.Spec.Revoked {
 		// Nothing was asked (the user is missing or disabled, say), and
 		// nothing could be: there is no requester to ask about.
-		na := noRecord(o.RequesterProblem, o.Name)
+		na := noRecord(o.RequesterProblem, &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: o.Namespace, Name: o.Name}})
 		auth = &na
 	}
 	if auth != nil {

@@ -35,32 +35,51 @@ type authorization struct {
 // right, by action (mint, restart) and reason.
 var deniedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Name: "keymint_authorization_denied_total",
-	Help: "Mints and restarts keymint did not do because the user who asked for them (the requester record admission wrote) lacked the right at that moment, or no valid record existed; by action (mint, restart) and reason (NotAllowed, NoRequesterRecord).",
+	Help: "Mints and restarts keymint did not do because the user who asked for them (the requester record admission wrote) lacked the right at that moment, or no valid record existed; by action (mint, restart) and reason (NotAllowed, NoRequesterRecord, RequesterWebhookNotEnforced).",
 }, []string{"action", "reason"})
 
 func init() {
 	metrics.Registry.MustRegister(deniedTotal)
 	for _, action := range []string{"mint", "restart"} {
-		for _, reason := range []string{keymintv1alpha1.ApiTokenReasonNotAllowed, keymintv1alpha1.ApiTokenReasonNoRequesterRecord} {
+		for _, reason := range []string{keymintv1alpha1.ApiTokenReasonNotAllowed, keymintv1alpha1.ApiTokenReasonNoRequesterRecord,
+			keymintv1alpha1.ApiTokenReasonRequesterWebhookNotEnforced} {
 			deniedTotal.WithLabelValues(action, reason)
 		}
 	}
 }
 
 // noRecord is the authorization of a token without a valid requester record.
-func noRecord(p requester.Problem, name string) authorization {
+func noRecord(p requester.Problem, tok *keymintv1alpha1.ApiToken) authorization {
 	return authorization{Reason: keymintv1alpha1.ApiTokenReasonNoRequesterRecord, Message: fmt.Sprintf(
-		"No token is minted: %s. Write the ApiToken again through kube-apiserver with keymint's admission webhook in place, "+
-			"as a user who may mint it (for example `kubectl annotate apitoken %s %s=$(date +%%s)`), so that admission records who asks",
-		p.Explain(), name, keymintv1alpha1.RotateAnnotation)}
+		"No token is minted: %s. Have a user who may mint it write the ApiToken once through kube-apiserver, with keymint's webhooks in place, "+
+			"so that admission records who asks: any change will do, for example `kubectl annotate apitoken -n %s %s keymint.io/requested=$(date +%%s) --overwrite`",
+		p.Explain(), tok.Namespace, tok.Name)}
+}
+
+// webhookNotEnforced is the authorization of any mint while keymint's
+// requester webhook can be skipped.
+func webhookNotEnforced(why string) authorization {
+	return authorization{Reason: keymintv1alpha1.ApiTokenReasonRequesterWebhookNotEnforced, Message: fmt.Sprintf(
+		"No token is minted: %s, so ApiTokens may be written without passing it and no requester record can be trusted. "+
+			"Restore keymint's webhook configuration as shipped (config/webhook/mutating.yaml, or the Helm chart); keymint asks again by itself", why)}
 }
 
 // authorizeMint asks whether the token's requester may mint it now: mint on
 // its ServiceUser and impersonate each of the user's groups as they are at
 // this moment, whatever they were when the ApiToken was admitted.
 func (r *ApiTokenReconciler) authorizeMint(ctx context.Context, tok *keymintv1alpha1.ApiToken, groups []string, o *observation) (authorization, error) {
+	since, why, err := requester.Webhook{Reader: r.APIReader, Name: r.RequesterWebhook}.Check(ctx)
+	if err != nil {
+		return authorization{}, err
+	}
+	if why != "" {
+		return webhookNotEnforced(why), nil
+	}
 	if o.RequesterProblem != "" {
-		return noRecord(o.RequesterProblem, tok.Name), nil
+		return noRecord(o.RequesterProblem, tok), nil
+	}
+	if o.Requester.RequestedAt.Time.Before(since.Truncate(time.Second)) {
+		return noRecord(requester.BeforeWebhook, tok), nil
 	}
 	who := o.Requester.Requester
 	denial, err := authz.MayMint(ctx, r.Authorizer, who.UserInfo(), tok.Namespace, tok.Spec.ServiceUser, groups)

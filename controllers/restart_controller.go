@@ -40,6 +40,10 @@ type RestartReconciler struct {
 	// target; Authorizer asks whether that user may still patch it.
 	Keyring    *recordkey.Keyring
 	Authorizer authz.Authorizer
+	// APIReader reads the requester webhook's configuration, Webhook:
+	// nothing is restarted while it can be skipped.
+	APIReader client.Reader
+	Webhook   string
 }
 
 // restartAction is what the restart controller does for one ApiToken.
@@ -117,11 +121,23 @@ func (r *RestartReconciler) restart(ctx context.Context, tok *keymintv1alpha1.Ap
 		return err
 	}
 	rec, problem := requester.Read(r.Keyring, tok)
+	since, why, err := requester.Webhook{Reader: r.APIReader, Name: r.Webhook}.Check(ctx)
+	if err != nil {
+		return err
+	}
+	if problem == "" && rec.RequestedAt.Time.Before(since.Truncate(time.Second)) {
+		problem = requester.BeforeWebhook
+	}
 	var restarted, missing []string
 	for _, t := range tok.Spec.RestartTargets() {
 		name := t.Kind + "/" + t.Name
 		// keymint patches for the user who named the target, and only while
 		// that user may: it never lends its own right to patch workloads.
+		if why != "" {
+			deniedTotal.WithLabelValues("restart", keymintv1alpha1.ApiTokenReasonRequesterWebhookNotEnforced).Inc()
+			r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, "RestartNotAuthorized", "Restart", "Did not restart %s onto token %s…: %s", name, tok.Status.TokenPrefix, why)
+			continue
+		}
 		if why, err := r.mayRestart(ctx, tok, rec, problem, t); err != nil {
 			return err
 		} else if why != "" {

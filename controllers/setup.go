@@ -74,6 +74,11 @@ type Options struct {
 	// AuthorizationRetry is how often a denied mint is tried again; zero
 	// means DefaultAuthorizationRetry.
 	AuthorizationRetry time.Duration
+	// RequesterWebhook is the MutatingWebhookConfiguration that records who
+	// asks for each ApiToken: nothing is minted, or restarted, while it is
+	// missing or can be skipped. Empty turns the check off: only for suites
+	// that run the controllers without keymint's webhook configurations.
+	RequesterWebhook string
 }
 
 // Setup registers the indexes and the controllers with a manager.
@@ -97,6 +102,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 
 		Authorizer:         o.Authorizer,
 		AuthorizationRetry: o.AuthorizationRetry,
+		RequesterWebhook:   o.RequesterWebhook,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
@@ -106,6 +112,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		Clock:      o.Clock,
 		Keyring:    o.Keyring,
 		Authorizer: o.Authorizer,
+		APIReader:  mgr.GetAPIReader(),
+		Webhook:    o.RequesterWebhook,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

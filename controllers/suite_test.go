@@ -116,7 +116,7 @@ var _ = BeforeSuite(func() {
 	keyring, err = recordkey.LoadOrCreate(ctx, k8sClient, k8sClient, recordKeySecret)
 	Expect(err).NotTo(HaveOccurred())
 	Expect(testenv.ServeRequesters(ctx, env, keyring)).To(Succeed())
-	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: fakeClock, Keyring: keyring, ExpiryWarning: controllers.DefaultExpiryWarning,
+	Expect(controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: fakeClock, Keyring: keyring, ExpiryWarning: controllers.DefaultExpiryWarning,
 		AuthorizationRetry: 200 * time.Millisecond,
 	})).To(Succeed())
 	go func() {

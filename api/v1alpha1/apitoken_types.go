@@ -272,14 +272,19 @@ const (
 	// Authorized) when the user who asked for the token (the requester
 	// record that admission wrote) still had the right to, at that moment;
 	// False when not: reason NotAllowed (the message names the RBAC rule to
-	// add; keymint tries again by itself) or NoRequesterRecord (no valid
+	// add; keymint tries again by itself), NoRequesterRecord (no valid
 	// record: the ApiToken was written without passing keymint's admission
-	// webhook). Unset until keymint first mints for the ApiToken.
+	// webhook) or RequesterWebhookNotEnforced. Unset until keymint first
+	// mints for the ApiToken.
 	ApiTokenConditionAuthorized = "Authorized"
 
 	ApiTokenReasonAuthorized        = "Authorized"
 	ApiTokenReasonNotAllowed        = "NotAllowed"
 	ApiTokenReasonNoRequesterRecord = "NoRequesterRecord"
+	// ApiTokenReasonRequesterWebhookNotEnforced: keymint's requester webhook
+	// configuration is missing or lets writes skip it, so no record is
+	// trusted and nothing is minted until it is restored.
+	ApiTokenReasonRequesterWebhookNotEnforced = "RequesterWebhookNotEnforced"
 	ApiTokenReasonNotEvaluated      = "NotEvaluated"
 
 	ApiTokenReasonWithinWarningWindow = "WithinWarningWindow"

@@ -81,7 +81,7 @@ func main() {
 	flag.StringVar(&certOpts.Dir, "serving-certs-dir", "/etc/keymint/serving-certs", "where --serving-certs-secret is mounted as a volume (config/manager does)")
 	flag.StringVar(&certOpts.Service, "serving-certs-service", "keymint-webhook", "the Service, in that namespace, the certificate is for")
 	flag.StringVar(&certOpts.WebhookConfiguration, "validating-webhook-configuration", "keymint-validating-webhook-configuration", "the ValidatingWebhookConfiguration whose caBundle --self-managed-certs fills")
-	flag.StringVar(&certOpts.MutatingWebhookConfiguration, "mutating-webhook-configuration", "keymint-mutating-webhook-configuration", "the MutatingWebhookConfiguration (who asked for each ApiToken) whose caBundle --self-managed-certs fills")
+	flag.StringVar(&certOpts.MutatingWebhookConfiguration, "mutating-webhook-configuration", "keymint-mutating-webhook-configuration", "the MutatingWebhookConfiguration that records who asks for each ApiToken: keymint mints nothing while it is missing or lets writes skip it, and --self-managed-certs fills its caBundle")
 	flag.DurationVar(&authzRetry, "mint-authorization-retry", controllers.DefaultAuthorizationRetry, "how often a mint whose requester lacks the right (condition Authorized=False) is tried again: RBAC changes send no event")
 	flag.StringVar(&rateLimit.backend, "rate-limit-backend", "local", "where rate-limit budgets live: local (each replica its own; behind N replicas a token gets N times its rate) or redis (shared by every replica, --redis-url)")
 	flag.StringVar(&rateLimit.url, "redis-url", "", "the Redis that --rate-limit-backend=redis shares budgets through: redis://[user:password@]host:port/db, rediss:// for TLS; unset: environment variable KEYMINT_REDIS_URL, which keeps a password out of the command line")
@@ -101,6 +101,10 @@ func main() {
 	}
 	if maxStale <= 0 {
 		log.Error(nil, "Invalid flags: --max-index-staleness must be positive", "value", maxStale)
+		os.Exit(2)
+	}
+	if certOpts.MutatingWebhookConfiguration == "" {
+		log.Error(nil, "Invalid flags: --mutating-webhook-configuration names the requester webhook keymint checks before it mints; it cannot be empty")
 		os.Exit(2)
 	}
 	if authzRetry <= 0 {
@@ -202,13 +206,14 @@ func main() {
 		log.Error(err, "Unable to load the record key", "secret", recordKey)
 		os.Exit(1)
 	}
-	must(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: expiryWarning, AuthorizationRetry: authzRetry}))
+	must(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: expiryWarning, AuthorizationRetry: authzRetry,
+		RequesterWebhook: certOpts.MutatingWebhookConfiguration}))
 	must(check.Setup(ctx, mgr, checkOpts))
 	must(registerMetrics(metrics.Registry, mgr, fresh, maxStale))
 	must(mgr.AddReadyzCheck("index-fresh", fresh.Checker(maxStale)))
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
-	must(mgr.AddReadyzCheck("webhooks", serveWebhooks(ctx, mgr, checkOpts.CertReady, keyring)))
+	must(mgr.AddReadyzCheck("webhooks", serveWebhooks(ctx, mgr, checkOpts.CertReady, keyring, certOpts.MutatingWebhookConfiguration)))
 
 	log.Info("Starting manager")
 	if err := mgr.Start(ctx); err != nil {
@@ -237,11 +242,11 @@ func metricsOptions(addr string, secure bool) metricsserver.Options {
 // serveWebhooks registers the admission webhooks once their certificate
 // exists (the webhook server reads it when it starts), and returns the
 // readiness check that passes once they are served.
-func serveWebhooks(ctx context.Context, mgr ctrl.Manager, certReady <-chan struct{}, ring *recordkey.Keyring) healthz.Checker {
+func serveWebhooks(ctx context.Context, mgr ctrl.Manager, certReady <-chan struct{}, ring *recordkey.Keyring, requesterWebhook string) healthz.Checker {
 	var started atomic.Pointer[healthz.Checker]
 	register := func() {
 		checker := mgr.GetWebhookServer().StartedChecker()
-		admission.Setup(mgr, mgr.GetClient(), authz.SubjectAccessReviewer{Client: mgr.GetClient()}, ring)
+		admission.Setup(mgr, mgr.GetClient(), authz.SubjectAccessReviewer{Client: mgr.GetClient()}, ring, requesterWebhook)
 		started.Store(&checker)
 	}
 	if certReady == nil {

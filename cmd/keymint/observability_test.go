@@ -125,13 +125,13 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	ring, err := testenv.ClusterKeyring(ctx, c)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
+	g.Expect(controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
 	g.Expect(check.Setup(ctx, mgr, check.Options{
 		Listener: checkLn, CertFile: files.CertFile, KeyFile: files.KeyFile,
 		DefaultRequestsPerMinute: 500, FlushInterval: time.Second, Clock: clock.RealClock{}, Registerer: metrics.Registry,
 	})).To(Succeed())
 	g.Expect(registerMetrics(metrics.Registry, mgr, fresh, 10*time.Second)).To(Succeed())
-	serveWebhooks(ctx, mgr, nil, ring)
+	serveWebhooks(ctx, mgr, nil, ring, testenv.RequesterWebhookName)
 	go func() { _ = mgr.Start(ctx) }()
 
 	// Traffic: a token checked once as good and once short of a scope.

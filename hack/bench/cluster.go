@@ -208,6 +208,7 @@ func (cl *cluster) startReplica(ctx context.Context, name string, extra ...strin
 		"--metrics-bind-address", "127.0.0.1:" + strconv.Itoa(metrics), "--metrics-secure=false",
 		"--pprof-bind-address", "127.0.0.1:" + strconv.Itoa(pprofPort),
 		"--check-self-signed-dir", certs,
+		"--mutating-webhook-configuration", testenv.RequesterWebhookName,
 		// Checks of the bench are not what a rate limit is for.
 		"--default-requests-per-minute", "1000000",
 	}, extra...)

@@ -268,7 +268,7 @@ func (f *scaleFixture) token(i int, plain string, s tokenShape, managed bool) (*
 		granted = fmt.Sprintf("Scopes %s are not among ServiceUser %q's permissions and are not granted", strings.Join(tok.Spec.Scopes, ", "), user)
 	}
 	// Admitted for an admin, as the apply in TestFixtureMatchesAPIServer is.
-	requester.Admit(f.ring, nil, tok, scaleRequester, tok.CreationTimestamp.Time)
+	requester.Admit(f.ring, nil, tok, scaleRequester, tok.CreationTimestamp.Time, time.Time{})
 	secretName := tok.SecretNameOrDefault()
 	display := token.Display(plain)
 	used := f.at(-time.Minute)

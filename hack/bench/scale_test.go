@@ -210,7 +210,7 @@ func TestFixtureMatchesAPIServer(t *testing.T) {
 	if f.ring, err = testenv.ClusterKeyring(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	if err := controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: f.ring, ExpiryWarning: controllers.DefaultExpiryWarning}); err != nil {
+	if err := controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: f.ring, ExpiryWarning: controllers.DefaultExpiryWarning}); err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = mgr.Start(ctx) }()

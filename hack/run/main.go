@@ -441,7 +441,9 @@ func bindManagerRole(ctx context.Context, cfg *rest.Config, root string) error {
 func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig, managerKubeconfig string, admin *rest.Config, awaitKey func(context.Context) error) error {
 	certs := certFiles(dir)
 	o.replicas = max(o.replicas, 1)
-	var extra []string
+	// The requester webhook make run installs (installWebhooks): keymint
+	// mints nothing while it is missing.
+	extra := []string{"--mutating-webhook-configuration=keymint-local"}
 	if o.replicas > 1 {
 		extra = append(extra, "--leader-elect")
 	}

@@ -128,7 +128,7 @@ func bootCluster() error {
 	if err != nil {
 		return err
 	}
-	if err := controllers.Setup(ctx, mgr, controllers.Options{Keyring: ring}); err != nil {
+	if err := controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Keyring: ring}); err != nil {
 		return err
 	}
 	go func() {

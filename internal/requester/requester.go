@@ -166,6 +166,9 @@ const (
 	// SpecChanged: the record is keymint's, for a spec other than this one:
 	// the spec changed without passing admission.
 	SpecChanged Problem = "SpecChanged"
+	// BeforeWebhook: the record is keymint's, signed before keymint's
+	// requester webhook configuration existed, when writes could skip it.
+	BeforeWebhook Problem = "BeforeWebhook"
 )
 
 // Explain words a problem for a condition message.
@@ -177,6 +180,8 @@ func (p Problem) Explain() string {
 		return "the record of who asked for the ApiToken (annotation " + keymintv1alpha1.RequesterAnnotation + ") was not written by keymint: it was edited or copied"
 	case SpecChanged:
 		return "the spec changed since keymint's admission webhook recorded who asked for it: the change was written without passing admission"
+	case BeforeWebhook:
+		return "its record of who asked for it was signed before keymint's requester webhook configuration was created, while ApiToken writes could skip that webhook, so it is not trusted"
 	}
 	return string(p)
 }
@@ -219,14 +224,15 @@ func signedFields(tok *keymintv1alpha1.ApiToken, raw string) []string {
 // was while the write changes nothing Changes counts (a description, a
 // rate, restart targets, a re-apply of the same manifest), and becomes who
 // otherwise: who changed what the token is, un-revoked it, or wrote to it
-// while it had no valid record. Each restart target keeps who named it; a
-// new one is who's.
-func Admit(ring *recordkey.Keyring, before, after *keymintv1alpha1.ApiToken, who Identity, now time.Time) {
+// while it had no valid record, or one signed before trustedSince (when
+// writes could skip the webhook: see Webhook.Check). Each restart target
+// keeps who named it; a new one is who's.
+func Admit(ring *recordkey.Keyring, before, after *keymintv1alpha1.ApiToken, who Identity, now, trustedSince time.Time) {
 	var prev *Record
 	if before != nil && !before.Spec.Revoked {
 		// While revoked no admission runs (revoking works with keymint
 		// down): nothing recorded then is kept on un-revoking.
-		if r, p := Read(ring, before); p == "" {
+		if r, p := Read(ring, before); p == "" && !r.RequestedAt.Time.Before(trustedSince.Truncate(time.Second)) {
 			prev = r
 		}
 	}

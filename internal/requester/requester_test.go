@@ -43,7 +43,7 @@ func token(mutate ...func(*keymintv1alpha1.ApiToken)) *keymintv1alpha1.ApiToken 
 // before.
 func admitted(r *recordkey.Keyring, before, tok *keymintv1alpha1.ApiToken, who Identity) *keymintv1alpha1.ApiToken {
 	tok = tok.DeepCopy()
-	Admit(r, before, tok, who, at)
+	Admit(r, before, tok, who, at, time.Time{})
 	return tok
 }
 
@@ -154,5 +154,26 @@ func TestUserInfoRoundTrip(t *testing.T) {
 	u := alice.UserInfo()
 	if got := FromUserInfo(u); !got.equal(alice) {
 		t.Errorf("round trip = %+v, want %+v", got, alice)
+	}
+}
+
+// A record signed before the webhook's configuration existed (when writes
+// could skip it, and anyone could have had a record of their choosing
+// signed) is never kept: the next admitted write records its own writer.
+func TestAdmitKeepsNoRecordFromBeforeTheWebhook(t *testing.T) {
+	r := ring(t)
+	created := admitted(r, nil, token(), alice)
+	after := created.DeepCopy()
+	after.Spec.Description = "touched"
+	Admit(r, created, after, bob, at.Add(time.Hour), at.Add(time.Minute))
+	rec, p := Read(r, after)
+	if p != "" || rec.Requester.Username != "bob" {
+		t.Errorf("requester %+v (%s), want bob", rec, p)
+	}
+	after = created.DeepCopy()
+	after.Spec.Description = "touched"
+	Admit(r, created, after, bob, at.Add(time.Hour), at)
+	if rec, _ := Read(r, after); rec.Requester.Username != "alice" {
+		t.Errorf("a record signed when the webhook existed was replaced by %q", rec.Requester.Username)
 	}
 }

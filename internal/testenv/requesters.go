@@ -16,8 +16,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/requester"
 	"github.com/keymint/keymint/webhook/admission"
 )
+
+// RequesterWebhookName is the MutatingWebhookConfiguration RecordRequesters
+// installs (config/webhook/mutating.yaml's name): pass it to the
+// controllers (controllers.Options.RequesterWebhook) and to a keymint
+// binary (--mutating-webhook-configuration).
+const RequesterWebhookName = "mutating-webhook-configuration"
 
 // RecordRequesters makes env's kube-apiserver call keymint's mutating
 // webhook (config/webhook/mutating.yaml) for every ApiToken written, as in a
@@ -38,7 +45,11 @@ func RecordRequesters(env *envtest.Environment) error {
 func ServeRequesters(ctx context.Context, env *envtest.Environment, ring *recordkey.Keyring) error {
 	wh := env.WebhookInstallOptions
 	srv := webhook.NewServer(webhook.Options{Host: wh.LocalServingHost, Port: wh.LocalServingPort, CertDir: wh.LocalServingCertDir})
-	srv.Register(admission.RequesterPath, admission.NewRequesterWebhook(Scheme, ring))
+	c, err := client.New(env.Config, client.Options{Scheme: Scheme})
+	if err != nil {
+		return err
+	}
+	srv.Register(admission.RequesterPath, admission.NewRequesterWebhook(Scheme, ring, requester.Webhook{Reader: c, Name: RequesterWebhookName}))
 	errs := make(chan error, 1)
 	go func() { errs <- srv.Start(ctx) }()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {

@@ -72,7 +72,7 @@ func TestTokenMetrics(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	ring, err := testenv.ClusterKeyring(ctx, c)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
+	g.Expect(controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
 	reg := prometheus.NewRegistry()
 	g.Expect(reg.Register(tokenmetrics.New(mgr.GetCache(), clock.RealClock{}))).To(Succeed())
 	go func() { _ = mgr.Start(ctx) }()

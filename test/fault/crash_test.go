@@ -159,6 +159,7 @@ func start(t *testing.T, bin, kubeconfig, dir string, extra ...string) replica {
 		"--check-bind-address", "127.0.0.1:" + strconv.Itoa(check),
 		"--webhook-bind-address", "127.0.0.1:" + strconv.Itoa(webhook),
 		"--check-self-signed-dir", certs,
+		"--mutating-webhook-configuration", testenv.RequesterWebhookName,
 		"--metrics-bind-address", "0",
 	}, extra...)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)

@@ -17,23 +17,25 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/authz"
 	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/requester"
 )
 
 // Paths the webhooks are served at (config/webhook/).
 const (
 	ApiTokenPath    = "/validate-keymint-io-v1alpha1-apitoken"
 	ServiceUserPath = "/validate-keymint-io-v1alpha1-serviceuser"
-	RequesterPath   = "/mutate-keymint-io-v1alpha1-apitoken"
+	RequesterPath   = requester.Path
 )
 
 // Setup registers the webhooks with the manager's webhook server. reader
 // reads ServiceUsers (the cache); a live reader lists the ApiTokens that
 // name a new ServiceUser; a answers the RBAC questions; ring signs the
-// requester records.
-func Setup(mgr ctrl.Manager, reader client.Reader, a authz.Authorizer, ring *recordkey.Keyring) {
+// requester records; requesterWebhook names the MutatingWebhookConfiguration
+// that calls the requester webhook.
+func Setup(mgr ctrl.Manager, reader client.Reader, a authz.Authorizer, ring *recordkey.Keyring, requesterWebhook string) {
 	scheme := mgr.GetScheme()
 	server := mgr.GetWebhookServer()
-	server.Register(RequesterPath, NewRequesterWebhook(scheme, ring))
+	server.Register(RequesterPath, NewRequesterWebhook(scheme, ring, requester.Webhook{Reader: mgr.GetAPIReader(), Name: requesterWebhook}))
 	server.Register(ApiTokenPath, admission.WithValidator[*keymintv1alpha1.ApiToken](scheme, &ApiTokenValidator{Reader: reader, Authorizer: a}))
 	server.Register(ServiceUserPath, admission.WithValidator[*keymintv1alpha1.ServiceUser](scheme, &ServiceUserValidator{Authorizer: a, APIReader: mgr.GetAPIReader()}))
 }

@@ -1,23 +1,33 @@
 package admission_test
 
 import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"fmt"
-	"strings"
+	"net"
+	"net/http"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	admissionv1 "k8s.io/api/admission/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
 )
 
 // The attacks an attacker review found on admission alone (issue 18): each
@@ -290,64 +300,98 @@ var _ = Describe("Authorization at the moment of minting", func() {
 		Expect(meta.FindStatusCondition(exists, keymintv1alpha1.ApiTokenConditionRequestGranted).Status).To(Equal(metav1.ConditionUnknown))
 	})
 
-	It("mints nothing for an ApiToken written past the webhook, and says why", func() {
-		Expect(k8sClient.Create(ctx, serviceUser(ns, "billing"))).To(Succeed())
-		// The requester webhook skips this namespace: as if it were down
-		// and bypassed, or keymint were installed after the token.
-		bypass(ns)
-		Expect(k8sClient.Create(ctx, apiToken(ns, "t", "billing"))).To(Succeed())
-		var cond *metav1.Condition
+	It("mints nothing while the requester webhook can be skipped, nor for a record signed meanwhile", func() {
+		Expect(k8sClient.Create(ctx, serviceUser(ns, "billing", "payments"))).To(Succeed())
+		// Anyone who reaches keymint's webhook port can have it sign a record
+		// for an identity of their choosing: an AdmissionReview of their own.
+		forgedAt := time.Now()
+		forged := forgeRecord(apiToken(ns, "t", "billing"), authenticationv1.UserInfo{Username: "kubernetes-admin", Groups: []string{"system:masters"}})
+		Expect(forged).To(HaveKey(keymintv1alpha1.RequesterSignatureAnnotation))
+
+		// While the webhook can be skipped (its configuration deleted, as a
+		// failed upgrade or a careless admin would), such a record gets in.
+		cfg := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		Expect(k8sClient.Get(ctx, types.NamespacedName{Name: testenv.RequesterWebhookName}, cfg)).To(Succeed())
+		Expect(k8sClient.Delete(ctx, cfg)).To(Succeed())
+		restore := func() {
+			c := cfg.DeepCopy()
+			c.ResourceVersion, c.UID, c.CreationTimestamp = "", "", metav1.Time{}
+			err := k8sClient.Create(ctx, c)
+			Expect(err == nil || apierrors.IsAlreadyExists(err)).To(BeTrue(), "%v", err)
+		}
+		DeferCleanup(restore)
+		tok := apiToken(ns, "t", "billing")
+		tok.Annotations = forged
+		Eventually(func() error { return k8sClient.Create(ctx, tok) }).Should(Succeed())
 		Eventually(func(g Gomega) {
-			cond = meta.FindStatusCondition(getToken(ns, "t").Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
-			g.Expect(cond).NotTo(BeNil())
+			t := getToken(ns, "t")
+			g.Expect(t.Annotations).To(HaveKeyWithValue(keymintv1alpha1.RequesterAnnotation, forged[keymintv1alpha1.RequesterAnnotation]), "stored past the webhook")
+			c := meta.FindStatusCondition(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(c.Reason).To(Equal(keymintv1alpha1.ApiTokenReasonRequesterWebhookNotEnforced))
+			g.Expect(c.Message).To(ContainSubstring(`MutatingWebhookConfiguration "mutating-webhook-configuration" does not exist`))
 		}).Should(Succeed())
-		Expect(cond.Reason).To(Equal(keymintv1alpha1.ApiTokenReasonNoRequesterRecord))
-		Expect(cond.Message).To(ContainSubstring("carries no record of who asked for it"))
 		Expect(getToken(ns, "t").Status.TokenHash).To(BeEmpty())
 
-		// A record copied from another ApiToken does not verify either.
-		unbypass(ns)
-		Expect(k8sClient.Create(ctx, apiToken(ns, "donor", "billing"))).To(Succeed())
-		donor := waitReady(ns, "donor")
-		bypass(ns)
-		Expect(update(k8sClient, ns, "t", func(t *keymintv1alpha1.ApiToken) {
-			t.Annotations = map[string]string{}
-			for _, k := range []string{keymintv1alpha1.RequesterAnnotation, keymintv1alpha1.RequesterSignatureAnnotation} {
-				t.Annotations[k] = donor.Annotations[k]
-			}
-		})).To(Succeed())
-		Consistently(func() string { return getToken(ns, "t").Status.TokenHash }, 2*time.Second).Should(BeEmpty())
+		// Restored: a record signed before it existed is not trusted. (Both
+		// times are in whole seconds: restore in a later second than the
+		// forgery, as any real window would be.)
+		time.Sleep(time.Until(forgedAt.Truncate(time.Second).Add(time.Second)))
+		restore()
+		Eventually(func(g Gomega) {
+			c := meta.FindStatusCondition(getToken(ns, "t").Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
+			g.Expect(c.Reason).To(Equal(keymintv1alpha1.ApiTokenReasonNoRequesterRecord))
+			g.Expect(c.Message).To(ContainSubstring("signed before keymint's requester webhook configuration was created"))
+		}).Should(Succeed())
+		Consistently(func() string { return getToken(ns, "t").Status.TokenHash }, time.Second).Should(BeEmpty())
 
-		// Written again through the webhook: recorded, minted.
-		unbypass(ns)
-		Expect(update(k8sClient, ns, "t", func(t *keymintv1alpha1.ApiToken) { t.Annotations[keymintv1alpha1.RotateAnnotation] = "now" })).To(Succeed())
+		// Written again through the webhook, by a user who may mint it:
+		// recorded for that user, minted.
+		Eventually(func(g Gomega) {
+			g.Expect(update(k8sClient, ns, "t", func(t *keymintv1alpha1.ApiToken) {
+				t.Annotations["keymint.io/requested"] = fmt.Sprint(time.Now().UnixNano())
+			})).To(Succeed())
+			g.Expect(getToken(ns, "t").Annotations[keymintv1alpha1.RequesterAnnotation]).NotTo(ContainSubstring("kubernetes-admin"))
+		}).Should(Succeed())
 		waitReady(ns, "t")
 	})
 })
 
-// bypass makes keymint's requester webhook skip namespace ns; unbypass
-// undoes it.
-func bypass(ns string) { setBypass(ns, "true") }
-
-func unbypass(ns string) { setBypass(ns, "") }
-
-func setBypass(ns, v string) {
+// forgeRecord posts an AdmissionReview of its own making, for user, to
+// keymint's requester webhook, as any pod that reaches its port could, and
+// returns the annotations it answers with.
+func forgeRecord(tok *keymintv1alpha1.ApiToken, user authenticationv1.UserInfo) map[string]string {
 	GinkgoHelper()
-	n := &corev1.Namespace{}
-	Expect(k8sClient.Get(ctx, types.NamespacedName{Name: ns}, n)).To(Succeed())
-	if v == "" {
-		delete(n.Labels, bypassLabel)
-	} else {
-		n.Labels[bypassLabel] = v
+	tok.APIVersion, tok.Kind = keymintv1alpha1.GroupVersion.String(), "ApiToken"
+	raw, err := json.Marshal(tok)
+	Expect(err).NotTo(HaveOccurred())
+	review := admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID: "forged", Operation: admissionv1.Create, UserInfo: user, Namespace: tok.Namespace, Name: tok.Name,
+			Kind:     metav1.GroupVersionKind{Group: "keymint.io", Version: "v1alpha1", Kind: "ApiToken"},
+			Resource: metav1.GroupVersionResource{Group: "keymint.io", Version: "v1alpha1", Resource: "apitokens"},
+			Object:   runtime.RawExtension{Raw: raw},
+		},
 	}
-	Expect(k8sClient.Update(ctx, n)).To(Succeed())
-	// The webhook configuration's namespaceSelector reads the label from
-	// kube-apiserver's namespace cache: wait until it takes effect.
-	Eventually(func() bool {
-		probe := apiToken(ns, "probe-"+strings.ToLower(fmt.Sprint(time.Now().UnixNano())), "billing")
-		Expect(k8sClient.Create(ctx, probe)).To(Succeed())
-		defer func() { Expect(k8sClient.Delete(ctx, probe)).To(Succeed()) }()
-		_, recorded := probe.Annotations[keymintv1alpha1.RequesterAnnotation]
-		return recorded == (v == "")
-	}).Should(BeTrue())
+	body, err := json.Marshal(review)
+	Expect(err).NotTo(HaveOccurred())
+	pool := x509.NewCertPool()
+	Expect(pool.AppendCertsFromPEM(env.WebhookInstallOptions.LocalServingCAData)).To(BeTrue())
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	wh := env.WebhookInstallOptions
+	resp, err := hc.Post(fmt.Sprintf("https://%s/mutate-keymint-io-v1alpha1-apitoken", net.JoinHostPort(wh.LocalServingHost, fmt.Sprint(wh.LocalServingPort))),
+		"application/json", bytes.NewReader(body))
+	Expect(err).NotTo(HaveOccurred())
+	defer resp.Body.Close()
+	var answer admissionv1.AdmissionReview
+	Expect(json.NewDecoder(resp.Body).Decode(&answer)).To(Succeed())
+	Expect(answer.Response.Allowed).To(BeTrue())
+	var ops []struct {
+		Path  string            `json:"path"`
+		Value map[string]string `json:"value"`
+	}
+	Expect(json.Unmarshal(answer.Response.Patch, &ops)).To(Succeed())
+	Expect(ops).To(HaveLen(1))
+	return ops[0].Value
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"time"
 
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -24,12 +25,15 @@ import (
 type RequesterRecorder struct {
 	Keyring *recordkey.Keyring
 	Decoder admission.Decoder
+	// Webhook is this webhook's configuration: a record signed before it
+	// existed, or while it can be skipped, is never kept.
+	Webhook requester.Webhook
 	// Clock stamps requestedAt; nil means the real clock.
 	Clock clock.PassiveClock
 }
 
 // Handle answers with a patch that sets the record.
-func (r *RequesterRecorder) Handle(_ context.Context, req admission.Request) admission.Response {
+func (r *RequesterRecorder) Handle(ctx context.Context, req admission.Request) admission.Response {
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return admission.Allowed("")
 	}
@@ -54,8 +58,16 @@ func (r *RequesterRecorder) Handle(_ context.Context, req admission.Request) adm
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
+	trustedSince, why, err := r.Webhook.Check(ctx)
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err)
+	}
+	if why != "" {
+		// This write is seen, but others may not have been: keep no record.
+		trustedSince = clk.Now().Add(time.Hour)
+	}
 	hadAnnotations := after.Annotations != nil
-	requester.Admit(r.Keyring, before, after, requester.FromUserInfo(req.UserInfo), clk.Now())
+	requester.Admit(r.Keyring, before, after, requester.FromUserInfo(req.UserInfo), clk.Now(), trustedSince)
 	return admission.Patched("Recorded the requester", annotationPatch(hadAnnotations, after.Annotations)...)
 }
 
@@ -79,7 +91,7 @@ func annotationPatch(hadAnnotations bool, annotations map[string]string) []jsonp
 }
 
 // NewRequesterWebhook returns the mutating webhook, ready to register at
-// RequesterPath.
-func NewRequesterWebhook(scheme *runtime.Scheme, ring *recordkey.Keyring) *admission.Webhook {
-	return &admission.Webhook{Handler: &RequesterRecorder{Keyring: ring, Decoder: admission.NewDecoder(scheme)}}
+// RequesterPath; hook is its own configuration.
+func NewRequesterWebhook(scheme *runtime.Scheme, ring *recordkey.Keyring, hook requester.Webhook) *admission.Webhook {
+	return &admission.Webhook{Handler: &RequesterRecorder{Keyring: ring, Decoder: admission.NewDecoder(scheme), Webhook: hook}}
 }

@@ -9,7 +9,6 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,9 +33,6 @@ import (
 // from config/webhook/validating.yaml (envtest points it at this process).
 // Users act through impersonation, so RBAC and SubjectAccessReviews are
 // kube-apiserver's own.
-// bypassLabel on a namespace makes the requester webhook skip it.
-const bypassLabel = "keymint-test/bypass-requester-webhook"
-
 var (
 	env       *envtest.Environment
 	cfg       *rest.Config
@@ -68,17 +64,6 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme})
 	Expect(err).NotTo(HaveOccurred())
-	// A namespace labelled bypassLabel is one the requester webhook skips,
-	// as if it were bypassed.
-	var mutating admissionregistrationv1.MutatingWebhookConfigurationList
-	Expect(k8sClient.List(ctx, &mutating)).To(Succeed())
-	Expect(mutating.Items).To(HaveLen(1))
-	for i := range mutating.Items[0].Webhooks {
-		mutating.Items[0].Webhooks[i].NamespaceSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
-			{Key: bypassLabel, Operator: metav1.LabelSelectorOpDoesNotExist},
-		}}
-	}
-	Expect(k8sClient.Update(ctx, &mutating.Items[0])).To(Succeed())
 
 	wh := env.WebhookInstallOptions
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
@@ -90,8 +75,8 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	ring, err := recordkey.Generate("test")
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring, AuthorizationRetry: 500 * time.Millisecond})).To(Succeed())
-	admission.Setup(mgr, mgr.GetClient(), authz.SubjectAccessReviewer{Client: mgr.GetClient()}, ring)
+	Expect(controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: ring, AuthorizationRetry: 500 * time.Millisecond})).To(Succeed())
+	admission.Setup(mgr, mgr.GetClient(), authz.SubjectAccessReviewer{Client: mgr.GetClient()}, ring, testenv.RequesterWebhookName)
 	go func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())

@@ -106,7 +106,7 @@ var _ = BeforeSuite(func() {
 	ring, err := recordkey.Generate("test")
 	Expect(err).NotTo(HaveOccurred())
 	Expect(testenv.ServeRequesters(ctx, env, ring)).To(Succeed())
-	Expect(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
+	Expect(controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
 	Expect(check.Setup(ctx, mgr, check.Options{
 		Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile,
 		DefaultRequestsPerMinute: 500, FlushInterval: 100 * time.Millisecond, FlushMinGap: 100 * time.Millisecond,

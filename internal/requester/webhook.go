@@ -1,0 +1,122 @@
+package requester
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+)
+
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,resourceNames=keymint-mutating-webhook-configuration,verbs=get
+
+
+// Webhook checks that keymint's requester webhook is enforced:
+// a requester record can be trusted only if every write that could have
+// stored it went through that webhook, which overwrites whatever record a
+// writer sends. Anyone who reaches keymint's webhook port can have it sign a
+// record of their choosing; while kube-apiserver calls it on every write,
+// such a record never reaches etcd.
+type Webhook struct {
+	Reader client.Reader
+	// Name is the MutatingWebhookConfiguration; empty turns the check off
+	// (suites that run the controllers with no webhooks, and only those).
+	Name string
+}
+
+// Check returns why the webhook is not enforced ("" when it is), and since
+// when its configuration exists: records signed before were signed while
+// it did not, and are not trusted.
+func (w Webhook) Check(ctx context.Context) (since time.Time, why string, err error) {
+	if w.Name == "" {
+		return time.Time{}, "", nil
+	}
+	cfg := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := w.Reader.Get(ctx, types.NamespacedName{Name: w.Name}, cfg); err != nil {
+		if apierrors.IsNotFound(err) {
+			return time.Time{}, fmt.Sprintf("MutatingWebhookConfiguration %q does not exist", w.Name), nil
+		}
+		return time.Time{}, "", fmt.Errorf("reading MutatingWebhookConfiguration %q: %w", w.Name, err)
+	}
+	if why := NotEnforced(cfg); why != "" {
+		return time.Time{}, fmt.Sprintf("MutatingWebhookConfiguration %q %s", w.Name, why), nil
+	}
+	return cfg.CreationTimestamp.Time, "", nil
+}
+
+// requesterMatchConditions are the match conditions keymint ships: a
+// revoked ApiToken mints nothing, so skipping it skips nothing that mints.
+var requesterMatchConditions = map[string]string{"not-revoked": "!has(object.spec.revoked) || !object.spec.revoked"}
+
+// NotEnforced says how a configuration lets an ApiToken write skip the
+// requester webhook, or "" when it does not: the webhook must fail closed
+// and be called for every create and update of an ApiToken that is not
+// revoked.
+func NotEnforced(cfg *admissionregistrationv1.MutatingWebhookConfiguration) string {
+	for _, w := range cfg.Webhooks {
+		path := ""
+		switch cc := w.ClientConfig; {
+		case cc.Service != nil && cc.Service.Path != nil:
+			path = *cc.Service.Path
+		case cc.URL != nil:
+			if u, err := url.Parse(*cc.URL); err == nil {
+				path = u.Path
+			}
+		}
+		// (envtest writes its URLs with a double slash.)
+		if "/"+strings.TrimLeft(path, "/") != Path {
+			continue
+		}
+		switch {
+		case w.FailurePolicy != nil && *w.FailurePolicy != admissionregistrationv1.Fail:
+			return fmt.Sprintf("has failurePolicy %s: a write goes through when keymint cannot answer", *w.FailurePolicy)
+		case !selectsAll(w.NamespaceSelector), !selectsAll(w.ObjectSelector):
+			return "has a namespaceSelector or objectSelector: writes to the objects it leaves out skip the webhook"
+		case !coversApiTokenWrites(w.Rules):
+			return "does not cover every create and update of keymint.io apitokens"
+		}
+		for _, c := range w.MatchConditions {
+			if requesterMatchConditions[c.Name] != c.Expression {
+				return fmt.Sprintf("has match condition %q, which keymint does not ship: writes it leaves out skip the webhook", c.Name)
+			}
+		}
+		return ""
+	}
+	return fmt.Sprintf("has no webhook calling %s", Path)
+}
+
+// Path is where keymint serves the requester webhook.
+const Path = "/mutate-keymint-io-v1alpha1-apitoken"
+
+func selectsAll(s *metav1.LabelSelector) bool {
+	return s == nil || (len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0)
+}
+
+func coversApiTokenWrites(rules []admissionregistrationv1.RuleWithOperations) bool {
+	var create, update bool
+	for _, r := range rules {
+		if !slices.ContainsFunc(r.APIGroups, anyOr(keymintv1alpha1.GroupVersion.Group)) ||
+			!slices.ContainsFunc(r.APIVersions, anyOr(keymintv1alpha1.GroupVersion.Version)) ||
+			!slices.ContainsFunc(r.Resources, anyOr("apitokens")) {
+			continue
+		}
+		for _, op := range r.Operations {
+			create = create || op == admissionregistrationv1.Create || op == admissionregistrationv1.OperationAll
+			update = update || op == admissionregistrationv1.Update || op == admissionregistrationv1.OperationAll
+		}
+	}
+	return create && update
+}
+
+func anyOr(want string) func(string) bool {
+	return func(s string) bool { return s == want || s == "*" }
+}

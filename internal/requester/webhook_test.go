@@ -1,0 +1,81 @@
+package requester
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
+)
+
+// A requester record is trusted only while every ApiToken write goes
+// through the webhook that writes it: the shipped configuration passes,
+// each way of letting a write skip it does not.
+func TestNotEnforced(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "config", "webhook", "mutating.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := yaml.Unmarshal(raw, shipped); err != nil {
+		t.Fatal(err)
+	}
+	tests := map[string]struct {
+		mutate func(w *admissionregistrationv1.MutatingWebhook)
+		// want is part of the reason; "" means enforced.
+		want string
+	}{
+		"as shipped": {mutate: func(*admissionregistrationv1.MutatingWebhook) {}},
+		"pointed at a URL, as make run and envtest install it": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: ptr.To("https://127.0.0.1:9443/mutate-keymint-io-v1alpha1-apitoken")}
+		}},
+		"pointed at a URL with a double slash, as envtest writes it": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: ptr.To("https://127.0.0.1:9443//mutate-keymint-io-v1alpha1-apitoken")}
+		}},
+		"failurePolicy Ignore": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.FailurePolicy = ptr.To(admissionregistrationv1.Ignore)
+		}, want: "failurePolicy Ignore"},
+		"a namespaceSelector": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"team": "a"}}
+		}, want: "namespaceSelector"},
+		"an objectSelector": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.ObjectSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "x", Operator: metav1.LabelSelectorOpDoesNotExist}}}
+		}, want: "objectSelector"},
+		"an empty selector selects everything": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.NamespaceSelector = &metav1.LabelSelector{}
+		}},
+		"no UPDATE": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.Rules[0].Operations = []admissionregistrationv1.OperationType{admissionregistrationv1.Create}
+		}, want: "every create and update"},
+		"another resource": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.Rules[0].Resources = []string{"serviceusers"}
+		}, want: "every create and update"},
+		"wildcards cover it": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.Rules[0].Rule = admissionregistrationv1.Rule{APIGroups: []string{"*"}, APIVersions: []string{"*"}, Resources: []string{"*"}}
+			w.Rules[0].Operations = []admissionregistrationv1.OperationType{admissionregistrationv1.OperationAll}
+		}},
+		"a match condition of someone else's": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.MatchConditions = append(w.MatchConditions, admissionregistrationv1.MatchCondition{Name: "skip-mine", Expression: "object.metadata.name != 'x'"})
+		}, want: `match condition "skip-mine"`},
+		"the shipped condition edited": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.MatchConditions[0].Expression = "false"
+		}, want: `match condition "not-revoked"`},
+		"another path": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.ClientConfig.Service.Path = ptr.To("/other")
+		}, want: "no webhook calling"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			cfg := shipped.DeepCopy()
+			tc.mutate(&cfg.Webhooks[0])
+			got := NotEnforced(cfg)
+			if (got == "") != (tc.want == "") || !strings.Contains(got, tc.want) {
+				t.Errorf("NotEnforced = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
