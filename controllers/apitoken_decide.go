@@ -34,7 +34,7 @@ const (
 type observation struct {
 	// Namespace and Name are the ApiToken's.
 	Namespace, Name string
-	Spec *keymintv1alpha1.ApiTokenSpec
+	Spec            *keymintv1alpha1.ApiTokenSpec
 	// RotateRequest is the keymint.io/rotate annotation's value.
 	RotateRequest string
 	User          tokenstate.User

@@ -285,7 +285,7 @@ const (
 	// configuration is missing or lets writes skip it, so no record is
 	// trusted and nothing is minted until it is restored.
 	ApiTokenReasonRequesterWebhookNotEnforced = "RequesterWebhookNotEnforced"
-	ApiTokenReasonNotEvaluated      = "NotEvaluated"
+	ApiTokenReasonNotEvaluated                = "NotEvaluated"
 
 	ApiTokenReasonWithinWarningWindow = "WithinWarningWindow"
 	ApiTokenReasonNotExpiringSoon     = "NotExpiringSoon"

@@ -19,7 +19,6 @@ import (
 
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,resourceNames=keymint-mutating-webhook-configuration,verbs=get
 
-
 // Webhook checks that keymint's requester webhook is enforced:
 // a requester record can be trusted only if every write that could have
 // stored it went through that webhook, which overwrites whatever record a
