@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/printers"
@@ -260,6 +261,11 @@ func stateOf(tok *keymintv1alpha1.ApiToken, t *tokenstate.Token, v *tokenstate.V
 // accepted.
 func rotationOf(tok *keymintv1alpha1.ApiToken, t *tokenstate.Token, user *tokenstate.User, v *tokenstate.Verdict, now time.Time) string {
 	var parts []string
+	// A mint keymint would make but may not, for lack of the requester's
+	// right: Ready stays True meanwhile, so say it here.
+	if c := meta.FindStatusCondition(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized); c != nil && c.Status == metav1.ConditionFalse && t.Issued {
+		parts = append(parts, "blocked: "+c.Reason)
+	}
 	req := tok.Annotations[keymintv1alpha1.RotateAnnotation]
 	switch {
 	case req != "" && req != tok.Status.LastRotationRequest && v.Revoked == "":

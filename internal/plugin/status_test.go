@@ -55,7 +55,14 @@ func TestStatus(t *testing.T) {
 	expiringPlain := issue(t, cl, expiring, "expiring", now.Add(-20*time.Hour), keymintv1alpha1.ApiTokenStatus{ExpiresAt: at(4 * time.Hour),
 		Conditions: []metav1.Condition{{Type: keymintv1alpha1.ApiTokenConditionExpiringSoon, Status: metav1.ConditionTrue,
 			Reason: keymintv1alpha1.ApiTokenReasonWithinWarningWindow, LastTransitionTime: metav1.Now()}}})
-	plains := []string{readyPlain, expiredPlain, orphanPlain, expiringPlain}
+	// Issued, and its rotation waits: its requester may no longer mint it.
+	blocked := createToken(t, cl, ns, "blocked", "billing", func(tok *keymintv1alpha1.ApiToken) {
+		tok.Spec.Rotation = &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: time.Hour}}
+	})
+	blockedPlain := issue(t, cl, blocked, "blocked", now.Add(-2*time.Hour), keymintv1alpha1.ApiTokenStatus{
+		Conditions: []metav1.Condition{{Type: keymintv1alpha1.ApiTokenConditionAuthorized, Status: metav1.ConditionFalse,
+			Reason: keymintv1alpha1.ApiTokenReasonNotAllowed, LastTransitionTime: metav1.Now()}}})
+	plains := []string{readyPlain, expiredPlain, orphanPlain, expiringPlain, blockedPlain}
 	neverPrintsATokens := func(r result) {
 		t.Helper()
 		for _, p := range plains {
@@ -69,7 +76,9 @@ func TestStatus(t *testing.T) {
 		g.Expect(r.code).To(Equal(0), r.stderr)
 		neverPrintsATokens(r)
 		rows := table(t, r.stdout)
-		g.Expect(rows).To(HaveLen(6))
+		g.Expect(rows).To(HaveLen(7))
+		g.Expect(rows["blocked"]).To(HaveKeyWithValue("STATE", "Ready"), "its token is still accepted")
+		g.Expect(rows["blocked"]).To(HaveKeyWithValue("ROTATION", "blocked: NotAllowed, due 1h ago"))
 		g.Expect(rows["expiring"]).To(HaveKeyWithValue("STATE", "ExpiringSoon"), "accepted, inside its warning window")
 		g.Expect(rows["ready"]).To(Equal(map[string]string{
 			"NAME": "ready", "SERVICE USER": "billing", "STATE": "Ready", "EXPIRES": "in 6d5h", "LAST USED": "5m ago",
@@ -112,7 +121,7 @@ func TestStatus(t *testing.T) {
 		neverPrintsATokens(r)
 		var list keymintv1alpha1.ApiTokenList
 		g.Expect(json.Unmarshal([]byte(r.stdout), &list)).To(Succeed())
-		g.Expect(list.Items).To(HaveLen(6))
+		g.Expect(list.Items).To(HaveLen(7))
 		g.Expect(list.Items[0].Kind).To(Equal("ApiToken"))
 		g.Expect(list.Items[0].APIVersion).To(Equal("keymint.io/v1alpha1"))
 		g.Expect(r.stdout).NotTo(ContainSubstring("managedFields"))

@@ -150,7 +150,7 @@ func (v *ApiTokenValidator) warnings(ctx context.Context, tok *keymintv1alpha1.A
 	user := &keymintv1alpha1.ServiceUser{}
 	err := v.Reader.Get(ctx, types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}, user)
 	if apierrors.IsNotFound(err) {
-		return admission.Warnings{fmt.Sprintf("ServiceUser %q does not exist (yet): the token is issued once it does", tok.Spec.ServiceUser)}, nil
+		return admission.Warnings{fmt.Sprintf("ServiceUser %q does not exist (yet): the token is issued once it does, if you may then mint its tokens and carry its groups", tok.Spec.ServiceUser)}, nil
 	}
 	if err != nil {
 		return nil, apierrors.NewInternalError(err)
