@@ -163,10 +163,10 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	var rec secretRecord
 	var writeErr error
 	wroteSecret := false
+	denied := d.mints() && !obs.Auth.Allowed
 	switch {
-	case d.mints() && !obs.Auth.Allowed:
-		// Not minted: the status says why, and a retry asks again (an
-		// adopted record is recovered all the same).
+	case denied:
+		// Not minted: the status says why, and a retry asks again.
 	case d.mints():
 		rec, writeErr = r.writeNewToken(ctx, tok, user.Spec.TokenPolicy.Prefix, sec, obs, d)
 		wroteSecret = writeErr == nil
@@ -174,7 +174,6 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		writeErr = r.removeToken(ctx, sec)
 		wroteSecret = writeErr == nil
 	}
-	denied := d.mints() && !obs.Auth.Allowed
 	switch {
 	case denied:
 		// Nothing was minted: conditionEvents says why (MintDenied). A
