@@ -118,7 +118,7 @@ func Parse(s string) (prefix string, err error) {
 	// A secret above 2^256 - 1 is not one Mint makes. Its first character
 	// settles it for all but about 1 in 86 minted secrets (those starting
 	// with maxSecret's 'y'), so the whole secret is rarely compared.
-	if secret := s[underscore+1 : len(s)-ChecksumLen]; secret[0] >= maxSecret[0] && secret > maxSecret {
+	if s[underscore+1] >= maxSecret[0] && s[underscore+1:len(s)-ChecksumLen] > maxSecret {
 		return "", ErrMalformed
 	}
 	if sum != uint64(crcString(s[:len(s)-ChecksumLen])) {
