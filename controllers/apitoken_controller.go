@@ -69,8 +69,10 @@ type ApiTokenReconciler struct {
 
 	// mints bounds how often one ApiToken mints.
 	mints mintLimiter
-	// denials counts each ApiToken's denied mints in a row, for backoff.
+	// denials counts each denied ApiToken's denied mints in a row, for
+	// backoff; uids finds the entry of an ApiToken that is gone.
 	denials sync.Map // types.UID → int
+	uids    sync.Map // types.NamespacedName → types.UID
 }
 
 // +kubebuilder:rbac:groups=keymint.io,resources=apitokens,verbs=get;list;watch
@@ -85,6 +87,9 @@ type ApiTokenReconciler struct {
 func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	tok := &keymintv1alpha1.ApiToken{}
 	if err := r.Client.Get(ctx, req.NamespacedName, tok); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	// Taken by whichever reconcile comes next, so the map holds only writes
@@ -210,13 +215,13 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	switch {
 	case obs.Auth == nil:
 	case obs.Auth.Allowed:
-		r.denials.Delete(tok.UID)
+		r.forget(req.NamespacedName)
 	case obs.Auth.Reason == keymintv1alpha1.ApiTokenReasonNoRequesterRecord:
 		// Only a write through admission brings a record, and a write
 		// brings a reconcile: nothing to retry.
 		return ctrl.Result{RequeueAfter: res.RequeueAfter}, nil
 	default:
-		return ctrl.Result{RequeueAfter: r.retryDenied(tok.UID)}, nil
+		return ctrl.Result{RequeueAfter: r.retryDenied(req.NamespacedName, tok.UID)}, nil
 	}
 	for _, p := range res.Retired {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventRetiredIdle, "Retire",

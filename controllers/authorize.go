@@ -99,13 +99,21 @@ func quoteUser(name string) string { return fmt.Sprintf("user %q", name) }
 
 // retryDenied counts a denied mint of uid and says when to ask again: the
 // retry interval, doubling with each denial in a row up to 8 times it.
-func (r *ApiTokenReconciler) retryDenied(uid types.UID) time.Duration {
+func (r *ApiTokenReconciler) retryDenied(key types.NamespacedName, uid types.UID) time.Duration {
+	r.uids.Store(key, uid)
 	n := 0
 	if v, ok := r.denials.Load(uid); ok {
 		n = v.(int)
 	}
 	r.denials.Store(uid, n+1)
 	return r.authorizationRetry() << min(n, 3)
+}
+
+// forget drops what is kept in memory for an ApiToken that is gone.
+func (r *ApiTokenReconciler) forget(key types.NamespacedName) {
+	if uid, ok := r.uids.LoadAndDelete(key); ok {
+		r.denials.Delete(uid)
+	}
 }
 
 func (r *ApiTokenReconciler) authorizationRetry() time.Duration {

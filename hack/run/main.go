@@ -352,7 +352,7 @@ func installWebhooks(ctx context.Context, cfg *rest.Config, port int, caFile str
 	if err != nil {
 		return err
 	}
-	return testenv.InstallWebhooks(ctx, cfg, "keymint-local", port, ca, true)
+	return testenv.InstallWebhooks(ctx, cfg, port, ca, true)
 }
 
 // managerUser is who keymint runs as on the local control plane.
@@ -441,9 +441,7 @@ func bindManagerRole(ctx context.Context, cfg *rest.Config, root string) error {
 func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig, managerKubeconfig string, admin *rest.Config, awaitKey func(context.Context) error) error {
 	certs := certFiles(dir)
 	o.replicas = max(o.replicas, 1)
-	// The requester webhook make run installs (installWebhooks): keymint
-	// mints nothing while it is missing.
-	extra := []string{"--mutating-webhook-configuration=keymint-local"}
+	var extra []string
 	if o.replicas > 1 {
 		extra = append(extra, "--leader-elect")
 	}

@@ -260,6 +260,22 @@ func Admit(ring *recordkey.Keyring, before, after *keymintv1alpha1.ApiToken, who
 	after.Annotations[keymintv1alpha1.RequesterSignatureAnnotation] = ring.Sign(signedFields(after, string(raw))...)
 }
 
+// SameRequest reports whether two records name the same requester for the
+// same spec, with the same restart targets named by the same users: the
+// same request, whenever each was signed.
+func SameRequest(a, b *Record) bool {
+	if a == nil || b == nil || a.Spec != b.Spec || !a.Requester.equal(b.Requester) || len(a.RestartTargets) != len(b.RestartTargets) {
+		return false
+	}
+	for i, t := range a.RestartTargets {
+		u := b.RestartTargets[i]
+		if t.Kind != u.Kind || t.Name != u.Name || !t.NamedBy.equal(u.NamedBy) {
+			return false
+		}
+	}
+	return true
+}
+
 // Changes reports whether an update asks for a different token: one that
 // needs the right to mint. A token revoked after the update mints nothing,
 // whatever else changes; un-revoking mints. Shortening counts too: any

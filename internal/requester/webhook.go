@@ -61,36 +61,41 @@ var requesterMatchConditions = map[string]string{"not-revoked": "!has(object.spe
 // and be called for every create and update of an ApiToken that is not
 // revoked.
 func NotEnforced(cfg *admissionregistrationv1.MutatingWebhookConfiguration) string {
-	for _, w := range cfg.Webhooks {
-		path := ""
-		switch cc := w.ClientConfig; {
-		case cc.Service != nil && cc.Service.Path != nil:
-			path = *cc.Service.Path
-		case cc.URL != nil:
-			if u, err := url.Parse(*cc.URL); err == nil {
-				path = u.Path
-			}
-		}
-		// (envtest writes its URLs with a double slash.)
-		if "/"+strings.TrimLeft(path, "/") != Path {
-			continue
-		}
-		switch {
-		case w.FailurePolicy != nil && *w.FailurePolicy != admissionregistrationv1.Fail:
-			return fmt.Sprintf("has failurePolicy %s: a write goes through when keymint cannot answer", *w.FailurePolicy)
-		case !selectsAll(w.NamespaceSelector), !selectsAll(w.ObjectSelector):
-			return "has a namespaceSelector or objectSelector: writes to the objects it leaves out skip the webhook"
-		case !coversApiTokenWrites(w.Rules):
-			return "does not cover every create and update of keymint.io apitokens"
-		}
-		for _, c := range w.MatchConditions {
-			if requesterMatchConditions[c.Name] != c.Expression {
-				return fmt.Sprintf("has match condition %q, which keymint does not ship: writes it leaves out skip the webhook", c.Name)
-			}
-		}
-		return ""
+	if len(cfg.Webhooks) != 1 {
+		// One webhook, keymint's: another beside it could call elsewhere,
+		// or run after it and write a record of its own.
+		return fmt.Sprintf("has %d webhooks, where keymint ships one", len(cfg.Webhooks))
 	}
-	return fmt.Sprintf("has no webhook calling %s", Path)
+	w := cfg.Webhooks[0]
+	path := ""
+	switch cc := w.ClientConfig; {
+	case cc.Service != nil && cc.Service.Path != nil:
+		path = *cc.Service.Path
+	case cc.URL != nil:
+		if u, err := url.Parse(*cc.URL); err == nil {
+			path = u.Path
+		}
+	}
+	// (envtest writes its URLs with a double slash.)
+	if "/"+strings.TrimLeft(path, "/") != Path {
+		return fmt.Sprintf("has no webhook calling %s", Path)
+	}
+	switch {
+	case w.FailurePolicy != nil && *w.FailurePolicy != admissionregistrationv1.Fail:
+		return fmt.Sprintf("has failurePolicy %s: a write goes through when keymint cannot answer", *w.FailurePolicy)
+	case w.MatchPolicy != nil && *w.MatchPolicy != admissionregistrationv1.Equivalent:
+		return fmt.Sprintf("has matchPolicy %s: writes through another version of the API skip the webhook", *w.MatchPolicy)
+	case !selectsAll(w.NamespaceSelector), !selectsAll(w.ObjectSelector):
+		return "has a namespaceSelector or objectSelector: writes to the objects it leaves out skip the webhook"
+	case !coversApiTokenWrites(w.Rules):
+		return "does not cover every create and update of keymint.io apitokens"
+	}
+	for _, c := range w.MatchConditions {
+		if requesterMatchConditions[c.Name] != c.Expression {
+			return fmt.Sprintf("has match condition %q, which keymint does not ship: writes it leaves out skip the webhook", c.Name)
+		}
+	}
+	return ""
 }
 
 // Path is where keymint serves the requester webhook.
@@ -103,7 +108,8 @@ func selectsAll(s *metav1.LabelSelector) bool {
 func coversApiTokenWrites(rules []admissionregistrationv1.RuleWithOperations) bool {
 	var create, update bool
 	for _, r := range rules {
-		if !slices.ContainsFunc(r.APIGroups, anyOr(keymintv1alpha1.GroupVersion.Group)) ||
+		if r.Scope != nil && *r.Scope != admissionregistrationv1.AllScopes && *r.Scope != admissionregistrationv1.NamespacedScope ||
+			!slices.ContainsFunc(r.APIGroups, anyOr(keymintv1alpha1.GroupVersion.Group)) ||
 			!slices.ContainsFunc(r.APIVersions, anyOr(keymintv1alpha1.GroupVersion.Version)) ||
 			!slices.ContainsFunc(r.Resources, anyOr("apitokens")) {
 			continue

@@ -64,10 +64,26 @@ func TestNotEnforced(t *testing.T) {
 		"the shipped condition edited": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
 			w.MatchConditions[0].Expression = "false"
 		}, want: `match condition "not-revoked"`},
+		"scope Cluster: namespaced ApiTokens never match": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.Rules[0].Scope = ptr.To(admissionregistrationv1.ClusterScope)
+		}, want: "every create and update"},
+		"matchPolicy Exact": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
+			w.MatchPolicy = ptr.To(admissionregistrationv1.Exact)
+		}, want: "matchPolicy Exact"},
 		"another path": {mutate: func(w *admissionregistrationv1.MutatingWebhook) {
 			w.ClientConfig.Service.Path = ptr.To("/other")
 		}, want: "no webhook calling"},
 	}
+	t.Run("a second webhook beside keymint's", func(t *testing.T) {
+		cfg := shipped.DeepCopy()
+		other := cfg.Webhooks[0].DeepCopy()
+		other.Name = "other.example.com"
+		other.ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: ptr.To("https://attacker.example.com/mutate-keymint-io-v1alpha1-apitoken")}
+		cfg.Webhooks = append(cfg.Webhooks, *other)
+		if got := NotEnforced(cfg); !strings.Contains(got, "2 webhooks") {
+			t.Errorf("NotEnforced = %q, want a refusal of the second webhook", got)
+		}
+	})
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			cfg := shipped.DeepCopy()

@@ -14,11 +14,12 @@ import (
 )
 
 // InstallWebhooks creates (or updates) config/webhook's admission webhook
-// configurations under name, pointed at a keymint process serving its
-// webhooks on https://127.0.0.1:port with the certificate caPEM signs: the
-// mutating one that records who asks for each ApiToken and, with
-// validating set, the validating ones.
-func InstallWebhooks(ctx context.Context, cfg *rest.Config, name string, port int, caPEM []byte, validating bool) error {
+// configurations under the names config/default gives them (the names
+// keymint's flags default to, and its RBAC allows), pointed at a keymint
+// process serving its webhooks on https://127.0.0.1:port with the
+// certificate caPEM signs: the mutating one that records who asks for each
+// ApiToken and, with validating set, the validating ones.
+func InstallWebhooks(ctx context.Context, cfg *rest.Config, port int, caPEM []byte, validating bool) error {
 	root, err := RepoRoot()
 	if err != nil {
 		return err
@@ -35,7 +36,7 @@ func InstallWebhooks(ctx context.Context, cfg *rest.Config, name string, port in
 	if err := readManifest(filepath.Join(root, "config", "webhook", "mutating.yaml"), mutating); err != nil {
 		return err
 	}
-	mutating.Name = name
+	mutating.Name = "keymint-" + mutating.Name
 	for i := range mutating.Webhooks {
 		point(&mutating.Webhooks[i].ClientConfig)
 	}
@@ -51,7 +52,7 @@ func InstallWebhooks(ctx context.Context, cfg *rest.Config, name string, port in
 	if err := readManifest(filepath.Join(root, "config", "webhook", "validating.yaml"), v); err != nil {
 		return err
 	}
-	v.Name = name
+	v.Name = "keymint-" + v.Name
 	for i := range v.Webhooks {
 		point(&v.Webhooks[i].ClientConfig)
 	}

@@ -35,7 +35,9 @@ const (
 func Setup(mgr ctrl.Manager, reader client.Reader, a authz.Authorizer, ring *recordkey.Keyring, requesterWebhook string) {
 	scheme := mgr.GetScheme()
 	server := mgr.GetWebhookServer()
-	server.Register(RequesterPath, NewRequesterWebhook(scheme, ring, requester.Webhook{Reader: mgr.GetAPIReader(), Name: requesterWebhook}))
-	server.Register(ApiTokenPath, admission.WithValidator[*keymintv1alpha1.ApiToken](scheme, &ApiTokenValidator{Reader: reader, Authorizer: a}))
+	hook := requester.Webhook{Reader: mgr.GetAPIReader(), Name: requesterWebhook}
+	server.Register(RequesterPath, NewRequesterWebhook(scheme, ring, hook))
+	server.Register(ApiTokenPath, admission.WithValidator[*keymintv1alpha1.ApiToken](scheme,
+		&ApiTokenValidator{Reader: reader, Authorizer: a, Keyring: ring, Webhook: hook}))
 	server.Register(ServiceUserPath, admission.WithValidator[*keymintv1alpha1.ServiceUser](scheme, &ServiceUserValidator{Authorizer: a, APIReader: mgr.GetAPIReader()}))
 }

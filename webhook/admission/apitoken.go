@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -15,6 +16,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/authz"
+	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/requester"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
@@ -25,6 +27,12 @@ import (
 type ApiTokenValidator struct {
 	Reader     client.Reader
 	Authorizer authz.Authorizer
+	// Keyring and Webhook check the requester record the mutating webhook
+	// wrote: validation runs after every mutation, so a record changed or
+	// planted after keymint's (by another mutating webhook or policy), or
+	// missing because the mutating webhook was skipped, is refused here.
+	Keyring *recordkey.Keyring
+	Webhook requester.Webhook
 	// Clock is the time expiresAt is judged at; nil means the real clock.
 	Clock clock.PassiveClock
 }
@@ -38,6 +46,9 @@ func (v *ApiTokenValidator) ValidateCreate(ctx context.Context, tok *keymintv1al
 	if tok.Spec.Revoked {
 		return nil, nil
 	}
+	if err := v.checkRecord(ctx, nil, tok); err != nil {
+		return nil, err
+	}
 	if err := v.authorizeMint(ctx, tok); err != nil {
 		return nil, err
 	}
@@ -48,6 +59,12 @@ func (v *ApiTokenValidator) ValidateCreate(ctx context.Context, tok *keymintv1al
 // Revoking, and changes that mint nothing (description, rate), need none.
 func (v *ApiTokenValidator) ValidateUpdate(ctx context.Context, before, after *keymintv1alpha1.ApiToken) (admission.Warnings, error) {
 	if err := v.authorizeRestartTargets(ctx, after, before); err != nil {
+		return nil, err
+	}
+	if after.Spec.Revoked {
+		return nil, nil // (not sent here: the configuration's matchCondition)
+	}
+	if err := v.checkRecord(ctx, before, after); err != nil {
 		return nil, err
 	}
 	if !requester.Changes(before, after) {
@@ -62,6 +79,41 @@ func (v *ApiTokenValidator) ValidateUpdate(ctx context.Context, before, after *k
 // ValidateDelete allows every deletion: deleting a token revokes it.
 func (v *ApiTokenValidator) ValidateDelete(context.Context, *keymintv1alpha1.ApiToken) (admission.Warnings, error) {
 	return nil, nil
+}
+
+// checkRecord refuses a write whose requester record is not the one
+// keymint's requester webhook writes for it: the record for this user over
+// the stored object.
+func (v *ApiTokenValidator) checkRecord(ctx context.Context, before, after *keymintv1alpha1.ApiToken) error {
+	req, err := admission.RequestFromContext(ctx)
+	if err != nil {
+		return apierrors.NewInternalError(err)
+	}
+	clk := v.Clock
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	since, why, err := v.Webhook.Check(ctx)
+	if err != nil {
+		return apierrors.NewInternalError(err)
+	}
+	if why != "" {
+		since = clk.Now().Add(time.Hour) // as the mutating webhook keeps nothing then
+	}
+	want := after.DeepCopy()
+	delete(want.Annotations, keymintv1alpha1.RequesterAnnotation)
+	delete(want.Annotations, keymintv1alpha1.RequesterSignatureAnnotation)
+	requester.Admit(v.Keyring, before, want, requester.FromUserInfo(req.UserInfo), clk.Now(), since)
+	expected, _ := requester.Read(v.Keyring, want)
+	got, problem := requester.Read(v.Keyring, after)
+	if problem == "" && requester.SameRequest(got, expected) {
+		return nil
+	}
+	return apierrors.NewForbidden(apiTokens, after.Name, fmt.Errorf(
+		"annotation %s is not the record keymint's requester webhook writes for this request by user %q: "+
+			"it was changed or added after that webhook (by another mutating webhook or admission policy), or that webhook was not called "+
+			"(is MutatingWebhookConfiguration %q in place?). keymint mints only for the user who asked",
+		keymintv1alpha1.RequesterAnnotation, req.UserInfo.Username, v.Webhook.Name))
 }
 
 // authorizeRestartTargets denies naming a workload in

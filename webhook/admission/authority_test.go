@@ -300,32 +300,58 @@ var _ = Describe("Authorization at the moment of minting", func() {
 		Expect(meta.FindStatusCondition(exists, keymintv1alpha1.ApiTokenConditionRequestGranted).Status).To(Equal(metav1.ConditionUnknown))
 	})
 
-	It("mints nothing while the requester webhook can be skipped, nor for a record signed meanwhile", func() {
+	It("mints nothing while the requester webhook can be skipped, nor for a record forged meanwhile", func() {
 		Expect(k8sClient.Create(ctx, serviceUser(ns, "billing", "payments"))).To(Succeed())
 		// Anyone who reaches keymint's webhook port can have it sign a record
 		// for an identity of their choosing: an AdmissionReview of their own.
 		forgedAt := time.Now()
 		forged := forgeRecord(apiToken(ns, "t", "billing"), authenticationv1.UserInfo{Username: "kubernetes-admin", Groups: []string{"system:masters"}})
 		Expect(forged).To(HaveKey(keymintv1alpha1.RequesterSignatureAnnotation))
+		withForged := func() *keymintv1alpha1.ApiToken {
+			tok := apiToken(ns, "t", "billing")
+			tok.Annotations = forged
+			return tok
+		}
 
-		// While the webhook can be skipped (its configuration deleted, as a
-		// failed upgrade or a careless admin would), such a record gets in.
-		cfg := &admissionregistrationv1.MutatingWebhookConfiguration{}
-		Expect(k8sClient.Get(ctx, types.NamespacedName{Name: testenv.RequesterWebhookName}, cfg)).To(Succeed())
-		Expect(k8sClient.Delete(ctx, cfg)).To(Succeed())
-		restore := func() {
-			c := cfg.DeepCopy()
+		// The mutating webhook skipped (its configuration gone, or a later
+		// mutating webhook planting the record): the validating webhook,
+		// which runs after every mutation, refuses the record.
+		mutating := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		Expect(k8sClient.Get(ctx, types.NamespacedName{Name: testenv.RequesterWebhookName}, mutating)).To(Succeed())
+		Expect(k8sClient.Delete(ctx, mutating)).To(Succeed())
+		restoreMutating := func() {
+			c := mutating.DeepCopy()
 			c.ResourceVersion, c.UID, c.CreationTimestamp = "", "", metav1.Time{}
 			err := k8sClient.Create(ctx, c)
 			Expect(err == nil || apierrors.IsAlreadyExists(err)).To(BeTrue(), "%v", err)
 		}
-		DeferCleanup(restore)
-		tok := apiToken(ns, "t", "billing")
-		tok.Annotations = forged
-		Eventually(func() error { return k8sClient.Create(ctx, tok) }).Should(Succeed())
+		DeferCleanup(restoreMutating)
+		Eventually(func() string {
+			err := k8sClient.Create(ctx, withForged())
+			if err == nil {
+				Expect(k8sClient.Delete(ctx, withForged())).To(Succeed())
+				return ""
+			}
+			return err.Error()
+		}).Should(ContainSubstring(`annotation keymint.io/requester is not the record keymint's requester webhook writes for this request`))
+
+		// Both webhooks skipped (configurations deleted, as only a cluster
+		// admin can): the record gets in, and keymint, which reads its
+		// webhook's configuration before minting, mints nothing.
+		validating := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+		Expect(k8sClient.Get(ctx, types.NamespacedName{Name: "validating-webhook-configuration"}, validating)).To(Succeed())
+		Expect(k8sClient.Delete(ctx, validating)).To(Succeed())
+		restoreValidating := func() {
+			c := validating.DeepCopy()
+			c.ResourceVersion, c.UID, c.CreationTimestamp = "", "", metav1.Time{}
+			err := k8sClient.Create(ctx, c)
+			Expect(err == nil || apierrors.IsAlreadyExists(err)).To(BeTrue(), "%v", err)
+		}
+		DeferCleanup(restoreValidating)
+		Eventually(func() error { return k8sClient.Create(ctx, withForged()) }).Should(Succeed())
 		Eventually(func(g Gomega) {
 			t := getToken(ns, "t")
-			g.Expect(t.Annotations).To(HaveKeyWithValue(keymintv1alpha1.RequesterAnnotation, forged[keymintv1alpha1.RequesterAnnotation]), "stored past the webhook")
+			g.Expect(t.Annotations).To(HaveKeyWithValue(keymintv1alpha1.RequesterAnnotation, forged[keymintv1alpha1.RequesterAnnotation]), "stored past the webhooks")
 			c := meta.FindStatusCondition(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
 			g.Expect(c).NotTo(BeNil())
 			g.Expect(c.Reason).To(Equal(keymintv1alpha1.ApiTokenReasonRequesterWebhookNotEnforced))
@@ -333,11 +359,12 @@ var _ = Describe("Authorization at the moment of minting", func() {
 		}).Should(Succeed())
 		Expect(getToken(ns, "t").Status.TokenHash).To(BeEmpty())
 
-		// Restored: a record signed before it existed is not trusted. (Both
-		// times are in whole seconds: restore in a later second than the
-		// forgery, as any real window would be.)
+		// Restored: a record signed before the configuration existed is not
+		// trusted. (Both times are in whole seconds: restore in a later
+		// second than the forgery, as any real window would be.)
 		time.Sleep(time.Until(forgedAt.Truncate(time.Second).Add(time.Second)))
-		restore()
+		restoreMutating()
+		restoreValidating()
 		Eventually(func(g Gomega) {
 			c := meta.FindStatusCondition(getToken(ns, "t").Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
 			g.Expect(c.Reason).To(Equal(keymintv1alpha1.ApiTokenReasonNoRequesterRecord))
@@ -345,7 +372,7 @@ var _ = Describe("Authorization at the moment of minting", func() {
 		}).Should(Succeed())
 		Consistently(func() string { return getToken(ns, "t").Status.TokenHash }, time.Second).Should(BeEmpty())
 
-		// Written again through the webhook, by a user who may mint it:
+		// Written again through the webhooks, by a user who may mint it:
 		// recorded for that user, minted.
 		Eventually(func(g Gomega) {
 			g.Expect(update(k8sClient, ns, "t", func(t *keymintv1alpha1.ApiToken) {
