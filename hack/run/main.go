@@ -352,11 +352,15 @@ func installWebhooks(ctx context.Context, cfg *rest.Config, port int, caFile str
 	if err != nil {
 		return err
 	}
-	return testenv.InstallWebhooks(ctx, cfg, port, ca, true)
+	return testenv.InstallWebhooks(ctx, cfg, localWebhooks, port, ca, true)
 }
 
 // managerUser is who keymint runs as on the local control plane.
 const managerUser = "keymint-manager"
+
+// localWebhooks names the admission webhook configurations make run
+// installs.
+const localWebhooks = "keymint-local"
 
 // keymintNamespace is keymint's own namespace, as config/default installs
 // it: keymint keeps its record key Secret there (--record-key-secret).
@@ -387,6 +391,16 @@ func bindManagerRole(ctx context.Context, cfg *rest.Config, root string) error {
 		return fmt.Errorf("reading config/rbac/role.yaml: %w", err)
 	}
 	role.Name = "keymint-manager-role"
+	// The webhook configurations make run installs are named apart from a
+	// deployment's (config/default can be dry-run against this control
+	// plane): the same rights, on those.
+	for i := range role.Rules {
+		for j, n := range role.Rules[i].ResourceNames {
+			if strings.HasSuffix(n, "-webhook-configuration") {
+				role.Rules[i].ResourceNames[j] = localWebhooks
+			}
+		}
+	}
 	// Leader election (make run REPLICAS=2) needs Leases in keymint's
 	// namespace: the Role config/rbac gives the manager there.
 	raw, err = os.ReadFile(filepath.Join(root, "config", "rbac", "leader_election_role.yaml"))
@@ -441,7 +455,9 @@ func bindManagerRole(ctx context.Context, cfg *rest.Config, root string) error {
 func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig, managerKubeconfig string, admin *rest.Config, awaitKey func(context.Context) error) error {
 	certs := certFiles(dir)
 	o.replicas = max(o.replicas, 1)
-	var extra []string
+	// The requester webhook make run installs (installWebhooks): keymint
+	// mints nothing while it is missing.
+	extra := []string{"--mutating-webhook-configuration=" + localWebhooks}
 	if o.replicas > 1 {
 		extra = append(extra, "--leader-elect")
 	}

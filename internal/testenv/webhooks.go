@@ -14,12 +14,12 @@ import (
 )
 
 // InstallWebhooks creates (or updates) config/webhook's admission webhook
-// configurations under the names config/default gives them (the names
-// keymint's flags default to, and its RBAC allows), pointed at a keymint
-// process serving its webhooks on https://127.0.0.1:port with the
-// certificate caPEM signs: the mutating one that records who asks for each
-// ApiToken and, with validating set, the validating ones.
-func InstallWebhooks(ctx context.Context, cfg *rest.Config, port int, caPEM []byte, validating bool) error {
+// configurations, both named name, pointed at a keymint process serving its
+// webhooks on https://127.0.0.1:port with the certificate caPEM signs: the
+// mutating one that records who asks for each ApiToken and, with
+// validating set, the validating ones. keymint then needs
+// --mutating-webhook-configuration=name, and get on it.
+func InstallWebhooks(ctx context.Context, cfg *rest.Config, name string, port int, caPEM []byte, validating bool) error {
 	root, err := RepoRoot()
 	if err != nil {
 		return err
@@ -36,7 +36,7 @@ func InstallWebhooks(ctx context.Context, cfg *rest.Config, port int, caPEM []by
 	if err := readManifest(filepath.Join(root, "config", "webhook", "mutating.yaml"), mutating); err != nil {
 		return err
 	}
-	mutating.Name = "keymint-" + mutating.Name
+	mutating.Name = name
 	for i := range mutating.Webhooks {
 		point(&mutating.Webhooks[i].ClientConfig)
 	}
@@ -52,7 +52,7 @@ func InstallWebhooks(ctx context.Context, cfg *rest.Config, port int, caPEM []by
 	if err := readManifest(filepath.Join(root, "config", "webhook", "validating.yaml"), v); err != nil {
 		return err
 	}
-	v.Name = "keymint-" + v.Name
+	v.Name = name
 	for i := range v.Webhooks {
 		point(&v.Webhooks[i].ClientConfig)
 	}
