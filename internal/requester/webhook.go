@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -30,6 +31,20 @@ type Webhook struct {
 	// Name is the MutatingWebhookConfiguration; empty turns the check off
 	// (suites that run the controllers with no webhooks, and only those).
 	Name string
+	// Cache, when set, answers from a read at most its TTL old. The
+	// webhooks ask on every request, and anyone who reaches their port can
+	// send requests: without it, each would cost keymint an API read.
+	Cache *CheckCache
+}
+
+// CheckCache keeps the last answer of a Webhook check for TTL.
+type CheckCache struct {
+	TTL time.Duration
+
+	mu    sync.Mutex
+	at    time.Time
+	since time.Time
+	why   string
 }
 
 // Check returns why the webhook is not enforced ("" when it is), and since
@@ -39,6 +54,22 @@ func (w Webhook) Check(ctx context.Context) (since time.Time, why string, err er
 	if w.Name == "" {
 		return time.Time{}, "", nil
 	}
+	if c := w.Cache; c != nil {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !c.at.IsZero() && time.Since(c.at) < c.TTL {
+			return c.since, c.why, nil
+		}
+		since, why, err = w.read(ctx)
+		if err == nil {
+			c.at, c.since, c.why = time.Now(), since, why
+		}
+		return since, why, err
+	}
+	return w.read(ctx)
+}
+
+func (w Webhook) read(ctx context.Context) (since time.Time, why string, err error) {
 	cfg := &admissionregistrationv1.MutatingWebhookConfiguration{}
 	if err := w.Reader.Get(ctx, types.NamespacedName{Name: w.Name}, cfg); err != nil {
 		if apierrors.IsNotFound(err) {

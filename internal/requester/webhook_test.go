@@ -1,14 +1,17 @@
 package requester
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 )
 
@@ -93,5 +96,32 @@ func TestNotEnforced(t *testing.T) {
 				t.Errorf("NotEnforced = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// countingReader counts the configurations it is asked for.
+type countingReader struct {
+	client.Reader
+	cfg   *admissionregistrationv1.MutatingWebhookConfiguration
+	reads int
+}
+
+func (r *countingReader) Get(_ context.Context, _ client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	r.reads++
+	r.cfg.DeepCopyInto(obj.(*admissionregistrationv1.MutatingWebhookConfiguration))
+	return nil
+}
+
+// A flood of requests to the webhook port costs one API read a TTL.
+func TestCheckCacheBoundsReads(t *testing.T) {
+	r := &countingReader{cfg: &admissionregistrationv1.MutatingWebhookConfiguration{Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "x"}}}}
+	w := Webhook{Reader: r, Name: "cfg", Cache: &CheckCache{TTL: time.Hour}}
+	for range 100 {
+		if _, why, err := w.Check(context.Background()); err != nil || why == "" {
+			t.Fatalf("check: %q, %v", why, err)
+		}
+	}
+	if r.reads != 1 {
+		t.Errorf("%d reads for 100 checks within the TTL, want 1", r.reads)
 	}
 }

@@ -10,6 +10,8 @@
 package admission
 
 import (
+	"time"
+
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -35,7 +37,7 @@ const (
 func Setup(mgr ctrl.Manager, reader client.Reader, a authz.Authorizer, ring *recordkey.Keyring, requesterWebhook string) {
 	scheme := mgr.GetScheme()
 	server := mgr.GetWebhookServer()
-	hook := requester.Webhook{Reader: mgr.GetAPIReader(), Name: requesterWebhook}
+	hook := requester.Webhook{Reader: mgr.GetAPIReader(), Name: requesterWebhook, Cache: &requester.CheckCache{TTL: time.Second}}
 	server.Register(RequesterPath, NewRequesterWebhook(scheme, ring, hook))
 	server.Register(ApiTokenPath, admission.WithValidator[*keymintv1alpha1.ApiToken](scheme,
 		&ApiTokenValidator{Reader: reader, Authorizer: a, Keyring: ring, Webhook: hook}))
