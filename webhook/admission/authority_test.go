@@ -316,16 +316,7 @@ var _ = Describe("Authorization at the moment of minting", func() {
 		// The mutating webhook skipped (its configuration gone, or a later
 		// mutating webhook planting the record): the validating webhook,
 		// which runs after every mutation, refuses the record.
-		mutating := &admissionregistrationv1.MutatingWebhookConfiguration{}
-		Expect(k8sClient.Get(ctx, types.NamespacedName{Name: testenv.RequesterWebhookName}, mutating)).To(Succeed())
-		Expect(k8sClient.Delete(ctx, mutating)).To(Succeed())
-		restoreMutating := func() {
-			c := mutating.DeepCopy()
-			c.ResourceVersion, c.UID, c.CreationTimestamp = "", "", metav1.Time{}
-			err := k8sClient.Create(ctx, c)
-			Expect(err == nil || apierrors.IsAlreadyExists(err)).To(BeTrue(), "%v", err)
-		}
-		DeferCleanup(restoreMutating)
+		restoreMutating := deleteForAWhile(&admissionregistrationv1.MutatingWebhookConfiguration{}, testenv.RequesterWebhookName)
 		Eventually(func() string {
 			err := k8sClient.Create(ctx, withForged())
 			if err == nil {
@@ -338,16 +329,7 @@ var _ = Describe("Authorization at the moment of minting", func() {
 		// Both webhooks skipped (configurations deleted, as only a cluster
 		// admin can): the record gets in, and keymint, which reads its
 		// webhook's configuration before minting, mints nothing.
-		validating := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-		Expect(k8sClient.Get(ctx, types.NamespacedName{Name: "validating-webhook-configuration"}, validating)).To(Succeed())
-		Expect(k8sClient.Delete(ctx, validating)).To(Succeed())
-		restoreValidating := func() {
-			c := validating.DeepCopy()
-			c.ResourceVersion, c.UID, c.CreationTimestamp = "", "", metav1.Time{}
-			err := k8sClient.Create(ctx, c)
-			Expect(err == nil || apierrors.IsAlreadyExists(err)).To(BeTrue(), "%v", err)
-		}
-		DeferCleanup(restoreValidating)
+		restoreValidating := deleteForAWhile(&admissionregistrationv1.ValidatingWebhookConfiguration{}, "validating-webhook-configuration")
 		Eventually(func() error { return k8sClient.Create(ctx, withForged()) }).Should(Succeed())
 		Eventually(func(g Gomega) {
 			t := getToken(ns, "t")
@@ -383,6 +365,24 @@ var _ = Describe("Authorization at the moment of minting", func() {
 		waitReady(ns, "t")
 	})
 })
+
+// deleteForAWhile deletes the cluster-scoped object name (read into obj)
+// and returns what creates it again, as it was; the spec's cleanup does too.
+func deleteForAWhile(obj client.Object, name string) (restore func()) {
+	GinkgoHelper()
+	Expect(k8sClient.Get(ctx, types.NamespacedName{Name: name}, obj)).To(Succeed())
+	Expect(k8sClient.Delete(ctx, obj)).To(Succeed())
+	restore = func() {
+		c := obj.DeepCopyObject().(client.Object)
+		c.SetResourceVersion("")
+		c.SetUID("")
+		c.SetCreationTimestamp(metav1.Time{})
+		err := k8sClient.Create(ctx, c)
+		Expect(err == nil || apierrors.IsAlreadyExists(err)).To(BeTrue(), "%v", err)
+	}
+	DeferCleanup(restore)
+	return restore
+}
 
 // forgeRecord posts an AdmissionReview of its own making, for user, to
 // keymint's requester webhook, as any pod that reaches its port could, and
