@@ -69,10 +69,8 @@ type ApiTokenReconciler struct {
 
 	// mints bounds how often one ApiToken mints.
 	mints mintLimiter
-	// denials counts each denied ApiToken's denied mints in a row, for
-	// backoff; uids finds the entry of an ApiToken that is gone.
-	denials sync.Map // types.UID → int
-	uids    sync.Map // types.NamespacedName → types.UID
+	// denials holds, for backoff, the ApiTokens whose last mint was denied.
+	denials sync.Map // types.NamespacedName → denials
 }
 
 // +kubebuilder:rbac:groups=keymint.io,resources=apitokens,verbs=get;list;watch
@@ -88,7 +86,7 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	tok := &keymintv1alpha1.ApiToken{}
 	if err := r.Client.Get(ctx, req.NamespacedName, tok); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.forget(req.NamespacedName)
+			r.denials.Delete(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -112,10 +110,7 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 
 	obs := observe(tok, user, readSecret(sec, tok, r.Keyring), conflict, r.Clock.Now())
-	obs.Requester, obs.RequesterProblem = requester.Read(r.Keyring, tok)
-	if obs.RequesterProblem != "" {
-		obs.Requester = nil
-	}
+	_, obs.RequesterProblem = requester.Read(r.Keyring, tok)
 	obs.ExpiryWarning = r.ExpiryWarning
 	if user != nil && user.Spec.TokenPolicy.ExpiryWarning != nil {
 		obs.ExpiryWarning = user.Spec.TokenPolicy.ExpiryWarning.Duration
@@ -156,7 +151,7 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		if user != nil {
 			groups = user.Spec.Groups
 		}
-		auth, err := r.authorizeMint(ctx, tok, groups, &obs)
+		auth, err := r.authorizeMint(ctx, tok, groups)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
@@ -168,7 +163,7 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	var rec secretRecord
 	var writeErr error
 	wroteSecret := false
-	denied := d.mints() && !obs.Auth.Allowed
+	denied := obs.denied(d)
 	switch {
 	case denied:
 		// Not minted: the status says why, and a retry asks again.
@@ -215,7 +210,7 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	switch {
 	case obs.Auth == nil:
 	case obs.Auth.Allowed:
-		r.forget(req.NamespacedName)
+		r.denials.Delete(req.NamespacedName)
 	case obs.Auth.Reason == keymintv1alpha1.ApiTokenReasonNoRequesterRecord:
 		// Only a write through admission brings a record, and a write
 		// brings a reconcile: nothing to retry.

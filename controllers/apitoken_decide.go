@@ -60,9 +60,9 @@ type observation struct {
 	// Claimed is true when another ApiToken's status names one of Current's
 	// hashes.
 	Claimed bool
-	// Requester is the ApiToken's verified requester record, nil when
-	// RequesterProblem says why there is none.
-	Requester        *requester.Record
+	// RequesterProblem says why the ApiToken's requester record does not
+	// verify, "" when it does (whether keymint may act on it is asked at
+	// the moment of a mint: authorizeMint).
 	RequesterProblem requester.Problem
 	// Auth answers whether the requester may have the decided token minted
 	// now; nil when this reconcile asked nothing.
@@ -150,6 +150,9 @@ func namedPrevious(prev []recordPrevious, st *keymintv1alpha1.ApiTokenStatus) []
 
 // mints reports whether a decision mints a token.
 func (d decision) mints() bool { return d.Action == actIssue || d.Action == actRotate }
+
+// denied reports whether the token d mints was denied to its requester.
+func (o observation) denied(d decision) bool { return d.mints() && o.Auth != nil && !o.Auth.Allowed }
 
 // decide picks the one action a reconcile takes.
 func decide(o observation) decision {
@@ -282,7 +285,7 @@ type after struct {
 // the Secret no longer delivers, or another ApiToken claims, stops at once,
 // whether or not its replacement could be written.
 func afterAction(o observation, d decision, rec *secretRecord, failed error) after {
-	denied := d.mints() && o.Auth != nil && !o.Auth.Allowed
+	denied := o.denied(d)
 	if failed != nil || denied {
 		a := after{Token: o.Current, Hash: o.Hash, Display: o.Display, Serial: o.Serial, RotatedAt: o.RotatedAt,
 			RotationRequest: o.RotationRequest, Denied: denied}
@@ -410,7 +413,7 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 	if auth == nil && !reveal && !o.Spec.Revoked {
 		// Nothing was asked (the user is missing or disabled, say), and
 		// nothing could be: there is no requester to ask about.
-		na := noRecord(o.RequesterProblem, &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: o.Namespace, Name: o.Name}})
+		na := noRecord(o.RequesterProblem, o.Namespace, o.Name)
 		auth = &na
 	}
 	if auth != nil {

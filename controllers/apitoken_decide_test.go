@@ -405,7 +405,7 @@ func TestDesiredStatus(t *testing.T) {
 		"a first issue without a requester record: not minted, Ready says why": {
 			obs: obs(noToken, func(o *observation) {
 				o.RequesterProblem = requester.Missing
-				a := noRecord(requester.Missing, &keymintv1alpha1.ApiToken{})
+				a := noRecord(requester.Missing, "ns", "t")
 				o.Auth = &a
 			}), d: decision{Action: actIssue},
 			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonNoRequesterRecord,

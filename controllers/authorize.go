@@ -49,11 +49,11 @@ func init() {
 }
 
 // noRecord is the authorization of a token without a valid requester record.
-func noRecord(p requester.Problem, tok *keymintv1alpha1.ApiToken) authorization {
+func noRecord(p requester.Problem, namespace, name string) authorization {
 	return authorization{Reason: keymintv1alpha1.ApiTokenReasonNoRequesterRecord, Message: fmt.Sprintf(
 		"No token is minted: %s. Have a user who may mint it write the ApiToken once through kube-apiserver, with keymint's webhooks in place, "+
 			"so that admission records who asks: any change will do, for example `kubectl annotate apitoken -n %s %s keymint.io/requested=$(date +%%s) --overwrite`",
-		p.Explain(), tok.Namespace, tok.Name)}
+		p.Explain(), namespace, name)}
 }
 
 // webhookNotEnforced is the authorization of any mint while keymint's
@@ -67,21 +67,17 @@ func webhookNotEnforced(why string) authorization {
 // authorizeMint asks whether the token's requester may mint it now: mint on
 // its ServiceUser and impersonate each of the user's groups as they are at
 // this moment, whatever they were when the ApiToken was admitted.
-func (r *ApiTokenReconciler) authorizeMint(ctx context.Context, tok *keymintv1alpha1.ApiToken, groups []string, o *observation) (authorization, error) {
-	since, why, err := requester.Webhook{Reader: r.APIReader, Name: r.RequesterWebhook}.Check(ctx)
-	if err != nil {
+func (r *ApiTokenReconciler) authorizeMint(ctx context.Context, tok *keymintv1alpha1.ApiToken, groups []string) (authorization, error) {
+	trust, err := requester.Webhook{Reader: r.APIReader, Name: r.RequesterWebhook}.Trust(ctx, r.Keyring, tok)
+	switch {
+	case err != nil:
 		return authorization{}, err
+	case trust.NotEnforced != "":
+		return webhookNotEnforced(trust.NotEnforced), nil
+	case trust.Problem != "":
+		return noRecord(trust.Problem, tok.Namespace, tok.Name), nil
 	}
-	if why != "" {
-		return webhookNotEnforced(why), nil
-	}
-	if o.RequesterProblem != "" {
-		return noRecord(o.RequesterProblem, tok), nil
-	}
-	if o.Requester.RequestedAt.Time.Before(since.Truncate(time.Second)) {
-		return noRecord(requester.BeforeWebhook, tok), nil
-	}
-	who := o.Requester.Requester
+	who := trust.Record.Requester
 	denial, err := authz.MayMint(ctx, r.Authorizer, who.UserInfo(), tok.Namespace, tok.Spec.ServiceUser, groups)
 	if err != nil {
 		return authorization{}, err
@@ -89,7 +85,7 @@ func (r *ApiTokenReconciler) authorizeMint(ctx context.Context, tok *keymintv1al
 	if denial != nil {
 		return authorization{Reason: keymintv1alpha1.ApiTokenReasonNotAllowed, Message: fmt.Sprintf(
 			"No token is minted: %s, who asked for this token (admitted %s), may not %s. A rule that grants it: %s. keymint asks again after %s, then less often (at most every %s)",
-			quoteUser(who.Username), o.Requester.RequestedAt.UTC().Format(time.RFC3339), denial.What, denial.Rule, r.authorizationRetry(), 8*r.authorizationRetry())}, nil
+			quoteUser(who.Username), trust.Record.RequestedAt.UTC().Format(time.RFC3339), denial.What, denial.Rule, r.authorizationRetry(), 8*r.authorizationRetry())}, nil
 	}
 	return authorization{Allowed: true, Reason: keymintv1alpha1.ApiTokenReasonAuthorized, Message: fmt.Sprintf(
 		"%s, who asked for this token, may mint tokens of ServiceUser %q as it is now", quoteUser(who.Username), tok.Spec.ServiceUser)}, nil
@@ -97,23 +93,23 @@ func (r *ApiTokenReconciler) authorizeMint(ctx context.Context, tok *keymintv1al
 
 func quoteUser(name string) string { return fmt.Sprintf("user %q", name) }
 
-// retryDenied counts a denied mint of uid and says when to ask again: the
-// retry interval, doubling with each denial in a row up to 8 times it.
-func (r *ApiTokenReconciler) retryDenied(key types.NamespacedName, uid types.UID) time.Duration {
-	r.uids.Store(key, uid)
-	n := 0
-	if v, ok := r.denials.Load(uid); ok {
-		n = v.(int)
-	}
-	r.denials.Store(uid, n+1)
-	return r.authorizationRetry() << min(n, 3)
+// denials are an ApiToken's denied mints in a row; an ApiToken of the same
+// name created since starts over.
+type denials struct {
+	uid types.UID
+	n   int
 }
 
-// forget drops what is kept in memory for an ApiToken that is gone.
-func (r *ApiTokenReconciler) forget(key types.NamespacedName) {
-	if uid, ok := r.uids.LoadAndDelete(key); ok {
-		r.denials.Delete(uid)
+// retryDenied counts a denied mint of the ApiToken key (uid) and says when
+// to ask again: the retry interval, doubling with each denial in a row up
+// to 8 times it.
+func (r *ApiTokenReconciler) retryDenied(key types.NamespacedName, uid types.UID) time.Duration {
+	d := denials{uid: uid}
+	if v, ok := r.denials.Load(key); ok && v.(denials).uid == uid {
+		d.n = v.(denials).n
 	}
+	r.denials.Store(key, denials{uid: uid, n: d.n + 1})
+	return r.authorizationRetry() << min(d.n, 3)
 }
 
 func (r *ApiTokenReconciler) authorizationRetry() time.Duration {

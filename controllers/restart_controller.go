@@ -120,28 +120,19 @@ func (r *RestartReconciler) restart(ctx context.Context, tok *keymintv1alpha1.Ap
 	if err != nil {
 		return err
 	}
-	rec, problem := requester.Read(r.Keyring, tok)
-	since, why, err := requester.Webhook{Reader: r.APIReader, Name: r.Webhook}.Check(ctx)
+	trust, err := requester.Webhook{Reader: r.APIReader, Name: r.Webhook}.Trust(ctx, r.Keyring, tok)
 	if err != nil {
 		return err
-	}
-	if problem == "" && rec.RequestedAt.Time.Before(since.Truncate(time.Second)) {
-		problem = requester.BeforeWebhook
 	}
 	var restarted, missing []string
 	for _, t := range tok.Spec.RestartTargets() {
 		name := t.Kind + "/" + t.Name
 		// keymint patches for the user who named the target, and only while
 		// that user may: it never lends its own right to patch workloads.
-		if why != "" {
-			deniedTotal.WithLabelValues("restart", keymintv1alpha1.ApiTokenReasonRequesterWebhookNotEnforced).Inc()
-			r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, "RestartNotAuthorized", "Restart", "Did not restart %s onto token %s…: %s", name, tok.Status.TokenPrefix, why)
-			continue
-		}
-		if why, err := r.mayRestart(ctx, tok, rec, problem, t); err != nil {
+		if reason, why, err := r.mayRestart(ctx, tok, trust, t); err != nil {
 			return err
 		} else if why != "" {
-			deniedTotal.WithLabelValues("restart", restartDenialReason(problem)).Inc()
+			deniedTotal.WithLabelValues("restart", reason).Inc()
 			r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, "RestartNotAuthorized", "Restart", "Did not restart %s onto token %s…: %s", name, tok.Status.TokenPrefix, why)
 			continue
 		}
@@ -172,30 +163,28 @@ func (r *RestartReconciler) restart(ctx context.Context, tok *keymintv1alpha1.Ap
 	return nil
 }
 
-// mayRestart says why target t may not be restarted now, "" when it may:
-// the requester record must be keymint's and name t, and the user who named
-// t must still have the right to patch it.
-func (r *RestartReconciler) mayRestart(ctx context.Context, tok *keymintv1alpha1.ApiToken, rec *requester.Record, problem requester.Problem,
-	t keymintv1alpha1.RestartTarget) (string, error) {
-	if problem != "" {
-		return problem.Explain(), nil
+// mayRestart says why target t may not be restarted now, and the metric's
+// reason; "" when it may: keymint must trust the requester record, the
+// record must name t, and the user who named t must still have the right to
+// patch it.
+func (r *RestartReconciler) mayRestart(ctx context.Context, tok *keymintv1alpha1.ApiToken, trust requester.Trust,
+	t keymintv1alpha1.RestartTarget) (reason, why string, err error) {
+	switch {
+	case trust.NotEnforced != "":
+		return keymintv1alpha1.ApiTokenReasonRequesterWebhookNotEnforced, trust.NotEnforced, nil
+	case trust.Problem != "":
+		return keymintv1alpha1.ApiTokenReasonNoRequesterRecord, trust.Problem.Explain(), nil
 	}
-	who, ok := rec.NamedBy(t)
+	who, ok := trust.Record.NamedBy(t)
 	if !ok {
-		return "no admitted write named it: it was added while the webhook was not asked (for example while the token was revoked); name it again", nil
+		return keymintv1alpha1.ApiTokenReasonNotAllowed,
+			"no admitted write named it: it was added while the webhook was not asked (for example while the token was revoked); name it again", nil
 	}
 	denial, err := authz.MayPatch(ctx, r.Authorizer, who.UserInfo(), tok.Namespace, t.Kind, t.Name)
 	if err != nil || denial == nil {
-		return "", err
+		return "", "", err
 	}
-	return denial.Sentence(who.Username) + " (" + quoteUser(who.Username) + " named it)", nil
-}
-
-func restartDenialReason(p requester.Problem) string {
-	if p != "" {
-		return keymintv1alpha1.ApiTokenReasonNoRequesterRecord
-	}
-	return keymintv1alpha1.ApiTokenReasonNotAllowed
+	return keymintv1alpha1.ApiTokenReasonNotAllowed, denial.Sentence(who.Username) + " (" + quoteUser(who.Username) + " named it)", nil
 }
 
 // workload returns an empty object of the target's kind to patch.

@@ -83,13 +83,13 @@ func MayMint(ctx context.Context, a Authorizer, user authenticationv1.UserInfo, 
 		return nil, err
 	}
 	if !allowed {
-		return MintDenial(namespace, userName), nil
+		return mintDenial(namespace, userName), nil
 	}
 	return MayImpersonate(ctx, a, user, groups)
 }
 
-// MintDenial is the missing right to mint tokens of ServiceUser userName.
-func MintDenial(namespace, userName string) *Denial {
+// mintDenial is the missing right to mint tokens of ServiceUser userName.
+func mintDenial(namespace, userName string) *Denial {
 	g := keymintv1alpha1.GroupVersion.Group
 	return &Denial{
 		What: fmt.Sprintf("mint tokens of ServiceUser %q in namespace %q: that needs verb %q on resource \"serviceusers\" of API group %q",

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/recordkey"
 )
 
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,resourceNames=keymint-mutating-webhook-configuration,verbs=get
@@ -81,6 +82,51 @@ func (w Webhook) read(ctx context.Context) (since time.Time, why string, err err
 		return time.Time{}, fmt.Sprintf("MutatingWebhookConfiguration %q %s", w.Name, why), nil
 	}
 	return cfg.CreationTimestamp.Time, "", nil
+}
+
+// Trust is what keymint may act on for an ApiToken: Record, when Problem
+// and NotEnforced are both empty.
+type Trust struct {
+	Record *Record
+	// Problem says why the ApiToken's record is not to be trusted.
+	Problem Problem
+	// NotEnforced says how the webhook's configuration lets writes skip
+	// it: then no record is trusted.
+	NotEnforced string
+}
+
+// Trust verifies tok's record, and that it came through the webhook as it
+// is enforced now: signed by keymint, for this spec, and since the
+// configuration exists. The one answer to "whom does keymint act for?".
+func (w Webhook) Trust(ctx context.Context, ring *recordkey.Keyring, tok *keymintv1alpha1.ApiToken) (Trust, error) {
+	since, why, err := w.Check(ctx)
+	if err != nil || why != "" {
+		return Trust{NotEnforced: why}, err
+	}
+	rec, p := Read(ring, tok)
+	if p == "" && rec.RequestedAt.Time.Before(since.Truncate(time.Second)) {
+		p = BeforeWebhook
+	}
+	if p != "" {
+		return Trust{Problem: p}, nil
+	}
+	return Trust{Record: rec}, nil
+}
+
+// Record writes the record of an admitted write of after by who, over the
+// stored before (nil on create), as Admit does. While the configuration
+// can be skipped, nothing of before's record is kept (others' writes may
+// have skipped the webhook), nor a record signed before it existed.
+func (w Webhook) Record(ctx context.Context, ring *recordkey.Keyring, before, after *keymintv1alpha1.ApiToken, who Identity, now time.Time) error {
+	since, why, err := w.Check(ctx)
+	if err != nil {
+		return err
+	}
+	if why != "" {
+		before = nil
+	}
+	Admit(ring, before, after, who, now, since)
+	return nil
 }
 
 // requesterMatchConditions are the match conditions keymint ships: a

@@ -9,10 +9,13 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 )
 
 // A requester record is trusted only while every ApiToken write goes
@@ -123,5 +126,64 @@ func TestCheckCacheBoundsReads(t *testing.T) {
 	}
 	if r.reads != 1 {
 		t.Errorf("%d reads for 100 checks within the TTL, want 1", r.reads)
+	}
+}
+
+// configReader answers with one configuration, or NotFound when nil.
+type configReader struct {
+	client.Reader
+	cfg *admissionregistrationv1.MutatingWebhookConfiguration
+}
+
+func (r configReader) Get(_ context.Context, key client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	if r.cfg == nil {
+		return apierrors.NewNotFound(admissionregistrationv1.Resource("mutatingwebhookconfigurations"), key.Name)
+	}
+	r.cfg.DeepCopyInto(obj.(*admissionregistrationv1.MutatingWebhookConfiguration))
+	return nil
+}
+
+// keymint acts on a record only while the webhook is enforced, and only on
+// one signed since its configuration exists.
+func TestTrust(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "config", "webhook", "mutating.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := yaml.Unmarshal(raw, shipped); err != nil {
+		t.Fatal(err)
+	}
+	created := func(at time.Time) *admissionregistrationv1.MutatingWebhookConfiguration {
+		c := shipped.DeepCopy()
+		c.CreationTimestamp = metav1.NewTime(at)
+		return c
+	}
+	r := ring(t)
+	tok := admitted(r, nil, token(), alice) // requestedAt: at
+	for name, tc := range map[string]struct {
+		cfg         *admissionregistrationv1.MutatingWebhookConfiguration
+		tok         *keymintv1alpha1.ApiToken
+		problem     Problem
+		notEnforced string
+	}{
+		"signed since the configuration exists": {cfg: created(at.Add(-time.Hour)), tok: tok},
+		"signed in the second it was created":   {cfg: created(at.Add(500 * time.Millisecond)), tok: tok},
+		"signed before it existed":              {cfg: created(at.Add(time.Second)), tok: tok, problem: BeforeWebhook},
+		"no record":                             {cfg: created(at.Add(-time.Hour)), tok: token(), problem: Missing},
+		"no configuration":                      {tok: tok, notEnforced: "does not exist"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got, err := Webhook{Reader: configReader{cfg: tc.cfg}, Name: "cfg"}.Trust(context.Background(), r, tc.tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Problem != tc.problem || !strings.Contains(got.NotEnforced, tc.notEnforced) || (tc.notEnforced == "") != (got.NotEnforced == "") {
+				t.Errorf("Trust = %+v, want problem %q, not enforced %q", got, tc.problem, tc.notEnforced)
+			}
+			if (got.Record != nil) != (tc.problem == "" && tc.notEnforced == "") {
+				t.Errorf("record %+v with problem %q", got.Record, got.Problem)
+			}
+		})
 	}
 }

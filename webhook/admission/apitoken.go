@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -93,17 +92,12 @@ func (v *ApiTokenValidator) checkRecord(ctx context.Context, before, after *keym
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	since, why, err := v.Webhook.Check(ctx)
-	if err != nil {
-		return apierrors.NewInternalError(err)
-	}
-	if why != "" {
-		since = clk.Now().Add(time.Hour) // as the mutating webhook keeps nothing then
-	}
 	want := after.DeepCopy()
 	delete(want.Annotations, keymintv1alpha1.RequesterAnnotation)
 	delete(want.Annotations, keymintv1alpha1.RequesterSignatureAnnotation)
-	requester.Admit(v.Keyring, before, want, requester.FromUserInfo(req.UserInfo), clk.Now(), since)
+	if err := v.Webhook.Record(ctx, v.Keyring, before, want, requester.FromUserInfo(req.UserInfo), clk.Now()); err != nil {
+		return apierrors.NewInternalError(err)
+	}
 	expected, _ := requester.Read(v.Keyring, want)
 	got, problem := requester.Read(v.Keyring, after)
 	if problem == "" && requester.SameRequest(got, expected) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"strings"
-	"time"
 
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -58,16 +57,10 @@ func (r *RequesterRecorder) Handle(ctx context.Context, req admission.Request) a
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	trustedSince, why, err := r.Webhook.Check(ctx)
-	if err != nil {
+	hadAnnotations := after.Annotations != nil
+	if err := r.Webhook.Record(ctx, r.Keyring, before, after, requester.FromUserInfo(req.UserInfo), clk.Now()); err != nil {
 		return admission.Errored(http.StatusInternalServerError, err)
 	}
-	if why != "" {
-		// This write is seen, but others may not have been: keep no record.
-		trustedSince = clk.Now().Add(time.Hour)
-	}
-	hadAnnotations := after.Annotations != nil
-	requester.Admit(r.Keyring, before, after, requester.FromUserInfo(req.UserInfo), clk.Now(), trustedSince)
 	return admission.Patched("Recorded the requester", annotationPatch(hadAnnotations, after.Annotations)...)
 }
 
