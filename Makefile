@@ -44,7 +44,7 @@ vet: ## Run go vet.
 	go vet ./...
 
 .PHONY: control-plane
-control-plane: ## Build kube-apiserver and etcd (and kubectl if none is on PATH) into bin/k8s; a no-op once built.
+control-plane: ## Build etcd, kube (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy in one binary) and CoreDNS (and kubectl if none is on PATH) into bin/k8s; a no-op once built.
 	go run ./hack/controlplane -dir "$(LOCALBIN)/k8s" -kubernetes-version $(KUBERNETES_VERSION) -etcd-version $(ETCD_VERSION)
 
 .PHONY: test
@@ -85,6 +85,11 @@ build: manifests generate fmt vet ## Build the manager into bin/keymint and the 
 run: build control-plane ## Run keymint in the foreground: against the cluster in your kubeconfig if one answers, else a local control plane (Ctrl-C stops all). REPLICAS=2 RATE_LIMIT_BACKEND=redis: two replicas sharing budgets in a local redis-server.
 	go build -o bin/keymint-run ./hack/run
 	bin/keymint-run $(if $(REPLICAS),-replicas $(REPLICAS)) $(if $(RATE_LIMIT_BACKEND),-rate-limit-backend $(RATE_LIMIT_BACKEND)) $(RUN_ARGS)
+
+.PHONY: cluster
+cluster: manifests control-plane helm ## Run a one-node Kubernetes cluster here (containerd, CNI bridge, CoreDNS; needs root) with keymint installed from dist/chart; writes .dev/cluster.env; Ctrl-C stops it and cleans up.
+	go build -o bin/keymint-cluster ./hack/cluster
+	bin/keymint-cluster $(CLUSTER_ARGS)
 
 .PHONY: docker-build
 docker-build: ## Build the manager image.

@@ -1,6 +1,8 @@
-// Command controlplane builds the kube-apiserver and etcd binaries that envtest
-// and `make run` use, from Go modules, on a machine where setup-envtest cannot
-// download them. kubectl is built too when none is on PATH.
+// Command controlplane builds, from Go modules, the Kubernetes binaries that
+// envtest, `make run` and `make cluster` use, on a machine where setup-envtest
+// cannot download them: etcd; kube, one binary holding kube-apiserver,
+// kube-controller-manager, kube-scheduler, kubelet and kube-proxy, with a link
+// named after each; and CoreDNS. kubectl is built too when none is on PATH.
 //
 // The binaries land in <dir>/<kubernetes-version>/. A second run finds them,
 // checks that each reports the expected version, and does nothing.
@@ -10,6 +12,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -27,11 +30,23 @@ import (
 	"golang.org/x/mod/modfile"
 )
 
+// The main packages of kube and coredns, written into throwaway modules.
+var (
+	//go:embed sources/kube.go.txt
+	kubeMain []byte
+	//go:embed sources/coredns.go.txt
+	corednsMain []byte
+)
+
+// kubeComponents are the links to kube, one per component it runs.
+var kubeComponents = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"}
+
 func main() {
 	opts := options{}
 	flag.StringVar(&opts.dir, "dir", "bin/k8s", "directory that holds one sub-directory per Kubernetes version")
 	flag.StringVar(&opts.kubernetesVersion, "kubernetes-version", "1.36.3", "version of k8s.io/kubernetes to build kube-apiserver (and kubectl) from")
 	flag.StringVar(&opts.etcdVersion, "etcd-version", "3.6.16", "version of go.etcd.io/etcd/server/v3 to build etcd from")
+	flag.StringVar(&opts.corednsVersion, "coredns-version", "1.14.7", "version of github.com/coredns/coredns to build coredns from")
 	flag.StringVar(&opts.kubectl, "kubectl", "auto", "build kubectl: auto (only when none is on PATH), always or never")
 	flag.Parse()
 
@@ -49,6 +64,7 @@ type options struct {
 	dir               string
 	kubernetesVersion string
 	etcdVersion       string
+	corednsVersion    string
 	kubectl           string
 }
 
@@ -80,17 +96,38 @@ func run(ctx context.Context, opts options, log io.Writer) (string, error) {
 	default:
 		return "", fmt.Errorf("-kubectl must be auto, always or never, not %q", opts.kubectl)
 	}
-	b := builder{log: log, kubernetesVersion: opts.kubernetesVersion, etcdVersion: opts.etcdVersion}
+	b := builder{log: log, kubernetesVersion: opts.kubernetesVersion, etcdVersion: opts.etcdVersion, corednsVersion: opts.corednsVersion}
 	bins := []binary{
 		{name: "etcd", versionArgs: []string{"--version"}, wantVersion: "etcd Version: " + opts.etcdVersion, build: b.etcd},
-		{name: "kube-apiserver", versionArgs: []string{"--version"}, wantVersion: "Kubernetes v" + opts.kubernetesVersion,
-			build: func(ctx context.Context, out string) error { return b.kubernetes(ctx, "kube-apiserver", out) }},
+		{name: "kube", versionArgs: []string{"kube-apiserver", "--version"}, wantVersion: "Kubernetes v" + opts.kubernetesVersion, build: b.kube},
+		{name: "coredns", versionArgs: []string{"-version"}, wantVersion: "CoreDNS-" + opts.corednsVersion, build: b.coredns},
 	}
 	if wantKubectl {
 		bins = append(bins, binary{name: "kubectl", versionArgs: []string{"version", "--client"}, wantVersion: "Client Version: v" + opts.kubernetesVersion,
-			build: func(ctx context.Context, out string) error { return b.kubernetes(ctx, "kubectl", out) }})
+			build: func(ctx context.Context, out string) error { return b.kubernetes(ctx, "kubectl", nil, out) }})
 	}
-	return dir, ensure(ctx, dir, bins, log)
+	if err := ensure(ctx, dir, bins, log); err != nil {
+		return "", err
+	}
+	return dir, linkComponents(dir, "kube", kubeComponents)
+}
+
+// linkComponents makes each name in dir a symbolic link to target, replacing
+// whatever is there (a kube-apiserver built on its own by an older keymint).
+func linkComponents(dir, target string, names []string) error {
+	for _, name := range names {
+		path := filepath.Join(dir, name)
+		if link, err := os.Readlink(path); err == nil && link == target {
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if err := os.Symlink(target, path); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ensure builds each binary that is missing from dir or reports another
@@ -136,12 +173,19 @@ type builder struct {
 	log               io.Writer
 	kubernetesVersion string
 	etcdVersion       string
+	corednsVersion    string
 }
 
-// kubernetes builds k8s.io/kubernetes/cmd/<cmd>. k8s.io/kubernetes replaces
-// its staging modules with local paths, which a dependent module cannot see,
-// so a throwaway module pins each of them to the matching v0.X.Y release.
-func (b builder) kubernetes(ctx context.Context, cmd, out string) error {
+// kube builds the multi-component binary from sources/kube.go.txt.
+func (b builder) kube(ctx context.Context, out string) error {
+	return b.kubernetes(ctx, "kube", kubeMain, out)
+}
+
+// kubernetes builds k8s.io/kubernetes/cmd/<cmd>, or with mainSource the
+// main package it holds. k8s.io/kubernetes replaces its staging modules with
+// local paths, which a dependent module cannot see, so a throwaway module pins
+// each of them to the matching v0.X.Y release.
+func (b builder) kubernetes(ctx context.Context, cmd string, mainSource []byte, out string) error {
 	modDir, err := os.MkdirTemp("", "keymint-"+cmd+"-")
 	if err != nil {
 		return err
@@ -167,7 +211,16 @@ func (b builder) kubernetes(ctx context.Context, cmd, out string) error {
 		return err
 	}
 	pkg := "k8s.io/kubernetes/cmd/" + cmd
-	if err := b.goCmd(ctx, modDir, cmd, "get", pkg+"@v"+b.kubernetesVersion); err != nil {
+	if mainSource != nil {
+		pkg = "."
+		if err := os.WriteFile(filepath.Join(modDir, "main.go"), mainSource, 0o644); err != nil {
+			return err
+		}
+	}
+	if err := b.goCmd(ctx, modDir, cmd, "get", "k8s.io/kubernetes@v"+b.kubernetesVersion); err != nil {
+		return err
+	}
+	if err := b.goCmd(ctx, modDir, cmd, "mod", "tidy"); err != nil {
 		return err
 	}
 	major, minor, _ := strings.Cut(b.kubernetesVersion, ".")
@@ -202,6 +255,31 @@ func (b builder) etcd(ctx context.Context, out string) error {
 		return err
 	}
 	return b.build(ctx, modDir, "etcd", pkg, out, "-s -w")
+}
+
+// coredns builds CoreDNS with the plugins of sources/coredns.go.txt.
+func (b builder) coredns(ctx context.Context, out string) error {
+	modDir, err := os.MkdirTemp("", "keymint-coredns-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(modDir)
+	mod := "module keymint.local/coredns\n\ngo 1.26.0\n"
+	if err := os.WriteFile(filepath.Join(modDir, "go.mod"), []byte(mod), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(modDir, "main.go"), corednsMain, 0o644); err != nil {
+		return err
+	}
+	if err := b.goCmd(ctx, modDir, "coredns", "get", "github.com/coredns/coredns@v"+b.corednsVersion); err != nil {
+		return err
+	}
+	if err := b.goCmd(ctx, modDir, "coredns", "mod", "tidy"); err != nil {
+		return err
+	}
+	// CoreDNS prints its version from a variable its own build sets.
+	ldflags := "-s -w -X github.com/coredns/coredns/coremain.GitCommit=v" + b.corednsVersion
+	return b.build(ctx, modDir, "coredns", ".", out, ldflags)
 }
 
 // build compiles pkg into out and reports progress every few seconds, since a

@@ -128,3 +128,20 @@ replace (
 		t.Error("want an error for a go.mod without staging replaces")
 	}
 }
+
+func TestLinkComponentsReplacesAStandaloneBinary(t *testing.T) {
+	dir := t.TempDir()
+	fakeBinary(t, filepath.Join(dir, "kube"), "Kubernetes v1.36.3")
+	// An older keymint built kube-apiserver on its own.
+	fakeBinary(t, filepath.Join(dir, "kube-apiserver"), "Kubernetes v1.36.3")
+	for range 2 { // the second run finds the links and keeps them
+		if err := linkComponents(dir, "kube", []string{"kube-apiserver", "kubelet"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"kube-apiserver", "kubelet"} {
+			if link, err := os.Readlink(filepath.Join(dir, name)); err != nil || link != "kube" {
+				t.Errorf("%s links to %q (%v), want kube", name, link, err)
+			}
+		}
+	}
+}

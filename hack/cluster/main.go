@@ -1,0 +1,398 @@
+// Command cluster runs a one-node Kubernetes cluster on this machine, in the
+// foreground, and installs keymint into it with its Helm chart: etcd,
+// kube-apiserver, kube-controller-manager, kube-scheduler, the kubelet on
+// containerd, kube-proxy, a CNI bridge and CoreDNS, every component a host
+// process (as Kubernetes' hack/local-up-cluster.sh runs them) and every image
+// built here. Ctrl-C stops it and puts the machine back as it was found.
+//
+// It runs as root and expects the binaries `make control-plane` builds.
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keymint/keymint/hack/cluster/machine"
+)
+
+//go:embed manifests/coredns.yaml
+var corednsManifest []byte
+
+func main() {
+	var o options
+	flag.StringVar(&o.dir, "dir", ".dev/cluster", "directory for the cluster's state; removed on stop, but for its logs/")
+	flag.StringVar(&o.envFile, "env", ".dev/cluster.env", "file to write KUBECONFIG, KEYMINT_IN_CLUSTER_CHECK_URL and CONTAINERD_ADDRESS into once the cluster is ready")
+	flag.StringVar(&o.bin, "kubernetes-dir", "bin/k8s/1.36.3", "directory holding kube (and its links), etcd and coredns from make control-plane")
+	flag.StringVar(&o.helm, "helm", "bin/helm", "helm binary")
+	flag.StringVar(&o.chart, "chart", "dist/chart", "keymint's Helm chart")
+	flag.BoolVar(&o.keymint, "keymint", true, "install keymint with Helm and point kube-apiserver's token webhook at it")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c, err := newCluster(o, os.Stderr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cluster: %v\n", err)
+		os.Exit(1)
+	}
+	unlock, err := lock()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cluster: %v\n", err)
+		os.Exit(1)
+	}
+	defer unlock()
+	code := 0
+	if err := c.up(ctx); err != nil {
+		if ctx.Err() == nil {
+			fmt.Fprintf(os.Stderr, "\n==> the cluster did not start: %v\n    component logs: %s\n\n", err, c.logs)
+			code = 1
+		}
+	} else {
+		c.printNextSteps(os.Stdout)
+		select {
+		case <-ctx.Done():
+		case p := <-c.exited:
+			fmt.Fprintf(os.Stderr, "\n==> %s exited (%v); stopping the cluster. Its log: %s\n", p.name, p.err, p.logFile)
+			code = 1
+		}
+	}
+	stop() // a second Ctrl-C during the stop kills make, not the cleanup
+	fmt.Fprintln(os.Stderr, "\n==> stopping the cluster and putting the machine back as it was")
+	if err := c.down(); err != nil {
+		fmt.Fprintf(os.Stderr, "==> %v\n", err)
+		code = 1
+	}
+	unlock()
+	os.Exit(code)
+}
+
+// lockFile keeps two clusters (make cluster, and make test's in-cluster
+// suite) from running at once: they would share ports, the bridge and runDir.
+const lockFile = "/run/keymint-cluster.lock"
+
+func lock() (func(), error) {
+	f, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another one-node cluster runs on this machine (make cluster, or make test's in-cluster suite): stop it first (%w)", err)
+	}
+	return func() {
+		_ = os.Remove(lockFile)
+		f.Close()
+	}, nil
+}
+
+type options struct {
+	dir, envFile, bin, helm, chart string
+	keymint                        bool
+}
+
+// cluster is one run of the cluster: its directories, its processes, and
+// what the machine looked like before it started.
+type cluster struct {
+	options
+	repo   string // the repository, where images are built from
+	run    string // sockets and runtime state, on tmpfs
+	logs   string
+	nodeIP string
+	pki    *pki
+	log    io.Writer
+	procs  []*process
+	exited chan *process
+	before *machine.State
+}
+
+// runDir is short: unix socket paths are limited to 108 bytes.
+const runDir = "/run/keymint-cluster"
+
+func newCluster(o options, log io.Writer) (*cluster, error) {
+	repo, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range []*string{&o.dir, &o.envFile, &o.bin, &o.helm, &o.chart} {
+		if *p, err = filepath.Abs(*p); err != nil {
+			return nil, err
+		}
+	}
+	return &cluster{options: o, repo: repo, run: runDir, logs: filepath.Join(filepath.Dir(o.dir), "cluster-logs"),
+		log: log, exited: make(chan *process, 16)}, nil
+}
+
+func (c *cluster) path(name string) string { return filepath.Join(c.dir, name) }
+
+func (c *cluster) step(format string, args ...any) {
+	fmt.Fprintf(c.log, "cluster: "+format+"\n", args...)
+}
+
+// beforeFile records the machine's state before the cluster changed it; its
+// presence at start means a run that never cleaned up.
+func (c *cluster) beforeFile() string { return c.path("machine-before.json") }
+
+// up starts every component and installs keymint.
+func (c *cluster) up(ctx context.Context) error {
+	start := time.Now()
+	if err := c.preflight(ctx); err != nil {
+		return err
+	}
+	var err error
+	if c.before, err = machine.Read(); err != nil {
+		return fmt.Errorf("reading the machine's state: %w", err)
+	}
+	for _, d := range []string{c.dir, c.run, c.logs} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := c.before.Save(c.beforeFile()); err != nil {
+		return err
+	}
+	if c.nodeIP, err = nodeIP(); err != nil {
+		return err
+	}
+	if err := c.writeConfigs(); err != nil {
+		return err
+	}
+	if err := setSysctls(map[string]string{"net/bridge/bridge-nf-call-iptables": "1", "net/bridge/bridge-nf-call-ip6tables": "1", "net/ipv4/ip_forward": "1"}); err != nil {
+		return err
+	}
+
+	c.step("building images (keymint, pause, coredns, testapp)")
+	archives, err := c.buildImages(ctx, c.path("images"))
+	if err != nil {
+		return err
+	}
+	if err := c.startContainerd(ctx); err != nil {
+		return err
+	}
+	if err := c.importImages(ctx, archives); err != nil {
+		return err
+	}
+	if err := c.startControlPlane(ctx, nil); err != nil {
+		return err
+	}
+	if err := c.startNode(ctx); err != nil {
+		return err
+	}
+	if err := c.kubectl(ctx, corednsManifest, "apply", "-f", "-"); err != nil {
+		return fmt.Errorf("installing CoreDNS: %w", err)
+	}
+	if err := c.waitRollout(ctx, "kube-system", "deployment/coredns"); err != nil {
+		return err
+	}
+	if c.keymint {
+		if err := c.installKeymint(ctx); err != nil {
+			return err
+		}
+	}
+	if err := c.writeEnv(); err != nil {
+		return err
+	}
+	c.step("ready in %s", time.Since(start).Round(time.Second))
+	return nil
+}
+
+// preflight checks for root, installs the Debian packages the node needs if
+// any is missing, and cleans up after a run that was killed.
+func (c *cluster) preflight(ctx context.Context) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the cluster needs root: the kubelet and containerd create namespaces, mounts, cgroups and iptables rules")
+	}
+	for _, bin := range []string{"kube", "etcd", "coredns"} {
+		if _, err := os.Stat(filepath.Join(c.bin, bin)); err != nil {
+			return fmt.Errorf("%s is missing from %s: run make control-plane", bin, c.bin)
+		}
+	}
+	if err := installPackages(ctx, c.log); err != nil {
+		return err
+	}
+	// The kubelet and kube-proxy need bridged traffic to pass iptables.
+	for _, mod := range []string{"br_netfilter", "overlay"} {
+		_ = exec.CommandContext(ctx, "modprobe", mod).Run()
+	}
+	if _, err := os.Stat(c.beforeFile()); err == nil {
+		c.step("a previous cluster in %s did not stop cleanly; cleaning up after it first", c.dir)
+		before, err := machine.Load(c.beforeFile())
+		if err != nil {
+			return err
+		}
+		c.before = before
+		if err := c.cleanup(); err != nil {
+			return err
+		}
+	}
+	for _, p := range []string{c.dir, c.envFile} {
+		if err := os.RemoveAll(p); err != nil {
+			return err
+		}
+	}
+	return os.RemoveAll(c.logs)
+}
+
+// packages are the Debian packages of the node, and a command each installs.
+var packages = map[string]string{
+	"containerd": "containerd", "runc": "runc", "containernetworking-plugins": "/usr/lib/cni/bridge",
+	"iptables": "iptables", "conntrack": "conntrack",
+	// nft removes the nftables tables that iptables-nft leaves behind, empty.
+	"nftables": "nft",
+}
+
+func installPackages(ctx context.Context, log io.Writer) error {
+	var missing []string
+	for pkg, bin := range packages {
+		if strings.HasPrefix(bin, "/") {
+			if _, err := os.Stat(bin); err != nil {
+				missing = append(missing, pkg)
+			}
+		} else if _, err := exec.LookPath(bin); err != nil {
+			if _, err := os.Stat("/usr/sbin/" + bin); err != nil {
+				missing = append(missing, pkg)
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	fmt.Fprintf(log, "cluster: installing %s (apt-get)\n", strings.Join(missing, " "))
+	cmd := exec.CommandContext(ctx, "sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "+strings.Join(missing, " "))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("installing %v: %v\n%s", missing, err, out)
+	}
+	return nil
+}
+
+// nodeIP is the address of the interface of the default route: pods reach
+// kube-apiserver there, through Service kubernetes.
+func nodeIP() (string, error) {
+	out, err := exec.Command("ip", "-4", "-o", "route", "get", "1.1.1.1").Output()
+	if err == nil {
+		f := strings.Fields(string(out))
+		for i := range f[:max(len(f)-1, 0)] {
+			if f[i] == "src" {
+				return f[i+1], nil
+			}
+		}
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", err
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
+			return n.IP.String(), nil
+		}
+	}
+	return "", errors.New("no IPv4 address for the node")
+}
+
+func setSysctls(values map[string]string) error {
+	for name, v := range values {
+		if err := os.WriteFile(filepath.Join("/proc/sys", name), []byte(v), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", name, v, err)
+		}
+	}
+	return nil
+}
+
+// writeConfigs writes certificates, kubeconfigs and component configurations.
+func (c *cluster) writeConfigs() error {
+	var err error
+	if c.pki, err = newPKI(c.path("pki")); err != nil {
+		return err
+	}
+	ip := net.ParseIP(c.nodeIP)
+	certs := []struct {
+		name, user string
+		groups     []string
+		dns        []string
+		ips        []net.IP
+	}{
+		{"apiserver", "kube-apiserver", nil,
+			[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc." + clusterDomain},
+			[]net.IP{net.IPv4(127, 0, 0, 1), net.ParseIP(kubernetesIP), ip}},
+		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, nil, nil},
+		{"admin", "keymint-cluster-admin", []string{"system:masters"}, nil, nil},
+		{"controller-manager", "system:kube-controller-manager", nil, nil, nil},
+		{"scheduler", "system:kube-scheduler", nil, nil, nil},
+		{"kubelet", "system:node:" + nodeName, []string{"system:nodes"}, nil, nil},
+		{"kube-proxy", "system:kube-proxy", nil, nil, nil},
+	}
+	for _, crt := range certs {
+		if err := c.pki.issue(crt.name, crt.user, crt.groups, crt.dns, crt.ips); err != nil {
+			return err
+		}
+	}
+	for _, name := range []string{"admin", "controller-manager", "scheduler", "kubelet", "kube-proxy"} {
+		if err := c.kubeconfig(name+".kubeconfig", name); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{"cni", "cni-ipam", "pod-logs", "kubelet", "etcd"} {
+		if err := os.MkdirAll(c.path(d), 0o755); err != nil {
+			return err
+		}
+	}
+	files := map[string]string{
+		"containerd.toml":          c.containerdConfig(),
+		"cni/10-keymint.conflist":  c.cniConfig(),
+		"kubelet.yaml":             c.kubeletConfig(),
+		"kube-proxy.yaml":          c.kubeProxyConfig(),
+		"token-webhook.kubeconfig": "",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(c.path(name), []byte(content), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeEnv writes the file that `source .dev/cluster.env` reads.
+func (c *cluster) writeEnv() error {
+	env := fmt.Sprintf(`# The one-node cluster of make cluster; it lives while make cluster runs.
+export KUBECONFIG=%s
+# keymint's /check as pods call it, by the Service's cluster DNS name.
+export KEYMINT_IN_CLUSTER_CHECK_URL=https://keymint-webhook.keymint-system.svc/check
+# containerd's socket: ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images import IMAGE.tar
+export CONTAINERD_ADDRESS=%s
+`, c.path("admin.kubeconfig"), c.containerdSocket())
+	tmp := c.envFile + ".partial"
+	if err := os.WriteFile(tmp, []byte(env), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, c.envFile)
+}
+
+func (c *cluster) printNextSteps(w io.Writer) {
+	fmt.Fprintf(w, `
+==> A one-node cluster runs here, with keymint installed from %[1]s (release keymint,
+    namespace keymint-system). In a second terminal:
+
+  source %[2]s
+  kubectl get pods -A
+  kubectl create namespace demo
+  kubectl -n demo apply -f config/samples/keymint_v1alpha1_serviceuser.yaml -f config/samples/keymint_v1alpha1_apitoken.yaml
+  # Your own image, as kind load does (set imagePullPolicy: Never or IfNotPresent):
+  ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images import my-image.tar
+
+    Pods mount Secret billing-exporter-token and call keymint at $KEYMINT_IN_CLUSTER_CHECK_URL
+    (trusting ca.crt of Secret keymint-system/keymint-serving-certs); kube-apiserver asks
+    keymint about bearer tokens (kubectl --token "$TOKEN" auth whoami). Logs: %[3]s
+    Ctrl-C stops the cluster and removes everything it added to this machine.
+`, c.chart, c.envFile, c.logs)
+}
