@@ -143,7 +143,9 @@ func (spec imageSpec) layer(bin string) ([]byte, error) {
 		func() error {
 			return file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n"))
 		},
-		func() error { return file("etc/group", 0o644, []byte("root:x:0:\nnonroot:x:65532:\nnobody:x:65534:\n")) },
+		func() error {
+			return file("etc/group", 0o644, []byte("root:x:0:\nnonroot:x:65532:\nnobody:x:65534:\n"))
+		},
 		func() error { return dir("etc/ssl", 0o755, 0) },
 		func() error { return dir("etc/ssl/certs", 0o755, 0) },
 		func() error { return file("etc/ssl/certs/ca-certificates.crt", 0o644, ca) },

@@ -252,7 +252,7 @@ func (s *State) Restore() error {
 
 // iptablesSave returns each table's chains and rules, without counters.
 func iptablesSave(cmd string) (map[string][]string, error) {
-	out, err := exec.Command(cmd+"-save").Output()
+	out, err := exec.Command(cmd + "-save").Output()
 	if err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
 			return nil, nil
