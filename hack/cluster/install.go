@@ -31,8 +31,16 @@ var helmValues = []string{
 // keymint created for its serving certificate.
 func (c *cluster) installKeymint(ctx context.Context) error {
 	c.step("installing keymint from %s with helm", c.chart)
+	// As docs/helm.md says: keymint runs under the restricted Pod Security
+	// level, which only a label on its namespace enforces.
+	if err := c.kubectl(ctx, nil, "create", "namespace", keymintNamespace); err != nil {
+		return err
+	}
+	if err := c.kubectl(ctx, nil, "label", "namespace", keymintNamespace, "pod-security.kubernetes.io/enforce=restricted"); err != nil {
+		return err
+	}
 	args := []string{"install", keymintRelease, c.chart, "--kubeconfig", c.path("admin.kubeconfig"),
-		"--namespace", keymintNamespace, "--create-namespace", "--wait", "--timeout", "5m"}
+		"--namespace", keymintNamespace, "--wait", "--timeout", "5m"}
 	for _, v := range helmValues {
 		args = append(args, "--set", v)
 	}

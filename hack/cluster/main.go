@@ -32,7 +32,7 @@ var corednsManifest []byte
 
 func main() {
 	var o options
-	flag.StringVar(&o.dir, "dir", ".dev/cluster", "directory for the cluster's state; removed on stop, but for its logs/")
+	flag.StringVar(&o.dir, "dir", ".dev/cluster", "directory for the cluster's state, removed on stop; component logs go to DIR-logs and stay")
 	flag.StringVar(&o.envFile, "env", ".dev/cluster.env", "file to write KUBECONFIG, KEYMINT_IN_CLUSTER_CHECK_URL and CONTAINERD_ADDRESS into once the cluster is ready")
 	flag.StringVar(&o.bin, "kubernetes-dir", "bin/k8s/1.36.3", "directory holding kube (and its links), etcd and coredns from make control-plane")
 	flag.StringVar(&o.helm, "helm", "bin/helm", "helm binary")
@@ -130,7 +130,7 @@ func newCluster(o options, log io.Writer) (*cluster, error) {
 			return nil, err
 		}
 	}
-	return &cluster{options: o, repo: repo, run: runDir, logs: filepath.Join(filepath.Dir(o.dir), "cluster-logs"),
+	return &cluster{options: o, repo: repo, run: runDir, logs: o.dir + "-logs",
 		log: log, exited: make(chan *process, 16)}, nil
 }
 
