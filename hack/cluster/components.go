@@ -70,7 +70,9 @@ func (c *cluster) start(name, bin string, args ...string) (*process, error) {
 func (c *cluster) savePIDs() error {
 	var b strings.Builder
 	for _, p := range c.procs {
-		fmt.Fprintf(&b, "%d %s\n", p.cmd.Process.Pid, p.name)
+		if exe, started := identify(p.cmd.Process.Pid); exe != "" {
+			fmt.Fprintf(&b, "%d %s %s\n", p.cmd.Process.Pid, exe, started)
+		}
 	}
 	return os.WriteFile(c.path("pids"), []byte(b.String()), 0o600)
 }
@@ -118,7 +120,13 @@ func (c *cluster) startContainerd(ctx context.Context) error {
 func (c *cluster) apiserverArgs(extra []string) []string {
 	p := c.pki.path
 	return append([]string{
-		"--etcd-servers=http://127.0.0.1:" + strconv.Itoa(etcdPort),
+		"--etcd-servers=https://127.0.0.1:" + strconv.Itoa(etcdPort),
+		"--etcd-cafile=" + p("ca.crt"),
+		"--etcd-certfile=" + p("apiserver-etcd-client.crt"),
+		"--etcd-keyfile=" + p("apiserver-etcd-client.key"),
+		// It listens on every address (pods reach it through the node's),
+		// so nobody gets in without credentials.
+		"--anonymous-auth=false",
 		"--bind-address=0.0.0.0",
 		"--secure-port=" + strconv.Itoa(apiserverPort),
 		"--advertise-address=" + c.nodeIP,
@@ -145,12 +153,18 @@ func (c *cluster) apiserverArgs(extra []string) []string {
 func (c *cluster) startControlPlane(ctx context.Context, apiserverExtra []string) error {
 	if c.proc("etcd") == nil {
 		c.step("starting etcd")
-		peer := "http://127.0.0.1:" + strconv.Itoa(etcdPeerPort)
-		client := "http://127.0.0.1:" + strconv.Itoa(etcdPort)
+		// TLS with client certificates on both ports: any local user could
+		// otherwise write to etcd, and so run a privileged pod.
+		peer := "https://127.0.0.1:" + strconv.Itoa(etcdPeerPort)
+		client := "https://127.0.0.1:" + strconv.Itoa(etcdPort)
+		p := c.pki.path
 		if _, err := c.start("etcd", c.component("etcd"), "--data-dir", c.path("etcd"),
 			"--listen-client-urls", client, "--advertise-client-urls", client,
 			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-			"--initial-cluster", "default="+peer, "--unsafe-no-fsync", "--log-level", "warn"); err != nil {
+			"--initial-cluster", "default="+peer,
+			"--cert-file", p("etcd.crt"), "--key-file", p("etcd.key"), "--client-cert-auth", "--trusted-ca-file", p("ca.crt"),
+			"--peer-cert-file", p("etcd.crt"), "--peer-key-file", p("etcd.key"), "--peer-client-cert-auth", "--peer-trusted-ca-file", p("ca.crt"),
+			"--unsafe-no-fsync", "--log-level", "warn"); err != nil {
 			return err
 		}
 	}
@@ -162,7 +176,9 @@ func (c *cluster) startControlPlane(ctx context.Context, apiserverExtra []string
 		return err
 	}
 	if c.proc("kube-controller-manager") != nil {
-		return nil
+		// kube-apiserver took its address out of Service kubernetes as it
+		// stopped; until kube-proxy routes it again, pods' calls fail.
+		return c.waitKubernetesService(ctx)
 	}
 	c.step("starting kube-controller-manager and kube-scheduler")
 	kcm := c.path("controller-manager.kubeconfig")
@@ -188,6 +204,26 @@ func (c *cluster) restartAPIServer(ctx context.Context, extra []string) error {
 	p.stop(3 * time.Second)
 	c.procs = slices.DeleteFunc(c.procs, func(q *process) bool { return q == p })
 	return c.startControlPlane(ctx, extra)
+}
+
+// waitKubernetesService waits until Service kubernetes reaches
+// kube-apiserver through kube-proxy's rules, as pods reach it.
+func (c *cluster) waitKubernetesService(ctx context.Context) error {
+	return c.waitFor(ctx, "Service kubernetes through kube-proxy", 2*time.Minute, func() error {
+		client, err := c.adminHTTP()
+		if err != nil {
+			return err
+		}
+		resp, err := client.Get("https://" + kubernetesIP + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/readyz through %s: %s", kubernetesIP, resp.Status)
+		}
+		return nil
+	})
 }
 
 // apiserverReady asks /readyz as the cluster admin.
@@ -229,6 +265,9 @@ func (c *cluster) startNode(ctx context.Context) error {
 		return err
 	}
 	if _, err := c.start("kube-proxy", c.component("kube-proxy"), "--config="+c.path("kube-proxy.yaml")); err != nil {
+		return err
+	}
+	if err := c.waitKubernetesService(ctx); err != nil {
 		return err
 	}
 	return c.waitFor(ctx, "node "+nodeName+" Ready", 3*time.Minute, func() error {

@@ -154,6 +154,26 @@ current-context: keymint-cluster
 `, apiserverPort, c.pki.path("ca.crt"), name, c.pki.path(name+".crt"), c.pki.path(name+".key"))), 0o600)
 }
 
+// tokenKubeconfig reaches the cluster with its CA and no credentials, for
+// kubectl --token: kube-apiserver prefers a client certificate to a token.
+func (c *cluster) tokenKubeconfig() error {
+	return os.WriteFile(c.path("token.kubeconfig"), []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: keymint-cluster
+  cluster:
+    server: https://127.0.0.1:%[1]d
+    certificate-authority: %[2]q
+users:
+- name: token
+  user: {}
+contexts:
+- name: keymint-cluster
+  context: {cluster: keymint-cluster, user: token}
+current-context: keymint-cluster
+`, apiserverPort, c.pki.path("ca.crt"))), 0o644)
+}
+
 // tokenWebhookConfig is the kubeconfig kube-apiserver reads to ask keymint's
 // TokenReview endpoint about bearer tokens: keymint's Service by its
 // ClusterIP (kube-apiserver does not use cluster DNS), checked against the

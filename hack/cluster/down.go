@@ -65,12 +65,13 @@ func (c *cluster) cleanup() error {
 	var errs []error
 	c.killRecorded()
 	c.killByPath()
-	// kube-proxy knows its own rules best.
-	if out, err := exec.Command(c.component("kube-proxy"), "--cleanup").CombinedOutput(); err != nil {
-		errs = append(errs, fmt.Errorf("kube-proxy --cleanup: %v: %s", err, lastLine(out)))
+	// Connections of pods and to Services that are gone: a later cluster
+	// reuses the addresses, and a stale entry would send its packets astray.
+	for _, cidr := range []string{"-s " + podCIDR, "-d " + podCIDR, "-d " + serviceCIDR} {
+		_ = exec.Command("conntrack", append([]string{"-D"}, strings.Fields(cidr)...)...).Run()
 	}
 	if c.before != nil {
-		if err := c.before.Restore(); err != nil {
+		if err := c.before.Restore(c.scope()); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -82,26 +83,43 @@ func (c *cluster) cleanup() error {
 	return errors.Join(errs...)
 }
 
-// killRecorded kills the components a killed run recorded in pids, if they
-// still run the same program.
+// killRecorded kills the components a killed run recorded in pids, if the
+// process with that PID is still the same one: same executable, same start
+// time (a PID is reused after a reboot or a long while).
 func (c *cluster) killRecorded() {
 	b, err := os.ReadFile(c.path("pids"))
 	if err != nil {
 		return
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 2 {
+		var pid int
+		var exe, started string
+		if n, _ := fmt.Sscanf(line, "%d %s %s", &pid, &exe, &started); n != 3 {
 			continue
 		}
-		pid, err := strconv.Atoi(f[0])
-		if err != nil {
-			continue
-		}
-		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && bytes.Contains(cmdline, []byte(f[1])) {
+		if nowExe, nowStarted := identify(pid); nowExe == exe && nowStarted == started {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// identify returns a process's executable and start time (in clock ticks
+// since boot), or empty strings.
+func identify(pid int) (exe, started string) {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return "", ""
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", ""
+	}
+	// The command name, in parentheses, may hold spaces: count from after it.
+	_, rest, ok := bytes.Cut(stat, []byte(") "))
+	if f := strings.Fields(string(rest)); ok && len(f) > 19 {
+		return exe, f[19]
+	}
+	return "", ""
 }
 
 // killByPath kills every process whose command line names the cluster's
@@ -126,7 +144,18 @@ func (c *cluster) killByPath() {
 	time.Sleep(500 * time.Millisecond)
 }
 
-func lastLine(b []byte) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return lines[len(lines)-1]
+// scope is what the cluster adds to the machine, by name: Restore leaves
+// everything else alone.
+func (c *cluster) scope() machine.Scope {
+	return machine.Scope{
+		MountPrefixes: []string{c.dir + "/", c.run + "/", "/run/netns/cni-", "/var/run/netns/cni-", "/run/containerd/", "/var/lib/kubelet/"},
+		// ip netns and CNI make the namespace directory a mount of its own.
+		MountPoints:    []string{"/run/netns", "/var/run/netns"},
+		Bridge:         bridgeName,
+		NetNSPrefixes:  []string{"cni-"},
+		CgroupPrefixes: []string{"kubepods"},
+		RuleMarks:      []string{"KUBE-", "CNI-", "kube-proxy", "kubelet"},
+		// Made by libcni, kubelet and containerd's shims where no flag moves them.
+		RemovePaths: []string{"/var/lib/cni", "/var/log/containers", "/var/log/pods", "/run/containerd", "/run/netns"},
+	}
 }

@@ -27,8 +27,8 @@ import (
 	"github.com/keymint/keymint/hack/cluster/machine"
 )
 
-//go:embed manifests/coredns.yaml
-var corednsManifest []byte
+//go:embed manifests/addons.yaml
+var addonsManifest []byte
 
 func main() {
 	var o options
@@ -38,9 +38,11 @@ func main() {
 	flag.StringVar(&o.helm, "helm", "bin/helm", "helm binary")
 	flag.StringVar(&o.chart, "chart", "dist/chart", "keymint's Helm chart")
 	flag.BoolVar(&o.keymint, "keymint", true, "install keymint with Helm and point kube-apiserver's token webhook at it")
+	flag.BoolVar(&o.down, "down", false, "only clean up after a cluster that was killed (SIGKILL, a crash) and could not clean up itself, then exit")
 	flag.Parse()
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a closed terminal or ssh session must clean up like Ctrl-C.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	c, err := newCluster(o, os.Stderr)
 	if err != nil {
@@ -53,6 +55,14 @@ func main() {
 		os.Exit(1)
 	}
 	defer unlock()
+	if o.down {
+		if err := c.cleanupKilledRun(); err != nil {
+			fmt.Fprintf(os.Stderr, "cluster: %v\n", err)
+			unlock()
+			os.Exit(1)
+		}
+		return
+	}
 	code := 0
 	if err := c.up(ctx); err != nil {
 		if ctx.Err() == nil {
@@ -68,7 +78,10 @@ func main() {
 			code = 1
 		}
 	}
-	stop() // a second Ctrl-C during the stop kills make, not the cleanup
+	// From here a Ctrl-C (a second one, or make's) must not cut the cleanup
+	// short: it would leave mounts, rules and processes behind.
+	stop()
+	signal.Ignore(os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	fmt.Fprintln(os.Stderr, "\n==> stopping the cluster and putting the machine back as it was")
 	if err := c.down(); err != nil {
 		fmt.Fprintf(os.Stderr, "==> %v\n", err)
@@ -99,7 +112,7 @@ func lock() (func(), error) {
 
 type options struct {
 	dir, envFile, bin, helm, chart string
-	keymint                        bool
+	keymint, down                  bool
 }
 
 // cluster is one run of the cluster: its directories, its processes, and
@@ -155,9 +168,12 @@ func (c *cluster) up(ctx context.Context) error {
 		return fmt.Errorf("reading the machine's state: %w", err)
 	}
 	for _, d := range []string{c.dir, c.run, c.logs} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
+	}
+	if err := os.WriteFile(c.path(markerFile), nil, 0o600); err != nil {
+		return err
 	}
 	if err := c.before.Save(c.beforeFile()); err != nil {
 		return err
@@ -189,8 +205,8 @@ func (c *cluster) up(ctx context.Context) error {
 	if err := c.startNode(ctx); err != nil {
 		return err
 	}
-	if err := c.kubectl(ctx, corednsManifest, "apply", "-f", "-"); err != nil {
-		return fmt.Errorf("installing CoreDNS: %w", err)
+	if err := c.kubectl(ctx, addonsManifest, "apply", "-f", "-"); err != nil {
+		return fmt.Errorf("installing CoreDNS and kube-apiserver's kubelet access: %w", err)
 	}
 	if err := c.waitRollout(ctx, "kube-system", "deployment/coredns"); err != nil {
 		return err
@@ -218,6 +234,9 @@ func (c *cluster) preflight(ctx context.Context) error {
 			return fmt.Errorf("%s is missing from %s: run make control-plane", bin, c.bin)
 		}
 	}
+	if err := c.checkDir(); err != nil {
+		return err
+	}
 	if err := installPackages(ctx, c.log); err != nil {
 		return err
 	}
@@ -225,8 +244,33 @@ func (c *cluster) preflight(ctx context.Context) error {
 	for _, mod := range []string{"br_netfilter", "overlay"} {
 		_ = exec.CommandContext(ctx, "modprobe", mod).Run()
 	}
+	if err := c.cleanupKilledRun(); err != nil {
+		return err
+	}
+	// Another Kubernetes on this machine would share ports, and kube-proxy
+	// and the kubelet would fight over its rules.
+	for _, port := range []int{apiserverPort, etcdPort, etcdPeerPort, 10248, 10249, 10250, 10256, 10257, 10259} {
+		if l, err := net.Listen("tcp", fmt.Sprintf(":%d", port)); err != nil {
+			return fmt.Errorf("port %d is in use (another Kubernetes, or a make cluster that was killed: make cluster-down): %w", port, err)
+		} else {
+			l.Close()
+		}
+	}
+	// The last run's logs stay readable, once.
+	if _, err := os.Stat(c.logs); err == nil {
+		if err := os.RemoveAll(c.logs + ".previous"); err != nil {
+			return err
+		}
+		return os.Rename(c.logs, c.logs+".previous")
+	}
+	return nil
+}
+
+// cleanupKilledRun cleans up after a run that could not (killed with
+// SIGKILL, a crash), using the machine's state it recorded before starting.
+func (c *cluster) cleanupKilledRun() error {
 	if _, err := os.Stat(c.beforeFile()); err == nil {
-		c.step("a previous cluster in %s did not stop cleanly; cleaning up after it first", c.dir)
+		c.step("a previous cluster in %s did not stop cleanly; cleaning up after it", c.dir)
 		before, err := machine.Load(c.beforeFile())
 		if err != nil {
 			return err
@@ -241,7 +285,28 @@ func (c *cluster) preflight(ctx context.Context) error {
 			return err
 		}
 	}
-	return os.RemoveAll(c.logs)
+	return nil
+}
+
+// markerFile says a directory is a cluster's: only such a directory, or a
+// new or empty one, is ever removed.
+const markerFile = ".keymint-cluster"
+
+func (c *cluster) checkDir() error {
+	entries, err := os.ReadDir(c.dir)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && len(entries) == 0) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(c.path(markerFile)); err != nil {
+		return fmt.Errorf("%s holds files but is not a cluster's directory (no %s): choose another -dir; the cluster removes its directory when it stops", c.dir, markerFile)
+	}
+	if info, err := os.Lstat(c.envFile); err == nil && !info.Mode().IsRegular() {
+		return fmt.Errorf("-env %s is not a regular file", c.envFile)
+	}
+	return nil
 }
 
 // packages are the Debian packages of the node, and a command each installs.
@@ -325,7 +390,11 @@ func (c *cluster) writeConfigs() error {
 		{"apiserver", "kube-apiserver", nil,
 			[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc." + clusterDomain},
 			[]net.IP{net.IPv4(127, 0, 0, 1), net.ParseIP(kubernetesIP), ip}},
-		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, nil, nil},
+		// Bound to system:kubelet-api-admin (manifests/addons.yaml), not
+		// system:masters: kube-apiserver only needs the kubelet's API.
+		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", nil, nil, nil},
+		{"etcd", "etcd", nil, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)}},
+		{"apiserver-etcd-client", "kube-apiserver-etcd-client", nil, nil, nil},
 		{"admin", "keymint-cluster-admin", []string{"system:masters"}, nil, nil},
 		{"controller-manager", "system:kube-controller-manager", nil, nil, nil},
 		{"scheduler", "system:kube-scheduler", nil, nil, nil},
@@ -341,6 +410,9 @@ func (c *cluster) writeConfigs() error {
 		if err := c.kubeconfig(name+".kubeconfig", name); err != nil {
 			return err
 		}
+	}
+	if err := c.tokenKubeconfig(); err != nil {
+		return err
 	}
 	for _, d := range []string{"cni", "cni-ipam", "pod-logs", "kubelet", "etcd"} {
 		if err := os.MkdirAll(c.path(d), 0o755); err != nil {
@@ -370,7 +442,9 @@ export KUBECONFIG=%s
 export KEYMINT_IN_CLUSTER_CHECK_URL=https://keymint-webhook.keymint-system.svc/check
 # containerd's socket: ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images import IMAGE.tar
 export CONTAINERD_ADDRESS=%s
-`, c.path("admin.kubeconfig"), c.containerdSocket())
+# The cluster without a client certificate: kubectl --kubeconfig "$KEYMINT_TOKEN_KUBECONFIG" --token ...
+export KEYMINT_TOKEN_KUBECONFIG=%s
+`, c.path("admin.kubeconfig"), c.containerdSocket(), c.path("token.kubeconfig"))
 	tmp := c.envFile + ".partial"
 	if err := os.WriteFile(tmp, []byte(env), 0o600); err != nil {
 		return err
@@ -379,20 +453,47 @@ export CONTAINERD_ADDRESS=%s
 }
 
 func (c *cluster) printNextSteps(w io.Writer) {
+	if !c.keymint {
+		fmt.Fprintf(w, `
+==> A one-node cluster runs here (keymint not installed). In a second terminal, as root:
+
+  source %[1]s
+  kubectl get pods -A
+
+    Component logs: %[2]s. Ctrl-C stops the cluster and removes what it added to this machine.
+`, c.envFile, c.logs)
+		return
+	}
 	fmt.Fprintf(w, `
 ==> A one-node cluster runs here, with keymint installed from %[1]s (release keymint,
-    namespace keymint-system). In a second terminal:
+    namespace keymint-system). In a second terminal, as root:
 
   source %[2]s
   kubectl get pods -A
+  kubectl -n keymint-system logs deploy/keymint-manager
+
+  # A ServiceUser and two ApiTokens; keymint writes each token to a Secret.
   kubectl create namespace demo
   kubectl -n demo apply -f config/samples/keymint_v1alpha1_serviceuser.yaml -f config/samples/keymint_v1alpha1_apitoken.yaml
-  # Your own image, as kind load does (set imagePullPolicy: Never or IfNotPresent):
+  TOKEN=$(kubectl -n demo get secret billing-exporter-token -o jsonpath='{.data.token}' | base64 -d)
+
+  # kube-apiserver asks keymint about the token (this kubeconfig has no client certificate,
+  # which kube-apiserver would prefer to the token):
+  kubectl --kubeconfig "$KEYMINT_TOKEN_KUBECONFIG" --token "$TOKEN" auth whoami
+
+  # /check from this machine (the host reaches ClusterIPs), as pods call $KEYMINT_IN_CLUSTER_CHECK_URL:
+  kubectl -n keymint-system get secret keymint-serving-certs -o jsonpath='{.data.ca\.crt}' | base64 -d > /tmp/keymint-ca.crt
+  curl --cacert /tmp/keymint-ca.crt -H "Authorization: Bearer $TOKEN" \
+    --resolve keymint-webhook.keymint-system.svc:443:$(kubectl -n keymint-system get svc keymint-webhook -o jsonpath='{.spec.clusterIP}') \
+    "$KEYMINT_IN_CLUSTER_CHECK_URL"
+
+  # Pods that call /check trust that CA; copy it into their namespace (a pod mounts only its own):
+  kubectl -n demo create configmap keymint-ca --from-file=ca.crt=/tmp/keymint-ca.crt
+
+  # Your own image, as kind load does; run it with imagePullPolicy: Never:
   ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images import my-image.tar
 
-    Pods mount Secret billing-exporter-token and call keymint at $KEYMINT_IN_CLUSTER_CHECK_URL
-    (trusting ca.crt of Secret keymint-system/keymint-serving-certs); kube-apiserver asks
-    keymint about bearer tokens (kubectl --token "$TOKEN" auth whoami). Logs: %[3]s
-    Ctrl-C stops the cluster and removes everything it added to this machine.
+    Component logs: %[3]s (kept after the cluster stops). Ctrl-C stops the cluster and removes
+    what it added to this machine; start it again to run a changed keymint (the image is rebuilt).
 `, c.chart, c.envFile, c.logs)
 }

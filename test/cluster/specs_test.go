@@ -86,7 +86,7 @@ metadata: {name: scraper, namespace: shop}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
-metadata: {name: shop-scraper-reads-keymint-metrics}
+metadata: {name: shop-scraper-reads-metrics}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: keymint-metrics-reader}
 subjects: [{kind: ServiceAccount, name: scraper, namespace: shop}]
 `)
@@ -101,7 +101,9 @@ subjects: [{kind: ServiceAccount, name: scraper, namespace: shop}]
 				req.Header.Set("Authorization", "Bearer "+token)
 			}
 			resp, err := metrics.Do(req)
-			Expect(err).NotTo(HaveOccurred())
+			if err != nil {
+				return 0, err.Error()
+			}
 			defer resp.Body.Close()
 			body, _ := io.ReadAll(resp.Body)
 			return resp.StatusCode, string(body)
@@ -180,7 +182,7 @@ spec:
 		statsURL := "http://" + clusterIP(ns, "protected") + "/stats"
 
 		By("the pods present the token from their Secret, and keymint passes it, by the Service's DNS name")
-		Eventually(func() int { return stats(protected, statsURL).Fingerprints[fingerprint(token)] }).Should(BeNumerically(">", 10))
+		Eventually(seen(protected, statsURL, token)).Should(BeNumerically(">", 10))
 		Expect(stats(protected, statsURL).Status).To(HaveKey("200"))
 		Expect(stats(protected, statsURL).Status).To(HaveLen(1), "every call so far passed")
 
@@ -188,16 +190,21 @@ spec:
 		generation := strings.TrimSpace(mustKubectl("-n", ns, "get", "deployment", "client", "-o", "jsonpath={.metadata.generation}"))
 		mustKubectl("-n", ns, "annotate", "apitoken", "client", "keymint.io/rotate="+time.Now().Format(time.RFC3339Nano), "--overwrite")
 		var newToken string
-		Eventually(func() string {
+		Eventually(func() string { // fingerprints: a failure message never shows a token
 			newToken = string(secretData(ns, "client-token", "token"))
-			return newToken
-		}).ShouldNot(Equal(token))
+			return fingerprint(newToken)
+		}).ShouldNot(Equal(fingerprint(token)))
 		Eventually(func() string {
 			return strings.TrimSpace(mustKubectl("-n", ns, "get", "deployment", "client", "-o", "jsonpath={.metadata.generation}"))
 		}).ShouldNot(Equal(generation), "keymint restarted the Deployment")
 		mustKubectl("-n", ns, "rollout", "status", "deployment/client", "--timeout=2m")
-		Eventually(func() int { return stats(protected, statsURL).Fingerprints[fingerprint(newToken)] }).Should(BeNumerically(">", 10))
+		Eventually(seen(protected, statsURL, newToken)).Should(BeNumerically(">", 10))
 		Expect(stats(protected, statsURL).Status).To(HaveLen(1), "a call failed during the rotation: %v", stats(protected, statsURL).Status)
+		// The new pods' own counts: no call failed before it reached the service.
+		for _, ip := range livePodIPs(ns, "app=client") {
+			Expect(stats(protected, "http://"+ip+":8081/stats").Status).To(HaveKey("200"))
+			Expect(stats(protected, "http://"+ip+":8081/stats").Status).To(HaveLen(1), "client pod %s saw failures", ip)
+		}
 
 		By("revoking: refused within a second")
 		call := func() int {
@@ -217,26 +224,35 @@ spec:
 		Expect(took).To(BeNumerically("<", time.Second))
 	})
 
-	It("authenticates kubectl --token with a keymint token: kube-apiserver asks keymint through the Service", func() {
-		// A kubeconfig with the cluster's CA and no client certificate:
-		// kube-apiserver tries a certificate before a bearer token.
-		kubeconfig := filepath.Join(GinkgoT().TempDir(), "token.kubeconfig")
-		ca := filepath.Join(filepath.Dir(env["KUBECONFIG"]), "pki", "ca.crt")
-		Expect(os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", certificate-authority: %q}}]
-users: [{name: u, user: {}}]
-contexts: [{name: c, context: {cluster: c, user: u}}]
-current-context: c
-`, ca)), 0o600)).To(Succeed())
-		out, err := exec.Command("kubectl", "--kubeconfig", kubeconfig, "--token", proberToken, "auth", "whoami", "-o", "json").CombinedOutput()
+	It("authenticates kubectl with a keymint token: kube-apiserver asks keymint through the Service, and stops accepting it once revoked", func() {
+		apply(`apiVersion: keymint.io/v1alpha1
+kind: ApiToken
+metadata: {name: kubectl-user, namespace: shop}
+spec: {serviceUser: frontend, secretName: kubectl-user-token}
+`)
+		token := tokenOf(ns, "kubectl-user", "kubectl-user-token")
+		kubeconfig := tokenKubeconfig(token)
+		out, err := exec.Command("kubectl", "--kubeconfig", kubeconfig, "auth", "whoami", "-o", "json").CombinedOutput()
 		Expect(err).NotTo(HaveOccurred(), string(out))
 		Expect(jsonField(string(out), "status", "userInfo", "username")).To(Equal("keymint:shop:frontend"))
 		Expect(jsonField(string(out), "status", "userInfo", "groups")).To(ContainElement("shop-readers"))
 
-		out, err = exec.Command("kubectl", "--kubeconfig", kubeconfig, "--token", proberToken+"x", "auth", "whoami").CombinedOutput()
+		out, err = exec.Command("kubectl", "--kubeconfig", tokenKubeconfig(token+"x"), "auth", "whoami").CombinedOutput()
 		Expect(err).To(HaveOccurred())
 		Expect(string(out)).To(ContainSubstring("Unauthorized"))
+
+		By("revoked: kube-apiserver refuses it once its caches expire")
+		revoked := time.Now()
+		mustKubectl("-n", ns, "patch", "apitoken", "kubectl-user", "--type=merge", "-p", `{"spec":{"revoked":true}}`)
+		Eventually(func() string {
+			out, _ := exec.Command("kubectl", "--kubeconfig", kubeconfig, "auth", "whoami").CombinedOutput()
+			return string(out)
+		}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(ContainSubstring("Unauthorized"))
+		took := time.Since(revoked)
+		GinkgoWriter.Printf("kube-apiserver refused the revoked token %s after the patch\n", took)
+		// Its token webhook cache (--authentication-token-webhook-cache-ttl=5s)
+		// and its own 10 s cache of successes: docs/checks.md.
+		Expect(took).To(BeNumerically("<", 16*time.Second))
 	})
 
 	It("fails over when the leader's pod is evicted, checks never stop, and the PodDisruptionBudget keeps the other", func() {
@@ -288,10 +304,10 @@ spec: {serviceUser: frontend}
 		before := mustKubectl("-n", keymintNS, "get", "pods", "-l", "app.kubernetes.io/name=keymint", "-o", "jsonpath={.items[*].metadata.name}")
 		helm("upgrade", "keymint", filepath.Join(root, "dist/chart"), "--namespace", keymintNS, "--reuse-values", "--set", "logLevel=debug", "--wait", "--timeout", "3m")
 		mustKubectl("-n", keymintNS, "rollout", "status", "deployment/keymint-manager", "--timeout=2m")
-		after := mustKubectl("-n", keymintNS, "get", "pods", "-l", "app.kubernetes.io/name=keymint", "-o", "jsonpath={.items[*].metadata.name}")
-		for _, pod := range strings.Fields(before) {
-			Expect(strings.Fields(after)).NotTo(ContainElement(pod), "helm upgrade rolled every pod")
-		}
+		// The old pods go once their preStop pause is over.
+		Eventually(func() []string {
+			return strings.Fields(mustKubectl("-n", keymintNS, "get", "pods", "-l", "app.kubernetes.io/name=keymint", "-o", "jsonpath={.items[*].metadata.name}"))
+		}).ShouldNot(ContainElement(BeElementOf(strings.Fields(before))), "helm upgrade rolls every pod")
 		Expect(mustKubectl("-n", keymintNS, "get", "deployment", "keymint-manager", "-o", "jsonpath={.spec.template.spec.containers[0].args}")).To(ContainSubstring("--zap-log-level=debug"))
 		ok, failures := p.finish()
 		GinkgoWriter.Printf("checks during helm upgrade: %d passed, %d failed\n", ok, len(failures))
@@ -301,8 +317,10 @@ spec: {serviceUser: frontend}
 		By("helm uninstall")
 		helm("uninstall", "keymint", "--namespace", keymintNS, "--wait", "--timeout", "3m")
 		Expect(mustKubectl("get", "crd", "apitokens.keymint.io", "serviceusers.keymint.io", "-o", "name")).To(ContainSubstring("apitokens"))
-		left := strings.Fields(mustKubectl("-n", keymintNS, "get", "all,secrets,configmaps,serviceaccounts,roles,rolebindings,leases,networkpolicies,poddisruptionbudgets", "-o", "name"))
-		Expect(left).To(ConsistOf("secret/keymint-serving-certs", "secret/keymint-record-key", "configmap/kube-root-ca.crt", "serviceaccount/default", "lease.coordination.k8s.io/keymint.keymint.io"))
+		// The pods go once their preStop pause is over.
+		Eventually(func() []string {
+			return strings.Fields(mustKubectl("-n", keymintNS, "get", "all,secrets,configmaps,serviceaccounts,roles,rolebindings,leases,networkpolicies,poddisruptionbudgets", "-o", "name"))
+		}).Should(ConsistOf("secret/keymint-serving-certs", "secret/keymint-record-key", "configmap/kube-root-ca.crt", "serviceaccount/default", "lease.coordination.k8s.io/keymint.keymint.io"))
 		cluster := mustKubectl("get", "clusterroles,clusterrolebindings,validatingwebhookconfigurations,mutatingwebhookconfigurations", "-o", "name")
 		Expect(cluster).NotTo(ContainSubstring("keymint"))
 	})
@@ -323,12 +341,27 @@ type protectedStats struct {
 
 func stats(client *http.Client, url string) protectedStats {
 	GinkgoHelper()
+	s, err := tryStats(client, url)
+	Expect(err).NotTo(HaveOccurred())
+	return s
+}
+
+func tryStats(client *http.Client, url string) (protectedStats, error) {
 	var s protectedStats
 	resp, err := client.Get(url)
-	Expect(err).NotTo(HaveOccurred())
+	if err != nil {
+		return s, err
+	}
 	defer resp.Body.Close()
-	Expect(json.NewDecoder(resp.Body).Decode(&s)).To(Succeed())
-	return s
+	return s, json.NewDecoder(resp.Body).Decode(&s)
+}
+
+// seen returns how many calls presented token, for Eventually.
+func seen(client *http.Client, url, token string) func() (int, error) {
+	return func() (int, error) {
+		s, err := tryStats(client, url)
+		return s.Fingerprints[fingerprint(token)], err
+	}
 }
 
 func fingerprint(token string) string {
@@ -349,6 +382,46 @@ func evict(pod string) int {
 	}
 	Fail("eviction of " + pod + ": " + out)
 	return 0
+}
+
+// livePodIPs returns the addresses of the running pods that select, less
+// those terminating.
+func livePodIPs(ns, selector string) []string {
+	GinkgoHelper()
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				DeletionTimestamp *string `json:"deletionTimestamp"`
+			} `json:"metadata"`
+			Status struct {
+				Phase string `json:"phase"`
+				PodIP string `json:"podIP"`
+			} `json:"status"`
+		} `json:"items"`
+	}
+	Expect(json.Unmarshal([]byte(mustKubectl("-n", ns, "get", "pods", "-l", selector, "-o", "json")), &list)).To(Succeed())
+	var ips []string
+	for _, p := range list.Items {
+		if p.Metadata.DeletionTimestamp == nil && p.Status.Phase == "Running" {
+			ips = append(ips, p.Status.PodIP)
+		}
+	}
+	Expect(ips).NotTo(BeEmpty())
+	return ips
+}
+
+// tokenKubeconfig writes the cluster's credential-less kubeconfig with token
+// as its user's, in a file only root reads: a token on kubectl's command
+// line would show in every process listing.
+func tokenKubeconfig(token string) string {
+	GinkgoHelper()
+	b, err := os.ReadFile(env["KEYMINT_TOKEN_KUBECONFIG"])
+	Expect(err).NotTo(HaveOccurred())
+	withToken := strings.Replace(string(b), "user: {}", fmt.Sprintf("user: {token: %q}", token), 1)
+	Expect(withToken).NotTo(Equal(string(b)))
+	path := filepath.Join(GinkgoT().TempDir(), "kubeconfig")
+	Expect(os.WriteFile(path, []byte(withToken), 0o600)).To(Succeed())
+	return path
 }
 
 func helm(args ...string) {

@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -30,6 +29,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/selfsigned"
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/webhook/check"
 )
@@ -40,11 +40,11 @@ var t0 = time.Date(2026, 11, 23, 12, 0, 15, 0, time.UTC)
 // repoPath is path relative to the repository's root.
 func repoPath(t *testing.T, path string) string {
 	t.Helper()
-	_, here, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot tell where the test file is")
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return filepath.Join(filepath.Dir(here), "..", "..", path)
+	return filepath.Join(root, path)
 }
 
 // keymint is keymint's check server as every replica runs it: check.Server

@@ -186,11 +186,60 @@ func added(a, b []string) []string {
 	return out
 }
 
-// Restore undoes, as far as it can, what changed since s was read. Mounts
-// under the given directories, and every other mount, link, namespace or
-// cgroup that s lacks, are removed; iptables tables and sysctls get their
-// recorded values back. It returns what it could not undo.
-func (s *State) Restore() error {
+// Scope names what belongs to the cluster, so that Restore undoes the
+// cluster's changes and never another program's made meanwhile (a VPN's
+// link, a container engine's rules).
+type Scope struct {
+	// MountPrefixes: mounts under these paths; MountPoints: these mounts.
+	MountPrefixes, MountPoints []string
+	// Bridge is the cluster's bridge: it and the veths attached to it go.
+	Bridge string
+	// NetNSPrefixes: network namespaces named so. CgroupPrefixes: cgroups
+	// with a path element starting so (kubepods).
+	NetNSPrefixes, CgroupPrefixes []string
+	// RemovePaths: those of Paths that go if they did not exist before.
+	RemovePaths []string
+	// RuleMarks: iptables chains and rules whose text contains one of these
+	// ("KUBE-", "CNI-"); nftables tables whose name does.
+	RuleMarks []string
+}
+
+func hasPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasElementPrefix reports whether an element of path starts with one of
+// prefixes.
+func hasElementPrefix(path string, prefixes []string) bool {
+	for _, e := range strings.Split(path, "/") {
+		if hasPrefix(e, prefixes) {
+			return true
+		}
+	}
+	return false
+}
+
+func marked(s string, marks []string) bool {
+	for _, m := range marks {
+		if strings.Contains(s, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// Restore undoes what changed since s was read and falls in scope: it
+// unmounts and removes mounts, network namespaces, links and cgroups that
+// were not there, removes the marked iptables chains and rules (and a
+// table iptables-nft created, once empty), puts sysctls back and removes
+// the directories of Paths that did not exist. It returns what it could not
+// undo.
+func (s *State) Restore(scope Scope) error {
 	var errs []error
 	now, err := Read()
 	if err != nil {
@@ -198,7 +247,12 @@ func (s *State) Restore() error {
 	}
 	// Mounts first, deepest first: network namespaces and pod volumes are
 	// mounts, and a busy mount keeps a directory.
-	mounts := added(s.Mounts, now.Mounts)
+	var mounts []string
+	for _, m := range added(s.Mounts, now.Mounts) {
+		if hasPrefix(m, scope.MountPrefixes) || slices.Contains(scope.MountPoints, m) {
+			mounts = append(mounts, m)
+		}
+	}
 	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i]) > len(mounts[j]) })
 	for _, m := range mounts {
 		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
@@ -206,13 +260,27 @@ func (s *State) Restore() error {
 		}
 	}
 	for _, ns := range added(s.NetNS, now.NetNS) {
+		if !hasPrefix(ns, scope.NetNSPrefixes) {
+			continue
+		}
 		p := filepath.Join("/run/netns", ns)
 		_ = syscall.Unmount(p, syscall.MNT_DETACH)
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
+	// The veths attached to the bridge first (read while it exists), then it.
+	var links []string
 	for _, l := range added(s.Links, now.Links) {
+		master, _ := os.Readlink(filepath.Join("/sys/class/net", l, "master"))
+		if scope.Bridge != "" && l != scope.Bridge && filepath.Base(master) == scope.Bridge {
+			links = append(links, l)
+		}
+	}
+	if scope.Bridge != "" && slices.Contains(added(s.Links, now.Links), scope.Bridge) {
+		links = append(links, scope.Bridge)
+	}
+	for _, l := range links {
 		if out, err := exec.Command("ip", "link", "delete", l).CombinedOutput(); err != nil {
 			// A veth goes with its peer: it may be gone already.
 			if _, statErr := os.Stat(filepath.Join("/sys/class/net", l)); statErr == nil {
@@ -221,16 +289,19 @@ func (s *State) Restore() error {
 		}
 	}
 	for _, cmd := range []string{"iptables", "ip6tables"} {
-		if err := restoreIPTables(cmd, s.IPTables[cmd], now.IPTables[cmd]); err != nil {
+		if err := removeMarkedRules(cmd, s.IPTables[cmd], now.IPTables[cmd], scope.RuleMarks); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for _, t := range added(s.NFTables, now.NFTables) {
-		if out, err := exec.Command("nft", append([]string{"delete", "table"}, strings.Fields(t)...)...).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("nft delete table %s: %v: %s", t, err, out))
-		}
+	if err := s.removeNewTables(now, scope.RuleMarks); err != nil {
+		errs = append(errs, err)
 	}
 	for name, v := range s.Sysctls {
+		// Only the settings this package reads: the file is data, not a
+		// list of paths to write as root.
+		if !slices.Contains(Sysctls, name) {
+			continue
+		}
 		if now.Sysctls[name] != v {
 			if err := os.WriteFile(filepath.Join("/proc/sys", name), []byte(v), 0o644); err != nil {
 				errs = append(errs, err)
@@ -238,16 +309,56 @@ func (s *State) Restore() error {
 		}
 	}
 	for _, c := range added(s.Cgroups, now.Cgroups) {
+		if !hasElementPrefix(c, scope.CgroupPrefixes) {
+			continue
+		}
 		if err := removeCgroup(c); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	for _, p := range added(s.Paths, now.Paths) {
+		if !slices.Contains(scope.RemovePaths, p) {
+			continue
+		}
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeNewTables deletes the nftables tables that were not there before:
+// those iptables-nft made for the cluster's rules once they hold nothing
+// but built-in chains, and any whose name is marked.
+func (s *State) removeNewTables(now *State, marks []string) error {
+	var errs []error
+	for _, t := range added(s.NFTables, now.NFTables) {
+		family, name, _ := strings.Cut(t, " ")
+		empty := false
+		if cmd := map[string]string{"ip": "iptables", "ip6": "ip6tables"}[family]; cmd != "" {
+			tables, err := iptablesSave(cmd)
+			if err != nil {
+				return err
+			}
+			empty = onlyBuiltinChains(tables[name])
+		}
+		if !empty && !marked(name, marks) {
+			continue
+		}
+		if out, err := exec.Command("nft", "delete", "table", family, name).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("nft delete table %s: %v: %s", t, err, out))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func onlyBuiltinChains(lines []string) bool {
+	for _, l := range lines {
+		if f := strings.Fields(l); !strings.HasPrefix(l, ":") || len(f) != 2 || f[1] == "-" {
+			return false
+		}
+	}
+	return true
 }
 
 // iptablesSave returns each table's chains and rules, without counters.
@@ -280,21 +391,19 @@ func iptablesSave(cmd string) (map[string][]string, error) {
 	return tables, nil
 }
 
-// restoreIPTables gives each table its recorded rules back; a table that was
-// not there is left with its built-in chains only.
-func restoreIPTables(cmd string, before, now map[string][]string) error {
+// removeMarkedRules removes, from each table, the chains and rules that
+// contain a mark and were not there before, with iptables-restore: other
+// programs' rules stay as they are now.
+func removeMarkedRules(cmd string, before, now map[string][]string, marks []string) error {
 	var in strings.Builder
 	for table, lines := range now {
-		want, ok := before[table]
-		if !ok {
-			want = nil
-			for _, l := range lines {
-				if f := strings.Fields(l); strings.HasPrefix(l, ":") && len(f) == 2 && f[1] != "-" {
-					want = append(want, l)
-				}
+		var want []string
+		for _, l := range lines {
+			if !marked(l, marks) || slices.Contains(before[table], l) {
+				want = append(want, l)
 			}
 		}
-		if slices.Equal(want, lines) {
+		if len(want) == len(lines) {
 			continue
 		}
 		in.WriteString("*" + table + "\n")
