@@ -395,8 +395,29 @@ func iptablesSave(cmd string) (map[string][]string, error) {
 // contain a mark and were not there before, with iptables-restore: other
 // programs' rules stay as they are now.
 func removeMarkedRules(cmd string, before, now map[string][]string, marks []string) error {
+	in := withoutMarked(before, now, marks)
+	if in == "" {
+		return nil
+	}
+	c := exec.Command(cmd + "-restore")
+	c.Stdin = strings.NewReader(in)
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s-restore: %v: %s", cmd, err, out)
+	}
+	return nil
+}
+
+// withoutMarked is the iptables-restore input that rewrites each table of
+// now that holds marked lines not in before, without them; "" if none does.
+func withoutMarked(before, now map[string][]string, marks []string) string {
 	var in strings.Builder
-	for table, lines := range now {
+	tables := make([]string, 0, len(now))
+	for t := range now {
+		tables = append(tables, t)
+	}
+	sort.Strings(tables)
+	for _, table := range tables {
+		lines := now[table]
 		var want []string
 		for _, l := range lines {
 			if !marked(l, marks) || slices.Contains(before[table], l) {
@@ -415,15 +436,7 @@ func removeMarkedRules(cmd string, before, now map[string][]string, marks []stri
 		}
 		in.WriteString("COMMIT\n")
 	}
-	if in.Len() == 0 {
-		return nil
-	}
-	c := exec.Command(cmd + "-restore")
-	c.Stdin = strings.NewReader(in.String())
-	if out, err := c.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s-restore: %v: %s", cmd, err, out)
-	}
-	return nil
+	return in.String()
 }
 
 // mountPoints lists the mount points of this process's mount namespace.
