@@ -74,7 +74,7 @@ func (c *cluster) savePIDs() error {
 			fmt.Fprintf(&b, "%d %s %s\n", p.cmd.Process.Pid, exe, started)
 		}
 	}
-	return os.WriteFile(c.path("pids"), []byte(b.String()), 0o600)
+	return os.WriteFile(filepath.Join(stateDir, "pids"), []byte(b.String()), 0o600)
 }
 
 // stop sends SIGTERM, then SIGKILL after the grace period.

@@ -75,8 +75,15 @@ func (c *cluster) cleanup() error {
 			errs = append(errs, err)
 		}
 	}
-	for _, p := range []string{c.dir, c.run} {
-		if err := os.RemoveAll(p); err != nil {
+	if err := c.removeDir(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(c.run); err != nil {
+		errs = append(errs, err)
+	}
+	// Last: without it, a failed cleanup could not be run again.
+	if len(errs) == 0 {
+		if err := os.RemoveAll(stateDir); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -87,7 +94,7 @@ func (c *cluster) cleanup() error {
 // process with that PID is still the same one: same executable, same start
 // time (a PID is reused after a reboot or a long while).
 func (c *cluster) killRecorded() {
-	b, err := os.ReadFile(c.path("pids"))
+	b, err := os.ReadFile(filepath.Join(stateDir, "pids"))
 	if err != nil {
 		return
 	}

@@ -153,9 +153,18 @@ func (c *cluster) step(format string, args ...any) {
 	fmt.Fprintf(c.log, "cluster: "+format+"\n", args...)
 }
 
+// stateDir holds what a cleanup needs (the machine's state before the
+// cluster, its processes, its directories), where only root writes and
+// nothing outlives a reboot, as nothing it describes does.
+const stateDir = "/run/keymint-cluster-state"
+
 // beforeFile records the machine's state before the cluster changed it; its
 // presence at start means a run that never cleaned up.
-func (c *cluster) beforeFile() string { return c.path("machine-before.json") }
+func (c *cluster) beforeFile() string { return filepath.Join(stateDir, "machine-before.json") }
+
+// runFile records the run's directory and env file, for a cleanup started
+// with other flags.
+func (c *cluster) runFile() string { return filepath.Join(stateDir, "run") }
 
 // up starts every component and installs keymint.
 func (c *cluster) up(ctx context.Context) error {
@@ -167,12 +176,15 @@ func (c *cluster) up(ctx context.Context) error {
 	if c.before, err = machine.Read(); err != nil {
 		return fmt.Errorf("reading the machine's state: %w", err)
 	}
-	for _, d := range []string{c.dir, c.run, c.logs} {
+	for _, d := range []string{c.dir, c.run, c.logs, stateDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
 	}
 	if err := os.WriteFile(c.path(markerFile), nil, 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(c.runFile(), []byte(c.dir+"\n"+c.envFile+"\n"), 0o600); err != nil {
 		return err
 	}
 	if err := c.before.Save(c.beforeFile()); err != nil {
@@ -270,22 +282,36 @@ func (c *cluster) preflight(ctx context.Context) error {
 // SIGKILL, a crash), using the machine's state it recorded before starting.
 func (c *cluster) cleanupKilledRun() error {
 	if _, err := os.Stat(c.beforeFile()); err == nil {
-		c.step("a previous cluster in %s did not stop cleanly; cleaning up after it", c.dir)
+		// The killed run's own directories, whatever this run's flags say.
+		killed := *c
+		if b, err := os.ReadFile(c.runFile()); err == nil {
+			if f := strings.Split(strings.TrimSpace(string(b)), "\n"); len(f) == 2 {
+				killed.dir, killed.envFile = f[0], f[1]
+			}
+		}
+		c.step("a previous cluster in %s did not stop cleanly; cleaning up after it", killed.dir)
 		before, err := machine.Load(c.beforeFile())
 		if err != nil {
 			return err
 		}
-		c.before = before
-		if err := c.cleanup(); err != nil {
+		killed.before = before
+		if err := killed.cleanup(); err != nil {
 			return err
 		}
+		_ = os.Remove(killed.envFile)
 	}
-	for _, p := range []string{c.dir, c.envFile} {
-		if err := os.RemoveAll(p); err != nil {
-			return err
-		}
+	if err := os.Remove(c.envFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
-	return nil
+	return c.removeDir()
+}
+
+// removeDir removes the cluster's directory, if it is one (checkDir).
+func (c *cluster) removeDir() error {
+	if _, err := os.Stat(c.path(markerFile)); err != nil {
+		return nil
+	}
+	return os.RemoveAll(c.dir)
 }
 
 // markerFile says a directory is a cluster's: only such a directory, or a
@@ -444,9 +470,23 @@ export KEYMINT_IN_CLUSTER_CHECK_URL=https://keymint-webhook.keymint-system.svc/c
 export CONTAINERD_ADDRESS=%s
 # The cluster without a client certificate: kubectl --kubeconfig "$KEYMINT_TOKEN_KUBECONFIG" --token ...
 export KEYMINT_TOKEN_KUBECONFIG=%s
-`, c.path("admin.kubeconfig"), c.containerdSocket(), c.path("token.kubeconfig"))
+# kubectl, if make control-plane built it (none was on PATH).
+export PATH="$PATH:%s"
+`, c.path("admin.kubeconfig"), c.containerdSocket(), c.path("token.kubeconfig"), c.bin)
+	// A new file, never through a link someone left at its name.
 	tmp := c.envFile + ".partial"
-	if err := os.WriteFile(tmp, []byte(env), 0o600); err != nil {
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(env); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
 		return err
 	}
 	return os.Rename(tmp, c.envFile)

@@ -83,12 +83,24 @@ func TestSelfManagedCertificates(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	go playKubelet(ctx, t, c, opts.Secret, opts.Dir)
+	kubeletDone, mgrDone := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(kubeletDone)
+		playKubelet(ctx, t, c, opts.Secret, opts.Dir)
+	}()
+	go func() {
+		defer close(mgrDone)
 		if err := mgr.Start(ctx); err != nil {
 			t.Errorf("the manager stopped: %v", err)
 		}
 	}()
+	// Both write into opts.Dir: they stop before t.TempDir's cleanup (which
+	// runs later, cleanups being last in, first out) removes it.
+	t.Cleanup(func() {
+		cancel()
+		<-kubeletDone
+		<-mgrDone
+	})
 
 	select {
 	case <-ready:

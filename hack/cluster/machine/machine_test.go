@@ -67,9 +67,9 @@ func TestDiff(t *testing.T) {
 
 func TestHasElementPrefix(t *testing.T) {
 	for path, want := range map[string]bool{
-		"/sys/fs/cgroup/cpu/kubepods":                      true,
-		"/sys/fs/cgroup/kubepods/burstable":                true, // cgroup v2: a level down
-		"/sys/fs/cgroup/system.slice/docker.service":       false,
+		"/sys/fs/cgroup/cpu/kubepods":                true,
+		"/sys/fs/cgroup/kubepods/burstable":          true, // cgroup v2: a level down
+		"/sys/fs/cgroup/system.slice/docker.service": false,
 	} {
 		if got := hasElementPrefix(path, []string{"kubepods"}); got != want {
 			t.Errorf("hasElementPrefix(%q) = %v, want %v", path, got, want)
