@@ -36,7 +36,7 @@ type process struct {
 // the components in order.
 func (c *cluster) start(name, bin string, args ...string) (*process, error) {
 	logPath := filepath.Join(c.logs, name+".log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -35,6 +35,9 @@ func (c *cluster) down() error {
 	if err := c.cleanup(); err != nil {
 		errs = append(errs, err)
 	}
+	for _, mod := range c.loadedModules {
+		_ = exec.Command("modprobe", "-r", mod).Run() // in use by another program: it stays
+	}
 	if c.before != nil {
 		if after, err := machine.Read(); err == nil {
 			if d := c.before.Diff(after); len(d) > 0 {
@@ -117,6 +120,8 @@ func identify(pid int) (exe, started string) {
 	if err != nil {
 		return "", ""
 	}
+	// A binary replaced since it started (make control-plane) is still it.
+	exe = strings.TrimSuffix(exe, " (deleted)")
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return "", ""
@@ -155,14 +160,32 @@ func (c *cluster) killByPath() {
 // everything else alone.
 func (c *cluster) scope() machine.Scope {
 	return machine.Scope{
-		MountPrefixes: []string{c.dir + "/", c.run + "/", "/run/netns/cni-", "/var/run/netns/cni-", "/run/containerd/", "/var/lib/kubelet/"},
+		MountPrefixes: []string{c.dir + "/", c.run + "/", "/run/netns/cni-", "/var/run/netns/cni-"},
 		// ip netns and CNI make the namespace directory a mount of its own.
 		MountPoints:    []string{"/run/netns", "/var/run/netns"},
 		Bridge:         bridgeName,
 		NetNSPrefixes:  []string{"cni-"},
 		CgroupPrefixes: []string{"kubepods"},
-		RuleMarks:      []string{"KUBE-", "CNI-", "kube-proxy", "kubelet"},
-		// Made by libcni, kubelet and containerd's shims where no flag moves them.
-		RemovePaths: []string{"/var/lib/cni", "/var/log/containers", "/var/log/pods", "/run/containerd", "/run/netns"},
+		RuleMarks:      []string{"KUBE-", "CNI-"},
+		// Made by libcni, the kubelet and containerd's shims where no flag
+		// moves them: only their entries for this cluster go.
+		PrunePaths: []string{"/var/lib/cni", "/var/log/containers", "/var/log/pods", "/run/containerd", "/run/netns"},
+		Own:        c.owns,
+		Sysctls: map[string]string{
+			"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1", "net/bridge/bridge-nf-call-ip6tables": "1",
+			// What the kubelet sets (its protectKernelDefaults is off).
+			"vm/overcommit_memory": "1", "vm/panic_on_oom": "0", "kernel/panic": "10", "kernel/panic_on_oops": "1",
+			"kernel/keys/root_maxkeys": "1000000", "kernel/keys/root_maxbytes": "25000000",
+		},
 	}
+}
+
+// owns reports whether a file the kubelet, libcni or a shim left outside the
+// cluster's directories is the cluster's: a link into them (the kubelet's
+// log links) or a file naming the cluster's CNI network (libcni's cache).
+func (c *cluster) owns(path string) bool {
+	if target, err := os.Readlink(path); err == nil {
+		return strings.HasPrefix(target, c.dir+"/")
+	}
+	return strings.HasPrefix(filepath.Base(path), "keymint-")
 }

@@ -104,10 +104,9 @@ func lock() (func(), error) {
 		f.Close()
 		return nil, fmt.Errorf("another one-node cluster runs on this machine (make cluster, or make test's in-cluster suite): stop it first (%w)", err)
 	}
-	return func() {
-		_ = os.Remove(lockFile)
-		f.Close()
-	}, nil
+	// The file stays: removing it would let a run that opened it lock it
+	// while another creates and locks a new one.
+	return func() { f.Close() }, nil
 }
 
 type options struct {
@@ -128,6 +127,19 @@ type cluster struct {
 	procs  []*process
 	exited chan *process
 	before *machine.State
+	// loadedModules are the kernel modules this run loaded.
+	loadedModules []string
+}
+
+// moduleLoaded reports whether a kernel module is loaded (not built in).
+func moduleLoaded(name string) bool {
+	b, _ := os.ReadFile("/proc/modules")
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			return true
+		}
+	}
+	return false
 }
 
 // runDir is short: unix socket paths are limited to 108 bytes.
@@ -252,9 +264,14 @@ func (c *cluster) preflight(ctx context.Context) error {
 	if err := installPackages(ctx, c.log); err != nil {
 		return err
 	}
-	// The kubelet and kube-proxy need bridged traffic to pass iptables.
+	// The kubelet and kube-proxy need bridged traffic to pass iptables; the
+	// modules loaded here are unloaded on stop.
 	for _, mod := range []string{"br_netfilter", "overlay"} {
-		_ = exec.CommandContext(ctx, "modprobe", mod).Run()
+		if !moduleLoaded(mod) {
+			if exec.CommandContext(ctx, "modprobe", mod).Run() == nil && moduleLoaded(mod) {
+				c.loadedModules = append(c.loadedModules, mod)
+			}
+		}
 	}
 	if err := c.cleanupKilledRun(); err != nil {
 		return err
@@ -296,7 +313,10 @@ func (c *cluster) cleanupKilledRun() error {
 		}
 		killed.before = before
 		if err := killed.cleanup(); err != nil {
-			return err
+			// Once only: a record kept after a failed cleanup would be
+			// replayed at every start, later and later.
+			c.step("could not undo everything the killed cluster did; check and remove by hand:\n%v", err)
+			_ = os.RemoveAll(stateDir)
 		}
 		_ = os.Remove(killed.envFile)
 	}

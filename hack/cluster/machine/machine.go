@@ -197,11 +197,17 @@ type Scope struct {
 	// NetNSPrefixes: network namespaces named so. CgroupPrefixes: cgroups
 	// with a path element starting so (kubepods).
 	NetNSPrefixes, CgroupPrefixes []string
-	// RemovePaths: those of Paths that go if they did not exist before.
-	RemovePaths []string
+	// PrunePaths: those of Paths that did not exist before are emptied of
+	// what Own says is the cluster's, then removed if nothing else is left.
+	PrunePaths []string
+	Own        func(path string) bool
 	// RuleMarks: iptables chains and rules whose text contains one of these
-	// ("KUBE-", "CNI-"); nftables tables whose name does.
+	// ("KUBE-", a CNI network's comment).
 	RuleMarks []string
+	// Sysctls: the values the cluster sets; a setting is put back only while
+	// it still holds the cluster's value (another program may have set it
+	// since, and rely on it).
+	Sysctls map[string]string
 }
 
 func hasPrefix(s string, prefixes []string) bool {
@@ -249,7 +255,7 @@ func (s *State) Restore(scope Scope) error {
 	// mounts, and a busy mount keeps a directory.
 	var mounts []string
 	for _, m := range added(s.Mounts, now.Mounts) {
-		if hasPrefix(m, scope.MountPrefixes) || slices.Contains(scope.MountPoints, m) {
+		if hasPrefix(m, scope.MountPrefixes) {
 			mounts = append(mounts, m)
 		}
 	}
@@ -267,6 +273,15 @@ func (s *State) Restore(scope Scope) error {
 		_ = syscall.Unmount(p, syscall.MNT_DETACH)
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
+		}
+	}
+	// A namespace directory that became a mount of its own goes only once no
+	// namespace of anyone's is left in it.
+	for _, m := range added(s.Mounts, now.Mounts) {
+		if entries, err := os.ReadDir(m); slices.Contains(scope.MountPoints, m) && err == nil && len(entries) == 0 {
+			if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+				errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
+			}
 		}
 	}
 	// The veths attached to the bridge first (read while it exists), then it.
@@ -293,16 +308,17 @@ func (s *State) Restore(scope Scope) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := s.removeNewTables(now, scope.RuleMarks); err != nil {
+	if err := s.removeNewTables(now); err != nil {
 		errs = append(errs, err)
 	}
 	for name, v := range s.Sysctls {
-		// Only the settings this package reads: the file is data, not a
-		// list of paths to write as root.
-		if !slices.Contains(Sysctls, name) {
+		// Only the settings this package reads (the file is data, not a
+		// list of paths to write as root), and only while the cluster's.
+		clusters, ok := scope.Sysctls[name]
+		if !slices.Contains(Sysctls, name) || !ok {
 			continue
 		}
-		if now.Sysctls[name] != v {
+		if now.Sysctls[name] != v && now.Sysctls[name] == clusters {
 			if err := os.WriteFile(filepath.Join("/proc/sys", name), []byte(v), 0o644); err != nil {
 				errs = append(errs, err)
 			}
@@ -317,32 +333,63 @@ func (s *State) Restore(scope Scope) error {
 		}
 	}
 	for _, p := range added(s.Paths, now.Paths) {
-		if !slices.Contains(scope.RemovePaths, p) {
-			continue
-		}
-		if err := os.RemoveAll(p); err != nil {
-			errs = append(errs, err)
+		if slices.Contains(scope.PrunePaths, p) && scope.Own != nil {
+			if err := prune(p, scope.Own); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// removeNewTables deletes the nftables tables that were not there before:
-// those iptables-nft made for the cluster's rules once they hold nothing
-// but built-in chains, and any whose name is marked.
-func (s *State) removeNewTables(now *State, marks []string) error {
+// prune removes what own says is the cluster's under dir, then every
+// directory left empty, dir included, deepest first.
+func prune(dir string, own func(string) bool) error {
+	var files, dirs []string
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+		case d.IsDir():
+			dirs = append(dirs, p)
+		case own(p):
+			files = append(files, p)
+		}
+		return nil
+	})
+	var errs []error
+	for _, f := range files {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if entries, err := os.ReadDir(dirs[i]); err == nil && len(entries) == 0 {
+			_ = os.Remove(dirs[i])
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// iptablesTables are the tables iptables-nft makes as nftables tables of
+// the same name, in families ip and ip6.
+var iptablesTables = []string{"filter", "nat", "mangle", "raw", "security"}
+
+// removeNewTables deletes the nftables tables that iptables-nft made for the
+// cluster's rules and that were not there before, once they hold only
+// built-in chains that accept: another program's table is never touched.
+func (s *State) removeNewTables(now *State) error {
 	var errs []error
 	for _, t := range added(s.NFTables, now.NFTables) {
 		family, name, _ := strings.Cut(t, " ")
-		empty := false
-		if cmd := map[string]string{"ip": "iptables", "ip6": "ip6tables"}[family]; cmd != "" {
-			tables, err := iptablesSave(cmd)
-			if err != nil {
-				return err
-			}
-			empty = onlyBuiltinChains(tables[name])
+		cmd := map[string]string{"ip": "iptables", "ip6": "ip6tables"}[family]
+		if cmd == "" || !slices.Contains(iptablesTables, name) {
+			continue
 		}
-		if !empty && !marked(name, marks) {
+		tables, err := iptablesSave(cmd)
+		if err != nil {
+			return err
+		}
+		if !onlyBuiltinChains(tables[name]) {
 			continue
 		}
 		if out, err := exec.Command("nft", "delete", "table", family, name).CombinedOutput(); err != nil {
@@ -352,9 +399,15 @@ func (s *State) removeNewTables(now *State, marks []string) error {
 	return errors.Join(errs...)
 }
 
+// onlyBuiltinChains reports whether a table holds built-in chains that
+// accept, and nothing else (a table iptables-save does not list holds
+// something it cannot show).
 func onlyBuiltinChains(lines []string) bool {
+	if lines == nil {
+		return false
+	}
 	for _, l := range lines {
-		if f := strings.Fields(l); !strings.HasPrefix(l, ":") || len(f) != 2 || f[1] == "-" {
+		if f := strings.Fields(l); !strings.HasPrefix(l, ":") || len(f) != 2 || f[1] != "ACCEPT" {
 			return false
 		}
 	}
@@ -391,15 +444,15 @@ func iptablesSave(cmd string) (map[string][]string, error) {
 	return tables, nil
 }
 
-// removeMarkedRules removes, from each table, the chains and rules that
-// contain a mark and were not there before, with iptables-restore: other
-// programs' rules stay as they are now.
+// removeMarkedRules deletes, rule by rule and chain by chain, the marked
+// rules and chains that were not there before (iptables-restore --noflush):
+// every other rule stays as it is, whoever added it and whenever.
 func removeMarkedRules(cmd string, before, now map[string][]string, marks []string) error {
-	in := withoutMarked(before, now, marks)
+	in := undoMarked(before, now, marks)
 	if in == "" {
 		return nil
 	}
-	c := exec.Command(cmd + "-restore")
+	c := exec.Command(cmd+"-restore", "--noflush", "--wait")
 	c.Stdin = strings.NewReader(in)
 	if out, err := c.CombinedOutput(); err != nil {
 		return fmt.Errorf("%s-restore: %v: %s", cmd, err, out)
@@ -407,9 +460,10 @@ func removeMarkedRules(cmd string, before, now map[string][]string, marks []stri
 	return nil
 }
 
-// withoutMarked is the iptables-restore input that rewrites each table of
-// now that holds marked lines not in before, without them; "" if none does.
-func withoutMarked(before, now map[string][]string, marks []string) string {
+// undoMarked is the iptables-restore --noflush input that deletes the
+// marked rules and chains of now that before lacks: rules in other chains
+// one by one (-D), then the new marked chains (-F, -X); "" if none.
+func undoMarked(before, now map[string][]string, marks []string) string {
 	var in strings.Builder
 	tables := make([]string, 0, len(now))
 	for t := range now {
@@ -417,22 +471,33 @@ func withoutMarked(before, now map[string][]string, marks []string) string {
 	}
 	sort.Strings(tables)
 	for _, table := range tables {
-		lines := now[table]
-		var want []string
-		for _, l := range lines {
-			if !marked(l, marks) || slices.Contains(before[table], l) {
-				want = append(want, l)
+		newChains := map[string]bool{}
+		var chains, deletes []string
+		for _, l := range now[table] {
+			if f := strings.Fields(l); strings.HasPrefix(l, ":") && len(f) == 2 && f[1] == "-" && marked(l, marks) && !slices.Contains(before[table], l) {
+				newChains[f[0][1:]] = true
+				chains = append(chains, f[0][1:])
 			}
 		}
-		if len(want) == len(lines) {
+		for _, l := range now[table] {
+			f := strings.Fields(l)
+			if len(f) < 2 || f[0] != "-A" || !marked(l, marks) || slices.Contains(before[table], l) || newChains[f[1]] {
+				continue
+			}
+			deletes = append(deletes, "-D"+strings.TrimPrefix(l, "-A"))
+		}
+		if len(chains)+len(deletes) == 0 {
 			continue
 		}
 		in.WriteString("*" + table + "\n")
-		for _, l := range want {
-			if strings.HasPrefix(l, ":") {
-				l += " [0:0]"
-			}
-			in.WriteString(l + "\n")
+		for _, d := range deletes {
+			in.WriteString(d + "\n")
+		}
+		for _, c := range chains {
+			in.WriteString("-F " + c + "\n")
+		}
+		for _, c := range chains {
+			in.WriteString("-X " + c + "\n")
 		}
 		in.WriteString("COMMIT\n")
 	}

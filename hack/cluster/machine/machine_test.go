@@ -5,36 +5,55 @@ import (
 	"testing"
 )
 
-func TestWithoutMarked(t *testing.T) {
+func TestUndoMarked(t *testing.T) {
 	marks := []string{"KUBE-", "CNI-"}
 	tests := map[string]struct {
 		before, now map[string][]string
 		want        string
 	}{
-		"nothing marked: nothing to restore": {
+		"nothing marked: nothing to undo": {
 			now:  map[string][]string{"filter": {":INPUT ACCEPT", "-A INPUT -p tcp --dport 22 -j ACCEPT"}},
 			want: "",
 		},
-		"the cluster's chains and jumps go, another program's rule added meanwhile stays": {
+		"the cluster's jumps deleted one by one and its chains flushed and removed; another program's rule and chain untouched": {
 			now: map[string][]string{"nat": {
 				":PREROUTING ACCEPT", ":POSTROUTING ACCEPT", ":KUBE-SERVICES -", ":DOCKER -",
 				"-A PREROUTING -j KUBE-SERVICES", "-A PREROUTING -j DOCKER",
+				"-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-X",
 				`-A POSTROUTING -s 10.244.0.2/32 -m comment --comment "name: keymint" -j CNI-abc`,
 			}},
-			want: "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n-A PREROUTING -j DOCKER\nCOMMIT\n",
+			want: "*nat\n-D PREROUTING -j KUBE-SERVICES\n" +
+				`-D POSTROUTING -s 10.244.0.2/32 -m comment --comment "name: keymint" -j CNI-abc` + "\n" +
+				"-F KUBE-SERVICES\n-X KUBE-SERVICES\nCOMMIT\n",
 		},
-		"a marked rule that was there before the cluster stays": {
+		"a marked rule and chain that were there before the cluster stay": {
 			before: map[string][]string{"filter": {":KUBE-FIREWALL -", "-A INPUT -j KUBE-FIREWALL"}},
-			now:    map[string][]string{"filter": {":INPUT ACCEPT", ":KUBE-FIREWALL -", "-A INPUT -j KUBE-FIREWALL", ":KUBE-FORWARD -"}},
-			want:   "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\nCOMMIT\n",
+			now:    map[string][]string{"filter": {":INPUT ACCEPT", ":KUBE-FIREWALL -", "-A INPUT -j KUBE-FIREWALL", ":KUBE-FORWARD -", "-A FORWARD -j KUBE-FORWARD"}},
+			want:   "*filter\n-D FORWARD -j KUBE-FORWARD\n-F KUBE-FORWARD\n-X KUBE-FORWARD\nCOMMIT\n",
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := withoutMarked(tc.before, tc.now, marks); got != tc.want {
+			if got := undoMarked(tc.before, tc.now, marks); got != tc.want {
 				t.Errorf("got\n%s\nwant\n%s", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestOnlyBuiltinChains(t *testing.T) {
+	for name, tc := range map[string]struct {
+		lines []string
+		want  bool
+	}{
+		"built-in chains that accept":         {[]string{":INPUT ACCEPT", ":OUTPUT ACCEPT"}, true},
+		"a policy that drops is someone's":    {[]string{":INPUT DROP"}, false},
+		"a rule":                              {[]string{":INPUT ACCEPT", "-A INPUT -j ACCEPT"}, false},
+		"a table iptables-save does not show": {nil, false},
+	} {
+		if got := onlyBuiltinChains(tc.lines); got != tc.want {
+			t.Errorf("%s: got %v, want %v", name, got, tc.want)
+		}
 	}
 }
 
