@@ -187,5 +187,23 @@ func (c *cluster) owns(path string) bool {
 	if target, err := os.Readlink(path); err == nil {
 		return strings.HasPrefix(target, c.dir+"/")
 	}
-	return strings.HasPrefix(filepath.Base(path), "keymint-")
+	// libcni's cache of the cluster's network, and of the loopback that
+	// containerd adds to every sandbox.
+	if base := filepath.Base(path); strings.HasPrefix(base, "keymint-") || strings.HasPrefix(base, "cni-loopback-") {
+		return true
+	}
+	// A shim's socket outlives a shim that was killed; with no containerd
+	// running, none is another's.
+	return strings.HasPrefix(path, "/run/containerd/s/") && !running("containerd")
+}
+
+// running reports whether a process with that command name runs.
+func running(comm string) bool {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err == nil && strings.TrimSpace(string(b)) == comm {
+			return true
+		}
+	}
+	return false
 }
