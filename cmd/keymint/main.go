@@ -42,127 +42,150 @@ import (
 )
 
 func main() {
-	var (
-		metricsAddr   string
-		probeAddr     string
-		pprofAddr     string
-		leaderElect   bool
-		metricsAuth   bool
-		checkOpts     = check.Options{Clock: clock.RealClock{}, Registerer: metrics.Registry}
-		certDir       string
-		recordKey     string
-		webhookAddr   string
-		webhookCert   string
-		webhookKey    string
-		selfCerts     bool
-		certOpts      = servingcert.Options{}
-		certSecret    string
-		maxStale      time.Duration
-		expiryWarning time.Duration
-		rateLimit     rateLimitFlags
-		authzRetry    time.Duration
-	)
-	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
-	flag.BoolVar(&metricsAuth, "metrics-secure", true, "serve metrics over HTTPS to callers kube-apiserver authenticates and RBAC allows (get on nonResourceURL /metrics: ClusterRole keymint-metrics-reader); false serves plain HTTP to anyone")
-	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
-	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "address Go's /debug/pprof endpoints bind to, plain HTTP and unauthenticated: bind it to loopback (kubectl port-forward); 0 turns it off")
-	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so only one replica runs the controllers")
-	flag.StringVar(&checkOpts.Addr, "check-bind-address", ":8443", "address the token check server (TokenReview and /check) listens on, over TLS")
-	flag.StringVar(&checkOpts.CertFile, "check-tls-cert-file", "", "serving certificate of the check server, reloaded when it changes; with neither file set, a self-signed pair is written to --check-self-signed-dir")
-	flag.StringVar(&checkOpts.KeyFile, "check-tls-key-file", "", "private key of --check-tls-cert-file")
-	flag.StringVar(&certDir, "check-self-signed-dir", filepath.Join(os.TempDir(), "keymint-check-certs"), "where to write a self-signed CA (ca.crt) and serving pair when no certificate is given")
-	flag.BoolVar(&checkOpts.EnableHTTP2, "check-enable-http2", false, "serve HTTP/2 on the check server (off by default, as for Kubernetes webhooks)")
-	flag.IntVar(&checkOpts.DefaultRequestsPerMinute, "default-requests-per-minute", 500, "checks a token may pass per minute when neither it nor its ServiceUser sets a rate")
-	flag.DurationVar(&checkOpts.FlushInterval, "last-used-flush-interval", 10*time.Second, "how often lastUsedAt is written to ApiToken status; each token at most once a minute")
-	flag.StringVar(&webhookAddr, "webhook-bind-address", ":9443", "address the admission webhooks (who may mint tokens and claim groups) listen on, over TLS")
-	flag.StringVar(&webhookCert, "webhook-tls-cert-file", "", "serving certificate of the admission webhooks, reloaded when it changes; unset: the check server's")
-	flag.StringVar(&webhookKey, "webhook-tls-key-file", "", "private key of --webhook-tls-cert-file")
-	flag.BoolVar(&selfCerts, "self-managed-certs", false, "keep a CA and a serving certificate for keymint's Service in --serving-certs-secret, rotated before expiry, for the check server and the admission webhooks, and put the CA into --validating-webhook-configuration and --mutating-webhook-configuration (off: certificates from files, as cert-manager mounts them)")
-	flag.StringVar(&certSecret, "serving-certs-secret", defaultInOwnNamespace("keymint-serving-certs"), "namespace/name of the Secret --self-managed-certs keeps")
-	flag.StringVar(&certOpts.Dir, "serving-certs-dir", "/etc/keymint/serving-certs", "where --serving-certs-secret is mounted as a volume (config/manager does)")
-	flag.StringVar(&certOpts.Service, "serving-certs-service", "keymint-webhook", "the Service, in that namespace, the certificate is for")
-	flag.StringVar(&certOpts.WebhookConfiguration, "validating-webhook-configuration", "keymint-validating-webhook-configuration", "the ValidatingWebhookConfiguration whose caBundle --self-managed-certs fills")
-	flag.StringVar(&certOpts.MutatingWebhookConfiguration, "mutating-webhook-configuration", "keymint-mutating-webhook-configuration", "the MutatingWebhookConfiguration that records who asks for each ApiToken: keymint mints nothing while it is missing or lets writes skip it, and --self-managed-certs fills its caBundle")
-	flag.DurationVar(&authzRetry, "mint-authorization-retry", controllers.DefaultAuthorizationRetry, "how often a mint whose requester lacks the right (condition Authorized=False) is tried again: RBAC changes send no event")
-	flag.StringVar(&rateLimit.backend, "rate-limit-backend", "local", "where rate-limit budgets live: local (each replica its own; behind N replicas a token gets N times its rate) or redis (shared by every replica, --redis-url)")
-	flag.StringVar(&rateLimit.url, "redis-url", "", "the Redis that --rate-limit-backend=redis shares budgets through: redis://[user:password@]host:port/db, rediss:// for TLS; unset: environment variable KEYMINT_REDIS_URL, which keeps a password out of the command line")
-	flag.StringVar(&rateLimit.failure, "rate-limit-redis-failure", "open", "what checks do while Redis cannot be reached: open (each replica counts on its own until it is back) or closed (every check gets 429)")
-	flag.DurationVar(&expiryWarning, "expiry-warning", controllers.DefaultExpiryWarning, "how long before expiry a token gets condition ExpiringSoon and a Warning Event, when its ServiceUser sets no tokenPolicy.expiryWarning; 0 turns such warnings off")
-	flag.DurationVar(&maxStale, "max-index-staleness", 10*time.Second, "readiness fails once the check server's index has been out of touch with the API server (its watch of ApiTokens or ServiceUsers down) for longer than this; checks go on being answered from the index")
-	flag.StringVar(&recordKey, "record-key-secret", defaultRecordKeySecret(), "namespace/name of the Secret holding the keys that sign token records, created on first start; only keymint should read it (docs/security.md)")
-	zapOpts := zap.Options{Development: false}
-	zapOpts.BindFlags(flag.CommandLine)
+	o := newOptions()
+	o.bind(flag.CommandLine)
 	flag.Parse()
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&o.zap)))
 	log := ctrl.Log.WithName("setup")
+	if err := o.validate(); err != nil {
+		log.Error(err, "Invalid flags")
+		os.Exit(2)
+	}
+	if err := run(ctrl.SetupSignalHandler(), o); err != nil {
+		var flagErr invalidFlags
+		if errors.As(err, &flagErr) {
+			log.Error(err, "Invalid flags")
+			os.Exit(2)
+		}
+		log.Error(err, "keymint stopped")
+		os.Exit(1)
+	}
+}
 
-	if err := checkOpts.Validate(); err != nil {
-		log.Error(err, "Invalid flags")
-		os.Exit(2)
+// options are the manager's flags.
+type options struct {
+	metricsAddr, probeAddr, pprofAddr string
+	leaderElect, metricsAuth          bool
+	check                             check.Options
+	// certDir takes a self-signed pair when no certificate is given.
+	certDir                              string
+	recordKey                            string
+	webhookAddr, webhookCert, webhookKey string
+	selfCerts                            bool
+	certs                                servingcert.Options
+	certSecret                           string
+	maxStale, expiryWarning, authzRetry  time.Duration
+	rateLimit                            rateLimitFlags
+	zap                                  zap.Options
+}
+
+func newOptions() options {
+	return options{check: check.Options{Clock: clock.RealClock{}, Registerer: metrics.Registry}, zap: zap.Options{Development: false}}
+}
+
+// invalidFlags is a flag error found only while starting (the rate-limit
+// backend's URL): main exits 2 for it, as for validate's.
+type invalidFlags struct{ error }
+
+func (o *options) bind(fs *flag.FlagSet) {
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "address the Prometheus metrics endpoint binds to; 0 turns it off")
+	fs.BoolVar(&o.metricsAuth, "metrics-secure", true, "serve metrics over HTTPS to callers kube-apiserver authenticates and RBAC allows (get on nonResourceURL /metrics: ClusterRole keymint-metrics-reader); false serves plain HTTP to anyone")
+	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "address the /healthz and /readyz endpoints bind to")
+	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "address Go's /debug/pprof endpoints bind to, plain HTTP and unauthenticated: bind it to loopback (kubectl port-forward); 0 turns it off")
+	fs.BoolVar(&o.leaderElect, "leader-elect", false, "elect a leader so only one replica runs the controllers")
+	fs.StringVar(&o.check.Addr, "check-bind-address", ":8443", "address the token check server (TokenReview and /check) listens on, over TLS")
+	fs.StringVar(&o.check.CertFile, "check-tls-cert-file", "", "serving certificate of the check server, reloaded when it changes; with neither file set, a self-signed pair is written to --check-self-signed-dir")
+	fs.StringVar(&o.check.KeyFile, "check-tls-key-file", "", "private key of --check-tls-cert-file")
+	fs.StringVar(&o.certDir, "check-self-signed-dir", filepath.Join(os.TempDir(), "keymint-check-certs"), "where to write a self-signed CA (ca.crt) and serving pair when no certificate is given")
+	fs.BoolVar(&o.check.EnableHTTP2, "check-enable-http2", false, "serve HTTP/2 on the check server (off by default, as for Kubernetes webhooks)")
+	fs.IntVar(&o.check.DefaultRequestsPerMinute, "default-requests-per-minute", 500, "checks a token may pass per minute when neither it nor its ServiceUser sets a rate")
+	fs.DurationVar(&o.check.FlushInterval, "last-used-flush-interval", 10*time.Second, "how often lastUsedAt is written to ApiToken status; each token at most once a minute")
+	fs.StringVar(&o.webhookAddr, "webhook-bind-address", ":9443", "address the admission webhooks (who may mint tokens and claim groups) listen on, over TLS")
+	fs.StringVar(&o.webhookCert, "webhook-tls-cert-file", "", "serving certificate of the admission webhooks, reloaded when it changes; unset: the check server's")
+	fs.StringVar(&o.webhookKey, "webhook-tls-key-file", "", "private key of --webhook-tls-cert-file")
+	fs.BoolVar(&o.selfCerts, "self-managed-certs", false, "keep a CA and a serving certificate for keymint's Service in --serving-certs-secret, rotated before expiry, for the check server and the admission webhooks, and put the CA into --validating-webhook-configuration and --mutating-webhook-configuration (off: certificates from files, as cert-manager mounts them)")
+	fs.StringVar(&o.certSecret, "serving-certs-secret", defaultInOwnNamespace("keymint-serving-certs"), "namespace/name of the Secret --self-managed-certs keeps")
+	fs.StringVar(&o.certs.Dir, "serving-certs-dir", "/etc/keymint/serving-certs", "where --serving-certs-secret is mounted as a volume (config/manager does)")
+	fs.StringVar(&o.certs.Service, "serving-certs-service", "keymint-webhook", "the Service, in that namespace, the certificate is for")
+	fs.StringVar(&o.certs.WebhookConfiguration, "validating-webhook-configuration", "keymint-validating-webhook-configuration", "the ValidatingWebhookConfiguration whose caBundle --self-managed-certs fills")
+	fs.StringVar(&o.certs.MutatingWebhookConfiguration, "mutating-webhook-configuration", "keymint-mutating-webhook-configuration", "the MutatingWebhookConfiguration that records who asks for each ApiToken: keymint mints nothing while it is missing or lets writes skip it, and --self-managed-certs fills its caBundle")
+	fs.DurationVar(&o.authzRetry, "mint-authorization-retry", controllers.DefaultAuthorizationRetry, "how often a mint whose requester lacks the right (condition Authorized=False) is tried again: RBAC changes send no event")
+	fs.StringVar(&o.rateLimit.backend, "rate-limit-backend", "local", "where rate-limit budgets live: local (each replica its own; behind N replicas a token gets N times its rate) or redis (shared by every replica, --redis-url)")
+	fs.StringVar(&o.rateLimit.url, "redis-url", "", "the Redis that --rate-limit-backend=redis shares budgets through: redis://[user:password@]host:port/db, rediss:// for TLS; unset: environment variable KEYMINT_REDIS_URL, which keeps a password out of the command line")
+	fs.StringVar(&o.rateLimit.failure, "rate-limit-redis-failure", "open", "what checks do while Redis cannot be reached: open (each replica counts on its own until it is back) or closed (every check gets 429)")
+	fs.DurationVar(&o.expiryWarning, "expiry-warning", controllers.DefaultExpiryWarning, "how long before expiry a token gets condition ExpiringSoon and a Warning Event, when its ServiceUser sets no tokenPolicy.expiryWarning; 0 turns such warnings off")
+	fs.DurationVar(&o.maxStale, "max-index-staleness", 10*time.Second, "readiness fails once the check server's index has been out of touch with the API server (its watch of ApiTokens or ServiceUsers down) for longer than this; checks go on being answered from the index")
+	fs.StringVar(&o.recordKey, "record-key-secret", defaultRecordKeySecret(), "namespace/name of the Secret holding the keys that sign token records, created on first start; only keymint should read it (docs/security.md)")
+	o.zap.BindFlags(fs)
+}
+
+// validate checks the flags against each other, touching nothing: every
+// error names the flag and what it takes.
+func (o *options) validate() error {
+	if err := o.check.Validate(); err != nil {
+		return err
 	}
-	if maxStale <= 0 {
-		log.Error(nil, "Invalid flags: --max-index-staleness must be positive", "value", maxStale)
-		os.Exit(2)
+	switch {
+	case o.maxStale <= 0:
+		return fmt.Errorf("--max-index-staleness must be positive, not %s", o.maxStale)
+	case o.certs.MutatingWebhookConfiguration == "":
+		return errors.New("--mutating-webhook-configuration names the requester webhook keymint checks before it mints; it cannot be empty")
+	case o.authzRetry <= 0:
+		return fmt.Errorf("--mint-authorization-retry must be positive, not %s", o.authzRetry)
+	case o.expiryWarning < 0:
+		return fmt.Errorf("--expiry-warning must not be negative, not %s", o.expiryWarning)
 	}
-	if certOpts.MutatingWebhookConfiguration == "" {
-		log.Error(nil, "Invalid flags: --mutating-webhook-configuration names the requester webhook keymint checks before it mints; it cannot be empty")
-		os.Exit(2)
+	if _, ok := parseNamespacedName(o.recordKey); !ok {
+		return fmt.Errorf("--record-key-secret must be namespace/name, not %q", o.recordKey)
 	}
-	if authzRetry <= 0 {
-		log.Error(nil, "Invalid flags: --mint-authorization-retry must be positive", "value", authzRetry)
-		os.Exit(2)
+	if _, ok := parseNamespacedName(o.certSecret); o.selfCerts && !ok {
+		return fmt.Errorf("--serving-certs-secret must be namespace/name, not %q", o.certSecret)
 	}
-	if expiryWarning < 0 {
-		log.Error(nil, "Invalid flags: --expiry-warning must not be negative", "value", expiryWarning)
-		os.Exit(2)
+	if o.selfCerts && (o.check.CertFile != "" || o.webhookCert != "") {
+		return errors.New("--self-managed-certs makes its own certificate; drop --check-tls-cert-file and --webhook-tls-cert-file")
 	}
-	limiter, err := rateLimit.limiter(context.Background(), metrics.Registry, log)
+	if (o.webhookCert == "") != (o.webhookKey == "") || filepath.Dir(o.webhookCert) != filepath.Dir(o.webhookKey) {
+		return errors.New("set both --webhook-tls-cert-file and --webhook-tls-key-file, in one directory, or neither")
+	}
+	if _, _, err := splitHostPort(o.webhookAddr); err != nil {
+		return fmt.Errorf("--webhook-bind-address %q: %w", o.webhookAddr, err)
+	}
+	return nil
+}
+
+// run starts keymint with validated options and returns when ctx ends or
+// the manager fails.
+func run(ctx context.Context, o options) error {
+	log := ctrl.Log.WithName("setup")
+	checkOpts, certOpts := o.check, o.certs
+	limiter, err := o.rateLimit.limiter(ctx, metrics.Registry, log)
 	if err != nil {
-		log.Error(err, "Invalid flags")
-		os.Exit(2)
+		return invalidFlags{err}
 	}
 	checkOpts.Limiter = limiter
-	recordKeyRef, ok := parseNamespacedName(recordKey)
-	if !ok {
-		log.Error(nil, "Invalid flags: --record-key-secret must be namespace/name", "value", recordKey)
-		os.Exit(2)
-	}
-	if certOpts.Secret, ok = parseNamespacedName(certSecret); selfCerts && !ok {
-		log.Error(nil, "Invalid flags: --serving-certs-secret must be namespace/name", "value", certSecret)
-		os.Exit(2)
-	}
-	if selfCerts && (checkOpts.CertFile != "" || webhookCert != "") {
-		log.Error(nil, "Invalid flags: --self-managed-certs makes its own certificate; drop --check-tls-cert-file and --webhook-tls-cert-file")
-		os.Exit(2)
-	}
-	if selfCerts {
+	recordKeyRef, _ := parseNamespacedName(o.recordKey)
+	certOpts.Secret, _ = parseNamespacedName(o.certSecret)
+	if o.selfCerts {
 		checkOpts.CertFile, checkOpts.KeyFile = certOpts.CertFile(), certOpts.KeyFile()
 	}
 	if checkOpts.CertFile == "" {
-		files, err := selfsigned.Write(certDir, "localhost", "127.0.0.1", "::1")
+		files, err := selfsigned.Write(o.certDir, "localhost", "127.0.0.1", "::1")
 		if err != nil {
-			log.Error(err, "Unable to write a self-signed certificate", "dir", certDir)
-			os.Exit(1)
+			return fmt.Errorf("writing a self-signed certificate to %s: %w", o.certDir, err)
 		}
 		checkOpts.CertFile, checkOpts.KeyFile = files.CertFile, files.KeyFile
 		log.Info("Serving token checks with a self-signed certificate", "ca", files.CAFile)
 	}
-	if (webhookCert == "") != (webhookKey == "") || filepath.Dir(webhookCert) != filepath.Dir(webhookKey) {
-		log.Error(nil, "Invalid flags: set both --webhook-tls-cert-file and --webhook-tls-key-file, in one directory, or neither")
-		os.Exit(2)
-	}
+	webhookCert, webhookKey := o.webhookCert, o.webhookKey
 	if webhookCert == "" {
 		webhookCert, webhookKey = checkOpts.CertFile, checkOpts.KeyFile
 	}
-	webhookHost, webhookPort, err := splitHostPort(webhookAddr)
-	if err != nil {
-		log.Error(err, "Invalid flags: --webhook-bind-address", "value", webhookAddr)
-		os.Exit(2)
-	}
+	webhookHost, webhookPort, _ := splitHostPort(o.webhookAddr)
 
 	scheme := runtime.NewScheme()
-	must(clientgoscheme.AddToScheme(scheme))
-	must(keymintv1alpha1.AddToScheme(scheme))
+	if err := errors.Join(clientgoscheme.AddToScheme(scheme), keymintv1alpha1.AddToScheme(scheme)); err != nil {
+		return err
+	}
 
 	// The check index is fed by the cache's ApiToken and ServiceUser
 	// informers: follow whether their watches are up, and while the API
@@ -174,14 +197,17 @@ func main() {
 	cacheOpts := controllers.CacheOptions()
 	cacheOpts.NewInformer = fresh.NewInformer(cacheOpts.NewInformer)
 
-	ctx := ctrl.SetupSignalHandler()
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
 		Cache:                  cacheOpts,
-		Metrics:                metricsOptions(metricsAddr, metricsAuth),
-		HealthProbeBindAddress: probeAddr,
-		PprofBindAddress:       pprofAddr,
-		LeaderElection:         leaderElect,
+		Metrics:                metricsOptions(o.metricsAddr, o.metricsAuth),
+		HealthProbeBindAddress: o.probeAddr,
+		PprofBindAddress:       o.pprofAddr,
+		LeaderElection:         o.leaderElect,
 		LeaderElectionID:       "keymint.keymint.io",
 		// A replica that stops (a rollout, a drain, an eviction) hands the
 		// Lease over at once instead of leaving the others to wait out its
@@ -200,34 +226,31 @@ func main() {
 		}),
 	})
 	if err != nil {
-		log.Error(err, "Unable to create manager")
-		os.Exit(1)
+		return fmt.Errorf("creating the manager: %w", err)
 	}
-	if selfCerts {
+	if o.selfCerts {
 		if checkOpts.CertReady, err = servingcert.Setup(ctx, mgr, certOpts); err != nil {
-			log.Error(err, "Unable to set up serving certificates")
-			os.Exit(1)
+			return fmt.Errorf("setting up serving certificates: %w", err)
 		}
 	}
 	keyring, err := recordkey.LoadOrCreate(ctx, mgr.GetAPIReader(), mgr.GetClient(), recordKeyRef)
 	if err != nil {
-		log.Error(err, "Unable to load the record key", "secret", recordKey)
-		os.Exit(1)
+		return fmt.Errorf("loading the record key %s: %w", o.recordKey, err)
 	}
-	must(controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: expiryWarning, AuthorizationRetry: authzRetry,
-		RequesterWebhook: certOpts.MutatingWebhookConfiguration}))
-	must(check.Setup(ctx, mgr, checkOpts))
-	must(registerMetrics(metrics.Registry, mgr, fresh, maxStale))
-	must(mgr.AddReadyzCheck("index-fresh", fresh.Checker(maxStale)))
-	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
-	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
-	must(mgr.AddReadyzCheck("webhooks", serveWebhooks(ctx, mgr, checkOpts.CertReady, keyring, certOpts.MutatingWebhookConfiguration)))
-
+	if err := errors.Join(
+		controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: o.expiryWarning,
+			AuthorizationRetry: o.authzRetry, RequesterWebhook: certOpts.MutatingWebhookConfiguration}),
+		check.Setup(ctx, mgr, checkOpts),
+		registerMetrics(metrics.Registry, mgr, fresh, o.maxStale),
+		mgr.AddReadyzCheck("index-fresh", fresh.Checker(o.maxStale)),
+		mgr.AddHealthzCheck("healthz", healthz.Ping),
+		mgr.AddReadyzCheck("readyz", healthz.Ping),
+		mgr.AddReadyzCheck("webhooks", serveWebhooks(ctx, mgr, checkOpts.CertReady, keyring, certOpts.MutatingWebhookConfiguration)),
+	); err != nil {
+		return fmt.Errorf("setting up: %w", err)
+	}
 	log.Info("Starting manager")
-	if err := mgr.Start(ctx); err != nil {
-		log.Error(err, "Manager stopped with an error")
-		os.Exit(1)
-	}
+	return mgr.Start(ctx)
 }
 
 // http1Only turns HTTP/2 off, as for the check server: it keeps the HTTP/2
@@ -306,11 +329,4 @@ func splitHostPort(addr string) (string, int, error) {
 		return "", 0, fmt.Errorf("port %q is not a number from 1 to 65535", port)
 	}
 	return host, n, nil
-}
-
-func must(err error) {
-	if err != nil {
-		ctrl.Log.Error(err, "Setup failed")
-		os.Exit(1)
-	}
 }
