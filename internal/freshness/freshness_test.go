@@ -401,16 +401,16 @@ func TestRetryRefused(t *testing.T) {
 				done <- err
 			}()
 			for range 3 { // three refusals, each followed by a wait
-				for !f.clock.HasWaiters() {
-					time.Sleep(time.Millisecond)
+				if !eventually(t, "the retry waits on the clock", f.clock.HasWaiters) {
+					t.FailNow()
 				}
 				if _, stale := f.tracker.Stale(); len(stale) == 0 {
 					t.Fatal("refused, and current")
 				}
 				f.clock.Step(1500 * time.Millisecond)
 			}
-			for calls() < before+4 || !f.clock.HasWaiters() {
-				time.Sleep(time.Millisecond)
+			if !eventually(t, "a fourth call, then a wait", func() bool { return calls() >= before+4 && f.clock.HasWaiters() }) {
+				t.FailNow()
 			}
 			f.inner.set(nil, nil)
 			f.clock.Step(1500 * time.Millisecond)
@@ -434,9 +434,7 @@ func TestRetryRefused(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	f.inner.set(refused, refused)
 	go func() {
-		for !f.clock.HasWaiters() {
-			time.Sleep(time.Millisecond)
-		}
+		eventually(t, "the refused List waits on the clock", f.clock.HasWaiters)
 		cancel()
 	}()
 	if _, err := f.lw.ListWithContext(ctx, metav1.ListOptions{}); err == nil {
@@ -472,4 +470,20 @@ func TestLog(t *testing.T) {
 	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("logged\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
+}
+
+// eventually polls cond every millisecond and reports, with t.Errorf (safe
+// from any goroutine), when it has not held within 30 s: no poll without a
+// deadline.
+func eventually(t *testing.T, what string, cond func() bool) bool {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Errorf("%s: not within 30 s", what)
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
 }
