@@ -340,7 +340,9 @@ func (r *recorder) judge(t *testing.T, j judgement) checkStats {
 			}
 		}
 	}
-	if st.duringOutage < 1000 {
+	// A count that proves the checks ran through the outage, not a rate: a
+	// loaded 2-core machine manages far fewer than an idle one.
+	if st.duringOutage < 100 {
 		t.Errorf("only %d checks answered during the outage: the check server was hardly asked", st.duringOutage)
 	}
 	if expired.IsZero() {
