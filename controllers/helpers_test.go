@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 )
 
@@ -180,7 +181,9 @@ func poke(ns, name string) {
 	})
 }
 
-// eventsFor returns the reasons of the Events about an object, oldest first.
+// eventsFor returns the reasons of the Events about an object, oldest first,
+// one per occurrence: the events recorder folds repeats of an Event into one
+// object and counts them in its series.
 func eventsFor(ns, name string) []string {
 	GinkgoHelper()
 	var list eventsv1.EventList
@@ -188,7 +191,9 @@ func eventsFor(ns, name string) []string {
 	var reasons []string
 	for _, e := range list.Items {
 		if e.Regarding.Name == name {
-			reasons = append(reasons, e.Reason)
+			for range testenv.Occurrences(e) {
+				reasons = append(reasons, e.Reason)
+			}
 		}
 	}
 	return reasons

@@ -185,7 +185,6 @@ func (c *cluster) startControlPlane(ctx context.Context, apiserverExtra []string
 	if _, err := c.start("kube-controller-manager", c.component("kube-controller-manager"),
 		"--kubeconfig="+kcm, "--authentication-kubeconfig="+kcm, "--authorization-kubeconfig="+kcm,
 		"--service-account-private-key-file="+c.pki.path("sa.key"), "--root-ca-file="+c.pki.path("ca.crt"),
-		"--cluster-signing-cert-file="+c.pki.path("ca.crt"), "--cluster-signing-key-file="+c.pki.path("ca.key"),
 		"--use-service-account-credentials", "--leader-elect=false", "--bind-address=127.0.0.1"); err != nil {
 		return err
 	}
@@ -249,7 +248,7 @@ func (c *cluster) adminHTTP() (*http.Client, error) {
 		return nil, err
 	}
 	pool := x509.NewCertPool()
-	pool.AddCert(c.pki.cert)
+	pool.AddCert(c.pki.ca.Cert)
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 	}}, nil

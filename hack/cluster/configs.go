@@ -133,9 +133,15 @@ iptables: {localhostNodePorts: false}
 `, c.path("kube-proxy.kubeconfig"), podCIDR, nodeName)
 }
 
-// kubeconfig writes a kubeconfig for the client certificate pki/name.crt.
-func (c *cluster) kubeconfig(file, name string) error {
-	return os.WriteFile(c.path(file), []byte(fmt.Sprintf(`apiVersion: v1
+// kubeconfig writes name.kubeconfig, for the client certificate
+// pki/name.crt; "token" has no credentials, for kubectl --token
+// (kube-apiserver prefers a client certificate to a token).
+func (c *cluster) kubeconfig(name string) error {
+	user, mode := "{}", os.FileMode(0o644)
+	if name != "token" {
+		user, mode = fmt.Sprintf("{client-certificate: %q, client-key: %q}", c.pki.path(name+".crt"), c.pki.path(name+".key")), 0o600
+	}
+	return os.WriteFile(c.path(name+".kubeconfig"), []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
 - name: keymint-cluster
@@ -144,34 +150,12 @@ clusters:
     certificate-authority: %[2]q
 users:
 - name: %[3]s
-  user:
-    client-certificate: %[4]q
-    client-key: %[5]q
+  user: %[4]s
 contexts:
 - name: keymint-cluster
   context: {cluster: keymint-cluster, user: %[3]s}
 current-context: keymint-cluster
-`, apiserverPort, c.pki.path("ca.crt"), name, c.pki.path(name+".crt"), c.pki.path(name+".key"))), 0o600)
-}
-
-// tokenKubeconfig reaches the cluster with its CA and no credentials, for
-// kubectl --token: kube-apiserver prefers a client certificate to a token.
-func (c *cluster) tokenKubeconfig() error {
-	return os.WriteFile(c.path("token.kubeconfig"), []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: keymint-cluster
-  cluster:
-    server: https://127.0.0.1:%[1]d
-    certificate-authority: %[2]q
-users:
-- name: token
-  user: {}
-contexts:
-- name: keymint-cluster
-  context: {cluster: keymint-cluster, user: token}
-current-context: keymint-cluster
-`, apiserverPort, c.pki.path("ca.crt"))), 0o644)
+`, apiserverPort, c.pki.ca.File, name, user)), mode)
 }
 
 // tokenWebhookConfig is the kubeconfig kube-apiserver reads to ask keymint's

@@ -426,39 +426,33 @@ func (c *cluster) writeConfigs() error {
 	if c.pki, err = newPKI(c.path("pki")); err != nil {
 		return err
 	}
-	ip := net.ParseIP(c.nodeIP)
 	certs := []struct {
 		name, user string
 		groups     []string
-		dns        []string
-		ips        []net.IP
+		hosts      []string // with any, a server certificate too
 	}{
-		{"apiserver", "kube-apiserver", nil,
-			[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc." + clusterDomain},
-			[]net.IP{net.IPv4(127, 0, 0, 1), net.ParseIP(kubernetesIP), ip}},
+		{"apiserver", "kube-apiserver", nil, []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+			"kubernetes.default.svc." + clusterDomain, "127.0.0.1", kubernetesIP, c.nodeIP}},
 		// Bound to system:kubelet-api-admin (manifests/addons.yaml), not
 		// system:masters: kube-apiserver only needs the kubelet's API.
-		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", nil, nil, nil},
-		{"etcd", "etcd", nil, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)}},
-		{"apiserver-etcd-client", "kube-apiserver-etcd-client", nil, nil, nil},
-		{"admin", "keymint-cluster-admin", []string{"system:masters"}, nil, nil},
-		{"controller-manager", "system:kube-controller-manager", nil, nil, nil},
-		{"scheduler", "system:kube-scheduler", nil, nil, nil},
-		{"kubelet", "system:node:" + nodeName, []string{"system:nodes"}, nil, nil},
-		{"kube-proxy", "system:kube-proxy", nil, nil, nil},
+		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", nil, nil},
+		{"etcd", "etcd", nil, []string{"localhost", "127.0.0.1"}},
+		{"apiserver-etcd-client", "kube-apiserver-etcd-client", nil, nil},
+		{"admin", "keymint-cluster-admin", []string{"system:masters"}, nil},
+		{"controller-manager", "system:kube-controller-manager", nil, nil},
+		{"scheduler", "system:kube-scheduler", nil, nil},
+		{"kubelet", "system:node:" + nodeName, []string{"system:nodes"}, nil},
+		{"kube-proxy", "system:kube-proxy", nil, nil},
 	}
 	for _, crt := range certs {
-		if err := c.pki.issue(crt.name, crt.user, crt.groups, crt.dns, crt.ips); err != nil {
+		if err := c.pki.issue(crt.name, crt.user, crt.groups, crt.hosts...); err != nil {
 			return err
 		}
 	}
-	for _, name := range []string{"admin", "controller-manager", "scheduler", "kubelet", "kube-proxy"} {
-		if err := c.kubeconfig(name+".kubeconfig", name); err != nil {
+	for _, name := range []string{"admin", "controller-manager", "scheduler", "kubelet", "kube-proxy", "token"} {
+		if err := c.kubeconfig(name); err != nil {
 			return err
 		}
-	}
-	if err := c.tokenKubeconfig(); err != nil {
-		return err
 	}
 	for _, d := range []string{"cni", "cni-ipam", "pod-logs", "kubelet", "etcd"} {
 		if err := os.MkdirAll(c.path(d), 0o755); err != nil {

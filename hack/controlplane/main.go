@@ -202,20 +202,16 @@ func (b builder) kubernetes(ctx context.Context, cmd string, mainSource []byte, 
 	if err != nil {
 		return err
 	}
-	mod := "module keymint.local/controlplane\n\ngo 1.26.0\n\nrequire k8s.io/kubernetes v" + b.kubernetesVersion + "\n\nreplace (\n"
+	extra := "require k8s.io/kubernetes v" + b.kubernetesVersion + "\n\nreplace (\n"
 	for _, r := range replaces {
-		mod += "\t" + r + "\n"
+		extra += "\t" + r + "\n"
 	}
-	mod += ")\n"
-	if err := os.WriteFile(filepath.Join(modDir, "go.mod"), []byte(mod), 0o644); err != nil {
+	if err := writeModule(modDir, "controlplane", extra+")\n", mainSource); err != nil {
 		return err
 	}
 	pkg := "k8s.io/kubernetes/cmd/" + cmd
 	if mainSource != nil {
 		pkg = "."
-		if err := os.WriteFile(filepath.Join(modDir, "main.go"), mainSource, 0o644); err != nil {
-			return err
-		}
 	}
 	if err := b.goCmd(ctx, modDir, cmd, "get", "k8s.io/kubernetes@v"+b.kubernetesVersion); err != nil {
 		return err
@@ -246,8 +242,7 @@ func (b builder) etcd(ctx context.Context, out string) error {
 		return err
 	}
 	defer os.RemoveAll(modDir)
-	mod := "module keymint.local/etcd\n\ngo 1.26.0\n"
-	if err := os.WriteFile(filepath.Join(modDir, "go.mod"), []byte(mod), 0o644); err != nil {
+	if err := writeModule(modDir, "etcd", "", nil); err != nil {
 		return err
 	}
 	pkg := "go.etcd.io/etcd/server/v3"
@@ -264,11 +259,7 @@ func (b builder) coredns(ctx context.Context, out string) error {
 		return err
 	}
 	defer os.RemoveAll(modDir)
-	mod := "module keymint.local/coredns\n\ngo 1.26.0\n"
-	if err := os.WriteFile(filepath.Join(modDir, "go.mod"), []byte(mod), 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(modDir, "main.go"), corednsMain, 0o644); err != nil {
+	if err := writeModule(modDir, "coredns", "", corednsMain); err != nil {
 		return err
 	}
 	if err := b.goCmd(ctx, modDir, "coredns", "get", "github.com/coredns/coredns@v"+b.corednsVersion); err != nil {
@@ -280,6 +271,19 @@ func (b builder) coredns(ctx context.Context, out string) error {
 	// CoreDNS prints its version from a variable its own build sets.
 	ldflags := "-s -w -X github.com/coredns/coredns/coremain.GitCommit=v" + b.corednsVersion
 	return b.build(ctx, modDir, "coredns", ".", out, ldflags)
+}
+
+// writeModule makes modDir the throwaway module keymint.local/<name>, with
+// extra go.mod lines and, given mainSource, its main package.
+func writeModule(modDir, name, extra string, mainSource []byte) error {
+	mod := "module keymint.local/" + name + "\n\ngo 1.26.0\n\n" + extra
+	if err := os.WriteFile(filepath.Join(modDir, "go.mod"), []byte(mod), 0o644); err != nil {
+		return err
+	}
+	if mainSource == nil {
+		return nil
+	}
+	return os.WriteFile(filepath.Join(modDir, "main.go"), mainSource, 0o644)
 }
 
 // build compiles pkg into out and reports progress every few seconds, since a

@@ -31,7 +31,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -253,7 +252,7 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 
 // recordKey is the Secret keymint keeps its record key in under make run:
 // --record-key-secret's default outside a pod.
-var recordKey = types.NamespacedName{Namespace: keymintNamespace, Name: "keymint-record-key"}
+var recordKey = testenv.RecordKeySecret
 
 // recordKeyWaiter returns awaitUsableRecordKey for the cluster at cfg;
 // kubeconfig, if set, is what the user's kubectl needs to reach it.

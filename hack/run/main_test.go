@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -165,7 +163,7 @@ func TestAwaitUsableRecordKey(t *testing.T) {
 
 	t.Run("unusable, then deleted by hand", func(t *testing.T) {
 		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(bad()).Build()
-		out := &syncBuffer{}
+		out := &testenv.LogBuffer{}
 		done := make(chan error, 1)
 		go func() { done <- awaitUsableRecordKey(t.Context(), c, "/x/.dev/kubeconfig", out, 10*time.Millisecond) }()
 
@@ -220,7 +218,7 @@ func TestAwaitUsableRecordKey(t *testing.T) {
 			"absent": fake.NewClientBuilder().WithScheme(scheme).Build(),
 			"usable": fake.NewClientBuilder().WithScheme(scheme).WithObjects(usable).Build(),
 		} {
-			out := &syncBuffer{}
+			out := &testenv.LogBuffer{}
 			if err := awaitUsableRecordKey(t.Context(), c, "", out, time.Hour); err != nil || out.String() != "" {
 				t.Errorf("%s: awaitUsableRecordKey = %v, printed %q", name, err, out.String())
 			}
@@ -256,22 +254,4 @@ func TestServeKeymintWaitsForTheRecordKey(t *testing.T) {
 	if _, err := os.Stat(started); err == nil {
 		t.Error("keymint was started with a record key it cannot use")
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	eventsv1 "k8s.io/api/events/v1"
 	"os"
 	"path/filepath"
 	"slices"
@@ -218,6 +219,15 @@ func (a *APIServer) pid() (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no kube-apiserver process with %s", want)
+}
+
+// Occurrences is how many times an Event happened: the events recorder
+// folds repeats into one object and counts them in its series.
+func Occurrences(e eventsv1.Event) int {
+	if e.Series != nil {
+		return int(e.Series.Count)
+	}
+	return max(1, int(e.DeprecatedCount))
 }
 
 // LogBuffer keeps what a manager logs, for tests that search it; safe for

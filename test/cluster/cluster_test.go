@@ -44,7 +44,7 @@ var (
 	// env is what .dev/cluster.env exports.
 	env        map[string]string
 	clusterCmd *exec.Cmd
-	clusterOut *syncBuffer
+	clusterOut *testenv.LogBuffer
 	clusterErr chan error
 	before     *machine.State
 	// keymintCA trusts keymint's serving certificate.
@@ -86,7 +86,7 @@ var _ = BeforeSuite(func() {
 		"-kubernetes-dir", filepath.Join(root, "bin/k8s/1.36.3"), "-helm", filepath.Join(root, "bin/helm"),
 		"-chart", filepath.Join(root, "dist/chart"))
 	clusterCmd.Dir = root
-	clusterOut = &syncBuffer{}
+	clusterOut = &testenv.LogBuffer{}
 	clusterCmd.Stdout, clusterCmd.Stderr = clusterOut, clusterOut
 	Expect(clusterCmd.Start()).To(Succeed())
 	clusterErr = make(chan error, 1)
@@ -132,24 +132,6 @@ var _ = AfterSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	Expect(before.Diff(after)).To(BeEmpty(), "make cluster left the machine changed")
 })
-
-// syncBuffer collects a process's output from its writer goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func readEnv(path string) map[string]string {
 	f, err := os.Open(path)

@@ -70,7 +70,7 @@ func countReason(events []eventsv1.Event, reason string) int {
 	n := 0
 	for _, e := range events {
 		if e.Reason == reason {
-			n += max(1, int(e.DeprecatedCount))
+			n += testenv.Occurrences(e)
 		}
 	}
 	return n

@@ -9,8 +9,7 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 )
 
-// invalidQuery is the error code of a query /check cannot read exactly.
-const invalidQuery Failure = "invalid_query"
+// InvalidQuery is the error code of a query /check cannot read exactly.
 
 // TestCheckRefusesAQueryItCannotReadExactly: a requirement /check cannot
 // read must not be dropped, which would let a token through without it. Each
@@ -49,13 +48,13 @@ func TestCheckRefusesAQueryItCannotReadExactly(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			a := f.do(http.MethodGet, tc.target, auth, nil)
-			expectError(t, a, http.StatusBadRequest, invalidQuery)
+			expectError(t, a, http.StatusBadRequest, InvalidQuery)
 			msg, _ := a.body["message"].(string)
 			if !strings.Contains(msg, tc.names) {
 				t.Errorf("%s: message %q does not name %s", tc.target, msg, tc.names)
 			}
 			t.Logf("%s: %s", tc.target, msg)
-			if got := a.header.Get(HeaderError); got != string(invalidQuery) {
+			if got := a.header.Get(HeaderError); got != string(InvalidQuery) {
 				t.Errorf("%s = %q", HeaderError, got)
 			}
 		})
@@ -71,7 +70,7 @@ func TestCheckRefusesAQueryItCannotReadExactly(t *testing.T) {
 		"/check?%3Cscript%3E=1",                          // markup
 	} {
 		a := f.do(http.MethodGet, target, auth, nil)
-		expectError(t, a, http.StatusBadRequest, invalidQuery)
+		expectError(t, a, http.StatusBadRequest, InvalidQuery)
 		body, _ := json.Marshal(a.body)
 		msg, _ := a.body["message"].(string)
 		if strings.Contains(string(body), tok[3:15]) || strings.Contains(msg, "<") || strings.Contains(msg, strings.Repeat("a_", 40)) ||
