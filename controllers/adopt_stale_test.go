@@ -16,6 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/recordkey/recordkeytest"
+	"github.com/keymint/keymint/internal/secretrecord"
 	"github.com/keymint/keymint/internal/token"
 )
 
@@ -27,7 +29,7 @@ func TestOwnSecretSeenBeforeOwnStatusIsNoRecovery(t *testing.T) {
 	scheme := runtime.NewScheme()
 	_ = corev1.AddToScheme(scheme)
 	_ = keymintv1alpha1.AddToScheme(scheme)
-	ring := testKeyring(t)
+	ring := recordkeytest.Keyring(t, "test")
 	user := &keymintv1alpha1.ServiceUser{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "ci", UID: "uid-ci"}}
 	stale := &keymintv1alpha1.ApiToken{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "t", UID: "uid-t"},
@@ -36,13 +38,13 @@ func TestOwnSecretSeenBeforeOwnStatusIsNoRecovery(t *testing.T) {
 	plain, _ := token.Mint("km")
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "t",
 		OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(stale, keymintv1alpha1.GroupVersion.WithKind("ApiToken"))}}}
-	writeRecord(sec, stale, ring, plain, secretRecord{Serial: 1, Hash: token.HashString(plain), IssuedAt: now, ServiceUserUID: "uid-ci"})
+	secretrecord.Write(sec, stale, ring, plain, secretrecord.Record{Serial: 1, Hash: token.HashString(plain), IssuedAt: now, ServiceUserUID: "uid-ci"})
 	fresh := stale.DeepCopy()
 	issued := metav1.NewTime(now)
 	fresh.Status = keymintv1alpha1.ApiTokenStatus{Serial: 1, TokenHash: token.HashString(plain), IssuedAt: &issued}
 
 	cached := fake.NewClientBuilder().WithScheme(scheme).WithObjects(stale, user, sec).WithStatusSubresource(stale).
-		WithIndex(&keymintv1alpha1.ApiToken{}, TokenHashIndex, func(o client.Object) []string { return statusHashes(&o.(*keymintv1alpha1.ApiToken).Status) }).Build()
+		WithIndex(&keymintv1alpha1.ApiToken{}, TokenHashIndex, func(o client.Object) []string { return StatusHashes(&o.(*keymintv1alpha1.ApiToken).Status) }).Build()
 	recorder := events.NewFakeRecorder(10)
 	r := &ApiTokenReconciler{
 		Client: cached, APIReader: fake.NewClientBuilder().WithScheme(scheme).WithObjects(fresh).Build(),

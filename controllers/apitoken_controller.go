@@ -1,3 +1,5 @@
+// ApiToken reconciler: Reconcile reads (gather), calls decide and desiredStatus, writes the Secret and the status, and emits Events.
+
 package controllers
 
 import (
@@ -9,9 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -26,9 +26,8 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/authz"
 	"github.com/keymint/keymint/internal/recordkey"
-	"github.com/keymint/keymint/internal/requester"
+	"github.com/keymint/keymint/internal/secretrecord"
 	"github.com/keymint/keymint/internal/token"
-	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // conflictRetry is how often a token whose Secret name is taken looks again:
@@ -81,7 +80,7 @@ type ApiTokenReconciler struct {
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile brings one ApiToken's Secret and status in line with its spec,
-// its ServiceUser and the clock.
+// its ServiceUser and the clock: gather, decide, write.
 func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	tok := &keymintv1alpha1.ApiToken{}
 	if err := r.Client.Get(ctx, req.NamespacedName, tok); err != nil {
@@ -90,108 +89,57 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	// Taken by whichever reconcile comes next, so the map holds only writes
-	// whose watch event is still on its way.
-	var wrote *writtenStatus
-	if v, ok := r.statusWritten.LoadAndDelete(tok.UID); ok {
-		w := v.(writtenStatus)
-		wrote = &w
-	}
-
-	user, err := r.serviceUser(ctx, tok)
-	if err != nil {
+	in, settled, err := r.gather(ctx, tok)
+	if settled || err != nil {
 		return ctrl.Result{}, err
 	}
-	// A token never reconciled, whose first status write is not merely
-	// still on its way to the cache, has nothing of keymint's outside it.
-	sec, conflict, err := r.secret(ctx, tok, neverReconciled(tok) && wrote == nil)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
-
-	obs := observe(tok, user, readSecret(sec, tok, r.Keyring), conflict, r.Clock.Now())
-	_, obs.RequesterProblem = requester.Read(r.Keyring, tok)
-	obs.ExpiryWarning = r.ExpiryWarning
-	if user != nil && user.Spec.TokenPolicy.ExpiryWarning != nil {
-		obs.ExpiryWarning = user.Spec.TokenPolicy.ExpiryWarning.Duration
-	}
-	if obs.Claimed, err = r.claimedElsewhere(ctx, tok, obs); err != nil {
-		return ctrl.Result{}, err
-	}
-	if obs.Adopted {
-		// Right after our own Secret write, the cached ApiToken may not show
-		// the status written next. When this controller wrote that status,
-		// its event is on its way; else ask the API server before recovering.
-		// Only while the cache still holds exactly the object that write
-		// replaced: anything newer (a status someone wiped) is read live.
-		if wrote != nil && wrote.replaced == tok.ResourceVersion && wrote.serial >= obs.Serial {
-			return ctrl.Result{}, nil
-		}
-		fresh := &keymintv1alpha1.ApiToken{}
-		if err := r.APIReader.Get(ctx, req.NamespacedName, fresh); err != nil {
-			return ctrl.Result{}, client.IgnoreNotFound(err)
-		}
-		if fresh.Status.Serial >= obs.Serial {
-			return ctrl.Result{}, nil // the status update on its way brings us back
-		}
-	}
-	d := decide(obs)
+	d := decide(in.obs)
 	if d.mints() {
 		// One token per mint decision: decide only on the object as it is
 		// now. A cache behind our own last status write would mint again.
-		if behind, err := r.cacheBehind(ctx, tok, user); behind || err != nil {
+		if behind, err := r.cacheBehind(ctx, tok, in.user); behind || err != nil {
 			return ctrl.Result{RequeueAfter: time.Second}, err
 		}
-		if wait, ok := r.mints.reserve(tok.UID, time.Now()); !ok {
-			r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventMintRateLimited, "Issue",
-				"keymint minted %d tokens for this ApiToken within a minute: the next waits %s (%s)", mintBurst, wait.Round(time.Second), d.Reason)
+		if wait, ok := r.mints.reserve(tok.UID, r.Clock.Now()); !ok {
+			r.rateLimitedEvent(tok, wait, d)
 			return ctrl.Result{RequeueAfter: wait}, nil
 		}
-		var groups []string
-		if user != nil {
-			groups = user.Spec.Groups
-		}
-		auth, err := r.authorizeMint(ctx, tok, groups)
-		if err != nil {
-			return ctrl.Result{}, err
-		}
-		obs.Auth = &auth
-		if !auth.Allowed {
-			deniedTotal.WithLabelValues("mint", auth.Reason).Inc()
-		}
 	}
-	var rec secretRecord
+	if err := r.askRequester(ctx, &in, d); err != nil {
+		return ctrl.Result{}, err
+	}
+	obs := &in.obs
+
+	var rec *secretrecord.Record
 	var writeErr error
-	wroteSecret := false
 	denied := obs.denied(d)
 	switch {
 	case denied:
 		// Not minted: the status says why, and a retry asks again.
 	case d.mints():
-		rec, writeErr = r.writeNewToken(ctx, tok, user.Spec.TokenPolicy.Prefix, sec, obs, d)
-		wroteSecret = writeErr == nil
+		rec, writeErr = r.writeNewToken(ctx, &in, d)
 	case d.Action == actRevoke:
-		writeErr = r.removeToken(ctx, sec)
-		wroteSecret = writeErr == nil
+		writeErr = r.removeToken(ctx, in.secret)
 	}
+	wroteSecret := writeErr == nil && !denied && d.Action != actNone
 	switch {
 	case denied:
 		// Nothing was minted: conditionEvents says why (MintDenied). A
 		// record adopted from the Secret is recovered all the same.
-		r.actionEvent(tok, obs, decision{}, rec)
+		r.actionEvent(tok, obs, decision{}, nil)
 	case writeErr == nil:
 		// The action is done once the Secret is written: say so even if the
 		// status write below fails and a retry adopts the Secret.
 		r.actionEvent(tok, obs, d, rec)
 	default:
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretWriteFailed, "Write", "%s", writeErr.Error())
+		r.writeFailedEvent(tok, writeErr)
 	}
 
 	// The status is written whether or not the Secret could be: a shortened
 	// expiry, or a token the Secret no longer delivers, is on record at once.
-	a := afterAction(obs, d, &rec, writeErr)
+	a := afterAction(*obs, d, rec, writeErr)
 	replaced := tok.ResourceVersion
-	before, res, written, err := r.writeStatus(ctx, tok, &obs, a, wroteSecret)
+	before, res, written, err := r.writeStatus(ctx, tok, obs, a, wroteSecret)
 	if apierrors.IsConflict(err) {
 		// Someone wrote the ApiToken since it was read, and nothing of ours
 		// depends on this status: decide again on the new version.
@@ -206,7 +154,17 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if writeErr != nil {
 		return ctrl.Result{}, writeErr
 	}
-	r.conditionEvents(tok, before, obs)
+	r.conditionEvents(tok, before)
+	r.retiredEvents(tok, res.Retired)
+
+	return ctrl.Result{RequeueAfter: r.lookAgain(req, tok.UID, obs, res.RequeueAfter)}, nil
+}
+
+// lookAgain is when to reconcile again: the first of the next change by the
+// clock (byClock), a denied mint's retry, a taken Secret name's retry. A
+// denial neither hides nor postpones the token's own schedule.
+func (r *ApiTokenReconciler) lookAgain(req ctrl.Request, uid types.UID, obs *observation, byClock time.Duration) time.Duration {
+	var retry []time.Duration
 	switch {
 	case obs.Auth == nil:
 	case obs.Auth.Allowed:
@@ -214,139 +172,42 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	case obs.Auth.Reason == keymintv1alpha1.ApiTokenReasonNoRequesterRecord:
 		// Only a write through admission brings a record, and a write
 		// brings a reconcile: nothing to retry.
-		return ctrl.Result{RequeueAfter: res.RequeueAfter}, nil
 	default:
-		return ctrl.Result{RequeueAfter: r.retryDenied(req.NamespacedName, tok.UID)}, nil
+		retry = append(retry, r.retryDenied(req.NamespacedName, uid))
 	}
-	for _, p := range res.Retired {
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventRetiredIdle, "Retire",
-			"The rotated-out token issued at %s is no longer accepted: the current token %s… is in use and the old one went unused for %s (rotation.retireWhenIdle)",
-			p.IssuedAt.UTC().Format(time.RFC3339), tok.Status.TokenPrefix, tokenstate.RetireWhenIdle(&tok.Spec))
+	if obs.Conflict {
+		retry = append(retry, conflictRetry)
 	}
-	if conflict {
-		return ctrl.Result{RequeueAfter: conflictRetry}, nil
-	}
-	return ctrl.Result{RequeueAfter: res.RequeueAfter}, nil
+	return soonestAfter(byClock, retry...)
 }
 
-// observe gathers what decide needs.
-func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, sec secretState, conflict bool, now time.Time) observation {
-	o := observation{
-		Namespace:     tok.Namespace,
-		Name:          tok.Name,
-		Spec:          &tok.Spec,
-		RotateRequest: tok.Annotations[keymintv1alpha1.RotateAnnotation],
-		User:          tokenstate.UserFrom(user),
-		Conflict:      conflict,
-		Now:           now,
-	}
-	observeToken(&o, &tok.Status, sec)
-	o.Current.Deleting = tok.DeletionTimestamp != nil
-	return o
-}
-
-// claimedElsewhere reports whether another ApiToken's status names one of
-// the hashes this one's current token record names.
-func (r *ApiTokenReconciler) claimedElsewhere(ctx context.Context, tok *keymintv1alpha1.ApiToken, obs observation) (bool, error) {
-	if !obs.Current.Issued {
-		return false, nil
-	}
-	hashes := []string{obs.Hash}
-	for _, p := range obs.Current.Previous {
-		hashes = append(hashes, p.Hash)
-	}
-	others, err := r.othersClaiming(ctx, tok.UID, hashes)
-	return len(others) > 0, err
-}
-
-// othersClaiming lists the ApiTokens other than uid whose status names one
-// of the hashes (from the cache's hash index).
-func (r *ApiTokenReconciler) othersClaiming(ctx context.Context, uid types.UID, hashes []string) ([]keymintv1alpha1.ApiToken, error) {
-	var out []keymintv1alpha1.ApiToken
-	for _, h := range hashes {
-		var list keymintv1alpha1.ApiTokenList
-		if err := r.Client.List(ctx, &list, client.MatchingFields{TokenHashIndex: h}); err != nil {
-			return nil, err
-		}
-		for _, o := range list.Items {
-			if o.UID != uid {
-				out = append(out, o)
-			}
+// soonestAfter is the shortest of the positive durations; zero when none is.
+func soonestAfter(first time.Duration, more ...time.Duration) time.Duration {
+	d := first
+	for _, m := range more {
+		if m > 0 && (d <= 0 || m < d) {
+			d = m
 		}
 	}
-	return out, nil
-}
-
-// serviceUser returns the token's ServiceUser, or nil when it does not exist.
-func (r *ApiTokenReconciler) serviceUser(ctx context.Context, tok *keymintv1alpha1.ApiToken) (*keymintv1alpha1.ServiceUser, error) {
-	user := &keymintv1alpha1.ServiceUser{}
-	err := r.Client.Get(ctx, types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}, user)
-	if apierrors.IsNotFound(err) {
-		return nil, nil
-	}
-	return user, err
-}
-
-// secret returns the token's Secret when this ApiToken owns it. A Secret of
-// that name owned by nobody or by someone else is a conflict, and is never
-// touched. A Secret left by an earlier ApiToken of the same name (awaiting
-// garbage collection) is taken over, but its token is never reused.
-//
-// With fresh set (a token never reconciled), a Secret missing from the cache
-// is taken as missing: the create that follows fails on a foreign one.
-func (r *ApiTokenReconciler) secret(ctx context.Context, tok *keymintv1alpha1.ApiToken, fresh bool) (sec *corev1.Secret, conflict bool, err error) {
-	key := types.NamespacedName{Namespace: tok.Namespace, Name: tok.SecretNameOrDefault()}
-	sec = &corev1.Secret{}
-	err = r.Client.Get(ctx, key, sec)
-	if apierrors.IsNotFound(err) && fresh {
-		// Nothing of ours can exist yet (a Secret written before a crash
-		// would be labelled, so cached). A foreign Secret of that name makes
-		// the create fail, and the next reconcile looks past the cache.
-		return nil, false, nil
-	}
-	if apierrors.IsNotFound(err) {
-		// The cache holds only labelled Secrets, and may not yet hold one
-		// this controller just created: ask the API server, for metadata
-		// only, so a foreign Secret's data is never read.
-		m := &metav1.PartialObjectMetadata{}
-		m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
-		if err := r.APIReader.Get(ctx, key, m); err != nil {
-			return nil, false, client.IgnoreNotFound(err)
-		}
-		if owner := metav1.GetControllerOf(m); owner == nil || owner.UID != tok.UID {
-			return nil, true, nil
-		}
-		err = r.APIReader.Get(ctx, key, sec)
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	switch owner := metav1.GetControllerOf(sec); {
-	case owner != nil && owner.UID == tok.UID:
-		return sec, false, nil
-	case owner != nil && isApiTokenRef(owner) && owner.Name == tok.Name && hasTokenLabel(sec):
-		// A previous ApiToken of this name: forget its token entirely.
-		stale := sec.DeepCopy()
-		clearRecord(stale)
-		return stale, false, nil
-	}
-	return nil, true, nil
+	return d
 }
 
 // writeNewToken mints a token and writes it with its signed record into the
 // Secret, creating the Secret if needed. The Secret is written before the
 // status, so a crash in between leaves a Secret the next reconcile adopts.
-func (r *ApiTokenReconciler) writeNewToken(ctx context.Context, tok *keymintv1alpha1.ApiToken, prefix string,
-	sec *corev1.Secret, obs observation, d decision) (secretRecord, error) {
+func (r *ApiTokenReconciler) writeNewToken(ctx context.Context, in *reads, d decision) (*secretrecord.Record, error) {
+	tok := in.tok
+	prefix := in.user.Spec.TokenPolicy.Prefix
 	if prefix == "" {
 		prefix = token.DefaultPrefix
 	}
 	plain, err := token.Mint(prefix)
 	if err != nil {
-		return secretRecord{}, fmt.Errorf("minting a token: %w", err)
+		return nil, fmt.Errorf("minting a token: %w", err)
 	}
-	rec := newRecord(obs, d, token.HashString(plain), token.Display(plain))
+	rec := newRecord(in.obs, d, token.HashString(plain), token.Display(plain))
 
+	sec := in.secret
 	create := sec == nil
 	if create {
 		sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: tok.Namespace, Name: tok.SecretNameOrDefault()}, Type: corev1.SecretTypeOpaque}
@@ -356,9 +217,9 @@ func (r *ApiTokenReconciler) writeNewToken(ctx context.Context, tok *keymintv1al
 	if sec.Labels == nil {
 		sec.Labels = map[string]string{}
 	}
-	sec.Labels[keymintv1alpha1.TokenLabel] = tokenLabelValue(tok.Name)
+	sec.Labels[keymintv1alpha1.TokenLabel] = secretrecord.TokenLabelValue(tok.Name)
 	sec.OwnerReferences = ownerReferences(sec.OwnerReferences, tok)
-	writeRecord(sec, tok, r.Keyring, plain, rec)
+	secretrecord.Write(sec, tok, r.Keyring, plain, rec)
 
 	if create {
 		err = r.Client.Create(ctx, sec)
@@ -368,39 +229,22 @@ func (r *ApiTokenReconciler) writeNewToken(ctx context.Context, tok *keymintv1al
 	if err != nil {
 		// A conflict or an already existing Secret means the cache was behind:
 		// nothing was written, and the retry decides again from fresh state.
-		return secretRecord{}, fmt.Errorf("writing Secret %s/%s: %w", sec.Namespace, sec.Name, err)
+		return nil, fmt.Errorf("writing Secret %s/%s: %w", sec.Namespace, sec.Name, err)
 	}
 	logf.FromContext(ctx).Info("Wrote token to Secret", "secret", sec.Name, "tokenPrefix", rec.Display, "serial", rec.Serial, "reason", d.Reason)
-	return rec, nil
+	return &rec, nil
 }
 
 // removeToken empties the Secret of its token and record, keeping the Secret
 // so that pods that mount it see the token disappear rather than the volume.
 func (r *ApiTokenReconciler) removeToken(ctx context.Context, sec *corev1.Secret) error {
 	sec = sec.DeepCopy()
-	clearRecord(sec)
+	secretrecord.Clear(sec)
 	if err := r.Client.Update(ctx, sec); err != nil {
 		return fmt.Errorf("removing the token from Secret %s/%s: %w", sec.Namespace, sec.Name, err)
 	}
 	logf.FromContext(ctx).Info("Removed revoked token from Secret", "secret", sec.Name)
 	return nil
-}
-
-// neverReconciled reports whether no status was ever written for tok.
-func neverReconciled(tok *keymintv1alpha1.ApiToken) bool {
-	return len(tok.Status.Conditions) == 0 && tok.Status.Serial == 0 && tok.Status.TokenHash == ""
-}
-
-// isApiTokenRef reports whether an owner reference points at an ApiToken of
-// keymint's API group (any version).
-func isApiTokenRef(ref *metav1.OwnerReference) bool {
-	gv, err := schema.ParseGroupVersion(ref.APIVersion)
-	return err == nil && gv.Group == keymintv1alpha1.GroupVersion.Group && ref.Kind == "ApiToken"
-}
-
-func hasTokenLabel(sec *corev1.Secret) bool {
-	_, ok := sec.Labels[keymintv1alpha1.TokenLabel]
-	return ok
 }
 
 // ownerReferences returns refs with tok as the only controller.
@@ -432,37 +276,13 @@ func (r *ApiTokenReconciler) writeStatus(ctx context.Context, tok *keymintv1alph
 		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(tok), fresh); err != nil {
 			return before, res, false, client.IgnoreNotFound(err)
 		}
-		// obs.Spec and a.Token.Spec point at tok.Spec: they follow.
+		// obs.Spec and a.Token.Spec point at tok.Spec: they follow. The
+		// token written is the same; its verdict is the new object's.
 		tok.ObjectMeta, tok.Spec, tok.Status = fresh.ObjectMeta, fresh.Spec, fresh.Status
 		obs.Current.Deleting = tok.DeletionTimestamp != nil
 		a.Token.Deleting = obs.Current.Deleting
+		a.evaluate(obs)
 	}
-}
-
-// cacheBehind reports whether the API server holds a newer ApiToken, or
-// ServiceUser, than the cache: a mint decided on the cached ApiToken could
-// repeat one just made, and one authorized for the cached ServiceUser could
-// miss a group added a moment ago. One read of each per mint, which is rare.
-func (r *ApiTokenReconciler) cacheBehind(ctx context.Context, tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser) (bool, error) {
-	live := func(kind, name string) (string, error) {
-		m := &metav1.PartialObjectMetadata{}
-		m.SetGroupVersionKind(keymintv1alpha1.GroupVersion.WithKind(kind))
-		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: tok.Namespace, Name: name}, m)
-		if apierrors.IsNotFound(err) {
-			return "", nil
-		}
-		return m.ResourceVersion, err
-	}
-	rv, err := live("ApiToken", tok.Name)
-	if err != nil || rv != tok.ResourceVersion {
-		return true, err
-	}
-	cached := ""
-	if user != nil {
-		cached = user.ResourceVersion
-	}
-	rv, err = live("ServiceUser", tok.Spec.ServiceUser)
-	return err != nil || rv != cached, err
 }
 
 // updateStatus writes the status if it changed; an unchanged state writes
@@ -490,105 +310,6 @@ type writtenStatus struct {
 	replaced string
 }
 
-// actionEvent emits an Event for the action a reconcile took, and for an
-// adopted record. Events name tokens only by their display prefix.
-func (r *ApiTokenReconciler) actionEvent(tok *keymintv1alpha1.ApiToken, obs observation, d decision, rec secretRecord) {
-	secretName := tok.SecretNameOrDefault()
-	if obs.Adopted {
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventAdopted, "Recover",
-			"Recovered token %s… (serial %d) from the record keymint signed in Secret %s before its status was written", obs.Display, obs.Serial, secretName)
-	}
-	switch d.Reason {
-	case eventIssued:
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventIssued, "Issue", "Issued token %s… into Secret %s", rec.Display, secretName)
-	case eventHashConflict:
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventHashConflict, "Issue",
-			"Another ApiToken's status names a hash of token %s…: a hash belongs to one ApiToken, so it is never accepted again; issued token %s…", obs.Display, rec.Display)
-	case eventSecretChanged:
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretChanged, "Issue",
-			"Secret %s was changed outside keymint: it held a token or record keymint did not write there, which is never accepted; issued token %s… in its place", secretName, rec.Display)
-	case eventTokenLost:
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventTokenLost, "Issue",
-			"Secret %s no longer held token %s…, which is no longer accepted; issued token %s…", secretName, obs.Display, rec.Display)
-	case eventRenewed:
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventRenewed, "Issue",
-			"The expiry was extended, and a token's expiry never moves later: issued token %s…%s; %s", rec.Display, expiresText(rec.ExpiresAt), graceText(rec))
-	case eventRotationRequested, eventRotationScheduled:
-		how := "on schedule"
-		if d.Reason == eventRotationRequested {
-			how = fmt.Sprintf("as requested by %s=%q", keymintv1alpha1.RotateAnnotation, truncate(obs.RotateRequest, 64))
-		}
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, "Rotated", "Rotate", "Rotated %s to token %s…; %s", how, rec.Display, graceText(rec))
-	case eventRevoked:
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventRevoked, "Revoke",
-			"%s; removed the token from Secret %s", revokeMessage(tokenstate.Evaluate(&obs.Current, &obs.User, obs.Now).Revoked, tok.Spec.ServiceUser), secretName)
-	}
-}
-
-// truncate keeps user-set text in an Event short: the API server refuses an
-// Event whose note is too long.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
-
-func graceText(rec secretRecord) string {
-	if n := len(rec.Previous); n > 0 {
-		return "the previous token is accepted until " + rec.Previous[n-1].ValidUntil.UTC().Format(time.RFC3339)
-	}
-	return "the previous token is no longer accepted"
-}
-
-func expiresText(t *time.Time) string {
-	if t == nil {
-		return ", which does not expire"
-	}
-	return ", expiring at " + t.UTC().Format(time.RFC3339)
-}
-
-// conditionEvents emits an Event for each condition the status write changed
-// without an action: expiry by the clock, a Secret conflict.
-func (r *ApiTokenReconciler) conditionEvents(tok *keymintv1alpha1.ApiToken, before *keymintv1alpha1.ApiTokenStatus, obs observation) {
-	st := tok.Status
-	secretName := tok.SecretNameOrDefault()
-	if shortened(before, &st) {
-		was := "no expiry"
-		if before.ExpiresAt != nil {
-			was = before.ExpiresAt.UTC().Format(time.RFC3339)
-		}
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventExpiryShortened, "Expire", "Token %s… now expires at %s (was %s): the spec or the user's policy shortened it",
-			st.TokenPrefix, st.ExpiresAt.UTC().Format(time.RFC3339), was)
-	}
-	if becameTrue(before.Conditions, st.Conditions, keymintv1alpha1.ApiTokenConditionExpired) {
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventExpired, "Expire", "Token %s… expired at %s", st.TokenPrefix, st.ExpiresAt.UTC().Format(time.RFC3339))
-	}
-	// Once per token: when the window opens, or when a new token is
-	// already inside it (a lifetime shorter than the warning).
-	if becameTrue(before.Conditions, st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon) ||
-		(meta.IsStatusConditionTrue(st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon) && before.TokenHash != st.TokenHash) {
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventExpiringSoon, "Warn", "%s",
-			meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon).Message)
-	}
-	if c := meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized); c != nil {
-		// Once per denial (a retry that is denied again says nothing new),
-		// and once when a right granted since lets keymint mint.
-		prev := meta.FindStatusCondition(before.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
-		switch {
-		case c.Status == metav1.ConditionFalse && (prev == nil || prev.Status != c.Status || prev.Message != c.Message):
-			r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventMintDenied, "Authorize", "%s", c.Message)
-		case c.Status == metav1.ConditionTrue && prev != nil && prev.Status == metav1.ConditionFalse:
-			r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, keymintv1alpha1.ApiTokenReasonAuthorized, "Authorize", "%s", c.Message)
-		}
-	}
-	if hasReason(st.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonSecretConflict) &&
-		!hasReason(before.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonSecretConflict) {
-		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretConflict, "Issue",
-			"Secret %s exists and is not owned by this ApiToken; no token was written", secretName)
-	}
-}
-
 // SetupWithManager registers the controller: it watches ApiTokens, the
 // Secrets they own, and their ServiceUsers.
 func (r *ApiTokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -603,51 +324,4 @@ func (r *ApiTokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
 		Named("apitoken").
 		Complete(r)
-}
-
-// claimants maps an ApiToken to the other ApiTokens whose status names one
-// of its hashes.
-func (r *ApiTokenReconciler) claimants(ctx context.Context, obj client.Object) []ctrl.Request {
-	tok := obj.(*keymintv1alpha1.ApiToken)
-	others, err := r.othersClaiming(ctx, tok.UID, statusHashes(&tok.Status))
-	if err != nil {
-		logf.FromContext(ctx).Error(err, "Listing the ApiTokens that claim a hash", "apiToken", tok.Name)
-		return nil
-	}
-	reqs := make([]ctrl.Request, len(others))
-	for i, o := range others {
-		reqs[i] = ctrl.Request{NamespacedName: types.NamespacedName{Namespace: o.Namespace, Name: o.Name}}
-	}
-	return reqs
-}
-
-// tokensOfUser maps a ServiceUser to the ApiTokens that name it.
-func (r *ApiTokenReconciler) tokensOfUser(ctx context.Context, obj client.Object) []ctrl.Request {
-	var tokens keymintv1alpha1.ApiTokenList
-	if err := r.Client.List(ctx, &tokens, client.InNamespace(obj.GetNamespace()), client.MatchingFields{ServiceUserIndex: obj.GetName()}); err != nil {
-		logf.FromContext(ctx).Error(err, "Listing the tokens of ServiceUser", "serviceUser", obj.GetName())
-		return nil
-	}
-	reqs := make([]ctrl.Request, len(tokens.Items))
-	for i, t := range tokens.Items {
-		reqs[i] = ctrl.Request{NamespacedName: types.NamespacedName{Namespace: t.Namespace, Name: t.Name}}
-	}
-	return reqs
-}
-
-// shortened reports whether the same token's expiry moved earlier.
-func shortened(before, after *keymintv1alpha1.ApiTokenStatus) bool {
-	if before.TokenHash == "" || before.TokenHash != after.TokenHash || after.ExpiresAt == nil {
-		return false
-	}
-	return before.ExpiresAt == nil || after.ExpiresAt.Before(before.ExpiresAt)
-}
-
-func becameTrue(before, after []metav1.Condition, condType string) bool {
-	return meta.IsStatusConditionTrue(after, condType) && !meta.IsStatusConditionTrue(before, condType)
-}
-
-func hasReason(conds []metav1.Condition, condType, reason string) bool {
-	c := meta.FindStatusCondition(conds, condType)
-	return c != nil && c.Reason == reason
 }

@@ -1,24 +1,22 @@
 package controllers
 
 import (
-	"errors"
-	"strings"
 	"testing"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/requester"
+	"github.com/keymint/keymint/internal/secretrecord"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
 // obs builds an observation of an issued, valid, delivered token (serial 3,
-// minted an hour ago) of an enabled user; options change one thing each.
+// minted an hour ago) of an enabled user, asked for by a requester keymint
+// trusts; options change one thing each. The verdict follows them.
 func obs(opts ...func(*observation)) observation {
 	spec := &keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci"}
 	o := observation{
@@ -27,10 +25,12 @@ func obs(opts ...func(*observation)) observation {
 		Current: tokenstate.Token{Spec: spec, Issued: true, IssuedAt: now.Add(-time.Hour), UserUID: "uid-ci"},
 		Hash:    "sha256:current", Display: "km_current", Serial: 3,
 		Delivered: true, SecretHolds: true, Now: now,
+		Trust: &requester.Trust{Record: &requester.Record{}},
 	}
 	for _, f := range opts {
 		f(&o)
 	}
+	o.evaluate()
 	return o
 }
 
@@ -183,71 +183,12 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-func TestObserveToken(t *testing.T) {
-	issued := metav1.NewTime(now.Add(-time.Hour))
-	status := keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:status", TokenPrefix: "km_status", IssuedAt: &issued, Serial: 3}
-	signed := func(serial int64) *secretRecord {
-		return &secretRecord{Serial: serial, Hash: "sha256:secret", Display: "km_secret", IssuedAt: now}
-	}
-	tests := map[string]struct {
-		status      keymintv1alpha1.ApiTokenStatus
-		secret      secretState
-		wantAdopted bool
-		wantHash    string
-	}{
-		"a signed record newer than the status is adopted (a crash between the writes)": {
-			status: status, secret: secretState{Plain: "x", Holds: true, Signed: signed(4)}, wantAdopted: true, wantHash: "sha256:secret",
-		},
-		"a signed record at the status's serial is not: the status already moved past it": {
-			status: status, secret: secretState{Plain: "x", Holds: true, Signed: signed(3)}, wantHash: "sha256:status",
-		},
-		"a signed record older than a revoked status is not: a restored backup revives nothing": {
-			status: keymintv1alpha1.ApiTokenStatus{Serial: 5}, secret: secretState{Plain: "x", Holds: true, Signed: signed(2)},
-		},
-		"a signed record recovers a lost status": {
-			status: keymintv1alpha1.ApiTokenStatus{}, secret: secretState{Plain: "x", Holds: true, Signed: signed(1)}, wantAdopted: true, wantHash: "sha256:secret",
-		},
-		"an unsigned Secret is never adopted": {
-			status: keymintv1alpha1.ApiTokenStatus{}, secret: secretState{Plain: "x", Holds: true},
-		},
-		"a revoked status adopts nothing, even a newer record: a fresh token is minted instead": {
-			status: keymintv1alpha1.ApiTokenStatus{Serial: 1}, secret: secretState{Plain: "x", Holds: true, Signed: signed(2)},
-		},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			o := observation{Spec: &keymintv1alpha1.ApiTokenSpec{}}
-			observeToken(&o, &tc.status, tc.secret)
-			if o.Adopted != tc.wantAdopted || o.Hash != tc.wantHash || o.Current.Issued != (tc.wantHash != "") {
-				t.Errorf("adopted %v hash %q issued %v; want adopted %v hash %q", o.Adopted, o.Hash, o.Current.Issued, tc.wantAdopted, tc.wantHash)
-			}
-			if o.Adopted && (!o.Delivered || o.Serial != tc.secret.Signed.Serial) {
-				t.Errorf("an adopted record: delivered %v serial %d", o.Delivered, o.Serial)
-			}
-		})
-	}
-}
-
-func TestAdoptedRecordBringsNoHashTheStatusDoesNotName(t *testing.T) {
-	issued := metav1.NewTime(now.Add(-time.Hour))
-	status := keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:status", IssuedAt: &issued, Serial: 3}
-	rec := &secretRecord{Serial: 4, Hash: "sha256:secret", IssuedAt: now, Previous: []recordPrevious{
-		{Hash: "sha256:status", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)},
-		{Hash: "sha256:planted", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)},
-	}}
-	o := observation{Spec: &keymintv1alpha1.ApiTokenSpec{}}
-	observeToken(&o, &status, secretState{Plain: "x", Holds: true, Signed: rec})
-	if !o.Adopted || len(o.Current.Previous) != 1 || o.Current.Previous[0].Hash != "sha256:status" {
-		t.Errorf("adopted %v with previous %+v; want only the status's own hash in grace", o.Adopted, o.Current.Previous)
-	}
-}
-
 func TestNewRecord(t *testing.T) {
 	tests := map[string]struct {
 		obs          observation
 		action       action
 		wantExpiry   *time.Time
-		wantPrevious []recordPrevious
+		wantPrevious []secretrecord.Previous
 		wantRotated  bool
 	}{
 		"an issue keeps no previous hash": {
@@ -261,11 +202,11 @@ func TestNewRecord(t *testing.T) {
 		},
 		"a rotation with grace keeps the old hash until now + grace": {
 			obs: obs(rotation(0, time.Hour)), action: actRotate, wantRotated: true,
-			wantPrevious: []recordPrevious{{Hash: "sha256:current", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)}},
+			wantPrevious: []secretrecord.Previous{{Hash: "sha256:current", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)}},
 		},
 		"the grace period never outlives the old token's recorded expiry": {
 			obs: obs(rotation(0, time.Hour), recorded(now.Add(10*time.Minute))), action: actRotate, wantRotated: true,
-			wantPrevious: []recordPrevious{{Hash: "sha256:current", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(10 * time.Minute)}},
+			wantPrevious: []secretrecord.Previous{{Hash: "sha256:current", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(10 * time.Minute)}},
 		},
 		"an expired token rotated out gets no grace": {
 			obs: obs(rotation(0, time.Hour), recorded(now.Add(-time.Second))), action: actRotate, wantRotated: true,
@@ -278,7 +219,7 @@ func TestNewRecord(t *testing.T) {
 				}
 			}),
 			action: actRotate, wantRotated: true,
-			wantPrevious: []recordPrevious{
+			wantPrevious: []secretrecord.Previous{
 				{Hash: "sha256:older", IssuedAt: now.Add(-3 * time.Hour), ValidUntil: now.Add(time.Minute)},
 				{Hash: "sha256:current", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)},
 			},
@@ -326,171 +267,6 @@ func TestNewRecordBoundsPreviousTokens(t *testing.T) {
 	}
 }
 
-func TestDesiredStatus(t *testing.T) {
-	tests := map[string]struct {
-		obs        observation
-		d          decision
-		wantReady  metav1.ConditionStatus
-		wantReason string
-		wantHash   string
-		wantExpiry *time.Time
-		wantWake   time.Duration
-		wantPrev   []time.Time
-		failed     error
-	}{
-		"issued, no expiry: Ready, nothing scheduled": {
-			obs: obs(), wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-		},
-		"issued with a lifetime: wake at expiry": {
-			obs:       obs(lifetime(3*time.Hour), recorded(now.Add(2*time.Hour))),
-			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-			wantExpiry: ptrTime(now.Add(2 * time.Hour)), wantWake: 2 * time.Hour,
-		},
-		"a lifetime shortened since minting: the earlier expiry becomes the record": {
-			obs:       obs(lifetime(90*time.Minute), recorded(now.Add(2*time.Hour))),
-			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-			wantExpiry: ptrTime(now.Add(30 * time.Minute)), wantWake: 30 * time.Minute,
-		},
-		"a lifetime extended since minting: the record keeps the minted expiry": {
-			obs:       obs(lifetime(5*time.Hour), recorded(now.Add(-time.Second))),
-			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonExpired, wantHash: "sha256:current",
-			wantExpiry: ptrTime(now.Add(-time.Second)),
-		},
-		"rotation due before expiry: wake at the rotation": {
-			obs:       obs(lifetime(3*time.Hour), recorded(now.Add(2*time.Hour)), rotation(90*time.Minute, 0)),
-			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-			wantExpiry: ptrTime(now.Add(2 * time.Hour)), wantWake: 30 * time.Minute,
-		},
-		"a grace period ending first: wake when it ends": {
-			obs: obs(func(o *observation) {
-				o.Current.Previous = []tokenstate.Previous{{Hash: "sha256:old", IssuedAt: now.Add(-2 * time.Hour), ValidUntil: now.Add(5 * time.Minute)}}
-			}),
-			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-			wantWake: 5 * time.Minute, wantPrev: []time.Time{now.Add(5 * time.Minute)},
-		},
-		"a maxLifetime shortened since rotation cuts the grace period short": {
-			obs: obs(func(o *observation) {
-				o.User.MaxLifetime = 2*time.Hour + time.Minute
-				o.Current.Expiry, o.Current.Expires = now.Add(time.Hour+time.Minute), true
-				o.Current.Previous = []tokenstate.Previous{{Hash: "sha256:old", IssuedAt: now.Add(-2 * time.Hour), ValidUntil: now.Add(time.Hour)}}
-			}),
-			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-			wantExpiry: ptrTime(now.Add(time.Hour + time.Minute)), wantWake: time.Minute, wantPrev: []time.Time{now.Add(time.Minute)},
-		},
-		"expired: not Ready, nothing more scheduled": {
-			obs:       obs(lifetime(time.Hour), recorded(now)),
-			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonExpired, wantHash: "sha256:current",
-			wantExpiry: ptrTime(now),
-		},
-		"revoked: not Ready, no hash": {
-			obs: obs(func(o *observation) { o.User.Disabled = true }), d: decision{Action: actRevoke},
-			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonServiceUserDisabled,
-		},
-		"the Secret no longer delivers the token and its replacement could not be written: the old hash stops anyway": {
-			obs: obs(func(o *observation) { o.Delivered = false }), d: decision{Action: actIssue}, failed: errors.New("Secret is immutable"),
-			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonPending,
-		},
-		"a rotation that could not be written keeps the current token": {
-			obs: obs(), d: decision{Action: actRotate}, failed: errors.New("Secret is immutable"),
-			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-		},
-		"a rotation its requester may not have: the current token stays, Ready": {
-			obs: obs(denied(keymintv1alpha1.ApiTokenReasonNotAllowed)), d: decision{Action: actRotate},
-			wantReady: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonIssued, wantHash: "sha256:current",
-		},
-		"a lost Secret whose replacement its requester may not have: the old hash stops, Ready says why": {
-			obs: obs(denied(keymintv1alpha1.ApiTokenReasonNotAllowed), func(o *observation) { o.Delivered = false }), d: decision{Action: actIssue},
-			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonNotAllowed,
-		},
-		"a first issue without a requester record: not minted, Ready says why": {
-			obs: obs(noToken, func(o *observation) {
-				o.RequesterProblem = requester.Missing
-				a := noRecord(requester.Missing, "ns", "t")
-				o.Auth = &a
-			}), d: decision{Action: actIssue},
-			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonNoRequesterRecord,
-		},
-		"no requester record and no user: the missing record, not the missing user": {
-			obs:       obs(noToken, func(o *observation) { o.RequesterProblem = requester.Forged; o.User = tokenstate.User{} }),
-			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonNoRequesterRecord,
-		},
-		"a Secret conflict: not Ready": {
-			obs:       obs(noToken, func(o *observation) { o.Conflict = true }),
-			wantReady: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonSecretConflict,
-		},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			current := keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:stale", LastUsedAt: &metav1.Time{Time: now}}
-			res := desiredStatus(current, 7, "ci-secret", tc.obs, afterAction(tc.obs, tc.d, nil, tc.failed))
-			ready := meta.FindStatusCondition(res.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)
-			if ready == nil || ready.Status != tc.wantReady || ready.Reason != tc.wantReason || ready.ObservedGeneration != 7 {
-				t.Errorf("Ready = %+v, want %s/%s at generation 7", ready, tc.wantReady, tc.wantReason)
-			}
-			if res.Status.TokenHash != tc.wantHash {
-				t.Errorf("tokenHash = %q, want %q", res.Status.TokenHash, tc.wantHash)
-			}
-			if got := res.Status.ExpiresAt; (got == nil) != (tc.wantExpiry == nil) || (got != nil && !got.Time.Equal(*tc.wantExpiry)) {
-				t.Errorf("expiresAt = %v, want %v", got, tc.wantExpiry)
-			}
-			if res.RequeueAfter != tc.wantWake {
-				t.Errorf("requeue after %v, want %v", res.RequeueAfter, tc.wantWake)
-			}
-			if len(res.Status.PreviousTokens) != len(tc.wantPrev) {
-				t.Fatalf("previous = %+v, want ends %v", res.Status.PreviousTokens, tc.wantPrev)
-			}
-			for i, p := range res.Status.PreviousTokens {
-				if !p.ValidUntil.Time.Equal(tc.wantPrev[i]) {
-					t.Errorf("previous[%d] valid until %v, want %v", i, p.ValidUntil, tc.wantPrev[i])
-				}
-			}
-			if res.Status.LastUsedAt == nil {
-				t.Error("lastUsedAt, written by the check server, was dropped")
-			}
-			if res.Status.Serial != 3 || res.Status.ObservedGeneration != 7 || res.Status.SecretName != "ci-secret" {
-				t.Errorf("serial %d, observedGeneration %d, secretName %q", res.Status.Serial, res.Status.ObservedGeneration, res.Status.SecretName)
-			}
-		})
-	}
-}
-
-// A revoked ApiToken may be written by anyone who may write ApiTokens (no
-// admission runs): its status must not tell whether its ServiceUser exists,
-// which scopes it lacks, or whether a Secret of its secretName exists.
-func TestARevokedTokensStatusTellsNothingOfItsUser(t *testing.T) {
-	revoked := func(o *observation) {
-		noToken(o)
-		o.Spec.Revoked = true
-		o.Spec.Scopes = []string{"admin:write"}
-		o.RequesterProblem = requester.Missing
-	}
-	exists := obs(revoked, func(o *observation) { o.User.Permissions = []string{"invoices:read"} })
-	secretTaken := obs(revoked, func(o *observation) { o.Conflict = true })
-	missing := obs(revoked, func(o *observation) { o.User = tokenstate.User{} })
-	disabled := obs(revoked, func(o *observation) { o.User.Disabled = true })
-	var want []metav1.Condition
-	for name, o := range map[string]observation{"exists": exists, "missing": missing, "disabled": disabled, "a Secret of its secretName exists": secretTaken} {
-		st := desiredStatus(keymintv1alpha1.ApiTokenStatus{}, 1, "s", o, afterAction(o, decide(o), nil, nil)).Status
-		for i := range st.Conditions {
-			st.Conditions[i].LastTransitionTime = metav1.Time{}
-		}
-		if want == nil {
-			want = st.Conditions
-		}
-		if !equality.Semantic.DeepEqual(st.Conditions, want) {
-			t.Errorf("%s: conditions %+v differ from %+v", name, st.Conditions, want)
-		}
-		for _, c := range st.Conditions {
-			if strings.Contains(c.Message, "admin:write") || strings.Contains(c.Message, "exist") || strings.Contains(c.Message, "disabled") {
-				t.Errorf("%s: condition %s says %q", name, c.Type, c.Message)
-			}
-		}
-		if g := meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionRequestGranted); g == nil || g.Status != metav1.ConditionUnknown {
-			t.Errorf("%s: RequestGranted = %+v, want Unknown", name, g)
-		}
-	}
-}
-
 // A revocation decided on a stale cache knows an older serial than the
 // status it writes over: the serial still never goes back.
 func TestTheSerialNeverGoesBack(t *testing.T) {
@@ -508,64 +284,52 @@ func TestTheSerialNeverGoesBack(t *testing.T) {
 	}
 }
 
-func TestRequestGranted(t *testing.T) {
+// The requester is asked about only where the outcome depends on it: a
+// steady issued token costs no read of the webhook's configuration.
+func TestNeedsRequester(t *testing.T) {
 	tests := map[string]struct {
-		obs        observation
-		wantStatus metav1.ConditionStatus
-		wantReason string
-		wantIn     []string
+		obs  observation
+		d    decision
+		want bool
 	}{
-		"nothing asked beyond the user": {obs: obs(), wantStatus: metav1.ConditionTrue, wantReason: keymintv1alpha1.ApiTokenReasonAsRequested},
-		"a scope the user lacks": {
-			obs: obs(func(o *observation) {
-				o.Spec.Scopes = []string{"links:read", "admin:write"}
-				o.User.Permissions = []string{"links:read"}
-			}),
-			wantStatus: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonScopesNotHeld, wantIn: []string{"admin:write"},
-		},
-		"a lifetime beyond maxLifetime": {
-			obs:        obs(lifetime(48*time.Hour), func(o *observation) { o.User.MaxLifetime = 24 * time.Hour }),
-			wantStatus: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonLifetimeCapped, wantIn: []string{"24h0m0s"},
-		},
-		"both: the scopes are named first, and the lifetime too": {
-			obs: obs(lifetime(48*time.Hour), func(o *observation) {
-				o.User.MaxLifetime = 24 * time.Hour
-				o.Spec.Scopes = []string{"admin:write"}
-			}),
-			wantStatus: metav1.ConditionFalse, wantReason: keymintv1alpha1.ApiTokenReasonScopesNotHeld, wantIn: []string{"admin:write", "maxLifetime"},
-		},
+		"an issued token that stays":      {obs: obs(), want: false},
+		"a mint":                          {obs: obs(noToken), d: decision{Action: actIssue}, want: true},
+		"a rotation":                      {obs: obs(), d: decision{Action: actRotate}, want: true},
+		"a revocation for a user's state": {obs: obs(func(o *observation) { o.User.Disabled = true }), d: decision{Action: actRevoke}, want: true},
+		"no token, nothing to do":         {obs: obs(noToken, func(o *observation) { o.Conflict = true }), want: true},
+		"revoked by its spec":             {obs: obs(func(o *observation) { o.Spec.Revoked = true }), d: decision{Action: actRevoke}, want: false},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			st := desiredStatus(keymintv1alpha1.ApiTokenStatus{}, 1, "s", tc.obs, afterAction(tc.obs, decision{}, nil, nil)).Status
-			c := meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionRequestGranted)
-			if c == nil || c.Status != tc.wantStatus || c.Reason != tc.wantReason {
-				t.Fatalf("RequestGranted = %+v, want %s/%s", c, tc.wantStatus, tc.wantReason)
-			}
-			for _, w := range tc.wantIn {
-				if !strings.Contains(c.Message, w) {
-					t.Errorf("message %q does not name %q", c.Message, w)
-				}
+			if got := needsRequester(&tc.obs, tc.d); got != tc.want {
+				t.Errorf("needsRequester = %v, want %v", got, tc.want)
 			}
 		})
 	}
 }
 
-func TestDesiredStatusBindsARecordWithoutAUserUIDToTheUserFound(t *testing.T) {
-	o := obs(func(o *observation) { o.Current.UserUID = "" })
-	st := desiredStatus(keymintv1alpha1.ApiTokenStatus{}, 1, "s", o, afterAction(o, decision{}, nil, nil)).Status
-	if st.ServiceUserUID != "uid-ci" {
-		t.Errorf("serviceUserUID = %q, want the user's uid-ci", st.ServiceUserUID)
+// The trust decision worded as the Authorized answer: nothing to say for a
+// requester keymint trusts, or when it did not ask.
+func TestDistrust(t *testing.T) {
+	tests := map[string]struct {
+		trust      *requester.Trust
+		wantReason string
+	}{
+		"not asked":              {},
+		"trusted":                {trust: &requester.Trust{Record: &requester.Record{}}},
+		"no record":              {trust: &requester.Trust{Problem: requester.Missing}, wantReason: keymintv1alpha1.ApiTokenReasonNoRequesterRecord},
+		"signed before the hook": {trust: &requester.Trust{Problem: requester.BeforeWebhook}, wantReason: keymintv1alpha1.ApiTokenReasonNoRequesterRecord},
+		"a skippable webhook":    {trust: &requester.Trust{NotEnforced: "x"}, wantReason: keymintv1alpha1.ApiTokenReasonRequesterWebhookNotEnforced},
 	}
-}
-
-func TestADeletingApiTokenIsRevokedAndMintsNothing(t *testing.T) {
-	o := obs(func(o *observation) { o.Current.Deleting = true; o.RotateRequest = "new" })
-	if d := decide(o); d.Action != actRevoke {
-		t.Errorf("decide = %+v, want the Secret emptied", d)
-	}
-	st := desiredStatus(keymintv1alpha1.ApiTokenStatus{}, 1, "s", o, afterAction(o, decision{Action: actRevoke}, nil, nil)).Status
-	if c := meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionRevoked); c == nil || c.Reason != keymintv1alpha1.ApiTokenReasonDeleting || st.TokenHash != "" {
-		t.Errorf("Revoked = %+v, hash %q; want Deleting and no hash", c, st.TokenHash)
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			a := distrust(tc.trust, "ns", "t")
+			switch {
+			case tc.wantReason == "" && a != nil:
+				t.Errorf("distrust = %+v, want none", a)
+			case tc.wantReason != "" && (a == nil || a.Allowed || a.Reason != tc.wantReason):
+				t.Errorf("distrust = %+v, want a refusal for %s", a, tc.wantReason)
+			}
+		})
 	}
 }

@@ -1,3 +1,5 @@
+// Mint authorization: whether the requester keymint trusts may have a token minted now, how it is worded, and the backoff after a denial.
+
 package controllers
 
 import (
@@ -64,34 +66,46 @@ func webhookNotEnforced(why string) authorization {
 			"Restore keymint's webhook configuration as shipped (config/webhook/mutating.yaml, or the Helm chart); keymint asks again by itself", why)}
 }
 
-// authorizeMint asks whether the token's requester may mint it now: mint on
-// its ServiceUser and impersonate each of the user's groups as they are at
-// this moment, whatever they were when the ApiToken was admitted.
-func (r *ApiTokenReconciler) authorizeMint(ctx context.Context, tok *keymintv1alpha1.ApiToken, groups []string) (authorization, error) {
-	trust, err := requester.Webhook{Reader: r.APIReader, Name: r.RequesterWebhook}.Trust(ctx, r.Keyring, tok)
+// distrust is the authorization of any mint for the requester of trust
+// when keymint may not act for them: no valid record, or a webhook that can
+// be skipped. nil when it may, or when trust was not asked.
+func distrust(trust *requester.Trust, namespace, name string) *authorization {
+	var a authorization
 	switch {
-	case err != nil:
-		return authorization{}, err
+	case trust == nil:
+		return nil
 	case trust.NotEnforced != "":
-		return webhookNotEnforced(trust.NotEnforced), nil
+		a = webhookNotEnforced(trust.NotEnforced)
 	case trust.Problem != "":
-		return noRecord(trust.Problem, tok.Namespace, tok.Name), nil
+		a = noRecord(trust.Problem, namespace, name)
+	default:
+		return nil
+	}
+	return &a
+}
+
+// authorizeMint asks whether the token's requester, whom keymint trusts or
+// not as trust says, may mint it now: mint on its ServiceUser and
+// impersonate each of the user's groups as they are at this moment,
+// whatever they were when the ApiToken was admitted.
+func (r *ApiTokenReconciler) authorizeMint(ctx context.Context, tok *keymintv1alpha1.ApiToken, groups []string, trust requester.Trust) (authorization, error) {
+	if a := distrust(&trust, tok.Namespace, tok.Name); a != nil {
+		return *a, nil
 	}
 	who := trust.Record.Requester
-	denial, err := authz.MayMint(ctx, r.Authorizer, who.UserInfo(), tok.Namespace, tok.Spec.ServiceUser, groups)
+	denial, err := authz.MayMint(ctx, r.Authorizer, who, tok.Namespace, tok.Spec.ServiceUser, groups)
 	if err != nil {
 		return authorization{}, err
 	}
 	if denial != nil {
+		asked := fmt.Sprintf("who asked for this token (admitted %s)", trust.Record.RequestedAt.UTC().Format(time.RFC3339))
 		return authorization{Reason: keymintv1alpha1.ApiTokenReasonNotAllowed, Message: fmt.Sprintf(
-			"No token is minted: %s, who asked for this token (admitted %s), may not %s. A rule that grants it: %s. keymint asks again after %s, then less often (at most every %s)",
-			quoteUser(who.Username), trust.Record.RequestedAt.UTC().Format(time.RFC3339), denial.What, denial.Rule, r.authorizationRetry(), 8*r.authorizationRetry())}, nil
+			"No token is minted: %s. keymint asks again after %s, then less often (at most every %s)",
+			denial.Sentence(who.Username, asked), r.authorizationRetry(), 8*r.authorizationRetry())}, nil
 	}
 	return authorization{Allowed: true, Reason: keymintv1alpha1.ApiTokenReasonAuthorized, Message: fmt.Sprintf(
-		"%s, who asked for this token, may mint tokens of ServiceUser %q as it is now", quoteUser(who.Username), tok.Spec.ServiceUser)}, nil
+		"user %q, who asked for this token, may mint tokens of ServiceUser %q as it is now", who.Username, tok.Spec.ServiceUser)}, nil
 }
-
-func quoteUser(name string) string { return fmt.Sprintf("user %q", name) }
 
 // denials are an ApiToken's denied mints in a row; an ApiToken of the same
 // name created since starts over.

@@ -16,7 +16,6 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/testenv"
-	"github.com/keymint/keymint/internal/token"
 )
 
 // newNamespace creates a namespace of its own for one spec.
@@ -27,62 +26,29 @@ func newNamespace() string {
 	return ns.Name
 }
 
-type userOption func(*keymintv1alpha1.ServiceUser)
+// The fixtures are testenv's; the short names are the specs'.
+var (
+	withMaxLifetime = testenv.WithMaxLifetime
+	withPrefix      = testenv.WithPrefix
+	withLifetime    = testenv.WithLifetime
+	withRotation    = testenv.WithRotation
+	withSecretName  = testenv.WithSecretName
+)
 
-func createUser(ns, name string, opts ...userOption) *keymintv1alpha1.ServiceUser {
+// createUser creates a ServiceUser that may grant links:read and
+// links:write, unless opts say otherwise.
+func createUser(ns, name string, opts ...testenv.ServiceUserOption) *keymintv1alpha1.ServiceUser {
 	GinkgoHelper()
-	u := &keymintv1alpha1.ServiceUser{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"links:read", "links:write"}},
-	}
-	for _, o := range opts {
-		o(u)
-	}
+	u := testenv.ServiceUser(ns, name, append([]testenv.ServiceUserOption{testenv.WithPermissions("links:read", "links:write")}, opts...)...)
 	Expect(k8sClient.Create(ctx, u)).To(Succeed())
 	return u
 }
 
-func withMaxLifetime(d time.Duration) userOption {
-	return func(u *keymintv1alpha1.ServiceUser) {
-		u.Spec.TokenPolicy.MaxLifetime = &metav1.Duration{Duration: d}
-	}
-}
-
-func withPrefix(p string) userOption {
-	return func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.Prefix = p }
-}
-
-type tokenOption func(*keymintv1alpha1.ApiToken)
-
-func createToken(ns, name, user string, opts ...tokenOption) *keymintv1alpha1.ApiToken {
+func createToken(ns, name, user string, opts ...testenv.ApiTokenOption) *keymintv1alpha1.ApiToken {
 	GinkgoHelper()
-	t := &keymintv1alpha1.ApiToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: user},
-	}
-	for _, o := range opts {
-		o(t)
-	}
+	t := testenv.ApiToken(ns, name, user, opts...)
 	Expect(k8sClient.Create(ctx, t)).To(Succeed())
 	return t
-}
-
-func withLifetime(d time.Duration) tokenOption {
-	return func(t *keymintv1alpha1.ApiToken) { t.Spec.Lifetime = &metav1.Duration{Duration: d} }
-}
-
-func withRotation(every, grace time.Duration) tokenOption {
-	return func(t *keymintv1alpha1.ApiToken) {
-		t.Spec.Rotation = &keymintv1alpha1.Rotation{}
-		if every > 0 {
-			t.Spec.Rotation.Every = &metav1.Duration{Duration: every}
-		}
-		t.Spec.Rotation.GracePeriod = &metav1.Duration{Duration: grace}
-	}
-}
-
-func withSecretName(name string) tokenOption {
-	return func(t *keymintv1alpha1.ApiToken) { t.Spec.SecretName = name }
 }
 
 func getToken(ns, name string) *keymintv1alpha1.ApiToken {
@@ -104,14 +70,9 @@ func issued(ns, name string) (string, *keymintv1alpha1.ApiToken) {
 	GinkgoHelper()
 	var plain string
 	var tok *keymintv1alpha1.ApiToken
-	Eventually(func(g Gomega) {
-		tok = &keymintv1alpha1.ApiToken{}
-		g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, tok)).To(Succeed())
-		g.Expect(meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)).To(BeTrue(), "Ready: %+v", tok.Status.Conditions)
-		sec, err := getSecret(ns, tok.Status.SecretName)
-		g.Expect(err).NotTo(HaveOccurred())
-		plain = string(sec.Data[keymintv1alpha1.SecretTokenKey])
-		g.Expect(token.HashString(plain)).To(Equal(tok.Status.TokenHash), "the status hash is the Secret token's")
+	Eventually(func() (err error) {
+		plain, tok, err = testenv.Issued(ctx, k8sClient, ns, name)
+		return err
 	}).Should(Succeed())
 	return plain, tok
 }
@@ -186,17 +147,9 @@ func poke(ns, name string) {
 // object and counts them in its series.
 func eventsFor(ns, name string) []string {
 	GinkgoHelper()
-	var list eventsv1.EventList
-	Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
-	var reasons []string
-	for _, e := range list.Items {
-		if e.Regarding.Name == name {
-			for range testenv.Occurrences(e) {
-				reasons = append(reasons, e.Reason)
-			}
-		}
-	}
-	return reasons
+	events, err := testenv.EventsAbout(ctx, k8sClient, ns, "", name)
+	Expect(err).NotTo(HaveOccurred())
+	return testenv.Reasons(events)
 }
 
 // eventNotes returns the notes of every Event in a namespace.

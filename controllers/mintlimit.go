@@ -1,3 +1,5 @@
+// Mint rate limit: a token bucket per ApiToken, so no misjudged rule can mint without bound.
+
 package controllers
 
 import (

@@ -1,3 +1,5 @@
+// Watch predicates: which ApiToken updates are worth a reconcile.
+
 package controllers
 
 import (

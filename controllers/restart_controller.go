@@ -1,3 +1,5 @@
+// Restart reconciler: rolls an ApiToken's restart targets onto each new token, for the user who named them.
+
 package controllers
 
 import (
@@ -180,11 +182,11 @@ func (r *RestartReconciler) mayRestart(ctx context.Context, tok *keymintv1alpha1
 		return keymintv1alpha1.ApiTokenReasonNotAllowed,
 			"no admitted write named it: it was added while the webhook was not asked (for example while the token was revoked); name it again", nil
 	}
-	denial, err := authz.MayPatch(ctx, r.Authorizer, who.UserInfo(), tok.Namespace, t.Kind, t.Name)
+	denial, err := authz.MayPatch(ctx, r.Authorizer, who, tok.Namespace, t.Kind, t.Name)
 	if err != nil || denial == nil {
 		return "", "", err
 	}
-	return keymintv1alpha1.ApiTokenReasonNotAllowed, denial.Sentence(who.Username) + " (" + quoteUser(who.Username) + " named it)", nil
+	return keymintv1alpha1.ApiTokenReasonNotAllowed, fmt.Sprintf("%s (user %q named it)", denial.Sentence(who.Username, ""), who.Username), nil
 }
 
 // workload returns an empty object of the target's kind to patch.

@@ -11,6 +11,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/recordkey/recordkeytest"
+	"github.com/keymint/keymint/internal/secretrecord"
 )
 
 // TestSecretLookup covers how the controller classifies the Secret it finds,
@@ -91,7 +93,7 @@ func TestSecretLookup(t *testing.T) {
 			if (sec != nil) != tc.wantSecret || conflict != tc.wantConflict {
 				t.Fatalf("secret = %v, conflict = %v; want a Secret: %v, conflict: %v", sec != nil, conflict, tc.wantSecret, tc.wantConflict)
 			}
-			if holds := sec != nil && readSecret(sec, tok, testKeyring(t)).Holds; holds != tc.wantToken {
+			if holds := sec != nil && secretrecord.Read(sec, tok, recordkeytest.Keyring(t, "test")).Holds; holds != tc.wantToken {
 				t.Errorf("holds a token: %v, want %v", holds, tc.wantToken)
 			}
 		})

@@ -1,3 +1,5 @@
+// ServiceUser reconciler: status and token counts, and a deleted user's tokens removed.
+
 package controllers
 
 import (
@@ -26,37 +28,6 @@ import (
 // TokensFinalizer holds a deleted ServiceUser until its tokens are revoked and
 // removed.
 const TokensFinalizer = "keymint.io/revoke-tokens"
-
-// ServiceUserIndex is the ApiToken field index on spec.serviceUser.
-const ServiceUserIndex = "spec.serviceUser"
-
-// TokenHashIndex is the ApiToken field index on every hash its status names,
-// current and in a grace period: one hash belongs to one ApiToken.
-const TokenHashIndex = "status.tokenHashes"
-
-// SetupIndexes registers the field indexes both controllers use.
-func SetupIndexes(ctx context.Context, mgr ctrl.Manager) error {
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, ServiceUserIndex, func(obj client.Object) []string {
-		return []string{obj.(*keymintv1alpha1.ApiToken).Spec.ServiceUser}
-	}); err != nil {
-		return err
-	}
-	return mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, TokenHashIndex, func(obj client.Object) []string {
-		return statusHashes(&obj.(*keymintv1alpha1.ApiToken).Status)
-	})
-}
-
-// statusHashes lists the hashes a status names.
-func statusHashes(st *keymintv1alpha1.ApiTokenStatus) []string {
-	var out []string
-	if st.TokenHash != "" {
-		out = append(out, st.TokenHash)
-	}
-	for _, p := range st.PreviousTokens {
-		out = append(out, p.TokenHash)
-	}
-	return out
-}
 
 // ServiceUserReconciler reports each ServiceUser's state and token counts, and
 // on deletion waits for its tokens to be revoked, then deletes them.

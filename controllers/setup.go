@@ -1,3 +1,5 @@
+// Setup: the options, the cache and the registration of the three reconcilers and the indexes with a manager.
+
 package controllers
 
 import (

@@ -13,17 +13,13 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/keymint/keymint/controllers"
 	"github.com/keymint/keymint/internal/recordkey"
@@ -33,7 +29,7 @@ import (
 // The controllers run in a real manager against a real kube-apiserver and
 // etcd. k8sClient reads and writes past any cache, as a user's kubectl does.
 var (
-	env       *envtest.Environment
+	testEnv   *testenv.Environment
 	cfg       *rest.Config
 	k8sClient client.Client
 	ctx       context.Context
@@ -48,8 +44,7 @@ var (
 	controllerLogs = &testenv.LogBuffer{}
 	// keyring is the controllers' record key, for specs that play keymint
 	// writing a record (a crash) or an attacker who lacks it.
-	keyring         *recordkey.Keyring
-	recordKeySecret = types.NamespacedName{Namespace: "keymint-system", Name: "keymint-record-key"}
+	keyring *recordkey.Keyring
 )
 
 func TestControllers(t *testing.T) {
@@ -64,75 +59,61 @@ var _ = BeforeSuite(func() {
 	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
 	SetDefaultConsistentlyPollingInterval(100 * time.Millisecond)
 
-	var err error
-	env, err = testenv.New()
-	Expect(err).NotTo(HaveOccurred())
-	Expect(testenv.RecordRequesters(env)).To(Succeed())
-	cfg, err = env.Start()
-	Expect(err).NotTo(HaveOccurred())
-	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme})
-	Expect(err).NotTo(HaveOccurred())
-
 	fakeClock = clocktesting.NewFakeClock(time.Now())
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:  testenv.Scheme,
-		Cache:   controllers.CacheOptions(),
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		NewClient: func(config *rest.Config, options client.Options) (client.Client, error) {
-			c, err := client.NewWithWatch(config, options)
-			if err != nil {
-				return nil, err
-			}
-			return interceptor.NewClient(c, interceptor.Funcs{
-				Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
-					writes.add(obj)
-					return c.Create(ctx, obj, opts...)
-				},
-				Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
-					writes.add(obj)
-					return c.Update(ctx, obj, opts...)
-				},
-				Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
-					writes.add(obj)
-					return c.Patch(ctx, obj, patch, opts...)
-				},
-				Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
-					writes.add(obj)
-					return c.Delete(ctx, obj, opts...)
-				},
-				SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
-					writes.add(obj)
-					if faults.take(obj.GetName()) {
-						return errors.New("injected failure: the controller died before writing status")
-					}
-					return c.SubResource(sub).Patch(ctx, obj, patch, opts...)
-				},
-			}), nil
+	var err error
+	testEnv, err = testenv.Run(ctx, testenv.RunInput{
+		ManagerOptions: func(o *ctrl.Options) { o.NewClient = watchedClient },
+		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
+			return controllers.Setup(ctx, e.Manager, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: fakeClock, Keyring: e.Keyring,
+				ExpiryWarning: controllers.DefaultExpiryWarning, AuthorizationRetry: 200 * time.Millisecond})
 		},
 	})
 	Expect(err).NotTo(HaveOccurred())
-	// The record key, created on first start as keymint does.
-	Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "keymint-system"}})).To(Succeed())
-	keyring, err = recordkey.LoadOrCreate(ctx, k8sClient, k8sClient, recordKeySecret)
-	Expect(err).NotTo(HaveOccurred())
-	Expect(testenv.ServeRequesters(ctx, env, keyring)).To(Succeed())
-	Expect(controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: fakeClock, Keyring: keyring, ExpiryWarning: controllers.DefaultExpiryWarning,
-		AuthorizationRetry: 200 * time.Millisecond,
-	})).To(Succeed())
-	go func() {
-		defer GinkgoRecover()
-		Expect(mgr.Start(ctx)).To(Succeed())
-	}()
+	cfg, k8sClient, keyring = testEnv.Config, testEnv.Client, testEnv.Keyring
 })
 
 var _ = AfterSuite(func() {
 	if cancel != nil {
 		cancel()
 	}
-	if env != nil {
-		Expect(env.Stop()).To(Succeed())
+	if testEnv != nil {
+		Expect(testEnv.Stop()).To(Succeed())
 	}
 })
+
+// watchedClient is the controllers' client: it counts their writes and
+// fails the status writes faults is armed for.
+func watchedClient(config *rest.Config, options client.Options) (client.Client, error) {
+	c, err := client.NewWithWatch(config, options)
+	if err != nil {
+		return nil, err
+	}
+	return interceptor.NewClient(c, interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			writes.add(obj)
+			return c.Create(ctx, obj, opts...)
+		},
+		Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+			writes.add(obj)
+			return c.Update(ctx, obj, opts...)
+		},
+		Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+			writes.add(obj)
+			return c.Patch(ctx, obj, patch, opts...)
+		},
+		Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+			writes.add(obj)
+			return c.Delete(ctx, obj, opts...)
+		},
+		SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+			writes.add(obj)
+			if faults.take(obj.GetName()) {
+				return errors.New("injected failure: the controller died before writing status")
+			}
+			return c.SubResource(sub).Patch(ctx, obj, patch, opts...)
+		},
+	}), nil
+}
 
 // faultInjector fails the next status write of the objects it is armed for.
 type faultInjector struct{ armed sync.Map }

@@ -3,8 +3,9 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,7 +17,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	ctrl "sigs.k8s.io/controller-runtime"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/yaml"
 
 	"github.com/keymint/keymint/internal/testenv"
@@ -26,9 +27,20 @@ import (
 // config/manager does and asks as Prometheus would: with no token, with a
 // token RBAC does not allow, and with one bound to keymint-metrics-reader.
 func TestMetricsNeedAuthenticationAndRBAC(t *testing.T) {
-	cfg, c := testenv.Start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
+	// The manager makes its metrics server with metricsserver.NewServer
+	// from metricsOptions; this one is made so, on a port of the kernel's
+	// choosing, which it tells once it listens.
+	var srv metricsserver.Server
+	e := testenv.RunT(t, testenv.RunInput{
+		SetupReconcilers: func(_ context.Context, e *testenv.Environment) error {
+			var err error
+			if srv, err = metricsserver.NewServer(metricsOptions("127.0.0.1:0", true), e.Config, e.Manager.GetHTTPClient()); err != nil {
+				return err
+			}
+			return e.Manager.Add(srv)
+		},
+	})
+	cfg, c, ctx := e.Config, e.Client, t.Context()
 	cs := kubernetes.NewForConfigOrDie(cfg)
 	ok := func(err error) {
 		t.Helper()
@@ -64,17 +76,13 @@ func TestMetricsNeedAuthenticationAndRBAC(t *testing.T) {
 		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: "default", Name: "prometheus"}},
 	}))
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: testenv.Scheme, Metrics: metricsOptions(addr, true)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = mgr.Start(ctx) }()
+	var addr string
+	ok(testenv.Poll(ctx, 30*time.Second, "the metrics server to listen", func() error {
+		if addr = srv.(interface{ GetBindAddr() string }).GetBindAddr(); addr == "" {
+			return errors.New("no address yet")
+		}
+		return nil
+	}))
 
 	// Scrapers skip verification of the self-signed serving certificate.
 	httpc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec
@@ -91,13 +99,12 @@ func TestMetricsNeedAuthenticationAndRBAC(t *testing.T) {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return resp.StatusCode
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for get(prometheus) != http.StatusOK {
-		if time.Now().After(deadline) {
-			t.Fatalf("prometheus, bound to keymint-metrics-reader, never got 200 (last %d)", get(prometheus))
+	ok(testenv.Poll(ctx, 30*time.Second, "prometheus, bound to keymint-metrics-reader, to get 200", func() error {
+		if got := get(prometheus); got != http.StatusOK {
+			return fmt.Errorf("got %d", got)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	}))
 	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}}) //nolint:gosec
 	if err != nil {
 		t.Fatal(err)

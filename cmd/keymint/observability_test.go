@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -33,8 +32,6 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/yaml"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
@@ -102,51 +99,41 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 	queries := dashboardQueries(t, filepath.Join(root, "config", "grafana", "keymint-dashboard.json"))
 	alerts := ruleQueries(t, filepath.Join(root, "config", "prometheus", "rules.yaml"))
 
-	cfg, c := testenv.Start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	dir := t.TempDir()
-	files, err := selfsigned.Write(dir, "127.0.0.1")
+	files, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
 	g.Expect(err).NotTo(HaveOccurred())
-	checkLn, err := net.Listen("tcp", "127.0.0.1:0")
-	g.Expect(err).NotTo(HaveOccurred())
-	webhookPort := freePort(t)
-
+	checkLn := testenv.Listen(t)
 	fresh := freshness.New(clock.RealClock{}, ctrl.Log.WithName("check-index"), &keymintv1alpha1.ApiToken{}, &keymintv1alpha1.ServiceUser{})
-	cacheOpts := controllers.CacheOptions()
-	cacheOpts.NewInformer = fresh.NewInformer(cacheOpts.NewInformer)
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: testenv.Scheme, Cache: cacheOpts, Metrics: metricsserver.Options{BindAddress: "0"},
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host: "127.0.0.1", Port: webhookPort, CertDir: dir,
-			CertName: filepath.Base(files.CertFile), KeyName: filepath.Base(files.KeyFile),
-		}),
+	e := testenv.RunT(t, testenv.RunInput{
+		// kube-apiserver calls the admission webhooks serveWebhooks
+		// registers, as in a cluster.
+		AdmissionWebhooks: true,
+		ManagerOptions:    func(o *ctrl.Options) { o.Cache.NewInformer = fresh.NewInformer(o.Cache.NewInformer) },
+		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
+			mgr := e.Manager
+			if err := controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: e.Keyring}); err != nil {
+				return err
+			}
+			if err := check.Setup(ctx, mgr, check.Options{
+				Listener: checkLn, CertFile: files.CertFile, KeyFile: files.KeyFile,
+				DefaultRequestsPerMinute: 500, FlushInterval: time.Second, Clock: clock.RealClock{}, Registerer: metrics.Registry,
+			}); err != nil {
+				return err
+			}
+			if err := registerMetrics(metrics.Registry, mgr, fresh, 10*time.Second); err != nil {
+				return err
+			}
+			serveWebhooks(ctx, mgr, nil, e.Keyring, testenv.RequesterWebhookName)
+			return nil
+		},
 	})
-	g.Expect(err).NotTo(HaveOccurred())
-	ring, err := testenv.ClusterKeyring(ctx, c)
-	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
-	g.Expect(check.Setup(ctx, mgr, check.Options{
-		Listener: checkLn, CertFile: files.CertFile, KeyFile: files.KeyFile,
-		DefaultRequestsPerMinute: 500, FlushInterval: time.Second, Clock: clock.RealClock{}, Registerer: metrics.Registry,
-	})).To(Succeed())
-	g.Expect(registerMetrics(metrics.Registry, mgr, fresh, 10*time.Second)).To(Succeed())
-	serveWebhooks(ctx, mgr, nil, ring, testenv.RequesterWebhookName)
-	go func() { _ = mgr.Start(ctx) }()
+	cfg, c, ctx := e.Config, e.Client, t.Context()
 
 	// Traffic: a token checked once as good and once short of a scope.
 	const ns = "observed"
 	g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
-	g.Expect(c.Create(ctx, &keymintv1alpha1.ServiceUser{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "exporter"},
-		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"invoices:read"}},
-	})).To(Succeed())
-	expiry := metav1.NewTime(time.Now().Add(72 * time.Hour).Truncate(time.Second))
-	g.Expect(c.Create(ctx, &keymintv1alpha1.ApiToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "nightly"},
-		Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter", ExpiresAt: &expiry,
-			Rotation: &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: 24 * time.Hour}}},
-	})).To(Succeed())
+	g.Expect(c.Create(ctx, testenv.ServiceUser(ns, "exporter", testenv.WithPermissions("invoices:read")))).To(Succeed())
+	g.Expect(c.Create(ctx, testenv.ApiToken(ns, "nightly", "exporter",
+		testenv.WithExpiresAt(time.Now().Add(72*time.Hour).Truncate(time.Second)), testenv.WithRotation(24*time.Hour, 0)))).To(Succeed())
 	ca, err := os.ReadFile(files.CAFile)
 	g.Expect(err).NotTo(HaveOccurred())
 	pool := x509.NewCertPool()
@@ -176,7 +163,8 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{}
 	g.Expect(yaml.Unmarshal(raw, vwc)).To(Succeed())
-	closed := fmt.Sprintf("https://127.0.0.1:%d/validate", freePort(t))
+	vwc.Name = "unanswered"
+	closed := "https://127.0.0.1:1/validate" // a port nothing listens on
 	for i := range vwc.Webhooks {
 		vwc.Webhooks[i].ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &closed, CABundle: ca}
 	}
@@ -489,15 +477,4 @@ func TestPrometheusKustomization(t *testing.T) {
 	if len(selected) != 1 {
 		t.Errorf("the ServiceMonitor selects Services %v, want exactly one", selected)
 	}
-}
-
-// freePort returns a port free on 127.0.0.1 now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -11,16 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -74,12 +71,12 @@ func runCluster(ctx context.Context, e *env) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer leader.stop()
+	defer func() { _ = leader.Stop() }()
 	follower, err := cl.startReplica(ctx, "b", "--leader-elect")
 	if err != nil {
 		return "", err
 	}
-	defer follower.stop()
+	defer func() { _ = follower.Stop() }()
 	mem := &memoryRun{}
 	if err := mem.sample(ctx, cl, leader, follower, 0); err != nil {
 		return "", fmt.Errorf("memory: %w", err)
@@ -103,12 +100,10 @@ func startCluster(ctx context.Context, e *env) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl := &cluster{dir: dir, log: e.log, bin: filepath.Join(dir, "keymint")}
+	cl := &cluster{dir: dir, log: e.log}
 	e.log("cluster: building keymint")
-	build := exec.CommandContext(ctx, "go", "build", "-o", cl.bin, "./cmd/keymint")
-	build.Dir, build.Stderr = e.root, os.Stderr
-	if err := build.Run(); err != nil {
-		return nil, fmt.Errorf("go build ./cmd/keymint: %w", err)
+	if cl.bin, err = testenv.BuildKeymint(ctx, dir); err != nil {
+		return nil, err
 	}
 	floor, err := floorCRD(e.root)
 	if err != nil {
@@ -178,82 +173,44 @@ func floorCRD(root string) (*apiextensionsv1.CustomResourceDefinition, error) {
 
 // replica is one running keymint binary.
 type replica struct {
-	cmd         *exec.Cmd
-	checkURL    string
-	metricsURL  string
-	pprofURL    string
-	http        *http.Client
-	logFile     string
-	exited      chan struct{}
-	exitErrOnce sync.Once
+	*testenv.Keymint
+	checkURL   string
+	metricsURL string
+	pprofURL   string
+	http       *http.Client
 }
 
 // startReplica runs keymint on free loopback ports and waits until it is
-// ready. Metrics are plain HTTP on loopback, for the bench to read.
+// ready. Metrics are plain HTTP on loopback, for the bench to read; the log
+// goes to keymint-<name>.log in the cluster's directory.
 func (cl *cluster) startReplica(ctx context.Context, name string, extra ...string) (*replica, error) {
-	ports := make([]int, 5)
-	for i := range ports {
-		p, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		ports[i] = p
-	}
-	probe, check, webhook, metrics, pprofPort := ports[0], ports[1], ports[2], ports[3], ports[4]
 	certs := filepath.Join(cl.dir, "certs-"+name)
-	args := append([]string{
-		"--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(probe),
-		"--check-bind-address", "127.0.0.1:" + strconv.Itoa(check),
-		"--webhook-bind-address", "127.0.0.1:" + strconv.Itoa(webhook),
-		"--metrics-bind-address", "127.0.0.1:" + strconv.Itoa(metrics), "--metrics-secure=false",
-		"--pprof-bind-address", "127.0.0.1:" + strconv.Itoa(pprofPort),
-		"--check-self-signed-dir", certs,
-		"--mutating-webhook-configuration", testenv.RequesterWebhookName,
-		// Checks of the bench are not what a rate limit is for.
-		"--default-requests-per-minute", "1000000",
-	}, extra...)
-	cmd := exec.Command(cl.bin, args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+cl.kubeconfig)
 	logFile := filepath.Join(cl.dir, "keymint-"+name+".log")
 	out, err := os.Create(logFile)
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	k, err := testenv.StartKeymint(ctx, testenv.KeymintOptions{
+		Binary: cl.bin, Kubeconfig: cl.kubeconfig, Metrics: true, Pprof: true, Log: out,
+		Args: append([]string{
+			"--check-self-signed-dir", certs,
+			"--mutating-webhook-configuration", testenv.RequesterWebhookName,
+			// Checks of the bench are not what a rate limit is for.
+			"--default-requests-per-minute", "1000000",
+		}, extra...),
+	})
+	if err != nil {
 		out.Close()
-		return nil, err
+		return nil, fmt.Errorf("keymint %s (log in %s): %w", name, logFile, err)
 	}
-	r := &replica{cmd: cmd, logFile: logFile, exited: make(chan struct{}),
-		checkURL:   "https://127.0.0.1:" + strconv.Itoa(check),
-		metricsURL: "http://127.0.0.1:" + strconv.Itoa(metrics) + "/metrics",
-		pprofURL:   "http://127.0.0.1:" + strconv.Itoa(pprofPort) + "/debug/pprof"}
-	go func() { _ = cmd.Wait(); out.Close(); close(r.exited) }()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", probe))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		select {
-		case <-r.exited:
-			return nil, fmt.Errorf("keymint %s exited: see %s\n%s", name, logFile, tail(logFile))
-		case <-ctx.Done():
-			r.kill()
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			r.kill()
-			return nil, fmt.Errorf("keymint %s not ready within 2 minutes\n%s", name, tail(logFile))
-		}
-	}
+	go func() { <-k.Exited(); out.Close() }()
+	r := &replica{Keymint: k,
+		checkURL:   "https://127.0.0.1:" + strconv.Itoa(k.Ports.Check),
+		metricsURL: "http://127.0.0.1:" + strconv.Itoa(k.Ports.Metrics) + "/metrics",
+		pprofURL:   "http://127.0.0.1:" + strconv.Itoa(k.Ports.Pprof) + "/debug/pprof"}
 	ca, err := os.ReadFile(filepath.Join(certs, "ca.crt"))
 	if err != nil {
-		r.kill()
+		_ = k.Kill()
 		return nil, err
 	}
 	pool := x509.NewCertPool()
@@ -262,21 +219,6 @@ func (cl *cluster) startReplica(ctx context.Context, name string, extra ...strin
 		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, MaxIdleConnsPerHost: 16,
 	}}
 	return r, nil
-}
-
-// stop ends the replica with SIGTERM, as a Deployment would.
-func (r *replica) stop() {
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.exited:
-	case <-time.After(30 * time.Second):
-		r.kill()
-	}
-}
-
-func (r *replica) kill() {
-	_ = r.cmd.Process.Kill()
-	<-r.exited
 }
 
 // check answers the /check status for a bearer value.
@@ -311,7 +253,7 @@ func (r *replica) heapProfile() ([]byte, error) {
 
 // rss is the replica's resident memory, from /proc.
 func (r *replica) rss() (int64, error) {
-	return procRSS(r.cmd.Process.Pid)
+	return procRSS(r.Pid())
 }
 
 func procRSS(pid int) (int64, error) {
@@ -351,21 +293,6 @@ func metricFrom(body io.Reader, series string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no %s in /metrics", series)
-}
-
-func tail(path string) string {
-	data, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	return strings.Join(lines[max(0, len(lines)-15):], "\n")
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // ---- issuance ---------------------------------------------------------------
@@ -483,20 +410,12 @@ func (cl *cluster) namespaceWithUser(ctx context.Context, ns string) error {
 	if err := cl.namespace(ctx, ns); err != nil {
 		return err
 	}
-	return client.IgnoreAlreadyExists(cl.c.Create(ctx, &keymintv1alpha1.ServiceUser{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "bench"},
-		Spec: keymintv1alpha1.ServiceUserSpec{
-			Permissions: []string{"links:read", "links:write"},
-			TokenPolicy: keymintv1alpha1.TokenPolicy{RequestsPerMinute: 1_000_000},
-		},
-	}))
+	return client.IgnoreAlreadyExists(cl.c.Create(ctx, testenv.ServiceUser(ns, "bench",
+		testenv.WithPermissions("links:read", "links:write"), testenv.WithRequestsPerMinute(1_000_000))))
 }
 
 func benchToken(ns string, i int) *keymintv1alpha1.ApiToken {
-	return &keymintv1alpha1.ApiToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("t-%d", i)},
-		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "bench", Scopes: []string{"links:read"}},
-	}
+	return testenv.ApiToken(ns, fmt.Sprintf("t-%d", i), "bench", testenv.WithScopes("links:read"))
 }
 
 // issue creates n ApiTokens in ns with issueConcurrency workers and returns

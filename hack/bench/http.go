@@ -780,44 +780,31 @@ func serve(kind string, tokens int, cert, key, profile, redisAddr string, noLeas
 	return err
 }
 
-// listen starts a check.Server with h on a free loopback port and returns
-// its URL once it accepts connections, and the channel of Start's return.
-// A port taken between picking it and listening on it is picked again.
+// listen starts a check.Server with h on a loopback listener it binds, and
+// returns its URL once it accepts connections, and the channel of Start's
+// return.
 func listen(ctx context.Context, h http.Handler, cert, key string) (string, <-chan error, error) {
-	for attempt := 1; ; attempt++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", nil, err
-		}
-		addr := ln.Addr().String()
-		_ = ln.Close()
-		s := &check.Server{Addr: addr, CertFile: cert, KeyFile: key, Handler: h}
-		done := make(chan error, 1)
-		go func() { done <- s.Start(ctx) }()
-		err = waitListening(addr, done)
-		if err == nil {
-			return "https://" + addr, done, nil
-		}
-		if attempt == 3 || ctx.Err() != nil {
-			return "", nil, err
-		}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
 	}
-}
-
-func waitListening(addr string, done <-chan error) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	addr := ln.Addr().String()
+	s := &check.Server{Listener: ln, CertFile: cert, KeyFile: key, Handler: h}
+	done := make(chan error, 1)
+	go func() { done <- s.Start(ctx) }()
+	err = testenv.Poll(ctx, 10*time.Second, "the check server to listen on "+addr, func() error {
 		select {
 		case err := <-done:
-			return fmt.Errorf("the server on %s stopped: %v", addr, err)
-		case <-time.After(10 * time.Millisecond):
+			return testenv.Permanent(fmt.Errorf("it stopped: %w", err))
+		default:
 		}
-		if c, err := net.Dial("tcp", addr); err == nil {
-			_ = c.Close()
-			return nil
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
 		}
-	}
-	return fmt.Errorf("the server on %s never listened", addr)
+		return c.Close()
+	})
+	return "https://" + addr, done, err
 }
 
 // benchUsers is how many ServiceUsers the tokens are spread across.

@@ -6,12 +6,12 @@ package main
 // takes to list and index them all.
 //
 // The objects are built the way keymint and kube-apiserver leave them: an
-// ApiToken with the status the controller writes (apitoken_decide.go's
-// desiredStatus: four conditions, hash, prefix, serial, times), its Secret
-// with the token and the signed record (secret_record.go), and the
-// managedFields kube-apiserver records for each writer. The controllers'
-// record type and condition messages are unexported, so they are mirrored
-// here; sizes follow them, not the other way round.
+// ApiToken with the status the controller writes (apitoken_status.go's
+// desiredStatus: its conditions, hash, prefix, serial, times), its Secret
+// with the token and the signed record (internal/secretrecord, as the
+// controller writes it), and the managedFields kube-apiserver records for
+// each writer. The controllers' condition messages are unexported, so they
+// are mirrored here; sizes follow them, not the other way round.
 
 import (
 	"bytes"
@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -42,6 +43,7 @@ import (
 	"github.com/keymint/keymint/controllers"
 	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/requester"
+	"github.com/keymint/keymint/internal/secretrecord"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/webhook/check"
@@ -73,8 +75,11 @@ const (
 	lastUsedMinGap = time.Minute
 )
 
-// scaleRecordVersion is controllers.recordVersion, the first signed field.
-const scaleRecordVersion = "keymint.io/record/v1"
+// scaleRecordVersion and secretRecord are the record format's, for
+// scale_test.go.
+const scaleRecordVersion = secretrecord.Version
+
+type secretRecord = secretrecord.Record
 
 func runScale(ctx context.Context, e *env) (string, error) {
 	indexSizes, relists := []int{10_000, 100_000, scaleMillion}, []scaleRelistRun{{100_000, true}, {100_000, false}}
@@ -206,8 +211,8 @@ const (
 
 // scaleRequester is who asked for the fixture's tokens: an admin with a
 // client certificate, as envtest's and kubectl's usually are.
-var scaleRequester = requester.Identity{Username: "admin", Groups: []string{"system:masters", "system:authenticated"},
-	Extra: map[string][]string{"authentication.kubernetes.io/credential-id": {"X509SHA256=" + strings.Repeat("0", 64)}}}
+var scaleRequester = authenticationv1.UserInfo{Username: "admin", Groups: []string{"system:masters", "system:authenticated"},
+	Extra: map[string]authenticationv1.ExtraValue{"authentication.kubernetes.io/credential-id": {"X509SHA256=" + strings.Repeat("0", 64)}}}
 
 func tokenShapeOf(i int) tokenShape { return tokenShape(i % 2) }
 
@@ -298,69 +303,38 @@ func (f *scaleFixture) token(i int, plain string, s tokenShape, managed bool) (*
 		cond(keymintv1alpha1.ApiTokenConditionRequestGranted, grantedStatus, grantedReason, granted),
 	}
 
-	rec := secretRecord{Serial: serial, Hash: st.TokenHash, ServiceUserUID: st.ServiceUserUID, IssuedAt: issued.Time, ExpiresAt: &expires.Time,
+	rec := secretrecord.Record{Serial: serial, Hash: st.TokenHash, ServiceUserUID: types.UID(st.ServiceUserUID), IssuedAt: issued.Time, ExpiresAt: &expires.Time,
 		RotationRequest: st.LastRotationRequest}
 	if st.RotatedAt != nil {
 		rec.RotatedAt = &st.RotatedAt.Time
 		// The record was written at the rotation, while the token before
 		// was still in its grace period.
-		rec.Previous = []secretRecordPrevious{{Hash: token.FormatHash(sha256.Sum256([]byte(plain + "-before"))),
+		rec.Previous = []secretrecord.Previous{{Hash: token.FormatHash(sha256.Sum256([]byte(plain + "-before"))),
 			IssuedAt: issued.Add(-600 * time.Hour), ValidUntil: issued.Add(time.Hour)}}
 		for _, p := range previous {
-			rec.Previous = append(rec.Previous, secretRecordPrevious{Hash: p.TokenHash, IssuedAt: p.IssuedAt.Time, ValidUntil: p.ValidUntil.Time})
+			rec.Previous = append(rec.Previous, secretrecord.Previous{Hash: p.TokenHash, IssuedAt: p.IssuedAt.Time, ValidUntil: p.ValidUntil.Time})
 		}
 	}
-	recJSON, _ := json.Marshal(rec)
 	yes := true
 	sec := &corev1.Secret{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 		ObjectMeta: metav1.ObjectMeta{
 			Name: secretName, Namespace: ns, UID: fakeUID('s', i), CreationTimestamp: tok.CreationTimestamp,
-			Labels: map[string]string{keymintv1alpha1.TokenLabel: tokenLabelValue(name)},
-			Annotations: map[string]string{
-				keymintv1alpha1.RecordAnnotation:          string(recJSON),
-				keymintv1alpha1.RecordSignatureAnnotation: f.ring.Sign(scaleRecordVersion, ns, tok.Name, string(tok.UID), user, string(recJSON)),
-			},
+			Labels: map[string]string{keymintv1alpha1.TokenLabel: secretrecord.TokenLabelValue(name)},
 			OwnerReferences: []metav1.OwnerReference{{
 				APIVersion: keymintv1alpha1.GroupVersion.String(), Kind: "ApiToken", Name: tok.Name, UID: tok.UID,
 				Controller: &yes, BlockOwnerDeletion: &yes,
 			}},
 		},
 		Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{keymintv1alpha1.SecretTokenKey: []byte(plain)},
 	}
+	secretrecord.Write(sec, tok, f.ring, plain, rec)
 	if managed {
 		key := fmt.Sprint("token", s)
 		tok.ManagedFields = f.managed(key, tok, "", tokenWriters)
 		sec.ManagedFields = f.managed("secret"+key, sec, string(tok.UID), secretWriters)
 	}
 	return tok, sec
-}
-
-// tokenLabelValue is the TokenLabel value of an ApiToken (controllers.tokenLabelValue).
-func tokenLabelValue(name string) string {
-	if len(name) > 63 {
-		return ""
-	}
-	return name
-}
-
-// secretRecord mirrors the JSON of controllers.secretRecord.
-type secretRecord struct {
-	Serial          int64                  `json:"serial"`
-	Hash            string                 `json:"hash"`
-	ServiceUserUID  string                 `json:"serviceUserUID,omitempty"`
-	IssuedAt        time.Time              `json:"issuedAt"`
-	ExpiresAt       *time.Time             `json:"expiresAt,omitempty"`
-	RotatedAt       *time.Time             `json:"rotatedAt,omitempty"`
-	Previous        []secretRecordPrevious `json:"previous,omitempty"`
-	RotationRequest string                 `json:"rotationRequest,omitempty"`
-}
-
-type secretRecordPrevious struct {
-	Hash       string    `json:"hash"`
-	IssuedAt   time.Time `json:"issuedAt"`
-	ValidUntil time.Time `json:"validUntil"`
 }
 
 // fieldWriter is one field manager of an object: the top-level fields it set
@@ -794,7 +768,7 @@ func measureCacheRelist(ctx context.Context, f *scaleFixture, run scaleRelistRun
 	r.users, base = int64(h-base), h
 
 	userIndex := toolscache.Indexers{"field:" + controllers.ServiceUserIndex: crFieldIndex(func(t *keymintv1alpha1.ApiToken) []string { return []string{t.Spec.ServiceUser} })}
-	hashIndex := toolscache.Indexers{"field:" + controllers.TokenHashIndex: crFieldIndex(tokenStatusHashes)}
+	hashIndex := toolscache.Indexers{"field:" + controllers.TokenHashIndex: crFieldIndex(func(t *keymintv1alpha1.ApiToken) []string { return controllers.StatusHashes(&t.Status) })}
 	tokenStore := newInformerStore(userIndex, hashIndex)
 	d, wire, err = simulateRelist(ctx, run.n, tokenStore, tokenTransform, func(start, count int) ([]byte, error) {
 		list := &keymintv1alpha1.ApiTokenList{TypeMeta: metav1.TypeMeta{APIVersion: keymintv1alpha1.GroupVersion.String(), Kind: "ApiTokenList"}}
@@ -931,18 +905,6 @@ func crFieldIndex(values func(*keymintv1alpha1.ApiToken) []string) toolscache.In
 		}
 		return out, nil
 	}
-}
-
-// tokenStatusHashes mirrors the controllers' TokenHashIndex values.
-func tokenStatusHashes(t *keymintv1alpha1.ApiToken) []string {
-	var out []string
-	if t.Status.TokenHash != "" {
-		out = append(out, t.Status.TokenHash)
-	}
-	for _, p := range t.Status.PreviousTokens {
-		out = append(out, p.TokenHash)
-	}
-	return out
 }
 
 // simulateRelist decodes n objects page by page into store, through

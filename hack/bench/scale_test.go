@@ -4,21 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	apiruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
@@ -193,27 +191,22 @@ func TestScaleSmall(t *testing.T) {
 // and compares what they leave with the fixture: the managedFields
 // kube-apiserver records, field for field, and the stored sizes.
 func TestFixtureMatchesAPIServer(t *testing.T) {
-	cfg, c := testenv.Start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	// Field managers are named after the client's user agent.
-	keymint := withAgent(cfg, "keymint/v0.0.0 (linux/amd64) kubernetes/$Format")
-	mgr, err := ctrl.NewManager(keymint, ctrl.Options{Scheme: testenv.Scheme, Cache: controllers.CacheOptions(), Metrics: metricsserver.Options{BindAddress: "0"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	f, err := newScaleFixture(time.Now().UTC().Truncate(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Field managers are named after the client's user agent.
+	const keymintAgent = "keymint/v0.0.0 (linux/amd64) kubernetes/$Format"
+	e := testenv.RunT(t, testenv.RunInput{
+		ManagerConfig: func(cfg *rest.Config) *rest.Config { return withAgent(cfg, keymintAgent) },
+		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
+			return controllers.Setup(ctx, e.Manager, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: e.Keyring, ExpiryWarning: controllers.DefaultExpiryWarning})
+		},
+	})
+	cfg, c, ctx := e.Config, e.Client, t.Context()
+	keymint := withAgent(cfg, keymintAgent)
 	// The key the environment's requester webhook signs with.
-	if f.ring, err = testenv.ClusterKeyring(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-	if err := controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: f.ring, ExpiryWarning: controllers.DefaultExpiryWarning}); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = mgr.Start(ctx) }()
+	f.ring = e.Keyring
 	kubectl, err := client.New(withAgent(cfg, "kubectl/v1.36.3 (linux/amd64) kubernetes/x"), client.Options{Scheme: testenv.Scheme})
 	if err != nil {
 		t.Fatal(err)
@@ -247,19 +240,9 @@ func TestFixtureMatchesAPIServer(t *testing.T) {
 	// Wait until both are Ready, then write lastUsedAt as the check server does.
 	var got [2]*keymintv1alpha1.ApiToken
 	for i := range got {
-		got[i] = &keymintv1alpha1.ApiToken{}
-		deadline := time.Now().Add(time.Minute)
-		for {
-			if err := c.Get(ctx, client.ObjectKeyFromObject(want[i]), got[i]); err != nil {
-				t.Fatal(err)
-			}
-			if apimeta.IsStatusConditionTrue(got[i].Status.Conditions, keymintv1alpha1.ApiTokenConditionReady) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("ApiToken %s not Ready: %+v", got[i].Name, got[i].Status)
-			}
-			time.Sleep(100 * time.Millisecond)
+		var err error
+		if _, got[i], err = testenv.WaitIssued(ctx, c, want[i].Namespace, want[i].Name, time.Minute); err != nil {
+			t.Fatal(err)
 		}
 		patch := client.MergeFromWithOptions(got[i].DeepCopy(), client.MergeFromWithOptimisticLock{})
 		used := metav1.NewTime(time.Now().Truncate(time.Second))
@@ -294,16 +277,16 @@ func TestFixtureMatchesAPIServer(t *testing.T) {
 	// The ServiceUser is recounted up to a second after its tokens change:
 	// wait for the counts of both tokens.
 	realUser := &keymintv1alpha1.ServiceUser{}
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+	if err := testenv.Poll(ctx, time.Minute, fmt.Sprintf("ServiceUser %s to count its %d tokens", su.Name, len(want)), func() error {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(su), realUser); err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if realUser.Status.Tokens == int32(len(want)) && realUser.Status.ActiveTokens == int32(len(want)) {
-			break
+		if realUser.Status.Tokens != int32(len(want)) || realUser.Status.ActiveTokens != int32(len(want)) {
+			return fmt.Errorf("status %+v", realUser.Status)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ServiceUser %s never counted its %d tokens: %+v", su.Name, len(want), realUser.Status)
-		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	compare(realUser, userWriters)
 	var secrets [2]*corev1.Secret

@@ -15,9 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -485,18 +483,14 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	}
 
 	replicas := make([]*replica, o.replicas)
-	taken := map[int]bool{}
 	for i := range replicas {
-		want := 0
-		if i == 0 {
-			want = o.checkPort
+		replicas[i] = &replica{n: i + 1, opts: keymintOptions(o.keymintBin, managerKubeconfig, certs, childEnv, extra)}
+		if o.replicas > 1 {
+			replicas[i].opts.Log = &prefixWriter{prefix: fmt.Sprintf("[replica %d] ", i+1), w: os.Stdout}
 		}
-		p, err := freePorts(want, taken)
-		if err != nil {
-			return fmt.Errorf("port %d for the check server: %w (pass -check-port 0 for a free one)", o.checkPort, err)
-		}
-		replicas[i] = &replica{n: i + 1, ports: p, args: append(keymintArgs(certs, p), extra...), env: childEnv, bin: o.keymintBin, kubeconfig: managerKubeconfig, of: o.replicas}
 	}
+	// kube-apiserver was told the first replica's check port.
+	replicas[0].opts.Ports.Check = o.checkPort
 	defer func() {
 		for _, r := range replicas {
 			r.stop()
@@ -511,17 +505,12 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	say("Starting %s; their logs follow", plural(o.replicas, "keymint replica", "keymint replicas"))
 	exits := make(chan *replica, len(replicas))
 	for _, r := range replicas {
-		if err := r.start(exits); err != nil {
+		if err := r.start(ctx, exits); err != nil {
 			return err
 		}
 	}
-	for _, r := range replicas {
-		if err := waitReady(ctx, r.ports.probe, r.exited); err != nil {
-			return fmt.Errorf("replica %d: %w", r.n, err)
-		}
-	}
 	if admin != nil {
-		if err := installWebhooks(ctx, admin, replicas[0].ports.webhook, certs.CAFile); err != nil {
+		if err := installWebhooks(ctx, admin, replicas[0].k.Ports.Webhook, certs.CAFile); err != nil {
 			return err
 		}
 		say("kube-apiserver asks keymint's admission webhooks who may mint tokens and claim groups")
@@ -529,10 +518,10 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 		say("Admission webhooks are off: this cluster's kube-apiserver cannot reach keymint here, so no ApiToken gets the requester record keymint mints for: tokens stay Authorized=False (NoRequesterRecord). Install keymint in the cluster (docs/helm.md), or run make run RUN_ARGS=-local (see docs/security.md)")
 	}
 	writeEnv := func() error {
-		var ps []ports
+		var ps []testenv.KeymintPorts
 		var pids []int
 		for _, r := range replicas {
-			ps, pids = append(ps, r.ports), append(pids, r.cmd.Process.Pid)
+			ps, pids = append(ps, r.k.Ports), append(pids, r.k.Pid())
 		}
 		return os.WriteFile(envFile, []byte(envVars(kubeconfig, certs, ps, pids, redisURL)), 0o600)
 	}
@@ -551,11 +540,11 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 			return nil
 		case r := <-exits:
 			if o.replicas == 1 {
-				return fmt.Errorf("keymint exited: %v", r.lastErr)
+				return fmt.Errorf("keymint exited: %v", r.k.Err())
 			}
 			why := "exit status 0"
-			if r.lastErr != nil {
-				why = r.lastErr.Error()
+			if err := r.k.Err(); err != nil {
+				why = err.Error()
 			}
 			say("keymint replica %d exited (%s); starting it again in 1s", r.n, why)
 			select {
@@ -568,11 +557,8 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 					return err
 				}
 			}
-			if err := r.start(exits); err != nil {
+			if err := r.start(ctx, exits); err != nil {
 				return err
-			}
-			if err := waitReady(ctx, r.ports.probe, r.exited); err != nil {
-				return fmt.Errorf("replica %d: %w", r.n, err)
 			}
 			say("keymint replica %d is ready again", r.n)
 			if err := writeEnv(); err != nil {
@@ -619,41 +605,25 @@ func superviseRedis(ctx context.Context, rdb *testenv.Redis) (stop func()) {
 
 // replica is one keymint process of make run.
 type replica struct {
-	n, of      int
-	ports      ports
-	args       []string
-	env        []string
-	bin        string
-	kubeconfig string
-	cmd        *exec.Cmd
-	// exited gets the process's exit and is closed; a new one per start.
-	exited   chan error
-	lastErr  error
+	n    int
+	opts testenv.KeymintOptions
+	// k is the process started last.
+	k        *testenv.Keymint
 	stopping atomic.Bool
 }
 
-// start starts the process; when it exits, r goes to exits.
-func (r *replica) start(exits chan<- *replica) error {
-	r.cmd = exec.Command(r.bin, r.args...)
-	r.cmd.Env = append(append(os.Environ(), "KUBECONFIG="+r.kubeconfig), r.env...)
-	r.cmd.Stdout, r.cmd.Stderr = os.Stdout, os.Stderr
-	if r.of > 1 {
-		prefix := fmt.Sprintf("[replica %d] ", r.n)
-		r.cmd.Stdout, r.cmd.Stderr = &prefixWriter{prefix: prefix, w: os.Stdout}, &prefixWriter{prefix: prefix, w: os.Stderr}
+// start starts the process and waits until it is ready; when it exits, r
+// goes to exits. Started again, it keeps its ports: keymint.env and
+// kube-apiserver name them.
+func (r *replica) start(ctx context.Context, exits chan<- *replica) error {
+	k, err := testenv.StartKeymint(ctx, r.opts)
+	if err != nil {
+		return fmt.Errorf("replica %d: %w", r.n, err)
 	}
-	if err := r.cmd.Start(); err != nil {
-		return err
-	}
-	// exited is for waitReady and stopChild: its one value, then closed.
-	exited := make(chan error, 1)
-	r.exited = exited
-	cmd := r.cmd
+	r.k, r.opts.Ports = k, k.Ports
 	go func() {
-		err := cmd.Wait()
-		exited <- err
-		close(exited)
+		<-k.Exited()
 		if !r.stopping.Load() {
-			r.lastErr = err
 			exits <- r
 		}
 	}()
@@ -662,33 +632,9 @@ func (r *replica) start(exits chan<- *replica) error {
 
 func (r *replica) stop() {
 	r.stopping.Store(true)
-	if r.cmd != nil {
-		stopChild(r.cmd, r.exited)
+	if r.k != nil {
+		_ = r.k.Stop()
 	}
-}
-
-// freePorts picks the ports of one replica: check on want (0: any), none
-// already in taken (the other replicas' picks, which they have not bound
-// yet), and adds them to taken.
-func freePorts(want int, taken map[int]bool) (ports, error) {
-	var p ports
-	var err error
-	if p.check, err = port(want); err != nil {
-		return p, err
-	}
-	taken[p.check] = true
-	for _, f := range []*int{&p.probe, &p.webhook, &p.metrics} {
-		for {
-			if *f, err = port(0); err != nil {
-				return p, err
-			}
-			if !taken[*f] {
-				break
-			}
-		}
-		taken[*f] = true
-	}
-	return p, nil
 }
 
 // prefixWriter prefixes each line a replica writes with its number.
@@ -723,33 +669,25 @@ func plural(n int, one, many string) string {
 	return strconv.Itoa(n) + " " + many
 }
 
-// ports are where keymint listens, all on 127.0.0.1.
-type ports struct{ check, probe, webhook, metrics int }
-
-// keymintArgs are keymint's flags under make run. Its metrics are served
-// over plain HTTP on loopback, so a plain curl reads them: only this
-// machine reaches them, unlike in a cluster, where config/manager keeps them
-// behind authentication and RBAC.
-func keymintArgs(certs selfsigned.Files, p ports) []string {
-	return []string{
-		"--zap-devel",
-		"--check-bind-address", "127.0.0.1:" + strconv.Itoa(p.check),
-		"--check-tls-cert-file", certs.CertFile, "--check-tls-key-file", certs.KeyFile,
-		"--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(p.probe),
-		"--webhook-bind-address", "127.0.0.1:" + strconv.Itoa(p.webhook),
-		"--metrics-bind-address", "127.0.0.1:" + strconv.Itoa(p.metrics),
-		"--metrics-secure=false",
+// keymintOptions are how make run starts keymint: its output on the
+// terminal, its metrics over plain HTTP on loopback, so a plain curl reads
+// them (only this machine reaches them, unlike in a cluster, where
+// config/manager keeps them behind authentication and RBAC).
+func keymintOptions(bin, kubeconfig string, certs selfsigned.Files, env, extra []string) testenv.KeymintOptions {
+	return testenv.KeymintOptions{
+		Binary: bin, Kubeconfig: kubeconfig, Env: env, Metrics: true, Log: os.Stdout,
+		Args: append([]string{"--zap-devel", "--check-tls-cert-file", certs.CertFile, "--check-tls-key-file", certs.KeyFile}, extra...),
 	}
 }
 
 // envVars is keymint.env: what the second terminal needs. The first
 // replica's URLs stand alone for scripts that know one; KEYMINT_CHECK_URLS
 // and KEYMINT_PIDS list every replica's, in order.
-func envVars(kubeconfig string, certs selfsigned.Files, replicas []ports, pidList []int, redisURL string) string {
+func envVars(kubeconfig string, certs selfsigned.Files, replicas []testenv.KeymintPorts, pidList []int, redisURL string) string {
 	var urls, pids, metrics []string
 	for i, r := range replicas {
-		urls = append(urls, fmt.Sprintf("https://127.0.0.1:%d", r.check))
-		metrics = append(metrics, fmt.Sprintf("http://127.0.0.1:%d/metrics", r.metrics))
+		urls = append(urls, fmt.Sprintf("https://127.0.0.1:%d", r.Check))
+		metrics = append(metrics, fmt.Sprintf("http://127.0.0.1:%d/metrics", r.Metrics))
 		pids = append(pids, strconv.Itoa(pidList[i]))
 	}
 	vars := fmt.Sprintf("KUBECONFIG=%s\nKEYMINT_CHECK_URL=%s\nKEYMINT_CA_FILE=%s\nKEYMINT_METRICS_URL=%s\n",
@@ -763,31 +701,6 @@ func envVars(kubeconfig string, certs selfsigned.Files, replicas []ports, pidLis
 	return vars
 }
 
-// waitReady waits until keymint's /readyz answers 200: the controllers are
-// running and the check server's index has synced.
-func waitReady(ctx context.Context, probePort int, exited <-chan error) error {
-	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", probePort)
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.After(2 * time.Minute)
-	for {
-		if resp, err := client.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return errors.New("interrupted before keymint was ready")
-		case err := <-exited:
-			return fmt.Errorf("keymint exited before it was ready: %v", err)
-		case <-deadline:
-			return fmt.Errorf("keymint was not ready after 2 minutes (%s)", url)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
 func certFiles(dir string) selfsigned.Files {
 	d := filepath.Join(dir, "certs")
 	return selfsigned.Files{CAFile: filepath.Join(d, "ca.crt"), CertFile: filepath.Join(d, "tls.crt"), KeyFile: filepath.Join(d, "tls.key")}
@@ -796,17 +709,6 @@ func certFiles(dir string) selfsigned.Files {
 // writeCerts writes the check server's CA and serving pair into dir/certs.
 func writeCerts(dir string) (selfsigned.Files, error) {
 	return selfsigned.Write(filepath.Join(dir, "certs"), "127.0.0.1", "localhost")
-}
-
-// stopChild asks keymint to stop and kills it if it has not after 10 s.
-func stopChild(cmd *exec.Cmd, exited <-chan error) {
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-exited
-	}
 }
 
 func printNextSteps(root, envFile string, replicas bool) {
@@ -843,7 +745,10 @@ with Redis, KEYMINT_REDIS_URL; Ctrl-C stops the replicas and redis-server too:
 	}
 }
 
-// port returns p if it is free on 127.0.0.1, or a free port when p is 0.
+// port returns p if it is free on 127.0.0.1, or a free port when p is 0:
+// the check port, which kube-apiserver's token webhook names before keymint
+// starts, so it is the one port StartKeymint cannot pick again if someone
+// takes it meanwhile; make run then fails, saying so.
 func port(p int) (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
 	if err != nil {

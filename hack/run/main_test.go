@@ -97,15 +97,12 @@ func TestServeKeymintReturnsWhenKeymintExitsEarly(t *testing.T) {
 // the end-to-end suite curls it on a running make run.
 func TestMetricsOnLoopback(t *testing.T) {
 	certs := certFiles("/x")
-	p := ports{check: 8443, probe: 40001, webhook: 40002, metrics: 40003}
-	args := strings.Join(keymintArgs(certs, p), " ")
-	for _, want := range []string{"--metrics-bind-address 127.0.0.1:40003", "--metrics-secure=false"} {
-		if !strings.Contains(args, want) {
-			t.Errorf("keymint runs with %q, missing %q", args, want)
-		}
+	if o := keymintOptions("/x/keymint", "/x/kubeconfig", certs, nil, nil); !o.Metrics {
+		t.Error("make run starts keymint without its metrics server")
 	}
+	p := testenv.KeymintPorts{Check: 8443, Probe: 40001, Webhook: 40002, Metrics: 40003}
 	env := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(envVars("/x/kubeconfig", certs, []ports{p}, []int{1234}, "")), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(envVars("/x/kubeconfig", certs, []testenv.KeymintPorts{p}, []int{1234}, "")), "\n") {
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
 			t.Fatalf("keymint.env line %q is not NAME=value", line)
@@ -129,9 +126,9 @@ func TestMetricsOnLoopback(t *testing.T) {
 // the first replica's stay in the single-valued names.
 func TestEnvOfReplicas(t *testing.T) {
 	certs := certFiles("/x")
-	one := ports{check: 8443, probe: 40001, webhook: 40002, metrics: 40003}
-	two := ports{check: 40004, probe: 40005, webhook: 40006, metrics: 40007}
-	got := envVars("/x/kubeconfig", certs, []ports{one, two}, []int{11, 22}, "redis://:pw@127.0.0.1:6390/0")
+	one := testenv.KeymintPorts{Check: 8443, Probe: 40001, Webhook: 40002, Metrics: 40003}
+	two := testenv.KeymintPorts{Check: 40004, Probe: 40005, Webhook: 40006, Metrics: 40007}
+	got := envVars("/x/kubeconfig", certs, []testenv.KeymintPorts{one, two}, []int{11, 22}, "redis://:pw@127.0.0.1:6390/0")
 	for _, want := range []string{
 		"KEYMINT_CHECK_URL=https://127.0.0.1:8443\n",
 		"KEYMINT_CHECK_URLS=\"https://127.0.0.1:8443 https://127.0.0.1:40004\"\n",
@@ -143,7 +140,7 @@ func TestEnvOfReplicas(t *testing.T) {
 			t.Errorf("keymint.env lacks %q:\n%s", want, got)
 		}
 	}
-	if single := envVars("/x/kubeconfig", certs, []ports{one}, []int{11}, ""); strings.Contains(single, "KEYMINT_CHECK_URLS") {
+	if single := envVars("/x/kubeconfig", certs, []testenv.KeymintPorts{one}, []int{11}, ""); strings.Contains(single, "KEYMINT_CHECK_URLS") {
 		t.Errorf("with one replica and no Redis, keymint.env is as before:\n%s", single)
 	}
 }

@@ -67,8 +67,13 @@ type Denial struct {
 }
 
 // Sentence words the denial for user: what they may not do, and the rule.
-func (d Denial) Sentence(user string) string {
-	return fmt.Sprintf("user %q may not %s. A rule that grants it: %s", user, d.What, d.Rule)
+// role, unless empty, says who the user is to the object, as an aside:
+// `user "alice", who asked for this token, may not ...`.
+func (d Denial) Sentence(user, role string) string {
+	if role != "" {
+		role = ", " + role + ","
+	}
+	return fmt.Sprintf("user %q%s may not %s. A rule that grants it: %s", user, role, d.What, d.Rule)
 }
 
 // MayMint asks whether user may mint tokens of ServiceUser userName in

@@ -4,6 +4,7 @@ import (
 	"context"
 	"regexp"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
@@ -11,17 +12,18 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/plugin"
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 )
 
 // issued waits for keymint's controller to issue name's token.
 func issued(t *testing.T, cl cluster, ns, name string) *keymintv1alpha1.ApiToken {
 	t.Helper()
-	var tok keymintv1alpha1.ApiToken
-	eventually(t, "keymint issues "+name, func() bool {
-		return cl.c.Get(context.Background(), objectKey(ns, name), &tok) == nil && tok.Status.TokenHash != ""
-	})
-	return &tok
+	_, tok, err := testenv.WaitIssued(context.Background(), cl.c, ns, name, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }
 
 func secretToken(t *testing.T, cl cluster, ns, name string) string {

@@ -15,18 +15,14 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
 	"github.com/keymint/keymint/internal/plugin"
-	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 )
@@ -39,10 +35,9 @@ import (
 // controllers would move on from.
 var (
 	clusterOnce sync.Once
-	clusterEnv  *envtest.Environment
+	clusterEnv  *testenv.Environment
 	clusterErr  error
 	shared      cluster
-	stopManager context.CancelFunc
 )
 
 // Namespaces the real controllers manage.
@@ -60,11 +55,11 @@ type cluster struct {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if stopManager != nil {
-		stopManager()
-	}
 	if clusterEnv != nil {
-		_ = clusterEnv.Stop()
+		if err := clusterEnv.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = max(code, 1)
+		}
 	}
 	os.Exit(code)
 }
@@ -79,64 +74,36 @@ func startCluster(t *testing.T) cluster {
 }
 
 func bootCluster() error {
-	env, err := testenv.New()
-	if err != nil {
-		return err
-	}
-	if err := testenv.RecordRequesters(env); err != nil {
-		return err
-	}
-	cfg, err := env.Start()
+	ctx := context.Background()
+	env, err := testenv.Run(ctx, testenv.RunInput{
+		ManagerOptions: func(o *ctrl.Options) {
+			o.Cache.DefaultNamespaces = map[string]cache.Config{}
+			for _, ns := range controlledNamespaces {
+				o.Cache.DefaultNamespaces[ns] = cache.Config{}
+			}
+		},
+		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
+			return controllers.Setup(ctx, e.Manager, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Keyring: e.Keyring})
+		},
+	})
 	if err != nil {
 		return err
 	}
 	clusterEnv = env
-	c, err := client.New(cfg, client.Options{Scheme: testenv.Scheme})
-	if err != nil {
-		return err
-	}
 	dir, err := os.MkdirTemp("", "kubectl-keymint-test-")
 	if err != nil {
 		return err
 	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := testenv.WriteKubeconfig(cfg, kubeconfig); err != nil {
+	if err := testenv.WriteKubeconfig(env.Config, kubeconfig); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopManager = cancel
-	for _, ns := range append([]string{"keymint-system"}, controlledNamespaces...) {
-		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+	for _, ns := range controlledNamespaces {
+		if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 			return err
 		}
 	}
-	ring, err := recordkey.LoadOrCreate(ctx, c, c, types.NamespacedName{Namespace: "keymint-system", Name: "keymint-record-key"})
-	if err != nil {
-		return err
-	}
-	if err := testenv.ServeRequesters(ctx, env, ring); err != nil {
-		return err
-	}
-	cacheOpts := controllers.CacheOptions()
-	cacheOpts.DefaultNamespaces = map[string]cache.Config{}
-	for _, ns := range controlledNamespaces {
-		cacheOpts.DefaultNamespaces[ns] = cache.Config{}
-	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: testenv.Scheme, Cache: cacheOpts, Metrics: metricsserver.Options{BindAddress: "0"},
-	})
-	if err != nil {
-		return err
-	}
-	if err := controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Keyring: ring}); err != nil {
-		return err
-	}
-	go func() {
-		if err := mgr.Start(ctx); err != nil {
-			fmt.Fprintf(os.Stderr, "manager stopped: %v\n", err)
-		}
-	}()
-	shared = cluster{c: c, kubeconfig: kubeconfig}
+	shared = cluster{c: env.Client, kubeconfig: kubeconfig}
 	return nil
 }
 
@@ -173,24 +140,14 @@ func newNamespace(t *testing.T, cl cluster, name string) {
 
 func createUser(t *testing.T, cl cluster, ns, name string) {
 	t.Helper()
-	u := &keymintv1alpha1.ServiceUser{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"invoices:read"}},
-	}
-	if err := cl.c.Create(context.Background(), u); err != nil {
+	if err := cl.c.Create(context.Background(), testenv.ServiceUser(ns, name, testenv.WithPermissions("invoices:read"))); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func createToken(t *testing.T, cl cluster, ns, name, user string, mutate ...func(*keymintv1alpha1.ApiToken)) *keymintv1alpha1.ApiToken {
+func createToken(t *testing.T, cl cluster, ns, name, user string, opts ...testenv.ApiTokenOption) *keymintv1alpha1.ApiToken {
 	t.Helper()
-	tok := &keymintv1alpha1.ApiToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: user},
-	}
-	for _, m := range mutate {
-		m(tok)
-	}
+	tok := testenv.ApiToken(ns, name, user, opts...)
 	if err := cl.c.Create(context.Background(), tok); err != nil {
 		t.Fatal(err)
 	}

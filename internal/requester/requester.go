@@ -30,45 +30,13 @@ import (
 // verify as this one.
 const version = "keymint.io/requester/v1"
 
-// Identity is a user as kube-apiserver authenticated them in an admission
-// request: what a SubjectAccessReview needs to ask about them again.
-type Identity struct {
-	Username string              `json:"username"`
-	UID      string              `json:"uid,omitempty"`
-	Groups   []string            `json:"groups,omitempty"`
-	Extra    map[string][]string `json:"extra,omitempty"`
-}
-
-// FromUserInfo reads an admission request's user.
-func FromUserInfo(u authenticationv1.UserInfo) Identity {
-	id := Identity{Username: u.Username, UID: u.UID, Groups: slices.Clone(u.Groups)}
-	if len(u.Extra) > 0 {
-		id.Extra = map[string][]string{}
-		for k, v := range u.Extra {
-			id.Extra[k] = slices.Clone([]string(v))
-		}
-	}
-	return id
-}
-
-// UserInfo is the identity as a SubjectAccessReview's subject.
-func (id Identity) UserInfo() authenticationv1.UserInfo {
-	u := authenticationv1.UserInfo{Username: id.Username, UID: id.UID, Groups: id.Groups}
-	if len(id.Extra) > 0 {
-		u.Extra = map[string]authenticationv1.ExtraValue{}
-		for k, v := range id.Extra {
-			u.Extra[k] = v
-		}
-	}
-	return u
-}
-
-func (id Identity) equal(o Identity) bool {
-	if id.Username != o.Username || id.UID != o.UID || !slices.Equal(id.Groups, o.Groups) || len(id.Extra) != len(o.Extra) {
+// sameUser reports whether two users, as admission recorded them, are one.
+func sameUser(a, b authenticationv1.UserInfo) bool {
+	if a.Username != b.Username || a.UID != b.UID || !slices.Equal(a.Groups, b.Groups) || len(a.Extra) != len(b.Extra) {
 		return false
 	}
-	for k, v := range id.Extra {
-		if w, ok := o.Extra[k]; !ok || !slices.Equal(v, w) {
+	for k, v := range a.Extra {
+		if w, ok := b.Extra[k]; !ok || !slices.Equal(v, w) {
 			return false
 		}
 	}
@@ -78,16 +46,19 @@ func (id Identity) equal(o Identity) bool {
 // Target is a restart target and the user whose admitted write named it:
 // keymint patches it only while that user may.
 type Target struct {
-	Kind    string   `json:"kind"`
-	Name    string   `json:"name"`
-	NamedBy Identity `json:"namedBy"`
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+	// NamedBy is the user as kube-apiserver authenticated them in the
+	// admission request: what a SubjectAccessReview asks about again.
+	NamedBy authenticationv1.UserInfo `json:"namedBy"`
 }
 
 // Record says who asked for an ApiToken as it is.
 type Record struct {
 	// Requester made the last admitted change to what the token is (see
-	// SpecDigest), or created it.
-	Requester Identity `json:"requester"`
+	// SpecDigest), or created it: the user as kube-apiserver authenticated
+	// them in the admission request.
+	Requester authenticationv1.UserInfo `json:"requester"`
 	// RequestedAt is when that change was admitted.
 	RequestedAt metav1.Time `json:"requestedAt"`
 	// Spec is SpecDigest of the ApiToken the requester asked for.
@@ -98,13 +69,13 @@ type Record struct {
 
 // NamedBy returns who named restart target t, and false when the record
 // does not list it (it was added without admission).
-func (r *Record) NamedBy(t keymintv1alpha1.RestartTarget) (Identity, bool) {
+func (r *Record) NamedBy(t keymintv1alpha1.RestartTarget) (authenticationv1.UserInfo, bool) {
 	for _, rt := range r.RestartTargets {
 		if rt.Kind == t.Kind && rt.Name == t.Name {
 			return rt.NamedBy, true
 		}
 	}
-	return Identity{}, false
+	return authenticationv1.UserInfo{}, false
 }
 
 // minted is what SpecDigest covers: every field whose change mints a token
@@ -227,7 +198,7 @@ func signedFields(tok *keymintv1alpha1.ApiToken, raw string) []string {
 // while it had no valid record, or one signed before trustedSince (when
 // writes could skip the webhook: see Webhook.Check). Each restart target
 // keeps who named it; a new one is who's.
-func Admit(ring *recordkey.Keyring, before, after *keymintv1alpha1.ApiToken, who Identity, now, trustedSince time.Time) {
+func Admit(ring *recordkey.Keyring, before, after *keymintv1alpha1.ApiToken, who authenticationv1.UserInfo, now, trustedSince time.Time) {
 	var prev *Record
 	if before != nil && !before.Spec.Revoked {
 		// While revoked no admission runs (revoking works with keymint
@@ -264,12 +235,12 @@ func Admit(ring *recordkey.Keyring, before, after *keymintv1alpha1.ApiToken, who
 // same spec, with the same restart targets named by the same users: the
 // same request, whenever each was signed.
 func SameRequest(a, b *Record) bool {
-	if a == nil || b == nil || a.Spec != b.Spec || !a.Requester.equal(b.Requester) || len(a.RestartTargets) != len(b.RestartTargets) {
+	if a == nil || b == nil || a.Spec != b.Spec || !sameUser(a.Requester, b.Requester) || len(a.RestartTargets) != len(b.RestartTargets) {
 		return false
 	}
 	for i, t := range a.RestartTargets {
 		u := b.RestartTargets[i]
-		if t.Kind != u.Kind || t.Name != u.Name || !t.NamedBy.equal(u.NamedBy) {
+		if t.Kind != u.Kind || t.Name != u.Name || !sameUser(t.NamedBy, u.NamedBy) {
 			return false
 		}
 	}

@@ -4,26 +4,19 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/recordkey/recordkeytest"
 )
 
 var (
-	alice = Identity{Username: "alice", Groups: []string{"devs", "system:authenticated"}, Extra: map[string][]string{"scopes": {"a"}}}
-	bob   = Identity{Username: "bob", Groups: []string{"system:authenticated"}}
+	alice = authenticationv1.UserInfo{Username: "alice", Groups: []string{"devs", "system:authenticated"}, Extra: map[string]authenticationv1.ExtraValue{"scopes": {"a"}}}
+	bob   = authenticationv1.UserInfo{Username: "bob", Groups: []string{"system:authenticated"}}
 	at    = time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
 )
-
-func ring(t *testing.T) *recordkey.Keyring {
-	t.Helper()
-	r, err := recordkey.Generate("k1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
 
 func token(mutate ...func(*keymintv1alpha1.ApiToken)) *keymintv1alpha1.ApiToken {
 	t := &keymintv1alpha1.ApiToken{
@@ -41,14 +34,14 @@ func token(mutate ...func(*keymintv1alpha1.ApiToken)) *keymintv1alpha1.ApiToken 
 
 // admitted is tok as admission would store it when who writes it over
 // before.
-func admitted(r *recordkey.Keyring, before, tok *keymintv1alpha1.ApiToken, who Identity) *keymintv1alpha1.ApiToken {
+func admitted(r *recordkey.Keyring, before, tok *keymintv1alpha1.ApiToken, who authenticationv1.UserInfo) *keymintv1alpha1.ApiToken {
 	tok = tok.DeepCopy()
 	Admit(r, before, tok, who, at, time.Time{})
 	return tok
 }
 
 func TestAdmitKeepsOrReplacesTheRequester(t *testing.T) {
-	r := ring(t)
+	r := recordkeytest.Keyring(t, "k1")
 	created := admitted(r, nil, token(), alice)
 	cases := map[string]struct {
 		// mutate changes the stored token in bob's write.
@@ -114,9 +107,9 @@ func withRotate(v string) func(*keymintv1alpha1.ApiToken) {
 }
 
 func TestReadRefusesWhatKeymintDidNotSign(t *testing.T) {
-	r := ring(t)
+	r := recordkeytest.Keyring(t, "k1")
 	good := admitted(r, nil, token(), alice)
-	other := ring(t)
+	other := recordkeytest.Keyring(t, "k1")
 	cases := map[string]struct {
 		tok  *keymintv1alpha1.ApiToken
 		ring *recordkey.Keyring
@@ -150,10 +143,20 @@ func TestReadRefusesWhatKeymintDidNotSign(t *testing.T) {
 	}
 }
 
-func TestUserInfoRoundTrip(t *testing.T) {
-	u := alice.UserInfo()
-	if got := FromUserInfo(u); !got.equal(alice) {
-		t.Errorf("round trip = %+v, want %+v", got, alice)
+// Records signed before the requester became an authentication/v1
+// UserInfo read back as the same user: an upgrade keeps every requester.
+func TestARecordOfTheEarlierFormatReadsBack(t *testing.T) {
+	r := recordkeytest.Keyring(t, "k1")
+	tok := token()
+	raw := `{"requester":{"username":"alice","groups":["devs","system:authenticated"],"extra":{"scopes":["a"]}},` +
+		`"requestedAt":"2026-12-07T10:00:00Z","spec":"` + SpecDigest(tok) + `"}`
+	tok.Annotations = map[string]string{
+		keymintv1alpha1.RequesterAnnotation:          raw,
+		keymintv1alpha1.RequesterSignatureAnnotation: r.Sign(signedFields(tok, raw)...),
+	}
+	rec, p := Read(r, tok)
+	if p != "" || !sameUser(rec.Requester, alice) {
+		t.Errorf("Read = %+v (%s), want alice as recorded", rec, p)
 	}
 }
 
@@ -161,7 +164,7 @@ func TestUserInfoRoundTrip(t *testing.T) {
 // could skip it, and anyone could have had a record of their choosing
 // signed) is never kept: the next admitted write records its own writer.
 func TestAdmitKeepsNoRecordFromBeforeTheWebhook(t *testing.T) {
-	r := ring(t)
+	r := recordkeytest.Keyring(t, "k1")
 	created := admitted(r, nil, token(), alice)
 	after := created.DeepCopy()
 	after.Spec.Description = "touched"

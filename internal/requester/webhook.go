@@ -10,6 +10,7 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -117,7 +118,7 @@ func (w Webhook) Trust(ctx context.Context, ring *recordkey.Keyring, tok *keymin
 // stored before (nil on create), as Admit does. While the configuration
 // can be skipped, nothing of before's record is kept (others' writes may
 // have skipped the webhook), nor a record signed before it existed.
-func (w Webhook) Record(ctx context.Context, ring *recordkey.Keyring, before, after *keymintv1alpha1.ApiToken, who Identity, now time.Time) error {
+func (w Webhook) Record(ctx context.Context, ring *recordkey.Keyring, before, after *keymintv1alpha1.ApiToken, who authenticationv1.UserInfo, now time.Time) error {
 	since, why, err := w.Check(ctx)
 	if err != nil {
 		return err

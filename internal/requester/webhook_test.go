@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/recordkey/recordkeytest"
 )
 
 // A requester record is trusted only while every ApiToken write goes
@@ -159,7 +160,7 @@ func TestTrust(t *testing.T) {
 		c.CreationTimestamp = metav1.NewTime(at)
 		return c
 	}
-	r := ring(t)
+	r := recordkeytest.Keyring(t, "k1")
 	tok := admitted(r, nil, token(), alice) // requestedAt: at
 	for name, tc := range map[string]struct {
 		cfg         *admissionregistrationv1.MutatingWebhookConfiguration

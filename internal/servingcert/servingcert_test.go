@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"net"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,14 +19,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/yaml"
 
-	"github.com/keymint/keymint/controllers"
 	"github.com/keymint/keymint/internal/servingcert"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/webhook/check"
@@ -36,11 +35,7 @@ import (
 // caBundle reaches the check server by the Service's DNS name.
 func TestSelfManagedCertificates(t *testing.T) {
 	logf.SetLogger(zap.New(zap.WriteTo(testWriter{t}), zap.UseDevMode(true)))
-	cfg, c := testenv.Start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-
-	const ns = "keymint-system" // testenv.Start made it, for the record key
+	const ns = "keymint-system" // Run made it, for the record key
 	root, _ := testenv.RepoRoot()
 	raw, err := os.ReadFile(filepath.Join(root, "config", "webhook", "validating.yaml"))
 	if err != nil {
@@ -54,14 +49,6 @@ func TestSelfManagedCertificates(t *testing.T) {
 	for i := range vwc.Webhooks {
 		vwc.Webhooks[i].ClientConfig.Service.Name, vwc.Webhooks[i].ClientConfig.Service.Namespace = "keymint-webhook", ns
 	}
-	if err := c.Create(ctx, vwc); err != nil {
-		t.Fatal(err)
-	}
-
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: testenv.Scheme, Cache: controllers.CacheOptions(), Metrics: metricsserver.Options{BindAddress: "0"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	opts := servingcert.Options{
 		Secret: types.NamespacedName{Namespace: ns, Name: "keymint-serving-certs"}, Service: "keymint-webhook",
 		WebhookConfiguration: vwc.Name, Dir: t.TempDir(),
@@ -69,38 +56,30 @@ func TestSelfManagedCertificates(t *testing.T) {
 		// expires: the first rotation is due about 10 s after issue.
 		Timing: servingcert.Timing{CA: time.Hour, Server: time.Minute, RenewBefore: 50 * time.Second, CheckEvery: time.Second},
 	}
-	ready, err := servingcert.Setup(ctx, mgr, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := check.Setup(ctx, mgr, check.Options{
-		Listener: ln, CertFile: opts.CertFile(), KeyFile: opts.KeyFile(), CertReady: ready,
-		DefaultRequestsPerMinute: 500, FlushInterval: time.Second, Clock: clock.RealClock{}, Registerer: prometheus.NewRegistry(),
-	}); err != nil {
-		t.Fatal(err)
-	}
-	kubeletDone, mgrDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(kubeletDone)
-		playKubelet(ctx, t, c, opts.Secret, opts.Dir)
-	}()
-	go func() {
-		defer close(mgrDone)
-		if err := mgr.Start(ctx); err != nil {
-			t.Errorf("the manager stopped: %v", err)
-		}
-	}()
-	// Both write into opts.Dir: they stop before t.TempDir's cleanup (which
-	// runs later, cleanups being last in, first out) removes it.
-	t.Cleanup(func() {
-		cancel()
-		<-kubeletDone
-		<-mgrDone
+	ln := testenv.Listen(t)
+	var ready <-chan struct{}
+	// The kubelet's stand-in writes into opts.Dir until the environment
+	// stops: it has stopped before t.TempDir's cleanup removes the
+	// directory (cleanups run last in, first out).
+	var kubelet sync.WaitGroup
+	t.Cleanup(kubelet.Wait)
+	e := testenv.RunT(t, testenv.RunInput{
+		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
+			if err := e.Client.Create(ctx, vwc); err != nil {
+				return err
+			}
+			var err error
+			if ready, err = servingcert.Setup(ctx, e.Manager, opts); err != nil {
+				return err
+			}
+			kubelet.Go(func() { playKubelet(ctx, t, e.Client, opts.Secret, opts.Dir) })
+			return check.Setup(ctx, e.Manager, check.Options{
+				Listener: ln, CertFile: opts.CertFile(), KeyFile: opts.KeyFile(), CertReady: ready,
+				DefaultRequestsPerMinute: 500, FlushInterval: time.Second, Clock: clock.RealClock{}, Registerer: prometheus.NewRegistry(),
+			})
+		},
 	})
+	c, ctx := e.Client, t.Context()
 
 	select {
 	case <-ready:
@@ -109,21 +88,23 @@ func TestSelfManagedCertificates(t *testing.T) {
 	}
 
 	// The CA reaches the webhook configuration.
-	var caBundle []byte
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		got := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-		if err := c.Get(ctx, client.ObjectKeyFromObject(vwc), got); err != nil {
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
 			t.Fatal(err)
 		}
-		if caBundle = got.Webhooks[0].ClientConfig.CABundle; len(caBundle) > 0 && string(caBundle) == string(got.Webhooks[1].ClientConfig.CABundle) {
-			break
+	}
+	var caBundle []byte
+	must(testenv.Poll(ctx, 30*time.Second, "the same caBundle in both webhooks of the configuration", func() error {
+		got := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(vwc), got); err != nil {
+			return testenv.Permanent(err)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if len(caBundle) == 0 {
-		t.Fatal("no caBundle in the webhook configuration")
-	}
+		if caBundle = got.Webhooks[0].ClientConfig.CABundle; len(caBundle) == 0 || string(caBundle) != string(got.Webhooks[1].ClientConfig.CABundle) {
+			return errors.New("not yet")
+		}
+		return nil
+	}))
 	sec := &corev1.Secret{}
 	if err := c.Get(ctx, opts.Secret, sec); err != nil {
 		t.Fatalf("the certificate Secret: %v", err)
@@ -138,19 +119,20 @@ func TestSelfManagedCertificates(t *testing.T) {
 	if !pool.AppendCertsFromPEM(caBundle) {
 		t.Fatal("the caBundle holds no certificate")
 	}
-	for _, name := range []string{"keymint-webhook.keymint-system.svc", "keymint-webhook.keymint-system.svc.cluster.local"} {
-		var conn *tls.Conn
-		for time.Now().Before(deadline) {
-			if conn, err = tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12}); err == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+	served := func(name string) (*x509.Certificate, error) {
+		conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12})
 		if err != nil {
-			t.Fatalf("TLS to the check server as %s: %v", name, err)
+			return nil, err
 		}
-		cert := conn.ConnectionState().PeerCertificates[0]
-		_ = conn.Close()
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0], nil
+	}
+	for _, name := range []string{"keymint-webhook.keymint-system.svc", "keymint-webhook.keymint-system.svc.cluster.local"} {
+		var cert *x509.Certificate
+		must(testenv.Poll(ctx, 30*time.Second, "TLS to the check server as "+name, func() (err error) {
+			cert, err = served(name)
+			return err
+		}))
 		if left := time.Until(cert.NotAfter); left <= 0 {
 			t.Errorf("the serving certificate has expired: %v", cert.NotAfter)
 		}
@@ -159,37 +141,33 @@ func TestSelfManagedCertificates(t *testing.T) {
 	// Before it expires, the certificate is renewed, and the check server
 	// serves the new one without a restart.
 	first := sec.Data["tls.crt"]
-	deadline = time.Now().Add(45 * time.Second)
 	var renewed []byte
-	for time.Now().Before(deadline) && renewed == nil {
+	must(testenv.Poll(ctx, 45*time.Second, "the serving certificate to be renewed before it expires", func() error {
 		now := &corev1.Secret{}
-		if err := c.Get(ctx, opts.Secret, now); err == nil && len(now.Data["tls.crt"]) > 0 && string(now.Data["tls.crt"]) != string(first) {
-			renewed = now.Data["tls.crt"]
+		if err := c.Get(ctx, opts.Secret, now); err != nil {
+			return err
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if renewed == nil {
-		t.Fatal("the serving certificate was not renewed before it expired")
-	}
+		if len(now.Data["tls.crt"]) == 0 || string(now.Data["tls.crt"]) == string(first) {
+			return errors.New("still the first certificate")
+		}
+		renewed = now.Data["tls.crt"]
+		return nil
+	}))
 	block, _ := pem.Decode(renewed)
 	want, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "keymint-webhook.keymint-system.svc", MinVersion: tls.VersionTLS12})
-		if err == nil {
-			served := conn.ConnectionState().PeerCertificates[0]
-			_ = conn.Close()
-			if served.SerialNumber.Cmp(want.SerialNumber) == 0 {
-				break
-			}
+	must(testenv.Poll(ctx, 15*time.Second, "the check server to serve the renewed certificate", func() error {
+		cert, err := served("keymint-webhook.keymint-system.svc")
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the check server still serves the old certificate (%v)", err)
+		if cert.SerialNumber.Cmp(want.SerialNumber) != 0 {
+			return fmt.Errorf("it serves serial %v", cert.SerialNumber)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	}))
 }
 
 // playKubelet does what the kubelet does for the Deployment's Secret volume

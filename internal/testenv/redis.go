@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -49,16 +50,12 @@ func StartRedis(dir string) (*Redis, error) {
 // StartRedisWithPassword is StartRedis with a password every client must
 // give (none when empty).
 func StartRedisWithPassword(dir, password string) (*Redis, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		return nil, err
-	}
-	r := &Redis{Addr: addr, Password: password, dir: dir}
-	return r, r.Start()
+	var r *Redis
+	err := OnFreePorts(1, func(ports []int) error {
+		r = &Redis{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), Password: password, dir: dir}
+		return r.Start()
+	})
+	return r, err
 }
 
 // URL is the redis:// URL of the server, password included.
@@ -95,16 +92,28 @@ func (r *Redis) Start() error {
 	exited, cmd := make(chan struct{}), r.cmd
 	r.exited = exited
 	go func() { _ = cmd.Wait(); close(exited) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", r.Addr, 100*time.Millisecond); err == nil {
-			_ = c.Close()
-			return nil
+	// Ready once it says so: something else answering on its port is not
+	// it (OnFreePorts then tries another port).
+	err = Poll(context.Background(), 10*time.Second, "redis-server to answer on "+r.Addr, func() error {
+		select {
+		case <-exited:
+			return Permanent(AddrInUse(errors.New("redis-server exited: "+r.log.String()), r.log.String()))
+		default:
 		}
-		time.Sleep(20 * time.Millisecond)
+		if !strings.Contains(r.log.String(), "Ready to accept connections") {
+			return errors.New("not ready yet")
+		}
+		c, err := net.DialTimeout("tcp", r.Addr, 100*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	if err != nil {
+		_ = r.Stop()
+		return err
 	}
-	_ = r.Stop()
-	return fmt.Errorf("redis-server did not answer on %s within 10s: %s", r.Addr, r.log.String())
+	return nil
 }
 
 // Stop stops the server (SIGKILL: as a crash, keeping nothing) and waits

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -52,19 +51,14 @@ func ServeRequesters(ctx context.Context, env *envtest.Environment, ring *record
 	srv.Register(admission.RequesterPath, admission.NewRequesterWebhook(Scheme, ring, requester.Webhook{Reader: c, Name: RequesterWebhookName}))
 	errs := make(chan error, 1)
 	go func() { errs <- srv.Start(ctx) }()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	return Poll(ctx, 30*time.Second, "the requester webhook to serve", func() error {
 		select {
 		case err := <-errs:
-			return fmt.Errorf("serving the requester webhook: %w", err)
+			return Permanent(fmt.Errorf("serving the requester webhook: %w", err))
 		default:
 		}
-		if srv.StartedChecker()(nil) == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the requester webhook did not start within 30 s")
-		}
-	}
+		return srv.StartedChecker()(nil)
+	})
 }
 
 // RecordKeySecret is where keymint keeps its record key by default
@@ -81,19 +75,4 @@ func ClusterKeyring(ctx context.Context, c client.Client) (*recordkey.Keyring, e
 		return nil, err
 	}
 	return recordkey.LoadOrCreate(ctx, c, c, RecordKeySecret)
-}
-
-// serveRecording serves the requester webhook of an environment Start made,
-// with the cluster's keyring, until the test ends.
-func serveRecording(t testing.TB, env *envtest.Environment, c client.Client) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	ring, err := ClusterKeyring(ctx, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ServeRequesters(ctx, env, ring); err != nil {
-		t.Fatal(err)
-	}
 }

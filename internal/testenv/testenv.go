@@ -4,10 +4,10 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
-	eventsv1 "k8s.io/api/events/v1"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -106,54 +107,32 @@ func New() (*envtest.Environment, error) {
 // and returns its config and a client that reads and writes past any cache.
 // Like a cluster with keymint installed, it calls keymint's requester
 // webhook (served by the test, signing with the key in RecordKeySecret,
-// which it creates) for every ApiToken written.
+// which it creates) for every ApiToken written. Run adds a manager.
 func Start(t testing.TB) (*rest.Config, client.Client) {
 	t.Helper()
-	env, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := RecordRequesters(env); err != nil {
-		t.Fatal(err)
-	}
-	cfg, c := start(t, env)
-	serveRecording(t, env, c)
-	return cfg, c
+	e := startT(t, "")
+	return e.Config, e.Client
 }
 
 // StartWithAPIServer is Start, and also returns the control plane's
 // kube-apiserver, for a test to stop and start again while etcd runs on.
 func StartWithAPIServer(t testing.TB) (*rest.Config, client.Client, *APIServer) {
 	t.Helper()
-	env, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
 	// envtest makes, and removes on Stop, a directory of its own for the
 	// serving certificate unless given one: a restart would then serve a
 	// new certificate, from a new CA, that no earlier client trusts.
-	if err := RecordRequesters(env); err != nil {
-		t.Fatal(err)
-	}
-	s := env.ControlPlane.GetAPIServer()
-	s.CertDir = t.TempDir()
-	cfg, c := start(t, env)
-	serveRecording(t, env, c)
-	return cfg, c, &APIServer{s: s}
+	e := startT(t, t.TempDir())
+	return e.Config, e.Client, &APIServer{s: e.env.ControlPlane.GetAPIServer()}
 }
 
-func start(t testing.TB, env *envtest.Environment) (*rest.Config, client.Client) {
+func startT(t testing.TB, certDir string) *Environment {
 	t.Helper()
-	cfg, err := env.Start()
+	e, err := boot(context.Background(), false, certDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = env.Stop() })
-	c, err := client.New(cfg, client.Options{Scheme: Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg, c
+	t.Cleanup(func() { _ = e.Stop() })
+	return e
 }
 
 // APIServer is a running control plane's kube-apiserver. Stopped and started
@@ -186,14 +165,12 @@ func (a *APIServer) Kill() error {
 	// envtest waits for its process, which removes it from /proc. (No
 	// envtest Stop: it may not have noted the exit yet, and would signal a
 	// process that is gone. Start makes a new process state anyway.)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, fs.ErrNotExist) {
-			return nil
+	return Poll(context.Background(), 10*time.Second, fmt.Sprintf("kube-apiserver (pid %d) to exit after SIGKILL", pid), func() error {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); !errors.Is(err, fs.ErrNotExist) {
+			return errors.New("still there")
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("kube-apiserver (pid %d) still there 10 s after SIGKILL", pid)
-		}
-	}
+		return nil
+	})
 }
 
 // pid finds kube-apiserver's process by its command line, which names the

@@ -7,9 +7,10 @@ import (
 	"path/filepath"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/yaml"
 )
 
@@ -36,14 +37,15 @@ func InstallWebhooks(ctx context.Context, cfg *rest.Config, name string, port in
 	if err := readManifest(filepath.Join(root, "config", "webhook", "mutating.yaml"), mutating); err != nil {
 		return err
 	}
-	mutating.Name = name
 	for i := range mutating.Webhooks {
 		point(&mutating.Webhooks[i].ClientConfig)
 	}
-	if err := createOrReplace(ctx, c, mutating, &admissionregistrationv1.MutatingWebhookConfiguration{}, func(got client.Object) {
-		got.(*admissionregistrationv1.MutatingWebhookConfiguration).Webhooks = mutating.Webhooks
+	stored := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if _, err := controllerutil.CreateOrUpdate(ctx, c, stored, func() error {
+		stored.Labels, stored.Webhooks = mutating.Labels, mutating.Webhooks
+		return nil
 	}); err != nil {
-		return err
+		return fmt.Errorf("installing the requester webhook: %w", err)
 	}
 	if !validating {
 		return nil
@@ -52,13 +54,17 @@ func InstallWebhooks(ctx context.Context, cfg *rest.Config, name string, port in
 	if err := readManifest(filepath.Join(root, "config", "webhook", "validating.yaml"), v); err != nil {
 		return err
 	}
-	v.Name = name
 	for i := range v.Webhooks {
 		point(&v.Webhooks[i].ClientConfig)
 	}
-	return createOrReplace(ctx, c, v, &admissionregistrationv1.ValidatingWebhookConfiguration{}, func(got client.Object) {
-		got.(*admissionregistrationv1.ValidatingWebhookConfiguration).Webhooks = v.Webhooks
-	})
+	storedV := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if _, err := controllerutil.CreateOrUpdate(ctx, c, storedV, func() error {
+		storedV.Labels, storedV.Webhooks = v.Labels, v.Webhooks
+		return nil
+	}); err != nil {
+		return fmt.Errorf("installing the validating webhooks: %w", err)
+	}
+	return nil
 }
 
 func readManifest(path string, into any) error {
@@ -68,26 +74,6 @@ func readManifest(path string, into any) error {
 	}
 	if err := yaml.Unmarshal(raw, into); err != nil {
 		return fmt.Errorf("reading %s: %w", path, err)
-	}
-	return nil
-}
-
-// createOrReplace creates want, or copies its webhooks (set) onto the
-// stored object of that name.
-func createOrReplace(ctx context.Context, c client.Client, want, got client.Object, set func(client.Object)) error {
-	err := c.Get(ctx, client.ObjectKeyFromObject(want), got)
-	if apierrors.IsNotFound(err) {
-		if err := c.Create(ctx, want); err != nil {
-			return fmt.Errorf("installing the admission webhooks: %w", err)
-		}
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	set(got)
-	if err := c.Update(ctx, got); err != nil {
-		return fmt.Errorf("updating the admission webhooks: %w", err)
 	}
 	return nil
 }

@@ -10,9 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
@@ -62,45 +60,25 @@ func TestTokenMetrics(t *testing.T) {
 	g := NewWithT(t)
 	g.SetDefaultEventuallyTimeout(20 * time.Second)
 	g.SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
-	cfg, c := testenv.Start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: testenv.Scheme, Cache: controllers.CacheOptions(), Metrics: metricsserver.Options{BindAddress: "0"},
-	})
-	g.Expect(err).NotTo(HaveOccurred())
-	ring, err := testenv.ClusterKeyring(ctx, c)
-	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
 	reg := prometheus.NewRegistry()
-	g.Expect(reg.Register(tokenmetrics.New(mgr.GetCache(), clock.RealClock{}))).To(Succeed())
-	go func() { _ = mgr.Start(ctx) }()
+	e := testenv.RunT(t, testenv.RunInput{
+		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
+			if err := reg.Register(tokenmetrics.New(e.Manager.GetCache(), clock.RealClock{})); err != nil {
+				return err
+			}
+			return controllers.Setup(ctx, e.Manager, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: e.Keyring})
+		},
+	})
+	c, ctx := e.Client, t.Context()
 
 	const ns = "metrics"
 	g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
-	g.Expect(c.Create(ctx, &keymintv1alpha1.ServiceUser{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "exporter"},
-		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"invoices:read"}},
-	})).To(Succeed())
-	expiry := metav1.NewTime(time.Now().Add(72 * time.Hour).Truncate(time.Second))
-	nightly := &keymintv1alpha1.ApiToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "nightly"},
-		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter", ExpiresAt: &expiry},
-	}
-	forever := &keymintv1alpha1.ApiToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "forever"},
-		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter"},
-	}
-	stray := &keymintv1alpha1.ApiToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "stray"},
-		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "nobody"},
-	}
-	daily := &keymintv1alpha1.ApiToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "daily"},
-		Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter", Lifetime: &metav1.Duration{Duration: 72 * time.Hour},
-			Rotation: &keymintv1alpha1.Rotation{Every: &metav1.Duration{Duration: 24 * time.Hour}}},
-	}
+	g.Expect(c.Create(ctx, testenv.ServiceUser(ns, "exporter", testenv.WithPermissions("invoices:read")))).To(Succeed())
+	expiry := time.Now().Add(72 * time.Hour).Truncate(time.Second)
+	nightly := testenv.ApiToken(ns, "nightly", "exporter", testenv.WithExpiresAt(expiry))
+	forever := testenv.ApiToken(ns, "forever", "exporter")
+	stray := testenv.ApiToken(ns, "stray", "nobody")
+	daily := testenv.ApiToken(ns, "daily", "exporter", testenv.WithLifetime(72*time.Hour), testenv.WithRotation(24*time.Hour, 0))
 	for _, tok := range []*keymintv1alpha1.ApiToken{nightly, forever, stray, daily} {
 		g.Expect(c.Create(ctx, tok)).To(Succeed())
 	}

@@ -336,6 +336,12 @@ const (
 	// GraceEnded: a rotated-out hash past its grace period; a check answers
 	// it as it answers an unknown token.
 	GraceEnded
+	// NotForAudience: the token is restricted to audiences the check does
+	// not accept (Admit only).
+	NotForAudience
+	// TooManyBudgets: the check requires more rated scopes than MaxBudgets
+	// (Admit only): the request is at fault, not the token.
+	TooManyBudgets
 )
 
 // Current selects the current hash in Check; 0 and up select t.Previous[i].
@@ -359,6 +365,119 @@ func Check(t *Token, u *User, which int, now time.Time) Refusal {
 		return GraceEnded
 	}
 	return Accepted
+}
+
+// Demand is what one check asks of a token beyond being valid.
+type Demand struct {
+	// Scopes are required, every one of them.
+	Scopes []string
+	// Audiences are those the caller accepts; Admit moves the ones the
+	// token accepts to the front (see AcceptsAudience).
+	Audiences []string
+	// DefaultRate is the checks per minute of a token whose spec and user
+	// set none.
+	DefaultRate int32
+}
+
+// Admission is the whole answer of the rules for one check of one hash.
+type Admission struct {
+	// Refusal is Accepted, or why the check is refused (Missing aside).
+	Refusal Refusal
+	// MatchedAudiences is how many of Demand.Audiences, at its front, the
+	// token accepts; 0 for a token restricted to none.
+	MatchedAudiences int
+	// Budgets are what the check counts against (see Budgets).
+	Budgets Budgets
+	// Missing are the required scopes the token lacks. A check refuses
+	// them (403) after counting the check against its budgets, so that a
+	// token probing for scopes spends its rate like any other.
+	Missing []string
+}
+
+// Admit decides one check of hash `which` of token t of user u at now, in
+// one call: Check, then the audience, the budgets and the missing scopes.
+// It allocates nothing unless scopes are missing.
+func Admit(t *Token, u *User, which int, now time.Time, d Demand) (a Admission) {
+	if a.Refusal = Check(t, u, which, now); a.Refusal != Accepted {
+		return a
+	}
+	var ok bool
+	if a.MatchedAudiences, ok = AcceptsAudience(t.Spec.Audiences, d.Audiences); !ok {
+		a.Refusal = NotForAudience
+		return a
+	}
+	budgets, ok := BudgetsOf(t.Spec, u, d.Scopes, d.DefaultRate)
+	if !ok {
+		a.Refusal = TooManyBudgets
+		return a
+	}
+	a.Budgets = budgets
+	for _, s := range d.Scopes {
+		if !Grants(t.Spec, u, s) {
+			a.Missing = append(a.Missing, s)
+		}
+	}
+	return a
+}
+
+// Grants reports whether a token of spec may do scope under user u: one of
+// its EffectiveScopes, without building them.
+func Grants(spec *keymintv1alpha1.ApiTokenSpec, u *User, scope string) bool {
+	return slices.Contains(u.Permissions, scope) && (len(spec.Scopes) == 0 || slices.Contains(spec.Scopes, scope))
+}
+
+// MaxBudgets bounds the budgets one check counts against.
+const MaxBudgets = 8
+
+// Budget is one budget a check counts against: the token's own (Scope ""),
+// or that of one scope with a rate of its own.
+type Budget struct {
+	Scope string
+	Limit int32
+}
+
+// Budgets are the budgets of one check, held by value so that passing them
+// allocates nothing.
+type Budgets struct {
+	n int
+	b [MaxBudgets]Budget
+}
+
+// Add adds a budget, once per scope. It reports false when the check
+// already has MaxBudgets.
+func (bs *Budgets) Add(scope string, limit int32) bool {
+	for i := range bs.n {
+		if bs.b[i].Scope == scope {
+			return true
+		}
+	}
+	if bs.n == MaxBudgets {
+		return false
+	}
+	bs.b[bs.n] = Budget{Scope: scope, Limit: limit}
+	bs.n++
+	return true
+}
+
+// Len is how many budgets the check has.
+func (bs *Budgets) Len() int { return bs.n }
+
+// At returns budget i, 0 ≤ i < Len.
+func (bs *Budgets) At(i int) Budget { return bs.b[i] }
+
+// BudgetsOf returns the budgets a check that requires scopes counts
+// against: one per required scope with a rate of its own (ScopeRate), else
+// the token's own rate (Rate). ok is false past MaxBudgets.
+func BudgetsOf(spec *keymintv1alpha1.ApiTokenSpec, u *User, required []string, serverDefault int32) (bs Budgets, ok bool) {
+	for _, s := range required {
+		if r := ScopeRate(spec, u, s); r != nil && !bs.Add(r.Scope, r.RequestsPerMinute) {
+			return bs, false
+		}
+	}
+	if bs.n == 0 {
+		bs.Add("", Rate(spec, u, serverDefault))
+	}
+	return bs, true
 }
 
 // EffectiveScopes returns what a token may do: its scopes that the user still
@@ -401,46 +520,24 @@ func NotGranted(spec *keymintv1alpha1.ApiTokenSpec, u *User, now time.Time) (sco
 	return scopes, lifetimeCapped
 }
 
-// MissingScopes returns the required scopes that effective scopes lack.
-func MissingScopes(effective, required []string) []string {
-	var missing []string
-	for _, s := range required {
-		if !slices.Contains(effective, s) {
-			missing = append(missing, s)
-		}
-	}
-	return missing
-}
-
-// AudienceAccepted is AcceptsAudience's answer alone, without the matched
-// list: for the check path, which allocates nothing.
-func AudienceAccepted(audiences, requested []string) bool {
-	if len(audiences) == 0 {
-		return true
-	}
-	for _, a := range requested {
-		if slices.Contains(audiences, a) {
-			return true
-		}
-	}
-	return false
-}
-
 // AcceptsAudience reports whether a token restricted to audiences may be used
-// for one of the requested ones, and which. Audiences restrict tokens, not
-// routes: a token that sets none is accepted whatever is asked (for a
+// for one of the requested ones, and which: it moves the requested audiences
+// the token accepts to the front of requested, in their order, and returns
+// how many, so that the answer allocates nothing. Audiences restrict tokens,
+// not routes: a token that sets none is accepted whatever is asked (for a
 // TokenReview, with no audience in the answer, which kube-apiserver reads as
-// its own).
-func AcceptsAudience(audiences, requested []string) (matched []string, ok bool) {
+// its own), with matched 0.
+func AcceptsAudience(audiences, requested []string) (matched int, ok bool) {
 	if len(audiences) == 0 {
-		return nil, true
+		return 0, true
 	}
 	for _, a := range requested {
 		if slices.Contains(audiences, a) {
-			matched = append(matched, a)
+			requested[matched] = a
+			matched++
 		}
 	}
-	return matched, len(matched) > 0
+	return matched, matched > 0
 }
 
 // Rate returns the checks per minute a token may pass: its own rate, else

@@ -1,6 +1,7 @@
 package tokenstate
 
 import (
+	"fmt"
 	"reflect"
 	"slices"
 	"testing"
@@ -808,25 +809,111 @@ func TestEffectiveScopes(t *testing.T) {
 	}
 }
 
-func TestMissingScopes(t *testing.T) {
-	effective := []string{"links:read", "qr:read"}
+// Admit is a check's whole rule: validity first, then the audience, the
+// budgets and the scopes a token lacks.
+func TestAdmit(t *testing.T) {
+	user := User{Found: true, UID: uid, Permissions: []string{"links:read", "links:write", "qr:read"},
+		ScopeRates: []keymintv1alpha1.ScopeRate{{Scope: "links:write", RequestsPerMinute: 6}}}
+	valid := func(spec *keymintv1alpha1.ApiTokenSpec) Token { return issued(spec, time.Time{}) }
+	scoped := &keymintv1alpha1.ApiTokenSpec{Scopes: []string{"links:read", "links:write", "admin"}}
+	many := &keymintv1alpha1.ApiTokenSpec{}
+	var nine []string
+	for i := range MaxBudgets + 1 {
+		s := fmt.Sprintf("s%d", i)
+		many.ScopeRequestsPerMinute = append(many.ScopeRequestsPerMinute, keymintv1alpha1.ScopeRate{Scope: s, RequestsPerMinute: 1})
+		nine = append(nine, s)
+	}
 	tests := map[string]struct {
-		effective []string
-		required  []string
-		want      []string
+		token   Token
+		user    User
+		demand  Demand
+		refusal Refusal
+		matched []string
+		budgets []Budget
+		missing []string
 	}{
-		"nothing required":                 {effective: effective, want: nil},
-		"all held":                         {effective: effective, required: []string{"qr:read", "links:read"}, want: nil},
-		"one lacking":                      {effective: effective, required: []string{"links:read", "links:write"}, want: []string{"links:write"}},
-		"those lacking, in required order": {effective: effective, required: []string{"z:z", "qr:read", "a:a"}, want: []string{"z:z", "a:a"}},
-		"no scopes: every one lacking":     {effective: nil, required: []string{"qr:read"}, want: []string{"qr:read"}},
+		"valid, nothing asked: the default rate": {
+			token: valid(&keymintv1alpha1.ApiTokenSpec{}), user: user, demand: Demand{DefaultRate: 500},
+			budgets: []Budget{{Limit: 500}},
+		},
+		"revoked: refused before anything else": {
+			token: valid(&keymintv1alpha1.ApiTokenSpec{Revoked: true, Audiences: []string{"api"}}), user: user, demand: Demand{Scopes: []string{"nope"}},
+			refusal: Revoked,
+		},
+		"an audience the token is not for": {
+			token: valid(&keymintv1alpha1.ApiTokenSpec{Audiences: []string{"api"}}), user: user, demand: Demand{Audiences: []string{"kube"}},
+			refusal: NotForAudience,
+		},
+		"the audiences it is for, in the caller's order": {
+			token: valid(&keymintv1alpha1.ApiTokenSpec{Audiences: []string{"api", "web"}}), user: user,
+			demand: Demand{Audiences: []string{"web", "kube", "api"}, DefaultRate: 5}, matched: []string{"web", "api"}, budgets: []Budget{{Limit: 5}},
+		},
+		"a rated scope counts against its own budget only": {
+			token: valid(scoped), user: user, demand: Demand{Scopes: []string{"links:write", "links:read"}, DefaultRate: 500},
+			budgets: []Budget{{Scope: "links:write", Limit: 6}},
+		},
+		"scopes the token lacks: its own not granted, or never asked": {
+			token: valid(scoped), user: user, demand: Demand{Scopes: []string{"admin", "qr:read", "links:read"}, DefaultRate: 500},
+			budgets: []Budget{{Limit: 500}}, missing: []string{"admin", "qr:read"},
+		},
+		"a token with no scopes may do all its user's permissions": {
+			token: valid(&keymintv1alpha1.ApiTokenSpec{}), user: user, demand: Demand{Scopes: []string{"qr:read", "admin"}, DefaultRate: 1},
+			budgets: []Budget{{Limit: 1}}, missing: []string{"admin"},
+		},
+		"more rated scopes than budgets": {
+			token: valid(many), user: user, demand: Demand{Scopes: nine}, refusal: TooManyBudgets,
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := MissingScopes(tc.effective, tc.required); !slices.Equal(got, tc.want) {
-				t.Errorf("MissingScopes = %v, want %v", got, tc.want)
+			a := Admit(&tc.token, &tc.user, Current, t0, tc.demand)
+			if a.Refusal != tc.refusal {
+				t.Fatalf("refusal %v, want %v", a.Refusal, tc.refusal)
+			}
+			if got := tc.demand.Audiences[:a.MatchedAudiences]; !slices.Equal(got, tc.matched) && len(got)+len(tc.matched) > 0 {
+				t.Errorf("audiences %v, want %v", got, tc.matched)
+			}
+			var budgets []Budget
+			for i := range a.Budgets.Len() {
+				budgets = append(budgets, a.Budgets.At(i))
+			}
+			if !slices.Equal(budgets, tc.budgets) {
+				t.Errorf("budgets %v, want %v", budgets, tc.budgets)
+			}
+			if !slices.Equal(a.Missing, tc.missing) {
+				t.Errorf("missing %v, want %v", a.Missing, tc.missing)
 			}
 		})
+	}
+}
+
+// Grants says what EffectiveScopes lists, scope by scope.
+func TestGrantsAgreesWithEffectiveScopes(t *testing.T) {
+	perms := []string{"a", "b", "c"}
+	for _, scopes := range [][]string{nil, {"a"}, {"b", "z"}, {"a", "b", "c"}} {
+		spec := &keymintv1alpha1.ApiTokenSpec{Scopes: scopes}
+		effective := EffectiveScopes(scopes, perms)
+		for _, s := range []string{"a", "b", "c", "z"} {
+			if got, want := Grants(spec, &User{Permissions: perms}, s), slices.Contains(effective, s); got != want {
+				t.Errorf("scopes %v: Grants(%q) = %v, EffectiveScopes says %v", scopes, s, got, want)
+			}
+		}
+	}
+}
+
+// Budgets keep at most MaxBudgets scopes, each once.
+func TestBudgetsHoldAtMostMaxBudgetsScopes(t *testing.T) {
+	var bs Budgets
+	for i := range MaxBudgets {
+		if !bs.Add(fmt.Sprint("s", i), 1) {
+			t.Fatalf("budget %d refused", i)
+		}
+	}
+	if !bs.Add("s0", 1) || bs.Len() != MaxBudgets {
+		t.Errorf("a scope added twice: %d budgets", bs.Len())
+	}
+	if bs.Add("one-more", 1) {
+		t.Error("a budget past MaxBudgets was added")
 	}
 }
 
@@ -848,12 +935,13 @@ func TestAcceptsAudience(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			got, ok := AcceptsAudience(tc.audiences, tc.requested)
-			if ok != tc.ok || !slices.Equal(got, tc.want) {
+			requested := slices.Clone(tc.requested)
+			n, ok := AcceptsAudience(tc.audiences, requested)
+			if got := requested[:n]; ok != tc.ok || !slices.Equal(got, tc.want) {
 				t.Errorf("AcceptsAudience = %v, %v; want %v, %v", got, ok, tc.want, tc.ok)
 			}
-			if len(tc.audiences) == 0 && got != nil {
-				t.Errorf("an unrestricted token matched %v, want no audience", got)
+			if len(tc.audiences) == 0 && n != 0 {
+				t.Errorf("an unrestricted token matched %v, want no audience", requested[:n])
 			}
 		})
 	}
@@ -884,19 +972,18 @@ func TestRate(t *testing.T) {
 	}
 }
 
-func TestAudienceAcceptedAgreesWithAcceptsAudience(t *testing.T) {
-	cases := []struct{ audiences, requested []string }{
-		{nil, nil}, {nil, []string{"x"}}, {[]string{"vault"}, nil}, {[]string{"vault"}, []string{"grafana"}},
-		{[]string{"vault"}, []string{"grafana", "vault"}}, {[]string{"a", "b"}, []string{"b"}},
-	}
-	for _, c := range cases {
-		_, want := AcceptsAudience(c.audiences, c.requested)
-		if got := AudienceAccepted(c.audiences, c.requested); got != want {
-			t.Errorf("AudienceAccepted(%q, %q) = %v, AcceptsAudience says %v", c.audiences, c.requested, got, want)
+// The check path calls AcceptsAudience on every check: it allocates nothing,
+// matched or not.
+func TestAcceptsAudienceAllocatesNothing(t *testing.T) {
+	audiences := []string{"vault", "grafana"}
+	var buf [4]string
+	for _, requested := range [][]string{{"kube"}, {"vault"}, {"kube", "grafana", "vault"}} {
+		if n := testing.AllocsPerRun(100, func() {
+			req := append(buf[:0], requested...)
+			_, _ = AcceptsAudience(audiences, req)
+		}); n != 0 {
+			t.Errorf("AcceptsAudience(%q) allocates %v times", requested, n)
 		}
-	}
-	if !AudienceAccepted([]string{"vault"}, []string{"vault"}) || AudienceAccepted([]string{"vault"}, []string{"grafana"}) {
-		t.Error("the two answers a user sees are wrong")
 	}
 }
 

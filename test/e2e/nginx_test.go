@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 )
 
@@ -80,14 +82,6 @@ func nginxBinary() string {
 	}
 	Fail("the end-to-end suite runs nginx and none is installed: run `make test-deps` (Debian: apt-get install nginx)")
 	return ""
-}
-
-func freeLoopbackPort() int {
-	GinkgoHelper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	Expect(err).NotTo(HaveOccurred())
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // childrenOf lists the processes whose parent is pid (nginx's workers).
@@ -193,29 +187,52 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 		Expect(err).NotTo(HaveOccurred())
 		checkURL, err := url.Parse(env["KEYMINT_CHECK_URL"])
 		Expect(err).NotTo(HaveOccurred())
-		port := freeLoopbackPort()
-		conf, err := configureNginx(string(shipped), map[string]string{
-			"listen":       fmt.Sprintf("127.0.0.1:%d", port),
-			"keymint":      checkURL.Host,
-			"keymint-name": "localhost", // make run's certificate is for 127.0.0.1 and localhost
-			"keymint-ca":   env["KEYMINT_CA_FILE"],
-			"app":          strings.TrimPrefix(app.URL, "http://"),
-		})
-		Expect(err).NotTo(HaveOccurred())
-		confPath := filepath.Join(prefix, "keymint.conf")
-		Expect(os.WriteFile(confPath, []byte(conf), 0o644)).To(Succeed())
-		args := []string{"-p", prefix + "/", "-e", "stderr", "-c", confPath}
-		out, err = exec.Command(nginxBin, append(args, "-t")...).CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), "nginx -t:\n%s", out)
+		// nginx binds a port number of its config: one taken meanwhile is
+		// picked again.
+		var (
+			port     int
+			cmd      *exec.Cmd
+			exited   chan error
+			nginxLog *bytes.Buffer
+		)
+		Expect(testenv.OnFreePorts(1, func(ports []int) error {
+			port = ports[0]
+			conf, err := configureNginx(string(shipped), map[string]string{
+				"listen":       fmt.Sprintf("127.0.0.1:%d", port),
+				"keymint":      checkURL.Host,
+				"keymint-name": "localhost", // make run's certificate is for 127.0.0.1 and localhost
+				"keymint-ca":   env["KEYMINT_CA_FILE"],
+				"app":          strings.TrimPrefix(app.URL, "http://"),
+			})
+			Expect(err).NotTo(HaveOccurred())
+			confPath := filepath.Join(prefix, "keymint.conf")
+			Expect(os.WriteFile(confPath, []byte(conf), 0o644)).To(Succeed())
+			args := []string{"-p", prefix + "/", "-e", "stderr", "-c", confPath}
+			out, err := exec.Command(nginxBin, append(args, "-t")...).CombinedOutput()
+			Expect(err).NotTo(HaveOccurred(), "nginx -t:\n%s", out)
 
-		By("starting nginx")
-		var nginxLog bytes.Buffer
-		cmd := exec.Command(nginxBin, append(args, "-g", "daemon off;")...)
-		cmd.Stdout = io.MultiWriter(&nginxLog, GinkgoWriter)
-		cmd.Stderr = cmd.Stdout
-		Expect(cmd.Start()).To(Succeed())
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
+			By("starting nginx")
+			nginxLog = &bytes.Buffer{}
+			cmd = exec.Command(nginxBin, append(args, "-g", "daemon off;")...)
+			cmd.Stdout = io.MultiWriter(nginxLog, GinkgoWriter)
+			cmd.Stderr = cmd.Stdout
+			Expect(cmd.Start()).To(Succeed())
+			exited = make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			return testenv.Poll(context.Background(), 10*time.Second, fmt.Sprintf("nginx to listen on 127.0.0.1:%d", port), func() error {
+				select {
+				case err := <-exited:
+					exited <- err
+					return testenv.Permanent(testenv.AddrInUse(fmt.Errorf("nginx exited: %v\n%s", err, nginxLog), nginxLog.String()))
+				default:
+				}
+				c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+				if err != nil {
+					return err
+				}
+				return c.Close()
+			})
+		})).To(Succeed())
 		var pids []int
 		DeferCleanup(func() {
 			By("stopping nginx gracefully (SIGQUIT, as nginx -s quit)")
@@ -234,19 +251,6 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 
 		nginxURL = fmt.Sprintf("http://127.0.0.1:%d", port)
 		client = &http.Client{Timeout: 5 * time.Second}
-		Eventually(func() error {
-			select {
-			case err := <-exited:
-				exited <- err
-				StopTrying(fmt.Sprintf("nginx exited: %v\n%s", err, nginxLog.String())).Now()
-			default:
-			}
-			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return err
-		}, 10*time.Second).Should(Succeed())
 		Eventually(func() []int { pids = childrenOf(cmd.Process.Pid); return pids }, 10*time.Second).ShouldNot(BeEmpty(), "nginx's workers")
 	})
 

@@ -5,13 +5,9 @@ package fault
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,15 +33,9 @@ func TestKill9WhileIssuing(t *testing.T) {
 	must := mustFor(t)
 
 	const ns = "default"
-	must(c.Create(ctx, &keymintv1alpha1.ServiceUser{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "batch"},
-		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"jobs:run"}},
-	}))
+	must(c.Create(ctx, testenv.ServiceUser(ns, "batch", testenv.WithPermissions("jobs:run"))))
 	for i := range tokens {
-		must(c.Create(ctx, &keymintv1alpha1.ApiToken{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("t%03d", i)},
-			Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "batch"},
-		}))
+		must(c.Create(ctx, testenv.ApiToken(ns, fmt.Sprintf("t%03d", i), "batch")))
 	}
 
 	ready := func() int {
@@ -61,15 +51,14 @@ func TestKill9WhileIssuing(t *testing.T) {
 	}
 
 	// First run: killed with SIGKILL part-way through issuing.
-	first := start(t, bin, kubeconfig, dir)
+	first := start(t, bin, kubeconfig, dir, false)
 	for ready() < tokens/4 {
 		if ctx.Err() != nil {
 			t.Fatal("the first run issued too few tokens before the deadline")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	must(first.Process.Signal(syscall.SIGKILL))
-	_ = first.Wait()
+	must(first.Kill())
 	killedAt := ready()
 	t.Logf("killed with SIGKILL after %d of %d tokens were Ready; %d Secrets held a token their status did not name yet",
 		killedAt, tokens, writtenBeforeStatus(t, c, ns))
@@ -78,8 +67,7 @@ func TestKill9WhileIssuing(t *testing.T) {
 	}
 
 	// Second run: finishes the job.
-	second := start(t, bin, kubeconfig, dir)
-	t.Cleanup(func() { _ = second.Process.Signal(syscall.SIGTERM); _ = second.Wait() })
+	start(t, bin, kubeconfig, dir, false)
 	for ready() < tokens {
 		if ctx.Err() != nil {
 			t.Fatalf("only %d of %d tokens Ready after the restart", ready(), tokens)
@@ -141,54 +129,34 @@ func writtenBeforeStatus(t *testing.T, c client.Client, ns string) int {
 
 // replica is one running keymint.
 type replica struct {
-	*exec.Cmd
-	checkAddr string // host:port of its check server
-	probeAddr string // host:port of its /healthz and /readyz
-	caFile    string // the CA its self-signed check certificate chains to
-	logFile   string // its stdout and stderr
+	*testenv.Keymint
+	checkAddr string             // host:port of its check server
+	probeAddr string             // host:port of its /healthz and /readyz
+	caFile    string             // the CA its self-signed check certificate chains to
+	log       *testenv.LogBuffer // its stdout and stderr
 }
 
 // start runs keymint as a deployment would, on free loopback ports, with
-// extra flags, and waits until it is ready.
-func start(t *testing.T, bin, kubeconfig, dir string, extra ...string) replica {
+// its metrics server if asked and extra flags, and waits until it is
+// ready. It is stopped when the test ends, if it still runs.
+func start(t *testing.T, bin, kubeconfig, dir string, metrics bool, extra ...string) replica {
 	t.Helper()
-	probe, check, webhook := freePort(t), freePort(t), freePort(t)
-	certs := filepath.Join(dir, fmt.Sprintf("certs-%d", probe))
-	cmd := exec.Command(bin, append([]string{
-		"--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(probe),
-		"--check-bind-address", "127.0.0.1:" + strconv.Itoa(check),
-		"--webhook-bind-address", "127.0.0.1:" + strconv.Itoa(webhook),
-		"--check-self-signed-dir", certs,
-		"--mutating-webhook-configuration", testenv.RequesterWebhookName,
-		"--metrics-bind-address", "0",
-	}, extra...)...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	log, err := os.Create(filepath.Join(dir, fmt.Sprintf("keymint-%d.log", probe)))
+	certs, err := os.MkdirTemp(dir, "certs-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = log.Close() })
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
+	log := &testenv.LogBuffer{}
+	k, err := testenv.StartKeymint(t.Context(), testenv.KeymintOptions{
+		Binary: bin, Kubeconfig: kubeconfig, Metrics: metrics, Log: log, ReadyWithin: time.Minute,
+		Args: append([]string{"--check-self-signed-dir", certs, "--mutating-webhook-configuration", testenv.RequesterWebhookName}, extra...),
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", probe))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return replica{
-					Cmd: cmd, checkAddr: "127.0.0.1:" + strconv.Itoa(check), probeAddr: "127.0.0.1:" + strconv.Itoa(probe),
-					caFile: filepath.Join(certs, "ca.crt"), logFile: log.Name(),
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(log.Name())
-			t.Fatalf("keymint was not ready within a minute:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
+	t.Cleanup(func() { _ = k.Stop() })
+	return replica{
+		Keymint: k, log: log, caFile: filepath.Join(certs, "ca.crt"),
+		checkAddr: "127.0.0.1:" + strconv.Itoa(k.Ports.Check), probeAddr: "127.0.0.1:" + strconv.Itoa(k.Ports.Probe),
 	}
 }
 
@@ -205,14 +173,10 @@ func setup(t *testing.T) (ctx context.Context, c client.Client, bin, kubeconfig,
 // test to kill and start again.
 func setupWithAPIServer(t *testing.T) (ctx context.Context, c client.Client, bin, kubeconfig, dir string, api *testenv.APIServer) {
 	t.Helper()
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	var err error
 	dir = t.TempDir()
-	bin = filepath.Join(dir, "keymint")
-	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(root, "cmd", "keymint")).CombinedOutput(); err != nil {
-		t.Fatalf("building keymint: %v\n%s", err, out)
+	if bin, err = testenv.BuildKeymint(t.Context(), dir); err != nil {
+		t.Fatal(err)
 	}
 	cfg, c, api := testenv.StartWithAPIServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -233,14 +197,4 @@ func mustFor(t *testing.T) func(error) {
 			t.Fatal(err)
 		}
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -6,16 +6,10 @@ import (
 	"net/http"
 	"os"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-
-	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
 )
 
 // leaseDuration is controller-runtime's default, which keymint keeps.
@@ -29,34 +23,20 @@ func TestLeaderKilled(t *testing.T) {
 	must := mustFor(t)
 
 	const ns = "default"
-	must(c.Create(ctx, &keymintv1alpha1.ServiceUser{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ci"},
-		// Checks every 20 ms must stay under the rate: 429s are not outages.
-		Spec: keymintv1alpha1.ServiceUserSpec{TokenPolicy: keymintv1alpha1.TokenPolicy{RequestsPerMinute: 100_000}},
-	}))
+	// Checks every 20 ms must stay under the rate: 429s are not outages.
+	must(c.Create(ctx, testenv.ServiceUser(ns, "ci", testenv.WithRequestsPerMinute(100_000))))
 	readyToken := func(name string) string {
 		t.Helper()
-		for {
-			tok := &keymintv1alpha1.ApiToken{}
-			sec := &corev1.Secret{}
-			if c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, tok) == nil &&
-				meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady) &&
-				c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, sec) == nil {
-				return string(sec.Data[keymintv1alpha1.SecretTokenKey])
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("ApiToken %s never became Ready", name)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		plain, _, err := testenv.WaitIssued(ctx, c, ns, name, time.Minute)
+		must(err)
+		return plain
 	}
 
 	// The leader starts first and issues a token; the second replica waits.
-	leader := start(t, bin, kubeconfig, dir, "--leader-elect")
-	must(c.Create(ctx, &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "before"}, Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci"}}))
+	leader := start(t, bin, kubeconfig, dir, false, "--leader-elect")
+	must(c.Create(ctx, testenv.ApiToken(ns, "before", "ci")))
 	plain := readyToken("before")
-	survivor := start(t, bin, kubeconfig, dir, "--leader-elect")
-	t.Cleanup(func() { _ = survivor.Process.Signal(syscall.SIGTERM); _ = survivor.Wait() })
+	survivor := start(t, bin, kubeconfig, dir, false, "--leader-elect")
 
 	// Check with the survivor all along.
 	httpc := checkClient(t, survivor.caFile)
@@ -93,10 +73,9 @@ func TestLeaderKilled(t *testing.T) {
 		}
 	}()
 
-	must(leader.Process.Signal(syscall.SIGKILL))
-	_ = leader.Wait()
+	must(leader.Kill())
 	killed := time.Now()
-	must(c.Create(ctx, &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "after"}, Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci"}}))
+	must(c.Create(ctx, testenv.ApiToken(ns, "after", "ci")))
 	readyToken("after")
 	takeover := time.Since(killed)
 	close(stopChecks)

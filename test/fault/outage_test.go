@@ -5,21 +5,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
 )
 
 const (
@@ -52,15 +48,10 @@ func TestAPIServerOutage(t *testing.T) {
 	must := mustFor(t)
 
 	const ns = "default"
-	must(c.Create(ctx, &keymintv1alpha1.ServiceUser{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "outage"},
-		// Checks every 10 ms must stay under the rate: 429s are not what
-		// this test looks for.
-		Spec: keymintv1alpha1.ServiceUserSpec{TokenPolicy: keymintv1alpha1.TokenPolicy{RequestsPerMinute: 1_000_000}},
-	}))
-	metricsAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	keymint := start(t, bin, kubeconfig, dir, "--metrics-bind-address", metricsAddr, "--metrics-secure=false")
-	t.Cleanup(func() { _ = keymint.Process.Signal(syscall.SIGTERM); _ = keymint.Wait() })
+	// Checks every 10 ms must stay under the rate: 429s are not what this
+	// test looks for.
+	must(c.Create(ctx, testenv.ServiceUser(ns, "outage", testenv.WithRequestsPerMinute(1_000_000))))
+	keymint := start(t, bin, kubeconfig, dir, true)
 	httpc := checkClient(t, keymint.caFile)
 
 	check := func(plain string) answer {
@@ -76,15 +67,8 @@ func TestAPIServerOutage(t *testing.T) {
 		}
 		return a
 	}
-	newToken := func(name string, lifetime time.Duration) {
-		tok := &keymintv1alpha1.ApiToken{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-			Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "outage"},
-		}
-		if lifetime > 0 {
-			tok.Spec.Lifetime = &metav1.Duration{Duration: lifetime}
-		}
-		must(c.Create(ctx, tok))
+	newToken := func(name string, opts ...testenv.ApiTokenOption) {
+		must(c.Create(ctx, testenv.ApiToken(ns, name, "outage", opts...)))
 	}
 	revoke := func(name string) {
 		tok := &keymintv1alpha1.ApiToken{}
@@ -111,7 +95,7 @@ func TestAPIServerOutage(t *testing.T) {
 	// Before the outage: a valid token, one revoked (and refused), one to
 	// revoke after the outage, then one that expires in the middle of it.
 	for _, name := range []string{"valid", "revoked", "later"} {
-		newToken(name, 0)
+		newToken(name)
 	}
 	plain := map[string]string{}
 	for _, name := range []string{"valid", "revoked", "later"} {
@@ -120,7 +104,7 @@ func TestAPIServerOutage(t *testing.T) {
 	revoke("revoked")
 	t.Logf("token revoked before the outage refused by /check after %v", refusedWithin(plain["revoked"], 5*time.Second).Round(time.Millisecond))
 	// It expires 8 s after the kill, which comes as soon as everything runs.
-	newToken("expiring", 15*time.Second)
+	newToken("expiring", testenv.WithLifetime(15*time.Second))
 	var expiresAt time.Time
 	plain["expiring"], expiresAt = readyToken(ctx, t, c, ns, "expiring")
 	killAt := expiresAt.Add(-8 * time.Second)
@@ -130,7 +114,7 @@ func TestAPIServerOutage(t *testing.T) {
 
 	// Checks all along, and the staleness signals every 100 ms.
 	load := &recorder{}
-	obs := &observer{metrics: "http://" + metricsAddr + "/metrics", probe: "http://" + keymint.probeAddr}
+	obs := &observer{metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", keymint.Ports.Metrics), probe: "http://" + keymint.probeAddr}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -208,35 +192,26 @@ func TestAPIServerOutage(t *testing.T) {
 	t.Logf("time to fresh: metric 0 and /readyz passing %v after kube-apiserver answered again (%v after the kill)",
 		fresh.Sub(back).Round(time.Millisecond), fresh.Sub(killed).Round(time.Millisecond))
 	t.Logf("token revoked after the outage refused by /check %v after the patch was sent", laterRefused.Round(time.Millisecond))
-	out, _ := os.ReadFile(keymint.logFile)
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(keymint.log.String(), "\n") {
 		if strings.Contains(line, `"check-index"`) {
 			t.Logf("keymint: %s", line)
 		}
 	}
 }
 
-// readyToken waits until an ApiToken is Ready and returns its plaintext and
-// expiry.
+// readyToken waits until an ApiToken is issued and returns its plaintext
+// and expiry.
 func readyToken(ctx context.Context, t *testing.T, c client.Client, ns, name string) (string, time.Time) {
 	t.Helper()
-	for {
-		tok := &keymintv1alpha1.ApiToken{}
-		sec := &corev1.Secret{}
-		if c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, tok) == nil &&
-			meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady) &&
-			c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, sec) == nil {
-			var expires time.Time
-			if tok.Status.ExpiresAt != nil {
-				expires = tok.Status.ExpiresAt.Time
-			}
-			return string(sec.Data[keymintv1alpha1.SecretTokenKey]), expires
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("ApiToken %s never became Ready", name)
-		}
-		time.Sleep(20 * time.Millisecond)
+	plain, tok, err := testenv.WaitIssued(ctx, c, ns, name, time.Minute)
+	if err != nil {
+		t.Fatal(err)
 	}
+	var expires time.Time
+	if tok.Status.ExpiresAt != nil {
+		expires = tok.Status.ExpiresAt.Time
+	}
+	return plain, expires
 }
 
 func sleepUntil(ctx context.Context, t *testing.T, at time.Time) {

@@ -12,7 +12,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -88,31 +87,28 @@ func startKeymint(t *testing.T) *keymint {
 	}
 	handler := check.NewHandler(k.index, k.clock, 500, prometheus.NewRegistry())
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	k.addr = l.Addr().String()
-	l.Close()
-	srv := &check.Server{Addr: k.addr, CertFile: files.CertFile, KeyFile: files.KeyFile, Handler: handler.ServeMux()}
+	// The server gets its listener bound: its address is known at once.
+	ln := testenv.Listen(t)
+	k.addr = ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Start(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("the check server: %v", err)
 		}
 	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	srv := &check.Server{Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile, Handler: handler.ServeMux()}
+	go func() { done <- srv.Start(ctx) }()
+	err = testenv.Poll(ctx, 10*time.Second, "the check server to answer on "+k.addr, func() error {
 		conn, err := tls.Dial("tcp", k.addr, &tls.Config{ServerName: "localhost", RootCAs: k.roots, MinVersion: tls.VersionTLS12})
-		if err == nil {
-			conn.Close()
-			break
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the check server does not answer on %s: %v", k.addr, err)
-		}
+		return conn.Close()
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	k.index.UpsertUser(&keymintv1alpha1.ServiceUser{

@@ -32,17 +32,11 @@ func mint(users ...string) rbacv1.PolicyRule {
 }
 
 func serviceUser(ns, name string, groups ...string) *keymintv1alpha1.ServiceUser {
-	return &keymintv1alpha1.ServiceUser{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       keymintv1alpha1.ServiceUserSpec{Permissions: []string{"invoices:read", "reports:write"}, Groups: groups},
-	}
+	return testenv.ServiceUser(ns, name, testenv.WithPermissions("invoices:read", "reports:write"), testenv.WithGroups(groups...))
 }
 
 func apiToken(ns, name, user string) *keymintv1alpha1.ApiToken {
-	return &keymintv1alpha1.ApiToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: user},
-	}
+	return testenv.ApiToken(ns, name, user)
 }
 
 // update applies mutate to an ApiToken as c, retrying on conflicts with the

@@ -95,7 +95,7 @@ func (v *ApiTokenValidator) checkRecord(ctx context.Context, before, after *keym
 	want := after.DeepCopy()
 	delete(want.Annotations, keymintv1alpha1.RequesterAnnotation)
 	delete(want.Annotations, keymintv1alpha1.RequesterSignatureAnnotation)
-	if err := v.Webhook.Record(ctx, v.Keyring, before, want, requester.FromUserInfo(req.UserInfo), clk.Now()); err != nil {
+	if err := v.Webhook.Record(ctx, v.Keyring, before, want, req.UserInfo, clk.Now()); err != nil {
 		return apierrors.NewInternalError(err)
 	}
 	expected, _ := requester.Read(v.Keyring, want)

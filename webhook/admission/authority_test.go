@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -55,25 +56,14 @@ func waitReady(ns, name string) *keymintv1alpha1.ApiToken {
 // eventsOf lists the Events keymint emitted about an ApiToken.
 func eventsOf(ns, name string) []eventsv1.Event {
 	GinkgoHelper()
-	var list eventsv1.EventList
-	Expect(k8sClient.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
-	var out []eventsv1.Event
-	for _, e := range list.Items {
-		if e.Regarding.Kind == "ApiToken" && e.Regarding.Name == name {
-			out = append(out, e)
-		}
-	}
-	return out
+	events, err := testenv.EventsAbout(ctx, k8sClient, ns, "ApiToken", name)
+	Expect(err).NotTo(HaveOccurred())
+	return events
 }
 
+// countReason counts the occurrences of an Event reason.
 func countReason(events []eventsv1.Event, reason string) int {
-	n := 0
-	for _, e := range events {
-		if e.Reason == reason {
-			n += testenv.Occurrences(e)
-		}
-	}
-	return n
+	return len(slices.DeleteFunc(testenv.Reasons(events), func(r string) bool { return r != reason }))
 }
 
 func deployment(ns, name string) *appsv1.Deployment {
@@ -404,9 +394,9 @@ func forgeRecord(tok *keymintv1alpha1.ApiToken, user authenticationv1.UserInfo) 
 	body, err := json.Marshal(review)
 	Expect(err).NotTo(HaveOccurred())
 	pool := x509.NewCertPool()
-	Expect(pool.AppendCertsFromPEM(env.WebhookInstallOptions.LocalServingCAData)).To(BeTrue())
+	wh := testEnv.WebhookInstallOptions()
+	Expect(pool.AppendCertsFromPEM(wh.LocalServingCAData)).To(BeTrue())
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
-	wh := env.WebhookInstallOptions
 	resp, err := hc.Post(fmt.Sprintf("https://%s/mutate-keymint-io-v1alpha1-apitoken", net.JoinHostPort(wh.LocalServingHost, fmt.Sprint(wh.LocalServingPort))),
 		"application/json", bytes.NewReader(body))
 	Expect(err).NotTo(HaveOccurred())

@@ -58,7 +58,7 @@ func (r *RequesterRecorder) Handle(ctx context.Context, req admission.Request) a
 		clk = clock.RealClock{}
 	}
 	hadAnnotations := after.Annotations != nil
-	if err := r.Webhook.Record(ctx, r.Keyring, before, after, requester.FromUserInfo(req.UserInfo), clk.Now()); err != nil {
+	if err := r.Webhook.Record(ctx, r.Keyring, before, after, req.UserInfo, clk.Now()); err != nil {
 		return admission.Errored(http.StatusInternalServerError, err)
 	}
 	return admission.Patched("Recorded the requester", annotationPatch(hadAnnotations, after.Annotations)...)

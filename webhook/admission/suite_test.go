@@ -2,7 +2,6 @@ package admission_test
 
 import (
 	"context"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -14,27 +13,22 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/keymint/keymint/controllers"
 	"github.com/keymint/keymint/internal/authz"
-	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/webhook/admission"
 )
 
 // The webhooks run in a real manager, registered with a real kube-apiserver
-// from config/webhook/validating.yaml (envtest points it at this process).
-// Users act through impersonation, so RBAC and SubjectAccessReviews are
+// from config/webhook (envtest points it at this process). Users act
+// through impersonation, so RBAC and SubjectAccessReviews are
 // kube-apiserver's own.
 var (
-	env       *envtest.Environment
+	testEnv   *testenv.Environment
 	cfg       *rest.Config
 	k8sClient client.Client // the admin
 	ctx       context.Context
@@ -53,44 +47,24 @@ var _ = BeforeSuite(func() {
 	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
 
 	var err error
-	env, err = testenv.New()
-	Expect(err).NotTo(HaveOccurred())
-	root, err := testenv.RepoRoot()
-	Expect(err).NotTo(HaveOccurred())
-	env.WebhookInstallOptions = envtest.WebhookInstallOptions{Paths: []string{
-		filepath.Join(root, "config", "webhook", "validating.yaml"), filepath.Join(root, "config", "webhook", "mutating.yaml"),
-	}}
-	cfg, err = env.Start()
-	Expect(err).NotTo(HaveOccurred())
-	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme})
-	Expect(err).NotTo(HaveOccurred())
-
-	wh := env.WebhookInstallOptions
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:        testenv.Scheme,
-		Cache:         controllers.CacheOptions(),
-		Metrics:       metricsserver.Options{BindAddress: "0"},
-		WebhookServer: webhook.NewServer(webhook.Options{Host: wh.LocalServingHost, Port: wh.LocalServingPort, CertDir: wh.LocalServingCertDir}),
+	testEnv, err = testenv.Run(ctx, testenv.RunInput{
+		AdmissionWebhooks: true,
+		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
+			mgr := e.Manager
+			admission.Setup(mgr, mgr.GetClient(), authz.SubjectAccessReviewer{Client: mgr.GetClient()}, e.Keyring, testenv.RequesterWebhookName)
+			return controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: e.Keyring, AuthorizationRetry: 500 * time.Millisecond})
+		},
 	})
 	Expect(err).NotTo(HaveOccurred())
-	ring, err := recordkey.Generate("test")
-	Expect(err).NotTo(HaveOccurred())
-	Expect(controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: ring, AuthorizationRetry: 500 * time.Millisecond})).To(Succeed())
-	admission.Setup(mgr, mgr.GetClient(), authz.SubjectAccessReviewer{Client: mgr.GetClient()}, ring, testenv.RequesterWebhookName)
-	go func() {
-		defer GinkgoRecover()
-		Expect(mgr.Start(ctx)).To(Succeed())
-	}()
-	// Ready once kube-apiserver reaches the webhooks over TLS.
-	Eventually(func() error { return mgr.GetWebhookServer().StartedChecker()(nil) }).Should(Succeed())
+	cfg, k8sClient = testEnv.Config, testEnv.Client
 })
 
 var _ = AfterSuite(func() {
 	if cancel != nil {
 		cancel()
 	}
-	if env != nil {
-		Expect(env.Stop()).To(Succeed())
+	if testEnv != nil {
+		Expect(testEnv.Stop()).To(Succeed())
 	}
 })
 

@@ -19,6 +19,8 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
+
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // benchIndex indexes n tokens of 100 users and returns the index and one
@@ -76,7 +78,7 @@ func BenchmarkCheck(b *testing.B) {
 			c := &Checker{Index: index}
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, f := c.Check(tok, t0); f != OK {
+				if f := c.Check(tok, Requirements{}, t0).Failure; f != OK {
 					b.Fatal(f)
 				}
 			}
@@ -96,7 +98,7 @@ func BenchmarkIndexMemory(b *testing.B) {
 		built := heapAlloc()
 		c := &Checker{Index: index}
 		for _, tok := range toks {
-			if _, f := c.Check(tok, t0); f != OK {
+			if f := c.Check(tok, Requirements{}, t0).Failure; f != OK {
 				b.Fatal(f)
 			}
 		}
@@ -209,7 +211,7 @@ func BenchmarkLimiter(b *testing.B) {
 	for i := range tokens {
 		tokens[i] = types.NamespacedName{Namespace: "ns", Name: fmt.Sprintf("t%d", i)}
 	}
-	var bs Buckets
+	var bs tokenstate.Budgets
 	bs.Add("", 1_000_000)
 	run := func(b *testing.B, l RateLimiter) {
 		ctx := context.Background()

@@ -2,15 +2,20 @@
 // do?" for kube-apiserver (TokenReview) and for proxies (forward-auth), from
 // an in-memory index fed by informers. No API call happens on a check.
 //
-// One job per file: check.go decides one presented token (through
-// internal/tokenstate, the rules the controller uses too); identity.go says
-// who a good token is; index.go maps hashes to tokens; feed.go keeps the
-// index in step with the cache; ratelimit.go counts checks per token;
-// lastused.go records and writes lastUsedAt; handlers.go speaks HTTP
-// (/check, TokenReview); server.go serves it over TLS.
+// One job per file, each built only on those before it (layers_test.go
+// holds them to it): identity.go names who a token speaks for; index.go
+// maps hashes to entries; lastused.go records and writes lastUsedAt;
+// check.go answers one presented token in one call (Checker.Check: one
+// lookup, one tokenstate.Admit, the rules the controller uses too);
+// ratelimit.go charges a verdict's budgets; metrics.go counts answers;
+// handlers.go speaks HTTP (/check, TokenReview): it parses, calls Check,
+// charges the limiter, writes and records the use; feed.go keeps the index
+// in step with the cache; server.go serves over TLS; setup.go wires it into
+// the manager.
 package check
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/keymint/keymint/internal/token"
@@ -53,55 +58,178 @@ var messages = map[Failure]string{
 // Message returns the human text for a failure.
 func (f Failure) Message() string { return messages[f] }
 
+// BadRequest is a check that asks what cannot be answered (400): a query
+// or a TokenReview that cannot be read, or too many rated scopes.
+const BadRequest Failure = "bad_request"
+
+// Requirements are what a caller requires of a presented token. The token
+// is Check's own argument, not a field here: escape analysis follows a
+// struct as one value, and the token's parse (crc32, reached through
+// function values) would take the lists, which callers keep on their stack,
+// to the heap with it.
+type Requirements struct {
+	// Scopes are required, every one of them.
+	Scopes []string
+	// Audiences are the audiences the caller accepts: a token restricted to
+	// audiences must name one of them. Check moves those it names to the
+	// front (Verdict.MatchedAudiences).
+	Audiences []string
+}
+
+// Verdict is everything an answer to one check needs, from one index
+// lookup and one tokenstate verdict.
+type Verdict struct {
+	// Failure is OK, or why the token is refused (Missing aside).
+	Failure Failure
+	// Grant is who an accepted token speaks for; nil unless Failure is OK
+	// or BadRequest.
+	Grant *Grant
+	// MatchedAudiences is how many of Requirements.Audiences, at its
+	// front, the token accepts (0 for a token restricted to none), for
+	// TokenReview's status. A count, not a slice: the lists stay on the
+	// caller's stack.
+	MatchedAudiences int
+	// Missing are the required scopes the token lacks: the caller refuses
+	// them (403) after charging its budgets.
+	Missing []string
+	// Budgets are what the check counts against.
+	Budgets tokenstate.Budgets
+	// user is the slot of the token's ServiceUser for any known token,
+	// accepted or not, for the metrics counted by user.
+	user *userSlot
+	// used is the accepted hash: the current token's or a rotated-out
+	// one's, for the record of uses.
+	used hash
+}
+
+// Grant is an accepted token's Identity, built once per token entry and
+// user entry, then shared and only read.
+type Grant struct {
+	Identity
+	// Memo is the answering layer's: what it builds once per grant (a
+	// prebuilt answer). Check never reads it.
+	Memo atomic.Value
+
+	user *userEntry
+}
+
 // Checker decides whether a presented token is good.
 type Checker struct {
 	Index *Index
+	// DefaultRequestsPerMinute is the rate of tokens whose ApiToken and
+	// ServiceUser set none.
+	DefaultRequestsPerMinute int32
 }
 
 // Check hashes the token, looks the hash up, refuses a token that does not
-// parse (a bad checksum: a typo) and decides at now with tokenstate.Check,
-// the rule the controller's conditions come from too.
+// parse (a bad checksum: a typo), and decides the rest at now in one
+// tokenstate.Admit: validity (tokenstate.Check, the rule the controller's
+// conditions come from too), the audience, the budgets and the missing
+// scopes.
 //
 // A token whose hash is indexed and was seen to parse is not parsed again:
 // only that token has the hash. Any other is parsed, so a typo is told from
 // an unknown token as before; a string no token's length is refused before
 // it is hashed.
-func (c *Checker) Check(presented string, now time.Time) (Identity, Failure) {
+func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Verdict) {
 	if presented == "" {
-		return Identity{}, MissingToken
+		v.Failure = MissingToken
+		return v
 	}
 	if len(presented) < token.MinLen || len(presented) > token.MaxLen {
-		return Identity{}, MalformedToken
+		v.Failure = MalformedToken
+		return v
 	}
 	ref, user, ok := c.Index.lookup(token.Hash(presented))
 	if !ok || !ref.parsedBefore() {
 		if _, err := token.Parse(presented); err != nil {
-			return Identity{}, MalformedToken
+			v.Failure = MalformedToken
+			return v
 		}
 		if ok {
 			ref.markParsed()
 		}
 	}
 	if !ok {
-		return Identity{}, InvalidToken
+		v.Failure = InvalidToken
+		return v
 	}
-	// A refusal of a known token names only its entry, for the metrics
-	// counted by ServiceUser.
 	t := ref.token
+	v.user = t.owner
 	if ref.refused {
-		return Identity{entry: t}, RevokedToken
+		v.Failure = RevokedToken
+		return v
 	}
 	var state tokenstate.User
 	if user != nil {
 		state = user.state
 	}
-	switch tokenstate.Check(&t.state, &state, ref.which, now) {
+	a := tokenstate.Admit(&t.state, &state, ref.which, now, tokenstate.Demand{
+		Scopes: req.Scopes, Audiences: req.Audiences, DefaultRate: c.DefaultRequestsPerMinute,
+	})
+	switch a.Refusal {
+	case tokenstate.Accepted:
 	case tokenstate.Revoked:
-		return Identity{entry: t}, RevokedToken
+		v.Failure = RevokedToken
+		return v
 	case tokenstate.Expired:
-		return Identity{entry: t}, ExpiredToken
-	case tokenstate.GraceEnded:
-		return Identity{entry: t}, InvalidToken
+		v.Failure = ExpiredToken
+		return v
+	case tokenstate.NotForAudience:
+		v.Failure = WrongAudience
+		return v
+	case tokenstate.TooManyBudgets:
+		v.Failure = BadRequest
+	default: // GraceEnded: as an unknown token
+		v.Failure = InvalidToken
+		return v
 	}
-	return identity(t, user, ref.which), OK
+	// Accepted (or asking too much): the user is indexed, as tokenstate
+	// refuses a missing one.
+	v.Grant = grantOf(t, user)
+	v.used = t.current
+	if ref.which >= 0 {
+		v.used = t.previous[ref.which]
+	}
+	v.MatchedAudiences, v.Budgets, v.Missing = a.MatchedAudiences, a.Budgets, a.Missing
+	return v
+}
+
+// grantOf returns the Grant of token entry t under user entry u: built once
+// per user entry (a new one on every change of the user), then read.
+func grantOf(t *tokenEntry, u *userEntry) *Grant {
+	if g, _ := t.memo.derived.Load().(*Grant); g != nil && g.user == u {
+		return g
+	}
+	g := &Grant{user: u, Identity: Identity{
+		Token:    t.key,
+		Username: u.username,
+		UserUID:  u.state.UID,
+		Groups:   u.groups,
+		Scopes:   tokenstate.EffectiveScopes(t.spec.Scopes, u.state.Permissions),
+	}}
+	t.memo.derived.Store(g)
+	return g
+}
+
+// wellFormedBit is ref's bit in entryMemo.wellFormed; 0 for a hash that has
+// none (refused, or too far down the previous hashes).
+func (ref hashRef) wellFormedBit() uint64 {
+	if ref.refused || ref.which+1 >= 64 {
+		return 0
+	}
+	return 1 << (ref.which + 1)
+}
+
+// parsedBefore reports whether a token with ref's hash parsed before.
+func (ref hashRef) parsedBefore() bool {
+	bit := ref.wellFormedBit()
+	return bit != 0 && ref.token.memo.wellFormed.Load()&bit != 0
+}
+
+// markParsed records that a token with ref's hash parsed.
+func (ref hashRef) markParsed() {
+	if bit := ref.wellFormedBit(); bit != 0 {
+		ref.token.memo.wellFormed.Or(bit)
+	}
 }

@@ -32,7 +32,7 @@ func TestCheckParsesUntilATokenWithTheHashParsed(t *testing.T) {
 			strings.Repeat("a", token.MaxLen+1): MalformedToken,
 			"km_":                               MalformedToken,
 		} {
-			if _, got := c.Check(presented, t0); got != want {
+			if got := c.Check(presented, Requirements{}, t0).Failure; got != want {
 				t.Errorf("round %d: Check(%.12q…) = %q, want %q", round, presented, got, want)
 			}
 		}
@@ -49,7 +49,7 @@ func TestCheckParsesUntilATokenWithTheHashParsed(t *testing.T) {
 	if ref, _, _ := f.index.lookup(token.Hash(good)); ref.parsedBefore() {
 		t.Error("a new entry starts marked parsed")
 	}
-	if _, got := c.Check(good, t0); got != OK {
+	if got := c.Check(good, Requirements{}, t0).Failure; got != OK {
 		t.Errorf("after the update: %q", got)
 	}
 }

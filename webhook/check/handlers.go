@@ -49,16 +49,14 @@ const (
 	HeaderRateLimitScope = "X-Ratelimit-Scope"
 )
 
-// Handler serves /check and the TokenReview API.
+// Handler serves /check and the TokenReview API: it parses a request, asks
+// the Checker, charges the limiter, writes the answer and records the use.
 type Handler struct {
 	Checker *Checker
 	Limiter RateLimiter
 	Usage   *Usage
 	Clock   clock.PassiveClock
-	// DefaultRequestsPerMinute applies to tokens whose ApiToken and
-	// ServiceUser set no rate.
-	DefaultRequestsPerMinute int32
-	Metrics                  *Metrics
+	Metrics *Metrics
 
 	reset      [resetSlots]atomic.Pointer[cachedReset]
 	limit      atomic.Pointer[cachedLimit]
@@ -75,12 +73,11 @@ const resetSlots = 128
 // usage record, and metrics registered with reg.
 func NewHandler(index *Index, clk clock.PassiveClock, defaultRequestsPerMinute int32, reg prometheus.Registerer) *Handler {
 	return &Handler{
-		Checker:                  &Checker{Index: index},
-		Limiter:                  NewLimiter(),
-		Usage:                    NewUsage(),
-		Clock:                    clk,
-		DefaultRequestsPerMinute: defaultRequestsPerMinute,
-		Metrics:                  NewMetrics(reg, index),
+		Checker: &Checker{Index: index, DefaultRequestsPerMinute: defaultRequestsPerMinute},
+		Limiter: NewLimiter(),
+		Usage:   NewUsage(),
+		Clock:   clk,
+		Metrics: NewMetrics(reg, index),
 	}
 }
 
@@ -349,11 +346,11 @@ func (q *checkQuery) formError(path string) (Failure, string) {
 		return InvalidQuery, q.faultMessage()
 	}
 	if path != CheckPath && (q.hasScope || q.hasAudience || q.hasRateLimitStatus) {
-		return "bad_request", "The query (scope, audience, " + RateLimitStatusParam + ") is read on " + CheckPath + " only; under " + CheckPath + "/<path> they come from the " +
+		return BadRequest, "The query (scope, audience, " + RateLimitStatusParam + ") is read on " + CheckPath + " only; under " + CheckPath + "/<path> they come from the " +
 			HeaderScope + " and " + HeaderAudience + " headers. Use " + CheckPath + "?scope=... as the auth URL."
 	}
 	if v := q.rateLimitStatus; q.hasRateLimitStatus && v != "403" && v != "429" {
-		return "bad_request", RateLimitStatusParam + " must be 403 or 429."
+		return BadRequest, RateLimitStatusParam + " must be 403 or 429."
 	}
 	return "", ""
 }
@@ -405,15 +402,16 @@ func appendList(dst []string, v string) []string {
 
 func (h *Handler) serveCheck(w http.ResponseWriter, r *http.Request) {
 	start := h.Clock.Now()
-	var id Identity
-	result := h.check(w, r, start, &id)
-	h.Metrics.observe(&h.Metrics.check, result, h.Clock.Since(start), id.entry)
+	result, user := h.check(w, r, start)
+	h.Metrics.observe(&h.Metrics.check, result, h.Clock.Since(start), user)
 }
 
-// check answers one /check request and returns the result label for metrics;
-// id is who the token was found to be, also when refused.
+// check answers one /check request and returns the result label for metrics,
+// and the token's ServiceUser slot when the token is known (also when
+// refused). The verdict stays local: it points into the requirements read
+// onto this stack.
 // Any method is accepted: proxies forward the client's (Envoy does).
-func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time, id *Identity) Failure {
+func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) (Failure, *userSlot) {
 	// Requirements come from one source per form, the one the proxy's admin
 	// writes and a client cannot: on /check, the query of the auth URL
 	// (nginx and Traefik pass the client's headers through); under
@@ -433,7 +431,7 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time, i
 			} else {
 				writeJSON(w, http.StatusBadRequest, errorBody{Error: code, Message: msg})
 			}
-			return code
+			return code, nil
 		}
 	}
 	if !fromQuery {
@@ -441,31 +439,30 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time, i
 		q.audiences = appendHeaderRequirements(q.audiences[:0], r, HeaderAudience)
 	}
 	if len(q.scopes) > maxRequirements || len(q.audiences) > maxRequirements {
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request",
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: BadRequest,
 			Message: fmt.Sprintf("A check requires at most %d scopes and %d audiences.", maxRequirements, maxRequirements)})
-		return "bad_request"
-	}
-	var failure Failure
-	*id, failure = h.Checker.Check(bearerToken(r), now)
-	if failure == OK && !tokenstate.AudienceAccepted(id.Audiences, q.audiences) {
-		failure = WrongAudience
-	}
-	if failure != OK {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="keymint", error="invalid_token"`)
-		if failure == MissingToken {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="keymint"`)
-		}
-		writeError(w, http.StatusUnauthorized, failure, "")
-		return failure
+		return BadRequest, nil
 	}
 
-	buckets, ok := id.buckets(q.scopes, h.DefaultRequestsPerMinute)
-	if !ok {
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request",
-			Message: fmt.Sprintf("A check may require at most %d scopes that have rates of their own.", maxBuckets)})
-		return "bad_request"
+	v := h.Checker.Check(bearerToken(r), Requirements{Scopes: q.scopes, Audiences: q.audiences}, now)
+	switch v.Failure {
+	case OK:
+	case BadRequest:
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: BadRequest,
+			Message: fmt.Sprintf("A check may require at most %d scopes that have rates of their own.", tokenstate.MaxBudgets)})
+		return BadRequest, v.user
+	default:
+		w.Header().Set("WWW-Authenticate", `Bearer realm="keymint", error="invalid_token"`)
+		if v.Failure == MissingToken {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="keymint"`)
+		}
+		writeError(w, http.StatusUnauthorized, v.Failure, "")
+		return v.Failure, v.user
 	}
-	d := h.Limiter.Allow(r.Context(), id.Token, buckets, now)
+
+	// Budgets are charged before scopes are judged: a token probing for
+	// scopes it lacks spends its rate like any other.
+	d := h.Limiter.Allow(r.Context(), v.Grant.Token, v.Budgets, now)
 	hdr := w.Header()
 	hdr["X-Ratelimit-Limit"] = h.limitHeader(d.Limit)
 	hdr["X-Ratelimit-Remaining"] = number(int64(d.Remaining))
@@ -487,25 +484,51 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time, i
 		}
 		writeJSON(w, status, errorBody{Error: RateLimited, Message: msg, RetryAfter: &retry})
 		h.Metrics.rateLimited.Inc()
-		return RateLimited
+		return RateLimited, v.user
 	}
 
-	if missing := id.MissingScopes(q.scopes); len(missing) > 0 {
-		writeError(w, http.StatusForbidden, InsufficientScope, "The bearer token lacks the required scope: "+strings.Join(missing, ", ")+".")
-		return InsufficientScope
+	if len(v.Missing) > 0 {
+		writeError(w, http.StatusForbidden, InsufficientScope, "The bearer token lacks the required scope: "+strings.Join(v.Missing, ", ")+".")
+		return InsufficientScope, v.user
 	}
 
-	// The success answer is prebuilt per token and user entry: headers are
-	// assigned, not formatted, and the body is written as is.
-	h.Usage.Record(id.Token, id.used, now)
-	hdr["X-Keymint-User"] = id.ok.user
-	hdr["X-Keymint-Token"] = id.ok.token
-	hdr["X-Keymint-Scopes"] = id.ok.scopes
+	// The success answer is prebuilt per grant: headers are assigned, not
+	// formatted, and the body is written as is.
+	h.Usage.Record(v.Grant.Token, v.used, now)
+	ok := successOf(v.Grant)
+	hdr[HeaderUser] = ok.user
+	hdr[HeaderToken] = ok.token
+	hdr[HeaderScopes] = ok.scopes
 	hdr["Content-Type"] = jsonContentType
 	hdr["Cache-Control"] = noStore
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(id.ok.body)
-	return OK
+	_, _ = w.Write(ok.body)
+	return OK, v.user
+}
+
+// successAnswer is a /check 200's headers and body, prebuilt once per Grant
+// and kept in its Memo; shared and only read.
+type successAnswer struct {
+	user, token, scopes []string // header values
+	body                []byte
+}
+
+// successOf returns g's prebuilt success answer, building it on first use.
+func successOf(g *Grant) *successAnswer {
+	if a, _ := g.Memo.Load().(*successAnswer); a != nil {
+		return a
+	}
+	scopes := g.Scopes
+	if scopes == nil {
+		scopes = []string{}
+	}
+	body, _ := json.Marshal(checkBody{User: g.Username, Token: g.Token.String(), Scopes: scopes})
+	a := &successAnswer{
+		user: []string{g.Username}, token: []string{g.Token.String()}, scopes: []string{strings.Join(g.Scopes, ",")},
+		body: append(body, '\n'),
+	}
+	g.Memo.Store(a)
+	return a
 }
 
 // Header values every answer shares; net/http only reads them.
@@ -621,52 +644,45 @@ func decodeTokenReview(body io.Reader, path string) (*tokenReview, error) {
 
 func (h *Handler) serveTokenReview(w http.ResponseWriter, r *http.Request) {
 	start := h.Clock.Now()
-	var id Identity
-	result := h.tokenReview(w, r, start, &id)
-	h.Metrics.observe(&h.Metrics.tokenReview, result, h.Clock.Since(start), id.entry)
+	result, user := h.tokenReview(w, r, start)
+	h.Metrics.observe(&h.Metrics.tokenReview, result, h.Clock.Since(start), user)
 }
 
 // tokenReview answers the webhook token authentication contract: HTTP 200 and
 // status.authenticated, in the request's apiVersion.
-func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.Time, id *Identity) Failure {
+func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.Time) (Failure, *userSlot) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
 		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "method_not_allowed", Message: "Use POST."})
-		return "method_not_allowed"
+		return "method_not_allowed", nil
 	}
 	tr, err := decodeTokenReview(http.MaxBytesReader(w, r.Body, maxBodyBytes), r.URL.Path)
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: "bad_request", Message: err.Error() + "."})
-		return "bad_request"
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: BadRequest, Message: err.Error() + "."})
+		return BadRequest, nil
 	}
 
+	v := h.Checker.Check(tr.Spec.Token, Requirements{Audiences: tr.Spec.Audiences}, now)
 	status := authnv1.TokenReviewStatus{}
-	var failure Failure
-	*id, failure = h.Checker.Check(tr.Spec.Token, now)
-	if failure == OK {
-		matched, ok := id.AcceptsAudience(tr.Spec.Audiences)
-		if !ok {
-			failure = WrongAudience
-		}
-		status.Audiences = matched
-	}
-	if failure == OK {
-		h.Usage.Record(id.Token, id.used, now)
+	if v.Failure == OK {
+		h.Usage.Record(v.Grant.Token, v.used, now)
 		status.Authenticated = true
+		if v.MatchedAudiences > 0 {
+			status.Audiences = tr.Spec.Audiences[:v.MatchedAudiences]
+		}
 		status.User = authnv1.UserInfo{
-			Username: id.Username,
-			UID:      string(id.UserUID),
-			Groups:   id.Groups,
+			Username: v.Grant.Username,
+			UID:      string(v.Grant.UserUID),
+			Groups:   v.Grant.Groups,
 			Extra: map[string]authnv1.ExtraValue{
-				"keymint.io/token":  {id.Token.String()},
-				"keymint.io/scopes": id.Scopes,
+				"keymint.io/token":  {v.Grant.Token.String()},
+				"keymint.io/scopes": v.Grant.Scopes,
 			},
 		}
 	} else {
-		status.Audiences = nil
-		status.Error = failure.Message()
+		status.Error = v.Failure.Message()
 	}
 	resp := map[string]any{"apiVersion": tr.APIVersion, "kind": "TokenReview", "status": status}
 	writeJSON(w, http.StatusOK, resp)
-	return failure
+	return v.Failure, v.user
 }

@@ -1,12 +1,11 @@
 package check
 
 // index.go: hash → entry. The in-memory map a check reads, and what it
-// remembers of refusals.
+// remembers of refusals. It knows nothing of the layers built on it (the
+// check, its answers, metrics): what they keep per entry it only stores.
 
 import (
 	"crypto/sha256"
-	"encoding/json"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -46,54 +45,15 @@ type tokenEntry struct {
 	memo *entryMemo
 }
 
-// entryMemo holds what checks of an entry learn once and then read.
+// entryMemo holds what checks of an entry learn once and then read; copies
+// of an entry share it (same spec, same live hashes in the same places).
 type entryMemo struct {
-	// last caches the effective scopes and the success answer for the user
-	// entry they were computed against, so a check allocates nothing.
-	last atomic.Pointer[scopeCache]
 	// wellFormed has bit which+1 set (tokenstate.Current is bit 0) once a
-	// presented token with that live hash parsed: only that token has the
-	// hash, so it needs no second parse.
+	// presented token with that live hash parsed (check.go reads it).
 	wellFormed atomic.Uint64
-}
-
-type scopeCache struct {
-	user   *userEntry
-	scopes []string
-	// ok is the /check success answer, built once: what every 200 for this
-	// token and user entry repeats.
-	ok *successAnswer
-}
-
-// successAnswer is a /check 200's headers and body, prebuilt; shared and
-// only read.
-type successAnswer struct {
-	user, token, scopes []string // header values
-	body                []byte
-}
-
-// cached returns the token's effective scopes and success answer under user
-// u: built once per user entry (a new one on every change of the user),
-// then read. The results are shared: callers only read them.
-func (e *tokenEntry) cached(u *userEntry) *scopeCache {
-	if c := e.memo.last.Load(); c != nil && c.user == u {
-		return c
-	}
-	s := tokenstate.EffectiveScopes(e.spec.Scopes, u.state.Permissions)
-	body, _ := json.Marshal(checkBody{User: u.username, Token: e.key.String(), Scopes: orEmpty(s)})
-	c := &scopeCache{user: u, scopes: s, ok: &successAnswer{
-		user: []string{u.username}, token: []string{e.key.String()}, scopes: []string{strings.Join(s, ",")},
-		body: append(body, '\n'),
-	}}
-	e.memo.last.Store(c)
-	return c
-}
-
-func orEmpty(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
+	// derived is what the layer above builds from the entry and its user's
+	// entry, once, then reads (a *Grant). The index never reads it.
+	derived atomic.Value
 }
 
 // userKey names the token's ServiceUser, in the token's namespace.
@@ -122,34 +82,15 @@ func (e *tokenEntry) names(h hash) bool {
 	return false
 }
 
-// wellFormedBit is ref's bit in entryMemo.wellFormed; 0 for a hash that has
-// none (refused, or too far down the previous hashes).
-func (ref hashRef) wellFormedBit() uint64 {
-	if ref.refused || ref.which+1 >= 64 {
-		return 0
-	}
-	return 1 << (ref.which + 1)
-}
-
-// parsedBefore reports whether a token with ref's hash parsed before.
-func (ref hashRef) parsedBefore() bool {
-	bit := ref.wellFormedBit()
-	return bit != 0 && ref.token.memo.wellFormed.Load()&bit != 0
-}
-
-// markParsed records that a token with ref's hash parsed.
-func (ref hashRef) markParsed() {
-	if bit := ref.wellFormedBit(); bit != 0 {
-		ref.token.memo.wellFormed.Or(bit)
-	}
-}
-
-// userSlot is where the tokens of one ServiceUser find its current entry;
-// guarded by the index's lock. series is the user's check metrics, made on
-// its first check.
+// userSlot is where the tokens of one ServiceUser find its current entry
+// (guarded by the index's lock). It lives while the user or one of its
+// tokens is indexed.
 type userSlot struct {
-	entry  *userEntry
-	series atomic.Pointer[userSeries]
+	key   types.NamespacedName
+	entry *userEntry
+	// memo is what the layers above keep per ServiceUser (its metric
+	// series), handed to the index's forget hook when the slot goes.
+	memo atomic.Value
 }
 
 // userEntry is what the index keeps of one ServiceUser.
@@ -181,6 +122,8 @@ type Index struct {
 	byUser map[types.NamespacedName]map[types.NamespacedName]struct{}
 	// contested counts hashes two ApiTokens claimed at once.
 	contested int
+	// forgotten, when set, is called with a slot's memo once the slot goes.
+	forgotten func(memo any)
 }
 
 // NewIndex returns an empty index.
@@ -191,6 +134,15 @@ func NewIndex() *Index {
 		users:  map[types.NamespacedName]*userSlot{},
 		byUser: map[types.NamespacedName]map[types.NamespacedName]struct{}{},
 	}
+}
+
+// OnUserForgotten sets what is called, under the index's lock, with what
+// the layers above kept in a ServiceUser's slot (nil if nothing) once
+// neither the user nor any of its tokens is indexed.
+func (ix *Index) OnUserForgotten(f func(memo any)) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.forgotten = f
 }
 
 // Len returns how many hashes (live and refused) are indexed.
@@ -392,7 +344,7 @@ func (ix *Index) UpsertUser(u *keymintv1alpha1.ServiceUser) {
 func (ix *Index) slotLocked(user types.NamespacedName) *userSlot {
 	s := ix.users[user]
 	if s == nil {
-		s = &userSlot{}
+		s = &userSlot{key: user}
 		ix.users[user] = s
 	}
 	return s
@@ -403,8 +355,8 @@ func (ix *Index) slotLocked(user types.NamespacedName) *userSlot {
 func (ix *Index) forgetSlotLocked(user types.NamespacedName) {
 	if s := ix.users[user]; s != nil && s.entry == nil && len(ix.byUser[user]) == 0 {
 		delete(ix.users, user)
-		if us := s.series.Load(); us != nil {
-			us.forget()
+		if ix.forgotten != nil {
+			ix.forgotten(s.memo.Load())
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -25,14 +26,11 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
-	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
@@ -43,7 +41,7 @@ import (
 // check server over TLS on a loopback port) against a real kube-apiserver,
 // and talks to the check server over HTTPS as a proxy would.
 var (
-	env        *envtest.Environment
+	env        *testenv.Environment
 	k8sClient  client.Client
 	ctx        context.Context
 	cancel     context.CancelFunc
@@ -67,15 +65,6 @@ var _ = BeforeSuite(func() {
 	SetDefaultEventuallyPollingInterval(50 * time.Millisecond)
 	ctx, cancel = context.WithCancel(context.Background())
 
-	var err error
-	env, err = testenv.New()
-	Expect(err).NotTo(HaveOccurred())
-	Expect(testenv.RecordRequesters(env)).To(Succeed())
-	cfg, err := env.Start()
-	Expect(err).NotTo(HaveOccurred())
-	k8sClient, err = client.New(cfg, client.Options{Scheme: testenv.Scheme})
-	Expect(err).NotTo(HaveOccurred())
-
 	certDir, err := os.MkdirTemp("", "keymint-check-test-")
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(os.RemoveAll, certDir)
@@ -87,35 +76,36 @@ var _ = BeforeSuite(func() {
 	Expect(pool.AppendCertsFromPEM(caPEM)).To(BeTrue())
 	httpClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	Expect(err).NotTo(HaveOccurred())
-	checkURL = "https://" + ln.Addr().String()
-	probeLn, err := net.Listen("tcp", "127.0.0.1:0")
-	Expect(err).NotTo(HaveOccurred())
-	probeAddr := probeLn.Addr().String()
-	Expect(probeLn.Close()).To(Succeed())
-	probeURL = "http://" + probeAddr
-
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 testenv.Scheme,
-		Cache:                  controllers.CacheOptions(),
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: probeAddr,
-	})
-	Expect(err).NotTo(HaveOccurred())
-	ring, err := recordkey.Generate("test")
-	Expect(err).NotTo(HaveOccurred())
-	Expect(testenv.ServeRequesters(ctx, env, ring)).To(Succeed())
-	Expect(controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: ring})).To(Succeed())
-	Expect(check.Setup(ctx, mgr, check.Options{
-		Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile,
-		DefaultRequestsPerMinute: 500, FlushInterval: 100 * time.Millisecond, FlushMinGap: 100 * time.Millisecond,
-		Clock: clock.RealClock{}, Registerer: registry,
+	// The check server takes its listener bound. The health probes bind a
+	// port number when the manager is made: one taken meanwhile is picked
+	// again.
+	Expect(testenv.OnFreePorts(1, func(ports []int) error {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		checkURL = "https://" + ln.Addr().String()
+		probeAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+		probeURL = "http://" + probeAddr
+		env, err = testenv.Run(ctx, testenv.RunInput{
+			ManagerOptions: func(o *ctrl.Options) { o.HealthProbeBindAddress = probeAddr },
+			SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
+				if err := controllers.Setup(ctx, e.Manager, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: e.Keyring}); err != nil {
+					return err
+				}
+				return check.Setup(ctx, e.Manager, check.Options{
+					Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile,
+					DefaultRequestsPerMinute: 500, FlushInterval: 100 * time.Millisecond, FlushMinGap: 100 * time.Millisecond,
+					Clock: clock.RealClock{}, Registerer: registry,
+				})
+			},
+		})
+		if err != nil {
+			_ = ln.Close()
+		}
+		return err
 	})).To(Succeed())
-	go func() {
-		defer GinkgoRecover()
-		Expect(mgr.Start(ctx)).To(Succeed())
-	}()
+	k8sClient = env.Client
 })
 
 var _ = AfterSuite(func() {

@@ -1,5 +1,7 @@
 package check
 
+// metrics.go: the check server's Prometheus series, counted per answer.
+
 import (
 	"sync"
 	"sync/atomic"
@@ -71,20 +73,25 @@ func NewMetrics(reg prometheus.Registerer, index *Index) *Metrics {
 	}
 	m.check, m.tokenReview = m.series("check"), m.series("tokenreview")
 	reg.MustRegister(m.checks, m.latency, m.rateLimited, m.indexSize, m.contested, m.byUser)
+	index.OnUserForgotten(func(memo any) {
+		if us, ok := memo.(*userSeries); ok {
+			us.forget()
+		}
+	})
 	return m
 }
 
 // observe counts one answer of an endpoint and its latency, and, when the
-// token was found in the index (entry is not nil), counts it for its
-// ServiceUser.
-func (m *Metrics) observe(e *endpointSeries, result Failure, took time.Duration, entry *tokenEntry) {
+// token was found in the index (user is its ServiceUser's slot), counts it
+// for that user.
+func (m *Metrics) observe(e *endpointSeries, result Failure, took time.Duration, user *userSlot) {
 	if result == OK {
 		e.ok().Inc()
 	} else {
 		m.checks.WithLabelValues(e.name, string(result)).Inc()
 	}
-	if entry != nil && entry.owner != nil {
-		m.userCounter(entry, result).Inc()
+	if user != nil {
+		m.userCounter(user, result).Inc()
 	}
 	e.latency().Observe(took.Seconds())
 }
@@ -95,8 +102,8 @@ var userResults = [...]Failure{OK, ExpiredToken, RevokedToken, InvalidToken, Wro
 
 // userSeries holds one ServiceUser's series of keymint_checks_by_service_user_total,
 // each looked up by label on its first use and then read from here, so a
-// check allocates nothing. It hangs off the user's index slot, which every
-// token of the user shares, and goes with it.
+// check allocates nothing. It is kept in the memo of the user's index slot,
+// which every token of the user shares, and goes with it.
 type userSeries struct {
 	counters [len(userResults)]atomic.Pointer[prometheus.Counter]
 	// delete deletes the user's series; gone is set once it has run.
@@ -115,17 +122,16 @@ func (us *userSeries) forget() {
 // discarded counts what a forgotten user's late checks would have.
 var discarded = prometheus.NewCounter(prometheus.CounterOpts{Name: "discarded"})
 
-// userCounter returns the series of entry's ServiceUser for result.
-func (m *Metrics) userCounter(entry *tokenEntry, result Failure) prometheus.Counter {
-	slot := entry.owner
-	us := slot.series.Load()
+// userCounter returns the series of slot's ServiceUser for result.
+func (m *Metrics) userCounter(slot *userSlot, result Failure) prometheus.Counter {
+	us, _ := slot.memo.Load().(*userSeries)
 	if us == nil {
-		ns, name := entry.key.Namespace, entry.spec.ServiceUser
+		ns, name := slot.key.Namespace, slot.key.Name
 		us = &userSeries{delete: func() {
 			m.byUser.DeletePartialMatch(prometheus.Labels{"namespace": ns, "service_user": name})
 		}}
-		if !slot.series.CompareAndSwap(nil, us) {
-			us = slot.series.Load()
+		if !slot.memo.CompareAndSwap(nil, us) {
+			us = slot.memo.Load().(*userSeries)
 		}
 	}
 	i, listed := userResultIndex(result)
@@ -141,7 +147,7 @@ func (m *Metrics) userCounter(entry *tokenEntry, result Failure) prometheus.Coun
 	if result == OK {
 		label = "ok"
 	}
-	c := m.byUser.WithLabelValues(entry.key.Namespace, entry.spec.ServiceUser, label)
+	c := m.byUser.WithLabelValues(slot.key.Namespace, slot.key.Name, label)
 	if listed {
 		us.counters[i].Store(&c)
 	}

@@ -13,47 +13,12 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // ratePeriod is what a rate counts over.
 const ratePeriod = time.Minute
-
-// maxBuckets bounds the budgets one check counts against: the token's own,
-// or one per rated scope it requires.
-const maxBuckets = 8
-
-// Bucket is one budget a check counts against: the token's own (Scope ""),
-// or that of one scope with a rate of its own.
-type Bucket struct {
-	Scope string
-	Limit int32
-}
-
-// Buckets are the budgets of one check, passed by value so that asking a
-// RateLimiter allocates nothing.
-type Buckets struct {
-	n int
-	b [maxBuckets]Bucket
-}
-
-// Add adds a budget, once per scope. It reports false when the check
-// already has maxBuckets.
-func (bs *Buckets) Add(scope string, limit int32) bool {
-	for i := range bs.n {
-		if bs.b[i].Scope == scope {
-			return true
-		}
-	}
-	if bs.n == maxBuckets {
-		return false
-	}
-	bs.b[bs.n] = Bucket{Scope: scope, Limit: limit}
-	bs.n++
-	return true
-}
-
-// Len is how many budgets the check has.
-func (bs *Buckets) Len() int { return bs.n }
 
 // Decision is the outcome of one Allow, with what the rate-limit headers say.
 type Decision struct {
@@ -76,7 +41,7 @@ type Decision struct {
 // RateLimiter decides whether one more check of a token fits its budgets,
 // and counts it if so: against every budget, or against none.
 type RateLimiter interface {
-	Allow(ctx context.Context, token types.NamespacedName, buckets Buckets, now time.Time) Decision
+	Allow(ctx context.Context, token types.NamespacedName, budgets tokenstate.Budgets, now time.Time) Decision
 	// Forget drops what is kept of a deleted token.
 	Forget(token types.NamespacedName)
 }
@@ -106,12 +71,12 @@ func gcra(tat, now int64, limit int32) (next int64, allowed bool, remaining int3
 // decideAll runs gcra on every budget with its TAT in tats, and updates
 // tats when the check passes all of them. The decision is about the
 // refusing budget that waits longest, or the allowing one with least left.
-func decideAll(bs *Buckets, tats []int64, now int64) Decision {
-	var nexts [maxBuckets]int64
+func decideAll(bs *tokenstate.Budgets, tats []int64, now int64) Decision {
+	var nexts [tokenstate.MaxBudgets]int64
 	var d Decision
 	d.Allowed = true
-	for i := range bs.n {
-		b := &bs.b[i]
+	for i := range bs.Len() {
+		b := bs.At(i)
 		next, ok, remaining, reset, retry := gcra(tats[i], now, b.Limit)
 		nexts[i] = next
 		switch {
@@ -122,7 +87,7 @@ func decideAll(bs *Buckets, tats []int64, now int64) Decision {
 		}
 	}
 	if d.Allowed {
-		copy(tats, nexts[:bs.n])
+		copy(tats, nexts[:bs.Len()])
 	}
 	return d
 }
@@ -154,9 +119,9 @@ func NewLimiter() *LocalLimiter {
 }
 
 // Allow implements RateLimiter.
-func (l *LocalLimiter) Allow(_ context.Context, token types.NamespacedName, bs Buckets, now time.Time) Decision {
-	var tats [maxBuckets]int64
-	var where [maxBuckets]*int64
+func (l *LocalLimiter) Allow(_ context.Context, token types.NamespacedName, bs tokenstate.Budgets, now time.Time) Decision {
+	var tats [tokenstate.MaxBudgets]int64
+	var where [tokenstate.MaxBudgets]*int64
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	tb := l.tokens[token]
@@ -164,17 +129,17 @@ func (l *LocalLimiter) Allow(_ context.Context, token types.NamespacedName, bs B
 		tb = &tokenBudgets{}
 		l.tokens[token] = tb
 	}
-	for i := range bs.n {
-		tb.add(bs.b[i].Scope)
+	for i := range bs.Len() {
+		tb.add(bs.At(i).Scope)
 	}
 	// Pointers only once every budget exists: adding one may move the rest.
-	for i := range bs.n {
-		where[i] = tb.tat(bs.b[i].Scope)
+	for i := range bs.Len() {
+		where[i] = tb.tat(bs.At(i).Scope)
 		tats[i] = *where[i]
 	}
-	d := decideAll(&bs, tats[:bs.n], now.UnixNano())
+	d := decideAll(&bs, tats[:bs.Len()], now.UnixNano())
 	if d.Allowed {
-		for i := range bs.n {
+		for i := range bs.Len() {
 			*where[i] = tats[i]
 		}
 	}

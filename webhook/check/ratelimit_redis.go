@@ -18,6 +18,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"k8s.io/apimachinery/pkg/types"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // gcraScript decides every budget of one check at once, on Redis's clock, so
@@ -130,28 +132,28 @@ func (l *RedisLimiter) Up() bool { return l.downUntil.Load() == 0 }
 
 // Allow implements RateLimiter. The budget is decided on Redis's clock;
 // now places Reset and times leases.
-func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs Buckets, now time.Time) Decision {
-	single := bs.n == 1 && !l.NoLeases
+func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs tokenstate.Budgets, now time.Time) Decision {
+	single := bs.Len() == 1 && !l.NoLeases
 	if single {
-		if d, ok := l.spendLease(token, bs.b[0], now); ok {
+		if d, ok := l.spendLease(token, bs.At(0), now); ok {
 			return d
 		}
 	}
 	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
 		return l.degradedDecision(ctx, token, bs, now)
 	}
-	keys := make([]string, bs.n)
-	args := make([]any, 2*bs.n)
+	keys := make([]string, bs.Len())
+	args := make([]any, 2*bs.Len())
 	tag := "{" + token.Namespace + "/" + token.Name + "}"
-	for i := range bs.n {
-		keys[i] = l.prefix + tag + ":" + bs.b[i].Scope
-		args[2*i], args[2*i+1] = bs.b[i].Limit, 1
+	for i := range bs.Len() {
+		keys[i] = l.prefix + tag + ":" + bs.At(i).Scope
+		args[2*i], args[2*i+1] = bs.At(i).Limit, 1
 	}
 	if single {
-		args[1] = leaseSize(bs.b[0].Limit)
+		args[1] = leaseSize(bs.At(0).Limit)
 	}
 	res, err := l.script.Run(ctx, l.client, keys, args...).Int64Slice()
-	if err != nil || len(res) != 6 || res[1] < 1 || int(res[1]) > bs.n {
+	if err != nil || len(res) != 6 || res[1] < 1 || int(res[1]) > bs.Len() {
 		if err == nil {
 			err = fmt.Errorf("gcra.lua answered %v", res)
 		}
@@ -162,7 +164,7 @@ func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs
 		l.up.Set(1)
 		logf.FromContext(ctx).Info("Rate-limit store answers again: budgets are shared across replicas")
 	}
-	b := bs.b[res[1]-1]
+	b := bs.At(int(res[1]) - 1)
 	d := Decision{
 		Allowed: res[0] == 1, Limit: b.Limit, Remaining: int32(res[2]), Scope: b.Scope,
 		Reset: now.Add(time.Duration(res[3]) * time.Microsecond), RetryAfter: time.Duration(res[4]) * time.Microsecond,
@@ -177,7 +179,7 @@ func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs
 }
 
 // spendLease answers from a lease this replica holds of the budget, if any.
-func (l *RedisLimiter) spendLease(token types.NamespacedName, b Bucket, now time.Time) (Decision, bool) {
+func (l *RedisLimiter) spendLease(token types.NamespacedName, b tokenstate.Budget, now time.Time) (Decision, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ls := l.leases[token]
@@ -235,12 +237,12 @@ func (l *RedisLimiter) markDown(ctx context.Context, err error, now time.Time) {
 }
 
 // degradedDecision decides without Redis, as the failure mode says.
-func (l *RedisLimiter) degradedDecision(ctx context.Context, token types.NamespacedName, bs Buckets, now time.Time) Decision {
+func (l *RedisLimiter) degradedDecision(ctx context.Context, token types.NamespacedName, bs tokenstate.Budgets, now time.Time) Decision {
 	l.degraded.Inc()
 	if l.mode == FailOpen {
 		return l.fallback.Allow(ctx, token, bs, now)
 	}
-	b := bs.b[0]
+	b := bs.At(0)
 	return Decision{Limit: b.Limit, Scope: b.Scope, Reset: now.Add(redisBackoff), RetryAfter: redisBackoff, Unavailable: true}
 }
 

@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/keymint/keymint/internal/testenv"
+
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // startRedis starts a real redis-server for one test.
@@ -81,7 +83,7 @@ func TestRedisCountsACheckAgainstAllItsBudgetsOrNone(t *testing.T) {
 	ctx := context.Background()
 	l, _ := replica(t, srv.Addr, FailClosed)
 	tok := types.NamespacedName{Namespace: "ns", Name: "t"}
-	var both, reads Buckets
+	var both, reads tokenstate.Budgets
 	both.Add("links:write", 1)
 	both.Add("links:read", 100)
 	reads.Add("links:read", 100)

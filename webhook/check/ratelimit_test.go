@@ -6,10 +6,12 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
-func own(limit int32) Buckets {
-	var bs Buckets
+func own(limit int32) tokenstate.Budgets {
+	var bs tokenstate.Budgets
 	bs.Add("", limit)
 	return bs
 }
@@ -44,7 +46,7 @@ func TestABucketRefusedCountsNoBudgetAtAll(t *testing.T) {
 	l := NewLimiter()
 	tok := types.NamespacedName{Namespace: "ns", Name: "t"}
 	ctx := context.Background()
-	var writes Buckets
+	var writes tokenstate.Budgets
 	writes.Add("links:write", 1)
 	writes.Add("links:read", 100)
 	if d := l.Allow(ctx, tok, writes, t0); !d.Allowed || d.Scope != "links:write" || d.Remaining != 0 {
@@ -54,42 +56,12 @@ func TestABucketRefusedCountsNoBudgetAtAll(t *testing.T) {
 	if d.Allowed || d.Scope != "links:write" || d.RetryAfter != time.Minute {
 		t.Fatalf("second: %+v, want refused by links:write for 1m", d)
 	}
-	var reads Buckets
+	var reads tokenstate.Budgets
 	reads.Add("links:read", 100)
 	if d := l.Allow(ctx, tok, reads, t0); !d.Allowed || d.Remaining != 98 {
 		t.Errorf("links:read after a refused check: %+v, want 98 left (one use, the refused check took none)", d)
 	}
 	if d := l.Allow(ctx, tok, own(5), t0); !d.Allowed || d.Remaining != 4 {
 		t.Errorf("the token's own budget is apart from its scopes': %+v", d)
-	}
-}
-
-func TestBucketsHoldAtMostEightScopes(t *testing.T) {
-	var bs Buckets
-	for i := range maxBuckets {
-		if !bs.Add(string(rune('a'+i))+":x", 1) {
-			t.Fatalf("budget %d refused", i+1)
-		}
-	}
-	if !bs.Add("a:x", 1) {
-		t.Error("a scope already there is not a new budget")
-	}
-	if bs.Add("z:x", 1) {
-		t.Error("a ninth budget was taken")
-	}
-}
-
-func TestLimiterHoldsBudgetsOfLiveTokensOnly(t *testing.T) {
-	l := NewLimiter()
-	ctx := context.Background()
-	a, b := types.NamespacedName{Namespace: "ns", Name: "a"}, types.NamespacedName{Namespace: "ns", Name: "b"}
-	l.Allow(ctx, a, own(10), t0)
-	l.Allow(ctx, b, own(10), t0)
-	l.Forget(a)
-	if _, ok := l.tokens[a]; ok || len(l.tokens) != 1 {
-		t.Errorf("budgets after forgetting a: %v", l.tokens)
-	}
-	if d := l.Allow(ctx, a, own(10), t0); d.Remaining != 9 {
-		t.Errorf("remaining %d after a fresh start, want 9", d.Remaining)
 	}
 }

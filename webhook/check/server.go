@@ -32,8 +32,9 @@ type Server struct {
 	// CertReady, when set, is waited for before the certificate files are
 	// read: self-managed certificates appear after the manager starts.
 	CertReady <-chan struct{}
-	// listener, when set, is used instead of listening on Addr (tests).
-	listener net.Listener
+	// Listener, when set, is served instead of listening on Addr: the
+	// caller bound it, so its address is known before the server starts.
+	Listener net.Listener
 	// listening is set once the server accepts connections: readiness
 	// waits for it, so no request is sent to a port nobody answers.
 	listening atomic.Bool
@@ -84,7 +85,7 @@ func (s *Server) Start(ctx context.Context) error {
 		// A non-nil empty map keeps net/http from enabling HTTP/2 by itself.
 		srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	}
-	ln := s.listener
+	ln := s.Listener
 	if ln == nil {
 		if ln, err = net.Listen("tcp", s.Addr); err != nil {
 			return fmt.Errorf("listening on %s: %w", s.Addr, err)

@@ -35,7 +35,7 @@ func TestServerReloadsItsCertificateWhenTheFilesChange(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := &Server{CertFile: files.CertFile, KeyFile: files.KeyFile, Handler: http.NotFoundHandler(), listener: ln}
+	s := &Server{CertFile: files.CertFile, KeyFile: files.KeyFile, Handler: http.NotFoundHandler(), Listener: ln}
 	done := make(chan error, 1)
 	go func() { done <- s.Start(ctx) }()
 

@@ -78,7 +78,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	}
 	server := &Server{
 		Addr: opts.Addr, CertFile: opts.CertFile, KeyFile: opts.KeyFile, EnableHTTP2: opts.EnableHTTP2,
-		Handler: handler.ServeMux(), listener: opts.Listener, CertReady: opts.CertReady,
+		Handler: handler.ServeMux(), Listener: opts.Listener, CertReady: opts.CertReady,
 	}
 	if err := mgr.Add(server); err != nil {
 		return err

@@ -1,4 +1,4 @@
-package controllers
+package secretrecord
 
 import (
 	"testing"
@@ -10,17 +10,11 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/recordkey/recordkeytest"
 	"github.com/keymint/keymint/internal/token"
 )
 
-func testKeyring(t *testing.T) *recordkey.Keyring {
-	t.Helper()
-	ring, err := recordkey.Generate("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ring
-}
+var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
 func apiToken(uid string) *keymintv1alpha1.ApiToken {
 	return &keymintv1alpha1.ApiToken{
@@ -30,21 +24,21 @@ func apiToken(uid string) *keymintv1alpha1.ApiToken {
 }
 
 func TestSignedRecordRoundTrip(t *testing.T) {
-	ring := testKeyring(t)
+	ring := recordkeytest.Keyring(t, "test")
 	tok := apiToken("a")
 	plain, _ := token.Mint("km")
 	rotated := now.Add(-time.Minute)
 	expires := now.Add(time.Hour)
-	want := secretRecord{
+	want := Record{
 		Serial: 4, Hash: token.HashString(plain), ServiceUserUID: "uid-ci", IssuedAt: now, ExpiresAt: &expires, RotatedAt: &rotated,
-		Previous:        []recordPrevious{{Hash: token.HashString("x"), IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)}},
+		Previous:        []Previous{{Hash: token.HashString("x"), IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)}},
 		RotationRequest: "r1",
 	}
 	sec := &corev1.Secret{}
-	writeRecord(sec, tok, ring, plain, want)
-	got := readSecret(sec, tok, ring)
+	Write(sec, tok, ring, plain, want)
+	got := Read(sec, tok, ring)
 	if !got.Holds || got.Plain != plain || got.Signed == nil {
-		t.Fatalf("readSecret(writeRecord(r)) = %+v, want the signed record", got)
+		t.Fatalf("Read(Write(r)) = %+v, want the signed record", got)
 	}
 	r := got.Signed
 	if r.Serial != 4 || r.Hash != want.Hash || r.Display != token.Display(plain) || r.ServiceUserUID != "uid-ci" ||
@@ -53,22 +47,22 @@ func TestSignedRecordRoundTrip(t *testing.T) {
 		t.Errorf("record read back = %+v, want %+v", r, want)
 	}
 
-	clearRecord(sec)
-	if got := readSecret(sec, tok, ring); got.Holds || got.Signed != nil {
-		t.Errorf("after clearRecord the Secret still holds %v %v", sec.Data, sec.Annotations)
+	Clear(sec)
+	if got := Read(sec, tok, ring); got.Holds || got.Signed != nil {
+		t.Errorf("after Clear the Secret still holds %v %v", sec.Data, sec.Annotations)
 	}
 }
 
-// TestReadSecretTrustsOnlyKeymintsSignature covers what someone who can
-// write a token Secret may try: none of it yields a record to adopt.
-func TestReadSecretTrustsOnlyKeymintsSignature(t *testing.T) {
-	ring := testKeyring(t)
+// TestReadTrustsOnlyKeymintsSignature covers what someone who can write a
+// token Secret may try: none of it yields a record to adopt.
+func TestReadTrustsOnlyKeymintsSignature(t *testing.T) {
+	ring := recordkeytest.Keyring(t, "test")
 	tok := apiToken("a")
 	plain, _ := token.Mint("km")
 	other, _ := token.Mint("km")
 	signed := func() *corev1.Secret {
 		sec := &corev1.Secret{}
-		writeRecord(sec, tok, ring, plain, secretRecord{Serial: 2, Hash: token.HashString(plain), IssuedAt: now})
+		Write(sec, tok, ring, plain, Record{Serial: 2, Hash: token.HashString(plain), IssuedAt: now})
 		return sec
 	}
 	tests := map[string]struct {
@@ -78,7 +72,7 @@ func TestReadSecretTrustsOnlyKeymintsSignature(t *testing.T) {
 		wantHold bool
 	}{
 		"a record signed by another key": {
-			secret: signed, reader: tok, keyring: testKeyring(t), wantHold: true,
+			secret: signed, reader: tok, keyring: recordkeytest.Keyring(t, "test"), wantHold: true,
 		},
 		"a record signed for another ApiToken object of the same name": {
 			secret: signed, reader: apiToken("b"), keyring: ring, wantHold: true,
@@ -115,26 +109,26 @@ func TestReadSecretTrustsOnlyKeymintsSignature(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			got := readSecret(tc.secret(), tc.reader, tc.keyring)
+			got := Read(tc.secret(), tc.reader, tc.keyring)
 			if got.Signed != nil {
-				t.Errorf("readSecret vouched for %+v", got.Signed)
+				t.Errorf("Read vouched for %+v", got.Signed)
 			}
 			if got.Holds != tc.wantHold {
 				t.Errorf("holds = %v, want %v", got.Holds, tc.wantHold)
 			}
 		})
 	}
-	if got := readSecret(signed(), tok, ring); got.Signed == nil {
+	if got := Read(signed(), tok, ring); got.Signed == nil {
 		t.Error("the untouched signed Secret was not vouched for: the cases above prove nothing")
 	}
 }
 
 func TestTokenLabelValue(t *testing.T) {
 	long := string(make([]byte, 64))
-	if v := tokenLabelValue("short"); v != "short" {
-		t.Errorf("tokenLabelValue(short) = %q", v)
+	if v := TokenLabelValue("short"); v != "short" {
+		t.Errorf("TokenLabelValue(short) = %q", v)
 	}
-	if v := tokenLabelValue(long); v != "" {
+	if v := TokenLabelValue(long); v != "" {
 		t.Errorf("a 64-character name gave label value %q, want empty (label values stop at 63)", v)
 	}
 }

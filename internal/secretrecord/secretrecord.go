@@ -1,0 +1,127 @@
+// Package secretrecord is the format of the record keymint signs into each
+// token Secret, beside the token: its serial, hash, times and grace-period
+// hashes, bound by an HMAC (internal/recordkey) to one ApiToken object.
+//
+// The ApiToken status is the record of truth; the Secret's copy exists only
+// to recover a token the status does not name yet (a crash between the
+// Secret and status writes), and is adopted only if keymint signed it. The
+// controllers read and write it; hack/bench builds its fixtures with it.
+package secretrecord
+
+import (
+	"encoding/json"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/token"
+)
+
+// Version starts every signed message, so a future record format can never
+// verify as this one.
+const Version = "keymint.io/record/v1"
+
+// Record is the record of a token, as the Secret that delivers it carries it
+// (annotation keymint.io/record).
+type Record struct {
+	Serial          int64      `json:"serial"`
+	Hash            string     `json:"hash"`
+	ServiceUserUID  types.UID  `json:"serviceUserUID,omitempty"`
+	IssuedAt        time.Time  `json:"issuedAt"`
+	ExpiresAt       *time.Time `json:"expiresAt,omitempty"`
+	RotatedAt       *time.Time `json:"rotatedAt,omitempty"`
+	Previous        []Previous `json:"previous,omitempty"`
+	RotationRequest string     `json:"rotationRequest,omitempty"`
+	// Display is the token's first characters, for humans; never stored.
+	Display string `json:"-"`
+}
+
+// Previous is a rotated-out hash in its grace period.
+type Previous struct {
+	Hash       string    `json:"hash"`
+	IssuedAt   time.Time `json:"issuedAt"`
+	ValidUntil time.Time `json:"validUntil"`
+}
+
+// signedFields binds a record to one ApiToken object: the same record in
+// another ApiToken's Secret, or in a later ApiToken of the same name, does
+// not verify.
+func signedFields(tok *keymintv1alpha1.ApiToken, record string) []string {
+	return []string{Version, tok.Namespace, tok.Name, string(tok.UID), tok.Spec.ServiceUser, record}
+}
+
+// Contents is what a token Secret holds, as far as keymint trusts it.
+type Contents struct {
+	// Plain is the token in the Secret's data, "" when none.
+	Plain string
+	// Holds is true when the Secret has any token data or record at all.
+	Holds bool
+	// Signed is the Secret's record when keymint signed it for this
+	// ApiToken and the Secret's token is the record's; nil otherwise.
+	Signed *Record
+}
+
+// Read reads token Secret sec of tok (nil: none), verifying its record with
+// ring.
+func Read(sec *corev1.Secret, tok *keymintv1alpha1.ApiToken, ring *recordkey.Keyring) Contents {
+	if sec == nil {
+		return Contents{}
+	}
+	var c Contents
+	plain, hasData := sec.Data[keymintv1alpha1.SecretTokenKey]
+	record, hasRecord := sec.Annotations[keymintv1alpha1.RecordAnnotation]
+	_, hasSig := sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation]
+	c.Holds = hasData || hasRecord || hasSig
+	if _, err := token.Parse(string(plain)); err == nil {
+		c.Plain = string(plain)
+	}
+	if c.Plain == "" || !ring.Verify(sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation], signedFields(tok, record)...) {
+		return c
+	}
+	var rec Record
+	if err := json.Unmarshal([]byte(record), &rec); err != nil || !token.Matches(c.Plain, rec.Hash) {
+		return c
+	}
+	rec.Display = token.Display(c.Plain)
+	c.Signed = &rec
+	return c
+}
+
+// Write puts the token plain, its record and the record's signature into
+// sec, tok's token Secret, replacing any earlier ones and keeping everything
+// else.
+func Write(sec *corev1.Secret, tok *keymintv1alpha1.ApiToken, ring *recordkey.Keyring, plain string, rec Record) {
+	if sec.Data == nil {
+		sec.Data = map[string][]byte{}
+	}
+	sec.Data[keymintv1alpha1.SecretTokenKey] = []byte(plain)
+	if sec.Annotations == nil {
+		sec.Annotations = map[string]string{}
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		panic(err) // plain data always marshals
+	}
+	record := string(b)
+	sec.Annotations[keymintv1alpha1.RecordAnnotation] = record
+	sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation] = ring.Sign(signedFields(tok, record)...)
+}
+
+// Clear removes the token and its record from a Secret.
+func Clear(sec *corev1.Secret) {
+	delete(sec.Data, keymintv1alpha1.SecretTokenKey)
+	delete(sec.Annotations, keymintv1alpha1.RecordAnnotation)
+	delete(sec.Annotations, keymintv1alpha1.RecordSignatureAnnotation)
+}
+
+// TokenLabelValue is the TokenLabel value of ApiToken name's Secret: the
+// name when it fits a label value, else empty (the owner reference names it).
+func TokenLabelValue(name string) string {
+	if len(name) > 63 {
+		return ""
+	}
+	return name
+}
