@@ -26,6 +26,7 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/authz"
 	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/requester"
 	"github.com/keymint/keymint/internal/secretrecord"
 	"github.com/keymint/keymint/internal/token"
 )
@@ -68,6 +69,11 @@ type ApiTokenReconciler struct {
 
 	// mints bounds how often one ApiToken mints.
 	mints mintLimiter
+	// trustCache answers, for reconciles that do not mint, whether the
+	// requester webhook is enforced from a read at most a second old: a
+	// disabled user's N tokens are revoked with one read, not N. A mint
+	// always reads afresh. Set by SetupWithManager.
+	trustCache *requester.CheckCache
 	// denials holds, for backoff, the ApiTokens whose last mint was denied.
 	denials sync.Map // types.NamespacedName → denials
 }
@@ -313,6 +319,7 @@ type writtenStatus struct {
 // SetupWithManager registers the controller: it watches ApiTokens, the
 // Secrets they own, and their ServiceUsers.
 func (r *ApiTokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.trustCache = &requester.CheckCache{TTL: time.Second}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&keymintv1alpha1.ApiToken{}, builder.WithPredicates(notOnlyLastUsed())).
 		Owns(&corev1.Secret{}).

@@ -12,13 +12,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 )
 
 var _ = Describe("Issuing a token", func() {
 	It("writes a fresh token into a Secret and only its hash into the status", func() {
 		ns := newNamespace()
-		createUser(ns, "exporter", withPrefix("acme"))
+		createUser(ns, "exporter", testenv.WithPrefix("acme"))
 		createToken(ns, "exporter-prod", "exporter")
 
 		plain, tok := issued(ns, "exporter-prod")
@@ -64,7 +65,7 @@ var _ = Describe("Issuing a token", func() {
 	It("uses spec.secretName when set", func() {
 		ns := newNamespace()
 		createUser(ns, "ci")
-		createToken(ns, "ci-deploy", "ci", withSecretName("ci-credentials"))
+		createToken(ns, "ci-deploy", "ci", testenv.WithSecretName("ci-credentials"))
 		_, tok := issued(ns, "ci-deploy")
 		Expect(tok.Status.SecretName).To(Equal("ci-credentials"))
 		_, err := getSecret(ns, "ci-deploy")
@@ -94,7 +95,7 @@ var _ = Describe("Expiry", func() {
 	It("flips the conditions once the clock passes the lifetime", func() {
 		ns := newNamespace()
 		createUser(ns, "batch")
-		createToken(ns, "nightly", "batch", withLifetime(time.Hour))
+		createToken(ns, "nightly", "batch", testenv.WithLifetime(time.Hour))
 		_, tok := issued(ns, "nightly")
 		Expect(tok.Status.ExpiresAt).NotTo(BeNil())
 		Expect(tok.Status.ExpiresAt.Time).To(Equal(tok.Status.IssuedAt.Add(time.Hour)))
@@ -109,8 +110,8 @@ var _ = Describe("Expiry", func() {
 
 	It("caps a token's lifetime at the user's maxLifetime", func() {
 		ns := newNamespace()
-		createUser(ns, "batch", withMaxLifetime(30*time.Minute))
-		createToken(ns, "weekly", "batch", withLifetime(7*24*time.Hour))
+		createUser(ns, "batch", testenv.WithMaxLifetime(30*time.Minute))
+		createToken(ns, "weekly", "batch", testenv.WithLifetime(7*24*time.Hour))
 		_, tok := issued(ns, "weekly")
 		Expect(tok.Status.ExpiresAt.Time).To(Equal(tok.Status.IssuedAt.Add(30 * time.Minute)))
 	})
@@ -230,7 +231,7 @@ var _ = Describe("Rotation", func() {
 	It("keeps the old hash for the grace period, then drops it", func() {
 		ns := newNamespace()
 		createUser(ns, "ci")
-		createToken(ns, "ci-deploy", "ci", withRotation(0, time.Hour))
+		createToken(ns, "ci-deploy", "ci", testenv.WithRotation(0, time.Hour))
 		first, _ := issued(ns, "ci-deploy")
 
 		rotate(ns, "ci-deploy", "one")
@@ -247,7 +248,7 @@ var _ = Describe("Rotation", func() {
 	It("rotates on schedule", func() {
 		ns := newNamespace()
 		createUser(ns, "ci")
-		createToken(ns, "ci-deploy", "ci", withRotation(time.Hour, 0))
+		createToken(ns, "ci-deploy", "ci", testenv.WithRotation(time.Hour, 0))
 		first, tok := issued(ns, "ci-deploy")
 		Expect(tok.Status.NextRotationAt).NotTo(BeNil())
 		Expect(tok.Status.NextRotationAt.Time).To(Equal(tok.Status.IssuedAt.Add(time.Hour)))
@@ -263,7 +264,7 @@ var _ = Describe("A deleted Secret", func() {
 	It("counts as a lost token: a new one is minted and the old hash stops at once", func() {
 		ns := newNamespace()
 		createUser(ns, "ci")
-		createToken(ns, "ci-deploy", "ci", withRotation(0, time.Hour))
+		createToken(ns, "ci-deploy", "ci", testenv.WithRotation(0, time.Hour))
 		first, _ := issued(ns, "ci-deploy")
 
 		sec, err := getSecret(ns, "ci-deploy")
@@ -301,7 +302,7 @@ var _ = Describe("Crash safety", func() {
 	It("rebuilds a lost status from the Secret without minting a new token", func() {
 		ns := newNamespace()
 		createUser(ns, "ci")
-		createToken(ns, "restored", "ci", withLifetime(24*time.Hour))
+		createToken(ns, "restored", "ci", testenv.WithLifetime(24*time.Hour))
 		plain, before := issued(ns, "restored")
 
 		// As after restoring the ApiToken from a backup that had no status.
@@ -322,7 +323,7 @@ var _ = Describe("GitOps", func() {
 	It("makes no writes at all when an unchanged manifest is applied again", func() {
 		ns := newNamespace()
 		createUser(ns, "ci")
-		createToken(ns, "ci-deploy", "ci", withLifetime(24*time.Hour), withRotation(12*time.Hour, time.Hour))
+		createToken(ns, "ci-deploy", "ci", testenv.WithLifetime(24*time.Hour), testenv.WithRotation(12*time.Hour, time.Hour))
 		issued(ns, "ci-deploy")
 		Eventually(func() int32 { return getUserStatus(ns, "ci").ActiveTokens }).Should(Equal(int32(1)))
 		// Let the controllers settle, then count from here.

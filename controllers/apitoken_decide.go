@@ -33,8 +33,9 @@ type decision struct {
 // mints reports whether a decision mints a token.
 func (d decision) mints() bool { return d.Action == actIssue || d.Action == actRotate }
 
-// denied reports whether the token d mints was denied to its requester.
-func (o *observation) denied(d decision) bool { return d.mints() && o.Auth != nil && !o.Auth.Allowed }
+// denied reports whether the token d mints was denied to its requester:
+// fail closed, a mint nobody authorized is denied too.
+func (o *observation) denied(d decision) bool { return d.mints() && (o.Auth == nil || !o.Auth.Allowed) }
 
 // decide picks the one action a reconcile takes.
 func decide(o observation) decision {
@@ -205,8 +206,9 @@ func afterAction(o observation, d decision, rec *secretrecord.Record, failed err
 	return a
 }
 
-// evaluate sets the verdict of a token this reconcile minted or emptied:
-// the one evaluation of the state it leaves.
+// evaluate sets the verdict of the state a reconcile leaves when it is not
+// the observed one: a token it minted or emptied, or the same token read
+// again after a status write conflicted.
 func (a *after) evaluate(o *observation) {
 	a.Verdict = tokenstate.Evaluate(&a.Token, &o.User, o.Now)
 }

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/requester"
@@ -227,12 +228,23 @@ func (r *ApiTokenReconciler) gather(ctx context.Context, tok *keymintv1alpha1.Ap
 // the record, for what the status may tell and for the mint. For a mint it
 // also asks whether that requester may have the token minted now.
 func (r *ApiTokenReconciler) askRequester(ctx context.Context, in *reads, d decision) error {
-	if !needsRequester(&in.obs, d) {
+	if !d.mints() && !needsRequester(&in.obs, d) {
 		return nil
 	}
-	trust, err := requester.Webhook{Reader: r.APIReader, Name: r.RequesterWebhook}.Trust(ctx, r.Keyring, in.tok)
-	if err != nil {
+	hook := requester.Webhook{Reader: r.APIReader, Name: r.RequesterWebhook}
+	if !d.mints() {
+		hook.Cache = r.trustCache
+	}
+	trust, err := hook.Trust(ctx, r.Keyring, in.tok)
+	switch {
+	case err != nil && d.mints():
 		return err
+	case err != nil:
+		// Only what the status tells hangs on it: tell nothing of the
+		// ServiceUser, and revoke or keep as decided. A revocation never
+		// waits for a read.
+		logf.FromContext(ctx).Info("Cannot tell whether the requester webhook is enforced; the status tells nothing of the ServiceUser", "error", err.Error())
+		return nil
 	}
 	in.obs.Trust = &trust
 	if !d.mints() {

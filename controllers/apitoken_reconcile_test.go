@@ -6,17 +6,17 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/events"
-	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/recordkey/recordkeytest"
@@ -37,9 +37,6 @@ func (refuseAll) Allowed(context.Context, authenticationv1.UserInfo, authorizati
 // that retireWhenIdle ends now is retired with its Event, and one that
 // ends sooner than the retry brings the token back then.
 func TestADeniedMintKeepsTheTokensSchedule(t *testing.T) {
-	scheme := runtime.NewScheme()
-	_ = corev1.AddToScheme(scheme)
-	_ = keymintv1alpha1.AddToScheme(scheme)
 	ring := recordkeytest.Keyring(t, "test")
 	plain, _ := token.Mint("km")
 	issued, used := metav1.NewTime(now.Add(-time.Hour)), metav1.NewTime(now.Add(-time.Minute))
@@ -68,14 +65,8 @@ func TestADeniedMintKeepsTheTokensSchedule(t *testing.T) {
 	secretrecord.Write(sec, tok, ring, plain, secretrecord.Record{Serial: 2, Hash: token.HashString(plain), IssuedAt: issued.Time, ServiceUserUID: "uid-ci"})
 
 	objects := func() []client.Object { return []client.Object{tok.DeepCopy(), user.DeepCopy(), sec.DeepCopy()} }
-	cached := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objects()...).WithStatusSubresource(tok).
-		WithIndex(&keymintv1alpha1.ApiToken{}, TokenHashIndex, func(o client.Object) []string { return StatusHashes(&o.(*keymintv1alpha1.ApiToken).Status) }).Build()
-	recorder := events.NewFakeRecorder(20)
-	r := &ApiTokenReconciler{
-		Client: cached, APIReader: fake.NewClientBuilder().WithScheme(scheme).WithObjects(objects()...).Build(),
-		Recorder: recorder, Clock: clocktesting.NewFakeClock(now), Keyring: ring,
-		Authorizer: refuseAll{}, AuthorizationRetry: time.Hour,
-	}
+	r, recorder := newFakeReconciler(t, ring, objects(), objects())
+	r.Authorizer, r.AuthorizationRetry = refuseAll{}, time.Hour
 	res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Namespace: "ns", Name: "t"}})
 	if err != nil {
 		t.Fatal(err)
@@ -92,10 +83,81 @@ func TestADeniedMintKeepsTheTokensSchedule(t *testing.T) {
 		t.Errorf("Events %v, want both %s and %s", reasons, eventMintDenied, eventRetiredIdle)
 	}
 	got := &keymintv1alpha1.ApiToken{}
-	if err := cached.Get(context.Background(), client.ObjectKeyFromObject(tok), got); err != nil {
+	if err := r.Client.Get(context.Background(), client.ObjectKeyFromObject(tok), got); err != nil {
 		t.Fatal(err)
 	}
 	if got.Status.TokenHash != tok.Status.TokenHash || len(got.Status.PreviousTokens) != 1 || got.Status.PreviousTokens[0].TokenHash != "sha256:busy" {
 		t.Errorf("status %+v, want the current token kept and only the busy hash in grace", got.Status)
 	}
+}
+
+// Whether keymint trusts a requester decides mints, never revocations: with
+// the requester webhook's configuration unreadable, a disabled user's token
+// is still revoked at once (its Secret emptied, its status cleared), while a
+// mint waits until the configuration can be read.
+func TestAnUnreadableWebhookConfigurationHoldsUpMintsOnly(t *testing.T) {
+	for name, disabled := range map[string]bool{"revoke": true, "mint": false} {
+		t.Run(name, func(t *testing.T) {
+			ring := recordkeytest.Keyring(t, "test")
+			plain, _ := token.Mint("km")
+			issued := metav1.NewTime(now.Add(-time.Hour))
+			user := &keymintv1alpha1.ServiceUser{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "ci", UID: "uid-ci"},
+				Spec: keymintv1alpha1.ServiceUserSpec{Disabled: disabled}}
+			tok := &keymintv1alpha1.ApiToken{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "t", UID: "uid-t", Generation: 1},
+				Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: "ci"},
+			}
+			requester.Admit(ring, nil, tok, authenticationv1.UserInfo{Username: "alice"}, now.Add(-time.Hour), time.Time{})
+			objects := []client.Object{user}
+			if disabled {
+				tok.Status = keymintv1alpha1.ApiTokenStatus{Serial: 2, TokenHash: token.HashString(plain), TokenPrefix: token.Display(plain),
+					IssuedAt: &issued, ServiceUserUID: "uid-ci"}
+				sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "t",
+					Labels:          map[string]string{keymintv1alpha1.TokenLabel: "t"},
+					OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(tok, keymintv1alpha1.GroupVersion.WithKind("ApiToken"))}}}
+				secretrecord.Write(sec, tok, ring, plain, secretrecord.Record{Serial: 2, Hash: token.HashString(plain), IssuedAt: issued.Time, ServiceUserUID: "uid-ci"})
+				objects = append(objects, sec)
+			}
+			objects = append(objects, tok)
+			r, _ := newFakeReconciler(t, ring, objects, objects)
+			r.RequesterWebhook, r.Authorizer = "keymint-requester", allowAll{}
+			r.APIReader = interceptor.NewClient(r.APIReader.(client.WithWatch), interceptor.Funcs{
+				Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+					if _, ok := obj.(*admissionregistrationv1.MutatingWebhookConfiguration); ok {
+						return apierrors.NewServiceUnavailable("kube-apiserver is restarting")
+					}
+					return c.Get(ctx, key, obj, opts...)
+				},
+			})
+			_, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Namespace: "ns", Name: "t"}})
+			got := &keymintv1alpha1.ApiToken{}
+			if gerr := r.Client.Get(context.Background(), client.ObjectKeyFromObject(tok), got); gerr != nil {
+				t.Fatal(gerr)
+			}
+			sec := &corev1.Secret{}
+			secErr := r.Client.Get(context.Background(), types.NamespacedName{Namespace: "ns", Name: "t"}, sec)
+			if !disabled {
+				if err == nil || got.Status.TokenHash != "" || secErr == nil && len(sec.Data[keymintv1alpha1.SecretTokenKey]) > 0 {
+					t.Errorf("a mint went ahead without knowing whether to trust its requester: err %v, status %+v", err, got.Status)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("the revocation waited for the configuration: %v", err)
+			}
+			if got.Status.TokenHash != "" || len(sec.Data[keymintv1alpha1.SecretTokenKey]) > 0 {
+				t.Errorf("the disabled user's token is still on record: hash %q, Secret data %d bytes", got.Status.TokenHash, len(sec.Data[keymintv1alpha1.SecretTokenKey]))
+			}
+			if c := meta.FindStatusCondition(got.Status.Conditions, keymintv1alpha1.ApiTokenConditionRevoked); c == nil || c.Status != metav1.ConditionTrue || c.Reason != keymintv1alpha1.ApiTokenReasonServiceUserDisabled {
+				t.Errorf("Revoked condition %+v, want True, ServiceUserDisabled: keymint minted this token, so its status says why it ended", c)
+			}
+		})
+	}
+}
+
+// allowAll is an authorizer under which anybody may do anything.
+type allowAll struct{}
+
+func (allowAll) Allowed(context.Context, authenticationv1.UserInfo, authorizationv1.ResourceAttributes) (bool, error) {
+	return true, nil
 }

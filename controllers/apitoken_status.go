@@ -170,9 +170,10 @@ type statusInput struct {
 	secretName string
 	// reveal is whether the status may tell of the ServiceUser: whether it
 	// exists, is disabled, which permissions it lacks. That is for those
-	// keymint acted for: a token it minted, or one a requester it trusts
-	// asked for. Anyone may write a revoked ApiToken (no admission runs), so
-	// its status tells nothing of the user.
+	// keymint acted for: a token it minted (still, or until this
+	// reconcile revoked it), or one a requester it trusts asked for.
+	// Anyone may write a revoked ApiToken (no admission runs), so its
+	// status tells nothing of the user.
 	reveal bool
 	// revoked is the revocation the status tells: the verdict's, less what
 	// is hidden when not reveal.
@@ -189,7 +190,7 @@ type statusInput struct {
 
 func newStatusInput(o *observation, a *after, secretName string) *statusInput {
 	in := &statusInput{o: o, a: a, v: &a.Verdict, secretName: secretName, auth: o.Auth}
-	in.reveal = !o.Spec.Revoked && (o.trusted() || a.Token.Issued)
+	in.reveal = !o.Spec.Revoked && (o.trusted() || o.Current.Issued || a.Token.Issued)
 	in.revoked = in.v.Revoked
 	if !in.reveal && in.revoked != keymintv1alpha1.ApiTokenReasonRevokedBySpec && in.revoked != keymintv1alpha1.ApiTokenReasonDeleting {
 		in.revoked = ""

@@ -308,6 +308,8 @@ func TestTheStatusAfterAMintDescribesTheNewToken(t *testing.T) {
 	if d.Action != actIssue || d.Reason != eventRenewed {
 		t.Fatalf("decide = %+v, want a renewal of the expired token", d)
 	}
+	// A mint happens only once its requester is asked and allowed.
+	o.Auth = &authorization{Allowed: true, Reason: keymintv1alpha1.ApiTokenReasonAuthorized, Message: "allowed"}
 	rec := newRecord(o, d, "sha256:new", "km_new")
 	res := desiredStatus(keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:current", Serial: 3}, 1, "s", o, afterAction(o, d, &rec, nil))
 	st := res.Status

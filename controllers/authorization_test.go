@@ -41,7 +41,7 @@ var _ = Describe("A requester who loses the right to mint", func() {
 		Expect(err).NotTo(HaveOccurred())
 
 		tok := &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "t"}, Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "billing"}}
-		withRotation(time.Hour, 0)(tok)
+		testenv.WithRotation(time.Hour, 0)(tok)
 		Expect(carol.Create(ctx, tok)).To(Succeed())
 		plain, _ := issued(ns, "t")
 		expectCondition(ns, "t", keymintv1alpha1.ApiTokenConditionAuthorized, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonAuthorized)

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/webhook/check"
 )
@@ -45,7 +46,7 @@ var _ = Describe("Expiry warnings", func() {
 		createUser(ns, "batch", func(u *keymintv1alpha1.ServiceUser) {
 			u.Spec.TokenPolicy.ExpiryWarning = &metav1.Duration{Duration: 2 * time.Hour}
 		})
-		createToken(ns, "nightly", "batch", withLifetime(3*time.Hour))
+		createToken(ns, "nightly", "batch", testenv.WithLifetime(3*time.Hour))
 		first, _ := issued(ns, "nightly")
 		expectCondition(ns, "nightly", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotExpiringSoon)
 
@@ -73,7 +74,7 @@ var _ = Describe("Expiry warnings", func() {
 		createUser(ns, "batch", func(u *keymintv1alpha1.ServiceUser) {
 			u.Spec.TokenPolicy.ExpiryWarning = &metav1.Duration{Duration: 2 * time.Hour}
 		})
-		createToken(ns, "short", "batch", withLifetime(time.Hour))
+		createToken(ns, "short", "batch", testenv.WithLifetime(time.Hour))
 		first, _ := issued(ns, "short")
 		expectCondition(ns, "short", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonWithinWarningWindow)
 		Eventually(func() int { return countOf(eventsFor(ns, "short"), "ExpiringSoon") }).Should(Equal(1))
@@ -89,8 +90,8 @@ var _ = Describe("Expiry warnings", func() {
 		createUser(ns, "quiet", func(u *keymintv1alpha1.ServiceUser) {
 			u.Spec.TokenPolicy.ExpiryWarning = &metav1.Duration{}
 		})
-		createToken(ns, "weekly", "batch", withLifetime(8*24*time.Hour))
-		createToken(ns, "silent", "quiet", withLifetime(8*24*time.Hour))
+		createToken(ns, "weekly", "batch", testenv.WithLifetime(8*24*time.Hour))
+		createToken(ns, "silent", "quiet", testenv.WithLifetime(8*24*time.Hour))
 		issued(ns, "weekly")
 		issued(ns, "silent")
 		expectCondition(ns, "weekly", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotExpiringSoon)
@@ -109,7 +110,7 @@ var _ = Describe("Expiry warnings", func() {
 		createUser(ns, "ci", func(u *keymintv1alpha1.ServiceUser) {
 			u.Spec.TokenPolicy.ExpiryWarning = &metav1.Duration{Duration: 2 * time.Hour}
 		})
-		createToken(ns, "deploy", "ci", withLifetime(3*time.Hour), withRotation(150*time.Minute, 0))
+		createToken(ns, "deploy", "ci", testenv.WithLifetime(3*time.Hour), testenv.WithRotation(150*time.Minute, 0))
 		issued(ns, "deploy")
 		fakeClock.Step(61 * time.Minute)
 		poke(ns, "deploy")
@@ -136,7 +137,7 @@ var _ = Describe("Restart targets", func() {
 			},
 		}
 		Expect(k8sClient.Create(ctx, web)).To(Succeed())
-		createToken(ns, "api", "web", withRotation(0, time.Hour), func(t *keymintv1alpha1.ApiToken) {
+		createToken(ns, "api", "web", testenv.WithRotation(0, time.Hour), func(t *keymintv1alpha1.ApiToken) {
 			t.Spec.Rotation.RestartTargets = []keymintv1alpha1.RestartTarget{{Kind: "Deployment", Name: "web"}, {Kind: "StatefulSet", Name: "gone"}}
 		})
 		first, _ := issued(ns, "api")

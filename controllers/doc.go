@@ -11,8 +11,14 @@
 // An ApiToken reconcile is gather, decide, write: one step reads everything
 // into an observation, which evaluates the token it found once
 // (tokenstate.Evaluate); the decision and the status are pure functions of
-// it, and only a token the reconcile mints or empties is evaluated again,
-// once; the controller writes the Secret and the status and emits Events.
+// it, and only a state the observation could not see (a token the
+// reconcile mints or empties) is evaluated again, once. Between deciding
+// and writing, what a decision needs that depends on it is asked live, at
+// the moment of acting: for a mint, whether the cache has caught up with
+// our last write, the per-token mint rate, the requester's record and
+// right (askRequester: SubjectAccessReviews); for the rest, only whether
+// keymint trusts the requester, for what the status may tell. The
+// controller then writes the Secret and the status and emits Events.
 // The files, by job:
 //
 //   - apitoken_controller.go: Reconcile (read, call, write), Secret and status writes;

@@ -26,15 +26,6 @@ func newNamespace() string {
 	return ns.Name
 }
 
-// The fixtures are testenv's; the short names are the specs'.
-var (
-	withMaxLifetime = testenv.WithMaxLifetime
-	withPrefix      = testenv.WithPrefix
-	withLifetime    = testenv.WithLifetime
-	withRotation    = testenv.WithRotation
-	withSecretName  = testenv.WithSecretName
-)
-
 // createUser creates a ServiceUser that may grant links:read and
 // links:write, unless opts say otherwise.
 func createUser(ns, name string, opts ...testenv.ServiceUserOption) *keymintv1alpha1.ServiceUser {

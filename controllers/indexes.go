@@ -22,14 +22,22 @@ const TokenHashIndex = "status.tokenHashes"
 
 // SetupIndexes registers the field indexes the controllers use.
 func SetupIndexes(ctx context.Context, mgr ctrl.Manager) error {
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, ServiceUserIndex, func(obj client.Object) []string {
-		return []string{obj.(*keymintv1alpha1.ApiToken).Spec.ServiceUser}
-	}); err != nil {
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, ServiceUserIndex, ServiceUserIndexFunc); err != nil {
 		return err
 	}
-	return mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, TokenHashIndex, func(obj client.Object) []string {
-		return StatusHashes(&obj.(*keymintv1alpha1.ApiToken).Status)
-	})
+	return mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, TokenHashIndex, TokenHashIndexFunc)
+}
+
+// ServiceUserIndexFunc is ServiceUserIndex's function: the ServiceUser an
+// ApiToken names. obj must be an ApiToken.
+func ServiceUserIndexFunc(obj client.Object) []string {
+	return []string{obj.(*keymintv1alpha1.ApiToken).Spec.ServiceUser}
+}
+
+// TokenHashIndexFunc is TokenHashIndex's function: the hashes an ApiToken's
+// status names (StatusHashes). obj must be an ApiToken.
+func TokenHashIndexFunc(obj client.Object) []string {
+	return StatusHashes(&obj.(*keymintv1alpha1.ApiToken).Status)
 }
 
 // StatusHashes lists the hashes a status names, current first: the values

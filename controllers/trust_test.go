@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 )
 
@@ -261,7 +262,7 @@ var _ = Describe("A token refused for expiry", func() {
 	It("never comes back when its lifetime is extended: a new token is minted", func() {
 		ns := newNamespace()
 		createUser(ns, "batch")
-		createToken(ns, "nightly", "batch", withLifetime(time.Hour))
+		createToken(ns, "nightly", "batch", testenv.WithLifetime(time.Hour))
 		first, _ := issued(ns, "nightly")
 		fakeClock.Step(61 * time.Minute)
 		poke(ns, "nightly")
@@ -281,7 +282,7 @@ var _ = Describe("A token refused for expiry", func() {
 	It("keeps its minted expiry when the lifetime grows before it expires, and is replaced", func() {
 		ns := newNamespace()
 		createUser(ns, "batch")
-		createToken(ns, "weekly", "batch", withLifetime(time.Hour), withRotation(0, 10*time.Minute))
+		createToken(ns, "weekly", "batch", testenv.WithLifetime(time.Hour), testenv.WithRotation(0, 10*time.Minute))
 		first, before := issued(ns, "weekly")
 
 		mutateToken(ns, "weekly", func(t *keymintv1alpha1.ApiToken) { t.Spec.Lifetime = &metav1.Duration{Duration: 2 * time.Hour} })
@@ -300,7 +301,7 @@ var _ = Describe("Grace-period hashes", func() {
 	It("are cut short when the user's maxLifetime is shortened after the rotation", func() {
 		ns := newNamespace()
 		createUser(ns, "ci")
-		createToken(ns, "app", "ci", withRotation(0, time.Hour))
+		createToken(ns, "app", "ci", testenv.WithRotation(0, time.Hour))
 		first, before := issued(ns, "app")
 		fakeClock.Step(30 * time.Minute)
 		rotateToken(ns, "app", "r1")
@@ -385,7 +386,7 @@ var _ = Describe("A token replaced because its Secret lost it", func() {
 	It("keeps the life it had: same issue time and expiry, and an expired one is not replaced at all", func() {
 		ns := newNamespace()
 		createUser(ns, "ci")
-		createToken(ns, "app", "ci", withLifetime(time.Hour))
+		createToken(ns, "app", "ci", testenv.WithLifetime(time.Hour))
 		first, before := issued(ns, "app")
 
 		fakeClock.Step(30 * time.Minute)

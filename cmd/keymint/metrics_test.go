@@ -77,7 +77,7 @@ func TestMetricsNeedAuthenticationAndRBAC(t *testing.T) {
 	}))
 
 	var addr string
-	ok(testenv.Poll(ctx, 30*time.Second, "the metrics server to listen", func() error {
+	ok(testenv.Poll(ctx, 30*time.Second, "the metrics server to listen", func(context.Context) error {
 		if addr = srv.(interface{ GetBindAddr() string }).GetBindAddr(); addr == "" {
 			return errors.New("no address yet")
 		}
@@ -86,8 +86,8 @@ func TestMetricsNeedAuthenticationAndRBAC(t *testing.T) {
 
 	// Scrapers skip verification of the self-signed serving certificate.
 	httpc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec
-	get := func(bearer string) int {
-		req, _ := http.NewRequest(http.MethodGet, "https://"+addr+"/metrics", nil)
+	get := func(ctx context.Context, bearer string) int {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/metrics", nil)
 		if bearer != "" {
 			req.Header.Set("Authorization", "Bearer "+bearer)
 		}
@@ -99,8 +99,8 @@ func TestMetricsNeedAuthenticationAndRBAC(t *testing.T) {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return resp.StatusCode
 	}
-	ok(testenv.Poll(ctx, 30*time.Second, "prometheus, bound to keymint-metrics-reader, to get 200", func() error {
-		if got := get(prometheus); got != http.StatusOK {
+	ok(testenv.Poll(ctx, 30*time.Second, "prometheus, bound to keymint-metrics-reader, to get 200", func(ctx context.Context) error {
+		if got := get(ctx, prometheus); got != http.StatusOK {
 			return fmt.Errorf("got %d", got)
 		}
 		return nil
@@ -113,10 +113,10 @@ func TestMetricsNeedAuthenticationAndRBAC(t *testing.T) {
 		t.Errorf("metrics negotiated %q, want http/1.1 only", p)
 	}
 	_ = conn.Close()
-	if got := get(""); got != http.StatusUnauthorized {
+	if got := get(ctx, ""); got != http.StatusUnauthorized {
 		t.Errorf("no token: %d, want 401", got)
 	}
-	if got := get(stranger); got != http.StatusForbidden {
+	if got := get(ctx, stranger); got != http.StatusForbidden {
 		t.Errorf("a token RBAC does not allow: %d, want 403", got)
 	}
 }

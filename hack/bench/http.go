@@ -792,13 +792,14 @@ func listen(ctx context.Context, h http.Handler, cert, key string) (string, <-ch
 	s := &check.Server{Listener: ln, CertFile: cert, KeyFile: key, Handler: h}
 	done := make(chan error, 1)
 	go func() { done <- s.Start(ctx) }()
-	err = testenv.Poll(ctx, 10*time.Second, "the check server to listen on "+addr, func() error {
+	err = testenv.Poll(ctx, 10*time.Second, "the check server to listen on "+addr, func(ctx context.Context) error {
 		select {
 		case err := <-done:
 			return testenv.Permanent(fmt.Errorf("it stopped: %w", err))
 		default:
 		}
-		c, err := net.Dial("tcp", addr)
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return err
 		}

@@ -38,6 +38,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	toolscache "k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
@@ -74,12 +75,6 @@ const (
 	// most (webhook/check.Setup's MinGap).
 	lastUsedMinGap = time.Minute
 )
-
-// scaleRecordVersion and secretRecord are the record format's, for
-// scale_test.go.
-const scaleRecordVersion = secretrecord.Version
-
-type secretRecord = secretrecord.Record
 
 func runScale(ctx context.Context, e *env) (string, error) {
 	indexSizes, relists := []int{10_000, 100_000, scaleMillion}, []scaleRelistRun{{100_000, true}, {100_000, false}}
@@ -767,8 +762,8 @@ func measureCacheRelist(ctx context.Context, f *scaleFixture, run scaleRelistRun
 	h := liveHeap()
 	r.users, base = int64(h-base), h
 
-	userIndex := toolscache.Indexers{"field:" + controllers.ServiceUserIndex: crFieldIndex(func(t *keymintv1alpha1.ApiToken) []string { return []string{t.Spec.ServiceUser} })}
-	hashIndex := toolscache.Indexers{"field:" + controllers.TokenHashIndex: crFieldIndex(func(t *keymintv1alpha1.ApiToken) []string { return controllers.StatusHashes(&t.Status) })}
+	userIndex := toolscache.Indexers{"field:" + controllers.ServiceUserIndex: crFieldIndex(controllers.ServiceUserIndexFunc)}
+	hashIndex := toolscache.Indexers{"field:" + controllers.TokenHashIndex: crFieldIndex(controllers.TokenHashIndexFunc)}
 	tokenStore := newInformerStore(userIndex, hashIndex)
 	d, wire, err = simulateRelist(ctx, run.n, tokenStore, tokenTransform, func(start, count int) ([]byte, error) {
 		list := &keymintv1alpha1.ApiTokenList{TypeMeta: metav1.TypeMeta{APIVersion: keymintv1alpha1.GroupVersion.String(), Kind: "ApiTokenList"}}
@@ -891,9 +886,10 @@ func storeHeap(objs []any, extra toolscache.Indexers) (int64, error) {
 	return h, nil
 }
 
-// crFieldIndex indexes each value under "<namespace>/<value>" and
-// "__all_namespaces/<value>", as controller-runtime's IndexField does.
-func crFieldIndex(values func(*keymintv1alpha1.ApiToken) []string) toolscache.IndexFunc {
+// crFieldIndex indexes each value of the controllers' index function under
+// "<namespace>/<value>" and "__all_namespaces/<value>", as
+// controller-runtime's IndexField does.
+func crFieldIndex(values client.IndexerFunc) toolscache.IndexFunc {
 	return func(obj any) ([]string, error) {
 		t, ok := obj.(*keymintv1alpha1.ApiToken)
 		if !ok {

@@ -20,6 +20,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/controllers"
+	"github.com/keymint/keymint/internal/secretrecord"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 )
@@ -121,8 +122,9 @@ func TestScaleDuration(t *testing.T) {
 	}
 }
 
-// TestFixtureSecret checks the mirrored record: the signature verifies over
-// the fields the controller signs, and the record names the Secret's token.
+// TestFixtureSecret reads the fixture's Secret as the controllers do:
+// secretrecord.Read must find it signed for its ApiToken, holding the token
+// whose hash (and serial) the ApiToken's status names.
 func TestFixtureSecret(t *testing.T) {
 	f, err := newScaleFixture(time.Now().UTC().Truncate(time.Second))
 	if err != nil {
@@ -131,14 +133,13 @@ func TestFixtureSecret(t *testing.T) {
 	for i := range 2 {
 		plain, _ := token.Mint("billing")
 		tok, sec := f.token(i, plain, tokenShapeOf(i), true)
-		record := sec.Annotations[keymintv1alpha1.RecordAnnotation]
-		if !f.ring.Verify(sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation],
-			scaleRecordVersion, tok.Namespace, tok.Name, string(tok.UID), tok.Spec.ServiceUser, record) {
-			t.Errorf("token %d: the record's signature does not verify", i)
-		}
-		var rec secretRecord
-		if err := json.Unmarshal([]byte(record), &rec); err != nil || !token.Matches(string(sec.Data[keymintv1alpha1.SecretTokenKey]), rec.Hash) || rec.Hash != tok.Status.TokenHash {
-			t.Errorf("token %d: record %s does not name the Secret's token (%v)", i, record, err)
+		got := secretrecord.Read(sec, tok, f.ring)
+		switch {
+		case got.Signed == nil:
+			t.Errorf("token %d: secretrecord.Read does not verify the Secret's record (holds %v)", i, got.Holds)
+		case got.Plain != plain || got.Signed.Hash != tok.Status.TokenHash || got.Signed.Serial != tok.Status.Serial:
+			t.Errorf("token %d: the Secret holds %q under record %+v; the status names %s, serial %d",
+				i, got.Plain, *got.Signed, tok.Status.TokenHash, tok.Status.Serial)
 		}
 		if owner := metav1.GetControllerOf(sec); owner == nil || owner.UID != tok.UID || sec.Name != tok.SecretNameOrDefault() {
 			t.Errorf("token %d: Secret %s is not the ApiToken's", i, sec.Name)
@@ -277,7 +278,7 @@ func TestFixtureMatchesAPIServer(t *testing.T) {
 	// The ServiceUser is recounted up to a second after its tokens change:
 	// wait for the counts of both tokens.
 	realUser := &keymintv1alpha1.ServiceUser{}
-	if err := testenv.Poll(ctx, time.Minute, fmt.Sprintf("ServiceUser %s to count its %d tokens", su.Name, len(want)), func() error {
+	if err := testenv.Poll(ctx, time.Minute, fmt.Sprintf("ServiceUser %s to count its %d tokens", su.Name, len(want)), func(ctx context.Context) error {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(su), realUser); err != nil {
 			return err
 		}

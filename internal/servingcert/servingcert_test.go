@@ -95,7 +95,7 @@ func TestSelfManagedCertificates(t *testing.T) {
 		}
 	}
 	var caBundle []byte
-	must(testenv.Poll(ctx, 30*time.Second, "the same caBundle in both webhooks of the configuration", func() error {
+	must(testenv.Poll(ctx, 30*time.Second, "the same caBundle in both webhooks of the configuration", func(ctx context.Context) error {
 		got := &admissionregistrationv1.ValidatingWebhookConfiguration{}
 		if err := c.Get(ctx, client.ObjectKeyFromObject(vwc), got); err != nil {
 			return testenv.Permanent(err)
@@ -119,18 +119,19 @@ func TestSelfManagedCertificates(t *testing.T) {
 	if !pool.AppendCertsFromPEM(caBundle) {
 		t.Fatal("the caBundle holds no certificate")
 	}
-	served := func(name string) (*x509.Certificate, error) {
-		conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12})
+	served := func(ctx context.Context, name string) (*x509.Certificate, error) {
+		d := tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12}}
+		conn, err := d.DialContext(ctx, "tcp", ln.Addr().String())
 		if err != nil {
 			return nil, err
 		}
 		defer conn.Close()
-		return conn.ConnectionState().PeerCertificates[0], nil
+		return conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
 	}
 	for _, name := range []string{"keymint-webhook.keymint-system.svc", "keymint-webhook.keymint-system.svc.cluster.local"} {
 		var cert *x509.Certificate
-		must(testenv.Poll(ctx, 30*time.Second, "TLS to the check server as "+name, func() (err error) {
-			cert, err = served(name)
+		must(testenv.Poll(ctx, 30*time.Second, "TLS to the check server as "+name, func(ctx context.Context) (err error) {
+			cert, err = served(ctx, name)
 			return err
 		}))
 		if left := time.Until(cert.NotAfter); left <= 0 {
@@ -142,7 +143,7 @@ func TestSelfManagedCertificates(t *testing.T) {
 	// serves the new one without a restart.
 	first := sec.Data["tls.crt"]
 	var renewed []byte
-	must(testenv.Poll(ctx, 45*time.Second, "the serving certificate to be renewed before it expires", func() error {
+	must(testenv.Poll(ctx, 45*time.Second, "the serving certificate to be renewed before it expires", func(ctx context.Context) error {
 		now := &corev1.Secret{}
 		if err := c.Get(ctx, opts.Secret, now); err != nil {
 			return err
@@ -158,8 +159,8 @@ func TestSelfManagedCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	must(testenv.Poll(ctx, 15*time.Second, "the check server to serve the renewed certificate", func() error {
-		cert, err := served("keymint-webhook.keymint-system.svc")
+	must(testenv.Poll(ctx, 15*time.Second, "the check server to serve the renewed certificate", func(ctx context.Context) error {
+		cert, err := served(ctx, "keymint-webhook.keymint-system.svc")
 		if err != nil {
 			return err
 		}

@@ -134,7 +134,7 @@ func Issued(ctx context.Context, c client.Reader, ns, name string) (string, *key
 func WaitIssued(ctx context.Context, c client.Reader, ns, name string, within time.Duration) (string, *keymintv1alpha1.ApiToken, error) {
 	var plain string
 	var tok *keymintv1alpha1.ApiToken
-	err := Poll(ctx, within, "ApiToken "+ns+"/"+name+" to be issued", func() error {
+	err := Poll(ctx, within, "ApiToken "+ns+"/"+name+" to be issued", func(ctx context.Context) error {
 		var err error
 		plain, tok, err = Issued(ctx, c, ns, name)
 		return err

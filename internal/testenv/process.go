@@ -137,13 +137,17 @@ func startKeymint(ctx context.Context, o KeymintOptions, p KeymintPorts) (*Keymi
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", p.Probe)
 	hc := &http.Client{Timeout: time.Second}
-	err := Poll(ctx, within, "keymint to be ready ("+url+")", func() error {
+	err := Poll(ctx, within, "keymint to be ready ("+url+")", func(ctx context.Context) error {
 		select {
 		case <-k.exited:
 			return Permanent(AddrInUse(fmt.Errorf("keymint exited before it was ready (%v)", k.err), k.tail.String()))
 		default:
 		}
-		resp, err := hc.Get(url)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return Permanent(err)
+		}
+		resp, err := hc.Do(req)
 		if err != nil {
 			return err
 		}

@@ -23,7 +23,6 @@ type Redis struct {
 	Password string
 	dir      string
 	cmd      *exec.Cmd
-	log      LogBuffer
 	// exited is closed when the process started last exits.
 	exited chan struct{}
 }
@@ -85,7 +84,10 @@ func (r *Redis) Start() error {
 		r.cmd.Args = append([]string{path, "-"}, args...)
 		r.cmd.Stdin = strings.NewReader("requirepass " + r.Password + "\n")
 	}
-	r.cmd.Stdout, r.cmd.Stderr = &r.log, &r.log
+	// A log of this start's own: an earlier run's "Ready to accept
+	// connections" must not pass for this one's.
+	log := &LogBuffer{}
+	r.cmd.Stdout, r.cmd.Stderr = log, log
 	if err := r.cmd.Start(); err != nil {
 		return fmt.Errorf("starting redis-server: %w", err)
 	}
@@ -94,16 +96,17 @@ func (r *Redis) Start() error {
 	go func() { _ = cmd.Wait(); close(exited) }()
 	// Ready once it says so: something else answering on its port is not
 	// it (OnFreePorts then tries another port).
-	err = Poll(context.Background(), 10*time.Second, "redis-server to answer on "+r.Addr, func() error {
+	err = Poll(context.Background(), 10*time.Second, "redis-server to answer on "+r.Addr, func(ctx context.Context) error {
 		select {
 		case <-exited:
-			return Permanent(AddrInUse(errors.New("redis-server exited: "+r.log.String()), r.log.String()))
+			return Permanent(AddrInUse(errors.New("redis-server exited: "+log.String()), log.String()))
 		default:
 		}
-		if !strings.Contains(r.log.String(), "Ready to accept connections") {
+		if !strings.Contains(log.String(), "Ready to accept connections") {
 			return errors.New("not ready yet")
 		}
-		c, err := net.DialTimeout("tcp", r.Addr, 100*time.Millisecond)
+		d := net.Dialer{Timeout: 100 * time.Millisecond}
+		c, err := d.DialContext(ctx, "tcp", r.Addr)
 		if err != nil {
 			return err
 		}

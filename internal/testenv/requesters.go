@@ -51,7 +51,7 @@ func ServeRequesters(ctx context.Context, env *envtest.Environment, ring *record
 	srv.Register(admission.RequesterPath, admission.NewRequesterWebhook(Scheme, ring, requester.Webhook{Reader: c, Name: RequesterWebhookName}))
 	errs := make(chan error, 1)
 	go func() { errs <- srv.Start(ctx) }()
-	return Poll(ctx, 30*time.Second, "the requester webhook to serve", func() error {
+	return Poll(ctx, 30*time.Second, "the requester webhook to serve", func(context.Context) error {
 		select {
 		case err := <-errs:
 			return Permanent(fmt.Errorf("serving the requester webhook: %w", err))
@@ -62,9 +62,9 @@ func ServeRequesters(ctx context.Context, env *envtest.Environment, ring *record
 }
 
 // RecordKeySecret is where keymint keeps its record key by default
-// (--record-key-secret): the environments Start makes sign requester
-// records with the key in it, as a keymint binary started against them
-// would.
+// (--record-key-secret): the environments Run and StartWithAPIServer start
+// sign requester records with the key in it, as a keymint binary started
+// against them would.
 var RecordKeySecret = types.NamespacedName{Namespace: "keymint-system", Name: "keymint-record-key"}
 
 // ClusterKeyring returns the keyring in RecordKeySecret, creating its

@@ -55,7 +55,8 @@ type Environment struct {
 	// Keyring is the record key in RecordKeySecret, which signs the
 	// requester records: what keymint loads on start.
 	Keyring *recordkey.Keyring
-	// Manager is Run's manager, running once Run returns; nil from Start.
+	// Manager is Run's manager, running once Run returns; nil in an
+	// environment StartWithAPIServer starts.
 	Manager ctrl.Manager
 
 	env      *envtest.Environment
@@ -67,24 +68,25 @@ type Environment struct {
 
 // Run starts a control plane and a manager set up as the input says, and
 // returns once the manager runs (and, with AdmissionWebhooks, kube-apiserver
-// can reach its webhook server). ctx bounds the setup; the manager runs
-// until Stop, which stops both.
+// can reach its webhook server). ctx bounds the setup, its requests and
+// waits (envtest bounds the control plane's own start). Once Run returns,
+// ctx no longer matters: the manager runs until Stop, which stops both.
 func Run(ctx context.Context, in RunInput) (*Environment, error) {
 	e, err := boot(ctx, in.AdmissionWebhooks, "")
 	if err != nil {
 		return nil, err
 	}
-	if err := e.runManager(in); err != nil {
+	if err := e.runManager(ctx, in); err != nil {
 		return nil, errors.Join(err, e.Stop())
 	}
 	return e, nil
 }
 
-// RunT is Run for one test: stopped when the test ends, failing it if the
-// manager failed.
+// RunT is Run for one test, set up within the test's context: stopped when
+// the test ends, failing it if the manager failed.
 func RunT(t testing.TB, in RunInput) *Environment {
 	t.Helper()
-	e, err := Run(context.Background(), in)
+	e, err := Run(t.Context(), in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +98,9 @@ func RunT(t testing.TB, in RunInput) *Environment {
 	return e
 }
 
-func (e *Environment) runManager(in RunInput) error {
+// runManager starts the manager, running until Stop; setup bounds the
+// wait for its webhook server.
+func (e *Environment) runManager(setup context.Context, in RunInput) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = joinCancel(e.cancel, cancel)
 	opts := ctrl.Options{
@@ -131,7 +135,7 @@ func (e *Environment) runManager(in RunInput) error {
 		return nil
 	}
 	// Ready once kube-apiserver reaches the webhooks over TLS.
-	return Poll(ctx, 30*time.Second, "the manager's webhook server to serve", func() error {
+	return Poll(setup, 30*time.Second, "the manager's webhook server to serve", func(context.Context) error {
 		select {
 		case err := <-e.stopped:
 			e.stopped <- err // for Stop
@@ -198,7 +202,13 @@ func boot(ctx context.Context, admissionWebhooks bool, certDir string) (*Environ
 		return fail(err)
 	}
 	if !admissionWebhooks {
-		if err := ServeRequesters(serveCtx, env, e.Keyring); err != nil {
+		// Served until Stop; ctx bounds only the wait for it to serve.
+		stop := context.AfterFunc(ctx, cancel)
+		err := ServeRequesters(serveCtx, env, e.Keyring)
+		if !stop() && err == nil {
+			err = ctx.Err()
+		}
+		if err != nil {
 			return fail(err)
 		}
 	}

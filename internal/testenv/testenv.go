@@ -1,5 +1,27 @@
-// Package testenv starts a real kube-apiserver and etcd for tests, with the
-// keymint CRDs installed, using the binaries hack/controlplane builds.
+// Package testenv is the harness keymint's tests, the bench (hack/bench)
+// and make run (hack/run) share: a real kube-apiserver and etcd with the
+// keymint CRDs installed (the binaries hack/controlplane builds), keymint
+// processes, free ports, bounded waits and the objects the tests write.
+//
+//   - Run (RunT for one Go test) starts a control plane whose
+//     kube-apiserver calls keymint's requester webhook for every ApiToken
+//     written, as a cluster with keymint installed does, and a manager
+//     against it, set up as a RunInput says; every envtest suite starts its
+//     environment this way. StartWithAPIServer starts the control plane
+//     alone, with its kube-apiserver to stop, kill and start again. New is
+//     the envtest.Environment underneath, for callers that configure and
+//     start it themselves (hack/bench, hack/run), with RecordRequesters and
+//     ServeRequesters.
+//   - BuildKeymint and StartKeymint build cmd/keymint and run it as a
+//     process, ready once /readyz answers; StartRedis runs a redis-server.
+//   - Listen hands an in-process server a listener on a free loopback port;
+//     OnFreePorts gives a child process port numbers, and starts it again
+//     on new ones if another process took one first.
+//   - Poll waits for what happens by itself, never for longer than it is
+//     told, and says what it waited for when it gives up.
+//   - ServiceUser and ApiToken build fixtures with options (WithLifetime,
+//     WithRotation, ...); Issued, WaitIssued, EventsAbout and Reasons read
+//     back what the controllers did.
 package testenv
 
 import (
@@ -103,36 +125,24 @@ func New() (*envtest.Environment, error) {
 	}, nil
 }
 
-// Start starts a control plane for one Go test, stopped when the test ends,
-// and returns its config and a client that reads and writes past any cache.
-// Like a cluster with keymint installed, it calls keymint's requester
-// webhook (served by the test, signing with the key in RecordKeySecret,
-// which it creates) for every ApiToken written. Run adds a manager.
-func Start(t testing.TB) (*rest.Config, client.Client) {
-	t.Helper()
-	e := startT(t, "")
-	return e.Config, e.Client
-}
-
-// StartWithAPIServer is Start, and also returns the control plane's
-// kube-apiserver, for a test to stop and start again while etcd runs on.
+// StartWithAPIServer starts a control plane for one Go test, with no
+// manager, stopped when the test ends. It returns its config, a client that
+// reads and writes past any cache, and its kube-apiserver, for the test to
+// stop and start again while etcd runs on. As in Run's environments,
+// kube-apiserver calls keymint's requester webhook (served by the test,
+// signing with the key in RecordKeySecret, which it creates) for every
+// ApiToken written.
 func StartWithAPIServer(t testing.TB) (*rest.Config, client.Client, *APIServer) {
 	t.Helper()
 	// envtest makes, and removes on Stop, a directory of its own for the
 	// serving certificate unless given one: a restart would then serve a
 	// new certificate, from a new CA, that no earlier client trusts.
-	e := startT(t, t.TempDir())
-	return e.Config, e.Client, &APIServer{s: e.env.ControlPlane.GetAPIServer()}
-}
-
-func startT(t testing.TB, certDir string) *Environment {
-	t.Helper()
-	e, err := boot(context.Background(), false, certDir)
+	e, err := boot(t.Context(), false, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.Stop() })
-	return e
+	return e.Config, e.Client, &APIServer{s: e.env.ControlPlane.GetAPIServer()}
 }
 
 // APIServer is a running control plane's kube-apiserver. Stopped and started
@@ -165,7 +175,7 @@ func (a *APIServer) Kill() error {
 	// envtest waits for its process, which removes it from /proc. (No
 	// envtest Stop: it may not have noted the exit yet, and would signal a
 	// process that is gone. Start makes a new process state anyway.)
-	return Poll(context.Background(), 10*time.Second, fmt.Sprintf("kube-apiserver (pid %d) to exit after SIGKILL", pid), func() error {
+	return Poll(context.Background(), 10*time.Second, fmt.Sprintf("kube-apiserver (pid %d) to exit after SIGKILL", pid), func(context.Context) error {
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); !errors.Is(err, fs.ErrNotExist) {
 			return errors.New("still there")
 		}

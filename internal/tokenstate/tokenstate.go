@@ -5,8 +5,11 @@
 //
 // The ApiToken controller (conditions, status) and the check server (HTTP
 // answers) both decide through Evaluate and Check, so they can never
-// disagree. Nothing here does I/O or reads a clock: every function takes the
-// instant it decides for. Check is on the request path: it allocates nothing.
+// disagree: the controller evaluates the token it observes (Evaluate), and
+// the check server answers a presented hash with Admit (Check, then the
+// audience, the budgets and the scopes). Nothing here does I/O or reads a
+// clock: every function takes the instant it decides for. Admit is on the
+// request path: it allocates nothing unless scopes are missing.
 package tokenstate
 
 import (
@@ -342,6 +345,9 @@ const (
 	// TooManyBudgets: the check requires more rated scopes than MaxBudgets
 	// (Admit only): the request is at fault, not the token.
 	TooManyBudgets
+	// NumRefusals is how many Refusals there are, for tables indexed by
+	// them.
+	NumRefusals
 )
 
 // Current selects the current hash in Check; 0 and up select t.Previous[i].
@@ -521,8 +527,8 @@ func NotGranted(spec *keymintv1alpha1.ApiTokenSpec, u *User, now time.Time) (sco
 }
 
 // AcceptsAudience reports whether a token restricted to audiences may be used
-// for one of the requested ones, and which: it moves the requested audiences
-// the token accepts to the front of requested, in their order, and returns
+// for one of the requested ones, and which: it reorders requested so that
+// the audiences the token accepts come first, in their order, and returns
 // how many, so that the answer allocates nothing. Audiences restrict tokens,
 // not routes: a token that sets none is accepted whatever is asked (for a
 // TokenReview, with no audience in the answer, which kube-apiserver reads as
@@ -531,9 +537,9 @@ func AcceptsAudience(audiences, requested []string) (matched int, ok bool) {
 	if len(audiences) == 0 {
 		return 0, true
 	}
-	for _, a := range requested {
+	for i, a := range requested {
 		if slices.Contains(audiences, a) {
-			requested[matched] = a
+			requested[matched], requested[i] = a, requested[matched]
 			matched++
 		}
 	}

@@ -943,6 +943,13 @@ func TestAcceptsAudience(t *testing.T) {
 			if len(tc.audiences) == 0 && n != 0 {
 				t.Errorf("an unrestricted token matched %v, want no audience", requested[:n])
 			}
+			// Reordered, nothing lost: the caller's list holds what it held.
+			before, after := slices.Clone(tc.requested), slices.Clone(requested)
+			slices.Sort(before)
+			slices.Sort(after)
+			if !slices.Equal(before, after) {
+				t.Errorf("requested %v became %v", tc.requested, requested)
+			}
 		})
 	}
 }

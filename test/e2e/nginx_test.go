@@ -219,14 +219,15 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 			Expect(cmd.Start()).To(Succeed())
 			exited = make(chan error, 1)
 			go func() { exited <- cmd.Wait() }()
-			return testenv.Poll(context.Background(), 10*time.Second, fmt.Sprintf("nginx to listen on 127.0.0.1:%d", port), func() error {
+			return testenv.Poll(context.Background(), 10*time.Second, fmt.Sprintf("nginx to listen on 127.0.0.1:%d", port), func(ctx context.Context) error {
 				select {
 				case err := <-exited:
 					exited <- err
 					return testenv.Permanent(testenv.AddrInUse(fmt.Errorf("nginx exited: %v\n%s", err, nginxLog), nginxLog.String()))
 				default:
 				}
-				c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+				d := net.Dialer{Timeout: time.Second}
+				c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
 				if err != nil {
 					return err
 				}

@@ -100,7 +100,7 @@ func startKeymint(t *testing.T) *keymint {
 	})
 	srv := &check.Server{Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile, Handler: handler.ServeMux()}
 	go func() { done <- srv.Start(ctx) }()
-	err = testenv.Poll(ctx, 10*time.Second, "the check server to answer on "+k.addr, func() error {
+	err = testenv.Poll(ctx, 10*time.Second, "the check server to answer on "+k.addr, func(context.Context) error {
 		conn, err := tls.Dial("tcp", k.addr, &tls.Config{ServerName: "localhost", RootCAs: k.roots, MinVersion: tls.VersionTLS12})
 		if err != nil {
 			return err

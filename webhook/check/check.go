@@ -7,7 +7,8 @@
 // maps hashes to entries; lastused.go records and writes lastUsedAt;
 // check.go answers one presented token in one call (Checker.Check: one
 // lookup, one tokenstate.Admit, the rules the controller uses too);
-// ratelimit.go charges a verdict's budgets; metrics.go counts answers;
+// ratelimit.go and ratelimit_redis.go charge a verdict's budgets (in process
+// or shared in Redis); metrics.go counts answers;
 // handlers.go speaks HTTP (/check, TokenReview): it parses, calls Check,
 // charges the limiter, writes and records the use; feed.go keeps the index
 // in step with the cache; server.go serves over TLS; setup.go wires it into
@@ -53,6 +54,7 @@ var messages = map[Failure]string{
 	InsufficientScope: "The bearer token lacks a required scope.",
 	RateLimited:       "Too many requests with this token. Retry after the time given.",
 	InvalidQuery:      "The query cannot be read exactly.",
+	BadRequest:        "The request asks what a check cannot answer.",
 }
 
 // Message returns the human text for a failure.
@@ -113,6 +115,19 @@ type Grant struct {
 	user *userEntry
 }
 
+// failures is the Failure each tokenstate.Refusal is answered with; a test
+// holds it to every Refusal, and a Refusal it misses is refused as an
+// unknown token, never accepted. A rotated-out hash past its grace is
+// answered as an unknown token.
+var failures = [tokenstate.NumRefusals]Failure{
+	tokenstate.Accepted:       OK,
+	tokenstate.Revoked:        RevokedToken,
+	tokenstate.Expired:        ExpiredToken,
+	tokenstate.GraceEnded:     InvalidToken,
+	tokenstate.NotForAudience: WrongAudience,
+	tokenstate.TooManyBudgets: BadRequest,
+}
+
 // Checker decides whether a presented token is good.
 type Checker struct {
 	Index *Index
@@ -167,21 +182,11 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 	a := tokenstate.Admit(&t.state, &state, ref.which, now, tokenstate.Demand{
 		Scopes: req.Scopes, Audiences: req.Audiences, DefaultRate: c.DefaultRequestsPerMinute,
 	})
-	switch a.Refusal {
-	case tokenstate.Accepted:
-	case tokenstate.Revoked:
-		v.Failure = RevokedToken
-		return v
-	case tokenstate.Expired:
-		v.Failure = ExpiredToken
-		return v
-	case tokenstate.NotForAudience:
-		v.Failure = WrongAudience
-		return v
-	case tokenstate.TooManyBudgets:
-		v.Failure = BadRequest
-	default: // GraceEnded: as an unknown token
+	switch v.Failure = failures[a.Refusal]; {
+	case a.Refusal != tokenstate.Accepted && v.Failure == OK:
 		v.Failure = InvalidToken
+		return v
+	case v.Failure != OK && v.Failure != BadRequest:
 		return v
 	}
 	// Accepted (or asking too much): the user is indexed, as tokenstate

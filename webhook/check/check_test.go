@@ -6,6 +6,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/token"
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // A check skips the parse of a token whose hash it has seen parse: the
@@ -63,5 +64,21 @@ func TestWellFormedBits(t *testing.T) {
 	}
 	if !cur.parsedBefore() || p0.parsedBefore() || !p62.parsedBefore() || p63.parsedBefore() || refused.parsedBefore() {
 		t.Errorf("bits %b", e.memo.wellFormed.Load())
+	}
+}
+
+// Every refusal of the rules is answered as one: none is taken for OK, and
+// each says something a client can act on.
+func TestEveryRefusalHasAFailure(t *testing.T) {
+	for r := range tokenstate.NumRefusals {
+		f := failures[r]
+		switch {
+		case r == tokenstate.Accepted && f != OK:
+			t.Errorf("Accepted is answered %q", f)
+		case r != tokenstate.Accepted && f == OK:
+			t.Errorf("refusal %d is answered OK: give it a Failure in failures", r)
+		case r != tokenstate.Accepted && f.Message() == "":
+			t.Errorf("refusal %d's failure %q has no message", r, f)
+		}
 	}
 }

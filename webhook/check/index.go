@@ -24,7 +24,8 @@ type hash = [sha256.Size]byte
 // entry after releasing the lock reads a consistent snapshot.
 type tokenEntry struct {
 	key types.NamespacedName
-	// spec holds only the fields a verdict reads; state.Spec points at it.
+	// spec is the ApiToken's, whole: a rule that reads a new field finds it
+	// here. state.Spec points at it.
 	spec  keymintv1alpha1.ApiTokenSpec
 	state tokenstate.Token
 	// current and previous are the live hashes: previous[i] is
@@ -46,7 +47,9 @@ type tokenEntry struct {
 }
 
 // entryMemo holds what checks of an entry learn once and then read; copies
-// of an entry share it (same spec, same live hashes in the same places).
+// of an entry share it: the same spec, and the same live hashes in the
+// same places (a copy that refuses hashes takes them out of its live ones,
+// so a bit of one the copy no longer has is never read).
 type entryMemo struct {
 	// wellFormed has bit which+1 set (tokenstate.Current is bit 0) once a
 	// presented token with that live hash parsed (check.go reads it).
@@ -122,8 +125,8 @@ type Index struct {
 	byUser map[types.NamespacedName]map[types.NamespacedName]struct{}
 	// contested counts hashes two ApiTokens claimed at once.
 	contested int
-	// forgotten, when set, is called with a slot's memo once the slot goes.
-	forgotten func(memo any)
+	// forgotten are called with a slot's memo once the slot goes.
+	forgotten []func(memo any)
 }
 
 // NewIndex returns an empty index.
@@ -136,13 +139,13 @@ func NewIndex() *Index {
 	}
 }
 
-// OnUserForgotten sets what is called, under the index's lock, with what
+// OnUserForgotten adds what is called, under the index's lock, with what
 // the layers above kept in a ServiceUser's slot (nil if nothing) once
 // neither the user nor any of its tokens is indexed.
 func (ix *Index) OnUserForgotten(f func(memo any)) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	ix.forgotten = f
+	ix.forgotten = append(ix.forgotten, f)
 }
 
 // Len returns how many hashes (live and refused) are indexed.
@@ -165,16 +168,7 @@ func newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
 	e := &tokenEntry{
 		memo: &entryMemo{},
 		key:  types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
-		spec: keymintv1alpha1.ApiTokenSpec{
-			ServiceUser:            t.Spec.ServiceUser,
-			Scopes:                 t.Spec.Scopes,
-			ExpiresAt:              t.Spec.ExpiresAt,
-			Lifetime:               t.Spec.Lifetime,
-			Revoked:                t.Spec.Revoked,
-			Audiences:              t.Spec.Audiences,
-			RequestsPerMinute:      t.Spec.RequestsPerMinute,
-			ScopeRequestsPerMinute: t.Spec.ScopeRequestsPerMinute,
-		},
+		spec: t.Spec,
 	}
 	e.state = tokenstate.TokenFrom(&e.spec, &t.Status)
 	e.state.Deleting = t.DeletionTimestamp != nil
@@ -355,8 +349,8 @@ func (ix *Index) slotLocked(user types.NamespacedName) *userSlot {
 func (ix *Index) forgetSlotLocked(user types.NamespacedName) {
 	if s := ix.users[user]; s != nil && s.entry == nil && len(ix.byUser[user]) == 0 {
 		delete(ix.users, user)
-		if ix.forgotten != nil {
-			ix.forgotten(s.memo.Load())
+		for _, f := range ix.forgotten {
+			f(s.memo.Load())
 		}
 	}
 }

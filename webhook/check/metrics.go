@@ -131,7 +131,7 @@ func (m *Metrics) userCounter(slot *userSlot, result Failure) prometheus.Counter
 			m.byUser.DeletePartialMatch(prometheus.Labels{"namespace": ns, "service_user": name})
 		}}
 		if !slot.memo.CompareAndSwap(nil, us) {
-			us = slot.memo.Load().(*userSeries)
+			us, _ = slot.memo.Load().(*userSeries)
 		}
 	}
 	i, listed := userResultIndex(result)

@@ -65,3 +65,18 @@ func TestABucketRefusedCountsNoBudgetAtAll(t *testing.T) {
 		t.Errorf("the token's own budget is apart from its scopes': %+v", d)
 	}
 }
+
+func TestLimiterHoldsBudgetsOfLiveTokensOnly(t *testing.T) {
+	l := NewLimiter()
+	ctx := context.Background()
+	a, b := types.NamespacedName{Namespace: "ns", Name: "a"}, types.NamespacedName{Namespace: "ns", Name: "b"}
+	l.Allow(ctx, a, own(10), t0)
+	l.Allow(ctx, b, own(10), t0)
+	l.Forget(a)
+	if _, ok := l.tokens[a]; ok || len(l.tokens) != 1 {
+		t.Errorf("budgets after forgetting a: %v", l.tokens)
+	}
+	if d := l.Allow(ctx, a, own(10), t0); d.Remaining != 9 {
+		t.Errorf("remaining %d after a fresh start, want 9", d.Remaining)
+	}
+}
