@@ -866,7 +866,10 @@ func TestAdmit(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			a := Admit(&tc.token, &tc.user, Current, t0, tc.demand)
+			// Filled in place: what a held before does not show through.
+			a := Admission{Refusal: Expired, MatchedAudiences: 3, Missing: []string{"stale"}}
+			a.Budgets.Add("stale", 1)
+			Admit(&tc.token, &tc.user, Current, t0, tc.demand, &a)
 			if a.Refusal != tc.refusal {
 				t.Fatalf("refusal %v, want %v", a.Refusal, tc.refusal)
 			}

@@ -86,16 +86,13 @@ type Verdict struct {
 	// Grant is who an accepted token speaks for; nil unless Failure is OK
 	// or BadRequest.
 	Grant *Grant
-	// MatchedAudiences is how many of Requirements.Audiences, at its
-	// front, the token accepts (0 for a token restricted to none), for
-	// TokenReview's status. A count, not a slice: the lists stay on the
-	// caller's stack.
-	MatchedAudiences int
-	// Missing are the required scopes the token lacks: the caller refuses
-	// them (403) after charging its budgets.
-	Missing []string
-	// Budgets are what the check counts against.
-	Budgets tokenstate.Budgets
+	// Admission is the rules' answer, filled in place by tokenstate.Admit:
+	// MatchedAudiences, how many of Requirements.Audiences, at its front,
+	// the token accepts (for TokenReview's status; a count, not a slice, so
+	// the lists stay on the caller's stack); Budgets, what the check counts
+	// against; Missing, the required scopes the token lacks, which the
+	// caller refuses (403) after charging the budgets.
+	tokenstate.Admission
 	// user is the slot of the token's ServiceUser for any known token,
 	// accepted or not, for the metrics counted by user.
 	user *userSlot
@@ -175,15 +172,15 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 		v.Failure = RevokedToken
 		return v
 	}
-	var state tokenstate.User
+	state := &noUser
 	if user != nil {
-		state = user.state
+		state = &user.state
 	}
-	a := tokenstate.Admit(&t.state, &state, ref.which, now, tokenstate.Demand{
+	tokenstate.Admit(&t.state, state, ref.which, now, tokenstate.Demand{
 		Scopes: req.Scopes, Audiences: req.Audiences, DefaultRate: c.DefaultRequestsPerMinute,
-	})
-	switch v.Failure = failures[a.Refusal]; {
-	case a.Refusal != tokenstate.Accepted && v.Failure == OK:
+	}, &v.Admission)
+	switch v.Failure = failures[v.Refusal]; {
+	case v.Refusal != tokenstate.Accepted && v.Failure == OK:
 		v.Failure = InvalidToken
 		return v
 	case v.Failure != OK && v.Failure != BadRequest:
@@ -196,9 +193,12 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 	if ref.which >= 0 {
 		v.used = t.previous[ref.which]
 	}
-	v.MatchedAudiences, v.Budgets, v.Missing = a.MatchedAudiences, a.Budgets, a.Missing
 	return v
 }
+
+// noUser is the state of a ServiceUser that is not indexed: not found.
+// Only read.
+var noUser tokenstate.User
 
 // grantOf returns the Grant of token entry t under user entry u: built once
 // per user entry (a new one on every change of the user), then read.

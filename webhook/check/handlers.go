@@ -221,12 +221,12 @@ func (q checkQuery) parse(raw string) checkQuery {
 		switch k {
 		case "scope":
 			q.hasScope = true
-			if q.scopes, ok = appendItems(q.scopes, v); !ok {
+			if q.scopes, ok = appendItems(q.scopes, v, true); !ok {
 				return q.fail(queryEmptyItem, k)
 			}
 		case "audience":
 			q.hasAudience = true
-			if q.audiences, ok = appendItems(q.audiences, v); !ok {
+			if q.audiences, ok = appendItems(q.audiences, v, true); !ok {
 				return q.fail(queryEmptyItem, k)
 			}
 		default:
@@ -359,7 +359,7 @@ func (q *checkQuery) formError(path string) (Failure, string) {
 // header to dst; each value may also be a comma-separated list.
 func appendHeaderRequirements(dst []string, r *http.Request, header string) []string {
 	for _, v := range r.Header.Values(header) {
-		dst = appendList(dst, v)
+		dst, _ = appendItems(dst, v, false)
 	}
 	return dst
 }
@@ -369,35 +369,25 @@ func appendHeaderRequirements(dst []string, r *http.Request, header string) []st
 // not make the server build a long list.
 const maxRequirements = 64
 
-// appendItems appends the trimmed items of a comma-separated list from a
-// query, stopping one past maxRequirements (which the caller refuses). It
-// returns false at an empty item: an empty value, or "a,,b".
-func appendItems(dst []string, v string) ([]string, bool) {
+// appendItems appends the trimmed items of a comma-separated list,
+// stopping one past maxRequirements (which the caller refuses). An empty
+// item (an empty value, or "a,,b") stops it with false when strict (a
+// query, read exactly), and is skipped when not (a header, which proxies
+// may fold and pad).
+func appendItems(dst []string, v string, strict bool) ([]string, bool) {
 	for len(dst) <= maxRequirements {
 		item, rest, more := strings.Cut(v, ",")
-		if item = strings.TrimSpace(item); item == "" {
+		if item = strings.TrimSpace(item); item != "" {
+			dst = append(dst, item)
+		} else if strict {
 			return dst, false
 		}
-		dst = append(dst, item)
 		if !more {
 			break
 		}
 		v = rest
 	}
 	return dst, true
-}
-
-// appendList appends the non-empty, trimmed items of a comma-separated list,
-// stopping one past maxRequirements (which the caller refuses).
-func appendList(dst []string, v string) []string {
-	for v != "" && len(dst) <= maxRequirements {
-		var item string
-		item, v, _ = strings.Cut(v, ",")
-		if item = strings.TrimSpace(item); item != "" {
-			dst = append(dst, item)
-		}
-	}
-	return dst
 }
 
 func (h *Handler) serveCheck(w http.ResponseWriter, r *http.Request) {
