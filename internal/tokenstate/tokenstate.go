@@ -407,7 +407,7 @@ type Admission struct {
 // allocates nothing unless scopes are missing.
 func Admit(t *Token, u *User, which int, now time.Time, d Demand, a *Admission) {
 	a.MatchedAudiences, a.Missing = 0, nil
-	a.Budgets.n = 0
+	a.Budgets.N = 0
 	if a.Refusal = Check(t, u, which, now); a.Refusal != Accepted {
 		return
 	}
@@ -417,7 +417,7 @@ func Admit(t *Token, u *User, which int, now time.Time, d Demand, a *Admission) 
 		return
 	}
 	if !a.Budgets.Fill(t.Spec, u, d.Scopes, d.DefaultRate) {
-		a.Refusal, a.Budgets.n = TooManyBudgets, 0
+		a.Refusal, a.Budgets.N = TooManyBudgets, 0
 		return
 	}
 	for _, s := range d.Scopes {
@@ -444,45 +444,40 @@ type Budget struct {
 }
 
 // Budgets are the budgets of one check, held by value so that passing them
-// allocates nothing.
+// allocates nothing: List[:N]. The fields are read directly, so that a
+// limiter charging them needs no call back into this package.
 type Budgets struct {
-	n int
-	b [MaxBudgets]Budget
+	N    int
+	List [MaxBudgets]Budget
 }
 
 // Add adds a budget, once per scope. It reports false when the check
 // already has MaxBudgets.
 func (bs *Budgets) Add(scope string, limit int32) bool {
-	for i := range bs.n {
-		if bs.b[i].Scope == scope {
+	for i := range bs.N {
+		if bs.List[i].Scope == scope {
 			return true
 		}
 	}
-	if bs.n == MaxBudgets {
+	if bs.N == MaxBudgets {
 		return false
 	}
-	bs.b[bs.n] = Budget{Scope: scope, Limit: limit}
-	bs.n++
+	bs.List[bs.N] = Budget{Scope: scope, Limit: limit}
+	bs.N++
 	return true
 }
-
-// Len is how many budgets the check has.
-func (bs *Budgets) Len() int { return bs.n }
-
-// At returns budget i, 0 ≤ i < Len.
-func (bs *Budgets) At(i int) Budget { return bs.b[i] }
 
 // Fill sets bs to the budgets a check that requires scopes counts against:
 // one per required scope with a rate of its own (ScopeRate), else the
 // token's own rate (Rate). It reports false past MaxBudgets.
 func (bs *Budgets) Fill(spec *keymintv1alpha1.ApiTokenSpec, u *User, required []string, serverDefault int32) bool {
-	bs.n = 0
+	bs.N = 0
 	for _, s := range required {
 		if r := ScopeRate(spec, u, s); r != nil && !bs.Add(r.Scope, r.RequestsPerMinute) {
 			return false
 		}
 	}
-	if bs.n == 0 {
+	if bs.N == 0 {
 		bs.Add("", Rate(spec, u, serverDefault))
 	}
 	return true

@@ -75,8 +75,8 @@ func decideAll(bs *tokenstate.Budgets, tats []int64, now int64) Decision {
 	var nexts [tokenstate.MaxBudgets]int64
 	var d Decision
 	d.Allowed = true
-	for i := range bs.Len() {
-		b := bs.At(i)
+	for i := range bs.N {
+		b := bs.List[i]
 		next, ok, remaining, reset, retry := gcra(tats[i], now, b.Limit)
 		nexts[i] = next
 		switch {
@@ -87,7 +87,7 @@ func decideAll(bs *tokenstate.Budgets, tats []int64, now int64) Decision {
 		}
 	}
 	if d.Allowed {
-		copy(tats, nexts[:bs.Len()])
+		copy(tats, nexts[:bs.N])
 	}
 	return d
 }
@@ -129,17 +129,17 @@ func (l *LocalLimiter) Allow(_ context.Context, token types.NamespacedName, bs t
 		tb = &tokenBudgets{}
 		l.tokens[token] = tb
 	}
-	for i := range bs.Len() {
-		tb.add(bs.At(i).Scope)
+	for i := range bs.N {
+		tb.add(bs.List[i].Scope)
 	}
 	// Pointers only once every budget exists: adding one may move the rest.
-	for i := range bs.Len() {
-		where[i] = tb.tat(bs.At(i).Scope)
+	for i := range bs.N {
+		where[i] = tb.tat(bs.List[i].Scope)
 		tats[i] = *where[i]
 	}
-	d := decideAll(&bs, tats[:bs.Len()], now.UnixNano())
+	d := decideAll(&bs, tats[:bs.N], now.UnixNano())
 	if d.Allowed {
-		for i := range bs.Len() {
+		for i := range bs.N {
 			*where[i] = tats[i]
 		}
 	}

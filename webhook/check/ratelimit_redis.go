@@ -133,27 +133,27 @@ func (l *RedisLimiter) Up() bool { return l.downUntil.Load() == 0 }
 // Allow implements RateLimiter. The budget is decided on Redis's clock;
 // now places Reset and times leases.
 func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs tokenstate.Budgets, now time.Time) Decision {
-	single := bs.Len() == 1 && !l.NoLeases
+	single := bs.N == 1 && !l.NoLeases
 	if single {
-		if d, ok := l.spendLease(token, bs.At(0), now); ok {
+		if d, ok := l.spendLease(token, bs.List[0], now); ok {
 			return d
 		}
 	}
 	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
 		return l.degradedDecision(ctx, token, bs, now)
 	}
-	keys := make([]string, bs.Len())
-	args := make([]any, 2*bs.Len())
+	keys := make([]string, bs.N)
+	args := make([]any, 2*bs.N)
 	tag := "{" + token.Namespace + "/" + token.Name + "}"
-	for i := range bs.Len() {
-		keys[i] = l.prefix + tag + ":" + bs.At(i).Scope
-		args[2*i], args[2*i+1] = bs.At(i).Limit, 1
+	for i := range bs.N {
+		keys[i] = l.prefix + tag + ":" + bs.List[i].Scope
+		args[2*i], args[2*i+1] = bs.List[i].Limit, 1
 	}
 	if single {
-		args[1] = leaseSize(bs.At(0).Limit)
+		args[1] = leaseSize(bs.List[0].Limit)
 	}
 	res, err := l.script.Run(ctx, l.client, keys, args...).Int64Slice()
-	if err != nil || len(res) != 6 || res[1] < 1 || int(res[1]) > bs.Len() {
+	if err != nil || len(res) != 6 || res[1] < 1 || int(res[1]) > bs.N {
 		if err == nil {
 			err = fmt.Errorf("gcra.lua answered %v", res)
 		}
@@ -164,7 +164,7 @@ func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs
 		l.up.Set(1)
 		logf.FromContext(ctx).Info("Rate-limit store answers again: budgets are shared across replicas")
 	}
-	b := bs.At(int(res[1]) - 1)
+	b := bs.List[int(res[1])-1]
 	d := Decision{
 		Allowed: res[0] == 1, Limit: b.Limit, Remaining: int32(res[2]), Scope: b.Scope,
 		Reset: now.Add(time.Duration(res[3]) * time.Microsecond), RetryAfter: time.Duration(res[4]) * time.Microsecond,
@@ -242,7 +242,7 @@ func (l *RedisLimiter) degradedDecision(ctx context.Context, token types.Namespa
 	if l.mode == FailOpen {
 		return l.fallback.Allow(ctx, token, bs, now)
 	}
-	b := bs.At(0)
+	b := bs.List[0]
 	return Decision{Limit: b.Limit, Scope: b.Scope, Reset: now.Add(redisBackoff), RetryAfter: redisBackoff, Unavailable: true}
 }
 
