@@ -14,6 +14,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/token"
+	"github.com/keymint/keymint/internal/tokenstate"
 	"github.com/keymint/keymint/webhook/check"
 )
 
@@ -51,6 +52,21 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 	}
 	// The rotated-out token was minted 3 h ago and is in grace until +30 m.
 	graceEnd := now.Add(30 * time.Minute)
+	current, _ := token.Mint("km")
+	previous, _ := token.Mint("km")
+	reported := func(plain string) func(*keymintv1alpha1.ApiToken) {
+		return func(t *keymintv1alpha1.ApiToken) {
+			t.Status.LeakReports = append(t.Status.LeakReports, keymintv1alpha1.LeakReport{
+				TokenHash: token.HashString(plain), ReportedAt: metav1.NewTime(now.Add(-time.Minute)), Source: "github",
+			})
+		}
+	}
+	// Idle from the token's issue, an hour ago: maxIdle 2h and the
+	// recording slack from there.
+	idleAt := issuedAt.Add(2*time.Hour + tokenstate.UseRecordingSlack)
+	usedAt := func(at time.Time) func(*keymintv1alpha1.ApiToken) {
+		return func(t *keymintv1alpha1.ApiToken) { t.Status.LastUsedAt = &metav1.Time{Time: at} }
+	}
 	rows := map[string]row{
 		"valid, no expiry": {at: now, want: "ok", wantPrevious: true},
 
@@ -75,10 +91,21 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 			tok: both(lifetime(5*time.Hour), recorded(now)), at: now, want: "expired", wantPrevious: true,
 		},
 
-		"revoked by spec":      {tok: func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true }, at: now, want: "revoked"},
-		"user disabled":        {user: func(u *keymintv1alpha1.ServiceUser) { u.Spec.Disabled = true }, at: now, want: "revoked"},
-		"user missing":         {noUse: true, at: now, want: "revoked"},
-		"user created anew":    {user: func(u *keymintv1alpha1.ServiceUser) { u.UID = "uid-ci-2" }, at: now, want: "revoked"},
+		"revoked by spec":          {tok: func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true }, at: now, want: "revoked"},
+		"user disabled":            {user: func(u *keymintv1alpha1.ServiceUser) { u.Spec.Disabled = true }, at: now, want: "revoked"},
+		"user missing":             {noUse: true, at: now, want: "revoked"},
+		"user created anew":        {user: func(u *keymintv1alpha1.ServiceUser) { u.UID = "uid-ci-2" }, at: now, want: "revoked"},
+		"leaked current token":     {tok: reported(current), at: now, want: "revoked", wantPrevious: true},
+		"leaked rotated-out token": {tok: reported(previous), at: now, want: "ok", wantPrevious: false},
+		"both leaked":              {tok: both(reported(current), reported(previous)), at: now, want: "revoked", wantPrevious: false},
+
+		"maxIdle, 1s before idle":           {user: maxIdle(2 * time.Hour), at: idleAt.Add(-time.Second), want: "ok"},
+		"maxIdle, at idle":                  {user: maxIdle(2 * time.Hour), at: idleAt, want: "revoked"},
+		"maxIdle, used since: not idle":     {user: maxIdle(2 * time.Hour), tok: usedAt(now), at: idleAt, want: "ok"},
+		"maxIdle, used since, at its idle":  {user: maxIdle(2 * time.Hour), tok: usedAt(now), at: now.Add(2*time.Hour + tokenstate.UseRecordingSlack), want: "revoked"},
+		"token maxIdle shorter than user's": {user: maxIdle(48 * time.Hour), tok: func(t *keymintv1alpha1.ApiToken) { t.Spec.MaxIdle = &metav1.Duration{Duration: 2 * time.Hour} }, at: idleAt, want: "revoked"},
+		"maxIdle, in grace before idle":     {user: maxIdle(2 * time.Hour), at: now, want: "ok", wantPrevious: true},
+
 		"grace: 1s before end": {at: graceEnd.Add(-time.Second), want: "ok", wantPrevious: true},
 		"grace: at its end":    {at: graceEnd, want: "ok", wantPrevious: false},
 		"grace: 1s after end":  {at: graceEnd.Add(time.Second), want: "ok", wantPrevious: false},
@@ -90,8 +117,6 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 		},
 	}
 
-	current, _ := token.Mint("km")
-	previous, _ := token.Mint("km")
 	for name, r := range rows {
 		t.Run(name, func(t *testing.T) {
 			user := &keymintv1alpha1.ServiceUser{
@@ -129,6 +154,9 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 				controllerSays = "revoked"
 			case meta.IsStatusConditionTrue(written.Conditions, keymintv1alpha1.ApiTokenConditionExpired):
 				controllerSays = "expired"
+			case hasReason(written.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonLeaked):
+				// A reported token is refused as a revoked one.
+				controllerSays = "revoked"
 			case !meta.IsStatusConditionTrue(written.Conditions, keymintv1alpha1.ApiTokenConditionReady):
 				controllerSays = "not ready"
 			}
@@ -163,6 +191,10 @@ func defaultLifetime(d time.Duration) func(*keymintv1alpha1.ServiceUser) {
 	return func(u *keymintv1alpha1.ServiceUser) {
 		u.Spec.TokenPolicy.DefaultLifetime = &metav1.Duration{Duration: d}
 	}
+}
+
+func maxIdle(d time.Duration) func(*keymintv1alpha1.ServiceUser) {
+	return func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.MaxIdle = &metav1.Duration{Duration: d} }
 }
 
 func maxLifetime(d time.Duration) func(*keymintv1alpha1.ServiceUser) {

@@ -162,6 +162,7 @@ func (r *ApiTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	r.conditionEvents(tok, before)
 	r.retiredEvents(tok, res.Retired)
+	r.leakEvents(tok, obs, res.Leaks)
 
 	return ctrl.Result{RequeueAfter: r.lookAgain(req, tok.UID, obs, res.RequeueAfter)}, nil
 }

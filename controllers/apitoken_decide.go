@@ -5,6 +5,7 @@ package controllers
 import (
 	"time"
 
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/secretrecord"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
@@ -43,6 +44,9 @@ func decide(o observation) decision {
 	switch {
 	case o.Conflict:
 		return decision{}
+	case v.Revoked == keymintv1alpha1.ApiTokenReasonIdle && o.RotateRequest != "" && o.RotateRequest != o.RotationRequest:
+		// Idleness is undone only by asking for a new token.
+		return decision{Action: actIssue, Reason: eventReissued}
 	case v.Revoked != "":
 		if o.SecretHolds {
 			return decision{Action: actRevoke, Reason: eventRevoked}
@@ -51,6 +55,9 @@ func decide(o observation) decision {
 	case o.Current.Issued && o.Claimed && v.Expired, o.Current.Issued && !o.Delivered && v.Expired:
 		// A token past its expiry is not replaced: that would revive it.
 		return decision{}
+	case o.Current.Issued && v.Leaked && !v.Expired:
+		// Refused since it was reported; its consumers get a new one now.
+		return decision{Action: actIssue, Reason: eventLeaked}
 	case o.Current.Issued && o.Claimed:
 		// One hash, one ApiToken: checks refuse a hash two claim, and both
 		// controllers replace it.
@@ -117,7 +124,13 @@ func newRecord(o observation, d decision, hash, display string) secretrecord.Rec
 	v := &o.Verdict
 	rec := secretrecord.Record{
 		Serial: max(o.Serial, o.OurRecord) + 1, Hash: hash, Display: display, ServiceUserUID: o.User.UID,
-		IssuedAt: now, RotationRequest: o.RotateRequest,
+		IssuedAt: now, RotationRequest: o.RotateRequest, IdleSince: &now,
+	}
+	if o.Current.Issued && v.Revoked == "" && !v.Expired {
+		// A token that follows a live one (a rotation, a replacement, a
+		// leak) is not a fresh start: idleness counts on.
+		since := idleSince(&o.Current)
+		rec.IdleSince = &since
 	}
 	if replaces(o, d) {
 		rec.IssuedAt, rec.RotatedAt, rec.RotationRequest = o.Current.IssuedAt, o.RotatedAt, o.RotationRequest
@@ -144,6 +157,14 @@ func newRecord(o observation, d decision, hash, display string) secretrecord.Rec
 	}
 	rec.Previous = toRecordPrevious(prev)
 	return rec
+}
+
+// idleSince is when the line of token t began.
+func idleSince(t *tokenstate.Token) time.Time {
+	if t.IdleSince.IsZero() {
+		return t.IssuedAt
+	}
+	return t.IdleSince
 }
 
 // toRecordPrevious converts grace-period entries for the record.
@@ -181,7 +202,9 @@ type after struct {
 func afterAction(o observation, d decision, rec *secretrecord.Record, failed error) after {
 	kept := after{Token: o.Current, Verdict: o.Verdict, Hash: o.Hash, Display: o.Display, Serial: o.Serial, RotatedAt: o.RotatedAt,
 		RotationRequest: o.RotationRequest}
-	emptied := tokenstate.Token{Spec: o.Spec, Deleting: o.Current.Deleting}
+	// An emptied token stays revoked for idleness if that is why.
+	emptied := tokenstate.Token{Spec: o.Spec, Deleting: o.Current.Deleting,
+		IdleRevoked: o.Verdict.Revoked == keymintv1alpha1.ApiTokenReasonIdle}
 	var a after
 	switch denied := o.denied(d); {
 	case failed != nil || denied:
@@ -197,6 +220,8 @@ func afterAction(o observation, d decision, rec *secretrecord.Record, failed err
 	case d.mints():
 		a = after{Token: tokenFromRecord(o.Spec, rec), Hash: rec.Hash, Display: rec.Display, Serial: rec.Serial,
 			RotatedAt: rec.RotatedAt, RotationRequest: rec.RotationRequest}
+		// Uses of the line so far count against its idleness.
+		a.Token.AnyLastUsed = o.Current.AnyLastUsed
 	case d.Action == actRevoke:
 		a = after{Token: emptied, Display: o.Display, Serial: max(o.Serial, o.OurRecord), RotationRequest: o.RotationRequest}
 	default:

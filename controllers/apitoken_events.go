@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,7 +37,19 @@ const (
 	eventRetiredIdle       = "RetiredIdleToken"
 	eventMintDenied        = "MintDenied"
 	eventMintRateLimited   = "MintRateLimited"
+	eventLeaked            = "Leaked"
+	eventReissued          = "Reissued"
 )
+
+// leakedTotal counts the leak reports the controller acted on.
+var leakedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "keymint_leaked_tokens_total",
+	Help: "Tokens reported leaked that keymint refused for good and replaced (current) or dropped (rotated-out), by the endpoint that received the report (github, gitlab).",
+}, []string{"source"})
+
+func init() {
+	metrics.Registry.MustRegister(leakedTotal)
+}
 
 // actionEvent emits an Event for the action a reconcile took, and for an
 // adopted record. Events name tokens only by their display prefix.
@@ -65,6 +80,13 @@ func (r *ApiTokenReconciler) actionEvent(tok *keymintv1alpha1.ApiToken, obs *obs
 			how = fmt.Sprintf("as requested by %s=%q", keymintv1alpha1.RotateAnnotation, truncate(obs.RotateRequest, 64))
 		}
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, "Rotated", "Rotate", "Rotated %s to token %s…; %s", how, rec.Display, graceText(rec))
+	case eventLeaked:
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, "Rotated", "Rotate",
+			"Replaced leaked token %s… with token %s… in Secret %s; the leaked one is never accepted again", obs.Display, rec.Display, secretName)
+	case eventReissued:
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventReissued, "Issue",
+			"Issued token %s… into Secret %s as requested by %s=%q, after an idle revocation", rec.Display, secretName,
+			keymintv1alpha1.RotateAnnotation, truncate(obs.RotateRequest, 64))
 	case eventRevoked:
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventRevoked, "Revoke",
 			"%s; removed the token from Secret %s", revokeMessage(obs.Verdict.Revoked, tok.Spec.ServiceUser), secretName)
@@ -132,6 +154,21 @@ func (r *ApiTokenReconciler) conditionEvents(tok *keymintv1alpha1.ApiToken, befo
 		!hasReason(before.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonSecretConflict) {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretConflict, "Issue",
 			"Secret %s exists and is not owned by this ApiToken; no token was written", secretName)
+	}
+}
+
+// leakEvents tells of each leak report acted on: where the token was
+// found, never the token.
+func (r *ApiTokenReconciler) leakEvents(tok *keymintv1alpha1.ApiToken, obs *observation, leaks []keymintv1alpha1.LeakReport) {
+	for i := range leaks {
+		l := &leaks[i]
+		leakedTotal.WithLabelValues(l.Source).Inc()
+		what := "A rotated-out token"
+		if l.TokenHash == obs.Hash {
+			what = "Token " + obs.Display + "…"
+		}
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventLeaked, "Refuse",
+			"%s was reported leaked (%s): it is never accepted again", what, truncate(leakWhere(l), 600))
 	}
 }
 

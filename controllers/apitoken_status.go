@@ -4,6 +4,7 @@ package controllers
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,6 +25,9 @@ type result struct {
 	// Retired are the rotated-out hashes retireWhenIdle ended at this
 	// reconcile.
 	Retired []tokenstate.Previous
+	// Leaks are the leak reports this reconcile acted on: their hashes are
+	// gone from the status.
+	Leaks []keymintv1alpha1.LeakReport
 }
 
 // desiredStatus computes the status from the state after the action, with
@@ -32,9 +36,10 @@ type result struct {
 func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, secretName string,
 	o observation, a after) result {
 	st, wake, retired := statusFields(current, generation, secretName, &o, &a)
-	in := newStatusInput(&o, &a, secretName)
-	if !in.soon && in.opensOK {
-		wake = append(wake, in.opens)
+	leaks := leakRecord(&st, &current, &o, &a)
+	in := newStatusInput(&o, &a, secretName, &st)
+	if !in.warn.Soon && in.warn.OK {
+		wake = append(wake, in.warn.Opens)
 	}
 	for _, c := range conditionChains {
 		if cond, ok := c.rules.first(in); ok {
@@ -43,7 +48,35 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 			})
 		}
 	}
-	return result{Status: st, Retired: retired, RequeueAfter: soonest(o.Now, wake)}
+	return result{Status: st, Retired: retired, Leaks: leaks, RequeueAfter: soonest(o.Now, wake)}
+}
+
+// leakRecord keeps the leak reports whose hashes the status st still names
+// (a replacement not yet issued), and records the ones acted on: their
+// hashes are gone, refused for good. It returns those, and sets
+// st.LastLeak to the latest of them.
+func leakRecord(st, current *keymintv1alpha1.ApiTokenStatus, o *observation, a *after) []keymintv1alpha1.LeakReport {
+	named := StatusHashes(st)
+	var pending, acted []keymintv1alpha1.LeakReport
+	for _, r := range current.LeakReports {
+		if st.TokenHash != "" && slices.Contains(named, r.TokenHash) {
+			pending = append(pending, r)
+		} else {
+			acted = append(acted, r)
+		}
+	}
+	st.LeakReports = pending
+	for _, r := range acted {
+		if st.LastLeak != nil && r.ReportedAt.Before(&st.LastLeak.ReportedAt) {
+			continue
+		}
+		last := &keymintv1alpha1.LastLeak{LeakReport: r, CurrentSerial: st.Serial}
+		if r.TokenHash == o.Hash {
+			last.TokenPrefix = o.Display
+		}
+		st.LastLeak = last
+	}
+	return acted
 }
 
 // statusFields fills in everything but the conditions: the token's record,
@@ -62,14 +95,28 @@ func statusFields(current keymintv1alpha1.ApiTokenStatus, generation int64, secr
 	st.TokenPrefix = a.Display
 	st.LastRotationRequest = a.RotationRequest
 	v := &a.Verdict
+	switch {
+	case v.Revoked == keymintv1alpha1.ApiTokenReasonIdle && st.IdleRevokedAt == nil:
+		st.IdleRevokedAt = timePtr(&o.Now)
+	case v.Revoked == keymintv1alpha1.ApiTokenReasonIdle:
+	case v.Revoked == keymintv1alpha1.ApiTokenReasonRevokedBySpec, a.Token.Issued && v.Revoked == "":
+		// Revoking by spec is a decision of its own: un-revoking asks for
+		// a new token, as after any revocation.
+		st.IdleRevokedAt = nil
+	}
 	if !a.Token.Issued || v.Revoked != "" {
 		// No token is accepted: keep the serial and display prefix, so
 		// humans can tell which token was revoked and no older record is
 		// ever adopted.
 		st.TokenHash, st.ServiceUserUID = "", ""
 		st.IssuedAt, st.RotatedAt, st.ExpiresAt, st.NextRotationAt = nil, nil, nil, nil
-		st.PreviousTokens, st.TokenLastUsedAt = nil, nil
+		st.PreviousTokens, st.TokenLastUsedAt, st.IdleSince = nil, nil, nil
 		return st, nil, nil
+	}
+	since := idleSince(&a.Token)
+	st.IdleSince = timePtr(&since)
+	if v.Idles {
+		wake = append(wake, v.IdleAt)
 	}
 	st.TokenHash = a.Hash
 	st.ServiceUserUID = string(a.Token.UserUID)
@@ -181,15 +228,14 @@ type statusInput struct {
 	// auth is the Authorized answer: the one asked at this reconcile's mint,
 	// else, when nothing could be asked, why; nil when neither.
 	auth *authorization
-	// soon is true inside the expiry warning window; else opens is when it
-	// opens (opensOK false when it never will).
-	soon    bool
-	opens   time.Time
-	opensOK bool
+	// warn is the token's warning window: of expiry or of idleness.
+	warn tokenstate.Warning
+	// st is the status written, less its conditions.
+	st *keymintv1alpha1.ApiTokenStatus
 }
 
-func newStatusInput(o *observation, a *after, secretName string) *statusInput {
-	in := &statusInput{o: o, a: a, v: &a.Verdict, secretName: secretName, auth: o.Auth}
+func newStatusInput(o *observation, a *after, secretName string, st *keymintv1alpha1.ApiTokenStatus) *statusInput {
+	in := &statusInput{o: o, a: a, v: &a.Verdict, secretName: secretName, auth: o.Auth, st: st}
 	in.reveal = !o.Spec.Revoked && (o.trusted() || o.Current.Issued || a.Token.Issued)
 	in.revoked = in.v.Revoked
 	if !in.reveal && in.revoked != keymintv1alpha1.ApiTokenReasonRevokedBySpec && in.revoked != keymintv1alpha1.ApiTokenReasonDeleting {
@@ -200,7 +246,7 @@ func newStatusInput(o *observation, a *after, secretName string) *statusInput {
 		// nothing could be: there is no requester to ask about.
 		in.auth = distrust(o.Trust, o.Namespace, o.Name)
 	}
-	in.soon, in.opens, in.opensOK = tokenstate.ExpiringSoon(in.v, o.ExpiryWarning, o.Now)
+	in.warn = tokenstate.ExpiringSoon(in.v, o.ExpiryWarning, o.Now)
 	return in
 }
 
@@ -244,14 +290,26 @@ var conditionChains = []struct {
 	{keymintv1alpha1.ApiTokenConditionExpired, chain{expired, notExpired}},
 	{keymintv1alpha1.ApiTokenConditionAuthorized, chain{authorizationAnswered}},
 	{keymintv1alpha1.ApiTokenConditionReady, chain{
-		readySecretConflict, readyRevoked, readyRequesterRefused, readyExpired, readyWriteFailed, readyPending, readyIssued,
+		readySecretConflict, readyRevoked, readyRequesterRefused, readyExpired, readyLeaked, readyWriteFailed, readyPending, readyIssued,
 	}},
+	// Set only once a token of the ApiToken was reported: the others gain
+	// no condition, and no status write, from the feature.
+	{keymintv1alpha1.ApiTokenConditionLeaked, chain{leakPending, leakReplaced, leakPast}},
 	{keymintv1alpha1.ApiTokenConditionRequestGranted, chain{requestNotEvaluated, requestGranted}},
 }
 
 func withinWarningWindow(in *statusInput) (condition, bool) {
-	if !in.soon {
+	if !in.warn.Soon {
 		return condition{}, false
+	}
+	if in.warn.Idle {
+		since := "it was issued"
+		if !in.a.Token.AnyLastUsed.IsZero() && !in.a.Token.AnyLastUsed.Before(idleSince(&in.a.Token)) {
+			since = "its last recorded use, at " + in.a.Token.AnyLastUsed.UTC().Format(time.RFC3339)
+		}
+		return conditionOf(true, keymintv1alpha1.ApiTokenReasonIdleWithinWarningWindow,
+			fmt.Sprintf("Token %s… is revoked for idleness at %s unless a check accepts it before: no check has since %s (maxIdle %s)",
+				in.a.Display, in.warn.Ends.UTC().Format(time.RFC3339), since, tokenstate.MaxIdle(in.o.Spec, &in.o.User))), true
 	}
 	return conditionOf(true, keymintv1alpha1.ApiTokenReasonWithinWarningWindow,
 		fmt.Sprintf("Token %s… expires at %s, within the %s warning window, and no scheduled rotation replaces it first: "+
@@ -325,6 +383,56 @@ func readyExpired(in *statusInput) (condition, bool) {
 	return conditionOf(false, keymintv1alpha1.ApiTokenReasonExpired, "The token has expired; a later expiresAt or lifetime mints a new one"), true
 }
 
+func readyLeaked(in *statusInput) (condition, bool) {
+	if !in.v.Leaked {
+		return condition{}, false
+	}
+	return conditionOf(false, keymintv1alpha1.ApiTokenReasonLeaked, fmt.Sprintf(
+		"Token %s… was reported leaked and is refused; its replacement is not issued yet", in.a.Display)), true
+}
+
+// leakPending: a report names the current token, not replaced yet.
+func leakPending(in *statusInput) (condition, bool) {
+	if len(in.st.LeakReports) == 0 {
+		return condition{}, false
+	}
+	r := &in.st.LeakReports[len(in.st.LeakReports)-1]
+	return conditionOf(true, keymintv1alpha1.ApiTokenReasonReported, fmt.Sprintf(
+		"A token of this ApiToken was reported leaked (%s) and is refused; its replacement is not issued yet", leakWhere(r))), true
+}
+
+// leakReplaced: keymint acted on the last leak, and the token current
+// then is current still.
+func leakReplaced(in *statusInput) (condition, bool) {
+	l := in.st.LastLeak
+	if l == nil || l.CurrentSerial != in.st.Serial || in.st.TokenHash == "" {
+		return condition{}, false
+	}
+	what := "A rotated-out token"
+	if l.TokenPrefix != "" {
+		what = "Token " + l.TokenPrefix + "…"
+	}
+	return conditionOf(true, keymintv1alpha1.ApiTokenReasonReported, fmt.Sprintf(
+		"%s was reported leaked (%s) and is no longer accepted; the current token is %s…", what, leakWhere(&l.LeakReport), in.a.Display)), true
+}
+
+// leakPast: the last leak is behind a later rotation.
+func leakPast(in *statusInput) (condition, bool) {
+	if in.st.LastLeak == nil {
+		return condition{}, false
+	}
+	return conditionOf(false, keymintv1alpha1.ApiTokenReasonNotReported, "No current token of this ApiToken was reported leaked"), true
+}
+
+// leakWhere says where a leak was found and who told, never the token.
+func leakWhere(r *keymintv1alpha1.LeakReport) string {
+	where := "reported through the " + r.Source + " endpoint at " + r.ReportedAt.UTC().Format(time.RFC3339)
+	if r.Location != "" {
+		where = "found at " + r.Location + ", " + where
+	}
+	return where
+}
+
 func readyWriteFailed(in *statusInput) (condition, bool) {
 	if in.v.Accepted || in.a.Failed == "" {
 		return condition{}, false
@@ -380,6 +488,8 @@ func revokeMessage(reason, user string) string {
 		return fmt.Sprintf("ServiceUser %q does not exist (yet: a token is issued once it does), is being deleted, or was deleted since the token was minted", user)
 	case keymintv1alpha1.ApiTokenReasonDeleting:
 		return "The ApiToken is being deleted"
+	case keymintv1alpha1.ApiTokenReasonIdle:
+		return "No check accepted the token for longer than its maxIdle: it was revoked; a new keymint.io/rotate value (kubectl keymint rotate) issues a new one"
 	}
 	return "The token is not revoked"
 }

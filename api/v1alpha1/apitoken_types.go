@@ -151,6 +151,19 @@ type ApiTokenSpec struct {
 	// +listMapKey=scope
 	// +kubebuilder:validation:MaxItems=32
 	ScopeRequestsPerMinute []ScopeRate `json:"scopeRequestsPerMinute,omitempty"`
+
+	// maxIdle revokes the token, with reason Idle, once no check has
+	// accepted it (current or rotated-out) for this long, counted from its
+	// issue when it was never used. Rotations do not restart the count; the
+	// ServiceUser's tokenPolicy.maxIdle still caps it. A new
+	// keymint.io/rotate value issues a new token after an idle revocation.
+	// At least 1h, at most 2562047h.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h') && duration(self) <= duration('2562047h')",message="maxIdle must be at least 1h, at most 2562047h"
+	MaxIdle *metav1.Duration `json:"maxIdle,omitempty"`
 }
 
 // Rotation says when a token is replaced by a new one.
@@ -235,6 +248,43 @@ type PreviousToken struct {
 	LastUsedAt *metav1.Time `json:"lastUsedAt,omitempty"`
 }
 
+// LeakReport says that a token of this ApiToken was reported leaked: found
+// where it should not be (a public repository, a log) and posted to
+// keymint's leak report endpoint. The check server that received the report
+// writes it; checks refuse that token from then on, and the controller
+// replaces it.
+type LeakReport struct {
+	// tokenHash is "sha256:<64 hex>" of the reported token.
+	// +kubebuilder:validation:MaxLength=71
+	TokenHash string `json:"tokenHash"`
+	// reportedAt is when keymint received the report.
+	ReportedAt metav1.Time `json:"reportedAt"`
+	// source is the endpoint that received it: github
+	// (POST /credentials/revoke) or gitlab (GitLab's Token Revocation API).
+	// +kubebuilder:validation:MaxLength=32
+	Source string `json:"source"`
+	// location is where the token was found, as the reporter said (a URL,
+	// a file); empty when it said nothing. Never the token.
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Location string `json:"location,omitempty"`
+}
+
+// LastLeak is the record of the last leak keymint acted on.
+type LastLeak struct {
+	LeakReport `json:",inline"`
+	// tokenPrefix is the display prefix of the leaked token when it was the
+	// current one; empty for a rotated-out one.
+	// +optional
+	TokenPrefix string `json:"tokenPrefix,omitempty"`
+	// currentSerial is the serial of the current token once keymint acted:
+	// the one issued in the leaked one's place, or the one already current
+	// when a rotated-out token leaked. Condition Leaked stays True while it
+	// is still the current serial.
+	// +optional
+	CurrentSerial int64 `json:"currentSerial,omitempty"`
+}
+
 // ApiToken condition types and reasons.
 const (
 	// ApiTokenConditionReady is True when the Secret holds a token that checks
@@ -247,8 +297,9 @@ const (
 	// passed (reason Expired), False before (reason NotExpired).
 	ApiTokenConditionExpired = "Expired"
 	// ApiTokenConditionRevoked is True while the token is revoked, with reason
-	// RevokedBySpec, ServiceUserDisabled, ServiceUserNotFound or Deleting (the
-	// ApiToken is being deleted); False with reason NotRevoked.
+	// RevokedBySpec, ServiceUserDisabled, ServiceUserNotFound, Idle (unused
+	// longer than maxIdle) or Deleting (the ApiToken is being deleted);
+	// False with reason NotRevoked.
 	ApiTokenConditionRevoked = "Revoked"
 
 	// ApiTokenConditionRequestGranted is True (reason AsRequested) when the
@@ -263,8 +314,10 @@ const (
 	// ApiTokenConditionExpiringSoon is True (reason WithinWarningWindow) while
 	// the current token expires within its ServiceUser's
 	// tokenPolicy.expiryWarning (7 days unless set) and no scheduled rotation
-	// replaces it first; False (reason NotExpiringSoon) otherwise. A Warning
-	// Event goes with each change to True: once per token.
+	// replaces it first, or (reason IdleWithinWarningWindow) is revoked for
+	// idleness within that window unless used; False (reason
+	// NotExpiringSoon) otherwise. A Warning Event goes with each change to
+	// True.
 	ApiTokenConditionExpiringSoon = "ExpiringSoon"
 
 	// ApiTokenConditionAuthorized is about the last time keymint was to mint
@@ -278,6 +331,21 @@ const (
 	// mints for the ApiToken.
 	ApiTokenConditionAuthorized = "Authorized"
 
+	// ApiTokenConditionLeaked is True (reason Reported) from the moment a
+	// token of this ApiToken is reported leaked until the token issued in
+	// its place is itself replaced (the next rotation); False (reason
+	// NotReported) otherwise. Its message says where the token was found.
+	ApiTokenConditionLeaked   = "Leaked"
+	ApiTokenReasonReported    = "Reported"
+	ApiTokenReasonNotReported = "NotReported"
+	// ApiTokenReasonLeaked is Ready's reason while a reported token is not
+	// yet replaced (its replacement waits for authorization, say): checks
+	// refuse it already.
+	ApiTokenReasonLeaked = "Leaked"
+	// ApiTokenReasonIdle: the token went unused longer than its maxIdle and
+	// was revoked (condition Revoked and Ready).
+	ApiTokenReasonIdle = "Idle"
+
 	ApiTokenReasonAuthorized        = "Authorized"
 	ApiTokenReasonNotAllowed        = "NotAllowed"
 	ApiTokenReasonNoRequesterRecord = "NoRequesterRecord"
@@ -287,8 +355,9 @@ const (
 	ApiTokenReasonRequesterWebhookNotEnforced = "RequesterWebhookNotEnforced"
 	ApiTokenReasonNotEvaluated                = "NotEvaluated"
 
-	ApiTokenReasonWithinWarningWindow = "WithinWarningWindow"
-	ApiTokenReasonNotExpiringSoon     = "NotExpiringSoon"
+	ApiTokenReasonWithinWarningWindow     = "WithinWarningWindow"
+	ApiTokenReasonIdleWithinWarningWindow = "IdleWithinWarningWindow"
+	ApiTokenReasonNotExpiringSoon         = "NotExpiringSoon"
 
 	ApiTokenReasonAsRequested    = "AsRequested"
 	ApiTokenReasonScopesNotHeld  = "ScopesNotHeld"
@@ -378,6 +447,32 @@ type ApiTokenStatus struct {
 	// waits for it.
 	// +optional
 	TokenLastUsedAt *metav1.Time `json:"tokenLastUsedAt,omitempty"`
+
+	// idleSince is when the current line of tokens began: the issue of a
+	// token where none was. Rotations and replacements carry it over, so
+	// maxIdle counts from the later of it and lastUsedAt.
+	// +optional
+	IdleSince *metav1.Time `json:"idleSince,omitempty"`
+
+	// idleRevokedAt is when keymint revoked the token for going unused
+	// longer than maxIdle. No token is issued while it is set; a new
+	// keymint.io/rotate value (kubectl keymint rotate) issues one.
+	// +optional
+	IdleRevokedAt *metav1.Time `json:"idleRevokedAt,omitempty"`
+
+	// leakReports are reports, not yet acted on, that a token of this
+	// ApiToken (current or rotated-out) leaked. keymint's check servers
+	// write them; checks refuse a reported token at once, and the
+	// controller replaces it. keymint's own record, never the spec's, so a
+	// GitOps sync cannot undo one.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	LeakReports []LeakReport `json:"leakReports,omitempty"`
+
+	// lastLeak is the last leak keymint acted on.
+	// +optional
+	LastLeak *LastLeak `json:"lastLeak,omitempty"`
 
 	// restartedSerial is the serial of the token whose arrival last
 	// restarted spec.rotation.restartTargets (keymint sets it to the current

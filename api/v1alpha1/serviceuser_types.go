@@ -117,6 +117,18 @@ type TokenPolicy struct {
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('2562047h')",message="expiryWarning must be from 0s to 2562047h"
 	ExpiryWarning *metav1.Duration `json:"expiryWarning,omitempty"`
+
+	// maxIdle revokes, with reason Idle, any token of this identity that no
+	// check has accepted for this long (counted from its issue when never
+	// used); a token's own maxIdle may only be shorter. Uses are recorded
+	// about a minute late: see docs/api.md for the bound. Unset means tokens
+	// are never revoked for idleness. At least 1h, at most 2562047h.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h') && duration(self) <= duration('2562047h')",message="maxIdle must be at least 1h, at most 2562047h"
+	MaxIdle *metav1.Duration `json:"maxIdle,omitempty"`
 }
 
 // ScopeRate is the check rate of one scope.

@@ -35,6 +35,9 @@ type Record struct {
 	RotatedAt       *time.Time `json:"rotatedAt,omitempty"`
 	Previous        []Previous `json:"previous,omitempty"`
 	RotationRequest string     `json:"rotationRequest,omitempty"`
+	// IdleSince is when the token's line began (status.idleSince); zero in
+	// records older than the field, which then count from IssuedAt.
+	IdleSince *time.Time `json:"idleSince,omitempty"`
 	// Display is the token's first characters, for humans; never stored.
 	Display string `json:"-"`
 }

@@ -1,7 +1,8 @@
 // Package tokenstate owns every rule of token validity: whether a token is
-// revoked and why, its effective expiry, whether its expiry was extended,
-// when it rotates next, which rotated-out hashes are still accepted and
-// until when, its effective scopes, audiences and rate.
+// revoked and why (idleness included), whether it was reported leaked, its
+// effective expiry, whether its expiry was extended, when it rotates next,
+// which rotated-out hashes are still accepted and until when, its effective
+// scopes, audiences and rate.
 //
 // The ApiToken controller (conditions, status) and the check server (HTTP
 // answers) both decide through Evaluate and Check, so they can never
@@ -35,6 +36,8 @@ type User struct {
 	RequestsPerMinute int32
 	// ScopeRates are the policy's rates of single scopes.
 	ScopeRates []keymintv1alpha1.ScopeRate
+	// MaxIdle is the policy's maxIdle, zero when unset.
+	MaxIdle time.Duration
 }
 
 // UserFrom reads a ServiceUser; nil means it does not exist.
@@ -53,6 +56,9 @@ func UserFrom(u *keymintv1alpha1.ServiceUser) User {
 	if d := u.Spec.TokenPolicy.DefaultLifetime; d != nil {
 		user.DefaultLifetime = d.Duration
 	}
+	if d := u.Spec.TokenPolicy.MaxIdle; d != nil {
+		user.MaxIdle = d.Duration
+	}
 	return user
 }
 
@@ -65,6 +71,9 @@ type Previous struct {
 	// LastUsed is when a check last accepted it, as recorded; zero when
 	// never (since it was rotated out, or at all).
 	LastUsed time.Time
+	// Leaked is true once it was reported leaked: it is never accepted
+	// again.
+	Leaked bool
 }
 
 // Token is what a verdict reads of an ApiToken: its spec, and the record of
@@ -90,6 +99,19 @@ type Token struct {
 	// Deleting is true once the ApiToken is being deleted: deleting a token
 	// revokes it, even while a finalizer holds the object.
 	Deleting bool
+	// Leaked is true once the current token was reported leaked: it is
+	// never accepted again, and the controller replaces it.
+	Leaked bool
+	// IdleSince is when the current line of tokens began (status.idleSince;
+	// zero: IssuedAt), and AnyLastUsed when a check last accepted any of
+	// the ApiToken's tokens (status.lastUsedAt; zero when never): maxIdle
+	// counts from the later of the two.
+	IdleSince   time.Time
+	AnyLastUsed time.Time
+	// IdleRevoked is true once keymint revoked the ApiToken for idleness
+	// (status.idleRevokedAt): no token is accepted or issued until a new
+	// rotation request.
+	IdleRevoked bool
 }
 
 // TokenFrom reads the token record of an ApiToken's status.
@@ -104,8 +126,16 @@ func TokenFrom(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenS
 	if st.TokenLastUsedAt != nil {
 		tok.LastUsed = st.TokenLastUsedAt.Time
 	}
+	if st.LastUsedAt != nil {
+		tok.AnyLastUsed = st.LastUsedAt.Time
+	}
+	if st.IdleSince != nil {
+		tok.IdleSince = st.IdleSince.Time
+	}
+	tok.IdleRevoked = st.IdleRevokedAt != nil
+	tok.Leaked = tok.Issued && Reported(st.LeakReports, st.TokenHash)
 	for _, p := range st.PreviousTokens {
-		prev := Previous{Hash: p.TokenHash, IssuedAt: p.IssuedAt.Time, ValidUntil: p.ValidUntil.Time}
+		prev := Previous{Hash: p.TokenHash, IssuedAt: p.IssuedAt.Time, ValidUntil: p.ValidUntil.Time, Leaked: Reported(st.LeakReports, p.TokenHash)}
 		if p.LastUsedAt != nil {
 			prev.LastUsed = p.LastUsedAt.Time
 		}
@@ -114,11 +144,21 @@ func TokenFrom(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenS
 	return tok
 }
 
+// Reported reports whether the leak reports name hash.
+func Reported(reports []keymintv1alpha1.LeakReport, hash string) bool {
+	for i := range reports {
+		if reports[i].TokenHash == hash {
+			return true
+		}
+	}
+	return false
+}
+
 // Verdict is the state of a token at one instant.
 type Verdict struct {
 	// Revoked is the ApiToken condition reason the token is revoked for
-	// (Deleting, RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled),
-	// or "".
+	// (Deleting, RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled,
+	// Idle), or "".
 	Revoked string
 	// Expiry is the current token's effective expiry; Expires is false when
 	// it has none.
@@ -133,6 +173,13 @@ type Verdict struct {
 	// false when it has no schedule, or the rotation would fall after expiry.
 	NextRotation time.Time
 	Rotates      bool
+	// IdleAt is when the current token is revoked for idleness unless a use
+	// is recorded first (IdleRevocationAt); Idles is false when no maxIdle
+	// applies, or expiry comes first.
+	IdleAt time.Time
+	Idles  bool
+	// Leaked is true when the current token was reported leaked.
+	Leaked bool
 	// Accepted is true when checks accept the current token now.
 	Accepted bool
 }
@@ -143,6 +190,7 @@ func Evaluate(t *Token, u *User, now time.Time) Verdict {
 	if !t.Issued {
 		return v
 	}
+	v.Leaked = t.Leaked
 	specExpiry, specExpires := Expiry(t.Spec, u, t.IssuedAt)
 	v.Expiry, v.Expires = t.Expiry, t.Expires
 	if specExpires && (!v.Expires || specExpiry.Before(v.Expiry)) {
@@ -156,8 +204,55 @@ func Evaluate(t *Token, u *User, now time.Time) Verdict {
 	if v.Rotates && v.Expires && v.NextRotation.After(v.Expiry) {
 		v.Rotates = false
 	}
-	v.Accepted = v.Revoked == "" && !v.Expired
+	// Idleness revokes only a token that would otherwise live on: one
+	// expiring first expires.
+	v.IdleAt, v.Idles = IdleRevocationAt(t, u)
+	if v.Idles && v.Expires && !v.IdleAt.Before(v.Expiry) {
+		v.IdleAt, v.Idles = time.Time{}, false
+	}
+	if v.Revoked == "" && v.Idles && !now.Before(v.IdleAt) {
+		v.Revoked = keymintv1alpha1.ApiTokenReasonIdle
+	}
+	v.Accepted = v.Revoked == "" && !v.Expired && !v.Leaked
 	return v
+}
+
+// UseRecordingSlack is how late a check's use may reach lastUsedAt: check
+// servers write uses in batches (--last-used-flush-interval, 10 s), move a
+// recorded use only by a minute or more, and retry a write another replica
+// beat next time. maxIdle waits this long past its own end, so that a token
+// used within its maxIdle is never revoked for idleness while its use is on
+// its way.
+const UseRecordingSlack = 5 * time.Minute
+
+// MaxIdle returns how long a token of spec may go unused under user u:
+// the shorter of its own and its user's maxIdle; zero when neither is set.
+func MaxIdle(spec *keymintv1alpha1.ApiTokenSpec, u *User) time.Duration {
+	idle := u.MaxIdle
+	if spec.MaxIdle != nil && spec.MaxIdle.Duration > 0 && (idle <= 0 || spec.MaxIdle.Duration < idle) {
+		idle = spec.MaxIdle.Duration
+	}
+	return max(idle, 0)
+}
+
+// IdleRevocationAt returns when token t of user u is revoked for idleness
+// unless a later use is recorded: maxIdle (and UseRecordingSlack) after the
+// later of its last recorded use (of any of its hashes) and the start of
+// its line of tokens (IdleSince, else its issue). ok is false without a
+// maxIdle or a token.
+func IdleRevocationAt(t *Token, u *User) (at time.Time, ok bool) {
+	idle := MaxIdle(t.Spec, u)
+	if idle <= 0 || !t.Issued {
+		return time.Time{}, false
+	}
+	since := t.IdleSince
+	if since.IsZero() {
+		since = t.IssuedAt
+	}
+	if t.AnyLastUsed.After(since) {
+		since = t.AnyLastUsed
+	}
+	return since.Add(idle + UseRecordingSlack), true
 }
 
 // revocationReason says why a token is revoked. Deletion, then an explicit
@@ -174,6 +269,8 @@ func revocationReason(t *Token, u *User) string {
 		return keymintv1alpha1.ApiTokenReasonServiceUserNotFound
 	case u.Disabled:
 		return keymintv1alpha1.ApiTokenReasonServiceUserDisabled
+	case t.IdleRevoked:
+		return keymintv1alpha1.ApiTokenReasonIdle
 	}
 	return ""
 }
@@ -281,17 +378,41 @@ func Retire(t *Token, prev []Previous, now time.Time) (kept, retired []Previous,
 	return kept, retired, next
 }
 
-// ExpiringSoon reports whether a token of verdict v is inside its expiry
-// warning window at now: accepted, expiring within warning, with no
-// scheduled rotation replacing it first. opens is when the window opens, for
-// a token not yet inside it (ok false when it never will: no expiry, a
-// rotation comes first, no warning, or not accepted).
-func ExpiringSoon(v *Verdict, warning time.Duration, now time.Time) (soon bool, opens time.Time, ok bool) {
-	if warning <= 0 || !v.Accepted || !v.Expires || v.Rotates {
-		return false, time.Time{}, false
+// Warning is whether a token is inside its warning window: the one before
+// it expires, or before it is revoked for idleness.
+type Warning struct {
+	// Soon is true inside the window.
+	Soon bool
+	// Opens is when the window opens; OK is false when it never will (no
+	// end ahead, a rotation comes first, no warning, or not accepted).
+	Opens time.Time
+	OK    bool
+	// Ends is the end it warns of; Idle is true when that is idleness
+	// (which a rotation does not put off), not expiry.
+	Ends time.Time
+	Idle bool
+}
+
+// ExpiringSoon returns the warning of a token of verdict v at now: accepted,
+// and within warning of the earlier of its expiry (when no scheduled
+// rotation replaces it first) and its idle revocation.
+func ExpiringSoon(v *Verdict, warning time.Duration, now time.Time) Warning {
+	var w Warning
+	if warning <= 0 || !v.Accepted {
+		return w
 	}
-	opens = v.Expiry.Add(-warning)
-	return !now.Before(opens), opens, true
+	if v.Expires && !v.Rotates {
+		w.Ends, w.OK = v.Expiry, true
+	}
+	if v.Idles && (!w.OK || v.IdleAt.Before(w.Ends)) {
+		w.Ends, w.OK, w.Idle = v.IdleAt, true, true
+	}
+	if !w.OK {
+		return w
+	}
+	w.Opens = w.Ends.Add(-warning)
+	w.Soon = !now.Before(w.Opens)
+	return w
 }
 
 // previousUntil is until when rotated-out token p is accepted: its recorded
@@ -319,7 +440,7 @@ func StillAccepted(t *Token, u *User, v *Verdict, now time.Time) []Previous {
 	for i := range t.Previous {
 		p := t.Previous[i]
 		p.ValidUntil = previousUntil(t, u, &p)
-		if now.Before(p.ValidUntil) {
+		if !p.Leaked && now.Before(p.ValidUntil) {
 			out = append(out, p)
 		}
 	}
@@ -345,6 +466,8 @@ const (
 	// TooManyBudgets: the check requires more rated scopes than MaxBudgets
 	// (Admit only): the request is at fault, not the token.
 	TooManyBudgets
+	// Leaked: the hash was reported leaked; it is never accepted again.
+	Leaked
 	// NumRefusals is how many Refusals there are, for tables indexed by
 	// them.
 	NumRefusals
@@ -365,8 +488,12 @@ func Check(t *Token, u *User, which int, now time.Time) Refusal {
 		return GraceEnded
 	case which == Current && v.Expired:
 		return Expired
+	case which == Current && v.Leaked:
+		return Leaked
 	case which < Current || which >= len(t.Previous):
 		return GraceEnded
+	case which >= 0 && t.Previous[which].Leaked:
+		return Leaked
 	case which >= 0 && !now.Before(previousUntil(t, u, &t.Previous[which])):
 		return GraceEnded
 	}

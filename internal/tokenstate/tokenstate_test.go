@@ -1063,6 +1063,7 @@ func TestExpiringSoon(t *testing.T) {
 		// wantOpens is when the window opens; zero: it never does.
 		wantSoon  bool
 		wantOpens time.Time
+		wantIdle  bool
 	}{
 		"outside the window": {
 			spec: lifetime(30 * 24 * time.Hour), user: active, warning: week, now: t0.Add(22 * 24 * time.Hour),
@@ -1088,6 +1089,18 @@ func TestExpiringSoon(t *testing.T) {
 		"revoked": {
 			spec: &keymintv1alpha1.ApiTokenSpec{Lifetime: dur(time.Hour), Revoked: true}, user: active, warning: week, now: t0,
 		},
+		"idleness comes before expiry: its window": {
+			spec: lifetime(30 * 24 * time.Hour), user: User{Found: true, UID: uid, MaxIdle: 10 * 24 * time.Hour}, warning: week, now: t0.Add(4 * 24 * time.Hour),
+			wantSoon: true, wantOpens: t0.Add(3*24*time.Hour + UseRecordingSlack), wantIdle: true,
+		},
+		"idleness is not put off by a scheduled rotation": {
+			spec: &keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{Every: dur(24 * time.Hour)}}, user: User{Found: true, UID: uid, MaxIdle: 10 * 24 * time.Hour},
+			warning: week, now: t0, wantOpens: t0.Add(3*24*time.Hour + UseRecordingSlack), wantIdle: true,
+		},
+		"expiry before idleness: the expiry's window": {
+			spec: lifetime(5 * 24 * time.Hour), user: User{Found: true, UID: uid, MaxIdle: 10 * 24 * time.Hour}, warning: week, now: t0,
+			wantSoon: true, wantOpens: t0.Add(-2 * 24 * time.Hour),
+		},
 		"maxLifetime brings the expiry into the window": {
 			spec: lifetime(30 * 24 * time.Hour), user: User{Found: true, UID: uid, MaxLifetime: 8 * 24 * time.Hour}, warning: week, now: t0.Add(36 * time.Hour),
 			wantSoon: true, wantOpens: t0.Add(24 * time.Hour),
@@ -1098,10 +1111,115 @@ func TestExpiringSoon(t *testing.T) {
 			expiry, _ := Expiry(tc.spec, &tc.user, t0)
 			tok := issued(tc.spec, expiry)
 			v := Evaluate(&tok, &tc.user, tc.now)
-			soon, opens, ok := ExpiringSoon(&v, tc.warning, tc.now)
-			if soon != tc.wantSoon || ok != !tc.wantOpens.IsZero() || !opens.Equal(tc.wantOpens) {
-				t.Errorf("ExpiringSoon = %v, opens %v (ok %v); want %v, opens %v", soon, opens, ok, tc.wantSoon, tc.wantOpens)
+			w := ExpiringSoon(&v, tc.warning, tc.now)
+			if w.Soon != tc.wantSoon || w.OK != !tc.wantOpens.IsZero() || !w.Opens.Equal(tc.wantOpens) || w.Idle != tc.wantIdle {
+				t.Errorf("ExpiringSoon = %+v; want soon %v, opens %v, idle %v", w, tc.wantSoon, tc.wantOpens, tc.wantIdle)
 			}
 		})
+	}
+}
+
+// TestIdleness holds maxIdle to its rule: counted from the later of the
+// last recorded use (of any hash) and the start of the token's line, plus
+// the recording slack; the token's maxIdle only shortens its user's; an
+// idle revocation outlives the token record.
+func TestIdleness(t *testing.T) {
+	day := 24 * time.Hour
+	user := User{Found: true, UID: uid, MaxIdle: 30 * day}
+	tests := map[string]struct {
+		spec      *keymintv1alpha1.ApiTokenSpec
+		user      User
+		tok       func(*Token)
+		now       time.Time
+		wantAt    time.Time // zero: no idle revocation ahead
+		wantIdle  bool
+		wantCheck Refusal
+	}{
+		"never used, 1s before the end": {
+			user: user, now: t0.Add(30*day + UseRecordingSlack - time.Second), wantAt: t0.Add(30*day + UseRecordingSlack),
+		},
+		"never used, at the end": {
+			user: user, now: t0.Add(30*day + UseRecordingSlack), wantAt: t0.Add(30*day + UseRecordingSlack), wantIdle: true, wantCheck: Revoked,
+		},
+		"used on day 20: counted from the use": {
+			user: user, tok: func(t *Token) { t.AnyLastUsed = t0.Add(20 * day) }, now: t0.Add(40 * day), wantAt: t0.Add(50*day + UseRecordingSlack),
+		},
+		"a rotation carries the line's start": {
+			user: user, tok: func(t *Token) { t.IssuedAt, t.IdleSince = t0.Add(25*day), t0 }, now: t0.Add(30*day + UseRecordingSlack), wantAt: t0.Add(30*day + UseRecordingSlack),
+			wantIdle: true, wantCheck: Revoked,
+		},
+		"the token's maxIdle shortens its user's": {
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(2 * day)}, user: user, now: t0.Add(2*day + UseRecordingSlack), wantAt: t0.Add(2*day + UseRecordingSlack),
+			wantIdle: true, wantCheck: Revoked,
+		},
+		"the token's maxIdle never lengthens its user's": {
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(90 * day)}, user: user, now: t0, wantAt: t0.Add(30*day + UseRecordingSlack),
+		},
+		"the token's own maxIdle, its user setting none": {
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(2 * day)}, user: active, now: t0, wantAt: t0.Add(2*day + UseRecordingSlack),
+		},
+		"no maxIdle": {user: active, now: t0.Add(1000 * day)},
+		"expiry first: it expires, never idles": {
+			spec: lifetime(10 * day), user: user, now: t0.Add(40 * day), wantCheck: Expired,
+		},
+		"revoked for idleness before: stays revoked, used or not": {
+			user: user, tok: func(t *Token) { t.IdleRevoked, t.AnyLastUsed = true, t0.Add(day) }, now: t0.Add(2 * day), wantAt: t0.Add(31*day + UseRecordingSlack),
+			wantIdle: true, wantCheck: Revoked,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			spec := tc.spec
+			if spec == nil {
+				spec = &keymintv1alpha1.ApiTokenSpec{}
+			}
+			expiry, _ := Expiry(spec, &tc.user, t0)
+			tok := issued(spec, expiry)
+			if tc.tok != nil {
+				tc.tok(&tok)
+			}
+			v := Evaluate(&tok, &tc.user, tc.now)
+			if v.Idles != !tc.wantAt.IsZero() || !v.IdleAt.Equal(tc.wantAt) {
+				t.Errorf("idle at %v (%v), want %v", v.IdleAt, v.Idles, tc.wantAt)
+			}
+			if got := v.Revoked == keymintv1alpha1.ApiTokenReasonIdle; got != tc.wantIdle || v.Accepted == (tc.wantCheck != Accepted) {
+				t.Errorf("revoked %q, accepted %v; want idle %v, check %v", v.Revoked, v.Accepted, tc.wantIdle, tc.wantCheck)
+			}
+			if got := Check(&tok, &tc.user, Current, tc.now); got != tc.wantCheck {
+				t.Errorf("Check = %v, want %v", got, tc.wantCheck)
+			}
+		})
+	}
+}
+
+// TestLeakedHashesAreRefused: a reported hash is refused, current or
+// rotated-out, and drops out of the grace period; the others are not.
+func TestLeakedHashesAreRefused(t *testing.T) {
+	spec := &keymintv1alpha1.ApiTokenSpec{}
+	tok := issued(spec, time.Time{})
+	tok.Previous = []Previous{
+		{Hash: "sha256:a", IssuedAt: t0.Add(-time.Hour), ValidUntil: t0.Add(time.Hour), Leaked: true},
+		{Hash: "sha256:b", IssuedAt: t0.Add(-time.Hour), ValidUntil: t0.Add(time.Hour)},
+	}
+	if got := Check(&tok, &active, 0, t0); got != Leaked {
+		t.Errorf("leaked rotated-out hash: %v, want Leaked", got)
+	}
+	if got := Check(&tok, &active, 1, t0); got != Accepted {
+		t.Errorf("other rotated-out hash: %v, want Accepted", got)
+	}
+	if got := Check(&tok, &active, Current, t0); got != Accepted {
+		t.Errorf("current: %v, want Accepted", got)
+	}
+	v := Evaluate(&tok, &active, t0)
+	if kept := StillAccepted(&tok, &active, &v, t0); len(kept) != 1 || kept[0].Hash != "sha256:b" {
+		t.Errorf("StillAccepted = %v, want only sha256:b", kept)
+	}
+	tok.Leaked = true
+	v = Evaluate(&tok, &active, t0)
+	if got := Check(&tok, &active, Current, t0); got != Leaked || v.Accepted || !v.Leaked {
+		t.Errorf("leaked current: %v, accepted %v; want Leaked, not accepted", got, v.Accepted)
+	}
+	if _, ok := RotatedOut(&tok, &v, "sha256:c", t0); ok {
+		t.Error("a leaked current token was kept for a grace period")
 	}
 }

@@ -123,6 +123,9 @@ var failures = [tokenstate.NumRefusals]Failure{
 	tokenstate.GraceEnded:     InvalidToken,
 	tokenstate.NotForAudience: WrongAudience,
 	tokenstate.TooManyBudgets: BadRequest,
+	// A reported leak is a revocation: the consumer's Secret holds the
+	// replacement already, or soon.
+	tokenstate.Leaked: RevokedToken,
 }
 
 // Checker decides whether a presented token is good.
