@@ -49,6 +49,11 @@ var leakedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 
 func init() {
 	metrics.Registry.MustRegister(leakedTotal)
+	// Both series exist from the start, so that an alert on their
+	// increase sees the first leak.
+	for _, source := range []string{"github", "gitlab"} {
+		leakedTotal.WithLabelValues(source)
+	}
 }
 
 // actionEvent emits an Event for the action a reconcile took, and for an

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -116,7 +117,31 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&o.expiryWarning, "expiry-warning", controllers.DefaultExpiryWarning, "how long before expiry a token gets condition ExpiringSoon and a Warning Event, when its ServiceUser sets no tokenPolicy.expiryWarning; 0 turns such warnings off")
 	fs.DurationVar(&o.maxStale, "max-index-staleness", 10*time.Second, "readiness fails once the check server's index has been out of touch with the API server (its watch of ApiTokens or ServiceUsers down) for longer than this; checks go on being answered from the index")
 	fs.StringVar(&o.recordKey, "record-key-secret", defaultRecordKeySecret(), "namespace/name of the Secret holding the keys that sign token records, created on first start; only keymint should read it (docs/security.md)")
+	fs.BoolVar(&o.check.LeakReports, "leak-reports", false, "serve the leak report endpoints (POST "+check.LeakReportPath+", GitLab's "+check.RevocableTokenTypesPath+" and "+check.RevokeTokensPath+") on the check server")
+	fs.StringVar(&o.check.GitLabTokenFile, "leak-report-gitlab-token-file", "", "file holding the token GitLab's Token Revocation API calls authenticate with (a mounted Secret), read again when it changes; unset: GitLab's endpoints are not served")
+	fs.IntVar(&o.check.LeakReportRate, "leak-report-requests-per-minute", 600, "leak report requests per minute from all clients together, on each replica")
+	fs.IntVar(&o.check.LeakReportClientRate, "leak-report-client-requests-per-minute", 10, "leak report requests per minute from one client address (an IPv6 /64) to POST "+check.LeakReportPath+", on each replica")
+	fs.Func("trusted-proxy-cidrs", "comma-separated CIDRs of the proxies in front of the check server (a load balancer, an ingress): only a connection from one of them has its X-Forwarded-For read for the client address leak report rates count against; unset: the connection's own address", o.addTrustedProxies)
 	o.zap.BindFlags(fs)
+}
+
+// addTrustedProxies reads a --trusted-proxy-cidrs value: CIDRs (or single
+// addresses), comma separated; the flag may be given more than once.
+func (o *options) addTrustedProxies(value string) error {
+	for cidr := range strings.SplitSeq(value, ",") {
+		if cidr = strings.TrimSpace(cidr); cidr == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(cidr)
+		if a, aerr := netip.ParseAddr(cidr); err != nil && aerr == nil {
+			p, err = a.Prefix(a.BitLen()) // one proxy's address
+		}
+		if err != nil {
+			return fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8 or fd00::/8", cidr)
+		}
+		o.check.TrustedProxies = append(o.check.TrustedProxies, p.Masked())
+	}
+	return nil
 }
 
 // validate checks the flags against each other, touching nothing: every

@@ -131,7 +131,9 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 	// Traffic: a token checked once as good and once short of a scope.
 	const ns = "observed"
 	g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
-	g.Expect(c.Create(ctx, testenv.ServiceUser(ns, "exporter", testenv.WithPermissions("invoices:read")))).To(Succeed())
+	g.Expect(c.Create(ctx, testenv.ServiceUser(ns, "exporter", testenv.WithPermissions("invoices:read"), func(u *keymintv1alpha1.ServiceUser) {
+		u.Spec.TokenPolicy.MaxIdle = &metav1.Duration{Duration: time.Hour} // before its expiry: the idle series exists
+	}))).To(Succeed())
 	g.Expect(c.Create(ctx, testenv.ApiToken(ns, "nightly", "exporter",
 		testenv.WithExpiresAt(time.Now().Add(72*time.Hour).Truncate(time.Second)), testenv.WithRotation(24*time.Hour, 0)))).To(Succeed())
 	ca, err := os.ReadFile(files.CAFile)

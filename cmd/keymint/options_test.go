@@ -30,6 +30,17 @@ func TestValidate(t *testing.T) {
 		"webhook port out of range":     {args: []string{"--webhook-bind-address=:70000"}, wantErr: "--webhook-bind-address"},
 		"webhook address without port":  {args: []string{"--webhook-bind-address=localhost"}, wantErr: "--webhook-bind-address"},
 		"check server's own validation": {args: []string{"--default-requests-per-minute=0"}, wantErr: "requests"},
+		"leak reports":                  {args: []string{"--leak-reports"}},
+		"leak reports, all set": {args: []string{"--leak-reports", "--leak-report-gitlab-token-file=/gitlab/token",
+			"--leak-report-requests-per-minute=60", "--leak-report-client-requests-per-minute=5", "--trusted-proxy-cidrs=10.0.0.0/8, fd00::/8,192.168.1.7"}},
+		"GitLab token without leak reports": {args: []string{"--leak-report-gitlab-token-file=/gitlab/token"}, wantErr: "--leak-report-gitlab-token-file serves GitLab's Token Revocation API, which needs --leak-reports"},
+		"leak report rate zero":             {args: []string{"--leak-reports", "--leak-report-requests-per-minute=0"}, wantErr: "--leak-report-requests-per-minute must be between 1 and"},
+		"leak report rate too high":         {args: []string{"--leak-reports", "--leak-report-requests-per-minute=1000001"}, wantErr: "--leak-report-requests-per-minute must be between 1 and"},
+		"leak report client rate negative":  {args: []string{"--leak-reports", "--leak-report-client-requests-per-minute=-1"}, wantErr: "--leak-report-client-requests-per-minute must be between 1 and"},
+		"leak report rates unused":          {args: []string{"--leak-report-requests-per-minute=0"}},
+		"trusted proxies not CIDRs":         {args: []string{"--trusted-proxy-cidrs=10.0.0.0/8,proxy.example"}, wantErr: `-trusted-proxy-cidrs: "proxy.example" is not a CIDR`},
+		"trusted proxies past the bits":     {args: []string{"--trusted-proxy-cidrs=10.0.0.0/33"}, wantErr: `-trusted-proxy-cidrs: "10.0.0.0/33" is not a CIDR`},
+		"trusted proxies everyone":          {args: []string{"--trusted-proxy-cidrs=0.0.0.0/0"}, wantErr: "--trusted-proxy-cidrs 0.0.0.0/0 trusts every address"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -37,10 +48,11 @@ func TestValidate(t *testing.T) {
 			fs := flag.NewFlagSet("keymint", flag.ContinueOnError)
 			fs.SetOutput(io.Discard)
 			o.bind(fs)
-			if err := fs.Parse(tc.args); err != nil {
-				t.Fatal(err)
+			// A value a flag cannot take is refused as it is parsed.
+			err := fs.Parse(tc.args)
+			if err == nil {
+				err = o.validate()
 			}
-			err := o.validate()
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Errorf("refused: %v", err)
@@ -50,5 +62,24 @@ func TestValidate(t *testing.T) {
 				t.Errorf("error %q does not name %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestTrustedProxyCIDRs: the flag takes CIDRs and single addresses, comma
+// separated and repeated, and keeps each masked.
+func TestTrustedProxyCIDRs(t *testing.T) {
+	o := newOptions()
+	fs := flag.NewFlagSet("keymint", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o.bind(fs)
+	if err := fs.Parse([]string{"--trusted-proxy-cidrs=10.1.2.3/8, 192.168.1.7", "--trusted-proxy-cidrs=fd00::1/8,"}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range o.check.TrustedProxies {
+		got = append(got, p.String())
+	}
+	if want := "10.0.0.0/8 192.168.1.7/32 fd00::/8"; strings.Join(got, " ") != want {
+		t.Errorf("trusted proxies %v, want %s", got, want)
 	}
 }

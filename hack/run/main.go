@@ -29,6 +29,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -40,6 +41,7 @@ import (
 	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/selfsigned"
 	"github.com/keymint/keymint/internal/testenv"
+	"github.com/keymint/keymint/webhook/check"
 )
 
 type options struct {
@@ -142,6 +144,9 @@ func runAgainstCluster(ctx context.Context, o options, dir, envFile string, cfg 
 	if err := ensureNamespace(ctx, cfg, keymintNamespace); err != nil {
 		return err
 	}
+	if err := ensureLeakReportToken(ctx, cfg, leakReportTokenFile(dir)); err != nil {
+		return err
+	}
 	say("This cluster's kube-apiserver does not ask keymint about tokens unless you configure it (docs/checks.md); /check works as is")
 	awaitKey, err := recordKeyWaiter(cfg, "")
 	if err != nil {
@@ -230,6 +235,9 @@ func runLocal(ctx context.Context, o options, dir, envFile string) error {
 		}
 	}
 	if err := ensureNamespace(ctx, cfg, keymintNamespace); err != nil {
+		return err
+	}
+	if err := ensureLeakReportToken(ctx, cfg, leakReportTokenFile(dir)); err != nil {
 		return err
 	}
 	if err := bindManagerRole(ctx, cfg, root); err != nil {
@@ -454,7 +462,7 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	o.replicas = max(o.replicas, 1)
 	// The requester webhook make run installs (installWebhooks): keymint
 	// mints nothing while it is missing.
-	extra := []string{"--mutating-webhook-configuration=" + localWebhooks}
+	extra := append([]string{"--mutating-webhook-configuration=" + localWebhooks}, leakReportArgs(leakReportTokenFile(dir))...)
 	if o.replicas > 1 {
 		extra = append(extra, "--leader-elect")
 	}
@@ -523,13 +531,13 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 		for _, r := range replicas {
 			ps, pids = append(ps, r.k.Ports), append(pids, r.k.Pid())
 		}
-		return os.WriteFile(envFile, []byte(envVars(kubeconfig, certs, ps, pids, redisURL)), 0o600)
+		return os.WriteFile(envFile, []byte(envVars(kubeconfig, certs, ps, pids, redisURL, leakReportTokenFile(dir))), 0o600)
 	}
 	if err := writeEnv(); err != nil {
 		return err
 	}
 	defer os.Remove(envFile)
-	printNextSteps(root, envFile, o.replicas > 1 || redisURL != "")
+	fmt.Print(nextSteps(root, envFile, o.replicas > 1 || redisURL != "", fmt.Sprintf("https://127.0.0.1:%d", replicas[0].k.Ports.Check), leakReportTokenFile(dir)))
 
 	// With one replica, its exit ends make run, as before; with more, it
 	// is started again after a second.
@@ -683,15 +691,17 @@ func keymintOptions(bin, kubeconfig string, certs selfsigned.Files, env, extra [
 // envVars is keymint.env: what the second terminal needs. The first
 // replica's URLs stand alone for scripts that know one; KEYMINT_CHECK_URLS
 // and KEYMINT_PIDS list every replica's, in order.
-func envVars(kubeconfig string, certs selfsigned.Files, replicas []testenv.KeymintPorts, pidList []int, redisURL string) string {
+// KEYMINT_LEAK_REPORT_GITLAB_TOKEN_FILE is where the token GitLab's leak
+// report endpoints ask for is: the file, not the token.
+func envVars(kubeconfig string, certs selfsigned.Files, replicas []testenv.KeymintPorts, pidList []int, redisURL, leakTokenFile string) string {
 	var urls, pids, metrics []string
 	for i, r := range replicas {
 		urls = append(urls, fmt.Sprintf("https://127.0.0.1:%d", r.Check))
 		metrics = append(metrics, fmt.Sprintf("http://127.0.0.1:%d/metrics", r.Metrics))
 		pids = append(pids, strconv.Itoa(pidList[i]))
 	}
-	vars := fmt.Sprintf("KUBECONFIG=%s\nKEYMINT_CHECK_URL=%s\nKEYMINT_CA_FILE=%s\nKEYMINT_METRICS_URL=%s\n",
-		kubeconfig, urls[0], certs.CAFile, metrics[0])
+	vars := fmt.Sprintf("KUBECONFIG=%s\nKEYMINT_CHECK_URL=%s\nKEYMINT_CA_FILE=%s\nKEYMINT_METRICS_URL=%s\nKEYMINT_LEAK_REPORT_GITLAB_TOKEN_FILE=%s\n",
+		kubeconfig, urls[0], certs.CAFile, metrics[0], leakTokenFile)
 	if len(replicas) > 1 || redisURL != "" {
 		vars += fmt.Sprintf("KEYMINT_CHECK_URLS=%q\nKEYMINT_METRICS_URLS=%q\nKEYMINT_PIDS=%q\n", strings.Join(urls, " "), strings.Join(metrics, " "), strings.Join(pids, " "))
 	}
@@ -711,14 +721,19 @@ func writeCerts(dir string) (selfsigned.Files, error) {
 	return selfsigned.Write(filepath.Join(dir, "certs"), "127.0.0.1", "localhost")
 }
 
-func printNextSteps(root, envFile string, replicas bool) {
+// nextSteps is the banner make run prints once keymint is ready: what to
+// run in a second terminal. checkURL is the first replica's check server;
+// leakTokenFile holds the token of GitLab's leak report endpoints, which
+// the banner names, never prints.
+func nextSteps(root, envFile string, replicas bool, checkURL, leakTokenFile string) string {
 	rel := func(p string) string {
 		if r, err := filepath.Rel(root, p); err == nil {
 			return r
 		}
 		return p
 	}
-	fmt.Printf(`
+	var b strings.Builder
+	fmt.Fprintf(&b, `
 ==> keymint is ready. In a second terminal, from %s:
 
   source %s && export KUBECONFIG KEYMINT_CHECK_URL KEYMINT_CA_FILE KEYMINT_METRICS_URL
@@ -729,11 +744,9 @@ func printNextSteps(root, envFile string, replicas bool) {
   curl --cacert "$KEYMINT_CA_FILE" -H "Authorization: Bearer $TOKEN" "$KEYMINT_CHECK_URL/check?scope=invoices:read"
   curl -s "$KEYMINT_METRICS_URL" | grep ^keymint_
 
-Ctrl-C here stops keymint, kube-apiserver and etcd.
-
 `, root, rel(envFile))
 	if replicas {
-		fmt.Printf(`With several replicas or Redis, keymint.env also has KEYMINT_CHECK_URLS and KEYMINT_METRICS_URLS
+		fmt.Fprintf(&b, `With several replicas or Redis, keymint.env also has KEYMINT_CHECK_URLS and KEYMINT_METRICS_URLS
 (every replica's, the first one's in KEYMINT_CHECK_URL and KEYMINT_METRICS_URL), KEYMINT_PIDS and,
 with Redis, KEYMINT_REDIS_URL; Ctrl-C stops the replicas and redis-server too:
 
@@ -743,6 +756,104 @@ with Redis, KEYMINT_REDIS_URL; Ctrl-C stops the replicas and redis-server too:
 
 `, rel(envFile))
 	}
+	tokenFile := rel(leakTokenFile)
+	fmt.Fprintf(&b, `Leak reports are on (--leak-reports; docs/helm.md#leak-reports), on every replica's check server:
+
+  GitHub's form, unauthenticated:  %[1]s%[2]s
+  GitLab's Token Revocation API:   %[1]s%[3]s
+                                   %[1]s%[4]s
+  GitLab's token (the Authorization header): Secret %[5]s (key token), and its copy
+  %[6]s (--leak-report-gitlab-token-file; KEYMINT_LEAK_REPORT_GITLAB_TOKEN_FILE in keymint.env)
+
+Report $TOKEN as leaked: keymint refuses it at once and puts a new token in Secret billing-exporter-token
+(202, or 204 from GitLab's form, whether keymint knew the token or not):
+
+  curl --cacert "$KEYMINT_CA_FILE" -H 'Content-Type: application/json' -d '{"credentials": ["'"$TOKEN"'"]}' "$KEYMINT_CHECK_URL%[2]s"
+  echo "$TOKEN" | bin/kubectl-keymint scan --report "$KEYMINT_CHECK_URL" --report-ca-file "$KEYMINT_CA_FILE" -
+
+Or as GitLab does, with its token:
+
+  curl --cacert "$KEYMINT_CA_FILE" -H "Authorization: $(cat %[6]s)" "$KEYMINT_CHECK_URL%[3]s"
+  curl --cacert "$KEYMINT_CA_FILE" -H "Authorization: $(cat %[6]s)" -H 'Content-Type: application/json' \
+    -d '[{"type": "%[7]s", "token": "'"$TOKEN"'", "location": "https://example.test/leak"}]' "$KEYMINT_CHECK_URL%[4]s"
+
+`, checkURL, check.LeakReportPath, check.RevocableTokenTypesPath, check.RevokeTokensPath, leakReportSecret, tokenFile, check.GitLabTokenType)
+	b.WriteString("Ctrl-C here stops keymint, kube-apiserver and etcd.\n\n")
+	return b.String()
+}
+
+// leakReportSecret is where make run keeps the token GitLab's leak report
+// endpoints ask for, in keymint's namespace, as the chart's
+// leakReports.gitlab.tokenSecret names one.
+var leakReportSecret = types.NamespacedName{Namespace: keymintNamespace, Name: "keymint-leak-report-gitlab"}
+
+// leakReportTokenFile is the copy of leakReportSecret's token keymint reads
+// (--leak-report-gitlab-token-file), as the kubelet would mount it.
+func leakReportTokenFile(dir string) string { return filepath.Join(dir, "leak-report-gitlab-token") }
+
+// leakReportArgs turns both forms of leak reports on: GitHub's, and
+// GitLab's with the token in tokenFile.
+func leakReportArgs(tokenFile string) []string {
+	return []string{"--leak-reports", "--leak-report-gitlab-token-file=" + tokenFile}
+}
+
+// ensureLeakReportToken makes sure Secret leakReportSecret holds a token
+// (key token), keeping the one an earlier run made (.dev/etcd outlives a
+// run, and a GitLab configured with it keeps working) and making a random
+// one otherwise, and copies it into file, readable by its owner only.
+func ensureLeakReportToken(ctx context.Context, cfg *rest.Config, file string) error {
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return err
+	}
+	return syncLeakReportToken(ctx, c, file)
+}
+
+func syncLeakReportToken(ctx context.Context, c client.Client, file string) error {
+	secret := &corev1.Secret{}
+	err := c.Get(ctx, leakReportSecret, secret)
+	switch {
+	case apierrors.IsNotFound(err):
+		secret = &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: leakReportSecret.Namespace, Name: leakReportSecret.Name},
+			Data:       map[string][]byte{"token": []byte(randomHex(32))},
+		}
+		if err := c.Create(ctx, secret); err != nil {
+			return fmt.Errorf("creating Secret %s for GitLab's leak reports: %w", leakReportSecret, err)
+		}
+	case err != nil:
+		return fmt.Errorf("reading Secret %s: %w", leakReportSecret, err)
+	case len(secret.Data["token"]) == 0:
+		if secret.Data == nil {
+			secret.Data = map[string][]byte{}
+		}
+		secret.Data["token"] = []byte(randomHex(32))
+		if err := c.Update(ctx, secret); err != nil {
+			return fmt.Errorf("putting a token into Secret %s: %w", leakReportSecret, err)
+		}
+	}
+	return writePrivate(file, secret.Data["token"])
+}
+
+// writePrivate replaces file with data, readable by its owner only,
+// whatever the mode of the file it replaces.
+func writePrivate(file string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
 }
 
 // port returns p if it is free on 127.0.0.1, or a free port when p is 0:

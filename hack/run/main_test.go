@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
@@ -102,7 +103,7 @@ func TestMetricsOnLoopback(t *testing.T) {
 	}
 	p := testenv.KeymintPorts{Check: 8443, Probe: 40001, Webhook: 40002, Metrics: 40003}
 	env := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(envVars("/x/kubeconfig", certs, []testenv.KeymintPorts{p}, []int{1234}, "")), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(envVars("/x/kubeconfig", certs, []testenv.KeymintPorts{p}, []int{1234}, "", "/x/leak-report-gitlab-token")), "\n") {
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
 			t.Fatalf("keymint.env line %q is not NAME=value", line)
@@ -114,6 +115,8 @@ func TestMetricsOnLoopback(t *testing.T) {
 		"KEYMINT_CHECK_URL":   "https://127.0.0.1:8443",
 		"KEYMINT_CA_FILE":     certs.CAFile,
 		"KEYMINT_METRICS_URL": "http://127.0.0.1:40003/metrics",
+		// The file, never the token in it.
+		"KEYMINT_LEAK_REPORT_GITLAB_TOKEN_FILE": "/x/leak-report-gitlab-token",
 	} {
 		if env[k] != want {
 			t.Errorf("keymint.env %s=%q, want %q", k, env[k], want)
@@ -128,7 +131,7 @@ func TestEnvOfReplicas(t *testing.T) {
 	certs := certFiles("/x")
 	one := testenv.KeymintPorts{Check: 8443, Probe: 40001, Webhook: 40002, Metrics: 40003}
 	two := testenv.KeymintPorts{Check: 40004, Probe: 40005, Webhook: 40006, Metrics: 40007}
-	got := envVars("/x/kubeconfig", certs, []testenv.KeymintPorts{one, two}, []int{11, 22}, "redis://:pw@127.0.0.1:6390/0")
+	got := envVars("/x/kubeconfig", certs, []testenv.KeymintPorts{one, two}, []int{11, 22}, "redis://:pw@127.0.0.1:6390/0", "/x/t")
 	for _, want := range []string{
 		"KEYMINT_CHECK_URL=https://127.0.0.1:8443\n",
 		"KEYMINT_CHECK_URLS=\"https://127.0.0.1:8443 https://127.0.0.1:40004\"\n",
@@ -140,7 +143,7 @@ func TestEnvOfReplicas(t *testing.T) {
 			t.Errorf("keymint.env lacks %q:\n%s", want, got)
 		}
 	}
-	if single := envVars("/x/kubeconfig", certs, []testenv.KeymintPorts{one}, []int{11}, ""); strings.Contains(single, "KEYMINT_CHECK_URLS") {
+	if single := envVars("/x/kubeconfig", certs, []testenv.KeymintPorts{one}, []int{11}, "", "/x/t"); strings.Contains(single, "KEYMINT_CHECK_URLS") {
 		t.Errorf("with one replica and no Redis, keymint.env is as before:\n%s", single)
 	}
 }
@@ -250,5 +253,129 @@ func TestServeKeymintWaitsForTheRecordKey(t *testing.T) {
 	}
 	if _, err := os.Stat(started); err == nil {
 		t.Error("keymint was started with a record key it cannot use")
+	}
+}
+
+// TestLeakReportToken: make run keeps GitLab's leak report token in Secret
+// keymint-system/keymint-leak-report-gitlab (key token), made once, random,
+// and kept across runs, and copies it into a file only its owner reads,
+// which keymint is pointed at.
+func TestLeakReportToken(t *testing.T) {
+	scheme := runtime.NewScheme()
+	_ = corev1.AddToScheme(scheme)
+	ctx := t.Context()
+	file := filepath.Join(t.TempDir(), ".dev", "leak-report-gitlab-token")
+	check := func(t *testing.T, c client.Client) string {
+		t.Helper()
+		secret := &corev1.Secret{}
+		if err := c.Get(ctx, types.NamespacedName{Namespace: "keymint-system", Name: "keymint-leak-report-gitlab"}, secret); err != nil {
+			t.Fatal(err)
+		}
+		tok := string(secret.Data["token"])
+		got, err := os.ReadFile(file)
+		if err != nil || string(got) != tok {
+			t.Fatalf("%s holds %d bytes (%v), not the Secret's token", file, len(got), err)
+		}
+		if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v, %v; want mode 0600", file, fi.Mode(), err)
+		}
+		return tok
+	}
+
+	c := fake.NewClientBuilder().WithScheme(scheme).Build()
+	if err := syncLeakReportToken(ctx, c, file); err != nil {
+		t.Fatal(err)
+	}
+	first := check(t, c)
+	if len(first) != 64 || strings.Trim(first, "0123456789abcdef") != "" {
+		t.Errorf("the token is %d characters, want 32 random bytes in hex", len(first))
+	}
+
+	// The next run keeps it, and puts the file right whatever it was.
+	if err := os.WriteFile(file, []byte("stale"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syncLeakReportToken(ctx, c, file); err != nil {
+		t.Fatal(err)
+	}
+	if again := check(t, c); again != first {
+		t.Error("a second run changed the token: a GitLab configured with the first would be refused")
+	}
+
+	// A Secret without a token gets one.
+	empty := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "keymint-system", Name: "keymint-leak-report-gitlab"}}
+	c = fake.NewClientBuilder().WithScheme(scheme).WithObjects(empty).Build()
+	if err := syncLeakReportToken(ctx, c, file); err != nil {
+		t.Fatal(err)
+	}
+	if tok := check(t, c); len(tok) != 64 || tok == first {
+		t.Errorf("the empty Secret got a token of %d characters, the same as before: %v", len(tok), tok == first)
+	}
+}
+
+// TestServeKeymintTurnsLeakReportsOn: keymint runs with both forms of leak
+// reports, GitLab's reading the token file make run writes.
+func TestServeKeymintTurnsLeakReportsOn(t *testing.T) {
+	dir := t.TempDir()
+	argsFile := filepath.Join(dir, "args")
+	bin := filepath.Join(dir, "keymint")
+	// A keymint that writes down its arguments and exits.
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nprintf '%s\\n' \"$@\" > "+argsFile+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	err := serveKeymint(t.Context(), options{keymintBin: bin}, dir, dir, filepath.Join(dir, "keymint.env"), "", "", nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "exited before it was ready") {
+		t.Fatalf("serveKeymint = %v, want keymint exited before it was ready", err)
+	}
+	raw, err := os.ReadFile(argsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	for _, want := range []string{"--leak-reports", "--leak-report-gitlab-token-file=" + filepath.Join(dir, "leak-report-gitlab-token")} {
+		if !slices.Contains(args, want) {
+			t.Errorf("keymint's args %q lack %s", args, want)
+		}
+	}
+}
+
+// TestNextSteps: the ready banner says where the leak report endpoints and
+// GitLab's token are, with a curl for each form, and never holds the token.
+func TestNextSteps(t *testing.T) {
+	root := t.TempDir()
+	file := leakReportTokenFile(filepath.Join(root, ".dev"))
+	secret := "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	if err := writePrivate(file, []byte(secret)); err != nil {
+		t.Fatal(err)
+	}
+	banner := nextSteps(root, filepath.Join(root, ".dev", "keymint.env"), false, "https://127.0.0.1:8443", file)
+	for _, want := range []string{
+		"source .dev/keymint.env",
+		"GitHub's form, unauthenticated:  https://127.0.0.1:8443/credentials/revoke\n",
+		"GitLab's Token Revocation API:   https://127.0.0.1:8443/v1/revocable_token_types\n",
+		"https://127.0.0.1:8443/v1/revoke_tokens\n",
+		"Secret keymint-system/keymint-leak-report-gitlab (key token)",
+		".dev/leak-report-gitlab-token (--leak-report-gitlab-token-file",
+		`curl --cacert "$KEYMINT_CA_FILE" -H 'Content-Type: application/json' -d '{"credentials": ["'"$TOKEN"'"]}' "$KEYMINT_CHECK_URL/credentials/revoke"`,
+		`bin/kubectl-keymint scan --report "$KEYMINT_CHECK_URL" --report-ca-file "$KEYMINT_CA_FILE" -`,
+		`-H "Authorization: $(cat .dev/leak-report-gitlab-token)" "$KEYMINT_CHECK_URL/v1/revocable_token_types"`,
+		`"type": "gitleaks_rule_id_keymint_api_token", "token": "'"$TOKEN"'"`,
+		`"$KEYMINT_CHECK_URL/v1/revoke_tokens"`,
+	} {
+		if !strings.Contains(banner, want) {
+			t.Errorf("the banner lacks %q:\n%s", want, banner)
+		}
+	}
+	if strings.Contains(banner, secret[:16]) {
+		t.Errorf("the banner holds GitLab's token:\n%s", banner)
+	}
+	if !strings.HasSuffix(banner, "\nCtrl-C here stops keymint, kube-apiserver and etcd.\n\n") {
+		t.Errorf("the banner does not end with how to stop make run:\n%s", banner)
+	}
+	if strings.Contains(banner, "KEYMINT_CHECK_URLS") {
+		t.Error("the replicas' lines with one replica")
 	}
 }

@@ -25,12 +25,13 @@ import (
 
 // Exit codes. Found is scan's answer when it finds a token; Failed is what
 // any command returns on an error (scan's 2 keeps "found" apart from "could
-// not look").
+// not look", and its 3 from "found, and keymint was not told").
 const (
-	ExitOK        = 0
-	ExitFound     = 1
-	ExitFailed    = 1
-	ExitScanError = 2
+	ExitOK           = 0
+	ExitFound        = 1
+	ExitFailed       = 1
+	ExitScanError    = 2
+	ExitReportFailed = 3
 )
 
 // Options are what the plugin reads from its surroundings; tests replace

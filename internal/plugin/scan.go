@@ -17,9 +17,10 @@ import (
 )
 
 func newScanCommand(o Options) *cobra.Command {
+	var rf reportFlags
 	cmd := &cobra.Command{
 		Use:   "scan PATH...",
-		Short: "Find keymint tokens in files (for CI and pre-commit hooks)",
+		Short: "Find keymint tokens in files (for CI and pre-commit hooks), and report them to keymint",
 		Long: `Find keymint tokens in files and directories: strings with a token's shape
 whose checksum matches, so typos and look-alikes are not reported. Prints
 file:line and the token's public prefix only, never the token.
@@ -28,10 +29,26 @@ Directories are walked; .git directories, binary files (a NUL byte in the
 first 8000 bytes) and symbolic links inside directories are skipped. "-"
 reads standard input.
 
-Exit status: 0 when no token is found, 1 when any is, 2 when a path could
-not be read (then the scan is incomplete, whatever it found).`,
+--report URL sends the distinct tokens found to keymint's leak report
+endpoint (POST /credentials/revoke on the check server, served with
+keymint's --leak-reports; a URL without a path gets that one), as
+{"credentials": [...]}, in batches of at most 1000. keymint refuses each
+token it issued and still accepts, on every replica, and rotates it at
+once; it answers 202 to every well-formed report, whether it knew the
+tokens or not. For each batch, scan prints the answer and each token's
+prefix and where it was found. --report-ca-file trusts a CA (PEM) instead
+of the system's; --report-insecure-skip-tls-verify trusts any certificate
+(a test server only). kubeconfig's TLS flags do not apply.
+
+Exit status: 0 when no token is found, 1 when any is (and, with --report,
+every one was reported), 2 when a path or a flag could not be used (then
+the scan is incomplete, whatever it found), 3 when tokens were found and
+--report could not report every one of them (a network error, or an
+answer other than 202: each batch says which tokens it held); 3 wins over
+2, since a leaked token keymint still accepts is the more urgent news.`,
 		Example: `  kubectl keymint scan .
-  git diff --cached --name-only -z --diff-filter=ACM | xargs -0 -r kubectl keymint scan`,
+  git diff --cached --name-only -z --diff-filter=ACM | xargs -0 -r kubectl keymint scan
+  kubectl keymint scan --report https://keymint.example.com .`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return &exitError{code: ExitScanError, err: errors.New("scan needs at least one PATH (a file, a directory, or - for standard input)")}
@@ -39,7 +56,14 @@ not be read (then the scan is incomplete, whatever it found).`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			rep, err := rf.reporter()
+			if err != nil {
+				return &exitError{code: ExitScanError, err: err}
+			}
 			s := &scanner{out: o.Streams.Out, errOut: o.Streams.ErrOut}
+			if rep != nil {
+				s.seen = map[string]*finding{}
+			}
 			for _, p := range args {
 				if p == "-" {
 					s.reader("(stdin)", o.Streams.In)
@@ -55,9 +79,20 @@ not be read (then the scan is incomplete, whatever it found).`,
 				fmt.Fprintf(o.Streams.ErrOut, "; %d path(s) could not be read", s.errors)
 			}
 			fmt.Fprintln(o.Streams.ErrOut)
+			unreported := 0
+			if rep != nil {
+				unreported = rep.report(cmd.Context(), s.findings, o.Streams.ErrOut)
+			}
 			switch {
+			case unreported > 0:
+				fmt.Fprintf(o.Streams.ErrOut, "scan: %d of %d token(s) found could not be reported: keymint may still accept them. Rotate or revoke each (kubectl keymint rotate NAME), or run scan --report again; then remove them from the files and their history\n",
+					unreported, len(s.findings))
+				return &exitError{code: ExitReportFailed}
 			case s.errors > 0:
 				return &exitError{code: ExitScanError}
+			case s.found > 0 && rep != nil:
+				fmt.Fprintln(o.Streams.ErrOut, "scan: every token found was reported: keymint refuses and replaces each one it issued and still accepted. Still remove them from the files and their history")
+				return &exitError{code: ExitFound}
 			case s.found > 0:
 				fmt.Fprintln(o.Streams.ErrOut, "scan: treat every token found as leaked: rotate it (kubectl keymint rotate NAME) or revoke it, then remove it from the file and its history")
 				return &exitError{code: ExitFound}
@@ -65,6 +100,7 @@ not be read (then the scan is incomplete, whatever it found).`,
 			return nil
 		},
 	}
+	rf.addFlags(cmd)
 	// A CI job must tell "found a token" (1) from "could not scan" (2),
 	// a mistyped flag included.
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
@@ -78,6 +114,30 @@ type scanner struct {
 	out, errOut                   io.Writer
 	files, filesWithTokens, found int
 	errors, binary                int
+	// findings holds each distinct token found, in the order first found,
+	// with where it was: only with --report, which sends them to keymint.
+	findings []*finding
+	seen     map[string]*finding
+}
+
+// finding is one distinct token and where it was found (file:line).
+type finding struct {
+	token string
+	where []string
+}
+
+// keep records tok, found at where, if the scan reports what it finds.
+func (s *scanner) keep(tok, where string) {
+	if s.seen == nil {
+		return
+	}
+	f := s.seen[tok]
+	if f == nil {
+		f = &finding{token: tok}
+		s.seen[tok] = f
+		s.findings = append(s.findings, f)
+	}
+	f.where = append(f.where, where)
 }
 
 func (s *scanner) fail(path string, err error) {
@@ -148,6 +208,7 @@ func (s *scanner) reader(name string, r io.Reader) {
 	}
 	s.files++
 	found := 0
+	var tokens []string
 	for line, text := 1, data; len(text) > 0; line++ {
 		end := bytes.IndexByte(text, '\n')
 		if end < 0 {
@@ -157,13 +218,17 @@ func (s *scanner) reader(name string, r io.Reader) {
 			text = text[min(end+1, len(text)):]
 			continue
 		}
-		for _, display := range FindTokens(text[:end]) {
-			fmt.Fprintf(s.out, "%s:%d: %s...\n", name, line, display)
+		tokens = tokensIn(tokens[:0], text[:end])
+		plain := len(tokens)
+		tokens = encodedTokensIn(tokens, text[:end])
+		for i, tok := range tokens {
+			encoded := ""
+			if i >= plain {
+				encoded = " (base64-encoded)"
+			}
+			fmt.Fprintf(s.out, "%s:%d: %s...%s\n", name, line, token.Display(tok), encoded)
 			found++
-		}
-		for _, display := range FindEncodedTokens(text[:end]) {
-			fmt.Fprintf(s.out, "%s:%d: %s... (base64-encoded)\n", name, line, display)
-			found++
+			s.keep(tok, fmt.Sprintf("%s:%d", name, line))
 		}
 		text = text[min(end+1, len(text)):]
 	}
@@ -176,8 +241,19 @@ func (s *scanner) reader(name string, r io.Reader) {
 // FindTokens returns the displayable prefix (token.Display) of every keymint
 // token in line: a string of a token's shape that token.Parse accepts, so
 // its checksum matches. The tokens themselves are never returned.
-func FindTokens(line []byte) []string {
-	var found []string
+func FindTokens(line []byte) []string { return displays(tokensIn(nil, line)) }
+
+// displays replaces each token in place by its displayable prefix.
+func displays(tokens []string) []string {
+	for i, t := range tokens {
+		tokens[i] = token.Display(t)
+	}
+	return tokens
+}
+
+// tokensIn appends to found every keymint token in line, whole: only scan
+// --report keeps them, to send them to keymint, and never prints them.
+func tokensIn(found []string, line []byte) []string {
 	tail := token.SecretLen + token.ChecksumLen
 	for i := token.MinPrefixLen; i+1+tail <= len(line); i++ {
 		next := bytes.IndexByte(line[i:len(line)-tail], '_')
@@ -198,7 +274,7 @@ func FindTokens(line []byte) []string {
 			}
 			candidate := string(line[i-n : i+1+tail])
 			if _, err := token.Parse(candidate); err == nil {
-				found = append(found, token.Display(candidate))
+				found = append(found, candidate)
 				i += tail
 				break
 			}
@@ -228,6 +304,10 @@ var minEncodedRun = base64.RawStdEncoding.EncodedLen(token.MinLen)
 // a Secret's data shows it (kubectl get secret -o yaml), or as a value after
 // "KEY=", "key:" or a quote. The token may sit at any byte offset of the
 // encoded bytes.
+func FindEncodedTokens(line []byte) []string { return displays(encodedTokensIn(nil, line)) }
+
+// encodedTokensIn appends to found every keymint token held base64-encoded
+// in line, whole, as tokensIn does.
 //
 // A run of base64 characters long enough to hold a token may start with
 // characters that are not part of the encoded value: in KEYMINT_TOKEN_B64=...
@@ -237,8 +317,7 @@ var minEncodedRun = base64.RawStdEncoding.EncodedLen(token.MinLen)
 // the value's start, every quantum of the value decodes to the value's own
 // bytes, whatever precedes it. That is four linear passes, with no guess
 // about where a key ends.
-func FindEncodedTokens(line []byte) []string {
-	var found []string
+func encodedTokensIn(found []string, line []byte) []string {
 	var decoded []byte
 	for i := 0; i < len(line); {
 		if !isBase64(line[i]) {
@@ -251,7 +330,7 @@ func FindEncodedTokens(line []byte) []string {
 		}
 		for offset := 0; offset < 4 && j-(i+offset) >= minEncodedRun; offset++ {
 			decoded = decodeQuanta(decoded[:0], line[i+offset:j])
-			found = append(found, FindTokens(decoded)...)
+			found = tokensIn(found, decoded)
 		}
 		i = j
 	}

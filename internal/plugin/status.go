@@ -248,6 +248,10 @@ func stateOf(tok *keymintv1alpha1.ApiToken, t *tokenstate.Token, v *tokenstate.V
 		return keymintv1alpha1.ApiTokenReasonPending
 	case v.Expired:
 		return "Expired"
+	case v.Leaked:
+		// Refused already; its replacement is on its way (or waits for
+		// authorization: rotation says so).
+		return keymintv1alpha1.ApiTokenReasonLeaked
 	case meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionExpiringSoon):
 		// Accepted, inside its expiry warning window, as keymint last wrote
 		// (it knows the window: the user's policy, else its own flag).

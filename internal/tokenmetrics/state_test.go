@@ -47,6 +47,21 @@ func TestEvaluate(t *testing.T) {
 		"grace period over": {token: issued(func(t *keymintv1alpha1.ApiToken) {
 			t.Status.PreviousTokens = []keymintv1alpha1.PreviousToken{{TokenHash: "sha256:01", IssuedAt: *at(-2 * time.Hour), ValidUntil: *at(0)}}
 		}), user: user, want: StateActive},
+		"unused past its maxIdle": {token: issued(), user: tokenstate.User{Found: true, UID: "uid", MaxIdle: 30 * time.Minute}, want: StateIdle},
+		"used within its maxIdle": {token: issued(func(t *keymintv1alpha1.ApiToken) { t.Status.LastUsedAt = at(-time.Minute) }),
+			user: tokenstate.User{Found: true, UID: "uid", MaxIdle: 30 * time.Minute}, want: StateActive},
+		"revoked for idleness before": {token: func() *keymintv1alpha1.ApiToken {
+			tok := &keymintv1alpha1.ApiToken{Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "u"}}
+			tok.Status.IdleRevokedAt = at(-time.Hour)
+			return tok
+		}(), user: user, want: StateIdle},
+		"reported leaked, not replaced yet": {token: issued(func(t *keymintv1alpha1.ApiToken) {
+			t.Status.LeakReports = []keymintv1alpha1.LeakReport{{TokenHash: "sha256:00", Source: "github"}}
+		}), user: user, want: StateLeaked},
+		"a rotated-out token reported: the current one is active": {token: issued(func(t *keymintv1alpha1.ApiToken) {
+			t.Status.PreviousTokens = []keymintv1alpha1.PreviousToken{{TokenHash: "sha256:01", IssuedAt: *at(-2 * time.Hour), ValidUntil: *at(time.Minute)}}
+			t.Status.LeakReports = []keymintv1alpha1.LeakReport{{TokenHash: "sha256:01", Source: "github"}}
+		}), user: user, want: StateActive},
 		"Secret name taken": {token: func() *keymintv1alpha1.ApiToken {
 			tok := &keymintv1alpha1.ApiToken{Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "u"}}
 			tok.Status.Conditions = []metav1.Condition{{Type: keymintv1alpha1.ApiTokenConditionReady, Status: metav1.ConditionFalse, Reason: keymintv1alpha1.ApiTokenReasonSecretConflict}}

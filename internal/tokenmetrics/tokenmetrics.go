@@ -46,16 +46,22 @@ const (
 	StateConflict = "conflict"
 	// StatePending: no token is issued yet.
 	StatePending = "pending"
+	// StateIdle: revoked for going unused longer than its maxIdle.
+	StateIdle = "idle"
+	// StateLeaked: the current token was reported leaked and is refused;
+	// its replacement is not issued yet (it waits for authorization, say).
+	StateLeaked = "leaked"
 )
 
 // States lists every state, in the order they are exported.
-var States = []string{StateActive, StateRotating, StateExpired, StateRevoked, StateDisabled, StateOrphaned, StateConflict, StatePending}
+var States = []string{StateActive, StateRotating, StateExpired, StateRevoked, StateDisabled, StateOrphaned, StateConflict, StatePending, StateIdle, StateLeaked}
 
 // Metric names.
 const (
 	ExpirationName   = "keymint_apitoken_expiration_timestamp_seconds"
 	NextRotationName = "keymint_apitoken_next_rotation_timestamp_seconds"
 	TokensName       = "keymint_apitokens"
+	IdleName         = "keymint_apitoken_idle_revocation_timestamp_seconds"
 )
 
 var (
@@ -65,8 +71,11 @@ var (
 	nextRotationDesc = prometheus.NewDesc(NextRotationName,
 		"When the current token of this ApiToken is replaced on schedule (spec.rotation.every), in Unix seconds. Only for tokens that rotate before they expire: an expiry alert can leave those out, since a new token comes first.",
 		[]string{"namespace", "name", "service_user"}, nil)
+	idleDesc = prometheus.NewDesc(IdleName,
+		"When the current token of this ApiToken is revoked for idleness unless a check accepts it first (maxIdle after its last recorded use), in Unix seconds. Only for accepted tokens with a maxIdle that comes before their expiry.",
+		[]string{"namespace", "name", "service_user"}, nil)
 	tokensDesc = prometheus.NewDesc(TokensName,
-		"ApiTokens by state: active, rotating (rotated-out tokens still in their grace period), expired, revoked, disabled (ServiceUser disabled), orphaned (ServiceUser missing), conflict (Secret name taken), pending (not issued yet).",
+		"ApiTokens by state: active, rotating (rotated-out tokens still in their grace period), expired, revoked, disabled (ServiceUser disabled), orphaned (ServiceUser missing), conflict (Secret name taken), pending (not issued yet), idle (revoked for idleness), leaked (reported leaked, not yet replaced).",
 		[]string{"state"}, nil)
 )
 
@@ -88,6 +97,7 @@ func New(c cache.Cache, clk clock.PassiveClock) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- expirationDesc
 	ch <- nextRotationDesc
+	ch <- idleDesc
 	ch <- tokensDesc
 }
 
@@ -121,6 +131,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if v.Expires && v.Revoked == "" {
 			ch <- prometheus.MustNewConstMetric(expirationDesc, prometheus.GaugeValue,
 				float64(v.Expiry.Unix()), t.Namespace, t.Name, t.Spec.ServiceUser)
+		}
+		if v.Idles && v.Accepted {
+			ch <- prometheus.MustNewConstMetric(idleDesc, prometheus.GaugeValue,
+				float64(v.IdleAt.Unix()), t.Namespace, t.Name, t.Spec.ServiceUser)
 		}
 		if v.Rotates && v.Accepted {
 			ch <- prometheus.MustNewConstMetric(nextRotationDesc, prometheus.GaugeValue,
@@ -160,10 +174,14 @@ func Evaluate(t *keymintv1alpha1.ApiToken, u *tokenstate.User, now time.Time) (s
 		return StateDisabled, v
 	case v.Revoked == keymintv1alpha1.ApiTokenReasonServiceUserNotFound:
 		return StateOrphaned, v
+	case v.Revoked == keymintv1alpha1.ApiTokenReasonIdle:
+		return StateIdle, v
 	case v.Revoked != "":
 		return StateRevoked, v
 	case v.Expired:
 		return StateExpired, v
+	case v.Leaked:
+		return StateLeaked, v
 	case !v.Accepted:
 		return StatePending, v
 	case len(tokenstate.StillAccepted(&tok, u, &v, now)) > 0:

@@ -56,6 +56,8 @@ func TestServerDryRun(t *testing.T) {
 		want []string
 		// wantErr, when set, is part of the error kube-apiserver must give.
 		wantErr string
+		// notes are lines helm install's NOTES must have.
+		notes []string
 	}{
 		"defaults": {
 			namespace: "keymint-system",
@@ -87,6 +89,16 @@ func TestServerDryRun(t *testing.T) {
 			args:      []string{"--values", filepath.Join("testdata", "values", "small.yaml")},
 			want: []string{"deployment.apps/keymint-manager", "service/keymint-webhook",
 				"networkpolicy.networking.k8s.io/keymint-allow-webhook-traffic", "networkpolicy.networking.k8s.io/keymint-allow-metrics-traffic"},
+		},
+		"leak reports in both forms behind an Ingress": {
+			namespace: "leaks",
+			args:      []string{"--values", filepath.Join("testdata", "values", "leak-reports.yaml")},
+			want:      []string{"deployment.apps/keymint-manager", "ingress.networking.k8s.io/keymint-leak-reports"},
+			notes: []string{
+				"https://keymint-webhook.leaks.svc/credentials/revoke",
+				"Secret keymint-leak-report-gitlab (key token), which must exist before the pods can start",
+				"Ingress keymint-leak-reports routes only those paths of keymint.example.com",
+			},
 		},
 		// The schema leaves quantities to kube-apiserver, which must
 		// refuse them: the dry run is what catches this.
@@ -136,6 +148,11 @@ func TestServerDryRun(t *testing.T) {
 			}
 			if want := "kubectl -n " + tc.namespace + " rollout status deployment/keymint-manager"; !strings.Contains(string(notes), want) {
 				t.Errorf("NOTES lack %q:\n%s", want, notes)
+			}
+			for _, want := range tc.notes {
+				if !strings.Contains(string(notes), want) {
+					t.Errorf("NOTES lack %q:\n%s", want, notes)
+				}
 			}
 			if testing.Verbose() {
 				t.Logf("helm install --dry-run=server NOTES:\n%s", notes[strings.Index(string(notes), "NOTES:"):])

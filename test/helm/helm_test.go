@@ -126,7 +126,7 @@ func chartPath(t *testing.T) string {
 
 func TestLint(t *testing.T) {
 	_, helm := tools(t)
-	for _, values := range []string{"", "testdata/values/cert-manager.yaml", "testdata/values/small.yaml"} {
+	for _, values := range []string{"", "testdata/values/cert-manager.yaml", "testdata/values/small.yaml", "testdata/values/leak-reports.yaml"} {
 		for _, strict := range []bool{false, true} {
 			args := []string{"lint", chartPath(t)}
 			if values != "" {
@@ -152,14 +152,20 @@ func TestLint(t *testing.T) {
 func TestSchemaRefusesBadValues(t *testing.T) {
 	_, helm := tools(t)
 	cases := map[string]string{
-		"replicas-zero.yaml":         "/replicas",
-		"cert-source.yaml":           "/certs/source",
-		"unknown-key.yaml":           "replica",
-		"metrics-secure-string.yaml": "/metrics/secure",
-		"log-level.yaml":             "/logLevel",
-		"rate-zero.yaml":             "/defaultRequestsPerMinute",
-		"issuer-kind.yaml":           "/certs/certManager/issuerRef/kind",
-		"network-policy-peer.yaml":   "/networkPolicy/webhook/from/0",
+		"replicas-zero.yaml":              "/replicas",
+		"cert-source.yaml":                "/certs/source",
+		"unknown-key.yaml":                "replica",
+		"metrics-secure-string.yaml":      "/metrics/secure",
+		"log-level.yaml":                  "/logLevel",
+		"rate-zero.yaml":                  "/defaultRequestsPerMinute",
+		"issuer-kind.yaml":                "/certs/certManager/issuerRef/kind",
+		"network-policy-peer.yaml":        "/networkPolicy/webhook/from/0",
+		"leak-rate-zero.yaml":             "/leakReports/requestsPerMinute",
+		"leak-client-rate-string.yaml":    "/leakReports/clientRequestsPerMinute",
+		"leak-reports-enabled.yaml":       "'enabled' not allowed",
+		"leak-gitlab-secret.yaml":         "/leakReports/gitlab/tokenSecret",
+		"trusted-proxy-cidr.yaml":         "/trustedProxyCIDRs/1",
+		"trusted-proxy-cidrs-string.yaml": "/trustedProxyCIDRs",
 	}
 	for file, want := range cases {
 		t.Run(file, func(t *testing.T) {
@@ -187,6 +193,37 @@ func TestValues(t *testing.T) {
 			out = append(out, a.(string))
 		}
 		return out
+	}
+	container := func(objs []object) map[string]any {
+		return get(find(objs, "Deployment", "keymint-manager"), "spec", "template", "spec", "containers").([]any)[0].(map[string]any)
+	}
+	// leakArgs are the args of the leak report flags.
+	leakArgs := func(objs []object) []string {
+		var out []string
+		for _, a := range args(objs) {
+			if strings.HasPrefix(a, "--leak-report") || strings.HasPrefix(a, "--trusted-proxy-cidrs") {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
+	// ingressPaths returns the leak report Ingress's paths, failing on one
+	// that is not Exact or not to the check server's Service port.
+	ingressPaths := func(t *testing.T, ing object) []string {
+		t.Helper()
+		var paths []string
+		for _, rule := range get(ing, "spec", "rules").([]any) {
+			for _, p := range get(rule, "http", "paths").([]any) {
+				if str(p, "pathType") != "Exact" {
+					t.Errorf("path %s is %s: only the leak report paths may reach the check server, not what they prefix", str(p, "path"), str(p, "pathType"))
+				}
+				if svc := get(p, "backend", "service"); str(svc, "name") != "keymint-webhook" || str(svc, "port", "name") != "check" {
+					t.Errorf("path %s goes to %v, want port check of Service keymint-webhook", str(p, "path"), svc)
+				}
+				paths = append(paths, str(p, "path"))
+			}
+		}
+		return paths
 	}
 	servicePorts := func(objs []object) []string {
 		var names []string
@@ -429,6 +466,103 @@ func TestValues(t *testing.T) {
 					if got := str(hook, "metadata", "annotations", "cert-manager.io/inject-ca-from"); got != "tokens/keymint-check" {
 						t.Errorf("%s's inject-ca-from is %q", kind, got)
 					}
+				}
+			},
+		},
+		"leak reports off by default": {
+			check: func(t *testing.T, objs []object) {
+				if a := leakArgs(objs); a != nil {
+					t.Errorf("leak report flags %q by default", a)
+				}
+				if find(objs, "Ingress", "keymint-leak-reports") != nil {
+					t.Error("a leak report Ingress by default")
+				}
+				if strings.Contains(fmt.Sprint(container(objs)["volumeMounts"]), "leak-report") {
+					t.Errorf("a leak report mount by default: %v", container(objs)["volumeMounts"])
+				}
+			},
+		},
+		"leak reports, GitHub's form only, with an Ingress": {
+			set: []string{"leakReports.enable=true", "leakReports.ingress.enable=true"},
+			check: func(t *testing.T, objs []object) {
+				want := []string{"--leak-reports", "--leak-report-requests-per-minute=600", "--leak-report-client-requests-per-minute=10"}
+				if a := leakArgs(objs); !slices.Equal(a, want) {
+					t.Errorf("leak report args %q, want %q", a, want)
+				}
+				ing := find(objs, "Ingress", "keymint-leak-reports")
+				if ing == nil {
+					t.Fatal("no Ingress keymint-leak-reports")
+				}
+				// The GitLab endpoints are off: nothing routes to them.
+				if paths := ingressPaths(t, ing); !slices.Equal(paths, []string{"/credentials/revoke"}) {
+					t.Errorf("Ingress paths %q, want /credentials/revoke only", paths)
+				}
+				if host := str(get(ing, "spec", "rules").([]any)[0], "host"); host != "" {
+					t.Errorf("Ingress host %q, want none", host)
+				}
+			},
+		},
+		"leak reports in both forms, behind a trusted Ingress": {
+			set: []string{"leakReports.enable=true", "leakReports.gitlab.tokenSecret=gitlab-revocation", "leakReports.requestsPerMinute=1200",
+				"leakReports.clientRequestsPerMinute=5", "trustedProxyCIDRs={10.244.0.0/16,fd00:10:244::/56}",
+				"leakReports.ingress.enable=true", "leakReports.ingress.className=nginx", "leakReports.ingress.host=keymint.example.com",
+				"leakReports.ingress.annotations.nginx\\.ingress\\.kubernetes\\.io/backend-protocol=HTTPS",
+				"leakReports.ingress.tls[0].hosts[0]=keymint.example.com", "leakReports.ingress.tls[0].secretName=keymint-example-tls"},
+			check: func(t *testing.T, objs []object) {
+				const file = "/etc/keymint/leak-report-gitlab/token"
+				want := []string{"--leak-reports", "--leak-report-requests-per-minute=1200", "--leak-report-client-requests-per-minute=5",
+					"--leak-report-gitlab-token-file=" + file, "--trusted-proxy-cidrs=10.244.0.0/16,fd00:10:244::/56"}
+				if a := leakArgs(objs); !slices.Equal(a, want) {
+					t.Errorf("leak report args %q, want %q", a, want)
+				}
+				// The file the flag names is key token of the Secret,
+				// mounted read-only, whole: a subPath mount would never
+				// see the token change.
+				var mount any
+				for _, m := range container(objs)["volumeMounts"].([]any) {
+					if str(m, "name") == "leak-report-gitlab" {
+						mount = m
+					}
+				}
+				if str(mount, "mountPath") != filepath.Dir(file) || get(mount, "readOnly") != true || get(mount, "subPath") != nil {
+					t.Errorf("the GitLab token mount is %v, want %s read-only, no subPath", mount, filepath.Dir(file))
+				}
+				var volume any
+				for _, v := range get(find(objs, "Deployment", "keymint-manager"), "spec", "template", "spec", "volumes").([]any) {
+					if str(v, "name") == "leak-report-gitlab" {
+						volume = v
+					}
+				}
+				if got := fmt.Sprint(get(volume, "secret")); got != "map[items:[map[key:token path:token]] secretName:gitlab-revocation]" {
+					t.Errorf("the GitLab token volume is %s, want key token of Secret gitlab-revocation as file token", got)
+				}
+
+				ing := find(objs, "Ingress", "keymint-leak-reports")
+				if ing == nil {
+					t.Fatal("no Ingress keymint-leak-reports")
+				}
+				if paths := ingressPaths(t, ing); !slices.Equal(paths, []string{"/credentials/revoke", "/v1/revocable_token_types", "/v1/revoke_tokens"}) {
+					t.Errorf("Ingress paths %q", paths)
+				}
+				if str(ing, "metadata", "namespace") != "tokens" || str(ing, "spec", "ingressClassName") != "nginx" ||
+					str(get(ing, "spec", "rules").([]any)[0], "host") != "keymint.example.com" ||
+					str(ing, "metadata", "annotations", "nginx.ingress.kubernetes.io/backend-protocol") != "HTTPS" ||
+					fmt.Sprint(get(ing, "spec", "tls")) != "[map[hosts:[keymint.example.com] secretName:keymint-example-tls]]" {
+					t.Errorf("Ingress %v", ing)
+				}
+			},
+		},
+		"no Ingress while leak reports are off; trusted proxies still passed": {
+			set: []string{"leakReports.ingress.enable=true", "leakReports.gitlab.tokenSecret=gitlab-revocation", "trustedProxyCIDRs={10.244.0.0/16}"},
+			check: func(t *testing.T, objs []object) {
+				if find(objs, "Ingress", "keymint-leak-reports") != nil {
+					t.Error("an Ingress to leak report endpoints keymint does not serve")
+				}
+				if a := leakArgs(objs); !slices.Equal(a, []string{"--trusted-proxy-cidrs=10.244.0.0/16"}) {
+					t.Errorf("args %q, want --trusted-proxy-cidrs only", a)
+				}
+				if strings.Contains(fmt.Sprint(container(objs)["volumeMounts"]), "leak-report") {
+					t.Error("the GitLab token mounted while leak reports are off")
 				}
 			},
 		},

@@ -7,10 +7,14 @@
 // maps hashes to entries; lastused.go records and writes lastUsedAt;
 // check.go answers one presented token in one call (Checker.Check: one
 // lookup, one tokenstate.Admit, the rules the controller uses too);
+// leak.go queues reports of leaked tokens (a parse, a lookup, one
+// tokenstate.Check) and leakstatus.go writes them to status.leakReports;
 // ratelimit.go and ratelimit_redis.go charge a verdict's budgets (in process
-// or shared in Redis); metrics.go counts answers;
+// or shared in Redis); leaklimit.go bounds leak reporters; metrics.go and
+// leakmetrics.go count answers and reports;
 // handlers.go speaks HTTP (/check, TokenReview): it parses, calls Check,
-// charges the limiter, writes and records the use; feed.go keeps the index
+// charges the limiter, writes and records the use; sharedtoken.go reads
+// GitLab's token and leakhttp.go answers leak reports; feed.go keeps the index
 // in step with the cache; server.go serves over TLS; setup.go wires it into
 // the manager.
 package check

@@ -21,12 +21,18 @@ var layers = []string{
 	"index.go",                           // hash → entry
 	"lastused.go",                        // uses, written to status
 	"check.go",                           // one presented token → one Verdict
+	"leak.go",                            // leak reports → a queue, by ApiToken
+	"leakstatus.go",                      // the queue → status.leakReports
 	"ratelimit.go", "ratelimit_redis.go", // budgets charged
-	"metrics.go",  // answers counted
-	"handlers.go", // HTTP: parse, Check, charge, write, record
-	"feed.go",     // informers → index
-	"server.go",   // TLS serving
-	"setup.go",    // wiring into the manager
+	"leaklimit.go",   // leak reporters' addresses and budgets
+	"metrics.go",     // answers counted
+	"leakmetrics.go", // leak reports counted
+	"handlers.go",    // HTTP: parse, Check, charge, write, record
+	"sharedtoken.go", // GitLab's token, from a file
+	"leakhttp.go",    // HTTP: leak reports, GitHub's and GitLab's shapes
+	"feed.go",        // informers → index
+	"server.go",      // TLS serving
+	"setup.go",       // wiring into the manager
 }
 
 // TestFilesUseOnlyTheLayersBelow type-checks the package and fails for a

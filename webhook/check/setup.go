@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,21 @@ type Options struct {
 	Listener net.Listener
 	// CertReady, when set, closes once CertFile and KeyFile exist.
 	CertReady <-chan struct{}
+
+	// LeakReports serves the leak report endpoints on the check server:
+	// POST /credentials/revoke and, with GitLabTokenFile, GitLab's Token
+	// Revocation API.
+	LeakReports bool
+	// GitLabTokenFile holds the token GitLab authenticates with (a mounted
+	// Secret), read again when it changes; "" leaves GitLab's endpoints
+	// unserved.
+	GitLabTokenFile string
+	// LeakReportRate bounds the leak reports of all clients a minute, and
+	// LeakReportClientRate those of one client on POST /credentials/revoke.
+	LeakReportRate, LeakReportClientRate int
+	// TrustedProxies are the proxies in front of the check server whose
+	// X-Forwarded-For names the client a leak report rate counts against.
+	TrustedProxies []netip.Prefix
 }
 
 // MaxRequestsPerMinute bounds --default-requests-per-minute, as the CRDs
@@ -58,11 +74,38 @@ func (o *Options) Validate() error {
 	if (o.CertFile == "") != (o.KeyFile == "") {
 		return errors.New("set both --check-tls-cert-file and --check-tls-key-file, or neither")
 	}
+	return o.validateLeakReports()
+}
+
+// validateLeakReports says what is wrong with the leak report options.
+func (o *Options) validateLeakReports() error {
+	for _, p := range o.TrustedProxies {
+		switch {
+		case !p.IsValid():
+			return errors.New("--trusted-proxy-cidrs holds an invalid prefix")
+		case p.Bits() == 0:
+			return fmt.Errorf("--trusted-proxy-cidrs %s trusts every address, so any client could name itself in X-Forwarded-For: list the proxies' own ranges", p)
+		}
+	}
+	if !o.LeakReports {
+		if o.GitLabTokenFile != "" {
+			return errors.New("--leak-report-gitlab-token-file serves GitLab's Token Revocation API, which needs --leak-reports")
+		}
+		return nil
+	}
+	if o.LeakReportRate < 1 || o.LeakReportRate > MaxRequestsPerMinute {
+		return fmt.Errorf("--leak-report-requests-per-minute must be between 1 and %d, not %d", MaxRequestsPerMinute, o.LeakReportRate)
+	}
+	if o.LeakReportClientRate < 1 || o.LeakReportClientRate > MaxRequestsPerMinute {
+		return fmt.Errorf("--leak-report-client-requests-per-minute must be between 1 and %d, not %d", MaxRequestsPerMinute, o.LeakReportClientRate)
+	}
 	return nil
 }
 
 // Setup adds the check server, its index feed and the lastUsedAt flusher to
-// the manager, and a readiness check that passes once the index has synced.
+// the manager, and a readiness check that passes once the index has synced;
+// with LeakReports, the leak report endpoints and the writer of their
+// reports too.
 func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	if err := opts.Validate(); err != nil {
 		return err
@@ -76,9 +119,15 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	if err != nil {
 		return err
 	}
+	mux := handler.ServeMux()
+	if opts.LeakReports {
+		if err := setupLeakReports(mgr, opts, index, mux); err != nil {
+			return err
+		}
+	}
 	server := &Server{
 		Addr: opts.Addr, CertFile: opts.CertFile, KeyFile: opts.KeyFile, EnableHTTP2: opts.EnableHTTP2,
-		Handler: handler.ServeMux(), Listener: opts.Listener, CertReady: opts.CertReady,
+		Handler: mux, Listener: opts.Listener, CertReady: opts.CertReady,
 	}
 	if err := mgr.Add(server); err != nil {
 		return err
@@ -97,4 +146,20 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		}
 		return nil
 	})
+}
+
+// setupLeakReports serves the leak report endpoints on mux and adds the
+// writer of their reports to the manager.
+func setupLeakReports(mgr ctrl.Manager, opts Options, index *Index, mux *http.ServeMux) error {
+	reporter := NewLeakReporter(index)
+	writer := &LeakWriter{Reporter: reporter, Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: opts.Clock}
+	handler, err := NewLeakHandler(reporter, opts.Clock, NewLeakMetrics(opts.Registerer, reporter, writer), LeakConfig{
+		RequestsPerMinute: opts.LeakReportRate, ClientRequestsPerMinute: opts.LeakReportClientRate,
+		TrustedProxies: opts.TrustedProxies, GitLabTokenFile: opts.GitLabTokenFile,
+	})
+	if err != nil {
+		return err
+	}
+	handler.Register(mux)
+	return mgr.Add(writer)
 }

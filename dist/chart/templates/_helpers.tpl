@@ -34,3 +34,8 @@ app.kubernetes.io/component: manager
 {{- define "keymint.certManager" -}}
 {{- if eq .Values.certs.source "cert-manager" }}true{{ end }}
 {{- end }}
+
+{{/* GitLab's Token Revocation API: leak reports on, and a Secret for its token. */}}
+{{- define "keymint.gitlabLeakReports" -}}
+{{- if and .Values.leakReports.enable .Values.leakReports.gitlab.tokenSecret }}true{{ end }}
+{{- end }}
