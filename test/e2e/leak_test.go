@@ -146,7 +146,6 @@ spec: {serviceUser: %[1]s%[2]s}
 			Expect(err).NotTo(HaveOccurred())
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			Expect(string(b)).To(ContainSubstring("keymint_leak_report_requests_total"), "replica %s serves no leak metrics", u)
 			for _, line := range strings.Split(string(b), "\n") {
 				name, v, ok := strings.Cut(line, " ")
 				if !ok || strings.HasPrefix(line, "#") {
@@ -259,6 +258,7 @@ spec:
 
 	It("changes nothing when the report is replayed, or when GitOps re-applies the same manifest", func() {
 		writes, queued := leakWrites()
+		Expect(writes).To(BeNumerically(">=", 1), "the report above was written, and counted")
 		record := leakRecord("shop")
 		code, _ := github(1, leaked)
 		Expect(code).To(Equal(http.StatusAccepted))
@@ -269,9 +269,9 @@ spec:
 			g.Expect(checkStatus(0, leaked)).To(Equal(http.StatusUnauthorized))
 			g.Expect(checkStatus(1, leaked)).To(Equal(http.StatusUnauthorized))
 		}, "2s", "200ms").Should(Succeed())
-		Expect(leakWrites()).To(Equal(writes), "a replayed report is not even queued")
-		_, queuedAfter := leakWrites()
-		Expect(queuedAfter).To(Equal(queued))
+		writesAfter, queuedAfter := leakWrites()
+		Expect(writesAfter).To(Equal(writes), "a replayed report writes nothing")
+		Expect(queuedAfter).To(Equal(queued), "a replayed report is not even queued")
 		Expect(leakRecord("shop")).To(Equal(record), "neither the replay nor the re-apply changed the token or its record")
 	})
 
