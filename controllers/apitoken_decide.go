@@ -44,8 +44,10 @@ func decide(o observation) decision {
 	switch {
 	case o.Conflict:
 		return decision{}
-	case v.Revoked == keymintv1alpha1.ApiTokenReasonIdle && o.RotateRequest != "" && o.RotateRequest != o.RotationRequest:
-		// Idleness is undone only by asking for a new token.
+	case v.Revoked == keymintv1alpha1.ApiTokenReasonIdle && !o.SecretHolds && o.RotateRequest != "" && o.RotateRequest != o.RotationRequest:
+		// Idleness is undone only by asking for a new token, once the idle
+		// one is out of the Secret: a mint that is denied must not leave it
+		// there.
 		return decision{Action: actIssue, Reason: eventReissued}
 	case v.Revoked != "":
 		if o.SecretHolds {
@@ -105,12 +107,13 @@ func needsRequester(o *observation, d decision) bool {
 }
 
 // replaces reports whether a decision replaces the current token with one
-// of the same life (the Secret lost it, or another ApiToken claims its hash):
-// that needs no one's authority, so it must give nothing the current token
-// did not have.
+// of the same life (the Secret lost it, another ApiToken claims its hash, or
+// it was reported leaked): it must give nothing the current token did not
+// have. A leak report comes from anyone who holds the token: it must not
+// buy a fresh lifetime.
 func replaces(o observation, d decision) bool {
 	return d.Action == actIssue && o.Current.Issued &&
-		(d.Reason == eventTokenLost || d.Reason == eventSecretChanged || d.Reason == eventHashConflict)
+		(d.Reason == eventTokenLost || d.Reason == eventSecretChanged || d.Reason == eventHashConflict || d.Reason == eventLeaked)
 }
 
 // newRecord returns the record of a token minted at now, with hash and

@@ -155,6 +155,12 @@ func (r *ApiTokenReconciler) conditionEvents(tok *keymintv1alpha1.ApiToken, befo
 			r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, keymintv1alpha1.ApiTokenReasonAuthorized, "Authorize", "%s", c.Message)
 		}
 	}
+	// A leak whose replacement waits (a denied mint): said now, not once
+	// it is replaced.
+	if becameTrue(before.Conditions, st.Conditions, keymintv1alpha1.ApiTokenConditionLeaked) && len(st.LeakReports) > 0 {
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventLeaked, "Refuse", "%s",
+			meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionLeaked).Message)
+	}
 	if hasReason(st.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonSecretConflict) &&
 		!hasReason(before.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonSecretConflict) {
 		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventSecretConflict, "Issue",

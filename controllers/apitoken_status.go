@@ -308,7 +308,7 @@ func withinWarningWindow(in *statusInput) (condition, bool) {
 			since = "its last recorded use, at " + in.a.Token.AnyLastUsed.UTC().Format(time.RFC3339)
 		}
 		return conditionOf(true, keymintv1alpha1.ApiTokenReasonIdleWithinWarningWindow,
-			fmt.Sprintf("Token %s… is revoked for idleness at %s unless a check accepts it before: no check has since %s (maxIdle %s)",
+			fmt.Sprintf("Token %s… is revoked for idleness at %s unless a check accepts it before: no check has since %s (maxIdle %s, and 5m for uses still being recorded)",
 				in.a.Display, in.warn.Ends.UTC().Format(time.RFC3339), since, tokenstate.MaxIdle(in.o.Spec, &in.o.User))), true
 	}
 	return conditionOf(true, keymintv1alpha1.ApiTokenReasonWithinWarningWindow,
@@ -397,8 +397,12 @@ func leakPending(in *statusInput) (condition, bool) {
 		return condition{}, false
 	}
 	r := &in.st.LeakReports[len(in.st.LeakReports)-1]
+	why := "its replacement is not issued yet"
+	if in.auth != nil && !in.auth.Allowed {
+		why += " (" + in.auth.Reason + ": see condition Authorized)"
+	}
 	return conditionOf(true, keymintv1alpha1.ApiTokenReasonReported, fmt.Sprintf(
-		"A token of this ApiToken was reported leaked (%s) and is refused; its replacement is not issued yet", leakWhere(r))), true
+		"A token of this ApiToken was reported leaked (%s) and is refused; %s", leakWhere(r), why)), true
 }
 
 // leakReplaced: keymint acted on the last leak, and the token current

@@ -79,3 +79,46 @@ var _ = Describe("A requester who loses the right to mint", func() {
 		Expect(n).To(Equal(1), "one Event per denial, not one per retry: %v", reasons)
 	})
 })
+
+var _ = Describe("A leak reported while the requester may not mint", func() {
+	It("refuses the token and says so at once: Leaked=True, a Leaked Event, and the replacement once the right is back", func() {
+		ns := newNamespace()
+		createUser(ns, "billing")
+		role := &rbacv1.Role{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "dave-mints-billing"},
+			Rules: []rbacv1.PolicyRule{
+				{APIGroups: []string{"keymint.io"}, Resources: []string{"apitokens"}, Verbs: []string{"get", "create", "update", "patch"}},
+				{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"mint"}, ResourceNames: []string{"billing"}},
+			},
+		}
+		Expect(k8sClient.Create(ctx, role)).To(Succeed())
+		binding := func() *rbacv1.RoleBinding {
+			return &rbacv1.RoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "dave-mints-billing"},
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+				Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "dave"}},
+			}
+		}
+		Expect(k8sClient.Create(ctx, binding())).To(Succeed())
+		daveCfg := rest.CopyConfig(cfg)
+		daveCfg.Impersonate = rest.ImpersonationConfig{UserName: "dave", Groups: []string{"system:authenticated"}}
+		dave, err := client.New(daveCfg, client.Options{Scheme: testenv.Scheme})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(dave.Create(ctx, &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "t"}, Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "billing"}})).To(Succeed())
+		plain, _ := issued(ns, "t")
+
+		Expect(k8sClient.Delete(ctx, binding())).To(Succeed())
+		reportLeak(ns, "t", plain, "")
+		// Ready says what to fix; Leaked, what happened.
+		expectCondition(ns, "t", keymintv1alpha1.ApiTokenConditionReady, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotAllowed)
+		t := expectCondition(ns, "t", keymintv1alpha1.ApiTokenConditionLeaked, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonReported)
+		Expect(meta.FindStatusCondition(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionLeaked).Message).To(ContainSubstring(keymintv1alpha1.ApiTokenReasonNotAllowed))
+		Eventually(func() []string { return eventsFor(ns, "t") }).Should(ContainElements("Leaked", "MintDenied"))
+		Expect(t.Status.LeakReports).To(HaveLen(1), "the report stays until keymint acts on it")
+
+		Expect(k8sClient.Create(ctx, binding())).To(Succeed())
+		_, t = rotatedFrom(ns, "t", plain)
+		Expect(t.Status.LeakReports).To(BeEmpty())
+		Expect(countOf(eventsFor(ns, "t"), "Leaked")).To(Equal(2), "one Event when refused, one when replaced")
+	})
+})

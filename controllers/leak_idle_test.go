@@ -222,7 +222,11 @@ var _ = Describe("maxIdle", func() {
 
 		By("used 90 minutes in, then rotated: a rotation does not restart the count, a use does")
 		fakeClock.Step(90 * time.Minute)
+		poke(ns, "busy")
+		expectCondition(ns, "busy", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonIdleWithinWarningWindow)
 		use(ns, "busy", plain)
+		// The recorded use alone (no edit) ends the warning.
+		expectCondition(ns, "busy", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotExpiringSoon)
 		rotateTo(ns, "busy", "one", plain)
 		usedAt := getToken(ns, "busy").Status.LastUsedAt.Time
 

@@ -14,14 +14,26 @@ import (
 // notOnlyLastUsed drops ApiToken updates that change nothing but the
 // recorded uses (status.lastUsedAt, tokenLastUsedAt, previousTokens[].lastUsedAt):
 // every replica's check server writes them, up to once a minute per token.
-// One use matters: the first of a token whose rotated-out predecessors
-// retireWhenIdle may retire, since retiring waits for it.
+// Two uses matter: the first of a token whose rotated-out predecessors
+// retireWhenIdle may retire, since retiring waits for it; and any use of a
+// token inside its idle warning window, which ends the warning.
 func notOnlyLastUsed() predicate.Predicate {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 		before, ok1 := e.ObjectOld.(*keymintv1alpha1.ApiToken)
 		after, ok2 := e.ObjectNew.(*keymintv1alpha1.ApiToken)
-		return !ok1 || !ok2 || !onlyLastUsedChanged(before, after) || firstUseToRetireOn(before, after)
+		return !ok1 || !ok2 || !onlyLastUsedChanged(before, after) || firstUseToRetireOn(before, after) || useEndsIdleWarning(after)
 	}}
+}
+
+// useEndsIdleWarning reports whether after is warned of idleness: a use
+// recorded now moves its idle revocation later, and the warning goes.
+func useEndsIdleWarning(after *keymintv1alpha1.ApiToken) bool {
+	for _, c := range after.Status.Conditions {
+		if c.Type == keymintv1alpha1.ApiTokenConditionExpiringSoon {
+			return c.Reason == keymintv1alpha1.ApiTokenReasonIdleWithinWarningWindow
+		}
+	}
+	return false
 }
 
 func onlyLastUsedChanged(before, after *keymintv1alpha1.ApiToken) bool {

@@ -504,6 +504,7 @@ type ApiTokenStatus struct {
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Granted",type=string,JSONPath=`.status.conditions[?(@.type=="RequestGranted")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Authorized",type=string,JSONPath=`.status.conditions[?(@.type=="Authorized")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Leaked",type=string,JSONPath=`.status.conditions[?(@.type=="Leaked")].status`,priority=1
 // +kubebuilder:printcolumn:name="Prefix",type=string,JSONPath=`.status.tokenPrefix`
 // +kubebuilder:printcolumn:name="Expires",type=string,JSONPath=`.status.expiresAt`
 // +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.status.secretName`,priority=1

@@ -771,10 +771,10 @@ Report $TOKEN as leaked: keymint refuses it at once and puts a new token in Secr
   curl --cacert "$KEYMINT_CA_FILE" -H 'Content-Type: application/json' -d '{"credentials": ["'"$TOKEN"'"]}' "$KEYMINT_CHECK_URL%[2]s"
   echo "$TOKEN" | bin/kubectl-keymint scan --report "$KEYMINT_CHECK_URL" --report-ca-file "$KEYMINT_CA_FILE" -
 
-Or as GitLab does, with its token:
+Or as GitLab does, with its token (read by bash's printf, so it is never on a command line):
 
-  curl --cacert "$KEYMINT_CA_FILE" -H "Authorization: $(cat %[6]s)" "$KEYMINT_CHECK_URL%[3]s"
-  curl --cacert "$KEYMINT_CA_FILE" -H "Authorization: $(cat %[6]s)" -H 'Content-Type: application/json' \
+  curl --cacert "$KEYMINT_CA_FILE" -H @<(printf 'Authorization: %%s\n' "$(<%[6]s)") "$KEYMINT_CHECK_URL%[3]s"
+  curl --cacert "$KEYMINT_CA_FILE" -H @<(printf 'Authorization: %%s\n' "$(<%[6]s)") -H 'Content-Type: application/json' \
     -d '[{"type": "%[7]s", "token": "'"$TOKEN"'", "location": "https://example.test/leak"}]' "$KEYMINT_CHECK_URL%[4]s"
 
 `, checkURL, check.LeakReportPath, check.RevocableTokenTypesPath, check.RevokeTokensPath, leakReportSecret, tokenFile, check.GitLabTokenType)

@@ -361,7 +361,7 @@ func TestNextSteps(t *testing.T) {
 		".dev/leak-report-gitlab-token (--leak-report-gitlab-token-file",
 		`curl --cacert "$KEYMINT_CA_FILE" -H 'Content-Type: application/json' -d '{"credentials": ["'"$TOKEN"'"]}' "$KEYMINT_CHECK_URL/credentials/revoke"`,
 		`bin/kubectl-keymint scan --report "$KEYMINT_CHECK_URL" --report-ca-file "$KEYMINT_CA_FILE" -`,
-		`-H "Authorization: $(cat .dev/leak-report-gitlab-token)" "$KEYMINT_CHECK_URL/v1/revocable_token_types"`,
+		`-H @<(printf 'Authorization: %s\n' "$(<.dev/leak-report-gitlab-token)") "$KEYMINT_CHECK_URL/v1/revocable_token_types"`,
 		`"type": "gitleaks_rule_id_keymint_api_token", "token": "'"$TOKEN"'"`,
 		`"$KEYMINT_CHECK_URL/v1/revoke_tokens"`,
 	} {

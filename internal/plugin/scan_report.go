@@ -56,7 +56,8 @@ func (f *reportFlags) reporter() (*reporter, error) {
 	}
 	u, err := url.Parse(f.url)
 	if err != nil {
-		return nil, fmt.Errorf("--report: %w", err)
+		// "host:port" with no scheme fails here, not below.
+		return nil, fmt.Errorf("--report %q: want an https:// URL of keymint's check server, such as https://keymint.example.com (%w)", f.url, err)
 	}
 	// The check server serves TLS only, and the tokens must not cross the
 	// network in clear on their way to being revoked.

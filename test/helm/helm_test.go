@@ -183,6 +183,20 @@ func TestSchemaRefusesBadValues(t *testing.T) {
 	}
 }
 
+// TestIngressNeedsTrustedProxies: an Ingress for the leak reports without
+// trustedProxyCIDRs would put every reporter in one client's budget; the
+// chart refuses it, saying what to set.
+func TestIngressNeedsTrustedProxies(t *testing.T) {
+	_, helm := tools(t)
+	out, err := command(t, nil, helm, "template", chartPath(t), "--set", "leakReports.enable=true", "--set", "leakReports.ingress.enable=true")
+	if err == nil {
+		t.Fatalf("helm template rendered an Ingress without trustedProxyCIDRs:\n%s", out)
+	}
+	if !strings.Contains(err.Error(), "leakReports.ingress.enable needs trustedProxyCIDRs") {
+		t.Errorf("the refusal does not say what to set: %v", err)
+	}
+}
+
 // TestValues renders the chart with values a user sets and checks what they
 // change in the manager's Deployment and around it.
 func TestValues(t *testing.T) {
@@ -483,9 +497,9 @@ func TestValues(t *testing.T) {
 			},
 		},
 		"leak reports, GitHub's form only, with an Ingress": {
-			set: []string{"leakReports.enable=true", "leakReports.ingress.enable=true"},
+			set: []string{"leakReports.enable=true", "leakReports.ingress.enable=true", "trustedProxyCIDRs={10.244.1.7/32}"},
 			check: func(t *testing.T, objs []object) {
-				want := []string{"--leak-reports", "--leak-report-requests-per-minute=600", "--leak-report-client-requests-per-minute=10"}
+				want := []string{"--leak-reports", "--leak-report-requests-per-minute=600", "--leak-report-client-requests-per-minute=10", "--trusted-proxy-cidrs=10.244.1.7/32"}
 				if a := leakArgs(objs); !slices.Equal(a, want) {
 					t.Errorf("leak report args %q, want %q", a, want)
 				}

@@ -6,6 +6,8 @@ package check
 // queued, once. leakstatus.go writes the queue to ApiToken status.
 
 import (
+	"encoding/base64"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -235,7 +237,8 @@ func (s *recentLeaks) forget(h hash) { delete(s.at, h) }
 // cleanLocation is what of a reporter's location may be stored: valid
 // UTF-8, at most MaxLeakLocation bytes cut on a character boundary, and
 // nothing at all if it holds a keymint token (a URL with the token in its
-// query, say), since the status is no place for one.
+// query, say), plain, percent-encoded or base64-encoded: the status is no
+// place for one.
 func cleanLocation(s string) string {
 	// Only what may be kept is read, and enough past it to see a token
 	// that the cut would halve.
@@ -243,8 +246,17 @@ func cleanLocation(s string) string {
 		s = s[:MaxLeakLocation+token.MaxLen]
 	}
 	s = strings.ToValidUTF8(s, "\uFFFD")
-	if containsToken(s) {
+	if containsToken(s) || base64HidesToken(s) {
 		return ""
+	}
+	for decoded, range3 := s, 0; range3 < 3; range3++ {
+		d, err := url.PathUnescape(decoded)
+		if err != nil || d == decoded {
+			break
+		}
+		if decoded = d; containsToken(decoded) || base64HidesToken(decoded) {
+			return ""
+		}
 	}
 	if len(s) > MaxLeakLocation {
 		cut := MaxLeakLocation
@@ -254,6 +266,35 @@ func cleanLocation(s string) string {
 		s = s[:cut]
 	}
 	return s
+}
+
+// base64HidesToken reports whether a run of base64 characters (standard
+// or URL-safe) in s decodes to something holding a keymint token: a
+// location that carries one encoded. Runs shorter than a token are not
+// tried; paths and commit hashes decode to nothing that parses.
+func base64HidesToken(s string) bool {
+	isB64 := func(c byte) bool {
+		return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '-' || c == '_' || c == '='
+	}
+	for i := 0; i < len(s); {
+		j := i
+		for j < len(s) && isB64(s[j]) {
+			j++
+		}
+		if run := strings.TrimRight(s[i:j], "="); len(run) >= token.MinLen {
+			for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
+				for off := range 4 {
+					chunk := run[off:]
+					chunk = chunk[:len(chunk)-len(chunk)%4]
+					if b, err := enc.DecodeString(chunk); err == nil && containsToken(string(b)) {
+						return true
+					}
+				}
+			}
+		}
+		i = j + 1
+	}
+	return false
 }
 
 // containsToken reports whether any part of s parses as a keymint token:

@@ -2,6 +2,7 @@ package check
 
 import (
 	"context"
+	"encoding/base64"
 	"strconv"
 	"strings"
 	"testing"
@@ -132,6 +133,13 @@ func TestCleanLocation(t *testing.T) {
 		{"a token in it", "https://ci.example/job?token=" + tok + "&x=1", ""},
 		{"a token right at the cut", strings.Repeat("a", MaxLeakLocation-10) + "/" + tok, ""},
 		{"a token with a typo is no token", "x=" + tok[:len(tok)-1] + "!", "x=" + tok[:len(tok)-1] + "!"},
+		{"a percent-encoded token", "https://ci.example/job?t=" + strings.ReplaceAll(tok, "_", "%5F"), ""},
+		{"a twice percent-encoded token", "https://ci.example/job?t=" + strings.ReplaceAll(tok, "_", "%255F"), ""},
+		{"a base64-encoded token", "https://ci.example/env/" + base64.StdEncoding.EncodeToString([]byte("TOKEN="+tok+"\n")), ""},
+		{"a URL-safe base64-encoded token", "https://ci.example/env?v=" + base64.RawURLEncoding.EncodeToString([]byte(tok)), ""},
+		{"a long path with a commit hash is kept",
+			"https://gitlab.example.com/platform/payments/billing-service/-/blob/0123456789abcdef0123456789abcdef01234567/deploy/production/values.yaml#L42",
+			"https://gitlab.example.com/platform/payments/billing-service/-/blob/0123456789abcdef0123456789abcdef01234567/deploy/production/values.yaml#L42"},
 	} {
 		got := cleanLocation(tc.in)
 		if got != tc.want {

@@ -226,10 +226,11 @@ func (h *LeakHandler) revokeTokens(w http.ResponseWriter, r *http.Request) int {
 	return http.StatusNoContent
 }
 
-// gitlabAdmits lets a request with the shared token through the global
-// limit, and answers any other: 401, or 429 once it is over the budgets a
-// GitHub-shaped report counts against (its client's and the global one),
-// so that guessing the token goes no faster than reporting.
+// gitlabAdmits lets a request with the shared token through its own
+// budget (anonymous reports cannot use it up), and answers any other: 401,
+// or 429 once it is over the budgets a GitHub-shaped report counts against
+// (its client's and the global one), so that guessing the token goes no
+// faster than reporting.
 func (h *LeakHandler) gitlabAdmits(w http.ResponseWriter, r *http.Request) (int, bool) {
 	now := h.Clock.Now()
 	if !h.gitlab.matches(r.Header.Get("Authorization")) {
@@ -241,7 +242,7 @@ func (h *LeakHandler) gitlabAdmits(w http.ResponseWriter, r *http.Request) (int,
 			Message: "Send the shared token (--leak-report-gitlab-token-file) as the Authorization header, bare or after Bearer."})
 		return http.StatusUnauthorized, false
 	}
-	if ok, retry := h.limits.allow(netip.Addr{}, false, now); !ok {
+	if ok, retry := h.limits.allowAuthenticated(now); !ok {
 		return tooManyReports(w, retry), false
 	}
 	return 0, true

@@ -106,6 +106,10 @@ func clientKey(a netip.Addr) netip.Prefix {
 // letting a minute's worth through at once, as the check rates do.
 type leakLimits struct {
 	global *rate.Limiter
+	// authenticated is the budget of requests with GitLab's shared token:
+	// apart from the anonymous one, so that a flood of anonymous reports
+	// cannot hold up the reports of the GitLab instance the operator wired.
+	authenticated *rate.Limiter
 
 	mu        sync.Mutex
 	perClient int
@@ -120,9 +124,10 @@ type clientBucket struct {
 
 func newLeakLimits(perMinute, perClientPerMinute int) *leakLimits {
 	return &leakLimits{
-		global:    rate.NewLimiter(perMinuteRate(perMinute), perMinute),
-		perClient: perClientPerMinute,
-		clients:   map[netip.Prefix]*list.Element{},
+		global:        rate.NewLimiter(perMinuteRate(perMinute), perMinute),
+		authenticated: rate.NewLimiter(perMinuteRate(perMinute), perMinute),
+		perClient:     perClientPerMinute,
+		clients:       map[netip.Prefix]*list.Element{},
 	}
 }
 
@@ -146,6 +151,17 @@ func (l *leakLimits) allow(client netip.Addr, byClient bool, now time.Time) (boo
 		if own != nil {
 			own.CancelAt(now)
 		}
+		return false, d
+	}
+	return true, 0
+}
+
+// allowAuthenticated takes one request with the shared token out of their
+// own budget; when refused, it says how long until it would pass.
+func (l *leakLimits) allowAuthenticated(now time.Time) (bool, time.Duration) {
+	r := l.authenticated.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
 		return false, d
 	}
 	return true, 0

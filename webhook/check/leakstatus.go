@@ -56,6 +56,10 @@ type LeakWriter struct {
 	written, unchanged, gone, failed atomic.Uint64
 }
 
+// shutdownDrain bounds the last write of queued reports when the manager
+// stops.
+const shutdownDrain = 5 * time.Second
+
 // NeedLeaderElection is false: every replica writes the reports it
 // received.
 func (w *LeakWriter) NeedLeaderElection() bool { return false }
@@ -66,6 +70,11 @@ func (w *LeakWriter) Start(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			// Reports answered 202 are not sent again: write what is
+			// queued before going, within a bound.
+			last, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownDrain)
+			defer cancel()
+			w.Drain(last)
 			return nil
 		case <-w.Reporter.wake:
 		case <-retry:
