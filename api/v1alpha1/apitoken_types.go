@@ -164,6 +164,21 @@ type ApiTokenSpec struct {
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h') && duration(self) <= duration('2562047h')",message="maxIdle must be at least 1h, at most 2562047h"
 	MaxIdle *metav1.Duration `json:"maxIdle,omitempty"`
+
+	// allowedSourceCIDRs limit where the token may be used from: a /check
+	// whose client address (the connection's, or X-Forwarded-For from the
+	// check server's --trusted-proxy-cidrs) is in none of them is refused
+	// with 403 source_not_allowed, and so is one whose client address
+	// cannot be established. The ServiceUser's tokenPolicy.allowedSourceCIDRs
+	// narrow them further: a client must be in both lists. TokenReview
+	// carries no client address: such a token is refused there unless the
+	// check server runs with --tokenreview-ignores-source-cidrs. At most 32.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=49
+	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self) && cidr(self) == cidr(self).masked()",message="each entry must be a CIDR with its network's own address, such as 10.0.0.0/8 or 192.0.2.7/32"
+	AllowedSourceCIDRs []string `json:"allowedSourceCIDRs,omitempty"`
 }
 
 // Rotation says when a token is replaced by a new one.

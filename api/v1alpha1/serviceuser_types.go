@@ -129,6 +129,16 @@ type TokenPolicy struct {
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h') && duration(self) <= duration('2562047h')",message="maxIdle must be at least 1h, at most 2562047h"
 	MaxIdle *metav1.Duration `json:"maxIdle,omitempty"`
+
+	// allowedSourceCIDRs limit where every token of this identity may be
+	// used from (see the ApiToken's allowedSourceCIDRs): a token's own list
+	// is narrowed by this one. At most 32.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=49
+	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self) && cidr(self) == cidr(self).masked()",message="each entry must be a CIDR with its network's own address, such as 10.0.0.0/8 or 192.0.2.7/32"
+	AllowedSourceCIDRs []string `json:"allowedSourceCIDRs,omitempty"`
 }
 
 // ScopeRate is the check rate of one scope.

@@ -147,6 +147,24 @@ var _ = Describe("ServiceUser validation", func() {
 			mutate:     func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequestsPerMinute = -1 },
 			wantErrors: []string{"spec.tokenPolicy.requestsPerMinute"},
 		},
+		{
+			desc:       "a maxIdle under an hour is refused",
+			mutate:     func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.MaxIdle = duration("59m") },
+			wantErrors: []string{"maxIdle must be at least 1h"},
+		},
+		{
+			desc: "allowedSourceCIDRs of IPv4 and IPv6 networks are valid",
+			mutate: func(u *keymintv1alpha1.ServiceUser) {
+				u.Spec.TokenPolicy.AllowedSourceCIDRs = []string{"10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"}
+			},
+		},
+		{
+			desc: "an allowedSourceCIDRs entry that is an address, or not its network's, is refused",
+			mutate: func(u *keymintv1alpha1.ServiceUser) {
+				u.Spec.TokenPolicy.AllowedSourceCIDRs = []string{"10.0.0.1", "10.1.2.3/8"}
+			},
+			wantErrors: []string{"each entry must be a CIDR with its network's own address"},
+		},
 	}
 	for _, tc := range tests {
 		It(tc.desc, func() {
@@ -325,6 +343,20 @@ var _ = Describe("ApiToken validation", func() {
 			desc:       "a requestsPerMinute of zero is refused",
 			mutate:     func(t *keymintv1alpha1.ApiToken) { t.Spec.RequestsPerMinute = ptr.To[int32](0) },
 			wantErrors: []string{"spec.requestsPerMinute"},
+		},
+		{
+			desc:       "a maxIdle under an hour is refused",
+			mutate:     func(t *keymintv1alpha1.ApiToken) { t.Spec.MaxIdle = duration("30m") },
+			wantErrors: []string{"maxIdle must be at least 1h"},
+		},
+		{
+			desc:       "allowedSourceCIDRs that are not CIDRs are refused",
+			mutate:     func(t *keymintv1alpha1.ApiToken) { t.Spec.AllowedSourceCIDRs = []string{"10.0.0.0/33", "office"} },
+			wantErrors: []string{"each entry must be a CIDR with its network's own address"},
+		},
+		{
+			desc:   "allowedSourceCIDRs in IPv6 are valid",
+			mutate: func(t *keymintv1alpha1.ApiToken) { t.Spec.AllowedSourceCIDRs = []string{"fd00::/8"} },
 		},
 		{
 			desc:       "a description over 1024 characters is refused",

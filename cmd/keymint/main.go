@@ -119,9 +119,10 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.recordKey, "record-key-secret", defaultRecordKeySecret(), "namespace/name of the Secret holding the keys that sign token records, created on first start; only keymint should read it (docs/security.md)")
 	fs.BoolVar(&o.check.LeakReports, "leak-reports", false, "serve the leak report endpoints (POST "+check.LeakReportPath+", GitLab's "+check.RevocableTokenTypesPath+" and "+check.RevokeTokensPath+") on the check server")
 	fs.StringVar(&o.check.GitLabTokenFile, "leak-report-gitlab-token-file", "", "file holding the token GitLab's Token Revocation API calls authenticate with (a mounted Secret), read again when it changes; unset: GitLab's endpoints are not served")
+	fs.BoolVar(&o.check.TokenReviewIgnoresSources, "tokenreview-ignores-source-cidrs", false, "accept, in TokenReview, tokens restricted to allowedSourceCIDRs: TokenReview carries no client address, so they are refused there unless the cluster's callers (kube-apiserver) are trusted to stand for the client")
 	fs.IntVar(&o.check.LeakReportRate, "leak-report-requests-per-minute", 600, "leak report requests per minute from all clients together, on each replica, and as much again for GitLab calls with the shared token")
 	fs.IntVar(&o.check.LeakReportClientRate, "leak-report-client-requests-per-minute", 10, "leak report requests per minute from one client address (an IPv6 /64) to POST "+check.LeakReportPath+", and GitLab calls without the shared token, on each replica; GitLab calls with it have a budget of their own, --leak-report-requests-per-minute")
-	fs.Func("trusted-proxy-cidrs", "comma-separated CIDRs of the proxies in front of the check server (a load balancer, an ingress): only a connection from one of them has its X-Forwarded-For read for the client address leak report rates count against; unset: the connection's own address", o.addTrustedProxies)
+	fs.Func("trusted-proxy-cidrs", "comma-separated CIDRs of the proxies in front of the check server (a load balancer, an ingress): only a connection from one of them has its X-Forwarded-For read for the client address (what leak report rates count against, and what allowedSourceCIDRs admit on /check); unset: the connection's own address", o.addTrustedProxies)
 	o.zap.BindFlags(fs)
 }
 

@@ -274,6 +274,9 @@ func (f *scaleFixture) token(i int, plain string, s tokenShape, managed bool) (*
 	used := f.at(-time.Minute)
 	st.TokenHash, st.TokenPrefix, st.SecretName, st.Serial = token.HashString(plain), display, secretName, serial
 	st.IssuedAt, st.ExpiresAt, st.LastUsedAt, st.TokenLastUsedAt = &issued, &expires, &used, &used
+	// The line's start: this token's issue, or the first rotated one's (as
+	// many bytes).
+	st.IdleSince = &issued
 	st.ServiceUserUID, st.ObservedGeneration = string(fakeUID('u', u)), 1
 	cond := func(typ string, status metav1.ConditionStatus, reason, message string) metav1.Condition {
 		return metav1.Condition{Type: typ, Status: status, ObservedGeneration: 1, LastTransitionTime: tok.CreationTimestamp, Reason: reason, Message: message}
@@ -299,7 +302,7 @@ func (f *scaleFixture) token(i int, plain string, s tokenShape, managed bool) (*
 	}
 
 	rec := secretrecord.Record{Serial: serial, Hash: st.TokenHash, ServiceUserUID: types.UID(st.ServiceUserUID), IssuedAt: issued.Time, ExpiresAt: &expires.Time,
-		RotationRequest: st.LastRotationRequest}
+		RotationRequest: st.LastRotationRequest, IdleSince: &st.IdleSince.Time}
 	if st.RotatedAt != nil {
 		rec.RotatedAt = &st.RotatedAt.Time
 		// The record was written at the rotation, while the token before

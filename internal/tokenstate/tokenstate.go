@@ -14,6 +14,7 @@
 package tokenstate
 
 import (
+	"net/netip"
 	"slices"
 	"time"
 
@@ -38,6 +39,8 @@ type User struct {
 	ScopeRates []keymintv1alpha1.ScopeRate
 	// MaxIdle is the policy's maxIdle, zero when unset.
 	MaxIdle time.Duration
+	// Sources are the policy's allowedSourceCIDRs, parsed; nil when unset.
+	Sources []netip.Prefix
 }
 
 // UserFrom reads a ServiceUser; nil means it does not exist.
@@ -59,6 +62,7 @@ func UserFrom(u *keymintv1alpha1.ServiceUser) User {
 	if d := u.Spec.TokenPolicy.MaxIdle; d != nil {
 		user.MaxIdle = d.Duration
 	}
+	user.Sources = ParseSources(u.Spec.TokenPolicy.AllowedSourceCIDRs)
 	return user
 }
 
@@ -112,11 +116,15 @@ type Token struct {
 	// (status.idleRevokedAt): no token is accepted or issued until a new
 	// rotation request.
 	IdleRevoked bool
+	// Sources are the spec's allowedSourceCIDRs, parsed once here rather
+	// than on every check; nil when unset.
+	Sources []netip.Prefix
 }
 
 // TokenFrom reads the token record of an ApiToken's status.
 func TokenFrom(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenStatus) Token {
-	tok := Token{Spec: spec, Issued: st.TokenHash != "" && st.IssuedAt != nil, UserUID: types.UID(st.ServiceUserUID)}
+	tok := Token{Spec: spec, Issued: st.TokenHash != "" && st.IssuedAt != nil, UserUID: types.UID(st.ServiceUserUID),
+		Sources: ParseSources(spec.AllowedSourceCIDRs)}
 	if st.IssuedAt != nil {
 		tok.IssuedAt = st.IssuedAt.Time
 	}
@@ -466,6 +474,10 @@ const (
 	// TooManyBudgets: the check requires more rated scopes than MaxBudgets
 	// (Admit only): the request is at fault, not the token.
 	TooManyBudgets
+	// SourceNotAllowed: the token (or its user) is restricted to source
+	// addresses the check's client is not in, or the client's address is
+	// not known (Admit only).
+	SourceNotAllowed
 	// Leaked: the hash was reported leaked; it is never accepted again.
 	Leaked
 	// NumRefusals is how many Refusals there are, for tables indexed by
@@ -510,6 +522,11 @@ type Demand struct {
 	// DefaultRate is the checks per minute of a token whose spec and user
 	// set none.
 	DefaultRate int32
+	// Source is the client's address; the zero Addr when it is not known
+	// (TokenReview), which a token restricted to sources is refused for,
+	// unless IgnoreSources says the caller is trusted to have checked.
+	Source        netip.Addr
+	IgnoreSources bool
 }
 
 // Admission is the whole answer of the rules for one check of one hash.
@@ -541,6 +558,10 @@ func Admit(t *Token, u *User, which int, now time.Time, d Demand, a *Admission) 
 	var ok bool
 	if a.MatchedAudiences, ok = AcceptsAudience(t.Spec.Audiences, d.Audiences); !ok {
 		a.Refusal = NotForAudience
+		return
+	}
+	if !d.IgnoreSources && !SourceAllowed(t.Sources, u.Sources, d.Source) {
+		a.Refusal = SourceNotAllowed
 		return
 	}
 	if !a.Budgets.Fill(t.Spec, u, d.Scopes, d.DefaultRate) {
@@ -668,6 +689,57 @@ func AcceptsAudience(audiences, requested []string) (matched int, ok bool) {
 		}
 	}
 	return matched, matched > 0
+}
+
+// ParseSources reads allowedSourceCIDRs; entries that do not parse (the
+// CRD refuses them) are left out, and a list of only such entries allows
+// no source at all rather than every one.
+func ParseSources(cidrs []string) []netip.Prefix {
+	if len(cidrs) == 0 {
+		return nil
+	}
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	if len(out) == 0 {
+		// Every entry unreadable: nothing matches the unspecified prefix
+		// of length -1, so nothing is allowed.
+		out = append(out, netip.Prefix{})
+	}
+	return out
+}
+
+// SourceAllowed reports whether a client at addr may use a token
+// restricted to tokenSources under a user restricted to userSources: in
+// both lists, each when set. A client whose address is not known (the
+// zero Addr) is allowed only when neither list is set. IPv4-mapped IPv6
+// addresses count as IPv4.
+func SourceAllowed(tokenSources, userSources []netip.Prefix, addr netip.Addr) bool {
+	if len(tokenSources) == 0 && len(userSources) == 0 {
+		return true
+	}
+	if !addr.IsValid() {
+		return false
+	}
+	addr = addr.Unmap()
+	return inSources(tokenSources, addr) && inSources(userSources, addr)
+}
+
+// inSources reports whether addr is in one of sources; an empty list
+// restricts nothing.
+func inSources(sources []netip.Prefix, addr netip.Addr) bool {
+	if len(sources) == 0 {
+		return true
+	}
+	for _, p := range sources {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // Rate returns the checks per minute a token may pass: its own rate, else

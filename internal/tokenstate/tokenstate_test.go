@@ -2,6 +2,7 @@ package tokenstate
 
 import (
 	"fmt"
+	"net/netip"
 	"reflect"
 	"slices"
 	"testing"
@@ -1221,5 +1222,60 @@ func TestLeakedHashesAreRefused(t *testing.T) {
 	}
 	if _, ok := RotatedOut(&tok, &v, "sha256:c", t0); ok {
 		t.Error("a leaked current token was kept for a grace period")
+	}
+}
+
+// TestSourceAllowed: a client must be inside the token's list and its
+// user's, each when set; an unknown client only when neither is.
+func TestSourceAllowed(t *testing.T) {
+	p := func(cidrs ...string) []netip.Prefix { return ParseSources(cidrs) }
+	a := netip.MustParseAddr
+	tests := map[string]struct {
+		tok, user []netip.Prefix
+		addr      netip.Addr
+		want      bool
+	}{
+		"no lists, unknown client":                   {addr: netip.Addr{}, want: true},
+		"no lists":                                   {addr: a("192.0.2.1"), want: true},
+		"in the token's":                             {tok: p("10.0.0.0/8"), addr: a("10.9.9.9"), want: true},
+		"outside the token's":                        {tok: p("10.0.0.0/8"), addr: a("11.0.0.1"), want: false},
+		"unknown client, token restricted":           {tok: p("10.0.0.0/8"), addr: netip.Addr{}, want: false},
+		"in the user's only":                         {user: p("10.0.0.0/8"), addr: a("10.0.0.1"), want: true},
+		"in the token's, outside the user's":         {tok: p("10.0.0.0/8"), user: p("10.1.0.0/16"), addr: a("10.2.0.1"), want: false},
+		"in both":                                    {tok: p("10.0.0.0/8"), user: p("10.1.0.0/16"), addr: a("10.1.0.1"), want: true},
+		"an IPv4-mapped IPv6 address counts as IPv4": {tok: p("10.0.0.0/8"), addr: a("::ffff:10.0.0.1"), want: true},
+		"IPv6":                                  {tok: p("2001:db8::/32"), addr: a("2001:db8::1"), want: true},
+		"only unreadable entries allow nothing": {tok: p("office"), addr: a("10.0.0.1"), want: false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := SourceAllowed(tc.tok, tc.user, tc.addr); got != tc.want {
+				t.Errorf("SourceAllowed = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestAdmitRefusesAClientOutsideTheSources: Admit applies the rule, and
+// lets IgnoreSources skip it; a refusal charges no budget.
+func TestAdmitRefusesAClientOutsideTheSources(t *testing.T) {
+	spec := &keymintv1alpha1.ApiTokenSpec{AllowedSourceCIDRs: []string{"10.0.0.0/8"}}
+	tok := issued(spec, time.Time{})
+	tok.Sources = ParseSources(spec.AllowedSourceCIDRs)
+	var adm Admission
+	Admit(&tok, &active, Current, t0, Demand{Source: netip.MustParseAddr("192.0.2.1"), DefaultRate: 60}, &adm)
+	if adm.Refusal != SourceNotAllowed || adm.Budgets.N != 0 {
+		t.Errorf("outside: %v with %d budgets, want SourceNotAllowed and none", adm.Refusal, adm.Budgets.N)
+	}
+	Admit(&tok, &active, Current, t0, Demand{IgnoreSources: true, DefaultRate: 60}, &adm)
+	if adm.Refusal != Accepted {
+		t.Errorf("IgnoreSources: %v", adm.Refusal)
+	}
+	Admit(&tok, &active, Current, t0, Demand{Source: netip.MustParseAddr("10.0.0.1"), DefaultRate: 60}, &adm)
+	if adm.Refusal != Accepted || adm.Budgets.N != 1 {
+		t.Errorf("inside: %v with %d budgets", adm.Refusal, adm.Budgets.N)
+	}
+	if got := TokenFrom(spec, &keymintv1alpha1.ApiTokenStatus{}).Sources; len(got) != 1 || got[0] != netip.MustParsePrefix("10.0.0.0/8") {
+		t.Errorf("TokenFrom parsed %v", got)
 	}
 }

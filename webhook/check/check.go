@@ -20,6 +20,7 @@
 package check
 
 import (
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,10 @@ const (
 	// InvalidQuery is a /check query that cannot be read exactly (answered
 	// 400, before the token is read).
 	InvalidQuery Failure = "invalid_query"
+	// SourceNotAllowed is a token used from a client address outside its
+	// (or its ServiceUser's) allowedSourceCIDRs, or from one that cannot be
+	// established (answered 403; TokenReview refuses it).
+	SourceNotAllowed Failure = "source_not_allowed"
 )
 
 // Messages are what a human reads next to each failure. An unknown token and
@@ -58,6 +63,7 @@ var messages = map[Failure]string{
 	InsufficientScope: "The bearer token lacks a required scope.",
 	RateLimited:       "Too many requests with this token. Retry after the time given.",
 	InvalidQuery:      "The query cannot be read exactly.",
+	SourceNotAllowed:  "The bearer token may not be used from this client address.",
 	BadRequest:        "The request asks what a check cannot answer.",
 }
 
@@ -80,6 +86,11 @@ type Requirements struct {
 	// audiences must name one of them. Check moves those it names to the
 	// front (Verdict.MatchedAudiences).
 	Audiences []string
+	// Source is the client's address, the zero Addr when not known; a
+	// token restricted to allowedSourceCIDRs is refused outside them, and
+	// without one, unless IgnoreSources.
+	Source        netip.Addr
+	IgnoreSources bool
 }
 
 // Verdict is everything an answer to one check needs, from one index
@@ -121,12 +132,13 @@ type Grant struct {
 // unknown token, never accepted. A rotated-out hash past its grace is
 // answered as an unknown token.
 var failures = [tokenstate.NumRefusals]Failure{
-	tokenstate.Accepted:       OK,
-	tokenstate.Revoked:        RevokedToken,
-	tokenstate.Expired:        ExpiredToken,
-	tokenstate.GraceEnded:     InvalidToken,
-	tokenstate.NotForAudience: WrongAudience,
-	tokenstate.TooManyBudgets: BadRequest,
+	tokenstate.Accepted:         OK,
+	tokenstate.Revoked:          RevokedToken,
+	tokenstate.Expired:          ExpiredToken,
+	tokenstate.GraceEnded:       InvalidToken,
+	tokenstate.NotForAudience:   WrongAudience,
+	tokenstate.TooManyBudgets:   BadRequest,
+	tokenstate.SourceNotAllowed: SourceNotAllowed,
 	// A reported leak is a revocation: the consumer's Secret holds the
 	// replacement already, or soon.
 	tokenstate.Leaked: RevokedToken,
@@ -185,6 +197,7 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 	}
 	tokenstate.Admit(&t.state, state, ref.which, now, tokenstate.Demand{
 		Scopes: req.Scopes, Audiences: req.Audiences, DefaultRate: c.DefaultRequestsPerMinute,
+		Source: req.Source, IgnoreSources: req.IgnoreSources,
 	}, &v.Admission)
 	switch v.Failure = failures[v.Refusal]; {
 	case v.Refusal != tokenstate.Accepted && v.Failure == OK:

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -57,6 +58,13 @@ type Handler struct {
 	Usage   *Usage
 	Clock   clock.PassiveClock
 	Metrics *Metrics
+	// TrustedProxies are the peers whose X-Forwarded-For names a /check's
+	// client (ClientAddr), for tokens restricted to source addresses.
+	TrustedProxies []netip.Prefix
+	// TokenReviewIgnoresSources lets TokenReview accept tokens restricted
+	// to source addresses: its callers (kube-apiserver) send none, and the
+	// operator says they are trusted to stand for the client.
+	TokenReviewIgnoresSources bool
 
 	reset      [resetSlots]atomic.Pointer[cachedReset]
 	limit      atomic.Pointer[cachedLimit]
@@ -434,9 +442,23 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) (
 		return BadRequest, nil
 	}
 
-	v := h.Checker.Check(bearerToken(r), Requirements{Scopes: q.scopes, Audiences: q.audiences}, now)
+	tok := bearerToken(r)
+	req := Requirements{Scopes: q.scopes, Audiences: q.audiences}
+	v := h.Checker.Check(tok, req, now)
+	if v.Refusal == tokenstate.SourceNotAllowed {
+		// Only a token restricted to sources needs the client's address:
+		// the others never pay for reading it (a second Check, for these).
+		if req.Source = ClientAddr(r, h.TrustedProxies); req.Source.IsValid() {
+			v = h.Checker.Check(tok, req, now)
+		}
+	}
 	switch v.Failure {
 	case OK:
+	case SourceNotAllowed:
+		// Not charged: a client in the wrong place cannot spend the
+		// token's budget.
+		writeError(w, http.StatusForbidden, SourceNotAllowed, "")
+		return SourceNotAllowed, v.user
 	case BadRequest:
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: BadRequest,
 			Message: fmt.Sprintf("A check may require at most %d scopes that have rates of their own.", tokenstate.MaxBudgets)})
@@ -652,7 +674,7 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 		return BadRequest, nil
 	}
 
-	v := h.Checker.Check(tr.Spec.Token, Requirements{Audiences: tr.Spec.Audiences}, now)
+	v := h.Checker.Check(tr.Spec.Token, Requirements{Audiences: tr.Spec.Audiences, IgnoreSources: h.TokenReviewIgnoresSources}, now)
 	status := authnv1.TokenReviewStatus{}
 	if v.Failure == OK {
 		h.Usage.Record(v.Grant.Token, v.used, now)

@@ -54,8 +54,12 @@ type Options struct {
 	// LeakReportClientRate those of one client on POST /credentials/revoke.
 	LeakReportRate, LeakReportClientRate int
 	// TrustedProxies are the proxies in front of the check server whose
-	// X-Forwarded-For names the client a leak report rate counts against.
+	// X-Forwarded-For names the client: what a leak report rate counts
+	// against, and what allowedSourceCIDRs admit on /check.
 	TrustedProxies []netip.Prefix
+	// TokenReviewIgnoresSources accepts, in TokenReview, tokens restricted
+	// to allowedSourceCIDRs (TokenReview carries no client address).
+	TokenReviewIgnoresSources bool
 }
 
 // MaxRequestsPerMinute bounds --default-requests-per-minute, as the CRDs
@@ -112,6 +116,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	}
 	index := NewIndex()
 	handler := NewHandler(index, opts.Clock, int32(opts.DefaultRequestsPerMinute), opts.Registerer)
+	handler.TrustedProxies, handler.TokenReviewIgnoresSources = opts.TrustedProxies, opts.TokenReviewIgnoresSources
 	if opts.Limiter != nil {
 		handler.Limiter = opts.Limiter
 	}
