@@ -72,6 +72,13 @@ func TestCheckAllowedSources(t *testing.T) {
 		expectError(t, f.check(office, ""), http.StatusForbidden, SourceNotAllowed)
 		// A header that does not parse names no client.
 		expectError(t, f.check(office, "", xff("not-an-address")...), http.StatusForbidden, SourceNotAllowed)
+		// A trusted proxy is never the client, even when a token allows
+		// its address: one that names no client leaves it unknown.
+		local := f.token("local", "exporter", sources("127.0.0.0/8"))
+		expectError(t, f.check(local, ""), http.StatusForbidden, SourceNotAllowed)
+		if a := f.check(local, "", xff("127.0.0.9")...); a.status != http.StatusOK {
+			t.Errorf("client 127.0.0.9 through the trusted 127.0.0.1: %d %v", a.status, a.body)
+		}
 	})
 
 	t.Run("the ServiceUser's list narrows the token's", func(t *testing.T) {
