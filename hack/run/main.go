@@ -55,6 +55,8 @@ type options struct {
 	// no redisURL, make run starts a redis-server of its own.
 	rateLimitBackend string
 	redisURL         string
+	// trustedProxies is keymint's --trusted-proxy-cidrs: none unless set.
+	trustedProxies string
 }
 
 func main() {
@@ -67,6 +69,7 @@ func main() {
 	flag.IntVar(&o.replicas, "replicas", 1, "keymint replicas to run, electing a leader for the controllers; every one answers checks (make run REPLICAS=2)")
 	flag.StringVar(&o.rateLimitBackend, "rate-limit-backend", "local", "keymint's --rate-limit-backend: local, or redis to share budgets across replicas (make run RATE_LIMIT_BACKEND=redis)")
 	flag.StringVar(&o.redisURL, "redis-url", "", "with -rate-limit-backend=redis, the Redis to use; unset: a redis-server of make run's own, data in -dir")
+	flag.StringVar(&o.trustedProxies, "trusted-proxy-cidrs", "", "keymint's --trusted-proxy-cidrs: proxies (a local nginx on 127.0.0.1/32, say) whose X-Forwarded-For names the client, for tokens restricted to allowedSourceCIDRs; unset: none")
 	flag.Parse()
 	if o.replicas < 1 || (o.rateLimitBackend != "local" && o.rateLimitBackend != "redis") {
 		fmt.Fprintln(os.Stderr, "keymint run: -replicas must be at least 1, and -rate-limit-backend local or redis")
@@ -465,6 +468,9 @@ func serveKeymint(ctx context.Context, o options, root, dir, envFile, kubeconfig
 	extra := append([]string{"--mutating-webhook-configuration=" + localWebhooks}, leakReportArgs(leakReportTokenFile(dir))...)
 	if o.replicas > 1 {
 		extra = append(extra, "--leader-elect")
+	}
+	if o.trustedProxies != "" {
+		extra = append(extra, "--trusted-proxy-cidrs="+o.trustedProxies)
 	}
 	var redisURL string
 	var childEnv []string

@@ -317,7 +317,8 @@ func TestLeakReportToken(t *testing.T) {
 }
 
 // TestServeKeymintTurnsLeakReportsOn: keymint runs with both forms of leak
-// reports, GitLab's reading the token file make run writes.
+// reports, GitLab's reading the token file make run writes, and with the
+// trusted proxies -trusted-proxy-cidrs names.
 func TestServeKeymintTurnsLeakReportsOn(t *testing.T) {
 	dir := t.TempDir()
 	argsFile := filepath.Join(dir, "args")
@@ -326,7 +327,7 @@ func TestServeKeymintTurnsLeakReportsOn(t *testing.T) {
 	if err := os.WriteFile(bin, []byte("#!/bin/sh\nprintf '%s\\n' \"$@\" > "+argsFile+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	err := serveKeymint(t.Context(), options{keymintBin: bin}, dir, dir, filepath.Join(dir, "keymint.env"), "", "", nil, nil)
+	err := serveKeymint(t.Context(), options{keymintBin: bin, trustedProxies: "127.0.0.1/32"}, dir, dir, filepath.Join(dir, "keymint.env"), "", "", nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "exited before it was ready") {
 		t.Fatalf("serveKeymint = %v, want keymint exited before it was ready", err)
 	}
@@ -335,7 +336,8 @@ func TestServeKeymintTurnsLeakReportsOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := strings.Split(strings.TrimSpace(string(raw)), "\n")
-	for _, want := range []string{"--leak-reports", "--leak-report-gitlab-token-file=" + filepath.Join(dir, "leak-report-gitlab-token")} {
+	for _, want := range []string{"--leak-reports", "--leak-report-gitlab-token-file=" + filepath.Join(dir, "leak-report-gitlab-token"),
+		"--trusted-proxy-cidrs=127.0.0.1/32"} {
 		if !slices.Contains(args, want) {
 			t.Errorf("keymint's args %q lack %s", args, want)
 		}

@@ -118,6 +118,96 @@ func nginxAlive(pids []int) []string {
 	return alive
 }
 
+// nginx is a running nginx with config/nginx/keymint.conf.
+type nginx struct {
+	// url is where it listens; prefix is its directory (logs, config).
+	url, prefix string
+}
+
+// startNginx writes nginxConf with only its CHANGE(...) values set, in
+// front of keymint at checkURL (its CA in caFile) and the application at
+// appURL, starts nginx, and stops it gracefully when the calling node ends,
+// failing if a process is left behind.
+func startNginx(checkURL, caFile, appURL string) *nginx {
+	GinkgoHelper()
+	nginxBin := nginxBinary()
+	By("writing " + nginxConf + " with only its CHANGE(...) values set")
+	// Workers run as nobody when the suite runs as root: the prefix (temporary
+	// files) must be reachable for them, so not under a 0700 test directory.
+	prefix, err := os.MkdirTemp("", "keymint-nginx-")
+	Expect(err).NotTo(HaveOccurred())
+	Expect(os.Chmod(prefix, 0o755)).To(Succeed())
+	DeferCleanup(os.RemoveAll, prefix)
+	shipped, err := os.ReadFile(filepath.Join(root, nginxConf))
+	Expect(err).NotTo(HaveOccurred())
+	keymintURL, err := url.Parse(checkURL)
+	Expect(err).NotTo(HaveOccurred())
+	// nginx binds a port number of its config: one taken meanwhile is
+	// picked again.
+	var (
+		port     int
+		cmd      *exec.Cmd
+		exited   chan error
+		nginxLog *bytes.Buffer
+	)
+	Expect(testenv.OnFreePorts(1, func(ports []int) error {
+		port = ports[0]
+		conf, err := configureNginx(string(shipped), map[string]string{
+			"listen":       fmt.Sprintf("127.0.0.1:%d", port),
+			"keymint":      keymintURL.Host,
+			"keymint-name": "localhost", // make run's certificate is for 127.0.0.1 and localhost
+			"keymint-ca":   caFile,
+			"app":          strings.TrimPrefix(appURL, "http://"),
+		})
+		Expect(err).NotTo(HaveOccurred())
+		confPath := filepath.Join(prefix, "keymint.conf")
+		Expect(os.WriteFile(confPath, []byte(conf), 0o644)).To(Succeed())
+		args := []string{"-p", prefix + "/", "-e", "stderr", "-c", confPath}
+		out, err := exec.Command(nginxBin, append(args, "-t")...).CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "nginx -t:\n%s", out)
+
+		By("starting nginx")
+		nginxLog = &bytes.Buffer{}
+		cmd = exec.Command(nginxBin, append(args, "-g", "daemon off;")...)
+		cmd.Stdout = io.MultiWriter(nginxLog, GinkgoWriter)
+		cmd.Stderr = cmd.Stdout
+		Expect(cmd.Start()).To(Succeed())
+		exited = make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		return testenv.Poll(context.Background(), 10*time.Second, fmt.Sprintf("nginx to listen on 127.0.0.1:%d", port), func(ctx context.Context) error {
+			select {
+			case err := <-exited:
+				exited <- err
+				return testenv.Permanent(testenv.AddrInUse(fmt.Errorf("nginx exited: %v\n%s", err, nginxLog), nginxLog.String()))
+			default:
+			}
+			d := net.Dialer{Timeout: time.Second}
+			c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+	})).To(Succeed())
+	var pids []int
+	DeferCleanup(func() {
+		By("stopping nginx gracefully (SIGQUIT, as nginx -s quit)")
+		pids = append(append(pids, cmd.Process.Pid), childrenOf(cmd.Process.Pid)...)
+		Expect(cmd.Process.Signal(syscall.SIGQUIT)).To(Succeed())
+		select {
+		case err := <-exited:
+			Expect(err).NotTo(HaveOccurred(), "nginx exited with an error:\n%s", nginxLog.String())
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			Fail("nginx did not stop within 20 s of SIGQUIT:\n" + nginxLog.String())
+		}
+		Eventually(func() []string { return nginxAlive(pids) }, 10*time.Second).Should(BeEmpty(), "nginx processes left behind")
+		Expect(processesUsing(prefix)).To(BeEmpty(), "processes left behind")
+	})
+	Eventually(func() []int { pids = childrenOf(cmd.Process.Pid); return pids }, 10*time.Second).ShouldNot(BeEmpty(), "nginx's workers")
+	return &nginx{url: fmt.Sprintf("http://127.0.0.1:%d", port), prefix: prefix}
+}
+
 // appView is what the application behind nginx received.
 type appView struct {
 	User, Token, Scopes, Authorization, Path string
@@ -175,84 +265,9 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 		}))
 		DeferCleanup(app.Close)
 
-		By("writing " + nginxConf + " with only its CHANGE(...) values set")
-		// Workers run as nobody when the suite runs as root: the prefix (temporary
-		// files) must be reachable for them, so not under a 0700 test directory.
-		var err error
-		prefix, err = os.MkdirTemp("", "keymint-nginx-")
-		Expect(err).NotTo(HaveOccurred())
-		Expect(os.Chmod(prefix, 0o755)).To(Succeed())
-		DeferCleanup(os.RemoveAll, prefix)
-		shipped, err := os.ReadFile(filepath.Join(root, nginxConf))
-		Expect(err).NotTo(HaveOccurred())
-		checkURL, err := url.Parse(env["KEYMINT_CHECK_URL"])
-		Expect(err).NotTo(HaveOccurred())
-		// nginx binds a port number of its config: one taken meanwhile is
-		// picked again.
-		var (
-			port     int
-			cmd      *exec.Cmd
-			exited   chan error
-			nginxLog *bytes.Buffer
-		)
-		Expect(testenv.OnFreePorts(1, func(ports []int) error {
-			port = ports[0]
-			conf, err := configureNginx(string(shipped), map[string]string{
-				"listen":       fmt.Sprintf("127.0.0.1:%d", port),
-				"keymint":      checkURL.Host,
-				"keymint-name": "localhost", // make run's certificate is for 127.0.0.1 and localhost
-				"keymint-ca":   env["KEYMINT_CA_FILE"],
-				"app":          strings.TrimPrefix(app.URL, "http://"),
-			})
-			Expect(err).NotTo(HaveOccurred())
-			confPath := filepath.Join(prefix, "keymint.conf")
-			Expect(os.WriteFile(confPath, []byte(conf), 0o644)).To(Succeed())
-			args := []string{"-p", prefix + "/", "-e", "stderr", "-c", confPath}
-			out, err := exec.Command(nginxBin, append(args, "-t")...).CombinedOutput()
-			Expect(err).NotTo(HaveOccurred(), "nginx -t:\n%s", out)
-
-			By("starting nginx")
-			nginxLog = &bytes.Buffer{}
-			cmd = exec.Command(nginxBin, append(args, "-g", "daemon off;")...)
-			cmd.Stdout = io.MultiWriter(nginxLog, GinkgoWriter)
-			cmd.Stderr = cmd.Stdout
-			Expect(cmd.Start()).To(Succeed())
-			exited = make(chan error, 1)
-			go func() { exited <- cmd.Wait() }()
-			return testenv.Poll(context.Background(), 10*time.Second, fmt.Sprintf("nginx to listen on 127.0.0.1:%d", port), func(ctx context.Context) error {
-				select {
-				case err := <-exited:
-					exited <- err
-					return testenv.Permanent(testenv.AddrInUse(fmt.Errorf("nginx exited: %v\n%s", err, nginxLog), nginxLog.String()))
-				default:
-				}
-				d := net.Dialer{Timeout: time.Second}
-				c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
-				if err != nil {
-					return err
-				}
-				return c.Close()
-			})
-		})).To(Succeed())
-		var pids []int
-		DeferCleanup(func() {
-			By("stopping nginx gracefully (SIGQUIT, as nginx -s quit)")
-			pids = append(append(pids, cmd.Process.Pid), childrenOf(cmd.Process.Pid)...)
-			Expect(cmd.Process.Signal(syscall.SIGQUIT)).To(Succeed())
-			select {
-			case err := <-exited:
-				Expect(err).NotTo(HaveOccurred(), "nginx exited with an error:\n%s", nginxLog.String())
-			case <-time.After(20 * time.Second):
-				_ = cmd.Process.Kill()
-				Fail("nginx did not stop within 20 s of SIGQUIT:\n" + nginxLog.String())
-			}
-			Eventually(func() []string { return nginxAlive(pids) }, 10*time.Second).Should(BeEmpty(), "nginx processes left behind")
-			Expect(processesUsing(prefix)).To(BeEmpty(), "processes left behind")
-		})
-
-		nginxURL = fmt.Sprintf("http://127.0.0.1:%d", port)
-		client = &http.Client{Timeout: 5 * time.Second}
-		Eventually(func() []int { pids = childrenOf(cmd.Process.Pid); return pids }, 10*time.Second).ShouldNot(BeEmpty(), "nginx's workers")
+		var n *nginx
+		n, client = startNginx(env["KEYMINT_CHECK_URL"], env["KEYMINT_CA_FILE"], app.URL), &http.Client{Timeout: 5 * time.Second}
+		nginxURL, prefix = n.url, n.prefix
 	})
 
 	AfterEach(func() {
@@ -353,4 +368,40 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 		Expect(string(body)).To(MatchJSON(fmt.Sprintf(`{"error": "rate_limited", "retryAfter": %d}`, retryAfter)))
 		GinkgoWriter.Printf("429 with Retry-After: %d\n", retryAfter)
 	})
+
+	It("refuses a token restricted to the client's address while keymint does not trust nginx: 403 source_not_allowed", func() {
+		path := filepath.Join(devDir, "nginx-e2e-pinned.yaml")
+		Expect(os.WriteFile(path, []byte(`apiVersion: keymint.io/v1alpha1
+kind: ApiToken
+metadata: {name: nginx-e2e-pinned}
+spec: {serviceUser: nginx-e2e, allowedSourceCIDRs: ["127.0.0.5/32"]}
+`), 0o600)).To(Succeed())
+		mustKubectl("apply", "-f", path)
+		mustKubectl("wait", "--for=condition=Ready", "apitoken/nginx-e2e-pinned", "--timeout=60s")
+		pinned := secretToken("nginx-e2e-pinned")
+		from := clientFrom("127.0.0.5")
+		// keymint sees nginx's connection (127.0.0.1), not the client, and
+		// make run trusts no proxy: the token is refused from everywhere.
+		Eventually(func() int {
+			req, _ := http.NewRequest(http.MethodGet, nginxURL+"/reports", nil)
+			req.Header.Set("Authorization", "Bearer "+pinned)
+			resp, err := from.Do(req)
+			if err != nil {
+				return 0
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode == http.StatusForbidden {
+				Expect(resp.Header.Get("X-Keymint-Error")).To(Equal("source_not_allowed"), "%s", body)
+			}
+			return resp.StatusCode
+		}).Should(Equal(http.StatusForbidden))
+	})
 })
+
+// clientFrom is an HTTP client whose connections come from addr, one of the
+// loopback addresses.
+func clientFrom(addr string) *http.Client {
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(addr)}}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+}

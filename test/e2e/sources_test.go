@@ -1,0 +1,153 @@
+package e2e
+
+// Tokens restricted to client addresses (allowedSourceCIDRs) behind real
+// nginx running config/nginx/keymint.conf, with keymint started as
+// `make run RUN_ARGS="-trusted-proxy-cidrs 127.0.0.1/32"` starts it: nginx
+// (on 127.0.0.1) is trusted to name the client in X-Forwarded-For. The
+// untrusted case is the nginx spec's last: there make run trusts nobody.
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+)
+
+var _ = Describe("nginx, trusted by keymint, in front of tokens restricted to client addresses", Ordered, func() {
+	var (
+		dir      string
+		cmd      *exec.Cmd
+		done     chan error
+		senv     map[string]string
+		nginxURL string
+		pinned   string // allowed from 127.0.0.5 only
+	)
+	skubectl := func(args ...string) string {
+		GinkgoHelper()
+		c := exec.Command("kubectl", args...)
+		c.Dir = root
+		c.Env = append(withoutKubeconfig(os.Environ()), "KUBECONFIG="+senv["KUBECONFIG"], "HOME="+dir)
+		out, err := c.CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "kubectl %s: %s", redact(args), out)
+		return string(out)
+	}
+	// get asks nginx for /reports with tok, from the loopback address from,
+	// with extra headers; it returns the status, keymint's error code and
+	// what the application saw (nil when it saw nothing).
+	get := func(from, tok string, headers ...string) (int, string, *appView) {
+		GinkgoHelper()
+		req, err := http.NewRequest(http.MethodGet, nginxURL+"/reports", nil)
+		Expect(err).NotTo(HaveOccurred())
+		req.Header.Set("Authorization", "Bearer "+tok)
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		resp, err := clientFrom(from).Do(req)
+		Expect(err).NotTo(HaveOccurred())
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		Expect(err).NotTo(HaveOccurred())
+		if resp.StatusCode != http.StatusOK {
+			return resp.StatusCode, resp.Header.Get("X-Keymint-Error"), nil
+		}
+		var seen appView
+		Expect(json.Unmarshal(body, &seen)).To(Succeed())
+		return resp.StatusCode, "", &seen
+	}
+
+	BeforeAll(func() {
+		dir = filepath.Join(binDir, "dev-sources")
+		log := &bytes.Buffer{}
+		By("starting keymint as make run RUN_ARGS=\"-trusted-proxy-cidrs 127.0.0.1/32\" does")
+		cmd = exec.Command(filepath.Join(binDir, "keymint-run"), "-dir", dir, "-keymint", filepath.Join(binDir, "keymint"), "-check-port", "0",
+			"-trusted-proxy-cidrs", "127.0.0.1/32")
+		cmd.Dir = root
+		cmd.Env = append(withoutKubeconfig(os.Environ()), "HOME="+binDir)
+		cmd.Stdout = io.MultiWriter(log, GinkgoWriter)
+		cmd.Stderr = cmd.Stdout
+		Expect(cmd.Start()).To(Succeed())
+		done = make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		envFile := filepath.Join(dir, "keymint.env")
+		Eventually(func() error {
+			select {
+			case err := <-done:
+				done <- err
+				StopTrying(fmt.Sprintf("make run exited before it was ready: %v\n%s", err, log)).Now()
+			default:
+			}
+			_, err := os.Stat(envFile)
+			return err
+		}, 3*time.Minute).Should(Succeed())
+		senv = readEnv(envFile)
+		DeferCleanup(func() {
+			Expect(cmd.Process.Signal(syscall.SIGINT)).To(Succeed())
+			Eventually(done, time.Minute).Should(Receive(BeNil()))
+			Expect(processesUsing(dir)).To(BeEmpty(), "processes left behind after Ctrl-C")
+		})
+
+		By("a ServiceUser whose token is allowed from 127.0.0.5 only")
+		manifest := filepath.Join(dir, "pinned.yaml")
+		Expect(os.WriteFile(manifest, []byte(`apiVersion: keymint.io/v1alpha1
+kind: ServiceUser
+metadata: {name: reporter, namespace: default}
+spec: {permissions: [reports:write]}
+---
+apiVersion: keymint.io/v1alpha1
+kind: ApiToken
+metadata: {name: pinned, namespace: default}
+spec: {serviceUser: reporter, allowedSourceCIDRs: ["127.0.0.5/32"]}
+`), 0o600)).To(Succeed())
+		skubectl("apply", "-f", manifest)
+		skubectl("wait", "--for=condition=Ready", "apitoken/pinned", "--timeout=60s")
+		raw, err := base64.StdEncoding.DecodeString(skubectl("get", "secret", "pinned", "-o", "jsonpath={.data.token}"))
+		Expect(err).NotTo(HaveOccurred())
+		pinned = string(raw)
+
+		app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(appView{User: r.Header.Get("X-Keymint-User"), Token: r.Header.Get("X-Keymint-Token"), Path: r.URL.RequestURI()})
+		}))
+		DeferCleanup(app.Close)
+		nginxURL = startNginx(senv["KEYMINT_CHECK_URL"], senv["KEYMINT_CA_FILE"], app.URL).url
+	})
+
+	It("lets the token through from its address: nginx names the client, keymint believes nginx", func() {
+		var seen *appView
+		Eventually(func() int {
+			var status int
+			status, _, seen = get("127.0.0.5", pinned)
+			return status
+		}).Should(Equal(http.StatusOK))
+		Expect(seen.User).To(Equal("keymint:default:reporter"))
+		Expect(seen.Token).To(Equal("default/pinned"))
+	})
+
+	It("refuses it from any other address: 403 source_not_allowed, and the application sees nothing", func() {
+		for _, from := range []string{"127.0.0.6", "127.0.0.1"} {
+			status, code, seen := get(from, pinned)
+			Expect(status).To(Equal(http.StatusForbidden), "from %s", from)
+			Expect(code).To(Equal("source_not_allowed"), "from %s", from)
+			Expect(seen).To(BeNil())
+		}
+	})
+
+	It("ignores what the client says of itself: nginx replaces the client's X-Forwarded-For", func() {
+		status, code, _ := get("127.0.0.6", pinned, "X-Forwarded-For", "127.0.0.5")
+		Expect(status).To(Equal(http.StatusForbidden))
+		Expect(code).To(Equal("source_not_allowed"))
+		status, _, _ = get("127.0.0.5", pinned, "X-Forwarded-For", "127.0.0.6")
+		Expect(status).To(Equal(http.StatusOK), "the client's own header changes nothing either way")
+	})
+})
