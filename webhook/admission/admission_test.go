@@ -201,6 +201,7 @@ var _ = Describe("Asking for more than the ServiceUser gives", func() {
 		ns := newNamespace()
 		u := serviceUser(ns, "billing")
 		u.Spec.TokenPolicy.MaxLifetime = &metav1.Duration{Duration: 24 * time.Hour}
+		u.Spec.TokenPolicy.MaxIdle = &metav1.Duration{Duration: 48 * time.Hour}
 		Expect(k8sClient.Create(ctx, u)).To(Succeed())
 		grant(ns, "alice", manageTokens, mint("billing"))
 		alice, seen := as("alice")
@@ -208,12 +209,14 @@ var _ = Describe("Asking for more than the ServiceUser gives", func() {
 		tok := apiToken(ns, "greedy", "billing")
 		tok.Spec.Scopes = []string{"invoices:read", "admin:write"}
 		tok.Spec.Lifetime = &metav1.Duration{Duration: 720 * time.Hour}
+		tok.Spec.MaxIdle = &metav1.Duration{Duration: 2160 * time.Hour}
 		tok.Spec.ScopeRequestsPerMinute = []keymintv1alpha1.ScopeRate{{Scope: "invoices:read", RequestsPerMinute: 60}, {Scope: "admin:write", RequestsPerMinute: 5}}
 		Expect(alice.Create(ctx, tok)).To(Succeed())
 		Expect(seen.all()).To(ContainElements(
 			ContainSubstring(`scopes admin:write are not among ServiceUser "billing"'s permissions`),
 			ContainSubstring(`longer than ServiceUser "billing"'s tokenPolicy.maxLifetime (24h0m0s)`),
 			ContainSubstring(`scopeRequestsPerMinute gives rates to admin:write, which the token will not get`),
+			ContainSubstring(`maxIdle 2160h0m0s is longer than ServiceUser "billing"'s tokenPolicy.maxIdle (48h0m0s), which applies`),
 		))
 
 		By("the controller keeps the same on a condition, and issues the token with less")

@@ -220,6 +220,9 @@ func GrantWarnings(spec *keymintv1alpha1.ApiTokenSpec, u *tokenstate.User, userN
 		out = append(out, fmt.Sprintf("the token asks to live longer than ServiceUser %q's tokenPolicy.maxLifetime (%s): it will expire %s after it is issued",
 			userName, u.MaxLifetime, u.MaxLifetime))
 	}
+	if spec.MaxIdle != nil && tokenstate.MaxIdle(spec, u) < spec.MaxIdle.Duration {
+		out = append(out, fmt.Sprintf("maxIdle %s is longer than ServiceUser %q's tokenPolicy.maxIdle (%s), which applies", spec.MaxIdle.Duration, userName, u.MaxIdle))
+	}
 	// A rate for a scope the token will not get never applies: a check
 	// requiring that scope is refused 403 first.
 	effective := tokenstate.EffectiveScopes(spec.Scopes, u.Permissions)
