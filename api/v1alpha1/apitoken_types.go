@@ -179,7 +179,25 @@ type ApiTokenSpec struct {
 	// +kubebuilder:validation:items:MaxLength=49
 	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self) && cidr(self) == cidr(self).masked()",message="each entry must be a CIDR with its network's own address, such as 10.0.0.0/8 or 192.0.2.7/32"
 	AllowedSourceCIDRs []string `json:"allowedSourceCIDRs,omitempty"`
+
+	// metadata are up to 16 string pairs about the token, for the
+	// application behind the check: /check returns each as a header
+	// X-Keymint-Meta-<key> (and all in its body), TokenReview in
+	// user.extra["keymint.io/meta.<key>"]. Keys are 1 to 32 lowercase
+	// letters, digits and '-', starting and ending with a letter or digit;
+	// values at most 256 printable ASCII characters. Not secret: anyone who
+	// may read the ApiToken reads them.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=16
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k.size() <= 32 && k.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$'))",message="metadata keys are 1 to 32 lowercase letters, digits and '-', starting and ending with a letter or digit"
+	Metadata map[string]MetadataValue `json:"metadata,omitempty"`
 }
+
+// MetadataValue is one metadata value: printable ASCII, so that it can
+// travel in an HTTP header as it is.
+// +kubebuilder:validation:MaxLength=256
+// +kubebuilder:validation:Pattern=`^[ -~]*$`
+type MetadataValue string
 
 // Rotation says when a token is replaced by a new one.
 //

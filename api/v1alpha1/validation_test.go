@@ -355,6 +355,36 @@ var _ = Describe("ApiToken validation", func() {
 			wantErrors: []string{"each entry must be a CIDR with its network's own address"},
 		},
 		{
+			desc: "metadata within bounds is valid",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Metadata = map[string]keymintv1alpha1.MetadataValue{"team": "payments", "cost-center": "CC-4711 (EU)", "x": ""}
+			},
+		},
+		{
+			desc: "a metadata key with capitals or underscores is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Metadata = map[string]keymintv1alpha1.MetadataValue{"Team_Name": "x"}
+			},
+			wantErrors: []string{"metadata keys are 1 to 32 lowercase letters"},
+		},
+		{
+			desc: "a metadata value with a newline, or over 256 characters, is refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Metadata = map[string]keymintv1alpha1.MetadataValue{"a": "one\ntwo", "b": keymintv1alpha1.MetadataValue(strings.Repeat("v", 257))}
+			},
+			wantErrors: []string{"spec.metadata.a", "spec.metadata.b"},
+		},
+		{
+			desc: "more than 16 metadata pairs are refused",
+			mutate: func(t *keymintv1alpha1.ApiToken) {
+				t.Spec.Metadata = map[string]keymintv1alpha1.MetadataValue{}
+				for i := range 17 {
+					t.Spec.Metadata[fmt.Sprintf("k%d", i)] = "v"
+				}
+			},
+			wantErrors: []string{"spec.metadata"},
+		},
+		{
 			desc:   "allowedSourceCIDRs in IPv6 are valid",
 			mutate: func(t *keymintv1alpha1.ApiToken) { t.Spec.AllowedSourceCIDRs = []string{"fd00::/8"} },
 		},

@@ -79,8 +79,11 @@ func (r *Record) NamedBy(t keymintv1alpha1.RestartTarget) (authenticationv1.User
 }
 
 // minted is what SpecDigest covers: every field whose change mints a token
-// or changes what a token may do or how long it lives. Restart targets mint
+// or changes what a token may do, where, how long it lives, or what it
+// tells the application behind a check (metadata). Restart targets mint
 // nothing (each has its own entry), nor do the description and rates.
+// Fields added later are omitempty: a token that sets none keeps the
+// digest it was admitted with.
 type minted struct {
 	ServiceUser string                    `json:"serviceUser"`
 	Scopes      []string                  `json:"scopes,omitempty"`
@@ -90,11 +93,16 @@ type minted struct {
 	Rotation    *keymintv1alpha1.Rotation `json:"rotation,omitempty"`
 	Revoked     bool                      `json:"revoked,omitempty"`
 	Rotate      string                    `json:"rotate,omitempty"`
+
+	MaxIdle            *metav1.Duration                         `json:"maxIdle,omitempty"`
+	AllowedSourceCIDRs []string                                 `json:"allowedSourceCIDRs,omitempty"`
+	Metadata           map[string]keymintv1alpha1.MetadataValue `json:"metadata,omitempty"`
 }
 
 // SpecDigest is "sha256:<hex>" of what an ApiToken asks to be minted: its
 // ServiceUser, scopes, audiences, expiry, lifetime, rotation (less restart
-// targets), revocation and keymint.io/rotate annotation. Two ApiTokens with
+// targets), revocation, keymint.io/rotate annotation, maxIdle, source
+// addresses and metadata. Two ApiTokens with
 // equal digests mint the same token; a change to any of these is a change
 // that needs the right to mint.
 func SpecDigest(tok *keymintv1alpha1.ApiToken) string {
@@ -102,6 +110,7 @@ func SpecDigest(tok *keymintv1alpha1.ApiToken) string {
 	m := minted{
 		ServiceUser: s.ServiceUser, Scopes: s.Scopes, Audiences: s.Audiences, ExpiresAt: s.ExpiresAt,
 		Lifetime: s.Lifetime, Revoked: s.Revoked, Rotate: tok.Annotations[keymintv1alpha1.RotateAnnotation],
+		MaxIdle: s.MaxIdle, AllowedSourceCIDRs: s.AllowedSourceCIDRs, Metadata: s.Metadata,
 	}
 	if s.Rotation != nil {
 		m.Rotation = s.Rotation.DeepCopy()

@@ -59,9 +59,18 @@ func TestAdmitKeepsOrReplacesTheRequester(t *testing.T) {
 		"a new target is bob's alone": {mutate: func(t *keymintv1alpha1.ApiToken) {
 			t.Spec.Rotation.RestartTargets = append(t.Spec.Rotation.RestartTargets, keymintv1alpha1.RestartTarget{Kind: "Deployment", Name: "api"})
 		}, want: "alice", wantWeb: "alice"},
-		"a scope makes bob the requester":   {mutate: func(t *keymintv1alpha1.ApiToken) { t.Spec.Scopes = append(t.Spec.Scopes, "admin:all") }, want: "bob", wantWeb: "alice"},
-		"a shorter lifetime is asked too":   {mutate: func(t *keymintv1alpha1.ApiToken) { t.Spec.Lifetime = &metav1.Duration{Duration: time.Hour} }, want: "bob", wantWeb: "alice"},
-		"a rotate request is bob's":         {mutate: withRotate("now"), want: "bob", wantWeb: "alice"},
+		"a scope makes bob the requester": {mutate: func(t *keymintv1alpha1.ApiToken) { t.Spec.Scopes = append(t.Spec.Scopes, "admin:all") }, want: "bob", wantWeb: "alice"},
+		"a shorter lifetime is asked too": {mutate: func(t *keymintv1alpha1.ApiToken) { t.Spec.Lifetime = &metav1.Duration{Duration: time.Hour} }, want: "bob", wantWeb: "alice"},
+		"a rotate request is bob's":       {mutate: withRotate("now"), want: "bob", wantWeb: "alice"},
+		"dropping a source allowlist is bob's": {before: admitted(r, created, func() *keymintv1alpha1.ApiToken {
+			c := created.DeepCopy()
+			c.Spec.AllowedSourceCIDRs = []string{"10.0.0.0/8"}
+			return c
+		}(), alice), mutate: func(t *keymintv1alpha1.ApiToken) { t.Spec.AllowedSourceCIDRs = nil }, want: "bob", wantWeb: "alice"},
+		"metadata the application reads is bob's": {mutate: func(t *keymintv1alpha1.ApiToken) {
+			t.Spec.Metadata = map[string]keymintv1alpha1.MetadataValue{"role": "admin"}
+		}, want: "bob", wantWeb: "alice"},
+		"a longer maxIdle is bob's":         {mutate: func(t *keymintv1alpha1.ApiToken) { t.Spec.MaxIdle = &metav1.Duration{Duration: 9000 * time.Hour} }, want: "bob", wantWeb: "alice"},
 		"un-revoking is bob's, targets too": {before: func() *keymintv1alpha1.ApiToken { c := created.DeepCopy(); c.Spec.Revoked = true; return c }(), mutate: func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = false }, want: "bob", wantWeb: "bob"},
 		"no record: bob":                    {before: token(), mutate: func(t *keymintv1alpha1.ApiToken) { t.Spec.Description = "x" }, want: "bob", wantWeb: "bob"},
 		"an edited record: bob": {before: func() *keymintv1alpha1.ApiToken {

@@ -211,6 +211,9 @@ func startNginx(checkURL, caFile, appURL string) *nginx {
 // appView is what the application behind nginx received.
 type appView struct {
 	User, Token, Scopes, Authorization, Path string
+	// MetaTeam is X-Keymint-Meta-Team, the metadata key the shipped
+	// configuration forwards.
+	MetaTeam string `json:",omitempty"`
 }
 
 var _ = Describe("nginx with config/nginx/keymint.conf", Ordered, func() {
@@ -240,7 +243,7 @@ spec:
 apiVersion: keymint.io/v1alpha1
 kind: ApiToken
 metadata: {name: nginx-e2e-full}
-spec: {serviceUser: nginx-e2e}
+spec: {serviceUser: nginx-e2e, metadata: {team: payments}}
 ---
 apiVersion: keymint.io/v1alpha1
 kind: ApiToken
@@ -261,6 +264,7 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 			_ = json.NewEncoder(w).Encode(appView{
 				User: r.Header.Get("X-Keymint-User"), Token: r.Header.Get("X-Keymint-Token"),
 				Scopes: r.Header.Get("X-Keymint-Scopes"), Authorization: r.Header.Get("Authorization"), Path: r.URL.RequestURI(),
+				MetaTeam: r.Header.Get("X-Keymint-Meta-Team"),
 			})
 		}))
 		DeferCleanup(app.Close)
@@ -306,13 +310,14 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 	}
 
 	It("lets a token with the scope through: 200, and the application sees who called, not what the client claims", func() {
-		resp, body := get("/reports/2026", fullToken, "X-Keymint-User", "keymint:default:someone-else")
+		resp, body := get("/reports/2026", fullToken, "X-Keymint-User", "keymint:default:someone-else", "X-Keymint-Meta-Team", "admins")
 		Expect(resp.StatusCode).To(Equal(http.StatusOK), "%s", body)
 		var app appView
 		Expect(json.Unmarshal(body, &app)).To(Succeed(), "%s", body)
 		Expect(app).To(Equal(appView{
 			User: "keymint:default:nginx-e2e", Token: "default/nginx-e2e-full", Scopes: "invoices:read,reports:write",
-			Path: "/reports/2026", // and no Authorization: the token stays at nginx
+			Path:     "/reports/2026", // and no Authorization: the token stays at nginx
+			MetaTeam: "payments",      // the token's metadata, not the client's header
 		}))
 		Expect(resp.Header.Get("X-RateLimit-Limit")).To(Equal(strconv.Itoa(limit)))
 	})

@@ -117,7 +117,8 @@ spec: {serviceUser: reporter, allowedSourceCIDRs: ["127.0.0.5/32"]}
 
 		app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
-			_ = json.NewEncoder(w).Encode(appView{User: r.Header.Get("X-Keymint-User"), Token: r.Header.Get("X-Keymint-Token"), Path: r.URL.RequestURI()})
+			_ = json.NewEncoder(w).Encode(appView{User: r.Header.Get("X-Keymint-User"), Token: r.Header.Get("X-Keymint-Token"), Path: r.URL.RequestURI(),
+				MetaTeam: r.Header.Get("X-Keymint-Meta-Team")})
 		}))
 		DeferCleanup(app.Close)
 		nginxURL = startNginx(senv["KEYMINT_CHECK_URL"], senv["KEYMINT_CA_FILE"], app.URL).url
@@ -127,11 +128,12 @@ spec: {serviceUser: reporter, allowedSourceCIDRs: ["127.0.0.5/32"]}
 		var seen *appView
 		Eventually(func() int {
 			var status int
-			status, _, seen = get("127.0.0.5", pinned)
+			status, _, seen = get("127.0.0.5", pinned, "X-Keymint-Meta-Team", "admins")
 			return status
 		}).Should(Equal(http.StatusOK))
 		Expect(seen.User).To(Equal("keymint:default:reporter"))
 		Expect(seen.Token).To(Equal("default/pinned"))
+		Expect(seen.MetaTeam).To(BeEmpty(), "a token without that metadata key: the client's own header is dropped")
 	})
 
 	It("refuses it from any other address: 403 source_not_allowed, and the application sees nothing", func() {

@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
@@ -232,9 +233,22 @@ func grantOf(t *tokenEntry, u *userEntry) *Grant {
 		UserUID:  u.state.UID,
 		Groups:   u.groups,
 		Scopes:   tokenstate.EffectiveScopes(t.spec.Scopes, u.state.Permissions),
+		Metadata: metadataOf(t.spec.Metadata),
 	}}
 	t.memo.derived.Store(g)
 	return g
+}
+
+// metadataOf copies spec.metadata as plain strings; nil when empty.
+func metadataOf(m map[string]keymintv1alpha1.MetadataValue) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = string(v)
+	}
+	return out
 }
 
 // wellFormedBit is ref's bit in entryMemo.wellFormed; 0 for a hash that has

@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,14 +39,21 @@ const (
 	TokenReviewV1beta = "/apis/authentication.k8s.io/v1beta1/tokenreviews"
 )
 
+// ExtraMetaPrefix starts the user.extra key of each metadata pair in a
+// TokenReview answer: keymint.io/meta.team for key "team".
+const ExtraMetaPrefix = "keymint.io/meta."
+
 // Headers of a /check answer.
 const (
-	HeaderUser      = "X-Keymint-User"
-	HeaderToken     = "X-Keymint-Token"
-	HeaderScopes    = "X-Keymint-Scopes"
-	HeaderScope     = "X-Keymint-Scope"
-	HeaderAudience  = "X-Keymint-Audience"
-	HeaderForwarded = "X-Forwarded-Authorization"
+	HeaderUser   = "X-Keymint-User"
+	HeaderToken  = "X-Keymint-Token"
+	HeaderScopes = "X-Keymint-Scopes"
+	// HeaderMetaPrefix starts one header per metadata key of the token:
+	// X-Keymint-Meta-Team for key "team".
+	HeaderMetaPrefix = "X-Keymint-Meta-"
+	HeaderScope      = "X-Keymint-Scope"
+	HeaderAudience   = "X-Keymint-Audience"
+	HeaderForwarded  = "X-Forwarded-Authorization"
 	// HeaderRateLimitScope names the scope whose budget the X-RateLimit
 	// headers describe, when it is not the token's own.
 	HeaderRateLimitScope = "X-Ratelimit-Scope"
@@ -109,9 +118,10 @@ type errorBody struct {
 
 // checkBody is a /check success answer's JSON body.
 type checkBody struct {
-	User   string   `json:"user"`
-	Token  string   `json:"token"`
-	Scopes []string `json:"scopes"`
+	User     string            `json:"user"`
+	Token    string            `json:"token"`
+	Scopes   []string          `json:"scopes"`
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {
@@ -514,6 +524,9 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) (
 	hdr[HeaderUser] = ok.user
 	hdr[HeaderToken] = ok.token
 	hdr[HeaderScopes] = ok.scopes
+	for _, m := range ok.meta {
+		hdr[m.name] = m.value
+	}
 	hdr["Content-Type"] = jsonContentType
 	hdr["Cache-Control"] = noStore
 	w.WriteHeader(http.StatusOK)
@@ -525,7 +538,14 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) (
 // and kept in its Memo; shared and only read.
 type successAnswer struct {
 	user, token, scopes []string // header values
+	meta                []header // X-Keymint-Meta-*, by key
 	body                []byte
+}
+
+// header is one prebuilt header: its canonical name and value.
+type header struct {
+	name  string
+	value []string
 }
 
 // successOf returns g's prebuilt success answer, building it on first use.
@@ -537,10 +557,13 @@ func successOf(g *Grant) *successAnswer {
 	if scopes == nil {
 		scopes = []string{}
 	}
-	body, _ := json.Marshal(checkBody{User: g.Username, Token: g.Token.String(), Scopes: scopes})
+	body, _ := json.Marshal(checkBody{User: g.Username, Token: g.Token.String(), Scopes: scopes, Metadata: g.Metadata})
 	a := &successAnswer{
 		user: []string{g.Username}, token: []string{g.Token.String()}, scopes: []string{strings.Join(g.Scopes, ",")},
 		body: append(body, '\n'),
+	}
+	for _, k := range slices.Sorted(maps.Keys(g.Metadata)) {
+		a.meta = append(a.meta, header{name: http.CanonicalHeaderKey(HeaderMetaPrefix + k), value: []string{g.Metadata[k]}})
 	}
 	g.Memo.Store(a)
 	return a
@@ -693,6 +716,9 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 				"keymint.io/token":  {v.Grant.Token.String()},
 				"keymint.io/scopes": v.Grant.Scopes,
 			},
+		}
+		for k, val := range v.Grant.Metadata {
+			status.User.Extra[ExtraMetaPrefix+k] = authnv1.ExtraValue{val}
 		}
 	} else {
 		status.Error = v.Failure.Message()

@@ -22,4 +22,7 @@ type Identity struct {
 	Groups   []string
 	// Scopes are the token's effective scopes: what its user still grants.
 	Scopes []string
+	// Metadata are the ApiToken's spec.metadata, for the application
+	// behind the check; nil when none.
+	Metadata map[string]string
 }
