@@ -15,30 +15,40 @@ import (
 	"github.com/keymint/keymint/internal/testenv"
 )
 
+// minter gives user the right to write ApiTokens and mint tokens of
+// ServiceUser serviceUser in ns, and returns a client acting as user and
+// the RoleBinding that grants it (to delete, and create again).
+func minter(ns, user, serviceUser string) (client.Client, func() *rbacv1.RoleBinding) {
+	GinkgoHelper()
+	name := user + "-mints-" + serviceUser
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"keymint.io"}, Resources: []string{"apitokens"}, Verbs: []string{"get", "create", "update", "patch"}},
+			{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"mint"}, ResourceNames: []string{serviceUser}},
+		},
+	}
+	Expect(k8sClient.Create(ctx, role)).To(Succeed())
+	binding := func() *rbacv1.RoleBinding {
+		return &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
+		}
+	}
+	Expect(k8sClient.Create(ctx, binding())).To(Succeed())
+	userCfg := rest.CopyConfig(cfg)
+	userCfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
+	c, err := client.New(userCfg, client.Options{Scheme: testenv.Scheme})
+	Expect(err).NotTo(HaveOccurred())
+	return c, binding
+}
+
 var _ = Describe("A requester who loses the right to mint", func() {
 	It("keeps the issued token; its next rotation waits, and happens once the right is back", func() {
 		ns := newNamespace()
 		createUser(ns, "billing")
-		role := &rbacv1.Role{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "carol-mints-billing"},
-			Rules: []rbacv1.PolicyRule{
-				{APIGroups: []string{"keymint.io"}, Resources: []string{"apitokens"}, Verbs: []string{"get", "create", "update", "patch"}},
-				{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"mint"}, ResourceNames: []string{"billing"}},
-			},
-		}
-		Expect(k8sClient.Create(ctx, role)).To(Succeed())
-		binding := func() *rbacv1.RoleBinding {
-			return &rbacv1.RoleBinding{
-				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "carol-mints-billing"},
-				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
-				Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "carol"}},
-			}
-		}
-		Expect(k8sClient.Create(ctx, binding())).To(Succeed())
-		carolCfg := rest.CopyConfig(cfg)
-		carolCfg.Impersonate = rest.ImpersonationConfig{UserName: "carol", Groups: []string{"system:authenticated"}}
-		carol, err := client.New(carolCfg, client.Options{Scheme: testenv.Scheme})
-		Expect(err).NotTo(HaveOccurred())
+		carol, binding := minter(ns, "carol", "billing")
 
 		tok := &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "t"}, Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "billing"}}
 		testenv.WithRotation(time.Hour, 0)(tok)
@@ -84,26 +94,7 @@ var _ = Describe("A leak reported while the requester may not mint", func() {
 	It("refuses the token and says so at once: Leaked=True, a Leaked Event, and the replacement once the right is back", func() {
 		ns := newNamespace()
 		createUser(ns, "billing")
-		role := &rbacv1.Role{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "dave-mints-billing"},
-			Rules: []rbacv1.PolicyRule{
-				{APIGroups: []string{"keymint.io"}, Resources: []string{"apitokens"}, Verbs: []string{"get", "create", "update", "patch"}},
-				{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"mint"}, ResourceNames: []string{"billing"}},
-			},
-		}
-		Expect(k8sClient.Create(ctx, role)).To(Succeed())
-		binding := func() *rbacv1.RoleBinding {
-			return &rbacv1.RoleBinding{
-				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "dave-mints-billing"},
-				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
-				Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "dave"}},
-			}
-		}
-		Expect(k8sClient.Create(ctx, binding())).To(Succeed())
-		daveCfg := rest.CopyConfig(cfg)
-		daveCfg.Impersonate = rest.ImpersonationConfig{UserName: "dave", Groups: []string{"system:authenticated"}}
-		dave, err := client.New(daveCfg, client.Options{Scheme: testenv.Scheme})
-		Expect(err).NotTo(HaveOccurred())
+		dave, binding := minter(ns, "dave", "billing")
 		Expect(dave.Create(ctx, &keymintv1alpha1.ApiToken{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "t"}, Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "billing"}})).To(Succeed())
 		plain, _ := issued(ns, "t")
 

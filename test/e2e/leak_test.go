@@ -6,20 +6,15 @@ package e2e
 // which tokens are live or make keymint write more.
 
 import (
-	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -31,30 +26,20 @@ import (
 
 var _ = Describe("Leak reports on two replicas", Ordered, func() {
 	var (
-		dir         string
-		cmd         *exec.Cmd
-		log         *bytes.Buffer
-		done        chan error
-		lenv        map[string]string
+		run         *devRun
 		urls        []string
 		metricsURLs []string
 		httpc       *http.Client
 		gitlabToken string
 	)
 	const where = "https://git.example.com/acme/shop/-/blob/main/deploy/.env#L7"
-	unquoted := func(v string) string { return strings.Trim(v, `"`) }
 	lkubectl := func(args ...string) string {
 		GinkgoHelper()
-		c := exec.Command("kubectl", args...)
-		c.Dir = root
-		c.Env = append(withoutKubeconfig(os.Environ()), "KUBECONFIG="+lenv["KUBECONFIG"], "HOME="+dir)
-		out, err := c.CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), "kubectl %s: %s", redact(args), out)
-		return string(out)
+		return run.kubectl(args...)
 	}
 	apply := func(name, manifest string) {
 		GinkgoHelper()
-		path := filepath.Join(dir, name+".yaml")
+		path := filepath.Join(run.dir, name+".yaml")
 		Expect(os.WriteFile(path, []byte(manifest), 0o600)).To(Succeed())
 		lkubectl("apply", "-f", path)
 	}
@@ -170,52 +155,17 @@ spec: {serviceUser: %[1]s%[2]s}
 	}
 
 	BeforeAll(func() {
-		dir = filepath.Join(binDir, "dev-leaks")
-		log = &bytes.Buffer{}
 		By("starting keymint as make run REPLICAS=2 does: leak reports on, both forms")
-		cmd = exec.Command(filepath.Join(binDir, "keymint-run"), "-dir", dir, "-keymint", filepath.Join(binDir, "keymint"), "-check-port", "0", "-replicas", "2")
-		cmd.Dir = root
-		cmd.Env = append(withoutKubeconfig(os.Environ()), "HOME="+binDir)
-		cmd.Stdout = io.MultiWriter(log, GinkgoWriter)
-		cmd.Stderr = cmd.Stdout
-		Expect(cmd.Start()).To(Succeed())
-		done = make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		envFile := filepath.Join(dir, "keymint.env")
-		Eventually(func() error {
-			select {
-			case err := <-done:
-				done <- err
-				StopTrying(fmt.Sprintf("make run exited before it was ready: %v\n%s", err, log)).Now()
-			default:
-			}
-			_, err := os.Stat(envFile)
-			return err
-		}, 3*time.Minute).Should(Succeed())
-		lenv = readEnv(envFile)
-		urls = strings.Fields(unquoted(lenv["KEYMINT_CHECK_URLS"]))
-		metricsURLs = strings.Fields(unquoted(lenv["KEYMINT_METRICS_URLS"]))
+		run = startRun(filepath.Join(binDir, "dev-leaks"), "-replicas", "2")
+		urls, metricsURLs = run.list("KEYMINT_CHECK_URLS"), run.list("KEYMINT_METRICS_URLS")
 		Expect(urls).To(HaveLen(2))
 		Expect(metricsURLs).To(HaveLen(2))
-		ca, err := os.ReadFile(lenv["KEYMINT_CA_FILE"])
-		Expect(err).NotTo(HaveOccurred())
-		pool := x509.NewCertPool()
-		Expect(pool.AppendCertsFromPEM(ca)).To(BeTrue())
-		httpc = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
-		b, err := os.ReadFile(lenv["KEYMINT_LEAK_REPORT_GITLAB_TOKEN_FILE"])
+		httpc = run.httpsClient()
+		b, err := os.ReadFile(run.env["KEYMINT_LEAK_REPORT_GITLAB_TOKEN_FILE"])
 		Expect(err).NotTo(HaveOccurred(), "make run writes the GitLab token to the file keymint.env names")
 		gitlabToken = strings.TrimSpace(string(b))
 		Expect(gitlabToken).NotTo(BeEmpty())
-		Expect(log.String()).NotTo(ContainSubstring(gitlabToken), "make run prints where the GitLab token is, never the token")
-	})
-
-	AfterAll(func() {
-		if cmd == nil || cmd.Process == nil {
-			return
-		}
-		Expect(cmd.Process.Signal(syscall.SIGINT)).To(Succeed())
-		Eventually(done, time.Minute).Should(Receive(BeNil()))
-		Expect(processesUsing(dir)).To(BeEmpty(), "processes left behind after Ctrl-C")
+		Expect(run.log.String()).NotTo(ContainSubstring(gitlabToken), "make run prints where the GitLab token is, never the token")
 	})
 
 	var leaked string
@@ -264,7 +214,7 @@ spec:
 		Expect(code).To(Equal(http.StatusAccepted))
 		code, _ = github(0, leaked)
 		Expect(code).To(Equal(http.StatusAccepted))
-		lkubectl("apply", "-f", filepath.Join(dir, "shop.yaml"))
+		lkubectl("apply", "-f", filepath.Join(run.dir, "shop.yaml"))
 		Consistently(func(g Gomega) {
 			g.Expect(checkStatus(0, leaked)).To(Equal(http.StatusUnauthorized))
 			g.Expect(checkStatus(1, leaked)).To(Equal(http.StatusUnauthorized))

@@ -5,17 +5,13 @@ package e2e
 // plane of their own.
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -32,24 +28,13 @@ import (
 
 var _ = Describe("Two replicas sharing rate limits in Redis", Ordered, func() {
 	var (
-		dir     string
-		cmd     *exec.Cmd
-		log     *bytes.Buffer
-		done    chan error
-		renv    map[string]string
+		run     *devRun
 		urls    []string
 		clients []*http.Client
 	)
-	envFile := func() string { return filepath.Join(dir, "keymint.env") }
-	unquoted := func(v string) string { return strings.Trim(v, `"`) }
 	rkubectl := func(args ...string) string {
 		GinkgoHelper()
-		c := exec.Command("kubectl", args...)
-		c.Dir = root
-		c.Env = append(withoutKubeconfig(os.Environ()), "KUBECONFIG="+renv["KUBECONFIG"], "HOME="+dir)
-		out, err := c.CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), "kubectl %s: %s", redact(args), out)
-		return string(out)
+		return run.kubectl(args...)
 	}
 	// limitedToken applies a ServiceUser and an ApiToken limited to rate a
 	// minute, and returns the token once both replicas accept it (asked
@@ -66,7 +51,7 @@ kind: ApiToken
 metadata: {name: %[1]s, namespace: default}
 spec: {serviceUser: %[1]s, requestsPerMinute: %[2]d}
 `, name, rate)
-		path := filepath.Join(dir, name+".yaml")
+		path := filepath.Join(run.dir, name+".yaml")
 		Expect(os.WriteFile(path, []byte(manifest), 0o600)).To(Succeed())
 		rkubectl("apply", "-f", path)
 		rkubectl("wait", "--for=condition=Ready", "apitoken/"+name, "--timeout=60s")
@@ -133,49 +118,15 @@ spec: {serviceUser: %[1]s, requestsPerMinute: %[2]d}
 	}
 
 	BeforeAll(func() {
-		dir = filepath.Join(binDir, "dev-replicas")
-		log = &bytes.Buffer{}
 		By("starting keymint as make run REPLICAS=2 RATE_LIMIT_BACKEND=redis does")
-		cmd = exec.Command(filepath.Join(binDir, "keymint-run"), "-dir", dir, "-keymint", filepath.Join(binDir, "keymint"), "-check-port", "0",
-			"-replicas", "2", "-rate-limit-backend", "redis")
-		cmd.Dir = root
-		cmd.Env = append(withoutKubeconfig(os.Environ()), "HOME="+binDir)
-		cmd.Stdout = io.MultiWriter(log, GinkgoWriter)
-		cmd.Stderr = cmd.Stdout
-		Expect(cmd.Start()).To(Succeed())
-		done = make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		Eventually(func() error {
-			select {
-			case err := <-done:
-				done <- err
-				StopTrying(fmt.Sprintf("make run exited before it was ready: %v\n%s", err, log)).Now()
-			default:
-			}
-			_, err := os.Stat(envFile())
-			return err
-		}, 3*time.Minute).Should(Succeed())
-		renv = readEnv(envFile())
-		urls = strings.Fields(unquoted(renv["KEYMINT_CHECK_URLS"]))
+		run = startRun(filepath.Join(binDir, "dev-replicas"), "-replicas", "2", "-rate-limit-backend", "redis")
+		urls = run.list("KEYMINT_CHECK_URLS")
 		Expect(urls).To(HaveLen(2))
-		Expect(urls[0]).To(Equal(renv["KEYMINT_CHECK_URL"]), "KEYMINT_CHECK_URL stays the first replica's")
-		Expect(renv).To(HaveKey("KEYMINT_REDIS_URL"))
-		ca, err := os.ReadFile(renv["KEYMINT_CA_FILE"])
-		Expect(err).NotTo(HaveOccurred())
-		pool := x509.NewCertPool()
-		Expect(pool.AppendCertsFromPEM(ca)).To(BeTrue())
+		Expect(urls[0]).To(Equal(run.env["KEYMINT_CHECK_URL"]), "KEYMINT_CHECK_URL stays the first replica's")
+		Expect(run.env).To(HaveKey("KEYMINT_REDIS_URL"))
 		for range urls {
-			clients = append(clients, &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}})
+			clients = append(clients, run.httpsClient())
 		}
-	})
-
-	AfterAll(func() {
-		if cmd == nil || cmd.Process == nil {
-			return
-		}
-		Expect(cmd.Process.Signal(syscall.SIGINT)).To(Succeed())
-		Eventually(done, time.Minute).Should(Receive(BeNil()))
-		Expect(processesUsing(dir)).To(BeEmpty(), "processes left behind after Ctrl-C (keymint replicas, redis-server, kube-apiserver, etcd)")
 	})
 
 	It("lets a token limited to 60 a minute through 60 times across both replicas, then answers 429 with Retry-After", func() {
@@ -199,13 +150,13 @@ spec: {serviceUser: %[1]s, requestsPerMinute: %[2]d}
 		Expect(first[200]).To(Equal(30))
 
 		By("killing replica 2; make run starts it again")
-		pids := strings.Fields(unquoted(renv["KEYMINT_PIDS"]))
+		pids := run.list("KEYMINT_PIDS")
 		Expect(pids).To(HaveLen(2))
 		pid, err := strconv.Atoi(pids[1])
 		Expect(err).NotTo(HaveOccurred())
 		Expect(syscall.Kill(pid, syscall.SIGKILL)).To(Succeed())
-		Eventually(func() string { return unquoted(readEnv(envFile())["KEYMINT_PIDS"]) }, 2*time.Minute).ShouldNot(ContainSubstring(pids[1]))
-		renv = readEnv(envFile())
+		Eventually(func() string { return strings.Trim(readEnv(run.envFile())["KEYMINT_PIDS"], `"`) }, 2*time.Minute).ShouldNot(ContainSubstring(pids[1]))
+		run.env = readEnv(run.envFile())
 		clients[1].CloseIdleConnections() // they went with the killed process
 
 		second := send(tok, 90)
@@ -221,7 +172,7 @@ spec: {serviceUser: %[1]s, requestsPerMinute: %[2]d}
 
 	It("fails open while redis-server is down, under load, and shares budgets again once it is back", func() {
 		tok := limitedToken("load", 1_000_000)
-		metricsURLs := strings.Fields(unquoted(renv["KEYMINT_METRICS_URLS"]))
+		metricsURLs := run.list("KEYMINT_METRICS_URLS")
 		Expect(metricsURLs).To(HaveLen(2))
 
 		ctx, stop := context.WithCancel(context.Background())
@@ -251,7 +202,7 @@ spec: {serviceUser: %[1]s, requestsPerMinute: %[2]d}
 		defer func() { stop(); wg.Wait() }()
 
 		By("shutting redis-server down")
-		opts, err := redis.ParseURL(renv["KEYMINT_REDIS_URL"])
+		opts, err := redis.ParseURL(run.env["KEYMINT_REDIS_URL"])
 		Expect(err).NotTo(HaveOccurred())
 		rdb := redis.NewClient(opts)
 		defer rdb.Close()
@@ -272,9 +223,9 @@ spec: {serviceUser: %[1]s, requestsPerMinute: %[2]d}
 		}
 		stop()
 		wg.Wait()
-		Expect(log.String()).To(ContainSubstring("redis-server exited"))
-		Expect(log.String()).To(ContainSubstring("Rate-limit store unreachable"))
-		Expect(log.String()).To(ContainSubstring("Rate-limit store answers again"))
+		Expect(run.log.String()).To(ContainSubstring("redis-server exited"))
+		Expect(run.log.String()).To(ContainSubstring("Rate-limit store unreachable"))
+		Expect(run.log.String()).To(ContainSubstring("Rate-limit store answers again"))
 		GinkgoWriter.Printf("checks under load while redis-server went down and came back: %v (%d answered 200 by the time both replicas saw it down)\n", counts, during)
 		Expect(counts).To(HaveKey("200"))
 		Expect(counts).To(HaveLen(1), "fail open: every check answered 200, none failed or was refused")

@@ -7,18 +7,13 @@ package e2e
 // untrusted case is the nginx spec's last: there make run trusts nobody.
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
-	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -26,22 +21,9 @@ import (
 
 var _ = Describe("nginx, trusted by keymint, in front of tokens restricted to client addresses", Ordered, func() {
 	var (
-		dir      string
-		cmd      *exec.Cmd
-		done     chan error
-		senv     map[string]string
 		nginxURL string
 		pinned   string // allowed from 127.0.0.5 only
 	)
-	skubectl := func(args ...string) string {
-		GinkgoHelper()
-		c := exec.Command("kubectl", args...)
-		c.Dir = root
-		c.Env = append(withoutKubeconfig(os.Environ()), "KUBECONFIG="+senv["KUBECONFIG"], "HOME="+dir)
-		out, err := c.CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), "kubectl %s: %s", redact(args), out)
-		return string(out)
-	}
 	// get asks nginx for /reports with tok, from the loopback address from,
 	// with extra headers; it returns the status, keymint's error code and
 	// what the application saw (nil when it saw nothing).
@@ -67,35 +49,10 @@ var _ = Describe("nginx, trusted by keymint, in front of tokens restricted to cl
 	}
 
 	BeforeAll(func() {
-		dir = filepath.Join(binDir, "dev-sources")
-		log := &bytes.Buffer{}
 		By("starting keymint as make run RUN_ARGS=\"-trusted-proxy-cidrs 127.0.0.1/32\" does")
-		cmd = exec.Command(filepath.Join(binDir, "keymint-run"), "-dir", dir, "-keymint", filepath.Join(binDir, "keymint"), "-check-port", "0",
-			"-trusted-proxy-cidrs", "127.0.0.1/32")
-		cmd.Dir = root
-		cmd.Env = append(withoutKubeconfig(os.Environ()), "HOME="+binDir)
-		cmd.Stdout = io.MultiWriter(log, GinkgoWriter)
-		cmd.Stderr = cmd.Stdout
-		Expect(cmd.Start()).To(Succeed())
-		done = make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		envFile := filepath.Join(dir, "keymint.env")
-		Eventually(func() error {
-			select {
-			case err := <-done:
-				done <- err
-				StopTrying(fmt.Sprintf("make run exited before it was ready: %v\n%s", err, log)).Now()
-			default:
-			}
-			_, err := os.Stat(envFile)
-			return err
-		}, 3*time.Minute).Should(Succeed())
-		senv = readEnv(envFile)
-		DeferCleanup(func() {
-			Expect(cmd.Process.Signal(syscall.SIGINT)).To(Succeed())
-			Eventually(done, time.Minute).Should(Receive(BeNil()))
-			Expect(processesUsing(dir)).To(BeEmpty(), "processes left behind after Ctrl-C")
-		})
+		run := startRun(filepath.Join(binDir, "dev-sources"), "-trusted-proxy-cidrs", "127.0.0.1/32")
+		skubectl := run.kubectl
+		dir := run.dir
 
 		By("a ServiceUser whose token is allowed from 127.0.0.5 only")
 		manifest := filepath.Join(dir, "pinned.yaml")
@@ -121,7 +78,7 @@ spec: {serviceUser: reporter, allowedSourceCIDRs: ["127.0.0.5/32"]}
 				MetaTeam: r.Header.Get("X-Keymint-Meta-Team")})
 		}))
 		DeferCleanup(app.Close)
-		nginxURL = startNginx(senv["KEYMINT_CHECK_URL"], senv["KEYMINT_CA_FILE"], app.URL).url
+		nginxURL = startNginx(run.env["KEYMINT_CHECK_URL"], run.env["KEYMINT_CA_FILE"], app.URL).url
 	})
 
 	It("lets the token through from its address: nginx names the client, keymint believes nginx", func() {
