@@ -119,6 +119,9 @@ func startKeymint(t *testing.T) *keymint {
 	k.issue("backfill", func(a *keymintv1alpha1.ApiToken) { a.Spec.Scopes = []string{"invoices:read"} })
 	k.issue("limited", func(a *keymintv1alpha1.ApiToken) { a.Spec.RequestsPerMinute = ptr.To[int32](2) })
 	k.issue("revoked", nil)
+	k.issue("tagged", func(a *keymintv1alpha1.ApiToken) {
+		a.Spec.Metadata = map[string]keymintv1alpha1.MetadataValue{"team": "payments"}
+	})
 	return k
 }
 

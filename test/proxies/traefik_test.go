@@ -253,6 +253,15 @@ func TestTraefikRecipe(t *testing.T) {
 	k := startKeymint(t)
 	testRecipe(t, k, func(t *testing.T, r *http.Request) outcome { return c.serve(t, k, r) })
 
+	t.Run("the token's metadata reaches the application; a client's own header of that key never does", func(t *testing.T) {
+		for tok, want := range map[string]string{"tagged": "payments", "exporter": ""} {
+			got := c.serve(t, k, clientRequest(http.MethodGet, "/reports/2026", "Authorization", k.bearer(tok), "X-Keymint-Meta-Team", "admins"))
+			if !got.passed || got.upstream.Get("X-Keymint-Meta-Team") != want {
+				t.Errorf("%s: passed %v, the application sees X-Keymint-Meta-Team %q, want %q", tok, got.passed, got.upstream.Get("X-Keymint-Meta-Team"), want)
+			}
+		}
+	})
+
 	t.Run("keymint gets the token and the request's properties, nothing else of the client's", func(t *testing.T) {
 		r := clientRequest(http.MethodDelete, "/reports/2026?x=1", "Authorization", k.bearer("exporter"),
 			"Cookie", "session=secret", "X-Keymint-Scope", "invoices:read", "X-Forwarded-Uri", "/invoices/2026")
