@@ -63,10 +63,6 @@ type observation struct {
 	// Auth answers whether the requester may have the decided token minted
 	// now; nil when this reconcile asked nothing.
 	Auth *authorization
-	// LeakReports are the status's reports of leaked hashes, and LastLeak
-	// the last leak acted on.
-	LeakReports []keymintv1alpha1.LeakReport
-	LastLeak    *keymintv1alpha1.LastLeak
 	// OurRecord is the serial of a record keymint signed in the Secret and
 	// that was not adopted (a token minted after a revocation whose status
 	// write was lost); zero when none. A new token's serial passes it, and
@@ -117,14 +113,15 @@ func (o *observation) trusted() bool {
 // evidence of a token.
 func observeToken(o *observation, st *keymintv1alpha1.ApiTokenStatus, sec secretState) {
 	o.SecretHolds = sec.Holds
-	o.LeakReports, o.LastLeak = st.LeakReports, st.LastLeak
 	// A status that has named a token and names none now was revoked (or
 	// never written after an un-revoke): nothing minted before is adopted
 	// into it; a fresh token is minted instead.
 	if rec := sec.Signed; rec != nil && rec.Serial > st.Serial && (st.Serial == 0 || st.TokenHash != "") {
 		rec.Previous = namedPrevious(rec.Previous, st)
 		o.Current = tokenFromRecord(o.Spec, rec)
-		markLeaked(&o.Current, rec.Hash, st.LeakReports)
+		// What the status records beside any token still holds: the
+		// reports of leaked hashes, the line's last use.
+		o.Current.MarkReported(rec.Hash, st.LeakReports)
 		if st.LastUsedAt != nil {
 			o.Current.AnyLastUsed = st.LastUsedAt.Time
 		}
@@ -171,15 +168,6 @@ func tokenFromRecord(spec *keymintv1alpha1.ApiTokenSpec, rec *secretrecord.Recor
 		t.Previous = append(t.Previous, tokenstate.Previous{Hash: p.Hash, IssuedAt: p.IssuedAt, ValidUntil: p.ValidUntil})
 	}
 	return t
-}
-
-// markLeaked marks the hashes of t that the status's leak reports name: a
-// record adopted from the Secret is refused for them as the status is.
-func markLeaked(t *tokenstate.Token, hash string, reports []keymintv1alpha1.LeakReport) {
-	t.Leaked = tokenstate.Reported(reports, hash)
-	for i := range t.Previous {
-		t.Previous[i].Leaked = tokenstate.Reported(reports, t.Previous[i].Hash)
-	}
 }
 
 // reads is what one reconcile read: the objects it writes back, and the

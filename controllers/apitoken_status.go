@@ -96,9 +96,10 @@ func statusFields(current keymintv1alpha1.ApiTokenStatus, generation int64, secr
 	st.LastRotationRequest = a.RotationRequest
 	v := &a.Verdict
 	switch {
-	case v.Revoked == keymintv1alpha1.ApiTokenReasonIdle && st.IdleRevokedAt == nil:
-		st.IdleRevokedAt = timePtr(&o.Now)
 	case v.Revoked == keymintv1alpha1.ApiTokenReasonIdle:
+		if st.IdleRevokedAt == nil {
+			st.IdleRevokedAt = timePtr(&o.Now)
+		}
 	case v.Revoked == keymintv1alpha1.ApiTokenReasonRevokedBySpec, a.Token.Issued && v.Revoked == "":
 		// Revoking by spec is a decision of its own: un-revoking asks for
 		// a new token, as after any revocation.

@@ -141,15 +141,25 @@ func TokenFrom(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenS
 		tok.IdleSince = st.IdleSince.Time
 	}
 	tok.IdleRevoked = st.IdleRevokedAt != nil
-	tok.Leaked = tok.Issued && Reported(st.LeakReports, st.TokenHash)
 	for _, p := range st.PreviousTokens {
-		prev := Previous{Hash: p.TokenHash, IssuedAt: p.IssuedAt.Time, ValidUntil: p.ValidUntil.Time, Leaked: Reported(st.LeakReports, p.TokenHash)}
+		prev := Previous{Hash: p.TokenHash, IssuedAt: p.IssuedAt.Time, ValidUntil: p.ValidUntil.Time}
 		if p.LastUsedAt != nil {
 			prev.LastUsed = p.LastUsedAt.Time
 		}
 		tok.Previous = append(tok.Previous, prev)
 	}
+	tok.MarkReported(st.TokenHash, st.LeakReports)
 	return tok
+}
+
+// MarkReported marks the hashes of t (hash is its current one) that leak
+// reports name: they are refused for good. TokenFrom applies the status's;
+// a record read from elsewhere (a Secret's) gets them the same way.
+func (t *Token) MarkReported(hash string, reports []keymintv1alpha1.LeakReport) {
+	t.Leaked = t.Issued && Reported(reports, hash)
+	for i := range t.Previous {
+		t.Previous[i].Leaked = Reported(reports, t.Previous[i].Hash)
+	}
 }
 
 // Reported reports whether the leak reports name hash.

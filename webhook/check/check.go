@@ -192,11 +192,7 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 		v.Failure = RevokedToken
 		return v
 	}
-	state := &noUser
-	if user != nil {
-		state = &user.state
-	}
-	tokenstate.Admit(&t.state, state, ref.which, now, tokenstate.Demand{
+	tokenstate.Admit(&t.state, stateOf(user), ref.which, now, tokenstate.Demand{
 		Scopes: req.Scopes, Audiences: req.Audiences, DefaultRate: c.DefaultRequestsPerMinute,
 		Source: req.Source, IgnoreSources: req.IgnoreSources,
 	}, &v.Admission)
@@ -220,6 +216,14 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 // noUser is the state of a ServiceUser that is not indexed: not found.
 // Only read.
 var noUser tokenstate.User
+
+// stateOf is the rules' view of a user entry: noUser when not indexed.
+func stateOf(u *userEntry) *tokenstate.User {
+	if u == nil {
+		return &noUser
+	}
+	return &u.state
+}
 
 // grantOf returns the Grant of token entry t under user entry u: built once
 // per user entry (a new one on every change of the user), then read.

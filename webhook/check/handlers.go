@@ -153,14 +153,22 @@ func bearerToken(r *http.Request) string {
 		if vs := r.Header[name]; len(vs) > 0 {
 			v = vs[0]
 		}
-		scheme, tok, ok := strings.Cut(strings.TrimSpace(v), " ")
-		if ok && strings.EqualFold(scheme, "Bearer") {
-			if tok = strings.TrimSpace(tok); tok != "" {
-				return tok
-			}
+		if tok, ok := bearerOf(v); ok && tok != "" {
+			return tok
 		}
 	}
 	return ""
+}
+
+// bearerOf reads an Authorization header value "Bearer <token>", the
+// scheme in any case: the token, trimmed, and whether the value had that
+// scheme.
+func bearerOf(v string) (string, bool) {
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(v), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
 }
 
 // RateLimitStatusParam on /check, set to 403, answers a rate-limited check
@@ -690,8 +698,7 @@ func (h *Handler) serveTokenReview(w http.ResponseWriter, r *http.Request) {
 // status.authenticated, in the request's apiVersion.
 func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.Time) (Failure, *userSlot) {
 	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", "POST")
-		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "method_not_allowed", Message: "Use POST."})
+		methodNotAllowed(w, http.MethodPost)
 		return "method_not_allowed", nil
 	}
 	tr, err := decodeTokenReview(http.MaxBytesReader(w, r.Body, maxBodyBytes), r.URL.Path)
@@ -726,4 +733,12 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 	resp := map[string]any{"apiVersion": tr.APIVersion, "kind": "TokenReview", "status": status}
 	writeJSON(w, http.StatusOK, resp)
 	return v.Failure, v.user
+}
+
+// methodNotAllowed answers 405 naming the one method allowed, and returns
+// the status.
+func methodNotAllowed(w http.ResponseWriter, allow string) int {
+	w.Header().Set("Allow", allow)
+	writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "method_not_allowed", Message: "Use " + allow + "."})
+	return http.StatusMethodNotAllowed
 }

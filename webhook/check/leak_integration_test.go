@@ -65,26 +65,7 @@ type leakReplica struct {
 // counter returns the sum of the series of a counter with the labels given.
 func (r *leakReplica) counter(t *testing.T, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := r.registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if v, ok := labels[l.GetName()]; ok && v != l.GetValue() {
-					continue series
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
+	return check.CounterSum(t, r.registry, name, labels)
 }
 
 // settled reports an error until every report the replica queued has been

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/keymint/keymint/internal/token"
 )
 
 // Paths of the leak report endpoints.
@@ -38,10 +40,12 @@ const (
 	// gitleaks rule id keymint_api_token, as GitLab names a secret
 	// detection rule's findings.
 	GitLabTokenType = "gitleaks_rule_id_keymint_api_token"
-	// TokenPattern matches a keymint token: a prefix, "_", then the
-	// secret and checksum in base62 (internal/token).
-	TokenPattern = `[a-z][a-z0-9]{1,15}_[0-9A-Za-z]{49}`
 )
+
+// TokenPattern matches a keymint token: a prefix, "_", then the secret and
+// checksum in base62, with internal/token's lengths.
+var TokenPattern = fmt.Sprintf(`[a-z][a-z0-9]{%d,%d}_[0-9A-Za-z]{%d}`,
+	token.MinPrefixLen-1, token.MaxPrefixLen-1, token.SecretLen+token.ChecksumLen)
 
 // LeakConfig is how the leak report endpoints are served.
 type LeakConfig struct {
@@ -113,7 +117,7 @@ func (h *LeakHandler) github(w http.ResponseWriter, r *http.Request) int {
 		return methodNotAllowed(w, http.MethodPost)
 	}
 	now := h.Clock.Now()
-	if ok, retry := h.limits.allow(ClientAddr(r, h.TrustedProxies), true, now); !ok {
+	if ok, retry := h.limits.allow(ClientAddr(r, h.TrustedProxies), now); !ok {
 		return tooManyReports(w, retry)
 	}
 	var body githubReport
@@ -234,7 +238,7 @@ func (h *LeakHandler) revokeTokens(w http.ResponseWriter, r *http.Request) int {
 func (h *LeakHandler) gitlabAdmits(w http.ResponseWriter, r *http.Request) (int, bool) {
 	now := h.Clock.Now()
 	if !h.gitlab.matches(r.Header.Get("Authorization")) {
-		if ok, retry := h.limits.allow(ClientAddr(r, h.TrustedProxies), true, now); !ok {
+		if ok, retry := h.limits.allow(ClientAddr(r, h.TrustedProxies), now); !ok {
 			return tooManyReports(w, retry), false
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="keymint"`)
@@ -273,12 +277,6 @@ func leakBodyError(w http.ResponseWriter, status int, message string) int {
 	}
 	writeJSON(w, status, errorBody{Error: BadRequest, Message: message})
 	return status
-}
-
-func methodNotAllowed(w http.ResponseWriter, allow string) int {
-	w.Header().Set("Allow", allow)
-	writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "method_not_allowed", Message: "Use " + allow + "."})
-	return http.StatusMethodNotAllowed
 }
 
 // tooManyReports answers 429 with Retry-After in whole seconds, at least 1.

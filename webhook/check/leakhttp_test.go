@@ -56,19 +56,19 @@ func TestClientAddr(t *testing.T) {
 
 func TestClientBucketsAreBoundedAndPerIPv6Slash64(t *testing.T) {
 	l := newLeakLimits(1_000_000, 1)
-	if ok, _ := l.allow(netip.MustParseAddr("2001:db8::1"), true, t0); !ok {
+	if ok, _ := l.allow(netip.MustParseAddr("2001:db8::1"), t0); !ok {
 		t.Fatal("first request refused")
 	}
-	if ok, retry := l.allow(netip.MustParseAddr("2001:db8::2"), true, t0); ok || retry != time.Minute {
+	if ok, retry := l.allow(netip.MustParseAddr("2001:db8::2"), t0); ok || retry != time.Minute {
 		t.Errorf("another address of the same /64: allowed %v, retry %v", ok, retry)
 	}
 	for i := range MaxLeakClients + 10 {
-		l.allow(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), true, t0)
+		l.allow(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), t0)
 	}
 	if n := l.clientCount(); n != MaxLeakClients {
 		t.Errorf("%d clients kept, want %d", n, MaxLeakClients)
 	}
-	if ok, _ := l.allow(netip.MustParseAddr("2001:db8::1"), true, t0); !ok {
+	if ok, _ := l.allow(netip.MustParseAddr("2001:db8::1"), t0); !ok {
 		t.Error("the client idle longest was not forgotten")
 	}
 }
@@ -201,25 +201,7 @@ func TestLeakReportBodies(t *testing.T) {
 // given (others any), 0 if there is none.
 func (f *leakFixture) counter(name string, labels map[string]string) float64 {
 	f.t.Helper()
-	mfs, err := f.registry.Gather()
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if v, ok := labels[l.GetName()]; ok && v != l.GetValue() {
-					continue series
-				}
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	return 0
+	return CounterSum(f.t, f.registry, name, labels)
 }
 
 // requests returns keymint_leak_report_requests_total of an endpoint and
@@ -537,4 +519,31 @@ func TestLeakReportsKeepNoToken(t *testing.T) {
 			}
 		}
 	}
+}
+
+// CounterSum returns the sum of the series of counter name in g whose
+// labels match those given (others any); 0 if there is none. A test
+// helper, for this package's external tests too.
+func CounterSum(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if v, ok := labels[l.GetName()]; ok && v != l.GetValue() {
+					continue series
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
 }

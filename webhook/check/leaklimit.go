@@ -133,24 +133,15 @@ func newLeakLimits(perMinute, perClientPerMinute int) *leakLimits {
 
 func perMinuteRate(n int) rate.Limit { return rate.Limit(float64(n) / ratePeriod.Seconds()) }
 
-// allow takes one request out of the global bucket and, when byClient,
-// out of client's too; all or none. When refused, it says how long until
-// the request would pass.
-func (l *leakLimits) allow(client netip.Addr, byClient bool, now time.Time) (bool, time.Duration) {
-	var own *rate.Reservation
-	if byClient {
-		own = l.bucket(client).ReserveN(now, 1)
-		if d := own.DelayFrom(now); d > 0 {
-			own.CancelAt(now)
-			return false, d
-		}
+// allow takes one request out of client's bucket and the global one, both
+// or neither. When refused, it says how long until the request would pass.
+func (l *leakLimits) allow(client netip.Addr, now time.Time) (bool, time.Duration) {
+	own, d := reserve(l.bucket(client), now)
+	if own == nil {
+		return false, d
 	}
-	all := l.global.ReserveN(now, 1)
-	if d := all.DelayFrom(now); d > 0 {
-		all.CancelAt(now)
-		if own != nil {
-			own.CancelAt(now)
-		}
+	if all, d := reserve(l.global, now); all == nil {
+		own.CancelAt(now)
 		return false, d
 	}
 	return true, 0
@@ -159,12 +150,19 @@ func (l *leakLimits) allow(client netip.Addr, byClient bool, now time.Time) (boo
 // allowAuthenticated takes one request with the shared token out of their
 // own budget; when refused, it says how long until it would pass.
 func (l *leakLimits) allowAuthenticated(now time.Time) (bool, time.Duration) {
-	r := l.authenticated.ReserveN(now, 1)
+	r, d := reserve(l.authenticated, now)
+	return r != nil, d
+}
+
+// reserve takes one request out of b at now; when it would have to wait,
+// it takes nothing and returns nil and how long.
+func reserve(b *rate.Limiter, now time.Time) (*rate.Reservation, time.Duration) {
+	r := b.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
-		return false, d
+		return nil, d
 	}
-	return true, 0
+	return r, 0
 }
 
 // bucket returns client's bucket, making it (and forgetting the one idle

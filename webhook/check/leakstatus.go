@@ -6,6 +6,7 @@ package check
 import (
 	"cmp"
 	"context"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -188,11 +189,8 @@ func addLeakReports(st *keymintv1alpha1.ApiTokenStatus, leaks map[hash]leak) (ad
 	if len(reports)+len(add) > MaxLeakReports {
 		kept := make([]keymintv1alpha1.LeakReport, 0, len(reports))
 		for _, r := range reports {
-			for _, name := range named {
-				if r.TokenHash == name {
-					kept = append(kept, r)
-					break
-				}
+			if slices.Contains(named, r.TokenHash) {
+				kept = append(kept, r)
 			}
 		}
 		reports = kept

@@ -90,13 +90,14 @@ func (s *sharedToken) matches(authorization string) bool {
 	authorization = strings.TrimSpace(authorization)
 	whole := sha256.Sum256([]byte(authorization))
 	bearer := whole
-	if scheme, rest, ok := strings.Cut(authorization, " "); ok && strings.EqualFold(scheme, "Bearer") {
-		bearer = sha256.Sum256([]byte(strings.TrimSpace(rest)))
+	if tok, ok := bearerOf(authorization); ok {
+		bearer = sha256.Sum256([]byte(tok))
 	}
 	s.mu.Lock()
 	s.refresh()
 	want, set := s.digest, s.set
 	s.mu.Unlock()
+	// set: the digest is of a token that is not empty, so "" never matches.
 	match := subtle.ConstantTimeCompare(whole[:], want[:]) | subtle.ConstantTimeCompare(bearer[:], want[:])
-	return set && authorization != "" && match == 1
+	return set && match == 1
 }
