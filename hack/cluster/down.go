@@ -169,7 +169,7 @@ func (c *cluster) scope() machine.Scope {
 		RuleMarks:      []string{"KUBE-", "CNI-"},
 		// Made by libcni, the kubelet and containerd's shims where no flag
 		// moves them: only their entries for this cluster go.
-		PrunePaths: []string{"/var/lib/cni", "/var/log/containers", "/var/log/pods", "/run/containerd", "/run/netns"},
+		PrunePaths: []string{"/var/lib/cni", "/var/log/containers", "/var/log/pods", "/run/containerd", "/run/netns", "/var/lib/kubelet"},
 		Own:        c.owns,
 		Sysctls: map[string]string{
 			"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1", "net/bridge/bridge-nf-call-ip6tables": "1",
@@ -191,6 +191,11 @@ func (c *cluster) owns(path string) bool {
 	// containerd adds to every sandbox.
 	if base := filepath.Base(path); strings.HasPrefix(base, "keymint-") || strings.HasPrefix(base, "cni-loopback-") {
 		return true
+	}
+	// The kubelet's device plugin socket is at a fixed path, whatever its
+	// root directory; with no kubelet running, it is nobody's.
+	if path == "/var/lib/kubelet/device-plugins/kubelet.sock" {
+		return !running("kubelet") && !running("kube")
 	}
 	// A shim's socket outlives a shim that was killed; with no containerd
 	// running, none is another's.
