@@ -182,6 +182,9 @@ func (r *ApiTokenReconciler) lookAgain(req ctrl.Request, uid types.UID, obs *obs
 	default:
 		retry = append(retry, r.retryDenied(req.NamespacedName, uid))
 	}
+	if obs.Approval != nil && obs.Approval.Retry {
+		retry = append(retry, r.retryDenied(req.NamespacedName, uid))
+	}
 	if obs.Conflict {
 		retry = append(retry, conflictRetry)
 	}

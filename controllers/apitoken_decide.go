@@ -36,7 +36,15 @@ func (d decision) mints() bool { return d.Action == actIssue || d.Action == actR
 
 // denied reports whether the token d mints was denied to its requester:
 // fail closed, a mint nobody authorized is denied too.
-func (o *observation) denied(d decision) bool { return d.mints() && (o.Auth == nil || !o.Auth.Allowed) }
+func (o *observation) denied(d decision) bool {
+	return d.mints() && (o.Auth == nil || !o.Auth.Allowed || o.unapproved())
+}
+
+// unapproved reports whether the token's user requires approval and the
+// approval asked is not given (or none was asked: fail closed).
+func (o *observation) unapproved() bool {
+	return o.User.RequireApproval && (o.Approval == nil || !o.Approval.Approved)
+}
 
 // decide picks the one action a reconcile takes.
 func decide(o observation) decision {

@@ -39,6 +39,9 @@ const (
 	eventMintRateLimited   = "MintRateLimited"
 	eventLeaked            = "Leaked"
 	eventReissued          = "Reissued"
+	eventApprovalPending   = "ApprovalPending"
+	eventApproved          = "Approved"
+	eventApprovalDenied    = "ApprovalDenied"
 )
 
 // leakedTotal counts the leak reports the controller acted on.
@@ -155,6 +158,7 @@ func (r *ApiTokenReconciler) conditionEvents(tok *keymintv1alpha1.ApiToken, befo
 			r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, keymintv1alpha1.ApiTokenReasonAuthorized, "Authorize", "%s", c.Message)
 		}
 	}
+	r.approvalEvents(tok, before, &st)
 	// A leak whose replacement waits (a denied mint): said now, not once
 	// it is replaced.
 	if becameTrue(before.Conditions, st.Conditions, keymintv1alpha1.ApiTokenConditionLeaked) && len(st.LeakReports) > 0 {
@@ -218,4 +222,25 @@ func becameTrue(before, after []metav1.Condition, condType string) bool {
 func hasReason(conds []metav1.Condition, condType, reason string) bool {
 	c := meta.FindStatusCondition(conds, condType)
 	return c != nil && c.Reason == reason
+}
+
+// approvalEvents tells each step of an approval: a request waiting (once
+// per request and reason), approved, denied.
+func (r *ApiTokenReconciler) approvalEvents(tok *keymintv1alpha1.ApiToken, before, st *keymintv1alpha1.ApiTokenStatus) {
+	c := meta.FindStatusCondition(st.Conditions, keymintv1alpha1.ApiTokenConditionApproved)
+	if c == nil {
+		return
+	}
+	if prev := meta.FindStatusCondition(before.Conditions, keymintv1alpha1.ApiTokenConditionApproved); prev != nil &&
+		prev.Status == c.Status && prev.Reason == c.Reason && prev.Message == c.Message {
+		return
+	}
+	switch c.Reason {
+	case keymintv1alpha1.ApiTokenReasonApproved:
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventApproved, "Approve", "%s", c.Message)
+	case keymintv1alpha1.ApiTokenReasonDenied:
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeWarning, eventApprovalDenied, "Approve", "%s", c.Message)
+	default:
+		r.Recorder.Eventf(tok, nil, corev1.EventTypeNormal, eventApprovalPending, "Approve", "%s", c.Message)
+	}
 }

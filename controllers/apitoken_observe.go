@@ -63,6 +63,10 @@ type observation struct {
 	// Auth answers whether the requester may have the decided token minted
 	// now; nil when this reconcile asked nothing.
 	Auth *authorization
+	// Approval answers whether the token, as requested now, is approved,
+	// for a user that requires approval; nil when this reconcile asked
+	// nothing (the status records the spec's approval, and nothing mints).
+	Approval *approvalAnswer
 	// OurRecord is the serial of a record keymint signed in the Secret and
 	// that was not adopted (a token minted after a revocation whose status
 	// write was lost); zero when none. A new token's serial passes it, and
@@ -79,8 +83,9 @@ type observation struct {
 type secretState = secretrecord.Contents
 
 // observe builds the observation of tok, its user (nil: missing) and what
-// its Secret holds, at now, and evaluates the token it finds.
-func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, sec secretState, conflict bool, now time.Time) observation {
+// its Secret holds, at now, with the approval asked before (nil when none
+// was), and evaluates the token it finds.
+func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, sec secretState, conflict bool, approval *approvalAnswer, now time.Time) observation {
 	o := observation{
 		Namespace:     tok.Namespace,
 		Name:          tok.Name,
@@ -88,10 +93,12 @@ func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, s
 		RotateRequest: tok.Annotations[keymintv1alpha1.RotateAnnotation],
 		User:          tokenstate.UserFrom(user),
 		Conflict:      conflict,
+		Approval:      approval,
 		Now:           now,
 	}
 	observeToken(&o, &tok.Status, sec)
 	o.Current.Deleting = tok.DeletionTimestamp != nil
+	o.Current.Approved = tokenstate.Approved(&tok.Spec, &tok.Status) || (approval != nil && approval.Approved)
 	o.evaluate()
 	return o
 }
@@ -204,7 +211,23 @@ func (r *ApiTokenReconciler) gather(ctx context.Context, tok *keymintv1alpha1.Ap
 		return in, false, err
 	}
 	in.secret = sec
-	o := observe(tok, in.user, secretrecord.Read(sec, tok, r.Keyring), conflict, r.Clock.Now())
+	// An approval is asked before the token is evaluated: whether checks
+	// accept it depends on it.
+	var trust *requester.Trust
+	var approval *approvalAnswer
+	if needsApproval(tok, in.user) {
+		t, err := requester.Webhook{Reader: r.APIReader, Name: r.RequesterWebhook}.Trust(ctx, r.Keyring, tok)
+		if err != nil {
+			return in, false, err
+		}
+		ans, err := r.askApproval(ctx, tok, &t)
+		if err != nil {
+			return in, false, err
+		}
+		trust, approval = &t, &ans
+	}
+	o := observe(tok, in.user, secretrecord.Read(sec, tok, r.Keyring), conflict, approval, r.Clock.Now())
+	o.Trust = trust
 	o.ExpiryWarning = r.ExpiryWarning
 	if in.user != nil && in.user.Spec.TokenPolicy.ExpiryWarning != nil {
 		o.ExpiryWarning = in.user.Spec.TokenPolicy.ExpiryWarning.Duration
@@ -240,24 +263,40 @@ func (r *ApiTokenReconciler) askRequester(ctx context.Context, in *reads, d deci
 	if !d.mints() && !needsRequester(&in.obs, d) {
 		return nil
 	}
-	hook := requester.Webhook{Reader: r.APIReader, Name: r.RequesterWebhook}
-	if !d.mints() {
-		hook.Cache = r.trustCache
+	if in.obs.Trust == nil {
+		// Not read yet (an approval asked for it, afresh, in gather).
+		hook := requester.Webhook{Reader: r.APIReader, Name: r.RequesterWebhook}
+		if !d.mints() {
+			hook.Cache = r.trustCache
+		}
+		trust, err := hook.Trust(ctx, r.Keyring, in.tok)
+		switch {
+		case err != nil && d.mints():
+			return err
+		case err != nil:
+			// Only what the status tells hangs on it: tell nothing of the
+			// ServiceUser, and revoke or keep as decided. A revocation never
+			// waits for a read.
+			logf.FromContext(ctx).Info("Cannot tell whether the requester webhook is enforced; the status tells nothing of the ServiceUser", "error", err.Error())
+			return nil
+		}
+		in.obs.Trust = &trust
 	}
-	trust, err := hook.Trust(ctx, r.Keyring, in.tok)
-	switch {
-	case err != nil && d.mints():
-		return err
-	case err != nil:
-		// Only what the status tells hangs on it: tell nothing of the
-		// ServiceUser, and revoke or keep as decided. A revocation never
-		// waits for a read.
-		logf.FromContext(ctx).Info("Cannot tell whether the requester webhook is enforced; the status tells nothing of the ServiceUser", "error", err.Error())
+	if !d.mints() {
 		return nil
 	}
-	in.obs.Trust = &trust
-	if !d.mints() {
-		return nil
+	trust := *in.obs.Trust
+	if in.obs.User.RequireApproval && in.obs.Approval == nil {
+		// Every mint of such a token is approved at that moment: a
+		// scheduled rotation too, by an approver who still may.
+		ans, err := r.askApproval(ctx, in.tok, &trust)
+		if err != nil {
+			return err
+		}
+		in.obs.Approval = &ans
+	}
+	if in.obs.unapproved() {
+		return nil // nothing to authorize: nothing is minted until approved
 	}
 	var groups []string
 	if in.user != nil {

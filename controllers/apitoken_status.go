@@ -37,6 +37,7 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 	o observation, a after) result {
 	st, wake, retired := statusFields(current, generation, secretName, &o, &a)
 	leaks := leakRecord(&st, &current, &o, &a)
+	st.Approval = approvalRecord(current.Approval, &o, &a)
 	in := newStatusInput(&o, &a, secretName, &st)
 	if !in.warn.Soon && in.warn.OK {
 		wake = append(wake, in.warn.Opens)
@@ -47,6 +48,9 @@ func desiredStatus(current keymintv1alpha1.ApiTokenStatus, generation int64, sec
 				Type: c.condType, Status: cond.Status, Reason: cond.Reason, Message: cond.Message, ObservedGeneration: generation,
 			})
 		}
+	}
+	if !o.User.RequireApproval {
+		meta.RemoveStatusCondition(&st.Conditions, keymintv1alpha1.ApiTokenConditionApproved)
 	}
 	return result{Status: st, Retired: retired, Leaks: leaks, RequeueAfter: soonest(o.Now, wake)}
 }
@@ -290,8 +294,10 @@ var conditionChains = []struct {
 	{keymintv1alpha1.ApiTokenConditionRevoked, chain{revokedAsTold, notRevoked}},
 	{keymintv1alpha1.ApiTokenConditionExpired, chain{expired, notExpired}},
 	{keymintv1alpha1.ApiTokenConditionAuthorized, chain{authorizationAnswered}},
+	// Set only for users that require approval.
+	{keymintv1alpha1.ApiTokenConditionApproved, chain{approvalAnswered, approvalRecorded}},
 	{keymintv1alpha1.ApiTokenConditionReady, chain{
-		readySecretConflict, readyRevoked, readyRequesterRefused, readyExpired, readyLeaked, readyWriteFailed, readyPending, readyIssued,
+		readySecretConflict, readyRevoked, readyRequesterRefused, readyUnapproved, readyExpired, readyLeaked, readyWriteFailed, readyPending, readyIssued,
 	}},
 	// Set only once a token of the ApiToken was reported: the others gain
 	// no condition, and no status write, from the feature.

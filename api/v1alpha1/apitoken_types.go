@@ -48,6 +48,27 @@ const (
 	// requester record, bound to the ApiToken's namespace and name, keyed by
 	// the record key only keymint reads.
 	RequesterSignatureAnnotation = "keymint.io/requester-signature"
+
+	// DecisionAnnotation is how an approver answers a token of a ServiceUser
+	// with tokenPolicy.requireApproval: "approve" or "deny" (kubectl keymint
+	// approve|deny). keymint's mutating webhook checks, at that write, that
+	// the writer may approve the ServiceUser (verb "approve" on serviceusers)
+	// and did not ask for the token, then replaces it with ApprovalAnnotation;
+	// it is never stored.
+	DecisionAnnotation = "keymint.io/decision"
+	// DecisionMessageAnnotation is an optional reason sent with a decision
+	// (at most 256 characters), kept in the approval record.
+	DecisionMessageAnnotation = "keymint.io/decision-message"
+	// ApprovalAnnotation is the record of the decision on the token as it is
+	// requested (the requester record): who approved or denied it, when, and
+	// why. keymint's mutating webhook writes it and keeps it only while the
+	// request it answers stands; it is trusted only with a valid
+	// ApprovalSignatureAnnotation, bound to the ApiToken's namespace, name
+	// and UID.
+	ApprovalAnnotation = "keymint.io/approval"
+	// ApprovalSignatureAnnotation is "<key id>.<HMAC-SHA256>" of the approval
+	// record, keyed by the record key only keymint reads.
+	ApprovalSignatureAnnotation = "keymint.io/approval-signature"
 )
 
 // ApiTokenSpec is the desired state of an ApiToken.
@@ -318,13 +339,47 @@ type LastLeak struct {
 	CurrentSerial int64 `json:"currentSerial,omitempty"`
 }
 
+// Approval decisions.
+const (
+	DecisionApproved = "Approved"
+	DecisionDenied   = "Denied"
+)
+
+// ApprovalStatus is the decision keymint last acted on for a token of a
+// ServiceUser with tokenPolicy.requireApproval.
+type ApprovalStatus struct {
+	// decision is Approved or Denied.
+	// +required
+	// +kubebuilder:validation:Enum=Approved;Denied
+	Decision string `json:"decision"`
+	// by is the user who decided.
+	// +required
+	// +kubebuilder:validation:MaxLength=512
+	By string `json:"by"`
+	// at is when they decided.
+	// +required
+	At metav1.Time `json:"at"`
+	// message is the reason they gave, if any.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	Message string `json:"message,omitempty"`
+	// grant is "sha256:<hex>" of what the decision is for: the spec's
+	// serviceUser, scopes, audiences, expiry, lifetime, rotation (less its
+	// restart targets), maxIdle, allowedSourceCIDRs and metadata. Checks
+	// accept a token of such a ServiceUser only while an Approved grant
+	// matches its spec: a widened spec waits for a new approval.
+	// +optional
+	// +kubebuilder:validation:MaxLength=71
+	Grant string `json:"grant,omitempty"`
+}
+
 // ApiToken condition types and reasons.
 const (
 	// ApiTokenConditionReady is True when the Secret holds a token that checks
 	// accept now (reason Issued). False otherwise, with reason Expired,
 	// RevokedBySpec, ServiceUserNotFound, ServiceUserDisabled, SecretConflict,
-	// NotAllowed or NoRequesterRecord (see Authorized), or Pending (not
-	// issued yet).
+	// NotAllowed or NoRequesterRecord (see Authorized), AwaitingApproval or
+	// ApprovalDenied (see Approved), or Pending (not issued yet).
 	ApiTokenConditionReady = "Ready"
 	// ApiTokenConditionExpired is True once the token's effective expiry has
 	// passed (reason Expired), False before (reason NotExpired).
@@ -406,6 +461,17 @@ const (
 	ApiTokenReasonServiceUserNotFound = "ServiceUserNotFound"
 	ApiTokenReasonSecretConflict      = "SecretConflict"
 	ApiTokenReasonPending             = "Pending"
+
+	// ApiTokenConditionApproved is set for tokens of a ServiceUser with
+	// tokenPolicy.requireApproval: True (reason Approved) while the spec as
+	// it is was approved, False with reason Pending (waiting for a user who
+	// may approve it, or an approver who may no longer) or Denied (final
+	// for that request: a changed spec is a new one).
+	ApiTokenConditionApproved      = "Approved"
+	ApiTokenReasonApproved         = "Approved"
+	ApiTokenReasonDenied           = "Denied"
+	ApiTokenReasonAwaitingApproval = "AwaitingApproval"
+	ApiTokenReasonApprovalDenied   = "ApprovalDenied"
 )
 
 // ApiTokenStatus is the observed state of an ApiToken. It never holds the
@@ -513,6 +579,11 @@ type ApiTokenStatus struct {
 	// +optional
 	RestartedSerial int64 `json:"restartedSerial,omitempty"`
 
+	// approval is the decision on this token keymint last acted on, for a
+	// ServiceUser with tokenPolicy.requireApproval.
+	// +optional
+	Approval *ApprovalStatus `json:"approval,omitempty"`
+
 	// lastRotationRequest is the keymint.io/rotate annotation value the
 	// controller last handled.
 	// +optional
@@ -537,6 +608,7 @@ type ApiTokenStatus struct {
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Granted",type=string,JSONPath=`.status.conditions[?(@.type=="RequestGranted")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Authorized",type=string,JSONPath=`.status.conditions[?(@.type=="Authorized")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Approved",type=string,JSONPath=`.status.conditions[?(@.type=="Approved")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Leaked",type=string,JSONPath=`.status.conditions[?(@.type=="Leaked")].status`,priority=1
 // +kubebuilder:printcolumn:name="Prefix",type=string,JSONPath=`.status.tokenPrefix`
 // +kubebuilder:printcolumn:name="Expires",type=string,JSONPath=`.status.expiresAt`

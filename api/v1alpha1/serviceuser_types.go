@@ -139,6 +139,19 @@ type TokenPolicy struct {
 	// +kubebuilder:validation:items:MaxLength=49
 	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self) && cidr(self) == cidr(self).masked()",message="each entry must be a CIDR with its network's own address, such as 10.0.0.0/8 or 192.0.2.7/32"
 	AllowedSourceCIDRs []string `json:"allowedSourceCIDRs,omitempty"`
+
+	// requireApproval keeps every token of this identity from being minted,
+	// and checks from accepting it, until a user who may "approve" this
+	// ServiceUser (RBAC verb approve on serviceusers, resourceNames
+	// honoured), and who did not ask for the token, approves it (kubectl
+	// keymint approve). Any change that needs "mint" (scopes, audiences,
+	// lifetime, a rotation request, un-revoking) is a new request that
+	// needs a new approval; revoking needs none. Turning it on governs
+	// requests from then on: a token already issued keeps working as it
+	// is (keymint records its grant as approved by policy), and any change
+	// to it needs approval.
+	// +optional
+	RequireApproval bool `json:"requireApproval,omitempty"`
 }
 
 // ScopeRate is the check rate of one scope.

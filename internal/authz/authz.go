@@ -139,3 +139,27 @@ func MayPatch(ctx context.Context, a Authorizer, user authenticationv1.UserInfo,
 		Rule: fmt.Sprintf("a Role in namespace %q with {apiGroups: [\"apps\"], resources: [%q], verbs: [\"patch\"], resourceNames: [%q]}", namespace, resource, name),
 	}, nil
 }
+
+// ApproveVerb is the RBAC verb on serviceusers that lets a user approve or
+// deny the tokens of a ServiceUser with tokenPolicy.requireApproval (as
+// "approve" on signers does for CertificateSigningRequests). It is not
+// "mint": an approver need not be able to ask for tokens.
+const ApproveVerb = "approve"
+
+// MayApprove asks whether user may approve tokens of ServiceUser userName
+// in namespace. It returns the right missing, or nil.
+func MayApprove(ctx context.Context, a Authorizer, user authenticationv1.UserInfo, namespace, userName string) (*Denial, error) {
+	g := keymintv1alpha1.GroupVersion.Group
+	allowed, err := a.Allowed(ctx, user, authorizationv1.ResourceAttributes{
+		Namespace: namespace, Verb: ApproveVerb, Group: g, Resource: "serviceusers", Name: userName,
+	})
+	if err != nil || allowed {
+		return nil, err
+	}
+	return &Denial{
+		What: fmt.Sprintf("approve tokens of ServiceUser %q in namespace %q: that needs verb %q on resource \"serviceusers\" of API group %q",
+			userName, namespace, ApproveVerb, g),
+		Rule: fmt.Sprintf("a Role in namespace %q with {apiGroups: [%q], resources: [\"serviceusers\"], verbs: [%q], resourceNames: [%q]}",
+			namespace, g, ApproveVerb, userName),
+	}, nil
+}

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/approval"
 )
 
 // Exit codes. Found is scan's answer when it finds a token; Failed is what
@@ -102,7 +103,7 @@ func NewCommand(o Options) *cobra.Command {
 		Short: "Inspect and operate keymint ApiTokens, and scan files for leaked tokens",
 		Long: `Inspect and operate keymint ApiTokens, and scan files for leaked tokens.
 
-The cluster commands (status, rotate, revoke, reveal) use your kubeconfig as
+The cluster commands (status, rotate, revoke, reveal, approve, deny) use your kubeconfig as
 kubectl does: --kubeconfig, --context, -n/--namespace and the other kubectl
 connection flags. scan needs no cluster.`,
 		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl keymint"},
@@ -119,6 +120,8 @@ connection flags. scan needs no cluster.`,
 		newRotateCommand(o, k),
 		newRevokeCommand(o, k),
 		newRevealCommand(o, k),
+		newDecideCommand(o, k, approval.Approve),
+		newDecideCommand(o, k, approval.Deny),
 		newScanCommand(o),
 	)
 	return root

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/cli-runtime/pkg/printers"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -23,7 +25,7 @@ import (
 
 func newStatusCommand(o Options, k *kube) *cobra.Command {
 	print := genericclioptions.NewPrintFlags("").WithTypeSetter(scheme)
-	var allNamespaces bool
+	var allNamespaces, pending bool
 	cmd := &cobra.Command{
 		Use:   "status [NAME]",
 		Short: "Show ApiTokens: state, expiry countdown, last use, prefix and rotation",
@@ -33,10 +35,15 @@ expires, when a check last accepted it, its public prefix and its rotation.
 The state is decided by the same rules the check server applies (it reads the
 ServiceUsers too; without the right to, it falls back to the conditions
 keymint wrote). -o wide adds the Secret, the serial and the issue time;
--o json|yaml|name|jsonpath=...|go-template=... prints the objects.`,
+-o json|yaml|name|jsonpath=...|go-template=... prints the objects.
+
+--pending lists only the tokens waiting for approval (ServiceUsers with
+tokenPolicy.requireApproval), with who asked and what for: approve them with
+kubectl keymint approve NAME, or deny them.`,
 		Example: `  kubectl keymint status
   kubectl keymint status billing-exporter-prod -n payments
   kubectl keymint status -A -o wide
+  kubectl keymint status --pending -A
   kubectl keymint status billing-exporter-prod -o yaml`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -63,15 +70,16 @@ keymint wrote). -o wide adds the Secret, the serial and the issue time;
 			if allNamespaces {
 				ns = ""
 			}
-			return status(cmd.Context(), c, o, ns, args, output, printer)
+			return status(cmd.Context(), c, o, ns, args, output, printer, pending)
 		},
 	}
 	print.AddFlags(cmd)
 	cmd.Flags().BoolVarP(&allNamespaces, "all-namespaces", "A", false, "List the ApiTokens of every namespace.")
+	cmd.Flags().BoolVar(&pending, "pending", false, "List only the tokens waiting for approval, with who asked and for what.")
 	return cmd
 }
 
-func status(ctx context.Context, c client.Client, o Options, ns string, args []string, output string, printer printers.ResourcePrinter) error {
+func status(ctx context.Context, c client.Client, o Options, ns string, args []string, output string, printer printers.ResourcePrinter, pending bool) error {
 	var tokens []keymintv1alpha1.ApiToken
 	if len(args) == 1 {
 		tok, err := getToken(ctx, c, ns, args[0])
@@ -131,7 +139,14 @@ func status(ctx context.Context, c client.Client, o Options, ns string, args []s
 			u := users[types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}]
 			user = &u
 		}
-		rows = append(rows, describe(tok, user, now))
+		r := describe(tok, user, now)
+		if pending && r.State != keymintv1alpha1.ApiTokenReasonAwaitingApproval {
+			continue
+		}
+		rows = append(rows, r)
+	}
+	if pending {
+		return printPending(o.Streams, rows, tokens, ns)
 	}
 	return printTable(o.Streams.Out, rows, ns == "", output == "wide")
 }
@@ -241,6 +256,10 @@ func stateOf(tok *keymintv1alpha1.ApiToken, t *tokenstate.Token, v *tokenstate.V
 		return "Revoked"
 	case v.Revoked != "":
 		return v.Revoked
+	case hasReason(tok, keymintv1alpha1.ApiTokenConditionApproved, keymintv1alpha1.ApiTokenReasonDenied):
+		return keymintv1alpha1.ApiTokenReasonApprovalDenied
+	case v.Unapproved:
+		return keymintv1alpha1.ApiTokenReasonAwaitingApproval
 	case !t.Issued:
 		if c := meta.FindStatusCondition(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady); c != nil && c.Status != "True" && c.Reason != "" {
 			return c.Reason
@@ -308,4 +327,54 @@ func printTable(out io.Writer, rows []row, withNamespace, wide bool) error {
 		fmt.Fprintln(w, strings.Join(cells, "\t"))
 	}
 	return w.Flush()
+}
+
+// hasReason reports whether tok's condition condType has reason.
+func hasReason(tok *keymintv1alpha1.ApiToken, condType, reason string) bool {
+	c := meta.FindStatusCondition(tok.Status.Conditions, condType)
+	return c != nil && c.Reason == reason
+}
+
+// printPending lists the tokens waiting for approval: who asked (as
+// keymint's admission recorded it), when, and what the token may do.
+func printPending(streams genericiooptions.IOStreams, rows []row, tokens []keymintv1alpha1.ApiToken, ns string) error {
+	if len(rows) == 0 {
+		fmt.Fprintln(streams.ErrOut, "No ApiTokens wait for approval.")
+		return nil
+	}
+	byName := map[types.NamespacedName]*keymintv1alpha1.ApiToken{}
+	for i := range tokens {
+		byName[types.NamespacedName{Namespace: tokens[i].Namespace, Name: tokens[i].Name}] = &tokens[i]
+	}
+	w := printers.GetNewTabWriter(streams.Out)
+	header := "NAME\tSERVICE USER\tREQUESTED BY\tREQUESTED\tSCOPES\tAUDIENCES"
+	if ns == "" {
+		header = "NAMESPACE\t" + header
+	}
+	fmt.Fprintln(w, header)
+	for _, r := range rows {
+		tok := byName[types.NamespacedName{Namespace: r.Namespace, Name: r.Name}]
+		var rec struct {
+			Requester   struct{ Username string } `json:"requester"`
+			RequestedAt metav1.Time               `json:"requestedAt"`
+		}
+		// Display only: keymint verifies the signature before acting on it.
+		by, at := "?", "?"
+		if json.Unmarshal([]byte(tok.Annotations[keymintv1alpha1.RequesterAnnotation]), &rec) == nil && rec.Requester.Username != "" {
+			by, at = rec.Requester.Username, rec.RequestedAt.UTC().Format(time.RFC3339)
+		}
+		cells := []string{r.Name, r.ServiceUser, by, at, listOrAll(tok.Spec.Scopes), listOrAll(tok.Spec.Audiences)}
+		if ns == "" {
+			cells = append([]string{r.Namespace}, cells...)
+		}
+		fmt.Fprintln(w, strings.Join(cells, "\t"))
+	}
+	return w.Flush()
+}
+
+func listOrAll(l []string) string {
+	if len(l) == 0 {
+		return "(all)"
+	}
+	return strings.Join(l, ",")
 }

@@ -42,11 +42,12 @@ var (
 
 // Namespaces the real controllers manage.
 const (
-	nsRotate = "rotate"
-	nsRevoke = "revoke"
+	nsRotate  = "rotate"
+	nsRevoke  = "revoke"
+	nsApprove = "approve"
 )
 
-var controlledNamespaces = []string{nsRotate, nsRevoke}
+var controlledNamespaces = []string{nsRotate, nsRevoke, nsApprove}
 
 type cluster struct {
 	c          client.Client

@@ -24,6 +24,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // version starts every signed message, so a later record format can never
@@ -78,60 +79,24 @@ func (r *Record) NamedBy(t keymintv1alpha1.RestartTarget) (authenticationv1.User
 	return authenticationv1.UserInfo{}, false
 }
 
-// minted is what SpecDigest covers: every field whose change mints a token
-// or changes what a token may do, where, how long it lives, or what it
-// tells the application behind a check (metadata). Restart targets mint
-// nothing (each has its own entry), nor do the description and rates.
-// Fields added later are omitempty: a token that sets none keeps the
-// digest it was admitted with.
-type minted struct {
-	ServiceUser string                    `json:"serviceUser"`
-	Scopes      []string                  `json:"scopes,omitempty"`
-	Audiences   []string                  `json:"audiences,omitempty"`
-	ExpiresAt   *metav1.Time              `json:"expiresAt,omitempty"`
-	Lifetime    *metav1.Duration          `json:"lifetime,omitempty"`
-	Rotation    *keymintv1alpha1.Rotation `json:"rotation,omitempty"`
-	Revoked     bool                      `json:"revoked,omitempty"`
-	Rotate      string                    `json:"rotate,omitempty"`
-
-	MaxIdle            *metav1.Duration                         `json:"maxIdle,omitempty"`
-	AllowedSourceCIDRs []string                                 `json:"allowedSourceCIDRs,omitempty"`
-	Metadata           map[string]keymintv1alpha1.MetadataValue `json:"metadata,omitempty"`
-}
-
-// SpecDigest is "sha256:<hex>" of what an ApiToken asks to be minted: its
-// ServiceUser, scopes, audiences, expiry, lifetime, rotation (less restart
-// targets), revocation, keymint.io/rotate annotation, maxIdle, source
-// addresses and metadata. Two ApiTokens with
-// equal digests mint the same token; a change to any of these is a change
-// that needs the right to mint.
-func SpecDigest(tok *keymintv1alpha1.ApiToken) string {
-	s := &tok.Spec
-	m := minted{
-		ServiceUser: s.ServiceUser, Scopes: s.Scopes, Audiences: s.Audiences, ExpiresAt: s.ExpiresAt,
-		Lifetime: s.Lifetime, Revoked: s.Revoked, Rotate: tok.Annotations[keymintv1alpha1.RotateAnnotation],
-		MaxIdle: s.MaxIdle, AllowedSourceCIDRs: s.AllowedSourceCIDRs, Metadata: s.Metadata,
-	}
-	if s.Rotation != nil {
-		m.Rotation = s.Rotation.DeepCopy()
-		m.Rotation.RestartTargets = nil
-		if m.Rotation.GracePeriod != nil && m.Rotation.GracePeriod.Duration == 0 {
-			m.Rotation.GracePeriod = nil // the CRD's default: 0s and unset are one request
-		}
-		if r := m.Rotation; r.Every == nil && r.GracePeriod == nil && r.RetireWhenIdle == nil {
-			m.Rotation = nil
-		}
-	}
-	if m.ExpiresAt != nil {
-		t := metav1.NewTime(m.ExpiresAt.UTC())
-		m.ExpiresAt = &t
-	}
-	b, err := json.Marshal(m)
+// ID names the request r records: its spec digest, its requester and when
+// it was admitted. An approval answers one request: any change that needs
+// the right to mint (a new record) is a new one.
+func (r *Record) ID() string {
+	b, err := json.Marshal([]any{r.Spec, r.Requester.Username, r.Requester.UID, r.RequestedAt.UTC().Format(time.RFC3339)})
 	if err != nil {
-		panic(err) // plain data always marshals
+		panic(err)
 	}
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// SpecDigest is "sha256:<hex>" of what an ApiToken asks to be minted
+// (tokenstate.Digest of its spec and keymint.io/rotate annotation). Two
+// ApiTokens with equal digests mint the same token; a change to it is a
+// change that needs the right to mint.
+func SpecDigest(tok *keymintv1alpha1.ApiToken) string {
+	return tokenstate.Digest(&tok.Spec, tok.Annotations[keymintv1alpha1.RotateAnnotation])
 }
 
 // Problem says why an ApiToken has no record to act on.

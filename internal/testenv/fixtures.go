@@ -60,6 +60,11 @@ func WithRequestsPerMinute(n int32) ServiceUserOption {
 	return func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequestsPerMinute = n }
 }
 
+// WithRequireApproval makes the user's tokens wait for approval.
+func WithRequireApproval() ServiceUserOption {
+	return func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequireApproval = true }
+}
+
 // ApiTokenOption changes an ApiToken fixture.
 type ApiTokenOption func(*keymintv1alpha1.ApiToken)
 

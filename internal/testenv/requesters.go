@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/keymint/keymint/internal/authz"
 	"github.com/keymint/keymint/internal/recordkey"
 	"github.com/keymint/keymint/internal/requester"
 	"github.com/keymint/keymint/webhook/admission"
@@ -48,7 +49,8 @@ func ServeRequesters(ctx context.Context, env *envtest.Environment, ring *record
 	if err != nil {
 		return err
 	}
-	srv.Register(admission.RequesterPath, admission.NewRequesterWebhook(Scheme, ring, requester.Webhook{Reader: c, Name: RequesterWebhookName}))
+	srv.Register(admission.RequesterPath, admission.NewRequesterWebhook(Scheme, ring, requester.Webhook{Reader: c, Name: RequesterWebhookName},
+		c, authz.SubjectAccessReviewer{Client: c}))
 	errs := make(chan error, 1)
 	go func() { errs <- srv.Start(ctx) }()
 	return Poll(ctx, 30*time.Second, "the requester webhook to serve", func(context.Context) error {

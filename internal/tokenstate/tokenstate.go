@@ -14,10 +14,14 @@
 package tokenstate
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"net/netip"
 	"slices"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
@@ -41,6 +45,9 @@ type User struct {
 	MaxIdle time.Duration
 	// Sources are the policy's allowedSourceCIDRs, parsed; nil when unset.
 	Sources []netip.Prefix
+	// RequireApproval is the policy's requireApproval: a token is accepted
+	// only while its grant is approved (Token.Approved).
+	RequireApproval bool
 }
 
 // UserFrom reads a ServiceUser; nil means it does not exist.
@@ -63,6 +70,7 @@ func UserFrom(u *keymintv1alpha1.ServiceUser) User {
 		user.MaxIdle = d.Duration
 	}
 	user.Sources = ParseSources(u.Spec.TokenPolicy.AllowedSourceCIDRs)
+	user.RequireApproval = u.Spec.TokenPolicy.RequireApproval
 	return user
 }
 
@@ -119,6 +127,11 @@ type Token struct {
 	// Sources are the spec's allowedSourceCIDRs, parsed once here rather
 	// than on every check; nil when unset.
 	Sources []netip.Prefix
+	// Approved is true when the spec's grant is the one the status records
+	// as approved (Approved), or when a token was issued before any
+	// approval was recorded: issued before its user required approval.
+	// Only users with RequireApproval read it.
+	Approved bool
 }
 
 // TokenFrom reads the token record of an ApiToken's status.
@@ -141,6 +154,7 @@ func TokenFrom(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenS
 		tok.IdleSince = st.IdleSince.Time
 	}
 	tok.IdleRevoked = st.IdleRevokedAt != nil
+	tok.Approved = Approved(spec, st)
 	for _, p := range st.PreviousTokens {
 		prev := Previous{Hash: p.TokenHash, IssuedAt: p.IssuedAt.Time, ValidUntil: p.ValidUntil.Time}
 		if p.LastUsedAt != nil {
@@ -150,6 +164,80 @@ func TokenFrom(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenS
 	}
 	tok.MarkReported(st.TokenHash, st.LeakReports)
 	return tok
+}
+
+// Approved reports whether the status records the grant of spec as
+// approved: an Approved decision for exactly this grant, or, with no
+// decision recorded, a token issued before approval was required (one
+// minted under requireApproval is always recorded with its approval).
+func Approved(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenStatus) bool {
+	a := st.Approval
+	if a == nil {
+		return st.TokenHash != "" && st.IssuedAt != nil
+	}
+	return a.Decision == keymintv1alpha1.DecisionApproved && a.Grant == GrantDigest(spec)
+}
+
+// minted is what Digest covers: every field whose change mints a token or
+// changes what a token may do, where, how long it lives, or what it tells
+// the application behind a check (metadata). Restart targets mint nothing,
+// nor do the description and rates. Fields added later are omitempty: a
+// token that sets none keeps the digest it was admitted with.
+type minted struct {
+	ServiceUser string                    `json:"serviceUser"`
+	Scopes      []string                  `json:"scopes,omitempty"`
+	Audiences   []string                  `json:"audiences,omitempty"`
+	ExpiresAt   *metav1.Time              `json:"expiresAt,omitempty"`
+	Lifetime    *metav1.Duration          `json:"lifetime,omitempty"`
+	Rotation    *keymintv1alpha1.Rotation `json:"rotation,omitempty"`
+	Revoked     bool                      `json:"revoked,omitempty"`
+	Rotate      string                    `json:"rotate,omitempty"`
+
+	MaxIdle            *metav1.Duration                         `json:"maxIdle,omitempty"`
+	AllowedSourceCIDRs []string                                 `json:"allowedSourceCIDRs,omitempty"`
+	Metadata           map[string]keymintv1alpha1.MetadataValue `json:"metadata,omitempty"`
+}
+
+// Digest is "sha256:<hex>" of what a spec asks to be minted, with rotate
+// the value of its keymint.io/rotate annotation: its ServiceUser, scopes,
+// audiences, expiry, lifetime, rotation (less restart targets),
+// revocation, rotation request, maxIdle, source addresses and metadata.
+// Two specs with equal digests mint the same token.
+func Digest(s *keymintv1alpha1.ApiTokenSpec, rotate string) string {
+	m := minted{
+		ServiceUser: s.ServiceUser, Scopes: s.Scopes, Audiences: s.Audiences, ExpiresAt: s.ExpiresAt,
+		Lifetime: s.Lifetime, Revoked: s.Revoked, Rotate: rotate,
+		MaxIdle: s.MaxIdle, AllowedSourceCIDRs: s.AllowedSourceCIDRs, Metadata: s.Metadata,
+	}
+	if s.Rotation != nil {
+		m.Rotation = s.Rotation.DeepCopy()
+		m.Rotation.RestartTargets = nil
+		if m.Rotation.GracePeriod != nil && m.Rotation.GracePeriod.Duration == 0 {
+			m.Rotation.GracePeriod = nil // the CRD's default: 0s and unset are one request
+		}
+		if r := m.Rotation; r.Every == nil && r.GracePeriod == nil && r.RetireWhenIdle == nil {
+			m.Rotation = nil
+		}
+	}
+	if m.ExpiresAt != nil {
+		t := metav1.NewTime(m.ExpiresAt.UTC())
+		m.ExpiresAt = &t
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		panic(err) // plain data always marshals
+	}
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// GrantDigest is the Digest of what a token of spec may do, whether or not
+// it is revoked and whatever rotation was asked for: what an approval
+// approves.
+func GrantDigest(spec *keymintv1alpha1.ApiTokenSpec) string {
+	s := *spec
+	s.Revoked = false
+	return Digest(&s, "")
 }
 
 // MarkReported marks the hashes of t (hash is its current one) that leak
@@ -198,13 +286,17 @@ type Verdict struct {
 	Idles  bool
 	// Leaked is true when the current token was reported leaked.
 	Leaked bool
+	// Unapproved is true when the token's user requires approval and its
+	// grant is not approved (yet, or any more: a widened spec): checks
+	// refuse it and the controller mints nothing for it.
+	Unapproved bool
 	// Accepted is true when checks accept the current token now.
 	Accepted bool
 }
 
 // Evaluate decides the state of token t of user u at now.
 func Evaluate(t *Token, u *User, now time.Time) Verdict {
-	v := Verdict{Revoked: revocationReason(t, u)}
+	v := Verdict{Revoked: revocationReason(t, u), Unapproved: u.RequireApproval && !t.Approved}
 	if !t.Issued {
 		return v
 	}
@@ -231,7 +323,7 @@ func Evaluate(t *Token, u *User, now time.Time) Verdict {
 	if v.Revoked == "" && v.Idles && !now.Before(v.IdleAt) {
 		v.Revoked = keymintv1alpha1.ApiTokenReasonIdle
 	}
-	v.Accepted = v.Revoked == "" && !v.Expired && !v.Leaked
+	v.Accepted = v.Revoked == "" && !v.Expired && !v.Leaked && !v.Unapproved
 	return v
 }
 
@@ -490,6 +582,9 @@ const (
 	SourceNotAllowed
 	// Leaked: the hash was reported leaked; it is never accepted again.
 	Leaked
+	// NotApproved: the token's user requires approval and its spec, as it
+	// is, is not approved; every hash of it waits.
+	NotApproved
 	// NumRefusals is how many Refusals there are, for tables indexed by
 	// them.
 	NumRefusals
@@ -506,6 +601,8 @@ func Check(t *Token, u *User, which int, now time.Time) Refusal {
 	switch {
 	case v.Revoked != "":
 		return Revoked
+	case v.Unapproved:
+		return NotApproved
 	case which == Current && !t.Issued:
 		return GraceEnded
 	case which == Current && v.Expired:

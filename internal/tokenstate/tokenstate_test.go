@@ -106,7 +106,7 @@ func TestTokenFrom(t *testing.T) {
 		},
 		"a token minted without expiry": {
 			status: keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:a", IssuedAt: at(t0), ServiceUserUID: string(uid)},
-			want:   Token{Spec: spec, Issued: true, IssuedAt: t0, UserUID: uid},
+			want:   Token{Spec: spec, Issued: true, IssuedAt: t0, UserUID: uid, Approved: true},
 		},
 		"a full record with rotated-out hashes in order": {
 			status: keymintv1alpha1.ApiTokenStatus{
@@ -117,7 +117,7 @@ func TestTokenFrom(t *testing.T) {
 				},
 			},
 			want: Token{
-				Spec: spec, Issued: true, IssuedAt: t0, Expiry: t0.Add(time.Hour), Expires: true, UserUID: uid,
+				Spec: spec, Issued: true, IssuedAt: t0, Expiry: t0.Add(time.Hour), Expires: true, UserUID: uid, Approved: true,
 				Previous: []Previous{
 					{Hash: "sha256:p1", IssuedAt: t0.Add(-2 * time.Hour), ValidUntil: t0.Add(time.Minute)},
 					{Hash: "sha256:p2", IssuedAt: t0.Add(-time.Hour), ValidUntil: t0.Add(2 * time.Minute)},
@@ -1277,5 +1277,87 @@ func TestAdmitRefusesAClientOutsideTheSources(t *testing.T) {
 	}
 	if got := TokenFrom(spec, &keymintv1alpha1.ApiTokenStatus{}).Sources; len(got) != 1 || got[0] != netip.MustParsePrefix("10.0.0.0/8") {
 		t.Errorf("TokenFrom parsed %v", got)
+	}
+}
+
+// TestApproved: a token's grant is approved by an Approved decision for
+// exactly its spec as it is (revocation and rotation requests aside), or,
+// with no decision recorded, when it was issued before its user required
+// approval; a denial, or a decision for another spec, approves nothing.
+func TestApproved(t *testing.T) {
+	spec := &keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter", Scopes: []string{"metrics:read"}}
+	widened := &keymintv1alpha1.ApiTokenSpec{ServiceUser: "exporter", Scopes: []string{"metrics:read", "metrics:write"}}
+	revoked := spec.DeepCopy()
+	revoked.Revoked = true
+	decided := func(decision string, s *keymintv1alpha1.ApiTokenSpec) *keymintv1alpha1.ApprovalStatus {
+		return &keymintv1alpha1.ApprovalStatus{Decision: decision, By: "carol", Grant: GrantDigest(s)}
+	}
+	issuedStatus := keymintv1alpha1.ApiTokenStatus{TokenHash: "sha256:a", IssuedAt: at(t0)}
+	tests := map[string]struct {
+		spec     *keymintv1alpha1.ApiTokenSpec
+		approval *keymintv1alpha1.ApprovalStatus
+		issued   bool
+		want     bool
+	}{
+		"never decided, never issued":              {spec: spec},
+		"never decided, issued before the policy":  {spec: spec, issued: true, want: true},
+		"approved as it is":                        {spec: spec, approval: decided(keymintv1alpha1.DecisionApproved, spec), want: true},
+		"approved, then widened":                   {spec: widened, approval: decided(keymintv1alpha1.DecisionApproved, spec), issued: true},
+		"approved, and revoking changes no grant":  {spec: revoked, approval: decided(keymintv1alpha1.DecisionApproved, spec), want: true},
+		"denied as it is":                          {spec: spec, approval: decided(keymintv1alpha1.DecisionDenied, spec), issued: true},
+		"a grant with no decision's name approves": {spec: spec, approval: &keymintv1alpha1.ApprovalStatus{Grant: GrantDigest(spec)}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			st := keymintv1alpha1.ApiTokenStatus{Approval: tc.approval}
+			if tc.issued {
+				st.TokenHash, st.IssuedAt = issuedStatus.TokenHash, issuedStatus.IssuedAt
+			}
+			if got := Approved(tc.spec, &st); got != tc.want {
+				t.Errorf("Approved = %v, want %v", got, tc.want)
+			}
+			if got := TokenFrom(tc.spec, &st).Approved; got != tc.want {
+				t.Errorf("TokenFrom(...).Approved = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if GrantDigest(spec) == GrantDigest(widened) {
+		t.Error("a widened spec has the grant digest of the narrower one")
+	}
+	if Digest(spec, "") == Digest(spec, "again") || GrantDigest(spec) != Digest(spec, "") {
+		t.Error("a rotation request must change the request digest and not the grant")
+	}
+}
+
+// TestUnapprovedTokensAreRefused: under a user that requires approval, a
+// token whose grant is not approved is refused, current and rotated-out
+// hashes alike, and is not accepted by the verdict; once approved, and for
+// users that require none, it is.
+func TestUnapprovedTokensAreRefused(t *testing.T) {
+	strict := active
+	strict.RequireApproval = true
+	tok := issued(&keymintv1alpha1.ApiTokenSpec{}, time.Time{})
+	tok.Previous = []Previous{{Hash: "sha256:p", IssuedAt: t0.Add(-time.Hour), ValidUntil: t0.Add(time.Hour)}}
+	for _, which := range []int{Current, 0} {
+		if got := Check(&tok, &strict, which, t0); got != NotApproved {
+			t.Errorf("hash %d, unapproved: %v, want NotApproved", which, got)
+		}
+		if got := Check(&tok, &active, which, t0); got != Accepted {
+			t.Errorf("hash %d, no approval required: %v, want Accepted", which, got)
+		}
+	}
+	if v := Evaluate(&tok, &strict, t0); v.Accepted || !v.Unapproved {
+		t.Errorf("unapproved verdict: accepted %v, unapproved %v", v.Accepted, v.Unapproved)
+	}
+	if v := Evaluate(&Token{Spec: tok.Spec}, &strict, t0); !v.Unapproved {
+		t.Error("a token not issued yet under a user that requires approval is not unapproved")
+	}
+	tok.Approved = true
+	if got := Check(&tok, &strict, Current, t0); got != Accepted {
+		t.Errorf("approved: %v, want Accepted", got)
+	}
+	tok.Spec = &keymintv1alpha1.ApiTokenSpec{Revoked: true}
+	if got := Check(&tok, &strict, Current, t0); got != Revoked {
+		t.Errorf("revoked and approved: %v, want Revoked (a revocation wins)", got)
 	}
 }

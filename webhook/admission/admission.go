@@ -38,7 +38,7 @@ func Setup(mgr ctrl.Manager, reader client.Reader, a authz.Authorizer, ring *rec
 	scheme := mgr.GetScheme()
 	server := mgr.GetWebhookServer()
 	hook := requester.Webhook{Reader: mgr.GetAPIReader(), Name: requesterWebhook, Cache: &requester.CheckCache{TTL: time.Second}}
-	server.Register(RequesterPath, NewRequesterWebhook(scheme, ring, hook))
+	server.Register(RequesterPath, NewRequesterWebhook(scheme, ring, hook, reader, a))
 	server.Register(ApiTokenPath, admission.WithValidator[*keymintv1alpha1.ApiToken](scheme,
 		&ApiTokenValidator{Reader: reader, Authorizer: a, Keyring: ring, Webhook: hook}))
 	server.Register(ServiceUserPath, admission.WithValidator[*keymintv1alpha1.ServiceUser](scheme, &ServiceUserValidator{Authorizer: a, APIReader: mgr.GetAPIReader()}))

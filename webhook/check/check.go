@@ -50,6 +50,9 @@ const (
 	// (or its ServiceUser's) allowedSourceCIDRs, or from one that cannot be
 	// established (answered 403; TokenReview refuses it).
 	SourceNotAllowed Failure = "source_not_allowed"
+	// NotApproved is a token of a ServiceUser with requireApproval whose
+	// ApiToken, as it is, waits for approval (answered 401).
+	NotApproved Failure = "not_approved"
 )
 
 // Messages are what a human reads next to each failure. An unknown token and
@@ -65,6 +68,7 @@ var messages = map[Failure]string{
 	RateLimited:       "Too many requests with this token. Retry after the time given.",
 	InvalidQuery:      "The query cannot be read exactly.",
 	SourceNotAllowed:  "The bearer token may not be used from this client address.",
+	NotApproved:       "The bearer token's ApiToken waits for approval.",
 	BadRequest:        "The request asks what a check cannot answer.",
 }
 
@@ -142,7 +146,8 @@ var failures = [tokenstate.NumRefusals]Failure{
 	tokenstate.SourceNotAllowed: SourceNotAllowed,
 	// A reported leak is a revocation: the consumer's Secret holds the
 	// replacement already, or soon.
-	tokenstate.Leaked: RevokedToken,
+	tokenstate.Leaked:      RevokedToken,
+	tokenstate.NotApproved: NotApproved,
 }
 
 // Checker decides whether a presented token is good.

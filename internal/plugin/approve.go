@@ -1,0 +1,104 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/approval"
+)
+
+// newDecideCommand is approve (decision approval.Approve) or deny.
+func newDecideCommand(o Options, k *kube, decision string) *cobra.Command {
+	var message string
+	var waitFor bool
+	var timeout time.Duration
+	verb, done := "Approve", "approved"
+	if decision == approval.Deny {
+		verb, done = "Deny", "denied"
+	}
+	cmd := &cobra.Command{
+		Use:   decision + " NAME",
+		Short: verb + " an ApiToken of a ServiceUser that requires approval",
+		Long: verb + ` an ApiToken of a ServiceUser with tokenPolicy.requireApproval, as it is
+requested now: annotation keymint.io/decision=` + decision + `, which keymint's admission
+webhook turns into a signed record of who decided. It needs verb "approve" on
+the ServiceUser (RBAC, resourceNames honoured) and "patch" on the ApiToken, and
+is refused to the user who asked for the token. A denial is final for the
+request; a changed spec is a new request. Any change that needs "mint"
+(scopes, audiences, lifetime, a rotation request, un-revoking) needs a new
+approval; revoking needs none.
+
+kubectl's --as and --as-group decide as another user, as kubectl does.
+` + "`kubectl keymint status --pending`" + ` lists the requests waiting.`,
+		Example: `  kubectl keymint ` + decision + ` billing-exporter-prod -n payments
+  kubectl keymint ` + decision + ` billing-exporter-prod -m "ticket OPS-123"`,
+		Args: exactlyOneName,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := k.client()
+			if err != nil {
+				return err
+			}
+			ns, err := k.namespace()
+			if err != nil {
+				return err
+			}
+			return decide(cmd.Context(), c, o, ns, args[0], decision, message, done, waitFor && decision == approval.Approve, timeout)
+		},
+	}
+	cmd.Flags().StringVarP(&message, "message", "m", "", fmt.Sprintf("Why (at most %d characters), kept with the decision.", approval.MaxMessage))
+	if decision == approval.Approve {
+		cmd.Flags().BoolVar(&waitFor, "wait", true, "Wait for keymint to act on the approval (mint, or accept the token again).")
+		cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "How long to wait for keymint.")
+	}
+	return cmd
+}
+
+func decide(ctx context.Context, c client.Client, o Options, ns, name, decision, message, done string, waitFor bool, timeout time.Duration) error {
+	tok, err := getToken(ctx, c, ns, name)
+	if err != nil {
+		return err
+	}
+	annotations := map[string]any{keymintv1alpha1.DecisionAnnotation: decision, keymintv1alpha1.DecisionMessageAnnotation: nil}
+	if message != "" {
+		annotations[keymintv1alpha1.DecisionMessageAnnotation] = message
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
+	if err != nil {
+		return err
+	}
+	if err := c.Patch(ctx, tok, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		// A refusal is keymint's webhook's (who may not decide, and why)
+		// or RBAC's (no patch on the ApiToken): the server's words say.
+		return fmt.Errorf("apitoken %q was not %s: %w", name, done, apiError(err))
+	}
+	fmt.Fprintf(o.Streams.Out, "apitoken.keymint.io/%s %s\n", name, done)
+	if !waitFor {
+		return nil
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(tok), tok); err != nil {
+			return false, apiError(err)
+		}
+		c := meta.FindStatusCondition(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionApproved)
+		return c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == tok.Generation &&
+			meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady), nil
+	})
+	if err != nil {
+		if ctx.Err() == nil && wait.Interrupted(err) {
+			return fmt.Errorf("approved, but keymint has not issued or accepted the token within %s: `kubectl keymint status %s` says why", timeout, name)
+		}
+		return err
+	}
+	fmt.Fprintf(o.Streams.Out, "Token %s... in Secret %s is accepted.\n", tok.Status.TokenPrefix, tok.Status.SecretName)
+	return nil
+}
