@@ -67,8 +67,22 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 	usedAt := func(at time.Time) func(*keymintv1alpha1.ApiToken) {
 		return func(t *keymintv1alpha1.ApiToken) { t.Status.LastUsedAt = &metav1.Time{Time: at} }
 	}
+	requireApproval := func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequireApproval = true }
+	decided := func(decision string, scopes ...string) func(*keymintv1alpha1.ApiToken) {
+		return func(t *keymintv1alpha1.ApiToken) {
+			approved := t.Spec.DeepCopy()
+			approved.Scopes = scopes
+			t.Status.Approval = &keymintv1alpha1.ApprovalStatus{Decision: decision, By: "erin", At: metav1.NewTime(issuedAt), Grant: tokenstate.GrantDigest(approved)}
+		}
+	}
 	rows := map[string]row{
 		"valid, no expiry": {at: now, want: "ok", wantPrevious: true},
+
+		"approval required, the spec as approved":          {user: requireApproval, tok: decided(keymintv1alpha1.DecisionApproved), at: now, want: "ok", wantPrevious: true},
+		"approval required, issued before the policy":      {user: requireApproval, at: now, want: "ok", wantPrevious: true},
+		"approval required, the spec changed since":        {user: requireApproval, tok: decided(keymintv1alpha1.DecisionApproved, "links:read"), at: now, want: "not_approved"},
+		"approval required, denied":                        {user: requireApproval, tok: decided(keymintv1alpha1.DecisionDenied), at: now, want: "not_approved"},
+		"approval required, approved, and revoked by spec": {user: requireApproval, tok: both(decided(keymintv1alpha1.DecisionApproved), func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true }), at: now, want: "revoked"},
 
 		"lifetime 2h, 1s before expiry":   {tok: both(lifetime(2*time.Hour), recorded(now.Add(time.Hour))), at: now.Add(time.Hour - time.Second), want: "ok"},
 		"lifetime 2h, at expiry":          {tok: both(lifetime(2*time.Hour), recorded(now.Add(time.Hour))), at: now.Add(time.Hour), want: "expired"},
@@ -154,6 +168,8 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 				controllerSays = "revoked"
 			case meta.IsStatusConditionTrue(written.Conditions, keymintv1alpha1.ApiTokenConditionExpired):
 				controllerSays = "expired"
+			case hasReason(written.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonAwaitingApproval):
+				controllerSays = string(check.NotApproved)
 			case hasReason(written.Conditions, keymintv1alpha1.ApiTokenConditionReady, keymintv1alpha1.ApiTokenReasonLeaked):
 				// A reported token is refused as a revoked one.
 				controllerSays = "revoked"

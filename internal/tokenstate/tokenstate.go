@@ -541,9 +541,10 @@ func previousUntil(t *Token, u *User, p *Previous) time.Time {
 }
 
 // StillAccepted returns the rotated-out hashes of t accepted at now, each
-// with its effective end of grace, in order. A revoked token has none.
+// with its effective end of grace, in order. A revoked token has none, nor
+// does an unapproved one: its grace ends with the approval it lost.
 func StillAccepted(t *Token, u *User, v *Verdict, now time.Time) []Previous {
-	if v.Revoked != "" {
+	if v.Revoked != "" || v.Unapproved {
 		return nil
 	}
 	var out []Previous
