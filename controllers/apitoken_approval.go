@@ -29,6 +29,10 @@ type approvalAnswer struct {
 	// Decision is the decision that answers the request, when it counts:
 	// it goes into the status. nil while pending.
 	Decision *approval.Record
+	// Grant is the grant of the spec the decision answered, taken when it
+	// was asked: the spec may change before the status is written, and a
+	// changed spec is not what was approved.
+	Grant string
 	// Retry is true when only a right granted since can change the answer
 	// (an approver who may no longer approve): RBAC sends no event.
 	Retry bool
@@ -46,6 +50,7 @@ func needsApproval(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceU
 // still approve ServiceUser and who did not ask for it.
 func (r *ApiTokenReconciler) askApproval(ctx context.Context, tok *keymintv1alpha1.ApiToken, trust *requester.Trust) (approvalAnswer, error) {
 	user := tok.Spec.ServiceUser
+	grant := tokenstate.GrantDigest(&tok.Spec)
 	if a := distrust(trust, tok.Namespace, tok.Name); a != nil {
 		return approvalAnswer{Reason: keymintv1alpha1.ApiTokenReasonPending, Message: "There is no request to approve: " + a.Message}, nil
 	}
@@ -62,7 +67,7 @@ func (r *ApiTokenReconciler) askApproval(ctx context.Context, tok *keymintv1alph
 		if dec.Message != "" {
 			why = fmt.Sprintf(" (%q)", dec.Message)
 		}
-		return approvalAnswer{Reason: keymintv1alpha1.ApiTokenReasonDenied, Decision: dec, Message: fmt.Sprintf(
+		return approvalAnswer{Reason: keymintv1alpha1.ApiTokenReasonDenied, Decision: dec, Grant: grant, Message: fmt.Sprintf(
 			"Denied by %q at %s%s: %s. A denial is final for this request; a changed spec is a new request",
 			dec.By.Username, dec.At.UTC().Format(time.RFC3339), why, asked)}, nil
 	case approval.SameUser(dec.By, req.Requester):
@@ -80,7 +85,7 @@ func (r *ApiTokenReconciler) askApproval(ctx context.Context, tok *keymintv1alph
 			"Approved by %q at %s, who may no longer approve: %s. keymint asks again after %s, then less often",
 			dec.By.Username, dec.At.UTC().Format(time.RFC3339), denial.Sentence(dec.By.Username, ""), r.authorizationRetry())}, nil
 	}
-	return approvalAnswer{Approved: true, Reason: keymintv1alpha1.ApiTokenReasonApproved, Decision: dec, Message: fmt.Sprintf(
+	return approvalAnswer{Approved: true, Reason: keymintv1alpha1.ApiTokenReasonApproved, Decision: dec, Grant: grant, Message: fmt.Sprintf(
 		"Approved by %q at %s: %s", dec.By.Username, dec.At.UTC().Format(time.RFC3339), asked)}, nil
 }
 
@@ -94,8 +99,11 @@ func approvalRecord(current *keymintv1alpha1.ApprovalStatus, o *observation, a *
 		return nil
 	case o.Approval != nil && o.Approval.Decision != nil && (o.Approval.Approved || o.Approval.Reason == keymintv1alpha1.ApiTokenReasonDenied):
 		d := o.Approval.Decision
-		return &keymintv1alpha1.ApprovalStatus{Decision: d.Decision, By: d.By.Username, At: d.At, Message: d.Message, Grant: tokenstate.GrantDigest(o.Spec)}
-	case current == nil && a.Token.Issued:
+		return &keymintv1alpha1.ApprovalStatus{Decision: d.Decision, By: d.By.Username, At: d.At, Message: d.Message, Grant: o.Approval.Grant}
+	case current == nil && a.Token.Issued && !o.Adopted && o.Current.Issued:
+		// Only a token the status already named: one adopted from a
+		// Secret record was minted by a reconcile whose status was lost,
+		// maybe under the policy, and is never grandfathered.
 		return &keymintv1alpha1.ApprovalStatus{Decision: keymintv1alpha1.DecisionApproved, By: grandfathered,
 			At: metav1.NewTime(o.Now.UTC().Truncate(time.Second)), Grant: tokenstate.GrantDigest(o.Spec)}
 	}

@@ -59,6 +59,12 @@ const (
 	// DecisionMessageAnnotation is an optional reason sent with a decision
 	// (at most 256 characters), kept in the approval record.
 	DecisionMessageAnnotation = "keymint.io/decision-message"
+	// DecisionRequestAnnotation, sent with a decision, names the request it
+	// answers: the ID of the requester record (RequesterAnnotation) as the
+	// approver read it. The decision is refused if the request changed
+	// since (a spec widened between review and approval). kubectl keymint
+	// approve|deny always sends it.
+	DecisionRequestAnnotation = "keymint.io/decision-request"
 	// ApprovalAnnotation is the record of the decision on the token as it is
 	// requested (the requester record): who approved or denied it, when, and
 	// why. keymint's mutating webhook writes it and keeps it only while the

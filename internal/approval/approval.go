@@ -109,12 +109,13 @@ func Admit(ctx context.Context, ring *recordkey.Keyring, az authz.Authorizer, us
 	before, after *keymintv1alpha1.ApiToken, who authenticationv1.UserInfo, now time.Time) error {
 	decision, hasDecision := after.Annotations[keymintv1alpha1.DecisionAnnotation]
 	message := after.Annotations[keymintv1alpha1.DecisionMessageAnnotation]
+	answers, pinned := after.Annotations[keymintv1alpha1.DecisionRequestAnnotation]
 	if stored, ok := annotation(before, keymintv1alpha1.DecisionAnnotation); ok && stored == decision {
 		// Stored while the webhook was skipped, and carried along by
 		// this write: nobody's decision now.
 		hasDecision = false
 	}
-	for _, k := range []string{keymintv1alpha1.DecisionAnnotation, keymintv1alpha1.DecisionMessageAnnotation,
+	for _, k := range []string{keymintv1alpha1.DecisionAnnotation, keymintv1alpha1.DecisionMessageAnnotation, keymintv1alpha1.DecisionRequestAnnotation,
 		keymintv1alpha1.ApprovalAnnotation, keymintv1alpha1.ApprovalSignatureAnnotation} {
 		delete(after.Annotations, k)
 	}
@@ -157,6 +158,9 @@ func Admit(ctx context.Context, ring *recordkey.Keyring, az authz.Authorizer, us
 	case prev != nil:
 		return refuse("this request was approved by %q at %s: to stop the token, revoke it (spec.revoked: true)",
 			prev.By.Username, prev.At.UTC().Format(time.RFC3339))
+	case pinned && answers != req.ID():
+		return refuse("the request changed since it was read (annotation %s names another request): read the ApiToken again and decide on it as it is now",
+			keymintv1alpha1.DecisionRequestAnnotation)
 	case SameUser(req.Requester, who):
 		return refuse("user %q asked for this token (admitted %s) and may not decide on it: another user who may approve ServiceUser %q must",
 			who.Username, req.RequestedAt.UTC().Format(time.RFC3339), name)
@@ -185,9 +189,10 @@ func annotation(tok *keymintv1alpha1.ApiToken, k string) (string, bool) {
 	return v, ok
 }
 
-// SameUser reports whether two users are one person to kube-apiserver: the
-// same name (and the same UID, when both carry one). Groups and extra do
-// not matter: the same user in another group is still the one who asked.
+// SameUser reports whether two users are one to kube-apiserver's
+// authorizers: the same name. UIDs, groups and extra do not matter: the
+// same name under another UID (a ServiceAccount created again) or group is
+// still the one who asked.
 func SameUser(a, b authenticationv1.UserInfo) bool {
-	return a.Username == b.Username && (a.UID == "" || b.UID == "" || a.UID == b.UID)
+	return a.Username == b.Username
 }

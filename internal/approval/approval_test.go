@@ -113,11 +113,16 @@ func TestAdmitDecisions(t *testing.T) {
 		"an approver denies":                {who: erin, change: decision("deny", ""), want: keymintv1alpha1.DecisionDenied},
 		"the requester, though an approver": {who: carol, change: decision("approve", ""), refused: `user "carol" asked for this token`},
 		"the requester under another group": {who: authenticationv1.UserInfo{Username: "carol", UID: "c-1", Groups: []string{"ops"}}, change: decision("approve", ""), refused: "asked for this token"},
-		"an approver of another user":       {who: dave, change: decision("approve", ""), refused: `verbs: ["approve"], resourceNames: ["billing"]`},
-		"a user that requires no approval":  {who: erin, user: &keymintv1alpha1.ServiceUser{}, change: decision("approve", ""), refused: "does not require approval"},
-		"a missing user":                    {who: erin, change: decision("approve", ""), refused: "does not exist"},
-		"not a decision":                    {who: erin, change: decision("yes", ""), refused: `must be "approve" or "deny"`},
-		"a long reason":                     {who: erin, change: decision("approve", strings.Repeat("x", MaxMessage+1)), refused: "at most 256"},
+		"the requester under another UID":   {who: authenticationv1.UserInfo{Username: "carol", UID: "c-2"}, change: decision("approve", ""), refused: "asked for this token"},
+		"a decision on a request read before it changed": {who: erin, change: func(t *keymintv1alpha1.ApiToken) {
+			decision("approve", "")(t)
+			t.Annotations[keymintv1alpha1.DecisionRequestAnnotation] = "sha256:the-narrower-request"
+		}, refused: "the request changed since it was read"},
+		"an approver of another user":      {who: dave, change: decision("approve", ""), refused: `verbs: ["approve"], resourceNames: ["billing"]`},
+		"a user that requires no approval": {who: erin, user: &keymintv1alpha1.ServiceUser{}, change: decision("approve", ""), refused: "does not require approval"},
+		"a missing user":                   {who: erin, change: decision("approve", ""), refused: "does not exist"},
+		"not a decision":                   {who: erin, change: decision("yes", ""), refused: `must be "approve" or "deny"`},
+		"a long reason":                    {who: erin, change: decision("approve", strings.Repeat("x", MaxMessage+1)), refused: "at most 256"},
 		"an approver who widens in the same write": {who: erin, change: func(t *keymintv1alpha1.ApiToken) {
 			decision("approve", "")(t)
 			t.Spec.Scopes = []string{"invoices:write"}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,6 +17,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/approval"
+	"github.com/keymint/keymint/internal/requester"
 )
 
 // newDecideCommand is approve (decision approval.Approve) or deny.
@@ -68,11 +71,18 @@ func decide(ctx context.Context, c client.Client, o Options, ns, name, decision,
 	if err != nil {
 		return err
 	}
-	annotations := map[string]any{keymintv1alpha1.DecisionAnnotation: decision, keymintv1alpha1.DecisionMessageAnnotation: nil}
+	// The decision names the request read here, and the patch the version
+	// read: a spec changed in between is refused, never decided unseen.
+	var req requester.Record
+	if err := json.Unmarshal([]byte(tok.Annotations[keymintv1alpha1.RequesterAnnotation]), &req); err != nil {
+		return fmt.Errorf("apitoken %q has no request keymint recorded (annotation %s): nothing to decide", name, keymintv1alpha1.RequesterAnnotation)
+	}
+	annotations := map[string]any{keymintv1alpha1.DecisionAnnotation: decision, keymintv1alpha1.DecisionMessageAnnotation: nil,
+		keymintv1alpha1.DecisionRequestAnnotation: req.ID()}
 	if message != "" {
 		annotations[keymintv1alpha1.DecisionMessageAnnotation] = message
 	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations, "resourceVersion": tok.ResourceVersion}})
 	if err != nil {
 		return err
 	}
@@ -81,7 +91,8 @@ func decide(ctx context.Context, c client.Client, o Options, ns, name, decision,
 		// or RBAC's (no patch on the ApiToken): the server's words say.
 		return fmt.Errorf("apitoken %q was not %s: %w", name, done, apiError(err))
 	}
-	fmt.Fprintf(o.Streams.Out, "apitoken.keymint.io/%s %s\n", name, done)
+	fmt.Fprintf(o.Streams.Out, "apitoken.keymint.io/%s %s: the request of %q at %s, for %s\n", name, done,
+		req.Requester.Username, req.RequestedAt.UTC().Format(time.RFC3339), grantSummary(&tok.Spec))
 	if !waitFor {
 		return nil
 	}
@@ -101,4 +112,28 @@ func decide(ctx context.Context, c client.Client, o Options, ns, name, decision,
 	}
 	fmt.Fprintf(o.Streams.Out, "Token %s... in Secret %s is accepted.\n", tok.Status.TokenPrefix, tok.Status.SecretName)
 	return nil
+}
+
+// grantSummary words what a token of spec may do, as an approver decides
+// on it.
+func grantSummary(s *keymintv1alpha1.ApiTokenSpec) string {
+	parts := []string{"ServiceUser " + s.ServiceUser, "scopes " + listOrAll(s.Scopes), "audiences " + listOrAll(s.Audiences)}
+	switch {
+	case s.ExpiresAt != nil:
+		parts = append(parts, "expiring at "+s.ExpiresAt.UTC().Format(time.RFC3339))
+	case s.Lifetime != nil:
+		parts = append(parts, "lifetime "+s.Lifetime.Duration.String())
+	}
+	if len(s.AllowedSourceCIDRs) > 0 {
+		parts = append(parts, "from "+strings.Join(s.AllowedSourceCIDRs, ","))
+	}
+	if len(s.Metadata) > 0 {
+		keys := make([]string, 0, len(s.Metadata))
+		for k := range s.Metadata {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		parts = append(parts, "metadata "+strings.Join(keys, ","))
+	}
+	return strings.Join(parts, ", ")
 }

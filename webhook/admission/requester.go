@@ -96,7 +96,7 @@ func (r *RequesterRecorder) Handle(ctx context.Context, req admission.Request) a
 var recordKeys = []string{
 	keymintv1alpha1.RequesterAnnotation, keymintv1alpha1.RequesterSignatureAnnotation,
 	keymintv1alpha1.ApprovalAnnotation, keymintv1alpha1.ApprovalSignatureAnnotation,
-	keymintv1alpha1.DecisionAnnotation, keymintv1alpha1.DecisionMessageAnnotation,
+	keymintv1alpha1.DecisionAnnotation, keymintv1alpha1.DecisionMessageAnnotation, keymintv1alpha1.DecisionRequestAnnotation,
 }
 
 // annotationPatch turns the annotations sent into final, for recordKeys.
