@@ -305,6 +305,11 @@ var _ = Describe("The shipped roles (config/rbac/keymint_roles.yaml)", func() {
 			Expect(yaml.Unmarshal([]byte(doc), role)).To(Succeed())
 			role.Name = "keymint-" + role.Name // the prefix config/default adds
 			Expect(k8sClient.Create(ctx, role)).To(Succeed())
+			if role.Name == "keymint-approver" {
+				// Approving is a duty of its own, bound where it applies.
+				Expect(role.Labels).NotTo(HaveKey(HavePrefix("rbac.authorization.k8s.io/aggregate-to-")), "the approver role is aggregated")
+				continue
+			}
 			Expect(role.Labels).To(HaveKey(HavePrefix("rbac.authorization.k8s.io/aggregate-to-")), "aggregated to a built-in role")
 		}
 	}
@@ -424,5 +429,45 @@ var _ = Describe("An ApiToken created revoked", func() {
 		tok.Spec.Revoked = true
 		Expect(bob.Create(ctx, tok)).To(Succeed())
 		Expect(seen.all()).To(BeEmpty())
+	})
+})
+
+var _ = Describe("Loosening a ServiceUser whose tokens require approval", func() {
+	It("needs approve on it as well as mint: turning the policy off, more permissions", func() {
+		ns := newNamespace()
+		u := serviceUser(ns, "billing")
+		u.Spec.TokenPolicy.RequireApproval = true
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		grant(ns, "mallory", rbacv1.PolicyRule{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"get", "update", "patch"}}, mint())
+		mallory, _ := as("mallory")
+		update := func(mutate func(*keymintv1alpha1.ServiceUser)) error {
+			GinkgoHelper()
+			u := &keymintv1alpha1.ServiceUser{}
+			Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "billing"}, u)).To(Succeed())
+			mutate(u)
+			return mallory.Update(ctx, u)
+		}
+		var err error
+		Eventually(func() bool {
+			err = update(func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequireApproval = false })
+			return apierrors.IsForbidden(err)
+		}).Should(BeTrue(), "turning the policy off with mint alone: %v", err)
+		Expect(err.Error()).To(And(ContainSubstring("turning tokenPolicy.requireApproval off"), ContainSubstring(`verbs: ["approve"], resourceNames: ["billing"]`)))
+		err = update(func(u *keymintv1alpha1.ServiceUser) { u.Spec.Permissions = append(u.Spec.Permissions, "everything:admin") })
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
+		Expect(err.Error()).To(ContainSubstring("its tokens require approval"))
+		Expect(update(func(u *keymintv1alpha1.ServiceUser) { u.Spec.Description = "billing exports" })).To(Succeed(), "a change that widens nothing")
+
+		Expect(k8sClient.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "approve-billing"}, Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"approve"}, ResourceNames: []string{"billing"}},
+		}})).To(Succeed())
+		Expect(k8sClient.Create(ctx, &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "mallory-approves-billing"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "approve-billing"},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "mallory"}},
+		})).To(Succeed())
+		Eventually(func() error {
+			return update(func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequireApproval = false })
+		}).Should(Succeed(), "with approve too")
 	})
 })

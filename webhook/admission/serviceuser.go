@@ -81,9 +81,44 @@ func (v *ServiceUserValidator) ValidateUpdate(ctx context.Context, before, after
 		return nil, err
 	}
 	if what := widens(before, after); what != "" {
-		return nil, authorizeMint(ctx, v.Authorizer, serviceUsers, after.Name, after.Namespace, after.Name, nil, what)
+		if err := authorizeMint(ctx, v.Authorizer, serviceUsers, after.Name, after.Namespace, after.Name, nil, what); err != nil {
+			return nil, err
+		}
 	}
-	return nil, nil
+	return nil, v.authorizeApproval(ctx, before, after)
+}
+
+// authorizeApproval: while a user's tokens require approval, what would
+// let them be minted or do more without one (turning the policy off,
+// widening the user, re-enabling it) needs the right to approve them too,
+// not only to mint: four eyes hold for the ServiceUser as for its tokens.
+func (v *ServiceUserValidator) authorizeApproval(ctx context.Context, before, after *keymintv1alpha1.ServiceUser) error {
+	var what string
+	switch {
+	case before.Spec.TokenPolicy.RequireApproval && !after.Spec.TokenPolicy.RequireApproval:
+		what = "turning tokenPolicy.requireApproval off lets its tokens be minted and accepted unapproved"
+	case !before.Spec.TokenPolicy.RequireApproval && !before.Spec.Disabled:
+		return nil
+	case !after.Spec.TokenPolicy.RequireApproval:
+		return nil
+	default:
+		if what = widens(before, after); what == "" {
+			return nil
+		}
+		what += ", and its tokens require approval"
+	}
+	req, err := admission.RequestFromContext(ctx)
+	if err != nil {
+		return apierrors.NewInternalError(err)
+	}
+	denial, err := authz.MayApprove(ctx, v.Authorizer, req.UserInfo, after.Namespace, after.Name)
+	if err != nil {
+		return apierrors.NewInternalError(err)
+	}
+	if denial == nil {
+		return nil
+	}
+	return apierrors.NewForbidden(serviceUsers, after.Name, fmt.Errorf("%s: %s", what, denial.Sentence(req.UserInfo.Username, "")))
 }
 
 // widens says how an update gives the user's existing tokens more, or "".
