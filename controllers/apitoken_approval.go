@@ -130,7 +130,9 @@ func approvalRecorded(in *statusInput) (condition, bool) {
 // readyUnapproved: no token, or none accepted, for want of an approval.
 func readyUnapproved(in *statusInput) (condition, bool) {
 	ans := in.o.Approval
-	if !in.o.User.RequireApproval || !(in.v.Unapproved || (in.a.Denied && ans != nil && !ans.Approved)) {
+	// An accepted token whose next mint (a rotation) waits stays Ready:
+	// Approved says what waits, as Authorized does for a denied mint.
+	if !in.o.User.RequireApproval || !(in.v.Unapproved || (in.a.Denied && ans != nil && !ans.Approved && !in.v.Accepted)) {
 		return condition{}, false
 	}
 	reason, msg := keymintv1alpha1.ApiTokenReasonAwaitingApproval, "The token's spec, as it is, waits for approval: see condition Approved"

@@ -179,6 +179,11 @@ type ApiTokenSpec struct {
 	// +kubebuilder:validation:MaxItems=32
 	ScopeRequestsPerMinute []ScopeRate `json:"scopeRequestsPerMinute,omitempty"`
 
+	// quota overrides the ServiceUser's tokenPolicy.quota for this token: how
+	// many checks it may pass in all, or per refill period.
+	// +optional
+	Quota *Quota `json:"quota,omitempty"`
+
 	// maxIdle revokes the token, with reason Idle, once no check has
 	// accepted it (current or rotated-out) for this long, counted from its
 	// issue when it was never used. Rotations do not restart the count; the
@@ -343,6 +348,35 @@ type LastLeak struct {
 	// is still the current serial.
 	// +optional
 	CurrentSerial int64 `json:"currentSerial,omitempty"`
+}
+
+// Quota is how many checks a token may pass: uses in all, or uses per
+// refill period. Unlike a rate (per minute, smoothed), a quota is a count:
+// once spent, checks are refused (/check: 429 quota_exceeded) until the
+// period refills, or for good without refill.
+type Quota struct {
+	// uses is how many checks may pass, per period with refill.
+	// +required
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000000000
+	Uses int64 `json:"uses"`
+	// refill starts a new period of uses every so often; unset means the
+	// uses are for the token's whole life.
+	// +optional
+	Refill *QuotaRefill `json:"refill,omitempty"`
+}
+
+// QuotaRefill is a quota's period.
+type QuotaRefill struct {
+	// every is the period's length, at least 1m. Periods are aligned to
+	// the Unix epoch (every 24h: at 00:00 UTC), so every replica counts the
+	// same period.
+	// +required
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('2562047h')",message="refill.every must be at least 1m"
+	Every metav1.Duration `json:"every"`
 }
 
 // Approval decisions.

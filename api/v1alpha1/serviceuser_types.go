@@ -106,6 +106,12 @@ type TokenPolicy struct {
 	// +kubebuilder:validation:MaxItems=32
 	ScopeRequestsPerMinute []ScopeRate `json:"scopeRequestsPerMinute,omitempty"`
 
+	// quota is how many checks each token of this identity may pass, in all
+	// or per refill period, unless the token sets its own. Unset means no
+	// quota: the rate alone limits checks.
+	// +optional
+	Quota *Quota `json:"quota,omitempty"`
+
 	// expiryWarning is how long before a token expires keymint warns: the
 	// token gets condition ExpiringSoon=True and a Warning Event, once. No
 	// warning comes when a scheduled rotation replaces the token before it
@@ -215,6 +221,7 @@ type ServiceUserStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=su,categories=keymint
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.spec.tokenPolicy) || !has(oldSelf.spec.tokenPolicy.requireApproval) || !oldSelf.spec.tokenPolicy.requireApproval || (has(self.spec.tokenPolicy) && has(self.spec.tokenPolicy.requireApproval) && self.spec.tokenPolicy.requireApproval) || !has(self.spec.disabled) || !self.spec.disabled",message="tokenPolicy.requireApproval cannot be turned off while the ServiceUser is disabled (keymint's webhook is not asked then): turn it off while enabled, which needs the right to approve its tokens",fieldPath=".spec.tokenPolicy.requireApproval"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.spec.disabled) || !oldSelf.spec.disabled || (has(self.spec.disabled) && self.spec.disabled) || !has(oldSelf.status) || ((!has(oldSelf.status.activeTokens) || oldSelf.status.activeTokens == 0) && (!has(oldSelf.status.unrevokedTokens) || oldSelf.status.unrevokedTokens == 0))",message="spec.disabled can be set back to false only once keymint has revoked every token of the user (status.activeTokens and status.unrevokedTokens are 0); try again in a moment",fieldPath=".spec.disabled"
 // +kubebuilder:printcolumn:name="Display name",type=string,JSONPath=`.spec.displayName`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`

@@ -539,6 +539,20 @@ var _ = Describe("Undoing a revocation", func() {
 		Expect(k8sClient.Update(ctx, u)).To(Succeed())
 	})
 
+	It("keeps a ServiceUser's requireApproval on while it is disabled: the webhook that asks for approve is not called then", func() {
+		u := &keymintv1alpha1.ServiceUser{ObjectMeta: metav1.ObjectMeta{Name: uniqueName("su"), Namespace: "default"},
+			Spec: keymintv1alpha1.ServiceUserSpec{TokenPolicy: keymintv1alpha1.TokenPolicy{RequireApproval: true}}}
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		u.Spec.Disabled, u.Spec.TokenPolicy.RequireApproval = true, false
+		expectErrors(k8sClient.Update(ctx, u), []string{"tokenPolicy.requireApproval cannot be turned off while the ServiceUser is disabled"})
+		u.Spec.TokenPolicy.RequireApproval = true
+		Expect(k8sClient.Update(ctx, u)).To(Succeed())
+		u.Spec.TokenPolicy.RequireApproval = false
+		expectErrors(k8sClient.Update(ctx, u), []string{"tokenPolicy.requireApproval cannot be turned off while the ServiceUser is disabled"})
+		u.Spec.Disabled = false
+		Expect(k8sClient.Update(ctx, u)).To(Succeed(), "turned off while enabled (the webhook, not run here, asks for approve)")
+	})
+
 	It("does not get in the way of revoking, or of a token never issued", func() {
 		t := &keymintv1alpha1.ApiToken{
 			ObjectMeta: metav1.ObjectMeta{Name: uniqueName("tok"), Namespace: "default"},

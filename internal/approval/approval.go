@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -138,8 +139,8 @@ func Admit(ctx context.Context, ring *recordkey.Keyring, az authz.Authorizer, us
 	if decision != Approve && decision != Deny {
 		return refuse("annotation %s must be %q or %q, not %q", keymintv1alpha1.DecisionAnnotation, Approve, Deny, decision)
 	}
-	if len(message) > MaxMessage {
-		return refuse("annotation %s is %d characters long; at most %d", keymintv1alpha1.DecisionMessageAnnotation, len(message), MaxMessage)
+	if n := utf8.RuneCountInString(message); n > MaxMessage {
+		return refuse("annotation %s is %d characters long; at most %d", keymintv1alpha1.DecisionMessageAnnotation, n, MaxMessage)
 	}
 	if before == nil {
 		return refuse("a token cannot be approved or denied as it is created: %s is for a user who may approve its ServiceUser, once it exists", keymintv1alpha1.DecisionAnnotation)

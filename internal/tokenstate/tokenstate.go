@@ -48,6 +48,8 @@ type User struct {
 	// RequireApproval is the policy's requireApproval: a token is accepted
 	// only while its grant is approved (Token.Approved).
 	RequireApproval bool
+	// Quota is the policy's quota, nil when unset: the spec's own wins.
+	Quota *keymintv1alpha1.Quota
 }
 
 // UserFrom reads a ServiceUser; nil means it does not exist.
@@ -71,6 +73,7 @@ func UserFrom(u *keymintv1alpha1.ServiceUser) User {
 	}
 	user.Sources = ParseSources(u.Spec.TokenPolicy.AllowedSourceCIDRs)
 	user.RequireApproval = u.Spec.TokenPolicy.RequireApproval
+	user.Quota = u.Spec.TokenPolicy.Quota
 	return user
 }
 
@@ -650,6 +653,9 @@ type Admission struct {
 	// them (403) after counting the check against its budgets, so that a
 	// token probing for scopes spends its rate like any other.
 	Missing []string
+	// Quota is the quota the check counts against, once its rate allows
+	// it; Uses 0 when the token has none.
+	Quota QuotaUse
 }
 
 // Admit decides one check of hash `which` of token t of user u at now, in
@@ -658,7 +664,7 @@ type Admission struct {
 // filled in place rather than copied (a check's budgets are 200 bytes); it
 // allocates nothing unless scopes are missing.
 func Admit(t *Token, u *User, which int, now time.Time, d Demand, a *Admission) {
-	a.MatchedAudiences, a.Missing = 0, nil
+	a.MatchedAudiences, a.Missing, a.Quota = 0, nil, QuotaUse{}
 	a.Budgets.N = 0
 	if a.Refusal = Check(t, u, which, now); a.Refusal != Accepted {
 		return
@@ -675,6 +681,9 @@ func Admit(t *Token, u *User, which int, now time.Time, d Demand, a *Admission) 
 	if !a.Budgets.Fill(t.Spec, u, d.Scopes, d.DefaultRate) {
 		a.Refusal, a.Budgets.N = TooManyBudgets, 0
 		return
+	}
+	if q := QuotaOf(t.Spec, u); q != nil {
+		a.Quota = QuotaAt(q, now)
 	}
 	for _, s := range d.Scopes {
 		if !Grants(t.Spec, u, s) {
@@ -860,6 +869,38 @@ func Rate(spec *keymintv1alpha1.ApiTokenSpec, u *User, serverDefault int32) int3
 		return u.RequestsPerMinute
 	}
 	return serverDefault
+}
+
+// QuotaOf returns the quota of a token of spec under user u: its own, else
+// its user's; nil when neither sets one.
+func QuotaOf(spec *keymintv1alpha1.ApiTokenSpec, u *User) *keymintv1alpha1.Quota {
+	if spec.Quota != nil {
+		return spec.Quota
+	}
+	return u.Quota
+}
+
+// QuotaUse is the quota one check counts against: Uses checks in period
+// Period, which ends at Refill. Without refill there is one period, 0, and
+// Refill is zero: the uses are for the token's whole life.
+type QuotaUse struct {
+	Uses   int64
+	Period int64
+	Refill time.Time
+}
+
+// QuotaAt places now in q's periods. Periods are aligned to the Unix epoch
+// (every 24h: from 00:00 UTC), so every replica counts the same one
+// without agreeing on anything but the time.
+func QuotaAt(q *keymintv1alpha1.Quota, now time.Time) QuotaUse {
+	use := QuotaUse{Uses: q.Uses}
+	if q.Refill == nil || q.Refill.Every.Duration <= 0 {
+		return use
+	}
+	every := int64(q.Refill.Every.Duration)
+	use.Period = now.UnixNano() / every
+	use.Refill = time.Unix(0, (use.Period+1)*every)
+	return use
 }
 
 // ScopeRate returns the rate a token has for checks that require scope:

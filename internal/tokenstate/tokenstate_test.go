@@ -1361,3 +1361,51 @@ func TestUnapprovedTokensAreRefused(t *testing.T) {
 		t.Errorf("revoked and approved: %v, want Revoked (a revocation wins)", got)
 	}
 }
+
+// TestQuota: a token's own quota wins over its user's; periods are aligned
+// to the epoch, so replicas agree on them from the time alone; without
+// refill there is one period, for good. Admit hands the quota on only for
+// a check its rules accept.
+func TestQuota(t *testing.T) {
+	day := &keymintv1alpha1.Quota{Uses: 100, Refill: &keymintv1alpha1.QuotaRefill{Every: metav1.Duration{Duration: 24 * time.Hour}}}
+	once := &keymintv1alpha1.Quota{Uses: 5}
+	user := active
+	user.Quota = day
+	if got := QuotaOf(&keymintv1alpha1.ApiTokenSpec{}, &user); got != day {
+		t.Errorf("no quota of its own: %v, want the user's", got)
+	}
+	if got := QuotaOf(&keymintv1alpha1.ApiTokenSpec{Quota: once}, &user); got != once {
+		t.Errorf("a quota of its own: %v, want it", got)
+	}
+	if got := QuotaOf(&keymintv1alpha1.ApiTokenSpec{}, &active); got != nil {
+		t.Errorf("neither sets one: %v", got)
+	}
+	midnight := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		at         time.Time
+		samePeriod bool
+	}{{midnight.Add(-time.Nanosecond), false}, {midnight, true}, {midnight.Add(24*time.Hour - time.Nanosecond), true}} {
+		u := QuotaAt(day, tc.at)
+		if (u.Period == QuotaAt(day, midnight).Period) != tc.samePeriod || u.Uses != 100 {
+			t.Errorf("at %s: period %d, uses %d", tc.at, u.Period, u.Uses)
+		}
+	}
+	if u := QuotaAt(day, midnight.Add(time.Hour)); !u.Refill.Equal(midnight.Add(24 * time.Hour)) {
+		t.Errorf("refill at %s, want the next midnight UTC", u.Refill)
+	}
+	if u := QuotaAt(once, t0); u.Period != 0 || !u.Refill.IsZero() {
+		t.Errorf("no refill: %+v, want period 0 and no refill", u)
+	}
+
+	tok := issued(&keymintv1alpha1.ApiTokenSpec{Quota: once}, time.Time{})
+	var a Admission
+	Admit(&tok, &active, Current, t0, Demand{DefaultRate: 10}, &a)
+	if a.Refusal != Accepted || a.Quota.Uses != 5 {
+		t.Errorf("accepted check: %v, quota %+v", a.Refusal, a.Quota)
+	}
+	tok.Spec = &keymintv1alpha1.ApiTokenSpec{Quota: once, Revoked: true}
+	Admit(&tok, &active, Current, t0, Demand{DefaultRate: 10}, &a)
+	if a.Quota.Uses != 0 {
+		t.Errorf("a refused check carries a quota to spend: %+v", a.Quota)
+	}
+}

@@ -50,6 +50,9 @@ const (
 	// (or its ServiceUser's) allowedSourceCIDRs, or from one that cannot be
 	// established (answered 403; TokenReview refuses it).
 	SourceNotAllowed Failure = "source_not_allowed"
+	// QuotaExceeded is a token whose quota's uses are spent for the period
+	// (answered 429, with when it refills; TokenReview refuses it).
+	QuotaExceeded Failure = "quota_exceeded"
 	// NotApproved is a token of a ServiceUser with requireApproval whose
 	// ApiToken, as it is, waits for approval (answered 401).
 	NotApproved Failure = "not_approved"
@@ -69,6 +72,7 @@ var messages = map[Failure]string{
 	InvalidQuery:      "The query cannot be read exactly.",
 	SourceNotAllowed:  "The bearer token may not be used from this client address.",
 	NotApproved:       "The bearer token's ApiToken waits for approval.",
+	QuotaExceeded:     "The bearer token has used its quota of checks.",
 	BadRequest:        "The request asks what a check cannot answer.",
 }
 

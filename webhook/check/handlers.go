@@ -520,6 +520,12 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) (
 		return RateLimited, v.user
 	}
 
+	if v.Quota.Uses > 0 {
+		if refused := h.spendQuota(w, r, &v, now, fromQuery && q.rateLimitStatus == "403"); refused != OK {
+			return refused, v.user
+		}
+	}
+
 	if len(v.Missing) > 0 {
 		writeError(w, http.StatusForbidden, InsufficientScope, "The bearer token lacks the required scope: "+strings.Join(v.Missing, ", ")+".")
 		return InsufficientScope, v.user
@@ -540,6 +546,52 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) (
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(ok.body)
 	return OK, v.user
+}
+
+// Quota headers: the quota's uses per period, what is left, and when the
+// period refills (Unix seconds; absent without refill).
+const (
+	HeaderQuotaLimit     = "X-Quota-Limit"
+	HeaderQuotaRemaining = "X-Quota-Remaining"
+	HeaderQuotaReset     = "X-Quota-Reset"
+)
+
+// spendQuota takes one use of the check's quota and sets the quota headers;
+// when none is left it answers 429 (403 if asked) quota_exceeded, saying
+// when the quota refills, and returns that failure.
+func (h *Handler) spendQuota(w http.ResponseWriter, r *http.Request, v *Verdict, now time.Time, forbid bool) Failure {
+	d := h.Limiter.SpendQuota(r.Context(), v.Grant.Token, v.Quota, now)
+	hdr := w.Header()
+	hdr[HeaderQuotaLimit] = number(d.Limit)
+	hdr[HeaderQuotaRemaining] = number(d.Remaining)
+	if !d.Refill.IsZero() {
+		hdr[HeaderQuotaReset] = h.resetHeader(d.Refill)
+	}
+	if d.Allowed {
+		return OK
+	}
+	status := http.StatusTooManyRequests
+	if forbid {
+		status = http.StatusForbidden
+	}
+	hdr.Set(HeaderError, string(QuotaExceeded))
+	body := errorBody{Error: QuotaExceeded, Message: fmt.Sprintf("The bearer token has used its quota of %d checks, for good: its ApiToken's quota has no refill.", d.Limit)}
+	switch {
+	case d.Unavailable:
+		retry := int64(redisBackoff / time.Second)
+		body.RetryAfter = &retry
+		body.Message = "Quotas cannot be checked right now: the shared store is unreachable, and keymint is set to refuse checks until it is back (fail closed). Retry after the time given."
+	case !d.Refill.IsZero():
+		retry := max(1, int64(math.Ceil(d.Refill.Sub(now).Seconds())))
+		body.RetryAfter = &retry
+		body.Message = fmt.Sprintf("The bearer token has used its quota of %d checks for this period; it refills at %s. This is the quota, not the rate limit.",
+			d.Limit, d.Refill.UTC().Format(time.RFC3339))
+	}
+	if body.RetryAfter != nil {
+		hdr.Set("Retry-After", strconv.FormatInt(*body.RetryAfter, 10))
+	}
+	writeJSON(w, status, body)
+	return QuotaExceeded
 }
 
 // successAnswer is a /check 200's headers and body, prebuilt once per Grant
@@ -708,6 +760,13 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 	}
 
 	v := h.Checker.Check(tr.Spec.Token, Requirements{Audiences: tr.Spec.Audiences, IgnoreSources: h.TokenReviewIgnoresSources}, now)
+	if v.Failure == OK && v.Quota.Uses > 0 {
+		// No rate applies to TokenReview (kube-apiserver caches answers),
+		// but a quota is a count of uses: each authentication is one.
+		if d := h.Limiter.SpendQuota(r.Context(), v.Grant.Token, v.Quota, now); !d.Allowed {
+			v.Failure = QuotaExceeded
+		}
+	}
 	status := authnv1.TokenReviewStatus{}
 	if v.Failure == OK {
 		h.Usage.Record(v.Grant.Token, v.used, now)

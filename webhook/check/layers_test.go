@@ -23,7 +23,8 @@ var layers = []string{
 	"check.go",                           // one presented token → one Verdict
 	"leak.go",                            // leak reports → a queue, by ApiToken
 	"leakstatus.go",                      // the queue → status.leakReports
-	"ratelimit.go", "ratelimit_redis.go", // budgets charged
+	"quota.go",                           // a quota's decision
+	"ratelimit.go", "ratelimit_redis.go", // budgets and quotas charged
 	"leaklimit.go",   // leak reporters' addresses and budgets
 	"metrics.go",     // answers counted
 	"leakmetrics.go", // leak reports counted

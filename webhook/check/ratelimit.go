@@ -42,6 +42,9 @@ type Decision struct {
 // and counts it if so: against every budget, or against none.
 type RateLimiter interface {
 	Allow(ctx context.Context, token types.NamespacedName, budgets tokenstate.Budgets, now time.Time) Decision
+	// SpendQuota takes one use of the token's quota (quota.go), once Allow
+	// let the check through.
+	SpendQuota(ctx context.Context, token types.NamespacedName, q tokenstate.QuotaUse, now time.Time) QuotaDecision
 	// Forget drops what is kept of a deleted token.
 	Forget(token types.NamespacedName)
 }
@@ -99,6 +102,7 @@ func decideAll(bs *tokenstate.Budgets, tats []int64, now int64) Decision {
 type LocalLimiter struct {
 	mu     sync.Mutex
 	tokens map[types.NamespacedName]*tokenBudgets
+	quotas map[types.NamespacedName]quotaCount
 }
 
 // tokenBudgets is a token's TATs: its own, and one per rated scope it was
@@ -115,7 +119,7 @@ type scopeTAT struct {
 
 // NewLimiter returns an empty in-process limiter.
 func NewLimiter() *LocalLimiter {
-	return &LocalLimiter{tokens: map[types.NamespacedName]*tokenBudgets{}}
+	return &LocalLimiter{tokens: map[types.NamespacedName]*tokenBudgets{}, quotas: map[types.NamespacedName]quotaCount{}}
 }
 
 // Allow implements RateLimiter.
@@ -172,5 +176,23 @@ func (tb *tokenBudgets) tat(scope string) *int64 {
 func (l *LocalLimiter) Forget(token types.NamespacedName) {
 	l.mu.Lock()
 	delete(l.tokens, token)
+	delete(l.quotas, token)
 	l.mu.Unlock()
+}
+
+// SpendQuota takes one use of the token's quota in q's period, if one is
+// left; a refused check takes none.
+func (l *LocalLimiter) SpendQuota(_ context.Context, token types.NamespacedName, q tokenstate.QuotaUse, _ time.Time) QuotaDecision {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.quotas[token]
+	if c.period != q.Period {
+		c = quotaCount{period: q.Period}
+	}
+	if c.used >= q.Uses {
+		return decideQuota(q, q.Uses+1)
+	}
+	c.used++
+	l.quotas[token] = c
+	return decideQuota(q, c.used)
 }

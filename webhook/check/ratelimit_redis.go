@@ -79,6 +79,7 @@ type lease struct {
 type RedisLimiter struct {
 	client   redis.UniversalClient
 	script   *redis.Script
+	quota    *redis.Script
 	prefix   string
 	mode     FailureMode
 	fallback *LocalLimiter
@@ -108,7 +109,7 @@ func NewRedisLimiter(client redis.UniversalClient, mode FailureMode, reg prometh
 		Help: "Checks decided without the shared rate-limit store, by mode: open (this replica's own budgets) or closed (refused).",
 	}, []string{"mode"})
 	l := &RedisLimiter{
-		client: client, script: redis.NewScript(gcraScript), prefix: "keymint:rl:", mode: mode, fallback: NewLimiter(),
+		client: client, script: redis.NewScript(gcraScript), quota: redis.NewScript(quotaScript), prefix: "keymint:rl:", mode: mode, fallback: NewLimiter(),
 		leases: map[types.NamespacedName][]lease{},
 		up: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keymint_rate_limit_backend_up",
@@ -270,4 +271,36 @@ func ParseFailureMode(s string) (FailureMode, error) {
 		return m, nil
 	}
 	return "", errors.New("--rate-limit-redis-failure must be open or closed, not " + strconv.Quote(s))
+}
+
+// SpendQuota implements the shared count: one INCR of the period's key.
+// A check refused for its quota still counts in the key, which only says
+// more than Uses: nothing more passes in that period.
+func (l *RedisLimiter) SpendQuota(ctx context.Context, token types.NamespacedName, q tokenstate.QuotaUse, now time.Time) QuotaDecision {
+	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
+		return l.degradedQuota(ctx, token, q, now)
+	}
+	key := "keymint:q:{" + token.Namespace + "/" + token.Name + "}:" + strconv.FormatInt(q.Period, 10)
+	var ttl int64
+	if !q.Refill.IsZero() {
+		ttl = q.Refill.Add(quotaKeyTTL).Sub(now).Milliseconds()
+	}
+	used, err := l.quota.Run(ctx, l.client, []string{key}, ttl).Int64()
+	if err != nil {
+		l.markDown(ctx, err, now)
+		return l.degradedQuota(ctx, token, q, now)
+	}
+	if l.downUntil.Swap(0) != 0 {
+		l.up.Set(1)
+	}
+	return decideQuota(q, used)
+}
+
+// degradedQuota decides without Redis, as the failure mode says.
+func (l *RedisLimiter) degradedQuota(ctx context.Context, token types.NamespacedName, q tokenstate.QuotaUse, now time.Time) QuotaDecision {
+	l.degraded.Inc()
+	if l.mode == FailOpen {
+		return l.fallback.SpendQuota(ctx, token, q, now)
+	}
+	return QuotaDecision{Limit: q.Uses, Refill: q.Refill, Unavailable: true}
 }

@@ -1,0 +1,186 @@
+package check
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/token"
+)
+
+// quotaReplicas are check servers over one clock, each with its own index
+// fed the same objects and its own limiter, as replicas are.
+func quotaReplicas(t *testing.T, limiters ...RateLimiter) []*fixture {
+	t.Helper()
+	clock := clocktesting.NewFakeClock(t0)
+	var out []*fixture
+	for _, l := range limiters {
+		f := &fixture{t: t, clock: clock, index: NewIndex()}
+		h := NewHandler(f.index, clock, 500, prometheus.NewRegistry())
+		h.Limiter = l
+		f.usage, f.metrics = h.Usage, h.Metrics
+		f.server = httptest.NewServer(h.ServeMux())
+		t.Cleanup(f.server.Close)
+		out = append(out, f)
+	}
+	return out
+}
+
+// withQuota sets the token's quota: uses, per refill period when every > 0.
+func withQuota(uses int64, every time.Duration) func(*keymintv1alpha1.ApiToken) {
+	return func(t *keymintv1alpha1.ApiToken) {
+		t.Spec.Quota = &keymintv1alpha1.Quota{Uses: uses}
+		if every > 0 {
+			t.Spec.Quota.Refill = &keymintv1alpha1.QuotaRefill{Every: metav1.Duration{Duration: every}}
+		}
+	}
+}
+
+// issueEverywhere indexes one user and one token on every replica and
+// returns the token.
+func issueEverywhere(replicas []*fixture, mutate ...func(*keymintv1alpha1.ApiToken)) string {
+	var plain string
+	for i, f := range replicas {
+		f.user("exporter", func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequestsPerMinute = 1000000 })
+		if i == 0 {
+			plain = f.token("exporter-token", "exporter", mutate...)
+			continue
+		}
+		f.tokenWithPlain(plain, "exporter-token", "exporter", mutate...)
+	}
+	return plain
+}
+
+// TestQuotaIsExactAcrossReplicasWithRedis: a quota of 100 uses an hour,
+// checked through two replicas that share Redis, passes exactly 100 checks
+// and refuses the 101st with 429 quota_exceeded, saying it is the quota
+// and when it refills; TokenReview refuses it too; the next period passes
+// again.
+func TestQuotaIsExactAcrossReplicasWithRedis(t *testing.T) {
+	srv := startRedis(t)
+	a, _ := replica(t, srv.Addr, FailClosed)
+	b, _ := replica(t, srv.Addr, FailClosed)
+	replicas := quotaReplicas(t, a, b)
+	tok := issueEverywhere(replicas, withQuota(100, time.Hour))
+
+	for i := range 100 {
+		r := replicas[i%2].check(tok, "")
+		if r.status != http.StatusOK {
+			t.Fatalf("check %d of 100 through replica %d: %d %v", i+1, i%2, r.status, r.body)
+		}
+		if got, want := r.header.Get(HeaderQuotaRemaining), itoa(99-i); got != want {
+			t.Fatalf("check %d: X-Quota-Remaining %q, want %q (one count across replicas)", i+1, got, want)
+		}
+	}
+	refill := t0.Truncate(time.Hour).Add(time.Hour)
+	for _, f := range replicas {
+		r := f.check(tok, "")
+		expectError(t, r, http.StatusTooManyRequests, QuotaExceeded)
+		if msg, _ := r.body["message"].(string); !strings.Contains(msg, "quota, not the rate limit") || !strings.Contains(msg, refill.Format(time.RFC3339)) {
+			t.Errorf("the refusal's message %q does not say it is the quota and when it refills", msg)
+		}
+		if got, want := r.header.Get("Retry-After"), itoa(int(refill.Sub(t0).Seconds())); got != want {
+			t.Errorf("Retry-After %q, want %q: seconds until the refill", got, want)
+		}
+		if r.header.Get(HeaderQuotaRemaining) != "0" || r.header.Get(HeaderQuotaLimit) != "100" || r.header.Get(HeaderQuotaReset) != itoa(int(refill.Unix())) {
+			t.Errorf("quota headers %v", r.header)
+		}
+		if r.header.Get("X-Ratelimit-Remaining") == "0" {
+			t.Error("the rate is spent too: the refusal would not be the quota's")
+		}
+	}
+	st := replicas[1].do(http.MethodPost, TokenReviewV1, nil, reviewBody("authentication.k8s.io/v1", tok)).body["status"].(map[string]any)
+	if st["authenticated"] == true || st["error"] != QuotaExceeded.Message() {
+		t.Errorf("TokenReview with the quota spent: %v", st)
+	}
+
+	replicas[0].clock.SetTime(refill)
+	for _, f := range replicas {
+		if r := f.check(tok, ""); r.status != http.StatusOK {
+			t.Errorf("after the refill: %d %v", r.status, r.body)
+		}
+	}
+}
+
+// TestQuotaInProcessBound: with budgets in process each replica counts
+// alone, so behind N replicas a token passes at most N × its uses in a
+// period (docs/checks.md), and one replica is exact. Without refill the
+// uses are for good, and the refusal says so.
+func TestQuotaInProcessBound(t *testing.T) {
+	replicas := quotaReplicas(t, NewLimiter(), NewLimiter())
+	tok := issueEverywhere(replicas, withQuota(10, 24*time.Hour))
+	passed := 0
+	for i := range 30 {
+		if replicas[i%2].check(tok, "").status == http.StatusOK {
+			passed++
+		}
+	}
+	if passed != 2*10 {
+		t.Errorf("two replicas in process passed %d checks of a quota of 10, want the documented bound 2 × 10", passed)
+	}
+
+	one := quotaReplicas(t, NewLimiter())
+	tok = issueEverywhere(one, withQuota(3, 0))
+	for i := range 3 {
+		if r := one[0].check(tok, ""); r.status != http.StatusOK || r.header.Get(HeaderQuotaReset) != "" {
+			t.Fatalf("check %d of 3: %d, X-Quota-Reset %q (none without refill)", i+1, r.status, r.header.Get(HeaderQuotaReset))
+		}
+	}
+	r := one[0].check(tok, "")
+	expectError(t, r, http.StatusTooManyRequests, QuotaExceeded)
+	if msg, _ := r.body["message"].(string); !strings.Contains(msg, "for good") || r.header.Get("Retry-After") != "" {
+		t.Errorf("a quota without refill: message %q, Retry-After %q", msg, r.header.Get("Retry-After"))
+	}
+	one[0].clock.Step(365 * 24 * time.Hour)
+	expectError(t, one[0].check(tok, ""), http.StatusTooManyRequests, QuotaExceeded)
+	// rate_limit_status=403 answers a spent quota as it does a rate.
+	expectError(t, one[0].check(tok, "rate_limit_status=403"), http.StatusForbidden, QuotaExceeded)
+}
+
+// TestQuotaFromTheServiceUser: a token without a quota of its own counts
+// against its user's; its own wins.
+func TestQuotaFromTheServiceUser(t *testing.T) {
+	f := quotaReplicas(t, NewLimiter())[0]
+	f.user("exporter", func(u *keymintv1alpha1.ServiceUser) {
+		u.Spec.TokenPolicy.Quota = &keymintv1alpha1.Quota{Uses: 1}
+	})
+	inherits := f.token("inherits", "exporter")
+	own := f.token("own", "exporter", withQuota(2, 0))
+	if f.check(inherits, "").status != http.StatusOK {
+		t.Fatal("first check of a user's quota of 1 refused")
+	}
+	expectError(t, f.check(inherits, ""), http.StatusTooManyRequests, QuotaExceeded)
+	for i := range 2 {
+		if r := f.check(own, ""); r.status != http.StatusOK {
+			t.Fatalf("check %d of the token's own quota of 2: %d", i+1, r.status)
+		}
+	}
+	if r := f.check(inherits, ""); r.header.Get(HeaderQuotaLimit) != "1" {
+		t.Errorf("X-Quota-Limit %q, want the user's 1", r.header.Get(HeaderQuotaLimit))
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// tokenWithPlain indexes the ApiToken f.token would, for a plaintext
+// minted already: the same token on another replica.
+func (f *fixture) tokenWithPlain(plain, name, user string, mutate ...func(*keymintv1alpha1.ApiToken)) {
+	issued := metav1.NewTime(f.clock.Now())
+	t := &keymintv1alpha1.ApiToken{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: name},
+		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: user},
+		Status:     keymintv1alpha1.ApiTokenStatus{TokenHash: token.HashString(plain), IssuedAt: &issued},
+	}
+	for _, m := range mutate {
+		m(t)
+	}
+	f.index.UpsertToken(t)
+}
