@@ -12,7 +12,8 @@ import (
 )
 
 // notOnlyLastUsed drops ApiToken updates that change nothing but the
-// recorded uses (status.lastUsedAt, tokenLastUsedAt, previousTokens[].lastUsedAt):
+// recorded uses (status.lastUsedAt, tokenLastUsedAt, previousTokens[].lastUsedAt,
+// and the quota count):
 // every replica's check server writes them, up to once a minute per token.
 // Two uses matter: the first of a token whose rotated-out predecessors
 // retireWhenIdle may retire, since retiring waits for it; and any use of a
@@ -39,7 +40,7 @@ func useEndsIdleWarning(after *keymintv1alpha1.ApiToken) bool {
 func onlyLastUsedChanged(before, after *keymintv1alpha1.ApiToken) bool {
 	a, b := before.DeepCopy(), after.DeepCopy()
 	for _, t := range []*keymintv1alpha1.ApiToken{a, b} {
-		t.Status.LastUsedAt, t.Status.TokenLastUsedAt = nil, nil
+		t.Status.LastUsedAt, t.Status.TokenLastUsedAt, t.Status.Quota = nil, nil, nil
 		for i := range t.Status.PreviousTokens {
 			t.Status.PreviousTokens[i].LastUsedAt = nil
 		}

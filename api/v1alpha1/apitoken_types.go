@@ -366,6 +366,19 @@ type Quota struct {
 	Refill *QuotaRefill `json:"refill,omitempty"`
 }
 
+// QuotaStatus is a quota's count as a check server saw it.
+type QuotaStatus struct {
+	// uses is the quota's uses per period.
+	Uses int64 `json:"uses"`
+	// remaining is what was left of the period's uses.
+	Remaining int64 `json:"remaining"`
+	// refillsAt is when the period ends; unset without refill.
+	// +optional
+	RefillsAt *metav1.Time `json:"refillsAt,omitempty"`
+	// observedAt is when a check server saw that count.
+	ObservedAt metav1.Time `json:"observedAt"`
+}
+
 // QuotaRefill is a quota's period.
 type QuotaRefill struct {
 	// every is the period's length, at least 1m. Periods are aligned to
@@ -618,6 +631,13 @@ type ApiTokenStatus struct {
 	// serial, without restarting anything, when it first sees the targets).
 	// +optional
 	RestartedSerial int64 `json:"restartedSerial,omitempty"`
+
+	// quota is the token's quota as a check server last counted it; unset
+	// without a quota, or before its first check. Eventually consistent:
+	// check servers write it with lastUsedAt, about once a minute, so it
+	// may be a minute and a flush interval late (docs/checks.md).
+	// +optional
+	Quota *QuotaStatus `json:"quota,omitempty"`
 
 	// approval is the decision on this token keymint last acted on, for a
 	// ServiceUser with tokenPolicy.requireApproval.

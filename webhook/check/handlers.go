@@ -561,6 +561,9 @@ const (
 // when the quota refills, and returns that failure.
 func (h *Handler) spendQuota(w http.ResponseWriter, r *http.Request, v *Verdict, now time.Time, forbid bool) Failure {
 	d := h.Limiter.SpendQuota(r.Context(), v.Grant.Token, v.Quota, now)
+	if !d.Unavailable {
+		h.Usage.RecordQuota(v.Grant.Token, d, now)
+	}
 	hdr := w.Header()
 	hdr[HeaderQuotaLimit] = number(d.Limit)
 	hdr[HeaderQuotaRemaining] = number(d.Remaining)
@@ -763,7 +766,11 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 	if v.Failure == OK && v.Quota.Uses > 0 {
 		// No rate applies to TokenReview (kube-apiserver caches answers),
 		// but a quota is a count of uses: each authentication is one.
-		if d := h.Limiter.SpendQuota(r.Context(), v.Grant.Token, v.Quota, now); !d.Allowed {
+		d := h.Limiter.SpendQuota(r.Context(), v.Grant.Token, v.Quota, now)
+		if !d.Unavailable {
+			h.Usage.RecordQuota(v.Grant.Token, d, now)
+		}
+		if !d.Allowed {
 			v.Failure = QuotaExceeded
 		}
 	}

@@ -164,7 +164,7 @@ func TestCheckAcceptsAGoodToken(t *testing.T) {
 	if a.body["user"] != "keymint:team-a:exporter" || a.body["token"] != "team-a/exporter-prod" {
 		t.Errorf("body %v", a.body)
 	}
-	if seen, _ := f.usage.take(); !seen[usageKey{types.NamespacedName{Namespace: "team-a", Name: "exporter-prod"}, token.Hash(tok)}].Equal(t0) {
+	if seen, _, _ := f.usage.take(); !seen[usageKey{types.NamespacedName{Namespace: "team-a", Name: "exporter-prod"}, token.Hash(tok)}].Equal(t0) {
 		t.Error("a successful check was not recorded for lastUsedAt, under the hash it presented")
 	}
 }

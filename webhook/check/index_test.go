@@ -100,7 +100,7 @@ func TestUsageForgetsDeletedTokens(t *testing.T) {
 	u.Record(key, current, t0)
 	u.Record(key, current, t0.Add(-time.Second)) // an older check recorded late does not move it back
 	u.Record(key, previous, t0.Add(-time.Minute))
-	seen, _ := u.take()
+	seen, _, _ := u.take()
 	if at := seen[usageKey{key, current}]; !at.Equal(t0) {
 		t.Errorf("recorded %v for the current hash, want %v", at, t0)
 	}
@@ -110,14 +110,14 @@ func TestUsageForgetsDeletedTokens(t *testing.T) {
 	u.Record(key, current, t0.Add(time.Second))
 	u.Record(key, previous, t0.Add(time.Second))
 	u.Forget(key)
-	seen, gone := u.take()
+	seen, _, gone := u.take()
 	if len(seen) != 0 {
 		t.Errorf("a forgotten token's uses are still pending: %v", seen)
 	}
 	if _, ok := gone[key]; !ok {
 		t.Error("the flusher is not told the token went")
 	}
-	if seen, gone := u.take(); seen != nil || gone != nil {
+	if seen, _, gone := u.take(); seen != nil || gone != nil {
 		t.Errorf("a second take returned %v %v, want nothing", seen, gone)
 	}
 }

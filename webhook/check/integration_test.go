@@ -325,6 +325,46 @@ var _ = Describe("The check server in the manager", func() {
 		}).Should(Succeed())
 	})
 
+	It("shows a quota's remaining uses in the status, a flush late, and refuses past it", func() {
+		const ns, name = "quota-status", "deployer"
+		key := types.NamespacedName{Namespace: ns, Name: name}
+		plain := issue(ns, name)
+		tok := &keymintv1alpha1.ApiToken{}
+		Expect(k8sClient.Get(ctx, key, tok)).To(Succeed())
+		patch := client.MergeFrom(tok.DeepCopy())
+		tok.Spec.Quota = &keymintv1alpha1.Quota{Uses: 3, Refill: &keymintv1alpha1.QuotaRefill{Every: metav1.Duration{Duration: 24 * time.Hour}}}
+		Expect(k8sClient.Patch(ctx, tok, patch)).To(Succeed())
+		// The first check under the quota: once the index has the spec.
+		Eventually(func() string {
+			req, _ := http.NewRequest(http.MethodGet, checkURL+check.CheckPath, nil)
+			req.Header.Set("Authorization", "Bearer "+plain)
+			resp, err := httpClient.Do(req)
+			Expect(err).NotTo(HaveOccurred())
+			resp.Body.Close()
+			return resp.Header.Get(check.HeaderQuotaLimit)
+		}).Should(Equal("3"))
+		status, _ := get(plain)
+		Expect(status).To(Equal(http.StatusOK))
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, key, tok)).To(Succeed())
+			g.Expect(tok.Status.Quota).NotTo(BeNil())
+			g.Expect(tok.Status.Quota.Uses).To(Equal(int64(3)))
+			g.Expect(tok.Status.Quota.Remaining).To(Equal(int64(1)))
+			g.Expect(tok.Status.Quota.RefillsAt).NotTo(BeNil())
+			g.Expect(tok.Status.Quota.RefillsAt.Time).To(BeTemporally("==", time.Now().UTC().Truncate(24*time.Hour).Add(24*time.Hour)))
+		}).Should(Succeed())
+		status, _ = get(plain)
+		Expect(status).To(Equal(http.StatusOK))
+		status, body := get(plain)
+		Expect(status).To(Equal(http.StatusTooManyRequests))
+		Expect(body["error"]).To(Equal(string(check.QuotaExceeded)))
+		Eventually(func(g Gomega) {
+			g.Expect(k8sClient.Get(ctx, key, tok)).To(Succeed())
+			g.Expect(tok.Status.Quota.Remaining).To(BeZero())
+		}).Should(Succeed())
+		Expect(meta.IsStatusConditionTrue(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionReady)).To(BeTrue(), "a spent quota is not a revocation")
+	})
+
 	It("speaks HTTP/1.1 only unless HTTP/2 is turned on", func() {
 		conn, err := tls.Dial("tcp", checkURL[len("https://"):], &tls.Config{
 			RootCAs: httpClient.Transport.(*http.Transport).TLSClientConfig.RootCAs, NextProtos: []string{"h2", "http/1.1"},

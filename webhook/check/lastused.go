@@ -26,7 +26,14 @@ import (
 type Usage struct {
 	mu      sync.Mutex
 	pending map[usageKey]time.Time
+	quotas  map[types.NamespacedName]quotaSeen
 	gone    map[types.NamespacedName]struct{}
+}
+
+// quotaSeen is a token's quota count as one check saw it.
+type quotaSeen struct {
+	d  QuotaDecision
+	at time.Time
 }
 
 // usageKey is one hash of one token.
@@ -37,7 +44,7 @@ type usageKey struct {
 
 // NewUsage returns an empty Usage.
 func NewUsage() *Usage {
-	return &Usage{pending: map[usageKey]time.Time{}, gone: map[types.NamespacedName]struct{}{}}
+	return &Usage{pending: map[usageKey]time.Time{}, quotas: map[types.NamespacedName]quotaSeen{}, gone: map[types.NamespacedName]struct{}{}}
 }
 
 // Record notes that hash h of the token passed a check at now.
@@ -46,6 +53,16 @@ func (u *Usage) Record(key types.NamespacedName, h hash, now time.Time) {
 	u.mu.Lock()
 	if now.After(u.pending[k]) {
 		u.pending[k] = now
+	}
+	u.mu.Unlock()
+}
+
+// RecordQuota notes what a check at now saw of the token's quota; the
+// latest is written to status.quota with the token's uses.
+func (u *Usage) RecordQuota(key types.NamespacedName, d QuotaDecision, now time.Time) {
+	u.mu.Lock()
+	if !now.Before(u.quotas[key].at) {
+		u.quotas[key] = quotaSeen{d: d, at: now}
 	}
 	u.mu.Unlock()
 }
@@ -63,14 +80,14 @@ func (u *Usage) Forget(key types.NamespacedName) {
 
 // take returns what was recorded, less the uses of tokens forgotten, and
 // what was forgotten, since the last take.
-func (u *Usage) take() (seen map[usageKey]time.Time, gone map[types.NamespacedName]struct{}) {
+func (u *Usage) take() (seen map[usageKey]time.Time, quotas map[types.NamespacedName]quotaSeen, gone map[types.NamespacedName]struct{}) {
 	u.mu.Lock()
-	if len(u.pending) == 0 && len(u.gone) == 0 {
+	if len(u.pending) == 0 && len(u.quotas) == 0 && len(u.gone) == 0 {
 		u.mu.Unlock()
-		return nil, nil
+		return nil, nil, nil
 	}
-	seen, gone = u.pending, u.gone
-	u.pending, u.gone = map[usageKey]time.Time{}, map[types.NamespacedName]struct{}{}
+	seen, quotas, gone = u.pending, u.quotas, u.gone
+	u.pending, u.quotas, u.gone = map[usageKey]time.Time{}, map[types.NamespacedName]quotaSeen{}, map[types.NamespacedName]struct{}{}
 	u.mu.Unlock()
 	// Outside the lock: the maps are the flusher's alone now.
 	if len(gone) > 0 {
@@ -79,8 +96,13 @@ func (u *Usage) take() (seen map[usageKey]time.Time, gone map[types.NamespacedNa
 				delete(seen, k)
 			}
 		}
+		for k := range quotas {
+			if _, ok := gone[k]; ok {
+				delete(quotas, k)
+			}
+		}
 	}
-	return seen, gone
+	return seen, quotas, gone
 }
 
 // UsageFlusher writes the uses to ApiToken status in batches: every
@@ -102,8 +124,9 @@ type UsageFlusher struct {
 	Interval time.Duration
 	MinGap   time.Duration
 
-	// waiting and written belong to the flusher's goroutine alone.
+	// waiting, quotas and written belong to the flusher's goroutine alone.
 	waiting map[types.NamespacedName]map[hash]time.Time
+	quotas  map[types.NamespacedName]quotaSeen
 	written map[types.NamespacedName]time.Time
 }
 
@@ -128,11 +151,23 @@ func (f *UsageFlusher) NeedLeaderElection() bool { return false }
 func (f *UsageFlusher) Flush(ctx context.Context) {
 	if f.waiting == nil {
 		f.waiting, f.written = map[types.NamespacedName]map[hash]time.Time{}, map[types.NamespacedName]time.Time{}
+		f.quotas = map[types.NamespacedName]quotaSeen{}
 	}
-	seen, gone := f.Usage.take()
+	seen, quotas, gone := f.Usage.take()
 	for key := range gone {
 		delete(f.waiting, key)
+		delete(f.quotas, key)
 		delete(f.written, key)
+	}
+	for key, q := range quotas {
+		if !q.at.Before(f.quotas[key].at) {
+			f.quotas[key] = q
+		}
+		if f.waiting[key] == nil {
+			// A refused check (its quota spent) is no use, but its count
+			// is news.
+			f.waiting[key] = map[hash]time.Time{}
+		}
 	}
 	for k, at := range seen {
 		uses := f.waiting[k.token]
@@ -149,9 +184,14 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 		if written, ok := f.written[key]; ok && now.Sub(written) < f.MinGap {
 			continue // written less than MinGap ago: wait
 		}
-		switch err := f.write(ctx, key, uses); {
+		var quota *quotaSeen
+		if q, ok := f.quotas[key]; ok {
+			quota = &q
+		}
+		switch err := f.write(ctx, key, uses, quota); {
 		case apierrors.IsNotFound(err):
 			delete(f.waiting, key)
+			delete(f.quotas, key)
 			delete(f.written, key)
 		case apierrors.IsConflict(err):
 			// Someone wrote the status since the cache saw it: next flush.
@@ -159,6 +199,7 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 			logf.FromContext(ctx).Error(err, "Writing lastUsedAt", "apiToken", key)
 		default:
 			delete(f.waiting, key)
+			delete(f.quotas, key)
 			f.written[key] = now
 		}
 	}
@@ -167,7 +208,7 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 // write records the uses of the token's hashes in its status, where they
 // are later than what it shows (another replica's write), locking on the
 // resourceVersion read.
-func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses map[hash]time.Time) error {
+func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses map[hash]time.Time, quota *quotaSeen) error {
 	tok := &keymintv1alpha1.ApiToken{}
 	if err := f.Client.Get(ctx, key, tok); err != nil {
 		return err
@@ -193,8 +234,32 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 			}
 		}
 	}
+	if quota != nil && quotaNews(st.Quota, quota, f.MinGap) {
+		st.Quota, changed = quotaStatus(quota), true
+	}
 	if !changed {
 		return nil
 	}
 	return f.Client.Status().Patch(ctx, tok, patch)
+}
+
+// quotaNews reports whether what a check saw of a quota is worth a write
+// over what the status shows: another period or quota, or a count at least
+// MinGap newer, so that N replicas together write it about once per MinGap.
+func quotaNews(shown *keymintv1alpha1.QuotaStatus, q *quotaSeen, minGap time.Duration) bool {
+	if shown == nil || shown.Uses != q.d.Limit || (shown.RefillsAt == nil) != q.d.Refill.IsZero() ||
+		(shown.RefillsAt != nil && !shown.RefillsAt.Time.Equal(q.d.Refill.UTC().Truncate(time.Second))) {
+		return true
+	}
+	return shown.Remaining != q.d.Remaining && !q.at.Before(shown.ObservedAt.Add(minGap))
+}
+
+// quotaStatus is status.quota for what a check saw.
+func quotaStatus(q *quotaSeen) *keymintv1alpha1.QuotaStatus {
+	st := &keymintv1alpha1.QuotaStatus{Uses: q.d.Limit, Remaining: q.d.Remaining, ObservedAt: metav1.NewTime(q.at.UTC().Truncate(time.Second))}
+	if !q.d.Refill.IsZero() {
+		t := metav1.NewTime(q.d.Refill.UTC().Truncate(time.Second))
+		st.RefillsAt = &t
+	}
+	return st
 }

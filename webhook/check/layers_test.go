@@ -19,11 +19,11 @@ import (
 var layers = []string{
 	"identity.go",                        // who a ServiceUser is to Kubernetes
 	"index.go",                           // hash → entry
-	"lastused.go",                        // uses, written to status
+	"quota.go",                           // a quota's decision
+	"lastused.go",                        // uses and quota counts, written to status
 	"check.go",                           // one presented token → one Verdict
 	"leak.go",                            // leak reports → a queue, by ApiToken
 	"leakstatus.go",                      // the queue → status.leakReports
-	"quota.go",                           // a quota's decision
 	"ratelimit.go", "ratelimit_redis.go", // budgets and quotas charged
 	"leaklimit.go",   // leak reporters' addresses and budgets
 	"metrics.go",     // answers counted
