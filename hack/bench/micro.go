@@ -22,7 +22,7 @@ var (
 	microBenches  = map[string]string{
 		"./internal/token":      "^Benchmark(Mint|Parse|Hash|HashString|BaselineRandomHex|BaselineSHA256)$",
 		"./internal/tokenstate": "^BenchmarkCheck$",
-		"./webhook/check":       "^Benchmark(Check|BaselineHashLookup|CheckHandler|BaselineHandler|Limiter)$",
+		"./webhook/check":       "^Benchmark(Check|BaselineHashLookup|CheckHandler|CheckHandlerPolicies|BaselineHandler|Limiter)$",
 	}
 )
 
@@ -172,6 +172,13 @@ func microTables(samples map[string][]benchSample, rounds int, benchtime string)
 	handlerTarget := func(s, _ stat) bool { return s.ns <= 1000 && s.allocs <= 3 }
 	for _, n := range []string{"10", "100000"} {
 		row("`CheckHandler`, "+n+" tokens", "check.BenchmarkCheckHandler/tokens="+n, "check.BenchmarkBaselineHandler", "≤ 1 µs, ≤ 3 allocs:", handlerTarget)
+	}
+
+	b.WriteString("\n**`/check` for a token under each policy of issue 22** (`webhook/check.CheckHandlerPolicies`, 10 tokens): a quota spent in process, an approved grant, source addresses, two metadata headers, and all four. Baseline: `CheckHandler` for a token with none; target within 10% of it.\n\n")
+	b.WriteString(header)
+	policyTarget := func(s, base stat) bool { return s.ns <= 1.1*base.ns && s.allocs == 0 }
+	for _, p := range []string{"quota", "approval", "sources", "metadata", "all"} {
+		row("`"+p+"`", "check.BenchmarkCheckHandlerPolicies/policy="+p, "check.BenchmarkCheckHandler/tokens=10", "≤ 1.1×, 0 allocs:", policyTarget)
 	}
 
 	b.WriteString("\n**One rate-limit decision** (`webhook/check.Limiter`, issue 13), for one of 1,000 tokens: in process, and through a real redis-server on loopback, with leases (what keymint does) and with a round trip per check. Baseline: the in-process decision.\n\n")

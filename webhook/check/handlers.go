@@ -548,8 +548,8 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) (
 	return OK, v.user
 }
 
-// Quota headers: the quota's uses per period, what is left, and when the
-// period refills (Unix seconds; absent without refill).
+// Quota headers: the quota's uses per period and what is left; on a
+// refusal, when the period refills (Unix seconds; absent without refill).
 const (
 	HeaderQuotaLimit     = "X-Quota-Limit"
 	HeaderQuotaRemaining = "X-Quota-Remaining"
@@ -567,11 +567,11 @@ func (h *Handler) spendQuota(w http.ResponseWriter, r *http.Request, v *Verdict,
 	hdr := w.Header()
 	hdr[HeaderQuotaLimit] = number(d.Limit)
 	hdr[HeaderQuotaRemaining] = number(d.Remaining)
-	if !d.Refill.IsZero() {
-		hdr[HeaderQuotaReset] = h.resetHeader(d.Refill)
-	}
 	if d.Allowed {
 		return OK
+	}
+	if !d.Refill.IsZero() {
+		hdr[HeaderQuotaReset] = h.resetHeader(d.Refill)
 	}
 	status := http.StatusTooManyRequests
 	if forbid {

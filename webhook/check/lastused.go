@@ -26,7 +26,7 @@ import (
 type Usage struct {
 	mu      sync.Mutex
 	pending map[usageKey]time.Time
-	quotas  map[types.NamespacedName]quotaSeen
+	quotas  map[types.NamespacedName]*quotaSeen
 	gone    map[types.NamespacedName]struct{}
 }
 
@@ -44,7 +44,7 @@ type usageKey struct {
 
 // NewUsage returns an empty Usage.
 func NewUsage() *Usage {
-	return &Usage{pending: map[usageKey]time.Time{}, quotas: map[types.NamespacedName]quotaSeen{}, gone: map[types.NamespacedName]struct{}{}}
+	return &Usage{pending: map[usageKey]time.Time{}, quotas: map[types.NamespacedName]*quotaSeen{}, gone: map[types.NamespacedName]struct{}{}}
 }
 
 // Record notes that hash h of the token passed a check at now.
@@ -61,8 +61,11 @@ func (u *Usage) Record(key types.NamespacedName, h hash, now time.Time) {
 // latest is written to status.quota with the token's uses.
 func (u *Usage) RecordQuota(key types.NamespacedName, d QuotaDecision, now time.Time) {
 	u.mu.Lock()
-	if !now.Before(u.quotas[key].at) {
-		u.quotas[key] = quotaSeen{d: d, at: now}
+	switch q := u.quotas[key]; {
+	case q == nil:
+		u.quotas[key] = &quotaSeen{d: d, at: now}
+	case !now.Before(q.at):
+		q.d, q.at = d, now
 	}
 	u.mu.Unlock()
 }
@@ -80,14 +83,14 @@ func (u *Usage) Forget(key types.NamespacedName) {
 
 // take returns what was recorded, less the uses of tokens forgotten, and
 // what was forgotten, since the last take.
-func (u *Usage) take() (seen map[usageKey]time.Time, quotas map[types.NamespacedName]quotaSeen, gone map[types.NamespacedName]struct{}) {
+func (u *Usage) take() (seen map[usageKey]time.Time, quotas map[types.NamespacedName]*quotaSeen, gone map[types.NamespacedName]struct{}) {
 	u.mu.Lock()
 	if len(u.pending) == 0 && len(u.quotas) == 0 && len(u.gone) == 0 {
 		u.mu.Unlock()
 		return nil, nil, nil
 	}
 	seen, quotas, gone = u.pending, u.quotas, u.gone
-	u.pending, u.quotas, u.gone = map[usageKey]time.Time{}, map[types.NamespacedName]quotaSeen{}, map[types.NamespacedName]struct{}{}
+	u.pending, u.quotas, u.gone = map[usageKey]time.Time{}, map[types.NamespacedName]*quotaSeen{}, map[types.NamespacedName]struct{}{}
 	u.mu.Unlock()
 	// Outside the lock: the maps are the flusher's alone now.
 	if len(gone) > 0 {
@@ -161,7 +164,7 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 	}
 	for key, q := range quotas {
 		if !q.at.Before(f.quotas[key].at) {
-			f.quotas[key] = q
+			f.quotas[key] = *q
 		}
 		if f.waiting[key] == nil {
 			// A refused check (its quota spent) is no use, but its count

@@ -102,7 +102,7 @@ func decideAll(bs *tokenstate.Budgets, tats []int64, now int64) Decision {
 type LocalLimiter struct {
 	mu     sync.Mutex
 	tokens map[types.NamespacedName]*tokenBudgets
-	quotas map[types.NamespacedName]quotaCount
+	quotas map[types.NamespacedName]*quotaCount
 }
 
 // tokenBudgets is a token's TATs: its own, and one per rated scope it was
@@ -119,7 +119,7 @@ type scopeTAT struct {
 
 // NewLimiter returns an empty in-process limiter.
 func NewLimiter() *LocalLimiter {
-	return &LocalLimiter{tokens: map[types.NamespacedName]*tokenBudgets{}, quotas: map[types.NamespacedName]quotaCount{}}
+	return &LocalLimiter{tokens: map[types.NamespacedName]*tokenBudgets{}, quotas: map[types.NamespacedName]*quotaCount{}}
 }
 
 // Allow implements RateLimiter.
@@ -186,13 +186,16 @@ func (l *LocalLimiter) SpendQuota(_ context.Context, token types.NamespacedName,
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	c := l.quotas[token]
+	if c == nil {
+		c = &quotaCount{period: q.Period}
+		l.quotas[token] = c
+	}
 	if c.period != q.Period {
-		c = quotaCount{period: q.Period}
+		*c = quotaCount{period: q.Period}
 	}
 	if c.used >= q.Uses {
 		return decideQuota(q, q.Uses+1)
 	}
 	c.used++
-	l.quotas[token] = c
 	return decideQuota(q, c.used)
 }
