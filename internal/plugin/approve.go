@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -89,6 +90,9 @@ func decide(ctx context.Context, c client.Client, o Options, ns, name, decision,
 	if err := c.Patch(ctx, tok, client.RawPatch(types.MergePatchType, patch)); err != nil {
 		// A refusal is keymint's webhook's (who may not decide, and why)
 		// or RBAC's (no patch on the ApiToken): the server's words say.
+		if apierrors.IsConflict(err) {
+			return fmt.Errorf("apitoken %q was not %s: it changed since it was read; review it again (kubectl keymint status --pending) and decide on it as it is now", name, done)
+		}
 		return fmt.Errorf("apitoken %q was not %s: %w", name, done, apiError(err))
 	}
 	fmt.Fprintf(o.Streams.Out, "apitoken.keymint.io/%s %s: the request of %q at %s, for %s\n", name, done,

@@ -126,13 +126,16 @@ func rotate(ctx context.Context, c client.Client, o Options, ns, name string, wa
 }
 
 // notAuthorizedSince returns the message of the token's Authorized=False
-// condition when it last changed at or after since, else "".
+// or Approved=False condition when it last changed at or after since, else
+// "": keymint may not mint for the requester, or waits for an approval.
 func notAuthorizedSince(tok *keymintv1alpha1.ApiToken, since time.Time) string {
-	c := meta.FindStatusCondition(tok.Status.Conditions, keymintv1alpha1.ApiTokenConditionAuthorized)
-	if c == nil || c.Status != metav1.ConditionFalse || c.LastTransitionTime.Time.Before(since) {
-		return ""
+	for _, t := range []string{keymintv1alpha1.ApiTokenConditionAuthorized, keymintv1alpha1.ApiTokenConditionApproved} {
+		c := meta.FindStatusCondition(tok.Status.Conditions, t)
+		if c != nil && c.Status == metav1.ConditionFalse && !c.LastTransitionTime.Time.Before(since) {
+			return c.Message
+		}
 	}
-	return c.Message
+	return ""
 }
 
 // exactlyOneName is cobra.ExactArgs(1) with a message that names what is

@@ -37,9 +37,10 @@ ServiceUsers too; without the right to, it falls back to the conditions
 keymint wrote). -o wide adds the Secret, the serial and the issue time;
 -o json|yaml|name|jsonpath=...|go-template=... prints the objects.
 
---pending lists only the tokens waiting for approval (ServiceUsers with
-tokenPolicy.requireApproval), with who asked and what for: approve them with
-kubectl keymint approve NAME, or deny them.`,
+--pending lists only the requests waiting for approval (ServiceUsers with
+tokenPolicy.requireApproval: a new token, a changed spec, a rotation), with
+who asked and what for: approve them with kubectl keymint approve NAME, or
+deny them.`,
 		Example: `  kubectl keymint status
   kubectl keymint status billing-exporter-prod -n payments
   kubectl keymint status -A -o wide
@@ -95,6 +96,16 @@ func status(ctx context.Context, c client.Client, o Options, ns string, args []s
 		tokens = list.Items
 	}
 
+	if pending {
+		waiting := tokens[:0:0]
+		for i := range tokens {
+			if hasReason(&tokens[i], keymintv1alpha1.ApiTokenConditionApproved, keymintv1alpha1.ApiTokenReasonPending) {
+				waiting = append(waiting, tokens[i])
+			}
+		}
+		tokens = waiting
+	}
+
 	if printer != nil {
 		gvk := keymintv1alpha1.GroupVersion.WithKind("ApiToken")
 		if len(args) == 1 {
@@ -118,6 +129,10 @@ func status(ctx context.Context, c client.Client, o Options, ns string, args []s
 		return printer.PrintObj(list, o.Streams.Out)
 	}
 
+	if len(tokens) == 0 && pending {
+		fmt.Fprintln(o.Streams.ErrOut, "No ApiTokens wait for approval.")
+		return nil
+	}
 	if len(tokens) == 0 {
 		if ns == "" {
 			fmt.Fprintln(o.Streams.ErrOut, "No ApiTokens found.")
@@ -139,11 +154,7 @@ func status(ctx context.Context, c client.Client, o Options, ns string, args []s
 			u := users[types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}]
 			user = &u
 		}
-		r := describe(tok, user, now)
-		if pending && r.State != keymintv1alpha1.ApiTokenReasonAwaitingApproval {
-			continue
-		}
-		rows = append(rows, r)
+		rows = append(rows, describe(tok, user, now))
 	}
 	if pending {
 		return printPending(o.Streams, rows, tokens, ns)

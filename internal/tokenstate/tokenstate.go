@@ -871,21 +871,45 @@ func Rate(spec *keymintv1alpha1.ApiTokenSpec, u *User, serverDefault int32) int3
 	return serverDefault
 }
 
-// QuotaOf returns the quota of a token of spec under user u: its own, else
-// its user's; nil when neither sets one.
+// QuotaOf returns the quota of a token of spec under user u: its own where
+// it is no looser than its user's (no more uses, refilled no more often),
+// else its user's; nil when neither sets one. A token's quota needs no
+// mint to change, so only its user's bounds it: whoever edits the ApiToken
+// can narrow the quota, never widen it.
 func QuotaOf(spec *keymintv1alpha1.ApiTokenSpec, u *User) *keymintv1alpha1.Quota {
-	if spec.Quota != nil {
-		return spec.Quota
+	own, users := spec.Quota, u.Quota
+	switch {
+	case own == nil:
+		return users
+	case users == nil || !looser(own, users):
+		return own
 	}
-	return u.Quota
+	return users
+}
+
+// looser reports whether quota q lets more checks through than bound in
+// some period: more uses, or uses renewed more often (or at all, where
+// bound's are for good).
+func looser(q, bound *keymintv1alpha1.Quota) bool {
+	switch {
+	case q.Uses > bound.Uses:
+		return true
+	case bound.Refill == nil:
+		return q.Refill != nil
+	case q.Refill == nil:
+		return false
+	}
+	return q.Refill.Every.Duration < bound.Refill.Every.Duration
 }
 
 // QuotaUse is the quota one check counts against: Uses checks in period
-// Period, which ends at Refill. Without refill there is one period, 0, and
-// Refill is zero: the uses are for the token's whole life.
+// Period of length Every, which ends at Refill. Without refill there is one
+// period, 0, Every and Refill are zero: the uses are for the token's whole
+// life.
 type QuotaUse struct {
 	Uses   int64
 	Period int64
+	Every  time.Duration
 	Refill time.Time
 }
 
@@ -897,7 +921,8 @@ func QuotaAt(q *keymintv1alpha1.Quota, now time.Time) QuotaUse {
 	if q.Refill == nil || q.Refill.Every.Duration <= 0 {
 		return use
 	}
-	every := int64(q.Refill.Every.Duration)
+	use.Every = q.Refill.Every.Duration
+	every := int64(use.Every)
 	use.Period = now.UnixNano() / every
 	use.Refill = time.Unix(0, (use.Period+1)*every)
 	return use

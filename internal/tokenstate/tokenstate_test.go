@@ -1375,7 +1375,19 @@ func TestQuota(t *testing.T) {
 		t.Errorf("no quota of its own: %v, want the user's", got)
 	}
 	if got := QuotaOf(&keymintv1alpha1.ApiTokenSpec{Quota: once}, &user); got != once {
-		t.Errorf("a quota of its own: %v, want it", got)
+		t.Errorf("a quota of its own, narrower: %v, want it", got)
+	}
+	hourly := &keymintv1alpha1.Quota{Uses: 50, Refill: &keymintv1alpha1.QuotaRefill{Every: metav1.Duration{Duration: time.Hour}}}
+	more := &keymintv1alpha1.Quota{Uses: 1000, Refill: day.Refill}
+	for name, q := range map[string]*keymintv1alpha1.Quota{"more uses": more, "refilled more often": hourly} {
+		if got := QuotaOf(&keymintv1alpha1.ApiTokenSpec{Quota: q}, &user); got != day {
+			t.Errorf("a token's own quota with %s than its user's: %v, want the user's", name, got)
+		}
+	}
+	lifetime := active
+	lifetime.Quota = once
+	if got := QuotaOf(&keymintv1alpha1.ApiTokenSpec{Quota: &keymintv1alpha1.Quota{Uses: 1, Refill: day.Refill}}, &lifetime); got != once {
+		t.Errorf("a refilled quota under a user's lifetime quota: %v, want the user's", got)
 	}
 	if got := QuotaOf(&keymintv1alpha1.ApiTokenSpec{}, &active); got != nil {
 		t.Errorf("neither sets one: %v", got)

@@ -374,6 +374,32 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 		GinkgoWriter.Printf("429 with Retry-After: %d\n", retryAfter)
 	})
 
+	It("answers 429 quota_exceeded, with the quota's headers and when it refills, once the token's quota is spent", func() {
+		path := filepath.Join(devDir, "nginx-e2e-quota.yaml")
+		Expect(os.WriteFile(path, []byte(`apiVersion: keymint.io/v1alpha1
+kind: ApiToken
+metadata: {name: nginx-e2e-quota}
+spec: {serviceUser: nginx-e2e, quota: {uses: 1, refill: {every: 24h}}}
+`), 0o600)).To(Succeed())
+		mustKubectl("apply", "-f", path)
+		mustKubectl("wait", "--for=condition=Ready", "apitoken/nginx-e2e-quota", "--timeout=60s")
+		quota := secretToken("nginx-e2e-quota")
+		Eventually(func() int { resp, _ := get("/reports", quota); return resp.StatusCode }).Should(Equal(http.StatusOK))
+		hits := appHits.Load()
+		resp, body := get("/reports", quota)
+		Expect(resp.StatusCode).To(Equal(http.StatusTooManyRequests), "%s", body)
+		Expect(appHits.Load()).To(Equal(hits), "a request past the quota never reaches the application")
+		Expect(errorCode(body)).To(Equal("quota_exceeded"))
+		Expect(resp.Header.Get("X-Keymint-Error")).To(Equal("quota_exceeded"))
+		Expect(resp.Header.Get("X-Quota-Limit")).To(Equal("1"))
+		Expect(resp.Header.Get("X-Quota-Remaining")).To(Equal("0"))
+		refill := time.Now().UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
+		Expect(resp.Header.Get("X-Quota-Reset")).To(Equal(strconv.FormatInt(refill.Unix(), 10)))
+		retryAfter, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+		Expect(err).NotTo(HaveOccurred(), "Retry-After: %q", resp.Header.Get("Retry-After"))
+		Expect(retryAfter).To(BeNumerically("~", time.Until(refill).Seconds(), 5))
+	})
+
 	It("refuses a token restricted to the client's address while keymint does not trust nginx: 403 source_not_allowed", func() {
 		path := filepath.Join(devDir, "nginx-e2e-pinned.yaml")
 		Expect(os.WriteFile(path, []byte(`apiVersion: keymint.io/v1alpha1

@@ -442,10 +442,14 @@ var _ = Describe("Loosening a ServiceUser whose tokens require approval", func()
 		mallory, _ := as("mallory")
 		update := func(mutate func(*keymintv1alpha1.ServiceUser)) error {
 			GinkgoHelper()
-			u := &keymintv1alpha1.ServiceUser{}
-			Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "billing"}, u)).To(Succeed())
-			mutate(u)
-			return mallory.Update(ctx, u)
+			for {
+				u := &keymintv1alpha1.ServiceUser{}
+				Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "billing"}, u)).To(Succeed())
+				mutate(u)
+				if err := mallory.Update(ctx, u); !apierrors.IsConflict(err) {
+					return err
+				}
+			}
 		}
 		var err error
 		Eventually(func() bool {

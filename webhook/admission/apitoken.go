@@ -206,7 +206,12 @@ func (v *ApiTokenValidator) warnings(ctx context.Context, tok *keymintv1alpha1.A
 		clk = clock.RealClock{}
 	}
 	state := tokenstate.UserFrom(user)
-	return GrantWarnings(&tok.Spec, &state, user.Name, clk), nil
+	warnings := GrantWarnings(&tok.Spec, &state, user.Name, clk)
+	if state.RequireApproval {
+		warnings = append(warnings, fmt.Sprintf("ServiceUser %q requires approval: nothing is minted for this request (no Secret yet: pods that mount it wait) until another user who may approve it runs `kubectl keymint approve -n %s %s`",
+			user.Name, tok.Namespace, tok.Name))
+	}
+	return warnings, nil
 }
 
 // GrantWarnings words what tokenstate.NotGranted finds.
@@ -219,6 +224,9 @@ func GrantWarnings(spec *keymintv1alpha1.ApiTokenSpec, u *tokenstate.User, userN
 	if capped {
 		out = append(out, fmt.Sprintf("the token asks to live longer than ServiceUser %q's tokenPolicy.maxLifetime (%s): it will expire %s after it is issued",
 			userName, u.MaxLifetime, u.MaxLifetime))
+	}
+	if spec.Quota != nil && tokenstate.QuotaOf(spec, u) != spec.Quota {
+		out = append(out, fmt.Sprintf("quota allows more than ServiceUser %q's tokenPolicy.quota (more uses, or refilled more often), which applies", userName))
 	}
 	if spec.MaxIdle != nil && tokenstate.MaxIdle(spec, u) < spec.MaxIdle.Duration {
 		out = append(out, fmt.Sprintf("maxIdle %s is longer than ServiceUser %q's tokenPolicy.maxIdle (%s), which applies", spec.MaxIdle.Duration, userName, u.MaxIdle))

@@ -71,7 +71,7 @@ var messages = map[Failure]string{
 	RateLimited:       "Too many requests with this token. Retry after the time given.",
 	InvalidQuery:      "The query cannot be read exactly.",
 	SourceNotAllowed:  "The bearer token may not be used from this client address.",
-	NotApproved:       "The bearer token's ApiToken waits for approval.",
+	NotApproved:       "The bearer token's ApiToken is not approved as it is now (waiting for approval, denied, or changed since it was approved).",
 	QuotaExceeded:     "The bearer token has used its quota of checks.",
 	BadRequest:        "The request asks what a check cannot answer.",
 }

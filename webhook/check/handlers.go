@@ -578,7 +578,7 @@ func (h *Handler) spendQuota(w http.ResponseWriter, r *http.Request, v *Verdict,
 		status = http.StatusForbidden
 	}
 	hdr.Set(HeaderError, string(QuotaExceeded))
-	body := errorBody{Error: QuotaExceeded, Message: fmt.Sprintf("The bearer token has used its quota of %d checks, for good: its ApiToken's quota has no refill.", d.Limit)}
+	body := errorBody{Error: QuotaExceeded, Message: fmt.Sprintf("The bearer token has used its quota of %d checks, for good: the quota (its ApiToken's or its ServiceUser's) has no refill. Raise quota.uses, or add a refill.", d.Limit)}
 	switch {
 	case d.Unavailable:
 		retry := int64(redisBackoff / time.Second)

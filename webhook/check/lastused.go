@@ -250,6 +250,9 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 // over what the status shows: another period or quota, or a count at least
 // MinGap newer, so that N replicas together write it about once per MinGap.
 func quotaNews(shown *keymintv1alpha1.QuotaStatus, q *quotaSeen, minGap time.Duration) bool {
+	if shown != nil && q.at.Before(shown.ObservedAt.Time) {
+		return false // another replica wrote a later count
+	}
 	if shown == nil || shown.Uses != q.d.Limit || (shown.RefillsAt == nil) != q.d.Refill.IsZero() ||
 		(shown.RefillsAt != nil && !shown.RefillsAt.Time.Equal(q.d.Refill.UTC().Truncate(time.Second))) {
 		return true

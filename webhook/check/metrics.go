@@ -98,7 +98,7 @@ func (m *Metrics) observe(e *endpointSeries, result Failure, took time.Duration,
 
 // userResults are the results a check of a known token can have, in the
 // order of userSeries.counters.
-var userResults = [...]Failure{OK, ExpiredToken, RevokedToken, InvalidToken, WrongAudience, InsufficientScope, RateLimited}
+var userResults = [...]Failure{OK, ExpiredToken, RevokedToken, InvalidToken, WrongAudience, InsufficientScope, RateLimited, QuotaExceeded, NotApproved, SourceNotAllowed}
 
 // userSeries holds one ServiceUser's series of keymint_checks_by_service_user_total,
 // each looked up by label on its first use and then read from here, so a

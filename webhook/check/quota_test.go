@@ -3,6 +3,7 @@ package check
 import (
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -10,10 +11,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/token"
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // quotaReplicas are check servers over one clock, each with its own index
@@ -146,25 +149,26 @@ func TestQuotaInProcessBound(t *testing.T) {
 }
 
 // TestQuotaFromTheServiceUser: a token without a quota of its own counts
-// against its user's; its own wins.
+// against its user's; its own applies where it is narrower, and the
+// user's bounds one that asks for more.
 func TestQuotaFromTheServiceUser(t *testing.T) {
 	f := quotaReplicas(t, NewLimiter())[0]
 	f.user("exporter", func(u *keymintv1alpha1.ServiceUser) {
-		u.Spec.TokenPolicy.Quota = &keymintv1alpha1.Quota{Uses: 1}
+		u.Spec.TokenPolicy.Quota = &keymintv1alpha1.Quota{Uses: 2}
 	})
 	inherits := f.token("inherits", "exporter")
-	own := f.token("own", "exporter", withQuota(2, 0))
-	if f.check(inherits, "").status != http.StatusOK {
-		t.Fatal("first check of a user's quota of 1 refused")
-	}
-	expectError(t, f.check(inherits, ""), http.StatusTooManyRequests, QuotaExceeded)
-	for i := range 2 {
-		if r := f.check(own, ""); r.status != http.StatusOK {
-			t.Fatalf("check %d of the token's own quota of 2: %d", i+1, r.status)
+	narrower := f.token("narrower", "exporter", withQuota(1, 0))
+	wider := f.token("wider", "exporter", withQuota(5, 0))
+	for name, tc := range map[string]struct {
+		tok  string
+		uses int
+	}{"inherits": {inherits, 2}, "narrower": {narrower, 1}, "asks for more": {wider, 2}} {
+		for i := range tc.uses {
+			if r := f.check(tc.tok, ""); r.status != http.StatusOK || r.header.Get(HeaderQuotaLimit) != itoa(tc.uses) {
+				t.Fatalf("%s: check %d: %d, X-Quota-Limit %q, want %d", name, i+1, r.status, r.header.Get(HeaderQuotaLimit), tc.uses)
+			}
 		}
-	}
-	if r := f.check(inherits, ""); r.header.Get(HeaderQuotaLimit) != "1" {
-		t.Errorf("X-Quota-Limit %q, want the user's 1", r.header.Get(HeaderQuotaLimit))
+		expectError(t, f.check(tc.tok, ""), http.StatusTooManyRequests, QuotaExceeded)
 	}
 }
 
@@ -183,4 +187,28 @@ func (f *fixture) tokenWithPlain(plain, name, user string, mutate ...func(*keymi
 		m(t)
 	}
 	f.index.UpsertToken(t)
+}
+
+// TestRedisQuotaRefusalsTakeNothing: a refused use is taken back, so
+// raising a spent quota mid-period lets exactly the difference through; a
+// changed refill counts apart.
+func TestRedisQuotaRefusalsTakeNothing(t *testing.T) {
+	srv := startRedis(t)
+	l, _ := replica(t, srv.Addr, FailClosed)
+	ctx := t.Context()
+	tok := types.NamespacedName{Namespace: "team-a", Name: "exporter"}
+	q := tokenstate.QuotaUse{Uses: 2, Period: 7, Every: time.Hour, Refill: t0.Add(time.Hour)}
+	var got []bool
+	for range 5 {
+		got = append(got, l.SpendQuota(ctx, tok, q, t0).Allowed)
+	}
+	q.Uses = 3
+	got = append(got, l.SpendQuota(ctx, tok, q, t0).Allowed, l.SpendQuota(ctx, tok, q, t0).Allowed)
+	if want := []bool{true, true, false, false, false, true, false}; !slices.Equal(got, want) {
+		t.Errorf("uses 2 five times, then 3 twice: %v, want %v", got, want)
+	}
+	q.Every = 2 * time.Hour
+	if !l.SpendQuota(ctx, tok, q, t0).Allowed {
+		t.Error("another refill schedule shares the old one's count")
+	}
 }

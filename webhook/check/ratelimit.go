@@ -190,7 +190,12 @@ func (l *LocalLimiter) SpendQuota(_ context.Context, token types.NamespacedName,
 		c = &quotaCount{period: q.Period}
 		l.quotas[token] = c
 	}
-	if c.period != q.Period {
+	switch {
+	case q.Period < c.period:
+		// A check that read the clock before another crossed into the
+		// next period: never back to an older period's count.
+		return decideQuota(q, q.Uses+1)
+	case q.Period > c.period:
 		*c = quotaCount{period: q.Period}
 	}
 	if c.used >= q.Uses {

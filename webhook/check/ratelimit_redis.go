@@ -154,6 +154,12 @@ func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs
 		args[1] = leaseSize(bs.List[0].Limit)
 	}
 	res, err := l.script.Run(ctx, l.client, keys, args...).Int64Slice()
+	if err != nil && ctx.Err() != nil {
+		// The client went away: its answer does not matter, and Redis is
+		// not at fault.
+		b := bs.List[0]
+		return Decision{Limit: b.Limit, Scope: b.Scope, Reset: now, RetryAfter: time.Second}
+	}
 	if err != nil || len(res) != 6 || res[1] < 1 || int(res[1]) > bs.N {
 		if err == nil {
 			err = fmt.Errorf("gcra.lua answered %v", res)
@@ -280,13 +286,20 @@ func (l *RedisLimiter) SpendQuota(ctx context.Context, token types.NamespacedNam
 	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
 		return l.degradedQuota(ctx, token, q, now)
 	}
-	key := "keymint:q:{" + token.Namespace + "/" + token.Name + "}:" + strconv.FormatInt(q.Period, 10)
+	// The period's length is in the key: a changed refill starts its own
+	// count rather than reading another schedule's.
+	key := "keymint:q:{" + token.Namespace + "/" + token.Name + "}:" + strconv.FormatInt(int64(q.Every/time.Second), 10) + ":" + strconv.FormatInt(q.Period, 10)
 	var ttl int64
 	if !q.Refill.IsZero() {
 		ttl = q.Refill.Add(quotaKeyTTL).Sub(now).Milliseconds()
 	}
-	used, err := l.quota.Run(ctx, l.client, []string{key}, ttl).Int64()
+	used, err := l.quota.Run(ctx, l.client, []string{key}, ttl, q.Uses).Int64()
 	if err != nil {
+		if ctx.Err() != nil {
+			// The client went away: its answer does not matter, and Redis
+			// is not at fault.
+			return QuotaDecision{Limit: q.Uses, Refill: q.Refill}
+		}
 		l.markDown(ctx, err, now)
 		return l.degradedQuota(ctx, token, q, now)
 	}
