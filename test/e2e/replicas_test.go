@@ -37,9 +37,10 @@ var _ = Describe("Two replicas sharing rate limits in Redis", Ordered, func() {
 		return run.kubectl(args...)
 	}
 	// limitedToken applies a ServiceUser and an ApiToken limited to rate a
-	// minute, and returns the token once both replicas accept it (asked
-	// through TokenReview, which spends no budget).
-	limitedToken := func(name string, rate int) string {
+	// minute (and more spec fields, if given), and returns the token once
+	// both replicas accept it (asked through TokenReview, which spends no
+	// rate budget; a quota's use, once per replica).
+	limitedToken := func(name string, rate int, spec ...string) string {
 		GinkgoHelper()
 		manifest := fmt.Sprintf(`apiVersion: keymint.io/v1alpha1
 kind: ServiceUser
@@ -49,8 +50,8 @@ spec: {permissions: ["links:read"]}
 apiVersion: keymint.io/v1alpha1
 kind: ApiToken
 metadata: {name: %[1]s, namespace: default}
-spec: {serviceUser: %[1]s, requestsPerMinute: %[2]d}
-`, name, rate)
+spec: {serviceUser: %[1]s, requestsPerMinute: %[2]d%[3]s}
+`, name, rate, strings.Join(append([]string{""}, spec...), ", "))
 		path := filepath.Join(run.dir, name+".yaml")
 		Expect(os.WriteFile(path, []byte(manifest), 0o600)).To(Succeed())
 		rkubectl("apply", "-f", path)
@@ -141,6 +142,47 @@ spec: {serviceUser: %[1]s, requestsPerMinute: %[2]d}
 		Expect(counts[200]).To(BeNumerically(">=", 60))
 		Expect(counts[200]).To(BeNumerically("<=", 60+refill), "in %v", elapsed)
 		Expect(counts[200] + counts[429]).To(Equal(120))
+	})
+
+	It("holds a quota of 100 uses exactly across both replicas: the 101st is refused with 429 quota_exceeded, and the status counts it", func() {
+		tok := limitedToken("quota", 100000, "quota: {uses: 100, refill: {every: 24h}}")
+		// Each replica's TokenReview above took one use: 98 are left.
+		passed, refused := 0, 0
+		for i := range 110 {
+			r := i % len(urls)
+			req, err := http.NewRequest(http.MethodGet, urls[r]+"/check?scope=links:read", nil)
+			Expect(err).NotTo(HaveOccurred())
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := clients[r].Do(req)
+			Expect(err).NotTo(HaveOccurred())
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch resp.StatusCode {
+			case http.StatusOK:
+				passed++
+				Expect(refused).To(BeZero(), "a check passed after one was refused for the quota")
+			case http.StatusTooManyRequests:
+				refused++
+				Expect(string(body)).To(ContainSubstring(`"error":"quota_exceeded"`))
+				Expect(resp.Header.Get("X-Quota-Remaining")).To(Equal("0"))
+				Expect(resp.Header.Get("Retry-After")).NotTo(BeEmpty())
+			default:
+				Fail(fmt.Sprintf("check %d: %d %s", i+1, resp.StatusCode, body))
+			}
+		}
+		GinkgoWriter.Printf("a quota of 100 across 2 replicas: 2 TokenReviews, %d checks passed, %d refused\n", passed, refused)
+		Expect(passed).To(Equal(98), "100 uses less the two TokenReviews")
+		Expect(refused).To(Equal(12))
+		// The status follows within a flush (10 s); later counts at most
+		// once a minute.
+		Eventually(func(g Gomega) {
+			out := rkubectl("get", "apitoken", "quota", "-o", "jsonpath={.status.quota.remaining}/{.status.quota.uses}")
+			var remaining, uses int
+			_, err := fmt.Sscanf(out, "%d/%d", &remaining, &uses)
+			g.Expect(err).NotTo(HaveOccurred(), "status.quota: %q", out)
+			g.Expect(uses).To(Equal(100))
+			g.Expect(remaining).To(BeNumerically("<", 100))
+		}, 30*time.Second, time.Second).Should(Succeed())
 	})
 
 	It("keeps the count when a replica is restarted midway", func() {
