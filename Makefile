@@ -62,14 +62,14 @@ test-e2e: control-plane test-deps ## Run only the end-to-end suite: keymint star
 	PATH="$$PATH:$(CONTROL_PLANE_DIR)" KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./test/e2e/ -count=1 -v -args -ginkgo.v
 
 .PHONY: test-deps
-test-deps: ## Install nginx and redis-server (Debian packages) for the suites if they are missing; a no-op once installed.
+test-deps: ## Install nginx, caddy and redis-server (Debian packages) for the suites if they are missing; a no-op once installed.
 	@missing=""; \
-	for bin in nginx redis-server; do \
+	for bin in nginx caddy redis-server; do \
 	  command -v $$bin >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
-	    echo "The suites run nginx (end-to-end) and redis-server (shared rate limits); missing:$$missing. Install them (Debian/Ubuntu: sudo apt-get install$$missing) and run make again." >&2; \
+	    echo "The suites run nginx and caddy (end-to-end) and redis-server (shared rate limits); missing:$$missing. Install them (Debian/Ubuntu: sudo apt-get install$$missing) and run make again." >&2; \
 	    exit 1; \
 	  fi; \
 	  echo "Installing$$missing for the suites (apt-get)"; \
