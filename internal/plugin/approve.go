@@ -121,12 +121,22 @@ func decide(ctx context.Context, c client.Client, o Options, ns, name, decision,
 // grantSummary words what a token of spec may do, as an approver decides
 // on it.
 func grantSummary(s *keymintv1alpha1.ApiTokenSpec) string {
-	parts := []string{"ServiceUser " + s.ServiceUser, "scopes " + listOrAll(s.Scopes), "audiences " + listOrAll(s.Audiences)}
+	scopes := listOrAll(s.Scopes)
+	if len(s.Scopes) == 0 {
+		scopes = "(all the ServiceUser's permissions, now and later)"
+	}
+	parts := []string{"ServiceUser " + s.ServiceUser, "scopes " + scopes, "audiences " + listOrAll(s.Audiences)}
 	switch {
 	case s.ExpiresAt != nil:
 		parts = append(parts, "expiring at "+s.ExpiresAt.UTC().Format(time.RFC3339))
 	case s.Lifetime != nil:
 		parts = append(parts, "lifetime "+s.Lifetime.Duration.String())
+	}
+	if r := s.Rotation; r != nil && r.Every != nil {
+		parts = append(parts, "rotated every "+r.Every.Duration.String())
+	}
+	if s.MaxIdle != nil {
+		parts = append(parts, "maxIdle "+s.MaxIdle.Duration.String())
 	}
 	if len(s.AllowedSourceCIDRs) > 0 {
 		parts = append(parts, "from "+strings.Join(s.AllowedSourceCIDRs, ","))
