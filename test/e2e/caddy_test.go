@@ -8,13 +8,9 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -60,26 +56,9 @@ func startCaddy(checkURL, caFile, appURL string) string {
 			fmt.Sprintf("CADDY_LISTEN=127.0.0.1:%d", port), "KEYMINT_CHECK="+keymint.Host,
 			"KEYMINT_NAME=localhost", // make run's certificate is for 127.0.0.1 and localhost
 			"KEYMINT_CA="+caFile, "APP="+strings.TrimPrefix(appURL, "http://"))
-		log = &bytes.Buffer{}
-		cmd.Stdout = io.MultiWriter(log, GinkgoWriter)
-		cmd.Stderr = cmd.Stdout
-		Expect(cmd.Start()).To(Succeed())
-		exited = make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		return testenv.Poll(context.Background(), 20*time.Second, fmt.Sprintf("caddy to listen on 127.0.0.1:%d", port), func(ctx context.Context) error {
-			select {
-			case err := <-exited:
-				exited <- err
-				return testenv.Permanent(testenv.AddrInUse(fmt.Errorf("caddy exited: %v\n%s", err, log), log.String()))
-			default:
-			}
-			d := net.Dialer{Timeout: time.Second}
-			c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
-			if err != nil {
-				return err
-			}
-			return c.Close()
-		})
+		var err error
+		exited, log, err = startListening(cmd, "caddy", port, 20*time.Second)
+		return err
 	})).To(Succeed())
 	DeferCleanup(func() {
 		By("stopping caddy (SIGTERM)")
@@ -142,41 +121,13 @@ spec: {serviceUser: caddy-e2e, quota: {uses: 1, refill: {every: 24h}}}
 		fullToken, readToken = secretToken("caddy-e2e-full"), secretToken("caddy-e2e-read")
 		plain, quota = secretToken("caddy-e2e-plain"), secretToken("caddy-e2e-quota")
 
-		app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			appHits.Add(1)
-			w.Header().Set("Content-Type", "application/json")
-			_ = json.NewEncoder(w).Encode(appView{
-				User: r.Header.Get("X-Keymint-User"), Token: r.Header.Get("X-Keymint-Token"),
-				Scopes: r.Header.Get("X-Keymint-Scopes"), Authorization: r.Header.Get("Authorization"), Path: r.URL.RequestURI(),
-				MetaTeam: r.Header.Get("X-Keymint-Meta-Team"),
-			})
-		}))
-		DeferCleanup(app.Close)
+		app := proxiedApp(&appHits)
 		caddyURL = startCaddy(env["KEYMINT_CHECK_URL"], env["KEYMINT_CA_FILE"], app.URL)
 	})
 
 	get := func(path, tok string, headers ...string) (*http.Response, []byte) {
 		GinkgoHelper()
-		req, err := http.NewRequest(http.MethodGet, caddyURL+path, nil)
-		Expect(err).NotTo(HaveOccurred())
-		if tok != "" {
-			req.Header.Set("Authorization", "Bearer "+tok)
-		}
-		for i := 0; i+1 < len(headers); i += 2 {
-			req.Header.Set(headers[i], headers[i+1])
-		}
-		resp, err := client.Do(req)
-		Expect(err).NotTo(HaveOccurred())
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		Expect(err).NotTo(HaveOccurred())
-		return resp, body
-	}
-	errorCode := func(body []byte) any {
-		GinkgoHelper()
-		var b map[string]any
-		Expect(json.Unmarshal(body, &b)).To(Succeed(), "a JSON body: %s", body)
-		return b["error"]
+		return getThrough(client, caddyURL, path, tok, headers...)
 	}
 
 	It("lets a token with the scope through: 200, and the application sees keymint's identity and metadata, not the client's", func() {

@@ -6,13 +6,11 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -167,27 +165,9 @@ func startNginx(checkURL, caFile, appURL string) *nginx {
 		Expect(err).NotTo(HaveOccurred(), "nginx -t:\n%s", out)
 
 		By("starting nginx")
-		nginxLog = &bytes.Buffer{}
 		cmd = exec.Command(nginxBin, append(args, "-g", "daemon off;")...)
-		cmd.Stdout = io.MultiWriter(nginxLog, GinkgoWriter)
-		cmd.Stderr = cmd.Stdout
-		Expect(cmd.Start()).To(Succeed())
-		exited = make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		return testenv.Poll(context.Background(), 10*time.Second, fmt.Sprintf("nginx to listen on 127.0.0.1:%d", port), func(ctx context.Context) error {
-			select {
-			case err := <-exited:
-				exited <- err
-				return testenv.Permanent(testenv.AddrInUse(fmt.Errorf("nginx exited: %v\n%s", err, nginxLog), nginxLog.String()))
-			default:
-			}
-			d := net.Dialer{Timeout: time.Second}
-			c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
-			if err != nil {
-				return err
-			}
-			return c.Close()
-		})
+		exited, nginxLog, err = startListening(cmd, "nginx", port, 10*time.Second)
+		return err
 	})).To(Succeed())
 	var pids []int
 	DeferCleanup(func() {
@@ -206,14 +186,6 @@ func startNginx(checkURL, caFile, appURL string) *nginx {
 	})
 	Eventually(func() []int { pids = childrenOf(cmd.Process.Pid); return pids }, 10*time.Second).ShouldNot(BeEmpty(), "nginx's workers")
 	return &nginx{url: fmt.Sprintf("http://127.0.0.1:%d", port), prefix: prefix}
-}
-
-// appView is what the application behind nginx received.
-type appView struct {
-	User, Token, Scopes, Authorization, Path string
-	// MetaTeam is X-Keymint-Meta-Team, the metadata key the shipped
-	// configuration forwards.
-	MetaTeam string `json:",omitempty"`
 }
 
 var _ = Describe("nginx with config/nginx/keymint.conf", Ordered, func() {
@@ -258,16 +230,7 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 		readToken = secretToken("nginx-e2e-read")
 
 		By("starting the application nginx protects")
-		app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			appHits.Add(1)
-			w.Header().Set("Content-Type", "application/json")
-			_ = json.NewEncoder(w).Encode(appView{
-				User: r.Header.Get("X-Keymint-User"), Token: r.Header.Get("X-Keymint-Token"),
-				Scopes: r.Header.Get("X-Keymint-Scopes"), Authorization: r.Header.Get("Authorization"), Path: r.URL.RequestURI(),
-				MetaTeam: r.Header.Get("X-Keymint-Meta-Team"),
-			})
-		}))
-		DeferCleanup(app.Close)
+		app := proxiedApp(&appHits)
 
 		var n *nginx
 		n, client = startNginx(env["KEYMINT_CHECK_URL"], env["KEYMINT_CA_FILE"], app.URL), &http.Client{Timeout: 5 * time.Second}
@@ -287,26 +250,7 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 	// get asks nginx for path with tok (none if ""), and extra headers.
 	get := func(path, tok string, headers ...string) (*http.Response, []byte) {
 		GinkgoHelper()
-		req, err := http.NewRequest(http.MethodGet, nginxURL+path, nil)
-		Expect(err).NotTo(HaveOccurred())
-		if tok != "" {
-			req.Header.Set("Authorization", "Bearer "+tok)
-		}
-		for i := 0; i+1 < len(headers); i += 2 {
-			req.Header.Set(headers[i], headers[i+1])
-		}
-		resp, err := client.Do(req)
-		Expect(err).NotTo(HaveOccurred())
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		Expect(err).NotTo(HaveOccurred())
-		return resp, body
-	}
-	errorCode := func(body []byte) any {
-		GinkgoHelper()
-		var b map[string]any
-		Expect(json.Unmarshal(body, &b)).To(Succeed(), "a JSON body: %s", body)
-		return b["error"]
+		return getThrough(client, nginxURL, path, tok, headers...)
 	}
 
 	It("lets a token with the scope through: 200, and the application sees who called, not what the client claims", func() {

@@ -66,6 +66,13 @@ func (f *fixture) token(name, user string, mutate ...func(*keymintv1alpha1.ApiTo
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	f.tokenWithPlain(plain, name, user, mutate...)
+	return plain
+}
+
+// tokenWithPlain indexes the ApiToken token would, for a plaintext minted
+// already: the same token on another replica.
+func (f *fixture) tokenWithPlain(plain, name, user string, mutate ...func(*keymintv1alpha1.ApiToken)) {
 	issued := metav1.NewTime(f.clock.Now())
 	t := &keymintv1alpha1.ApiToken{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: name},
@@ -76,7 +83,6 @@ func (f *fixture) token(name, user string, mutate ...func(*keymintv1alpha1.ApiTo
 		m(t)
 	}
 	f.index.UpsertToken(t)
-	return plain
 }
 
 type answer struct {

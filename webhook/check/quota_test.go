@@ -15,7 +15,6 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
-	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
 
@@ -173,21 +172,6 @@ func TestQuotaFromTheServiceUser(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
-// tokenWithPlain indexes the ApiToken f.token would, for a plaintext
-// minted already: the same token on another replica.
-func (f *fixture) tokenWithPlain(plain, name, user string, mutate ...func(*keymintv1alpha1.ApiToken)) {
-	issued := metav1.NewTime(f.clock.Now())
-	t := &keymintv1alpha1.ApiToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: name},
-		Spec:       keymintv1alpha1.ApiTokenSpec{ServiceUser: user},
-		Status:     keymintv1alpha1.ApiTokenStatus{TokenHash: token.HashString(plain), IssuedAt: &issued},
-	}
-	for _, m := range mutate {
-		m(t)
-	}
-	f.index.UpsertToken(t)
-}
 
 // TestRedisQuotaRefusalsTakeNothing: a refused use is taken back, so
 // raising a spent quota mid-period lets exactly the difference through; a
