@@ -123,6 +123,9 @@ type Verdict struct {
 	// used is the accepted hash: the current token's or a rotated-out
 	// one's, for the record of uses.
 	used hash
+	// ref and entry are what the lookup found, for CheckFrom.
+	ref   hashRef
+	entry *userEntry
 }
 
 // Grant is an accepted token's Identity, built once per token entry and
@@ -195,12 +198,33 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 		v.Failure = InvalidToken
 		return v
 	}
-	t := ref.token
-	v.user = t.owner
+	v.ref, v.entry = ref, user
 	if ref.refused {
+		v.user = ref.token.owner
 		v.Failure = RevokedToken
 		return v
 	}
+	c.admit(&v, req, now)
+	return v
+}
+
+// CheckFrom decides again the token v found, for requirements that say
+// more (a client's address, once a check found that the token needs it),
+// without hashing or looking it up again.
+func (c *Checker) CheckFrom(v Verdict, req Requirements, now time.Time) Verdict {
+	w := Verdict{ref: v.ref, entry: v.entry}
+	if w.ref.token == nil {
+		return v
+	}
+	c.admit(&w, req, now)
+	return w
+}
+
+// admit decides the token v.ref found, of user v.entry, at now.
+func (c *Checker) admit(v *Verdict, req Requirements, now time.Time) {
+	ref, user := v.ref, v.entry
+	t := ref.token
+	v.user = t.owner
 	tokenstate.Admit(&t.state, stateOf(user), ref.which, now, tokenstate.Demand{
 		Scopes: req.Scopes, Audiences: req.Audiences, DefaultRate: c.DefaultRequestsPerMinute,
 		Source: req.Source, IgnoreSources: req.IgnoreSources,
@@ -208,9 +232,9 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 	switch v.Failure = failures[v.Refusal]; {
 	case v.Refusal != tokenstate.Accepted && v.Failure == OK:
 		v.Failure = InvalidToken
-		return v
+		return
 	case v.Failure != OK && v.Failure != BadRequest:
-		return v
+		return
 	}
 	// Accepted (or asking too much): the user is indexed, as tokenstate
 	// refuses a missing one.
@@ -219,7 +243,6 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 	if ref.which >= 0 {
 		v.used = t.previous[ref.which]
 	}
-	return v
 }
 
 // noUser is the state of a ServiceUser that is not indexed: not found.
