@@ -98,7 +98,9 @@ func observe(tok *keymintv1alpha1.ApiToken, user *keymintv1alpha1.ServiceUser, s
 	}
 	observeToken(&o, &tok.Status, sec)
 	o.Current.Deleting = tok.DeletionTimestamp != nil
-	o.Current.Approved = tokenstate.Approved(&tok.Spec, &tok.Status) || (approval != nil && approval.Approved)
+	if approval != nil && approval.Approved {
+		o.Current.Approved = true
+	}
 	o.evaluate()
 	return o
 }
@@ -127,8 +129,9 @@ func observeToken(o *observation, st *keymintv1alpha1.ApiTokenStatus, sec secret
 		rec.Previous = namedPrevious(rec.Previous, st)
 		o.Current = tokenFromRecord(o.Spec, rec)
 		// What the status records beside any token still holds: the
-		// reports of leaked hashes, the line's last use.
+		// reports of leaked hashes, the line's last use, the approval.
 		o.Current.MarkReported(rec.Hash, st.LeakReports)
+		o.Current.Approved = tokenstate.Approved(o.Spec, st)
 		if st.LastUsedAt != nil {
 			o.Current.AnyLastUsed = st.LastUsedAt.Time
 		}

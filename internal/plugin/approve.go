@@ -48,11 +48,7 @@ kubectl's --as and --as-group decide as another user, as kubectl does.
   kubectl keymint ` + decision + ` billing-exporter-prod -m "ticket OPS-123"`,
 		Args: exactlyOneName,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := k.client()
-			if err != nil {
-				return err
-			}
-			ns, err := k.namespace()
+			c, ns, err := k.target()
 			if err != nil {
 				return err
 			}

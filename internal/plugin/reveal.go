@@ -31,11 +31,7 @@ edited Secret is refused, as checks refuse its token.`,
 			if !show {
 				return fmt.Errorf("reveal prints a live bearer token of apitoken %q: add --show-secret to print it (it may then end up in your scrollback, shell logs or CI output)", args[0])
 			}
-			c, err := k.client()
-			if err != nil {
-				return err
-			}
-			ns, err := k.namespace()
+			c, ns, err := k.target()
 			if err != nil {
 				return err
 			}

@@ -34,11 +34,7 @@ to --timeout, for keymint to empty the Secret.`,
   kubectl keymint revoke billing-exporter-prod -n payments --yes`,
 		Args: exactlyOneName,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := k.client()
-			if err != nil {
-				return err
-			}
-			ns, err := k.namespace()
+			c, ns, err := k.target()
 			if err != nil {
 				return err
 			}

@@ -153,6 +153,16 @@ func (k *kube) client() (client.Client, error) {
 	return client.New(cfg, client.Options{Scheme: scheme})
 }
 
+// target is the client and the namespace every cluster command acts in.
+func (k *kube) target() (client.Client, string, error) {
+	c, err := k.client()
+	if err != nil {
+		return nil, "", err
+	}
+	ns, err := k.namespace()
+	return c, ns, err
+}
+
 // namespace is the one -n names, else the kubeconfig context's, else
 // "default", as kubectl picks it.
 func (k *kube) namespace() (string, error) {

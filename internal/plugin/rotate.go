@@ -33,11 +33,7 @@ default: it stops at once). rotate waits for keymint to rotate, up to
   kubectl keymint rotate billing-exporter-prod -n payments --wait=false`,
 		Args: exactlyOneName,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := k.client()
-			if err != nil {
-				return err
-			}
-			ns, err := k.namespace()
+			c, ns, err := k.target()
 			if err != nil {
 				return err
 			}

@@ -60,11 +60,7 @@ deny them.`,
 			if allNamespaces && len(args) == 1 {
 				return fmt.Errorf("a NAME cannot be looked up across all namespaces: drop -A, or drop the NAME")
 			}
-			c, err := k.client()
-			if err != nil {
-				return err
-			}
-			ns, err := k.namespace()
+			c, ns, err := k.target()
 			if err != nil {
 				return err
 			}

@@ -4,6 +4,7 @@ package check
 // TokenReview API.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -505,7 +506,7 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) (
 		hdr[HeaderRateLimitScope] = h.scopeHeader(d.Scope)
 	}
 	if !d.Allowed {
-		retry := max(1, int64(math.Ceil(d.RetryAfter.Seconds())))
+		retry := retrySeconds(d.RetryAfter)
 		w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
 		status := http.StatusTooManyRequests
 		if fromQuery && q.rateLimitStatus == "403" {
@@ -557,14 +558,27 @@ const (
 	HeaderQuotaReset     = "X-Quota-Reset"
 )
 
+// takeQuota spends one use of the quota of v's token and notes the count
+// for status.quota (unless the shared count could not be reached).
+func (h *Handler) takeQuota(ctx context.Context, v *Verdict, now time.Time) QuotaDecision {
+	d := h.Limiter.SpendQuota(ctx, v.Grant.Token, v.Quota, now)
+	if !d.Unavailable {
+		h.Usage.RecordQuota(v.Grant.Token, d, now)
+	}
+	return d
+}
+
+// retrySeconds is a Retry-After value: whole seconds, rounded up, at
+// least 1.
+func retrySeconds(d time.Duration) int64 {
+	return max(1, int64(math.Ceil(d.Seconds())))
+}
+
 // spendQuota takes one use of the check's quota and sets the quota headers;
 // when none is left it answers 429 (403 if asked) quota_exceeded, saying
 // when the quota refills, and returns that failure.
 func (h *Handler) spendQuota(w http.ResponseWriter, r *http.Request, v *Verdict, now time.Time, forbid bool) Failure {
-	d := h.Limiter.SpendQuota(r.Context(), v.Grant.Token, v.Quota, now)
-	if !d.Unavailable {
-		h.Usage.RecordQuota(v.Grant.Token, d, now)
-	}
+	d := h.takeQuota(r.Context(), v, now)
 	hdr := w.Header()
 	hdr[HeaderQuotaLimit] = number(d.Limit)
 	hdr[HeaderQuotaRemaining] = number(d.Remaining)
@@ -586,7 +600,7 @@ func (h *Handler) spendQuota(w http.ResponseWriter, r *http.Request, v *Verdict,
 		body.RetryAfter = &retry
 		body.Message = "Quotas cannot be checked right now: the shared store is unreachable, and keymint is set to refuse checks until it is back (fail closed). Retry after the time given."
 	case !d.Refill.IsZero():
-		retry := max(1, int64(math.Ceil(d.Refill.Sub(now).Seconds())))
+		retry := retrySeconds(d.Refill.Sub(now))
 		body.RetryAfter = &retry
 		body.Message = fmt.Sprintf("The bearer token has used its quota of %d checks for this period; it refills at %s. This is the quota, not the rate limit.",
 			d.Limit, d.Refill.UTC().Format(time.RFC3339))
@@ -767,11 +781,7 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 	if v.Failure == OK && v.Quota.Uses > 0 {
 		// No rate applies to TokenReview (kube-apiserver caches answers),
 		// but a quota is a count of uses: each authentication is one.
-		d := h.Limiter.SpendQuota(r.Context(), v.Grant.Token, v.Quota, now)
-		if !d.Unavailable {
-			h.Usage.RecordQuota(v.Grant.Token, d, now)
-		}
-		if !d.Allowed {
+		if d := h.takeQuota(r.Context(), &v, now); !d.Allowed {
 			v.Failure = QuotaExceeded
 		}
 	}

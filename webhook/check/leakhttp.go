@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -281,7 +280,7 @@ func leakBodyError(w http.ResponseWriter, status int, message string) int {
 
 // tooManyReports answers 429 with Retry-After in whole seconds, at least 1.
 func tooManyReports(w http.ResponseWriter, retry time.Duration) int {
-	secs := max(1, int64(math.Ceil(retry.Seconds())))
+	secs := retrySeconds(retry)
 	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 	writeJSON(w, http.StatusTooManyRequests, errorBody{Error: RateLimited,
 		Message: "Too many leak reports. Retry after the time given.", RetryAfter: &secs})

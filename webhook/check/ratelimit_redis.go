@@ -154,12 +154,6 @@ func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs
 		args[1] = leaseSize(bs.List[0].Limit)
 	}
 	res, err := l.script.Run(ctx, l.client, keys, args...).Int64Slice()
-	if err != nil && ctx.Err() != nil {
-		// The client went away: its answer does not matter, and Redis is
-		// not at fault.
-		b := bs.List[0]
-		return Decision{Limit: b.Limit, Scope: b.Scope, Reset: now, RetryAfter: time.Second}
-	}
 	if err != nil || len(res) != 6 || res[1] < 1 || int(res[1]) > bs.N {
 		if err == nil {
 			err = fmt.Errorf("gcra.lua answered %v", res)
@@ -167,10 +161,7 @@ func (l *RedisLimiter) Allow(ctx context.Context, token types.NamespacedName, bs
 		l.markDown(ctx, err, now)
 		return l.degradedDecision(ctx, token, bs, now)
 	}
-	if l.downUntil.Swap(0) != 0 {
-		l.up.Set(1)
-		logf.FromContext(ctx).Info("Rate-limit store answers again: budgets are shared across replicas")
-	}
+	l.markUp(ctx)
 	b := bs.List[int(res[1])-1]
 	d := Decision{
 		Allowed: res[0] == 1, Limit: b.Limit, Remaining: int32(res[2]), Scope: b.Scope,
@@ -231,8 +222,22 @@ func (l *RedisLimiter) keepLease(token types.NamespacedName, scope string, left 
 	l.leases[token] = append(ls, x)
 }
 
-// markDown stops asking Redis for redisBackoff, and says so once.
+// markUp records that Redis answered, and says so once after a failure.
+func (l *RedisLimiter) markUp(ctx context.Context) {
+	if l.downUntil.Swap(0) != 0 {
+		l.up.Set(1)
+		logf.FromContext(ctx).Info("Rate-limit store answers again: budgets and quota counts are shared across replicas")
+	}
+}
+
+// markDown stops asking Redis for redisBackoff, and says so once. A round
+// trip that failed because the request's own context ended (the client
+// went away) is not Redis's fault: it marks nothing, and whatever is
+// answered goes nowhere.
 func (l *RedisLimiter) markDown(ctx context.Context, err error, now time.Time) {
+	if ctx.Err() != nil {
+		return
+	}
 	if l.downUntil.Swap(now.Add(redisBackoff).UnixNano()) == 0 {
 		l.up.Set(0)
 		how := "checks use this replica's own budgets until it is back (fail open)"
@@ -295,17 +300,10 @@ func (l *RedisLimiter) SpendQuota(ctx context.Context, token types.NamespacedNam
 	}
 	used, err := l.quota.Run(ctx, l.client, []string{key}, ttl, q.Uses).Int64()
 	if err != nil {
-		if ctx.Err() != nil {
-			// The client went away: its answer does not matter, and Redis
-			// is not at fault.
-			return QuotaDecision{Limit: q.Uses, Refill: q.Refill}
-		}
 		l.markDown(ctx, err, now)
 		return l.degradedQuota(ctx, token, q, now)
 	}
-	if l.downUntil.Swap(0) != 0 {
-		l.up.Set(1)
-	}
+	l.markUp(ctx)
 	return decideQuota(q, used)
 }
 
