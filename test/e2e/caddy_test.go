@@ -25,7 +25,6 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/keymint/keymint/internal/testenv"
-	"github.com/keymint/keymint/internal/token"
 )
 
 // caddyfile is the shipped configuration, relative to the repository root.
@@ -155,16 +154,7 @@ spec: {serviceUser: caddy-e2e, quota: {uses: 1, refill: {every: 24h}}}
 	})
 
 	It("refuses a missing, malformed or unknown token: 401 with keymint's WWW-Authenticate, and the application sees none", func() {
-		hits := appHits.Load()
-		unknown, err := token.Mint("km")
-		Expect(err).NotTo(HaveOccurred())
-		for tok, code := range map[string]string{"": "missing_token", "km_not-a-token": "malformed_token", unknown: "invalid_token"} {
-			resp, body := get("/reports/2026", tok)
-			Expect(resp.StatusCode).To(Equal(http.StatusUnauthorized), "%s: %s", code, body)
-			Expect(resp.Header.Values("WWW-Authenticate")).To(HaveExactElements(HavePrefix(`Bearer realm="keymint"`)), code)
-			Expect(errorCode(body)).To(Equal(code))
-		}
-		Expect(appHits.Load()).To(Equal(hits))
+		expectUnauthenticated(get, &appHits)
 	})
 
 	It("refuses a token without the scope: 403 insufficient_scope", func() {

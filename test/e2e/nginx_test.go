@@ -26,7 +26,6 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/keymint/keymint/internal/testenv"
-	"github.com/keymint/keymint/internal/token"
 )
 
 // nginxConf is the shipped configuration, relative to the repository root.
@@ -267,17 +266,7 @@ spec: {serviceUser: nginx-e2e, scopes: [invoices:read]}
 	})
 
 	It("refuses a missing, malformed or unknown token: 401 with keymint's WWW-Authenticate", func() {
-		hits := appHits.Load()
-		unknown, err := token.Mint("km")
-		Expect(err).NotTo(HaveOccurred())
-		for tok, code := range map[string]string{"": "missing_token", "km_not-a-token": "malformed_token", unknown: "invalid_token"} {
-			resp, body := get("/reports/2026", tok)
-			Expect(resp.StatusCode).To(Equal(http.StatusUnauthorized), "%s: %s", code, body)
-			Expect(resp.Header.Values("WWW-Authenticate")).To(HaveExactElements(HavePrefix(`Bearer realm="keymint"`)), code)
-			Expect(resp.Header.Get("X-Keymint-Error")).To(Equal(code))
-			Expect(errorCode(body)).To(Equal(code))
-		}
-		Expect(appHits.Load()).To(Equal(hits), "the application saw none of them")
+		expectUnauthenticated(get, &appHits)
 	})
 
 	It("refuses a token without the scope: 403", func() {

@@ -21,6 +21,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/keymint/keymint/internal/testenv"
+	"github.com/keymint/keymint/internal/token"
 )
 
 // startListening starts a proxy's cmd, its output into the returned log
@@ -96,6 +97,25 @@ func getThrough(client *http.Client, base, path, tok string, headers ...string) 
 	body, err := io.ReadAll(resp.Body)
 	Expect(err).NotTo(HaveOccurred())
 	return resp, body
+}
+
+// expectUnauthenticated asks through get with a missing, a malformed and an
+// unknown token: each is answered 401 with keymint's WWW-Authenticate,
+// X-Keymint-Error and error code, and the application behind (counting in
+// hits) sees none of them.
+func expectUnauthenticated(get func(path, tok string, headers ...string) (*http.Response, []byte), hits *atomic.Int64) {
+	GinkgoHelper()
+	before := hits.Load()
+	unknown, err := token.Mint("km")
+	Expect(err).NotTo(HaveOccurred())
+	for tok, code := range map[string]string{"": "missing_token", "km_not-a-token": "malformed_token", unknown: "invalid_token"} {
+		resp, body := get("/reports/2026", tok)
+		Expect(resp.StatusCode).To(Equal(http.StatusUnauthorized), "%s: %s", code, body)
+		Expect(resp.Header.Values("WWW-Authenticate")).To(HaveExactElements(HavePrefix(`Bearer realm="keymint"`)), code)
+		Expect(resp.Header.Get("X-Keymint-Error")).To(Equal(code))
+		Expect(errorCode(body)).To(Equal(code))
+	}
+	Expect(hits.Load()).To(Equal(before), "the application saw none of them")
 }
 
 // errorCode is the "error" of a JSON error body.
