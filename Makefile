@@ -4,6 +4,8 @@ IMG ?= ghcr.io/keymint/keymint:latest
 # Control plane the tests and `make run` use, built from Go modules (see hack/controlplane).
 KUBERNETES_VERSION ?= 1.36.3
 ETCD_VERSION ?= 3.6.16
+# Traefik for the proxy suites (test/e2e runs config/traefik with it).
+TRAEFIK_VERSION ?= 3.6.12
 
 # One build configuration for everything make builds and tests: the Dockerfile's
 # static, path-trimmed build, which make cluster's image uses too. Each package is
@@ -50,8 +52,8 @@ vet: ## Run go vet.
 	go vet ./...
 
 .PHONY: control-plane
-control-plane: ## Build etcd, kube (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy in one binary) and CoreDNS (and kubectl if none is on PATH) into bin/k8s; a no-op once built.
-	go run ./hack/controlplane -dir "$(LOCALBIN)/k8s" -kubernetes-version $(KUBERNETES_VERSION) -etcd-version $(ETCD_VERSION)
+control-plane: ## Build etcd, kube (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy in one binary), CoreDNS and Traefik (for the proxy suites; and kubectl if none is on PATH) into bin/k8s; a no-op once built.
+	go run ./hack/controlplane -dir "$(LOCALBIN)/k8s" -kubernetes-version $(KUBERNETES_VERSION) -etcd-version $(ETCD_VERSION) -traefik-version $(TRAEFIK_VERSION)
 
 .PHONY: test
 test: manifests generate fmt vet control-plane test-deps helm ## Run every test: unit, envtest suites (real kube-apiserver + etcd), end-to-end, and the in-cluster suite (a one-node cluster as make cluster runs; needs root).

@@ -48,6 +48,7 @@ func main() {
 	flag.StringVar(&opts.etcdVersion, "etcd-version", "3.6.16", "version of go.etcd.io/etcd/server/v3 to build etcd from")
 	flag.StringVar(&opts.corednsVersion, "coredns-version", "1.14.7", "version of github.com/coredns/coredns to build coredns from")
 	flag.StringVar(&opts.kubectl, "kubectl", "auto", "build kubectl: auto (only when none is on PATH), always or never")
+	flag.StringVar(&opts.traefikVersion, "traefik-version", "3.6.12", "version of github.com/traefik/traefik/v3 to build traefik from, for the proxy suites (empty: none)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -66,6 +67,7 @@ type options struct {
 	etcdVersion       string
 	corednsVersion    string
 	kubectl           string
+	traefikVersion    string
 }
 
 // binary is one program to provide: how to tell a good copy is already there,
@@ -105,6 +107,10 @@ func run(ctx context.Context, opts options, log io.Writer) (string, error) {
 	if wantKubectl {
 		bins = append(bins, binary{name: "kubectl", versionArgs: []string{"version", "--client"}, wantVersion: "Client Version: v" + opts.kubernetesVersion,
 			build: func(ctx context.Context, out string) error { return b.kubernetes(ctx, "kubectl", nil, out) }})
+	}
+	if opts.traefikVersion != "" {
+		bins = append(bins, binary{name: "traefik", versionArgs: []string{"version"}, wantVersion: "Version:      " + opts.traefikVersion,
+			build: func(ctx context.Context, out string) error { return b.traefik(ctx, opts.traefikVersion, out) }})
 	}
 	if err := ensure(ctx, dir, bins, log); err != nil {
 		return "", err
@@ -271,6 +277,61 @@ func (b builder) coredns(ctx context.Context, out string) error {
 	// CoreDNS prints its version from a variable its own build sets.
 	ldflags := "-s -w -X github.com/coredns/coredns/coremain.GitCommit=v" + b.corednsVersion
 	return b.build(ctx, modDir, "coredns", ".", out, ldflags)
+}
+
+// traefik builds Traefik's own command, for the proxy suites to run the
+// shipped recipe (config/traefik). Traefik's go.mod replaces and excludes
+// modules, which a dependent module does not inherit: the throwaway module
+// repeats them.
+func (b builder) traefik(ctx context.Context, version, out string) error {
+	modDir, err := os.MkdirTemp("", "keymint-traefik-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(modDir)
+	root := "github.com/traefik/traefik/v3@v" + version
+	fmt.Fprintf(b.log, "traefik: reading %s's go.mod\n", root)
+	goMod, err := downloadGoMod(ctx, modDir, root)
+	if err != nil {
+		return err
+	}
+	extra, err := inheritedDirectives(goMod)
+	if err != nil {
+		return err
+	}
+	if err := writeModule(modDir, "traefik", extra, nil); err != nil {
+		return err
+	}
+	if err := b.goCmd(ctx, modDir, "traefik", "get", root); err != nil {
+		return err
+	}
+	// traefik version prints it; "dev" would also skip the update check.
+	ldflags := "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=" + version
+	return b.build(ctx, modDir, "traefik", "github.com/traefik/traefik/v3/cmd/traefik", out, ldflags)
+}
+
+// inheritedDirectives returns a module's replace (to versions, not local
+// paths) and exclude directives as go.mod lines.
+func inheritedDirectives(goMod []byte) (string, error) {
+	f, err := modfile.Parse("go.mod", goMod, nil)
+	if err != nil {
+		return "", err
+	}
+	var lines strings.Builder
+	for _, r := range f.Replace {
+		if r.New.Version == "" {
+			return "", fmt.Errorf("%s is replaced by a local path, %s", r.Old.Path, r.New.Path)
+		}
+		old := r.Old.Path
+		if r.Old.Version != "" {
+			old += " " + r.Old.Version
+		}
+		fmt.Fprintf(&lines, "replace %s => %s %s\n", old, r.New.Path, r.New.Version)
+	}
+	for _, x := range f.Exclude {
+		fmt.Fprintf(&lines, "exclude %s %s\n", x.Mod.Path, x.Mod.Version)
+	}
+	return lines.String(), nil
 }
 
 // writeModule makes modDir the throwaway module keymint.local/<name>, with

@@ -129,6 +129,34 @@ replace (
 	}
 }
 
+func TestInheritedDirectives(t *testing.T) {
+	goMod := []byte(`module github.com/traefik/traefik/v3
+
+go 1.24.0
+
+replace (
+	github.com/abbot/go-http-auth => github.com/containous/go-http-auth v0.4.1-0.20200324110947-a37a7636d23e
+	github.com/example/pinned v1.0.0 => github.com/example/fork v1.0.1
+)
+
+exclude github.com/tencentcloud/tencentcloud-sdk-go v3.0.83+incompatible
+`)
+	got, err := inheritedDirectives(goMod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "replace github.com/abbot/go-http-auth => github.com/containous/go-http-auth v0.4.1-0.20200324110947-a37a7636d23e\n" +
+		"replace github.com/example/pinned v1.0.0 => github.com/example/fork v1.0.1\n" +
+		"exclude github.com/tencentcloud/tencentcloud-sdk-go v3.0.83+incompatible\n"
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+
+	if _, err := inheritedDirectives([]byte("module x\n\nreplace a => ./a\n")); err == nil {
+		t.Error("want an error for a replace by a local path, which a dependent module cannot see")
+	}
+}
+
 func TestLinkComponentsReplacesAStandaloneBinary(t *testing.T) {
 	dir := t.TempDir()
 	fakeBinary(t, filepath.Join(dir, "kube"), "Kubernetes v1.36.3")

@@ -829,6 +829,12 @@ func ParseSources(cidrs []string) []netip.Prefix {
 	return out
 }
 
+// RestrictsSources reports whether token t of user u is restricted to
+// source addresses: only then does a check need the client's address.
+func RestrictsSources(t *Token, u *User) bool {
+	return len(t.Sources) > 0 || len(u.Sources) > 0
+}
+
 // SourceAllowed reports whether a client at addr may use a token
 // restricted to tokenSources under a user restricted to userSources: in
 // both lists, each when set. A client whose address is not known (the

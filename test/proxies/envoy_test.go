@@ -53,6 +53,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -70,6 +71,9 @@ const envoyConfig = "config/envoy/envoy.yaml"
 
 // envoyRecipe is the part of the bootstrap a request goes through.
 type envoyRecipe struct {
+	// strip are the request headers removed before the first ext_authz
+	// filter (header_mutation).
+	strip   []string
 	filters []envoyFilter
 	vhost   *routev3.VirtualHost
 	tls     *tlsv3.UpstreamTlsContext
@@ -175,6 +179,22 @@ func loadEnvoy(t *testing.T) *envoyRecipe {
 	r := &envoyRecipe{}
 	for _, f := range hcm.GetHttpFilters() {
 		var ea extauthzv3.ExtAuthz
+		var hm headermutationv3.HeaderMutation
+		if f.GetTypedConfig().MessageIs(&hm) {
+			if err := f.GetTypedConfig().UnmarshalTo(&hm); err != nil {
+				t.Fatal(err)
+			}
+			if len(r.filters) > 0 || f.GetDisabled() || hm.GetMutations().GetResponseMutations() != nil {
+				t.Fatalf("filter %s: the replay follows request header removal before the ext_authz filters only", f.GetName())
+			}
+			for _, m := range hm.GetMutations().GetRequestMutations() {
+				if m.GetRemove() == "" {
+					t.Fatalf("filter %s: the replay follows removals only, not %v", f.GetName(), m)
+				}
+				r.strip = append(r.strip, m.GetRemove())
+			}
+			continue
+		}
 		if f.GetTypedConfig().MessageIs(&ea) {
 			if err := f.GetTypedConfig().UnmarshalTo(&ea); err != nil {
 				t.Fatal(err)
@@ -353,6 +373,9 @@ func (e *envoyRecipe) serve(t *testing.T, k *keymint, r *http.Request) outcome {
 		t.Fatalf("route %s is checked by no ext_authz filter", rt.GetMatch())
 	}
 	upstream, client := r.Header.Clone(), http.Header{}
+	for _, name := range e.strip {
+		upstream.Del(name)
+	}
 	for _, f := range filters {
 		resp, body := e.ask(t, k, f, r)
 		ar := f.config.GetHttpService().GetAuthorizationResponse()
@@ -391,6 +414,27 @@ func TestEnvoyRecipe(t *testing.T) {
 	e := loadEnvoy(t)
 	k := startKeymint(t)
 	testRecipe(t, k, func(t *testing.T, r *http.Request) outcome { return e.serve(t, k, r) })
+
+	t.Run("the token's metadata reaches the application; a client's own identity and metadata headers never do", func(t *testing.T) {
+		for tok, want := range map[string]string{"tagged": "payments", "exporter": ""} {
+			got := e.serve(t, k, clientRequest(http.MethodGet, "/reports/2026", "Authorization", k.bearer(tok), "X-Keymint-Meta-Team", "admins"))
+			if !got.passed || got.upstream.Get("X-Keymint-Meta-Team") != want {
+				t.Errorf("%s: passed %v, the application sees X-Keymint-Meta-Team %q, want %q", tok, got.passed, got.upstream.Get("X-Keymint-Meta-Team"), want)
+			}
+		}
+	})
+
+	t.Run("a spent quota is answered 429 quota_exceeded, with the quota's headers at the client", func(t *testing.T) {
+		o := e.serve(t, k, clientRequest(http.MethodGet, "/reports/2026", "Authorization", k.bearer("once")))
+		if !o.passed || o.header.Get("X-Quota-Remaining") != "0" {
+			t.Fatalf("%s; want its one use, X-Quota-Remaining 0 at the client", o)
+		}
+		o = e.serve(t, k, clientRequest(http.MethodGet, "/reports/2026", "Authorization", k.bearer("once")))
+		if o.passed || o.status != http.StatusTooManyRequests || o.header.Get(check.HeaderError) != "quota_exceeded" ||
+			o.header.Get("X-Quota-Limit") != "1" || o.header.Get("X-Quota-Remaining") != "0" {
+			t.Errorf("%s; want 429 quota_exceeded with X-Quota-Limit 1 and X-Quota-Remaining 0", o)
+		}
+	})
 
 	t.Run("a pass gives the client the caller's rate", func(t *testing.T) {
 		o := e.serve(t, k, clientRequest(http.MethodGet, "/reports/2026", "Authorization", k.bearer("exporter")))

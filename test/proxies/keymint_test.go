@@ -122,6 +122,9 @@ func startKeymint(t *testing.T) *keymint {
 	k.issue("tagged", func(a *keymintv1alpha1.ApiToken) {
 		a.Spec.Metadata = map[string]keymintv1alpha1.MetadataValue{"team": "payments"}
 	})
+	k.issue("once", func(a *keymintv1alpha1.ApiToken) {
+		a.Spec.Quota = &keymintv1alpha1.Quota{Uses: 1}
+	})
 	return k
 }
 

@@ -20,6 +20,7 @@
 package check
 
 import (
+	"net/http"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -100,6 +101,29 @@ type Requirements struct {
 	// without one, unless IgnoreSources.
 	Source        netip.Addr
 	IgnoreSources bool
+	// Client, when its Request is set and Source is not, is where the
+	// check finds the client's address: read only for a token restricted
+	// to sources, so the others never pay for it.
+	Client ClientSource
+}
+
+// ClientSource is a /check request's client, whose address is read only
+// when the token needs it.
+type ClientSource struct {
+	Request *http.Request
+	// Trusted are the proxies whose X-Forwarded-For is believed.
+	Trusted []netip.Prefix
+}
+
+// Addr is the client's address, or the zero Addr when it cannot be
+// established: a trusted proxy is never the client, so one that names none
+// (no X-Forwarded-For, or only trusted hops) leaves the client unknown.
+func (c ClientSource) Addr() netip.Addr {
+	a := ClientAddr(c.Request, c.Trusted)
+	if !a.IsValid() || inAny(a, c.Trusted) {
+		return netip.Addr{}
+	}
+	return a
 }
 
 // Verdict is everything an answer to one check needs, from one index
@@ -123,7 +147,7 @@ type Verdict struct {
 	// used is the accepted hash: the current token's or a rotated-out
 	// one's, for the record of uses.
 	used hash
-	// ref and entry are what the lookup found, for CheckFrom.
+	// ref and entry are what the lookup found.
 	ref   hashRef
 	entry *userEntry
 }
@@ -208,23 +232,14 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 	return v
 }
 
-// CheckFrom decides again the token v found, for requirements that say
-// more (a client's address, once a check found that the token needs it),
-// without hashing or looking it up again.
-func (c *Checker) CheckFrom(v Verdict, req Requirements, now time.Time) Verdict {
-	w := Verdict{ref: v.ref, entry: v.entry}
-	if w.ref.token == nil {
-		return v
-	}
-	c.admit(&w, req, now)
-	return w
-}
-
 // admit decides the token v.ref found, of user v.entry, at now.
 func (c *Checker) admit(v *Verdict, req Requirements, now time.Time) {
 	ref, user := v.ref, v.entry
 	t := ref.token
 	v.user = t.owner
+	if req.Client.Request != nil && !req.Source.IsValid() && !req.IgnoreSources && tokenstate.RestrictsSources(&t.state, stateOf(user)) {
+		req.Source = req.Client.Addr()
+	}
 	tokenstate.Admit(&t.state, stateOf(user), ref.which, now, tokenstate.Demand{
 		Scopes: req.Scopes, Audiences: req.Audiences, DefaultRate: c.DefaultRequestsPerMinute,
 		Source: req.Source, IgnoreSources: req.IgnoreSources,

@@ -462,19 +462,8 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) (
 	}
 
 	tok := bearerToken(r)
-	req := Requirements{Scopes: q.scopes, Audiences: q.audiences}
+	req := Requirements{Scopes: q.scopes, Audiences: q.audiences, Client: ClientSource{Request: r, Trusted: h.TrustedProxies}}
 	v := h.Checker.Check(tok, req, now)
-	if v.Refusal == tokenstate.SourceNotAllowed {
-		// Only a token restricted to sources needs the client's address:
-		// the others never pay for reading it. These are decided again
-		// (CheckFrom), without a second hash or lookup.
-		// A trusted proxy is never the client: one that names none (no
-		// X-Forwarded-For, or only trusted hops) leaves the client unknown,
-		// and refused.
-		if req.Source = ClientAddr(r, h.TrustedProxies); req.Source.IsValid() && !inAny(req.Source, h.TrustedProxies) {
-			v = h.Checker.CheckFrom(v, req, now)
-		}
-	}
 	switch v.Failure {
 	case OK:
 	case SourceNotAllowed:

@@ -42,6 +42,11 @@ func TestClientAddr(t *testing.T) {
 		{"an entry with a port", "10.1.2.3:4431", []string{"198.51.100.1:5555"}, "198.51.100.1"},
 		{"IPv6 behind an IPv6 proxy", "[fd00::1]:4431", []string{"2001:db8::7"}, "2001:db8::7"},
 		{"an IPv4-mapped peer", "[::ffff:10.1.2.3]:4431", []string{"198.51.100.1"}, "198.51.100.1"},
+		{"an IPv6 peer with a zone", "[fe80::1%eth0]:4431", nil, "fe80::1"},
+		{"an IPv6 peer written without a port is one address", "2001:db8::2:3", nil, "2001:db8::2:3"},
+		{"an IPv4 peer without a port", "203.0.113.9", nil, "203.0.113.9"},
+		{"a peer that is no address", "pipe:1", nil, "invalid IP"},
+		{"no peer", "", nil, "invalid IP"},
 	} {
 		r := httptest.NewRequest(http.MethodPost, LeakReportPath, nil)
 		r.RemoteAddr = tc.remote

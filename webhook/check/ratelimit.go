@@ -102,14 +102,15 @@ func decideAll(bs *tokenstate.Budgets, tats []int64, now int64) Decision {
 type LocalLimiter struct {
 	mu     sync.Mutex
 	tokens map[types.NamespacedName]*tokenBudgets
-	quotas map[types.NamespacedName]*quotaCount
 }
 
 // tokenBudgets is a token's TATs: its own, and one per rated scope it was
-// checked for.
+// checked for; and its quota's count, kept beside them so that a check
+// finds both with one map read.
 type tokenBudgets struct {
 	own    int64
 	scopes []scopeTAT
+	quota  quotaCount
 }
 
 type scopeTAT struct {
@@ -119,7 +120,7 @@ type scopeTAT struct {
 
 // NewLimiter returns an empty in-process limiter.
 func NewLimiter() *LocalLimiter {
-	return &LocalLimiter{tokens: map[types.NamespacedName]*tokenBudgets{}, quotas: map[types.NamespacedName]*quotaCount{}}
+	return &LocalLimiter{tokens: map[types.NamespacedName]*tokenBudgets{}}
 }
 
 // Allow implements RateLimiter.
@@ -128,11 +129,7 @@ func (l *LocalLimiter) Allow(_ context.Context, token types.NamespacedName, bs t
 	var where [tokenstate.MaxBudgets]*int64
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	tb := l.tokens[token]
-	if tb == nil {
-		tb = &tokenBudgets{}
-		l.tokens[token] = tb
-	}
+	tb := l.budgetsLocked(token)
 	for i := range bs.N {
 		tb.add(bs.List[i].Scope)
 	}
@@ -148,6 +145,16 @@ func (l *LocalLimiter) Allow(_ context.Context, token types.NamespacedName, bs t
 		}
 	}
 	return d
+}
+
+// budgetsLocked returns the token's budgets, made on first use.
+func (l *LocalLimiter) budgetsLocked(token types.NamespacedName) *tokenBudgets {
+	tb := l.tokens[token]
+	if tb == nil {
+		tb = &tokenBudgets{}
+		l.tokens[token] = tb
+	}
+	return tb
 }
 
 // add keeps a budget for scope from now on. The scope strings are the
@@ -176,7 +183,6 @@ func (tb *tokenBudgets) tat(scope string) *int64 {
 func (l *LocalLimiter) Forget(token types.NamespacedName) {
 	l.mu.Lock()
 	delete(l.tokens, token)
-	delete(l.quotas, token)
 	l.mu.Unlock()
 }
 
@@ -184,23 +190,19 @@ func (l *LocalLimiter) Forget(token types.NamespacedName) {
 // left; a refused check takes none.
 func (l *LocalLimiter) SpendQuota(_ context.Context, token types.NamespacedName, q tokenstate.QuotaUse, _ time.Time) QuotaDecision {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	c := l.quotas[token]
-	if c == nil {
-		c = &quotaCount{period: q.Period}
-		l.quotas[token] = c
-	}
+	c := &l.budgetsLocked(token).quota
+	used := q.Uses + 1 // refused, unless a use is left
 	switch {
 	case q.Period < c.period:
 		// A check that read the clock before another crossed into the
 		// next period: never back to an older period's count.
-		return decideQuota(q, q.Uses+1)
 	case q.Period > c.period:
-		*c = quotaCount{period: q.Period}
+		*c = quotaCount{period: q.Period, used: 1}
+		used = 1
+	case c.used < q.Uses:
+		c.used++
+		used = c.used
 	}
-	if c.used >= q.Uses {
-		return decideQuota(q, q.Uses+1)
-	}
-	c.used++
-	return decideQuota(q, c.used)
+	l.mu.Unlock()
+	return decideQuota(q, used)
 }
