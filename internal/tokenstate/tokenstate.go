@@ -893,6 +893,46 @@ func QuotaOf(spec *keymintv1alpha1.ApiTokenSpec, u *User) *keymintv1alpha1.Quota
 	return users
 }
 
+// QuotaLooser reports whether quota q, where nil is none, lets more checks
+// through than bound: a policy changed from bound to q widens its tokens.
+func QuotaLooser(q, bound *keymintv1alpha1.Quota) bool {
+	switch {
+	case bound == nil:
+		return false
+	case q == nil:
+		return true
+	}
+	return looser(q, bound)
+}
+
+// SourcesWider reports whether a client address allowed by sources after
+// may be refused by before: a policy changed so widens its tokens. An
+// empty list restricts nothing.
+func SourcesWider(after, before []netip.Prefix) bool {
+	if len(before) == 0 {
+		return false
+	}
+	if len(after) == 0 {
+		return true
+	}
+	for _, p := range after {
+		if !p.IsValid() {
+			continue // an unreadable entry allows nothing
+		}
+		covered := false
+		for _, q := range before {
+			if q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			return true
+		}
+	}
+	return false
+}
+
 // looser reports whether quota q lets more checks through than bound in
 // some period: more uses, or uses renewed more often (or at all, where
 // bound's are for good).

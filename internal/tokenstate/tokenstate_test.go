@@ -1421,3 +1421,52 @@ func TestQuota(t *testing.T) {
 		t.Errorf("a refused check carries a quota to spend: %+v", a.Quota)
 	}
 }
+
+// TestPolicyLoosening: what widens a ServiceUser's tokens when its policy
+// changes from before to after (admission asks for mint, and approve when
+// its tokens require approval).
+func TestPolicyLoosening(t *testing.T) {
+	p := func(cidrs ...string) []netip.Prefix { return ParseSources(cidrs) }
+	for _, tc := range []struct {
+		name          string
+		before, after []netip.Prefix
+		wider         bool
+	}{
+		{"no list before: nothing to widen", nil, p("10.0.0.0/8"), false},
+		{"the list removed", p("10.0.0.0/8"), nil, true},
+		{"the same list", p("10.0.0.0/8"), p("10.0.0.0/8"), false},
+		{"narrowed", p("10.0.0.0/8"), p("10.1.0.0/16", "10.2.3.4/32"), false},
+		{"a range added", p("10.0.0.0/8"), p("10.0.0.0/8", "192.0.2.0/24"), true},
+		{"a wider prefix of the same address", p("10.1.0.0/16"), p("10.0.0.0/8"), true},
+		{"IPv6 under IPv4 is not covered", p("10.0.0.0/8"), p("::/0"), true},
+		{"an unreadable entry allows nothing, so narrows", p("10.0.0.0/8"), p("nonsense"), false},
+	} {
+		if got := SourcesWider(tc.after, tc.before); got != tc.wider {
+			t.Errorf("sources %s: wider %v, want %v", tc.name, got, tc.wider)
+		}
+	}
+	q := func(uses int64, every time.Duration) *keymintv1alpha1.Quota {
+		out := &keymintv1alpha1.Quota{Uses: uses}
+		if every > 0 {
+			out.Refill = &keymintv1alpha1.QuotaRefill{Every: metav1.Duration{Duration: every}}
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name          string
+		before, after *keymintv1alpha1.Quota
+		looser        bool
+	}{
+		{"none before", nil, q(10, 0), false},
+		{"removed", q(10, 0), nil, true},
+		{"more uses", q(10, time.Hour), q(11, time.Hour), true},
+		{"fewer uses", q(10, time.Hour), q(9, time.Hour), false},
+		{"refilled more often", q(10, 24*time.Hour), q(10, time.Hour), true},
+		{"refilled at all", q(10, 0), q(10, 24*time.Hour), true},
+		{"no longer refilled", q(10, time.Hour), q(10, 0), false},
+	} {
+		if got := QuotaLooser(tc.after, tc.before); got != tc.looser {
+			t.Errorf("quota %s: looser %v, want %v", tc.name, got, tc.looser)
+		}
+	}
+}

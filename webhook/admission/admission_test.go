@@ -437,6 +437,8 @@ var _ = Describe("Loosening a ServiceUser whose tokens require approval", func()
 		ns := newNamespace()
 		u := serviceUser(ns, "billing")
 		u.Spec.TokenPolicy.RequireApproval = true
+		u.Spec.TokenPolicy.AllowedSourceCIDRs = []string{"10.0.0.0/8"}
+		u.Spec.TokenPolicy.Quota = &keymintv1alpha1.Quota{Uses: 100}
 		Expect(k8sClient.Create(ctx, u)).To(Succeed())
 		grant(ns, "mallory", rbacv1.PolicyRule{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"get", "update", "patch"}}, mint())
 		mallory, _ := as("mallory")
@@ -463,6 +465,20 @@ var _ = Describe("Loosening a ServiceUser whose tokens require approval", func()
 		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%v", err)
 		Expect(err.Error()).To(ContainSubstring("its tokens require approval"))
 		Expect(update(func(u *keymintv1alpha1.ServiceUser) { u.Spec.Description = "billing exports" })).To(Succeed(), "a change that widens nothing")
+
+		By("source addresses and the quota are the user's ceiling: loosening them widens its tokens")
+		err = update(func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.AllowedSourceCIDRs = nil })
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "removing allowedSourceCIDRs: %v", err)
+		Expect(err.Error()).To(ContainSubstring("wider allowedSourceCIDRs"))
+		err = update(func(u *keymintv1alpha1.ServiceUser) {
+			u.Spec.TokenPolicy.AllowedSourceCIDRs = []string{"10.0.0.0/8", "192.0.2.0/24"}
+		})
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "adding a range: %v", err)
+		Expect(update(func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.AllowedSourceCIDRs = []string{"10.1.0.0/16"} })).To(Succeed(), "narrowing")
+		err = update(func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.Quota.Uses = 1000 })
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "raising the quota: %v", err)
+		Expect(err.Error()).To(ContainSubstring("a looser quota"))
+		Expect(update(func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.Quota.Uses = 10 })).To(Succeed(), "lowering the quota")
 
 		Expect(k8sClient.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "approve-billing"}, Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{"keymint.io"}, Resources: []string{"serviceusers"}, Verbs: []string{"approve"}, ResourceNames: []string{"billing"}},

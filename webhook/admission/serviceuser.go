@@ -13,6 +13,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/authz"
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // ServiceUserValidator admits ServiceUsers: giving one a Kubernetes group
@@ -131,6 +132,10 @@ func widens(before, after *keymintv1alpha1.ServiceUser) string {
 		return "new permissions widen its tokens"
 	case longer(b.MaxLifetime, a.MaxLifetime), longer(b.DefaultLifetime, a.DefaultLifetime):
 		return "a longer maxLifetime or defaultLifetime renews its tokens"
+	case tokenstate.SourcesWider(tokenstate.ParseSources(a.AllowedSourceCIDRs), tokenstate.ParseSources(b.AllowedSourceCIDRs)):
+		return "wider allowedSourceCIDRs let its tokens be used from more addresses"
+	case tokenstate.QuotaLooser(a.Quota, b.Quota):
+		return "a looser quota lets its tokens pass more checks"
 	}
 	return ""
 }

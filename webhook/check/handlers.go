@@ -4,6 +4,7 @@ package check
 // TokenReview API.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -557,6 +558,10 @@ func (h *Handler) takeQuota(ctx context.Context, v *Verdict, now time.Time) Quot
 	return d
 }
 
+// quotaUnavailable is the refusal of a check whose quota cannot be counted:
+// not the token's fault, and not its quota spent.
+const quotaUnavailable = "Quotas cannot be checked right now: the shared store is unreachable, and keymint is set to refuse checks until it is back (fail closed)."
+
 // retrySeconds is a Retry-After value: whole seconds, rounded up, at
 // least 1.
 func retrySeconds(d time.Duration) int64 {
@@ -587,7 +592,7 @@ func (h *Handler) spendQuota(w http.ResponseWriter, r *http.Request, v *Verdict,
 	case d.Unavailable:
 		retry := int64(redisBackoff / time.Second)
 		body.RetryAfter = &retry
-		body.Message = "Quotas cannot be checked right now: the shared store is unreachable, and keymint is set to refuse checks until it is back (fail closed). Retry after the time given."
+		body.Message = quotaUnavailable + " Retry after the time given."
 	case !d.Refill.IsZero():
 		retry := retrySeconds(d.Refill.Sub(now))
 		body.RetryAfter = &retry
@@ -767,11 +772,15 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 	}
 
 	v := h.Checker.Check(tr.Spec.Token, Requirements{Audiences: tr.Spec.Audiences, IgnoreSources: h.TokenReviewIgnoresSources}, now)
+	message := ""
 	if v.Failure == OK && v.Quota.Uses > 0 {
 		// No rate applies to TokenReview (kube-apiserver caches answers),
 		// but a quota is a count of uses: each authentication is one.
 		if d := h.takeQuota(r.Context(), &v, now); !d.Allowed {
 			v.Failure = QuotaExceeded
+			if d.Unavailable {
+				message = quotaUnavailable
+			}
 		}
 	}
 	status := authnv1.TokenReviewStatus{}
@@ -794,7 +803,7 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 			status.User.Extra[ExtraMetaPrefix+k] = authnv1.ExtraValue{val}
 		}
 	} else {
-		status.Error = v.Failure.Message()
+		status.Error = cmp.Or(message, v.Failure.Message())
 	}
 	resp := map[string]any{"apiVersion": tr.APIVersion, "kind": "TokenReview", "status": status}
 	writeJSON(w, http.StatusOK, resp)

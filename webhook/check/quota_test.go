@@ -196,3 +196,54 @@ func TestRedisQuotaRefusalsTakeNothing(t *testing.T) {
 		t.Error("another refill schedule shares the old one's count")
 	}
 }
+
+// TestQuotaStoreDownFailsClosedAsUnavailable: with Redis down and keymint
+// set to fail closed, a quota token is refused on /check and by
+// TokenReview with words that say the store is unreachable, not that the
+// token spent its quota.
+func TestQuotaStoreDownFailsClosedAsUnavailable(t *testing.T) {
+	srv := startRedis(t)
+	l, _ := replica(t, srv.Addr, FailClosed)
+	replicas := quotaReplicas(t, l)
+	tok := issueEverywhere(replicas, withQuota(100, time.Hour))
+	f := replicas[0]
+	if r := f.check(tok, ""); r.status != http.StatusOK {
+		t.Fatalf("with Redis up: %d %v", r.status, r.body)
+	}
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	r := f.check(tok, "")
+	expectError(t, r, http.StatusTooManyRequests, QuotaExceeded)
+	if msg, _ := r.body["message"].(string); !strings.Contains(msg, "unreachable") || strings.Contains(msg, "has used its quota") {
+		t.Errorf("/check with the store down: message %q, want one saying the store is unreachable", msg)
+	}
+	if got := r.header.Get("Retry-After"); got != itoa(int(redisBackoff/time.Second)) {
+		t.Errorf("Retry-After %q, want the back-off, %v", got, redisBackoff)
+	}
+	st := f.do(http.MethodPost, TokenReviewV1, nil, reviewBody("authentication.k8s.io/v1", tok)).body["status"].(map[string]any)
+	if msg, _ := st["error"].(string); st["authenticated"] == true || !strings.Contains(msg, "unreachable") {
+		t.Errorf("TokenReview with the store down: %v; want refused, saying the store is unreachable", st)
+	}
+}
+
+// TestRedisQuotaWithoutRefillGoesWithItsToken: a quota without refill
+// counts for good, but not past its token: deleting the ApiToken deletes
+// its count, so one created again under the name starts afresh.
+func TestRedisQuotaWithoutRefillGoesWithItsToken(t *testing.T) {
+	srv := startRedis(t)
+	a, _ := replica(t, srv.Addr, FailClosed)
+	b, _ := replica(t, srv.Addr, FailClosed)
+	ctx := t.Context()
+	tok := types.NamespacedName{Namespace: "team-a", Name: "exporter"}
+	q := tokenstate.QuotaUse{Uses: 1}
+	if !a.SpendQuota(ctx, tok, q, t0).Allowed || b.SpendQuota(ctx, tok, q, t0).Allowed {
+		t.Fatal("one use across two replicas: want the first allowed and the second refused")
+	}
+	a.Forget(tok)
+	b.Forget(tok) // every replica sees the deletion; the second finds nothing
+	if !b.SpendQuota(ctx, tok, q, t0).Allowed {
+		t.Error("a token created again under the name continues the deleted one's count")
+	}
+}

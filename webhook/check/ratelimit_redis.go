@@ -258,13 +258,36 @@ func (l *RedisLimiter) degradedDecision(ctx context.Context, token types.Namespa
 	return Decision{Limit: b.Limit, Scope: b.Scope, Reset: now.Add(redisBackoff), RetryAfter: redisBackoff, Unavailable: true}
 }
 
-// Forget implements RateLimiter: Redis keys expire once their budget is
-// whole again, so only what this replica holds is dropped.
+// Forget implements RateLimiter. Rate keys expire once their budget is
+// whole again, and a refilled quota's key after its period; a quota without
+// refill counts in one key for good, which goes with its token (each
+// replica deletes it; once is enough). While Redis is down it stays: a
+// token created again under the name would continue its count.
 func (l *RedisLimiter) Forget(token types.NamespacedName) {
 	l.fallback.Forget(token)
 	l.mu.Lock()
 	delete(l.leases, token)
 	l.mu.Unlock()
+	now := time.Now()
+	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
+	defer cancel()
+	if err := l.client.Del(ctx, quotaKey(token, tokenstate.QuotaUse{})).Err(); err != nil {
+		l.markDown(context.Background(), err, now)
+	}
+}
+
+// forgetTimeout bounds the deletion of a token's quota key: the feed waits
+// for it.
+const forgetTimeout = 250 * time.Millisecond
+
+// quotaKey is where the replicas count a token's quota in q's period. The
+// period's length is in the key: a changed refill starts its own count
+// rather than reading another schedule's.
+func quotaKey(token types.NamespacedName, q tokenstate.QuotaUse) string {
+	return "keymint:q:{" + token.Namespace + "/" + token.Name + "}:" + strconv.FormatInt(int64(q.Every/time.Second), 10) + ":" + strconv.FormatInt(q.Period, 10)
 }
 
 // Ping asks Redis once, for a start-up check with a clear error.
@@ -291,9 +314,7 @@ func (l *RedisLimiter) SpendQuota(ctx context.Context, token types.NamespacedNam
 	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
 		return l.degradedQuota(ctx, token, q, now)
 	}
-	// The period's length is in the key: a changed refill starts its own
-	// count rather than reading another schedule's.
-	key := "keymint:q:{" + token.Namespace + "/" + token.Name + "}:" + strconv.FormatInt(int64(q.Every/time.Second), 10) + ":" + strconv.FormatInt(q.Period, 10)
+	key := quotaKey(token, q)
 	var ttl int64
 	if !q.Refill.IsZero() {
 		ttl = q.Refill.Add(quotaKeyTTL).Sub(now).Milliseconds()
