@@ -135,7 +135,8 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 		u.Spec.TokenPolicy.MaxIdle = &metav1.Duration{Duration: time.Hour} // before its expiry: the idle series exists
 	}))).To(Succeed())
 	g.Expect(c.Create(ctx, testenv.ApiToken(ns, "nightly", "exporter",
-		testenv.WithExpiresAt(time.Now().Add(72*time.Hour).Truncate(time.Second)), testenv.WithRotation(24*time.Hour, 0)))).To(Succeed())
+		testenv.WithExpiresAt(time.Now().Add(72*time.Hour).Truncate(time.Second)), testenv.WithRotation(24*time.Hour, 0),
+		func(t *keymintv1alpha1.ApiToken) { t.Spec.Quota = &keymintv1alpha1.Quota{Uses: 2} }))).To(Succeed())
 	ca, err := os.ReadFile(files.CAFile)
 	g.Expect(err).NotTo(HaveOccurred())
 	pool := x509.NewCertPool()
@@ -157,6 +158,8 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 		g.Expect(c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "nightly"}, sec)).To(Succeed())
 		g.Expect(checkOnce(string(sec.Data[keymintv1alpha1.SecretTokenKey]), "invoices:read")).To(Equal(http.StatusOK))
 		g.Expect(checkOnce(string(sec.Data[keymintv1alpha1.SecretTokenKey]), "invoices:write")).To(Equal(http.StatusForbidden))
+		// Its quota of two is spent: the third check is refused for it.
+		g.Expect(checkOnce(string(sec.Data[keymintv1alpha1.SecretTokenKey]), "invoices:read")).To(Equal(http.StatusTooManyRequests))
 	}).Should(Succeed())
 
 	// kube-apiserver failing to call keymint's webhooks, as when no replica

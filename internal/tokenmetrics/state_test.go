@@ -62,6 +62,18 @@ func TestEvaluate(t *testing.T) {
 			t.Status.PreviousTokens = []keymintv1alpha1.PreviousToken{{TokenHash: "sha256:01", IssuedAt: *at(-2 * time.Hour), ValidUntil: *at(time.Minute)}}
 			t.Status.LeakReports = []keymintv1alpha1.LeakReport{{TokenHash: "sha256:01", Source: "github"}}
 		}), user: user, want: StateActive},
+		"waiting for approval, never issued": {token: &keymintv1alpha1.ApiToken{Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "u"}},
+			user: tokenstate.User{Found: true, UID: "uid", RequireApproval: true}, want: StateAwaitingApproval},
+		"issued, then widened: waiting for approval again": {token: issued(func(t *keymintv1alpha1.ApiToken) {
+			t.Status.Approval = &keymintv1alpha1.ApprovalStatus{Decision: keymintv1alpha1.DecisionApproved, By: "erin", Grant: "sha256:narrower"}
+		}), user: tokenstate.User{Found: true, UID: "uid", RequireApproval: true}, want: StateAwaitingApproval},
+		"approval denied": {token: issued(func(t *keymintv1alpha1.ApiToken) {
+			t.Status.Approval = &keymintv1alpha1.ApprovalStatus{Decision: keymintv1alpha1.DecisionDenied, By: "erin", Grant: tokenstate.GrantDigest(&t.Spec)}
+			t.Status.Conditions = []metav1.Condition{{Type: keymintv1alpha1.ApiTokenConditionApproved, Status: metav1.ConditionFalse, Reason: keymintv1alpha1.ApiTokenReasonDenied}}
+		}), user: tokenstate.User{Found: true, UID: "uid", RequireApproval: true}, want: StateApprovalDenied},
+		"approved as it is": {token: issued(func(t *keymintv1alpha1.ApiToken) {
+			t.Status.Approval = &keymintv1alpha1.ApprovalStatus{Decision: keymintv1alpha1.DecisionApproved, By: "erin", Grant: tokenstate.GrantDigest(&t.Spec)}
+		}), user: tokenstate.User{Found: true, UID: "uid", RequireApproval: true}, want: StateActive},
 		"Secret name taken": {token: func() *keymintv1alpha1.ApiToken {
 			tok := &keymintv1alpha1.ApiToken{Spec: keymintv1alpha1.ApiTokenSpec{ServiceUser: "u"}}
 			tok.Status.Conditions = []metav1.Condition{{Type: keymintv1alpha1.ApiTokenConditionReady, Status: metav1.ConditionFalse, Reason: keymintv1alpha1.ApiTokenReasonSecretConflict}}

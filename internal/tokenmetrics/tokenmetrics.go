@@ -51,10 +51,15 @@ const (
 	// StateLeaked: the current token was reported leaked and is refused;
 	// its replacement is not issued yet (it waits for authorization, say).
 	StateLeaked = "leaked"
+	// StateAwaitingApproval: its ServiceUser requires approval and the
+	// ApiToken as it is waits for one (refused meanwhile).
+	StateAwaitingApproval = "awaiting_approval"
+	// StateApprovalDenied: as it is, the ApiToken's request was denied.
+	StateApprovalDenied = "approval_denied"
 )
 
 // States lists every state, in the order they are exported.
-var States = []string{StateActive, StateRotating, StateExpired, StateRevoked, StateDisabled, StateOrphaned, StateConflict, StatePending, StateIdle, StateLeaked}
+var States = []string{StateActive, StateRotating, StateExpired, StateRevoked, StateDisabled, StateOrphaned, StateConflict, StatePending, StateIdle, StateLeaked, StateAwaitingApproval, StateApprovalDenied}
 
 // Metric names.
 const (
@@ -75,7 +80,7 @@ var (
 		"When the current token of this ApiToken is revoked for idleness unless a check accepts it first (maxIdle after its last recorded use), in Unix seconds. Only for accepted tokens with a maxIdle that comes before their expiry.",
 		[]string{"namespace", "name", "service_user"}, nil)
 	tokensDesc = prometheus.NewDesc(TokensName,
-		"ApiTokens by state: active, rotating (rotated-out tokens still in their grace period), expired, revoked, disabled (ServiceUser disabled), orphaned (ServiceUser missing), conflict (Secret name taken), pending (not issued yet), idle (revoked for idleness), leaked (reported leaked, not yet replaced).",
+		"ApiTokens by state: active, rotating (rotated-out tokens still in their grace period), expired, revoked, disabled (ServiceUser disabled), orphaned (ServiceUser missing), conflict (Secret name taken), pending (not issued yet), idle (revoked for idleness), leaked (reported leaked, not yet replaced), awaiting_approval (its ServiceUser requires approval and it waits for one), approval_denied.",
 		[]string{"state"}, nil)
 )
 
@@ -182,6 +187,11 @@ func Evaluate(t *keymintv1alpha1.ApiToken, u *tokenstate.User, now time.Time) (s
 		return StateExpired, v
 	case v.Leaked:
 		return StateLeaked, v
+	case v.Unapproved:
+		if approved := meta.FindStatusCondition(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionApproved); approved != nil && approved.Reason == keymintv1alpha1.ApiTokenReasonDenied {
+			return StateApprovalDenied, v
+		}
+		return StateAwaitingApproval, v
 	case !v.Accepted:
 		return StatePending, v
 	case len(tokenstate.StillAccepted(&tok, u, &v, now)) > 0:

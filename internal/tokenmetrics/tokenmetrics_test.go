@@ -105,7 +105,7 @@ func TestTokenMetrics(t *testing.T) {
 	}).Should(Succeed())
 	g.Eventually(func(g Gomega) map[string]float64 { return byState(g, reg) }).Should(Equal(map[string]float64{
 		"active": 3, "orphaned": 1,
-		"rotating": 0, "expired": 0, "revoked": 0, "disabled": 0, "conflict": 0, "pending": 0, "idle": 0, "leaked": 0,
+		"rotating": 0, "expired": 0, "revoked": 0, "disabled": 0, "conflict": 0, "pending": 0, "idle": 0, "leaked": 0, "awaiting_approval": 0, "approval_denied": 0,
 	}))
 
 	// Revoking one moves it from active to revoked.
