@@ -205,7 +205,7 @@ func serviceUsers(ctx context.Context, c client.Client, ns string, tokens []keym
 // row is one line of the status table.
 type row struct {
 	Namespace, Name, ServiceUser, State, Expires, LastUsed, Prefix, Rotation string
-	Secret, Serial, Issued                                                   string
+	Secret, Serial, Issued, Quota                                            string
 }
 
 // describe renders a token as checks see it at now. user is its
@@ -252,7 +252,33 @@ func describe(tok *keymintv1alpha1.ApiToken, user *tokenstate.User, now time.Tim
 		}
 	}
 	r.Rotation = rotationOf(tok, &t, user, &v, now)
+	r.Quota = quotaOf(tok, user, now)
 	return r
+}
+
+// quotaOf is what is left of the token's quota, as a check server last
+// recorded it (status.quota: up to about a minute late), and when it
+// refills; "-" without a quota. A count from a period that has ended, or
+// for other uses than the quota's now, says nothing of this one.
+func quotaOf(tok *keymintv1alpha1.ApiToken, user *tokenstate.User, now time.Time) string {
+	q := tokenstate.QuotaOf(&tok.Spec, user)
+	if q == nil {
+		return "-"
+	}
+	left := q.Uses
+	st := tok.Status.Quota
+	current := st != nil && st.Uses == q.Uses && (st.RefillsAt == nil || now.Before(st.RefillsAt.Time))
+	if current {
+		left = st.Remaining
+	}
+	out := fmt.Sprintf("%d of %d left", left, q.Uses)
+	switch {
+	case q.Refill == nil:
+		return out + ", no refill"
+	case current && st.RefillsAt != nil:
+		return out + ", refills in " + shortDuration(st.RefillsAt.Sub(now))
+	}
+	return out + ", refilled every " + shortDuration(q.Refill.Every.Duration)
 }
 
 // stateOf names the token's state with the API's own reasons, so that what
@@ -320,7 +346,7 @@ func printTable(out io.Writer, rows []row, withNamespace, wide bool) error {
 		header = append([]string{"NAMESPACE"}, header...)
 	}
 	if wide {
-		header = append(header, "SECRET", "SERIAL", "ISSUED")
+		header = append(header, "SECRET", "SERIAL", "ISSUED", "QUOTA")
 	}
 	fmt.Fprintln(w, strings.Join(header, "\t"))
 	for _, r := range rows {
@@ -329,7 +355,7 @@ func printTable(out io.Writer, rows []row, withNamespace, wide bool) error {
 			cells = append([]string{r.Namespace}, cells...)
 		}
 		if wide {
-			cells = append(cells, r.Secret, r.Serial, r.Issued)
+			cells = append(cells, r.Secret, r.Serial, r.Issued, r.Quota)
 		}
 		fmt.Fprintln(w, strings.Join(cells, "\t"))
 	}

@@ -51,8 +51,10 @@ func TestStatus(t *testing.T) {
 	createToken(t, cl, ns, "pending", "billing")
 	expiring := createToken(t, cl, ns, "expiring", "billing", func(tok *keymintv1alpha1.ApiToken) {
 		tok.Spec.Lifetime = &metav1.Duration{Duration: 24 * time.Hour}
+		tok.Spec.Quota = &keymintv1alpha1.Quota{Uses: 100, Refill: &keymintv1alpha1.QuotaRefill{Every: metav1.Duration{Duration: 24 * time.Hour}}}
 	})
 	expiringPlain := issue(t, cl, expiring, "expiring", now.Add(-20*time.Hour), keymintv1alpha1.ApiTokenStatus{ExpiresAt: at(4 * time.Hour),
+		Quota: &keymintv1alpha1.QuotaStatus{Uses: 100, Remaining: 42, RefillsAt: at(3 * time.Hour), ObservedAt: *at(-time.Minute)},
 		Conditions: []metav1.Condition{{Type: keymintv1alpha1.ApiTokenConditionExpiringSoon, Status: metav1.ConditionTrue,
 			Reason: keymintv1alpha1.ApiTokenReasonWithinWarningWindow, LastTransitionTime: metav1.Now()}}})
 	// Issued, and its rotation waits: its requester may no longer mint it.
@@ -106,6 +108,11 @@ func TestStatus(t *testing.T) {
 		g.Expect(rows["ready"]).To(HaveKeyWithValue("SECRET", "ready-secret"))
 		g.Expect(rows["ready"]).To(HaveKeyWithValue("SERIAL", "1"))
 		g.Expect(rows["ready"]).To(HaveKeyWithValue("ISSUED", "1h ago"))
+		g.Expect(rows["ready"]).To(HaveKeyWithValue("QUOTA", "-"))
+
+		r = cl.run(t, opts, "status", "expiring", "-n", ns, "-o", "wide")
+		g.Expect(r.code).To(Equal(0), r.stderr)
+		g.Expect(table(t, r.stdout)["expiring"]).To(HaveKeyWithValue("QUOTA", "42 of 100 left, refills in 3h"), "from status.quota")
 	})
 
 	t.Run("all namespaces", func(t *testing.T) {
