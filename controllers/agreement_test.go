@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"cmp"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -36,6 +37,12 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 		want string
 		// wantPrevious: whether the rotated-out token is accepted.
 		wantPrevious bool
+		// checkSays and checkSaysPrevious, when set, are what the check
+		// server answers for the current and the rotated-out token where
+		// rules of the check itself (the client's address, a quota's uses)
+		// refuse a token the controller rightly calls ready: the
+		// controller has no client and counts no uses.
+		checkSays, checkSaysPrevious string
 	}
 	lifetime := func(d time.Duration) func(*keymintv1alpha1.ApiToken) {
 		return func(t *keymintv1alpha1.ApiToken) { t.Spec.Lifetime = &metav1.Duration{Duration: d} }
@@ -83,6 +90,17 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 		"approval required, the spec changed since":        {user: requireApproval, tok: decided(keymintv1alpha1.DecisionApproved, "links:read"), at: now, want: "not_approved"},
 		"approval required, denied":                        {user: requireApproval, tok: decided(keymintv1alpha1.DecisionDenied), at: now, want: "not_approved"},
 		"approval required, approved, and revoked by spec": {user: requireApproval, tok: both(decided(keymintv1alpha1.DecisionApproved), func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true }), at: now, want: "revoked"},
+
+		// The client is 127.0.0.1 (loopback HTTP; no proxy is trusted).
+		"sources, the client inside":                    {tok: sources("127.0.0.0/8"), at: now, want: "ok", wantPrevious: true},
+		"sources, the client outside":                   {tok: sources("10.0.0.0/8"), at: now, want: "ok", wantPrevious: true, checkSays: string(check.SourceNotAllowed), checkSaysPrevious: string(check.SourceNotAllowed)},
+		"sources, the user's narrower than the token's": {user: userSources("10.0.0.0/8"), tok: sources("127.0.0.0/8"), at: now, want: "ok", wantPrevious: true, checkSays: string(check.SourceNotAllowed), checkSaysPrevious: string(check.SourceNotAllowed)},
+		"sources, and revoked":                          {tok: both(sources("10.0.0.0/8"), func(t *keymintv1alpha1.ApiToken) { t.Spec.Revoked = true }), at: now, want: "revoked"},
+		// Each check server is new: the current token's check is the first
+		// use, the rotated-out token's the second (one quota per ApiToken).
+		"quota, uses left":                  {user: userQuota(2), at: now, want: "ok", wantPrevious: true},
+		"quota, spent by the current token": {user: userQuota(1), at: now, want: "ok", wantPrevious: true, checkSaysPrevious: string(check.QuotaExceeded)},
+		"quota, and expired":                {user: userQuota(1), tok: both(lifetime(time.Hour), recorded(now)), at: now, want: "expired"},
 
 		"lifetime 2h, 1s before expiry":   {tok: both(lifetime(2*time.Hour), recorded(now.Add(time.Hour))), at: now.Add(time.Hour - time.Second), want: "ok"},
 		"lifetime 2h, at expiry":          {tok: both(lifetime(2*time.Hour), recorded(now.Add(time.Hour))), at: now.Add(time.Hour), want: "expired"},
@@ -192,15 +210,31 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 			for _, versions := range [][]*keymintv1alpha1.ApiToken{{tok}, {tok, after}} {
 				server := checkServer(t, userObj, versions, r.at)
 				label := [...]string{"", "stored", "written"}[len(versions)]
-				if got := answer(t, server, current); got != r.want {
-					t.Errorf("check server (%s status): current token %s, controller says %s", label, got, controllerSays)
+				if got, want := answer(t, server, current), cmp.Or(r.checkSays, r.want); got != want {
+					t.Errorf("check server (%s status): current token %s, want %s; controller says %s", label, got, want, controllerSays)
 				}
-				if got := answer(t, server, previous) == "ok"; got != r.wantPrevious {
-					t.Errorf("check server (%s status): rotated-out token accepted %v, controller keeps it: %v", label, got, controllerKeeps)
+				got := answer(t, server, previous)
+				switch {
+				case r.checkSaysPrevious != "" && got != r.checkSaysPrevious:
+					t.Errorf("check server (%s status): rotated-out token %s, want %s (controller keeps it: %v)", label, got, r.checkSaysPrevious, controllerKeeps)
+				case r.checkSaysPrevious == "" && (got == "ok") != r.wantPrevious:
+					t.Errorf("check server (%s status): rotated-out token %s, controller keeps it: %v", label, got, controllerKeeps)
 				}
 			}
 		})
 	}
+}
+
+func sources(cidrs ...string) func(*keymintv1alpha1.ApiToken) {
+	return func(t *keymintv1alpha1.ApiToken) { t.Spec.AllowedSourceCIDRs = cidrs }
+}
+
+func userSources(cidrs ...string) func(*keymintv1alpha1.ServiceUser) {
+	return func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.AllowedSourceCIDRs = cidrs }
+}
+
+func userQuota(uses int64) func(*keymintv1alpha1.ServiceUser) {
+	return func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.Quota = &keymintv1alpha1.Quota{Uses: uses} }
 }
 
 func defaultLifetime(d time.Duration) func(*keymintv1alpha1.ServiceUser) {
