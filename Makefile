@@ -52,15 +52,19 @@ vet: ## Run go vet.
 	go vet ./...
 
 .PHONY: control-plane
-control-plane: ## Build etcd, kube (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy in one binary), CoreDNS and Traefik (for the proxy suites; and kubectl if none is on PATH) into bin/k8s; a no-op once built.
+control-plane: ## Build etcd, kube (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy in one binary) and CoreDNS (and kubectl if none is on PATH) into bin/k8s; a no-op once built.
+	go run ./hack/controlplane -dir "$(LOCALBIN)/k8s" -kubernetes-version $(KUBERNETES_VERSION) -etcd-version $(ETCD_VERSION) -traefik-version ""
+
+.PHONY: traefik
+traefik: control-plane ## Build Traefik from its Go module into bin/k8s/<Kubernetes version>/traefik, beside the control plane, for the proxy suites (test/e2e runs config/traefik with it); a no-op once built.
 	go run ./hack/controlplane -dir "$(LOCALBIN)/k8s" -kubernetes-version $(KUBERNETES_VERSION) -etcd-version $(ETCD_VERSION) -traefik-version $(TRAEFIK_VERSION)
 
 .PHONY: test
-test: manifests generate fmt vet control-plane test-deps helm ## Run every test: unit, envtest suites (real kube-apiserver + etcd), end-to-end, and the in-cluster suite (a one-node cluster as make cluster runs; needs root).
+test: manifests generate fmt vet control-plane traefik test-deps helm ## Run every test: unit, envtest suites (real kube-apiserver + etcd), end-to-end, and the in-cluster suite (a one-node cluster as make cluster runs; needs root).
 	PATH="$$PATH:$(CONTROL_PLANE_DIR)" KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./... -count=1 -coverprofile cover.out
 
 .PHONY: test-e2e
-test-e2e: control-plane test-deps ## Run only the end-to-end suite: keymint started as make run does, driven with kubectl and HTTPS.
+test-e2e: control-plane traefik test-deps ## Run only the end-to-end suite: keymint started as make run does, driven with kubectl and HTTPS.
 	PATH="$$PATH:$(CONTROL_PLANE_DIR)" KUBEBUILDER_ASSETS="$(CONTROL_PLANE_DIR)" go test ./test/e2e/ -count=1 -v -args -ginkgo.v
 
 .PHONY: test-deps

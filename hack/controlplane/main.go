@@ -48,7 +48,7 @@ func main() {
 	flag.StringVar(&opts.etcdVersion, "etcd-version", "3.6.16", "version of go.etcd.io/etcd/server/v3 to build etcd from")
 	flag.StringVar(&opts.corednsVersion, "coredns-version", "1.14.7", "version of github.com/coredns/coredns to build coredns from")
 	flag.StringVar(&opts.kubectl, "kubectl", "auto", "build kubectl: auto (only when none is on PATH), always or never")
-	flag.StringVar(&opts.traefikVersion, "traefik-version", "3.6.12", "version of github.com/traefik/traefik/v3 to build traefik from, for the proxy suites (empty: none)")
+	flag.StringVar(&opts.traefikVersion, "traefik-version", "", "version of github.com/traefik/traefik/v3 to build traefik from, for the proxy suites (empty: none; make traefik sets it)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

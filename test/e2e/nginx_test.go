@@ -317,7 +317,10 @@ spec: {serviceUser: nginx-e2e, quota: {uses: 1, refill: {every: 24h}}}
 		mustKubectl("apply", "-f", path)
 		mustKubectl("wait", "--for=condition=Ready", "apitoken/nginx-e2e-quota", "--timeout=60s")
 		quota := secretToken("nginx-e2e-quota")
-		Eventually(func() int { resp, _ := get("/reports", quota); return resp.StatusCode }).Should(Equal(http.StatusOK))
+		var first *http.Response
+		Eventually(func() int { first, _ = get("/reports", quota); return first.StatusCode }).Should(Equal(http.StatusOK))
+		Expect(first.Header.Get("X-Quota-Limit")).To(Equal("1"), "the quota's headers on the application's answer")
+		Expect(first.Header.Get("X-Quota-Remaining")).To(Equal("0"))
 		hits := appHits.Load()
 		resp, body := get("/reports", quota)
 		Expect(resp.StatusCode).To(Equal(http.StatusTooManyRequests), "%s", body)

@@ -1,7 +1,7 @@
 package e2e
 
 // traefik_test.go: real Traefik (v3.6, built from its Go module by
-// `make control-plane` into bin/k8s beside the control plane) runs
+// `make traefik` into bin/k8s beside the control plane) runs
 // config/traefik/traefik.yaml and dynamic.yaml as shipped, changed only on
 // the lines marked CHANGE (where it listens, keymint's address and CA, the
 // application, the file's own path), in front of a small application: the
@@ -73,7 +73,7 @@ func startTraefik(checkURL, caFile, appURL string) string {
 	if err != nil {
 		bin, err = exec.LookPath(filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "traefik"))
 	}
-	Expect(err).NotTo(HaveOccurred(), "traefik is neither on PATH nor in KUBEBUILDER_ASSETS: make control-plane builds it into bin/k8s/<version>")
+	Expect(err).NotTo(HaveOccurred(), "traefik is neither on PATH nor in KUBEBUILDER_ASSETS: make traefik builds it into bin/k8s/<Kubernetes version>/")
 	dir, err := os.MkdirTemp("", "keymint-traefik-")
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(os.RemoveAll, dir)
