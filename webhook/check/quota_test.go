@@ -1,6 +1,8 @@
 package check
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -15,6 +17,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
 
@@ -174,14 +177,13 @@ func TestQuotaFromTheServiceUser(t *testing.T) {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 // TestRedisQuotaRefusalsTakeNothing: a refused use is taken back, so
-// raising a spent quota mid-period lets exactly the difference through; a
-// changed refill counts apart.
+// raising a spent quota mid-period lets exactly the difference through.
 func TestRedisQuotaRefusalsTakeNothing(t *testing.T) {
 	srv := startRedis(t)
 	l, _ := replica(t, srv.Addr, FailClosed)
 	ctx := t.Context()
 	tok := types.NamespacedName{Namespace: "team-a", Name: "exporter"}
-	q := tokenstate.QuotaUse{Uses: 2, Period: 7, Every: time.Hour, Refill: t0.Add(time.Hour)}
+	q := tokenstate.QuotaUse{Uses: 2, Every: time.Hour, Refill: t0.Add(time.Hour)}
 	var got []bool
 	for range 5 {
 		got = append(got, l.SpendQuota(ctx, tok, q, t0).Allowed)
@@ -191,9 +193,60 @@ func TestRedisQuotaRefusalsTakeNothing(t *testing.T) {
 	if want := []bool{true, true, false, false, false, true, false}; !slices.Equal(got, want) {
 		t.Errorf("uses 2 five times, then 3 twice: %v, want %v", got, want)
 	}
-	q.Every = 2 * time.Hour
-	if !l.SpendQuota(ctx, tok, q, t0).Allowed {
-		t.Error("another refill schedule shares the old one's count")
+}
+
+// TestEditingTheRefillStartsNoFreshCount: a period is counted until it
+// ends, whatever the refill says meanwhile. Changing refill.every (even to
+// a longer, narrower period, which needs no mint), or dropping the refill,
+// never starts a fresh count: in process and in Redis alike. The changed
+// refill takes effect at the next period, and a lifetime count that gets a
+// refill becomes the current period's.
+func TestEditingTheRefillStartsNoFreshCount(t *testing.T) {
+	srv := startRedis(t)
+	redisLimiter, _ := replica(t, srv.Addr, FailClosed)
+	for name, l := range map[string]RateLimiter{"in process": NewLimiter(), "redis": redisLimiter} {
+		t.Run(name, func(t *testing.T) {
+			ctx := t.Context()
+			tok := types.NamespacedName{Namespace: "team-a", Name: "edited-" + strings.ReplaceAll(name, " ", "-")}
+			quota := func(every time.Duration, at time.Time) tokenstate.QuotaUse {
+				q := &keymintv1alpha1.Quota{Uses: 10}
+				if every > 0 {
+					q.Refill = &keymintv1alpha1.QuotaRefill{Every: metav1.Duration{Duration: every}}
+				}
+				return tokenstate.QuotaAt(q, at)
+			}
+			spend := func(q tokenstate.QuotaUse, at time.Time, n int) (passed int, last QuotaDecision) {
+				for range n {
+					if last = l.SpendQuota(ctx, tok, q, at); last.Allowed {
+						passed++
+					}
+				}
+				return passed, last
+			}
+			day := quota(24*time.Hour, t0)
+			if passed, _ := spend(day, t0, 12); passed != 10 {
+				t.Fatalf("a quota of 10 a day passed %d of 12", passed)
+			}
+			for i, every := range []time.Duration{24*time.Hour + time.Minute, 24*time.Hour + 2*time.Minute, 48 * time.Hour, time.Hour, 0} {
+				if passed, d := spend(quota(every, t0), t0, 5); passed != 0 || !d.Refill.Equal(day.Refill) {
+					t.Errorf("edit %d (every %v): %d more checks passed, refill %v; want none until the day's end, %v", i+1, every, passed, d.Refill, day.Refill)
+				}
+			}
+			// At the day's end the edited quota, a lifetime one, takes
+			// effect: a fresh count, for good.
+			after := day.Refill
+			if passed, d := spend(quota(0, after), after, 12); passed != 10 || !d.Refill.IsZero() {
+				t.Errorf("after the day's end, without refill: %d passed, refill %v; want 10, none", passed, d.Refill)
+			}
+			// The lifetime count, given a refill, is the current hour's.
+			hour := quota(time.Hour, after.Add(time.Minute))
+			if passed, d := spend(hour, after.Add(time.Minute), 3); passed != 0 || !d.Refill.Equal(hour.Refill) {
+				t.Errorf("a spent lifetime quota given a refill: %d passed, refill %v; want none until %v", passed, d.Refill, hour.Refill)
+			}
+			if passed, _ := spend(quota(time.Hour, hour.Refill), hour.Refill, 12); passed != 10 {
+				t.Errorf("the next hour: %d passed, want 10", passed)
+			}
+		})
 	}
 }
 
@@ -230,7 +283,8 @@ func TestQuotaStoreDownFailsClosedAsUnavailable(t *testing.T) {
 
 // TestRedisQuotaWithoutRefillGoesWithItsToken: a quota without refill
 // counts for good, but not past its token: deleting the ApiToken deletes
-// its count, so one created again under the name starts afresh.
+// its count (off the feed's goroutine), so one created again under the
+// name starts afresh.
 func TestRedisQuotaWithoutRefillGoesWithItsToken(t *testing.T) {
 	srv := startRedis(t)
 	a, _ := replica(t, srv.Addr, FailClosed)
@@ -243,7 +297,19 @@ func TestRedisQuotaWithoutRefillGoesWithItsToken(t *testing.T) {
 	}
 	a.Forget(tok)
 	b.Forget(tok) // every replica sees the deletion; the second finds nothing
+	err := testenv.Poll(ctx, 5*time.Second, "the deleted token's quota key to go", func(ctx context.Context) error {
+		if n, err := a.client.Exists(ctx, quotaKey(tok)).Result(); err != nil || n != 0 {
+			return fmt.Errorf("exists %d (%v)", n, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !b.SpendQuota(ctx, tok, q, t0).Allowed {
 		t.Error("a token created again under the name continues the deleted one's count")
+	}
+	if !a.Up() || !b.Up() {
+		t.Error("forgetting a token marked Redis down")
 	}
 }

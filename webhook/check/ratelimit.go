@@ -188,21 +188,9 @@ func (l *LocalLimiter) Forget(token types.NamespacedName) {
 
 // SpendQuota takes one use of the token's quota in q's period, if one is
 // left; a refused check takes none.
-func (l *LocalLimiter) SpendQuota(_ context.Context, token types.NamespacedName, q tokenstate.QuotaUse, _ time.Time) QuotaDecision {
+func (l *LocalLimiter) SpendQuota(_ context.Context, token types.NamespacedName, q tokenstate.QuotaUse, now time.Time) QuotaDecision {
 	l.mu.Lock()
-	c := &l.budgetsLocked(token).quota
-	used := q.Uses + 1 // refused, unless a use is left
-	switch {
-	case q.Period < c.period:
-		// A check that read the clock before another crossed into the
-		// next period: never back to an older period's count.
-	case q.Period > c.period:
-		*c = quotaCount{period: q.Period, used: 1}
-		used = 1
-	case c.used < q.Uses:
-		c.used++
-		used = c.used
-	}
+	d := l.budgetsLocked(token).quota.spend(q, now.UnixNano())
 	l.mu.Unlock()
-	return decideQuota(q, used)
+	return d
 }

@@ -96,6 +96,11 @@ type RedisLimiter struct {
 	downUntil atomic.Int64
 	up        prometheus.Gauge
 	degraded  prometheus.Counter
+
+	// gone are the quota keys of deleted tokens, deleted one at a time off
+	// the feed's goroutine by the worker forgetting starts.
+	gone       chan string
+	forgetting sync.Once
 }
 
 // NewRedisLimiter returns a limiter over client, with its metrics
@@ -110,6 +115,7 @@ func NewRedisLimiter(client redis.UniversalClient, mode FailureMode, reg prometh
 	}, []string{"mode"})
 	l := &RedisLimiter{
 		client: client, script: redis.NewScript(gcraScript), quota: redis.NewScript(quotaScript), prefix: "keymint:rl:", mode: mode, fallback: NewLimiter(),
+		gone: make(chan string, forgetQueue),
 		leases: map[types.NamespacedName][]lease{},
 		up: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keymint_rate_limit_backend_up",
@@ -260,34 +266,44 @@ func (l *RedisLimiter) degradedDecision(ctx context.Context, token types.Namespa
 
 // Forget implements RateLimiter. Rate keys expire once their budget is
 // whole again, and a refilled quota's key after its period; a quota without
-// refill counts in one key for good, which goes with its token (each
-// replica deletes it; once is enough). While Redis is down it stays: a
-// token created again under the name would continue its count.
+// refill counts in one key for good, which goes with its token: each
+// replica queues its deletion (once is enough), done off the feed's
+// goroutine so that a slow Redis never holds up the index. A deletion that
+// fails, or finds the queue full, leaves the key: a token created again
+// under the name would continue its count.
 func (l *RedisLimiter) Forget(token types.NamespacedName) {
 	l.fallback.Forget(token)
 	l.mu.Lock()
 	delete(l.leases, token)
 	l.mu.Unlock()
-	now := time.Now()
-	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
-	defer cancel()
-	if err := l.client.Del(ctx, quotaKey(token, tokenstate.QuotaUse{})).Err(); err != nil {
-		l.markDown(context.Background(), err, now)
+	l.forgetting.Do(func() { go l.deleteGone() })
+	select {
+	case l.gone <- quotaKey(token):
+	default:
 	}
 }
 
-// forgetTimeout bounds the deletion of a token's quota key: the feed waits
-// for it.
-const forgetTimeout = 250 * time.Millisecond
+// deleteGone deletes the queued quota keys, one at a time. A failure is not
+// Redis being down for the checks (markDown): only this key stays.
+func (l *RedisLimiter) deleteGone() {
+	for key := range l.gone {
+		ctx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
+		_ = l.client.Del(ctx, key).Err()
+		cancel()
+	}
+}
 
-// quotaKey is where the replicas count a token's quota in q's period. The
-// period's length is in the key: a changed refill starts its own count
-// rather than reading another schedule's.
-func quotaKey(token types.NamespacedName, q tokenstate.QuotaUse) string {
-	return "keymint:q:{" + token.Namespace + "/" + token.Name + "}:" + strconv.FormatInt(int64(q.Every/time.Second), 10) + ":" + strconv.FormatInt(q.Period, 10)
+// forgetTimeout bounds the deletion of one deleted token's quota key, and
+// forgetQueue how many wait for it.
+const (
+	forgetTimeout = 250 * time.Millisecond
+	forgetQueue   = 4096
+)
+
+// quotaKey is where the replicas count a token's quota: one key per
+// token, holding the period being counted (quota.lua).
+func quotaKey(token types.NamespacedName) string {
+	return "keymint:q:{" + token.Namespace + "/" + token.Name + "}"
 }
 
 // Ping asks Redis once, for a start-up check with a clear error.
@@ -314,18 +330,20 @@ func (l *RedisLimiter) SpendQuota(ctx context.Context, token types.NamespacedNam
 	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
 		return l.degradedQuota(ctx, token, q, now)
 	}
-	key := quotaKey(token, q)
-	var ttl int64
+	var fresh int64
 	if !q.Refill.IsZero() {
-		ttl = q.Refill.Add(quotaKeyTTL).Sub(now).Milliseconds()
+		fresh = q.Refill.UnixMilli()
 	}
-	used, err := l.quota.Run(ctx, l.client, []string{key}, ttl, q.Uses).Int64()
+	res, err := l.quota.Run(ctx, l.client, []string{quotaKey(token)}, now.UnixMilli(), q.Uses, fresh, quotaKeyTTL.Milliseconds()).Int64Slice()
+	if err == nil && len(res) != 3 {
+		err = fmt.Errorf("quota script answered %d values, want 3", len(res))
+	}
 	if err != nil {
 		l.markDown(ctx, err, now)
 		return l.degradedQuota(ctx, token, q, now)
 	}
 	l.markUp(ctx)
-	return decideQuota(q, used)
+	return decideQuota(q, res[0] == 1, res[1], res[2]*int64(time.Millisecond))
 }
 
 // degradedQuota decides without Redis, as the failure mode says.
