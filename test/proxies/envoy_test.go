@@ -50,6 +50,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
@@ -175,6 +176,11 @@ func loadEnvoy(t *testing.T) *envoyRecipe {
 	var hcm hcmv3.HttpConnectionManager
 	if err := listeners[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
 		t.Fatal(err)
+	}
+	// A client's X_Keymint_User would reach a CGI-style application as its
+	// X-Keymint-User: such headers are refused outright.
+	if got := hcm.GetCommonHttpProtocolOptions().GetHeadersWithUnderscoresAction(); got != corev3.HttpProtocolOptions_REJECT_REQUEST {
+		t.Errorf("headers_with_underscores_action is %v, want REJECT_REQUEST", got)
 	}
 	r := &envoyRecipe{}
 	for _, f := range hcm.GetHttpFilters() {
