@@ -115,7 +115,7 @@ func NewRedisLimiter(client redis.UniversalClient, mode FailureMode, reg prometh
 	}, []string{"mode"})
 	l := &RedisLimiter{
 		client: client, script: redis.NewScript(gcraScript), quota: redis.NewScript(quotaScript), prefix: "keymint:rl:", mode: mode, fallback: NewLimiter(),
-		gone: make(chan string, forgetQueue),
+		gone:   make(chan string, forgetQueue),
 		leases: map[types.NamespacedName][]lease{},
 		up: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keymint_rate_limit_backend_up",
