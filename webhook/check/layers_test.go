@@ -18,6 +18,7 @@ import (
 // metrics.
 var layers = []string{
 	"identity.go",                        // who a ServiceUser is to Kubernetes
+	"clientaddr.go",                      // where a request comes from
 	"index.go",                           // hash → entry
 	"quota.go",                           // a quota's decision
 	"lastused.go",                        // uses and quota counts, written to status
