@@ -1,6 +1,7 @@
 package e2e
 
-// proxied_test.go: what the proxy suites (nginx, Caddy) share: the
+// proxied_test.go: what the proxy suites (nginx, Caddy, Traefik) share:
+// starting and stopping the proxy, the tokens they present, the
 // application behind the proxy, a client's request through it, the error
 // code of an answer.
 
@@ -13,8 +14,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -51,6 +57,118 @@ func startListening(cmd *exec.Cmd, name string, port int, within time.Duration) 
 		}
 		return c.Close()
 	})
+}
+
+// stopOnCleanup stops a proxy started by startListening with SIGTERM when
+// the spec tree ends, and fails if it does not exit within 20 s.
+func stopOnCleanup(name string, cmd *exec.Cmd, exited chan error, log *bytes.Buffer) {
+	DeferCleanup(func() {
+		By("stopping " + name + " (SIGTERM)")
+		Expect(cmd.Process.Signal(syscall.SIGTERM)).To(Succeed())
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			Fail(name + " did not stop within 20 s of SIGTERM:\n" + log.String())
+		}
+	})
+}
+
+// proxyTokens are the tokens a proxy suite presents, of ServiceUser
+// <suite> (permissions invoices:read and reports:write).
+type proxyTokens struct {
+	full  string // both scopes, metadata team=payments
+	read  string // invoices:read only
+	plain string // both scopes, no metadata
+	quota string // both scopes, one use a day
+}
+
+// issueProxyTokens applies the suite's ServiceUser and ApiTokens
+// (<suite>-full, -read, -plain, -quota) and returns their tokens once
+// ready.
+func issueProxyTokens(suite string) proxyTokens {
+	GinkgoHelper()
+	manifest := strings.NewReplacer("SUITE", suite).Replace(`apiVersion: keymint.io/v1alpha1
+kind: ServiceUser
+metadata: {name: SUITE}
+spec:
+  permissions: [invoices:read, reports:write]
+  tokenPolicy: {requestsPerMinute: 1000}
+---
+apiVersion: keymint.io/v1alpha1
+kind: ApiToken
+metadata: {name: SUITE-full}
+spec: {serviceUser: SUITE, metadata: {team: payments}}
+---
+apiVersion: keymint.io/v1alpha1
+kind: ApiToken
+metadata: {name: SUITE-read}
+spec: {serviceUser: SUITE, scopes: [invoices:read]}
+---
+apiVersion: keymint.io/v1alpha1
+kind: ApiToken
+metadata: {name: SUITE-plain}
+spec: {serviceUser: SUITE}
+---
+apiVersion: keymint.io/v1alpha1
+kind: ApiToken
+metadata: {name: SUITE-quota}
+spec: {serviceUser: SUITE, quota: {uses: 1, refill: {every: 24h}}}
+`)
+	path := filepath.Join(devDir, suite+".yaml")
+	Expect(os.WriteFile(path, []byte(manifest), 0o600)).To(Succeed())
+	mustKubectl("apply", "-f", path)
+	mustKubectl("wait", "--for=condition=Ready", "apitoken/"+suite+"-full", "apitoken/"+suite+"-read", "apitoken/"+suite+"-plain", "apitoken/"+suite+"-quota", "--timeout=60s")
+	return proxyTokens{full: secretToken(suite + "-full"), read: secretToken(suite + "-read"), plain: secretToken(suite + "-plain"), quota: secretToken(suite + "-quota")}
+}
+
+// expectIdentityNotTheClients asks through get with the full token and
+// forged identity headers, then with the plain token and a forged metadata
+// header: the application sees keymint's identity and metadata (user
+// keymint:default:<suite>), never the client's, nor the token.
+func expectIdentityNotTheClients(get func(path, tok string, headers ...string) (*http.Response, []byte), suite string, tokens proxyTokens) {
+	GinkgoHelper()
+	var resp *http.Response
+	var body []byte
+	// The proxy may read its configuration just after it listens.
+	Eventually(func() int {
+		resp, body = get("/reports/2026", tokens.full,
+			"X-Keymint-User", "keymint:default:admin", "X-Keymint-Meta-Team", "root", "X-Keymint-Scopes", "everything:admin")
+		return resp.StatusCode
+	}).Should(Equal(http.StatusOK), "%s", body)
+	var app appView
+	Expect(json.Unmarshal(body, &app)).To(Succeed(), "%s", body)
+	Expect(app).To(Equal(appView{
+		User: "keymint:default:" + suite, Token: "default/" + suite + "-full", Scopes: "invoices:read,reports:write",
+		Path: "/reports/2026", MetaTeam: "payments",
+	}), "the token itself is kept from the application too")
+
+	By("a token without metadata: the client's own X-Keymint-Meta-Team is dropped, not passed on")
+	resp, body = get("/reports/2026", tokens.plain, "X-Keymint-Meta-Team", "root")
+	Expect(resp.StatusCode).To(Equal(http.StatusOK), "%s", body)
+	var bare appView
+	Expect(json.Unmarshal(body, &bare)).To(Succeed(), "%s", body)
+	Expect(bare.User).To(Equal("keymint:default:" + suite))
+	Expect(bare.MetaTeam).To(BeEmpty(), "the client's own metadata header (or a proxy's placeholder text) reached the application")
+}
+
+// expectQuotaExceeded spends the quota token's one use through get, then
+// expects 429 quota_exceeded with Retry-After and X-Quota-Remaining 0, and
+// the application (counting in hits) not reached.
+func expectQuotaExceeded(get func(path, tok string, headers ...string) (*http.Response, []byte), hits *atomic.Int64, tokens proxyTokens) (first *http.Response) {
+	GinkgoHelper()
+	first, body := get("/reports/2026", tokens.quota)
+	Expect(first.StatusCode).To(Equal(http.StatusOK), "its one use: %s", body)
+	before := hits.Load()
+	resp, body := get("/reports/2026", tokens.quota)
+	Expect(resp.StatusCode).To(Equal(http.StatusTooManyRequests), "%s", body)
+	Expect(errorCode(body)).To(Equal("quota_exceeded"))
+	Expect(resp.Header.Get("X-Quota-Remaining")).To(Equal("0"))
+	retry, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	Expect(err).NotTo(HaveOccurred())
+	Expect(retry).To(BeNumerically(">", 0))
+	Expect(hits.Load()).To(Equal(before))
+	return first
 }
 
 // appView is what the application behind a proxy received.

@@ -17,10 +17,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -111,16 +109,7 @@ func startTraefik(checkURL, caFile, appURL string) string {
 		exited, log, err = startListening(cmd, "traefik", port, 20*time.Second)
 		return err
 	})).To(Succeed())
-	DeferCleanup(func() {
-		By("stopping traefik (SIGTERM)")
-		Expect(cmd.Process.Signal(syscall.SIGTERM)).To(Succeed())
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			Fail("traefik did not stop within 20 s of SIGTERM:\n" + log.String())
-		}
-	})
+	stopOnCleanup("traefik", cmd, exited, log)
 	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
@@ -128,48 +117,12 @@ var _ = Describe("Traefik with config/traefik", Ordered, func() {
 	var (
 		traefikURL string
 		appHits    atomic.Int64
-		fullToken  string // reports:write and invoices:read, metadata team=payments
-		readToken  string // invoices:read only
-		plain      string // all scopes, no metadata
-		quota      string // all scopes, one use a day
+		tokens     proxyTokens
 	)
 	client := &http.Client{Timeout: 5 * time.Second}
 
 	BeforeAll(func() {
-		manifest := `apiVersion: keymint.io/v1alpha1
-kind: ServiceUser
-metadata: {name: traefik-e2e}
-spec:
-  permissions: [invoices:read, reports:write]
-  tokenPolicy: {requestsPerMinute: 1000}
----
-apiVersion: keymint.io/v1alpha1
-kind: ApiToken
-metadata: {name: traefik-e2e-full}
-spec: {serviceUser: traefik-e2e, metadata: {team: payments}}
----
-apiVersion: keymint.io/v1alpha1
-kind: ApiToken
-metadata: {name: traefik-e2e-read}
-spec: {serviceUser: traefik-e2e, scopes: [invoices:read]}
----
-apiVersion: keymint.io/v1alpha1
-kind: ApiToken
-metadata: {name: traefik-e2e-plain}
-spec: {serviceUser: traefik-e2e}
----
-apiVersion: keymint.io/v1alpha1
-kind: ApiToken
-metadata: {name: traefik-e2e-quota}
-spec: {serviceUser: traefik-e2e, quota: {uses: 1, refill: {every: 24h}}}
-`
-		path := filepath.Join(devDir, "traefik-e2e.yaml")
-		Expect(os.WriteFile(path, []byte(manifest), 0o600)).To(Succeed())
-		mustKubectl("apply", "-f", path)
-		mustKubectl("wait", "--for=condition=Ready", "apitoken/traefik-e2e-full", "apitoken/traefik-e2e-read", "apitoken/traefik-e2e-plain", "apitoken/traefik-e2e-quota", "--timeout=60s")
-		fullToken, readToken = secretToken("traefik-e2e-full"), secretToken("traefik-e2e-read")
-		plain, quota = secretToken("traefik-e2e-plain"), secretToken("traefik-e2e-quota")
-
+		tokens = issueProxyTokens("traefik-e2e")
 		app := proxiedApp(&appHits)
 		traefikURL = startTraefik(env["KEYMINT_CHECK_URL"], env["KEYMINT_CA_FILE"], app.URL)
 	})
@@ -180,28 +133,7 @@ spec: {serviceUser: traefik-e2e, quota: {uses: 1, refill: {every: 24h}}}
 	}
 
 	It("lets a token with the scope through: 200, and the application sees keymint's identity and metadata, not the client's or the token", func() {
-		var resp *http.Response
-		var body []byte
-		// Traefik reads dynamic.yaml just after it listens.
-		Eventually(func() int {
-			resp, body = get("/reports/2026", fullToken,
-				"X-Keymint-User", "keymint:default:admin", "X-Keymint-Meta-Team", "root", "X-Keymint-Scopes", "everything:admin")
-			return resp.StatusCode
-		}).Should(Equal(http.StatusOK), "%s", body)
-		var app appView
-		Expect(json.Unmarshal(body, &app)).To(Succeed(), "%s", body)
-		Expect(app).To(Equal(appView{
-			User: "keymint:default:traefik-e2e", Token: "default/traefik-e2e-full", Scopes: "invoices:read,reports:write",
-			Path: "/reports/2026", MetaTeam: "payments",
-		}), "keymint-drop-token keeps Authorization from the application")
-
-		By("a token without metadata: the client's own X-Keymint-Meta-Team is dropped, not passed on")
-		resp, body = get("/reports/2026", plain, "X-Keymint-Meta-Team", "root")
-		Expect(resp.StatusCode).To(Equal(http.StatusOK), "%s", body)
-		var bare appView
-		Expect(json.Unmarshal(body, &bare)).To(Succeed(), "%s", body)
-		Expect(bare.User).To(Equal("keymint:default:traefik-e2e"))
-		Expect(bare.MetaTeam).To(BeEmpty(), "the client's own metadata header reached the application")
+		expectIdentityNotTheClients(get, "traefik-e2e", tokens)
 	})
 
 	It("refuses a missing, malformed or unknown token: 401 with keymint's WWW-Authenticate, and the application sees none", func() {
@@ -210,12 +142,12 @@ spec: {serviceUser: traefik-e2e, quota: {uses: 1, refill: {every: 24h}}}
 
 	It("asks each router's scope: a read-only token is refused 403 insufficient_scope on /reports/, let through on /invoices/", func() {
 		hits := appHits.Load()
-		resp, body := get("/reports/2026", readToken)
+		resp, body := get("/reports/2026", tokens.read)
 		Expect(resp.StatusCode).To(Equal(http.StatusForbidden), "%s", body)
 		Expect(errorCode(body)).To(Equal("insufficient_scope"))
 		Expect(appHits.Load()).To(Equal(hits))
 
-		resp, body = get("/invoices/7", readToken)
+		resp, body = get("/invoices/7", tokens.read)
 		Expect(resp.StatusCode).To(Equal(http.StatusOK), "%s", body)
 		var app appView
 		Expect(json.Unmarshal(body, &app)).To(Succeed(), "%s", body)
@@ -223,16 +155,6 @@ spec: {serviceUser: traefik-e2e, quota: {uses: 1, refill: {every: 24h}}}
 	})
 
 	It("answers 429 quota_exceeded with Retry-After once a token's quota is spent", func() {
-		resp, body := get("/reports/2026", quota)
-		Expect(resp.StatusCode).To(Equal(http.StatusOK), "its one use: %s", body)
-		hits := appHits.Load()
-		resp, body = get("/reports/2026", quota)
-		Expect(resp.StatusCode).To(Equal(http.StatusTooManyRequests), "%s", body)
-		Expect(errorCode(body)).To(Equal("quota_exceeded"))
-		Expect(resp.Header.Get("X-Quota-Remaining")).To(Equal("0"))
-		retry, err := strconv.Atoi(resp.Header.Get("Retry-After"))
-		Expect(err).NotTo(HaveOccurred())
-		Expect(retry).To(BeNumerically(">", 0))
-		Expect(appHits.Load()).To(Equal(hits))
+		expectQuotaExceeded(get, &appHits, tokens)
 	})
 })
