@@ -178,7 +178,7 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 			}
 
 			// The controller: conditions from the same objects, no action.
-			o := observe(tok, userObj, secretState{Plain: current, Holds: true}, false, nil, r.at)
+			o := observe(tok, userObj, secretState{Hash: token.HashString(current), Holds: true}, false, nil, r.at)
 			written := desiredStatus(tok.Status, tok.Generation, "app", o, afterAction(o, decision{}, nil, nil)).Status
 			controllerSays := "ok"
 			switch {

@@ -234,7 +234,7 @@ func (r *ApiTokenReconciler) writeNewToken(ctx context.Context, in *reads, d dec
 	if create {
 		err = r.Client.Create(ctx, sec)
 	} else {
-		err = r.Client.Update(ctx, sec)
+		err = r.updateSecret(ctx, sec)
 	}
 	if err != nil {
 		// A conflict or an already existing Secret means the cache was behind:
@@ -250,11 +250,22 @@ func (r *ApiTokenReconciler) writeNewToken(ctx context.Context, in *reads, d dec
 func (r *ApiTokenReconciler) removeToken(ctx context.Context, sec *corev1.Secret) error {
 	sec = sec.DeepCopy()
 	secretrecord.Clear(sec)
-	if err := r.Client.Update(ctx, sec); err != nil {
+	if err := r.updateSecret(ctx, sec); err != nil {
 		return fmt.Errorf("removing the token from Secret %s/%s: %w", sec.Namespace, sec.Name, err)
 	}
 	logf.FromContext(ctx).Info("Removed revoked token from Secret", "secret", sec.Name)
 	return nil
+}
+
+// updateSecret writes a token Secret read from the cache. The cache holds
+// its token's hash in place of the token (secretrecord.ForCache): sending
+// that back would replace the token its pods read, so a Secret whose token
+// was not replaced or removed first is refused.
+func (r *ApiTokenReconciler) updateSecret(ctx context.Context, sec *corev1.Secret) error {
+	if !secretrecord.Writable(sec) {
+		return fmt.Errorf("refusing to write Secret %s/%s with the cache's digest of its token as its token", sec.Namespace, sec.Name)
+	}
+	return r.Client.Update(ctx, sec)
 }
 
 // ownerReferences returns refs with tok as the only controller.

@@ -18,7 +18,6 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/requester"
 	"github.com/keymint/keymint/internal/secretrecord"
-	"github.com/keymint/keymint/internal/token"
 	"github.com/keymint/keymint/internal/tokenstate"
 )
 
@@ -148,7 +147,7 @@ func observeToken(o *observation, st *keymintv1alpha1.ApiTokenStatus, sec secret
 		t := st.RotatedAt.Time
 		o.RotatedAt = &t
 	}
-	o.Delivered = o.Current.Issued && sec.Plain != "" && token.Matches(sec.Plain, st.TokenHash)
+	o.Delivered = o.Current.Issued && secretrecord.SameHash(sec.Hash, st.TokenHash)
 }
 
 // namedPrevious keeps the grace-period hashes of an adopted record that the

@@ -23,22 +23,22 @@ func TestObserveToken(t *testing.T) {
 		wantHash    string
 	}{
 		"a signed record newer than the status is adopted (a crash between the writes)": {
-			status: status, secret: secretState{Plain: "x", Holds: true, Signed: signed(4)}, wantAdopted: true, wantHash: "sha256:secret",
+			status: status, secret: secretState{Hash: "sha256:x", Holds: true, Signed: signed(4)}, wantAdopted: true, wantHash: "sha256:secret",
 		},
 		"a signed record at the status's serial is not: the status already moved past it": {
-			status: status, secret: secretState{Plain: "x", Holds: true, Signed: signed(3)}, wantHash: "sha256:status",
+			status: status, secret: secretState{Hash: "sha256:x", Holds: true, Signed: signed(3)}, wantHash: "sha256:status",
 		},
 		"a signed record older than a revoked status is not: a restored backup revives nothing": {
-			status: keymintv1alpha1.ApiTokenStatus{Serial: 5}, secret: secretState{Plain: "x", Holds: true, Signed: signed(2)},
+			status: keymintv1alpha1.ApiTokenStatus{Serial: 5}, secret: secretState{Hash: "sha256:x", Holds: true, Signed: signed(2)},
 		},
 		"a signed record recovers a lost status": {
-			status: keymintv1alpha1.ApiTokenStatus{}, secret: secretState{Plain: "x", Holds: true, Signed: signed(1)}, wantAdopted: true, wantHash: "sha256:secret",
+			status: keymintv1alpha1.ApiTokenStatus{}, secret: secretState{Hash: "sha256:x", Holds: true, Signed: signed(1)}, wantAdopted: true, wantHash: "sha256:secret",
 		},
 		"an unsigned Secret is never adopted": {
-			status: keymintv1alpha1.ApiTokenStatus{}, secret: secretState{Plain: "x", Holds: true},
+			status: keymintv1alpha1.ApiTokenStatus{}, secret: secretState{Hash: "sha256:x", Holds: true},
 		},
 		"a revoked status adopts nothing, even a newer record: a fresh token is minted instead": {
-			status: keymintv1alpha1.ApiTokenStatus{Serial: 1}, secret: secretState{Plain: "x", Holds: true, Signed: signed(2)},
+			status: keymintv1alpha1.ApiTokenStatus{Serial: 1}, secret: secretState{Hash: "sha256:x", Holds: true, Signed: signed(2)},
 		},
 	}
 	for name, tc := range tests {
@@ -63,7 +63,7 @@ func TestAdoptedRecordBringsNoHashTheStatusDoesNotName(t *testing.T) {
 		{Hash: "sha256:planted", IssuedAt: now.Add(-time.Hour), ValidUntil: now.Add(time.Hour)},
 	}}
 	o := observation{Spec: &keymintv1alpha1.ApiTokenSpec{}}
-	observeToken(&o, &status, secretState{Plain: "x", Holds: true, Signed: rec})
+	observeToken(&o, &status, secretState{Hash: "sha256:x", Holds: true, Signed: rec})
 	if !o.Adopted || len(o.Current.Previous) != 1 || o.Current.Previous[0].Hash != "sha256:status" {
 		t.Errorf("adopted %v with previous %+v; want only the status's own hash in grace", o.Adopted, o.Current.Previous)
 	}

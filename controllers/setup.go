@@ -18,6 +18,7 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/authz"
 	"github.com/keymint/keymint/internal/recordkey"
+	"github.com/keymint/keymint/internal/secretrecord"
 )
 
 // CacheOptions limits the manager's cache of Secrets to keymint's token
@@ -41,7 +42,10 @@ func CacheOptions() cache.Options {
 // keepOwnedSecrets strips managed fields from every cached Secret, and the
 // data and annotations from one no ApiToken controls: anyone may put the
 // label on a Secret of their own, and its contents are none of keymint's
-// business (its name and owner are all a conflict check reads).
+// business (its name and owner are all a conflict check reads). A token
+// Secret keeps the hash of its token, never the token itself
+// (secretrecord.ForCache): the plaintext is in memory only while keymint
+// writes it.
 func keepOwnedSecrets(obj any) (any, error) {
 	sec, ok := obj.(*corev1.Secret)
 	if !ok {
@@ -50,7 +54,9 @@ func keepOwnedSecrets(obj any) (any, error) {
 	sec.ManagedFields = nil
 	if owner := metav1.GetControllerOf(sec); owner == nil || !isApiTokenRef(owner) {
 		sec.Data, sec.StringData, sec.Annotations = nil, nil, nil
+		return sec, nil
 	}
+	secretrecord.ForCache(sec)
 	return sec, nil
 }
 

@@ -9,7 +9,10 @@
 package secretrecord
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -56,10 +59,12 @@ func signedFields(tok *keymintv1alpha1.ApiToken, record string) []string {
 	return []string{Version, tok.Namespace, tok.Name, string(tok.UID), tok.Spec.ServiceUser, record}
 }
 
-// Contents is what a token Secret holds, as far as keymint trusts it.
+// Contents is what a token Secret holds, as far as keymint trusts it. It
+// never holds the token itself: only its hash, which is all keymint compares.
 type Contents struct {
-	// Plain is the token in the Secret's data, "" when none.
-	Plain string
+	// Hash is the hash of the token in the Secret's data ("sha256:..."),
+	// "" when it holds none that parses; Display is its first characters.
+	Hash, Display string
 	// Holds is true when the Secret has any token data or record at all.
 	Holds bool
 	// Signed is the Secret's record when keymint signed it for this
@@ -74,23 +79,78 @@ func Read(sec *corev1.Secret, tok *keymintv1alpha1.ApiToken, ring *recordkey.Key
 		return Contents{}
 	}
 	var c Contents
-	plain, hasData := sec.Data[keymintv1alpha1.SecretTokenKey]
+	data, hasData := sec.Data[keymintv1alpha1.SecretTokenKey]
 	record, hasRecord := sec.Annotations[keymintv1alpha1.RecordAnnotation]
 	_, hasSig := sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation]
 	c.Holds = hasData || hasRecord || hasSig
-	if _, err := token.Parse(string(plain)); err == nil {
-		c.Plain = string(plain)
-	}
-	if c.Plain == "" || !ring.Verify(sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation], signedFields(tok, record)...) {
+	c.Hash, c.Display = digestOf(data)
+	if c.Hash == "" || !ring.Verify(sec.Annotations[keymintv1alpha1.RecordSignatureAnnotation], signedFields(tok, record)...) {
 		return c
 	}
 	var rec Record
-	if err := json.Unmarshal([]byte(record), &rec); err != nil || !token.Matches(c.Plain, rec.Hash) {
+	if err := json.Unmarshal([]byte(record), &rec); err != nil || !SameHash(c.Hash, rec.Hash) {
 		return c
 	}
-	rec.Display = token.Display(c.Plain)
+	rec.Display = c.Display
 	c.Signed = &rec
 	return c
+}
+
+// cachedPrefix starts a token Secret's data as the manager's cache holds
+// it (ForCache): "keymint.io/cached:<hash>:<display>", or
+// "keymint.io/cached:-" for data that is no token.
+const cachedPrefix = "keymint.io/cached:"
+
+// ForCache replaces the token in a Secret about to be cached with its hash
+// and display, so that no plaintext token stays in the manager's memory
+// (it is there only while keymint writes it). Data already in that form is
+// kept. A Secret so changed must never be written back as it is: Write and
+// Clear replace or remove the token, and Writable says whether they did.
+func ForCache(sec *corev1.Secret) {
+	data, ok := sec.Data[keymintv1alpha1.SecretTokenKey]
+	if !ok || strings.HasPrefix(string(data), cachedPrefix) {
+		return
+	}
+	digest := cachedPrefix + "-"
+	if _, err := token.Parse(string(data)); err == nil {
+		digest = cachedPrefix + token.HashString(string(data)) + ":" + token.Display(string(data))
+	}
+	sec.Data[keymintv1alpha1.SecretTokenKey] = []byte(digest)
+}
+
+// Writable reports whether sec may be sent to the API server: its token
+// data, if any, is a token and not the cache's digest of one.
+func Writable(sec *corev1.Secret) bool {
+	return !strings.HasPrefix(string(sec.Data[keymintv1alpha1.SecretTokenKey]), cachedPrefix)
+}
+
+// digestOf is the hash and display of a Secret's token data, plaintext or
+// the cache's digest; "" for data that holds no token.
+func digestOf(data []byte) (hash, display string) {
+	s := string(data)
+	if rest, ok := strings.CutPrefix(s, cachedPrefix); ok {
+		// The hash has a fixed length and a colon of its own.
+		n := len(token.HashPrefix) + 2*sha256.Size
+		if len(rest) <= n || rest[n] != ':' {
+			return "", ""
+		}
+		if _, valid := token.ParseHash(rest[:n]); !valid {
+			return "", ""
+		}
+		return rest[:n], rest[n+1:]
+	}
+	if _, err := token.Parse(s); err != nil {
+		return "", ""
+	}
+	return token.HashString(s), token.Display(s)
+}
+
+// SameHash reports, in constant time, whether two "sha256:..." hashes are
+// the same; false when either does not parse.
+func SameHash(a, b string) bool {
+	x, okA := token.ParseHash(a)
+	y, okB := token.ParseHash(b)
+	return okA && okB && subtle.ConstantTimeCompare(x[:], y[:]) == 1
 }
 
 // Write puts the token plain, its record and the record's signature into

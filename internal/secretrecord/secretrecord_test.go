@@ -1,6 +1,7 @@
 package secretrecord
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -37,8 +38,24 @@ func TestSignedRecordRoundTrip(t *testing.T) {
 	sec := &corev1.Secret{}
 	Write(sec, tok, ring, plain, want)
 	got := Read(sec, tok, ring)
-	if !got.Holds || got.Plain != plain || got.Signed == nil {
+	if !got.Holds || got.Hash != token.HashString(plain) || got.Display != token.Display(plain) || got.Signed == nil {
 		t.Fatalf("Read(Write(r)) = %+v, want the signed record", got)
+	}
+	// As the manager's cache holds it: the same, from the digest.
+	cached := sec.DeepCopy()
+	ForCache(cached)
+	if strings.Contains(string(cached.Data[keymintv1alpha1.SecretTokenKey]), plain[len(token.Display(plain)):]) {
+		t.Fatalf("the cached Secret holds the token: %q", cached.Data)
+	}
+	if again := Read(cached, tok, ring); again.Hash != got.Hash || again.Display != got.Display || again.Signed == nil || again.Signed.Serial != 4 {
+		t.Errorf("Read of the cached Secret = %+v, want what Read of the Secret gave", again)
+	}
+	if Writable(cached) || !Writable(sec) {
+		t.Error("Writable: the cached digest must never be written as the token, the token may")
+	}
+	ForCache(cached) // idempotent
+	if again := Read(cached, tok, ring); again.Hash != got.Hash {
+		t.Errorf("ForCache twice: %+v", again)
 	}
 	r := got.Signed
 	if r.Serial != 4 || r.Hash != want.Hash || r.Display != token.Display(plain) || r.ServiceUserUID != "uid-ci" ||

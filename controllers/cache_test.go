@@ -1,0 +1,71 @@
+package controllers_test
+
+import (
+	"bytes"
+	"strings"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/token"
+)
+
+// The manager's cache holds token Secrets by the hash of their token,
+// never the token: read back from the cache itself, not the API server.
+var _ = Describe("The manager's cache of token Secrets", func() {
+	It("holds no plaintext token, before and after a rotation, and the controllers still recognise their tokens", func() {
+		ns := newNamespace()
+		createUser(ns, "cached")
+		createToken(ns, "cached", "cached")
+		plain, tok := issued(ns, "cached")
+
+		cache := testEnv.Manager.GetCache()
+		noPlaintext := func(tokens ...string) {
+			GinkgoHelper()
+			Eventually(func(g Gomega) {
+				sec := &corev1.Secret{}
+				g.Expect(cache.Get(ctx, types.NamespacedName{Namespace: ns, Name: tok.SecretNameOrDefault()}, sec)).To(Succeed())
+				cached := string(sec.Data[keymintv1alpha1.SecretTokenKey])
+				// Not vacuous: the cache has the Secret, with the
+				// current token's hash where the token was.
+				g.Expect(cached).To(ContainSubstring(token.HashString(tokens[len(tokens)-1])))
+				list := &corev1.SecretList{}
+				g.Expect(cache.List(ctx, list, client.InNamespace(ns))).To(Succeed())
+				g.Expect(list.Items).NotTo(BeEmpty())
+				for _, s := range list.Items {
+					for key, v := range s.Data {
+						for _, p := range tokens {
+							secretPart := p[len(token.Display(p)):]
+							g.Expect(bytes.Contains(v, []byte(secretPart))).To(BeFalse(), "Secret %s key %s holds a token", s.Name, key)
+						}
+					}
+					for key, v := range s.Annotations {
+						for _, p := range tokens {
+							g.Expect(strings.Contains(v, p[len(token.Display(p)):])).To(BeFalse(), "Secret %s annotation %s holds a token", s.Name, key)
+						}
+					}
+				}
+			}).Should(Succeed())
+		}
+		noPlaintext(plain)
+
+		By("a rotation: the controller writes the new token from the cached Secret, and the cache holds neither")
+		mutateToken(ns, "cached", func(t *keymintv1alpha1.ApiToken) {
+			if t.Annotations == nil {
+				t.Annotations = map[string]string{}
+			}
+			t.Annotations[keymintv1alpha1.RotateAnnotation] = "cache-test"
+		})
+		next, _ := rotatedFrom(ns, "cached", plain)
+		noPlaintext(plain, next)
+		// The API server's Secret holds the token itself: pods read that.
+		sec, err := getSecret(ns, tok.SecretNameOrDefault())
+		Expect(err).NotTo(HaveOccurred())
+		Expect(string(sec.Data[keymintv1alpha1.SecretTokenKey])).To(Equal(next))
+		expectCondition(ns, "cached", keymintv1alpha1.ApiTokenConditionReady, "True", keymintv1alpha1.ApiTokenReasonIssued)
+	})
+})
