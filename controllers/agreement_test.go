@@ -70,7 +70,10 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 	}
 	// Idle from the token's issue, an hour ago: maxIdle 2h and the
 	// recording slack from there.
-	idleAt := issuedAt.Add(2*time.Hour + tokenstate.UseRecordingSlack)
+	// A maxIdle of 2h records uses every 30 minutes, and waits that long
+	// past its end (tokenstate.UseRecordingGap).
+	idleGap := 30 * time.Minute
+	idleAt := issuedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack)
 	usedAt := func(at time.Time) func(*keymintv1alpha1.ApiToken) {
 		return func(t *keymintv1alpha1.ApiToken) { t.Status.LastUsedAt = &metav1.Time{Time: at} }
 	}
@@ -134,7 +137,7 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 		"maxIdle, 1s before idle":           {user: maxIdle(2 * time.Hour), at: idleAt.Add(-time.Second), want: "ok"},
 		"maxIdle, at idle":                  {user: maxIdle(2 * time.Hour), at: idleAt, want: "revoked"},
 		"maxIdle, used since: not idle":     {user: maxIdle(2 * time.Hour), tok: usedAt(now), at: idleAt, want: "ok"},
-		"maxIdle, used since, at its idle":  {user: maxIdle(2 * time.Hour), tok: usedAt(now), at: now.Add(2*time.Hour + tokenstate.UseRecordingSlack), want: "revoked"},
+		"maxIdle, used since, at its idle":  {user: maxIdle(2 * time.Hour), tok: usedAt(now), at: now.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack), want: "revoked"},
 		"token maxIdle shorter than user's": {user: maxIdle(48 * time.Hour), tok: func(t *keymintv1alpha1.ApiToken) { t.Spec.MaxIdle = &metav1.Duration{Duration: 2 * time.Hour} }, at: idleAt, want: "revoked"},
 		"maxIdle, in grace before idle":     {user: maxIdle(2 * time.Hour), at: now, want: "ok", wantPrevious: true},
 

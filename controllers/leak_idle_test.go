@@ -151,6 +151,11 @@ var _ = Describe("Leaked tokens", func() {
 	})
 })
 
+// idleGap is how stale the uses of a token with a maxIdle of 2h may be
+// recorded, and how long past its maxIdle it is revoked on top of the
+// recording slack (tokenstate.UseRecordingGap: a quarter of it).
+const idleGap = 30 * time.Minute
+
 var _ = Describe("maxIdle", func() {
 	// use records a check of the token the way the check server does.
 	use := func(ns, name, plain string) {
@@ -173,7 +178,7 @@ var _ = Describe("maxIdle", func() {
 		createUser(ns, "cron", idleUser)
 		createToken(ns, "nightly", "cron")
 		plain, tok := issued(ns, "nightly")
-		idleAt := tok.Status.IssuedAt.Add(2*time.Hour + tokenstate.UseRecordingSlack)
+		idleAt := tok.Status.IssuedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack)
 		expectCondition(ns, "nightly", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotExpiringSoon)
 
 		By("inside the hour before it goes idle")
@@ -218,10 +223,10 @@ var _ = Describe("maxIdle", func() {
 		createUser(ns, "web", idleUser)
 		createToken(ns, "busy", "web", testenv.WithRotation(0, time.Hour))
 		plain, tok := issued(ns, "busy")
-		idleAt := tok.Status.IssuedAt.Add(2*time.Hour + tokenstate.UseRecordingSlack)
+		idleAt := tok.Status.IssuedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack)
 
-		By("used 90 minutes in, then rotated: a rotation does not restart the count, a use does")
-		fakeClock.Step(90 * time.Minute)
+		By("used 100 minutes in (inside the warning window: an hour before 2h35m), then rotated: a rotation does not restart the count, a use does")
+		fakeClock.Step(100 * time.Minute)
 		poke(ns, "busy")
 		expectCondition(ns, "busy", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonIdleWithinWarningWindow)
 		use(ns, "busy", plain)
@@ -240,7 +245,7 @@ var _ = Describe("maxIdle", func() {
 		}, "2s").Should(Succeed())
 
 		By("maxIdle after the use, it is revoked")
-		fakeClock.SetTime(usedAt.Add(2*time.Hour + tokenstate.UseRecordingSlack))
+		fakeClock.SetTime(usedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack))
 		poke(ns, "busy")
 		expectCondition(ns, "busy", keymintv1alpha1.ApiTokenConditionRevoked, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonIdle)
 	})

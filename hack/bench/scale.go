@@ -71,9 +71,6 @@ const (
 	etcdMaxRequest = 3 << 19         // etcd --max-request-bytes default, 1.5 MiB
 	etcdFill       = 0.9             // bbolt page fill for etcd's in-order writes
 	etcdCompaction = 5 * time.Minute // kube-apiserver --etcd-compaction-interval default
-	// lastUsedMinGap is how often one replica writes a token's lastUsedAt at
-	// most (webhook/check.Setup's MinGap).
-	lastUsedMinGap = time.Minute
 )
 
 func runScale(ctx context.Context, e *env) (string, error) {
@@ -115,7 +112,34 @@ func runScale(ctx context.Context, e *env) (string, error) {
 		}
 		rel = append(rel, r)
 	}
-	return scaleReport(sz, idx, rel, e.quick), nil
+	var lu []lastUsedResult
+	for _, run := range lastUsedRuns(e.quick) {
+		e.log("scale: lastUsedAt of %s tokens in constant use behind %d replicas, maxIdle %v, %v simulated", thousands(run.n), run.replicas, run.maxIdle, run.span)
+		r, err := simulateLastUsed(ctx, f, run)
+		if err != nil {
+			return "", err
+		}
+		lu = append(lu, r)
+	}
+	return scaleReport(sz, idx, rel, lu, e.quick), nil
+}
+
+// lastUsedRuns are the simulations of use-driven writes: tokens with no
+// idle rule and with a maxIdle of an hour (the finest it records, apart
+// from retireWhenIdle's grace periods), behind 1 and 3 replicas. Each
+// replica flushes once a simulated minute rather than every 10 s: the
+// writes are the same (a token's are an hour or 15 minutes apart), and the
+// fake API server's reads are the simulation's cost.
+func lastUsedRuns(quick bool) []lastUsedRun {
+	n, span := 500, 3*time.Hour
+	if quick {
+		n = 100
+	}
+	return []lastUsedRun{
+		{n: n, replicas: 1, span: span, flush: time.Minute},
+		{n: n, replicas: 3, span: span, flush: time.Minute},
+		{n: n, replicas: 3, span: span, flush: time.Minute, maxIdle: time.Hour},
+	}
 }
 
 // scaleFixture builds the objects of token i, user u.
@@ -984,7 +1008,7 @@ func processCPU() time.Duration {
 }
 
 // scaleReport renders the section.
-func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult, quick bool) string {
+func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult, lu []lastUsedResult, quick bool) string {
 	var b strings.Builder
 	const n = scaleMillion
 	tokenRev := etcdRevisionBytes(s.tokenKey, int(s.avgToken()))
@@ -1107,14 +1131,25 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 	// round before: 5 to 10 minutes of history); bbolt reuses the pages
 	// after, but its file, which the quota counts, does not shrink without a
 	// defragmentation.
-	writes := float64(n) / lastUsedMinGap.Seconds()
-	kept := float64(2*etcdCompaction/lastUsedMinGap) * tokenRev // per token in constant use
-	headroom := max(0, float64(etcdQuotaMax)-live)
-	fmt.Fprintf(&b, "- **what binds first is `lastUsedAt`**: each replica writes a token in constant use once a minute, and each write "+
-		"is a new revision of the whole ApiToken (%s in etcd), kept 5 to 10 minutes until compaction. With all 1,000,000 tokens in use "+
-		"that is %s status writes a second per replica (%s/s into etcd's log), and up to %.1f GiB of history; under an 8 GiB quota the "+
-		"history leaves room for about %s tokens in constant use, divided by the number of replicas that see them.\n",
-		scaleKB(int(tokenRev)), thousands(int(writes)), scaleMB(writes*tokenRev), float64(n)*kept/(1<<30), thousands(int(headroom/kept)))
+	if len(lu) > 0 {
+		plain := lu[0]
+		for _, r := range lu {
+			if r.maxIdle == 0 && r.replicas > plain.replicas {
+				plain = r
+			}
+		}
+		writes := plain.perSecondAt(n)
+		perTokenWrites := float64(plain.writes) / float64(plain.n) // over the span
+		kept := min(perTokenWrites, perTokenWrites*float64(2*etcdCompaction)/float64(plain.span)) * tokenRev
+		fmt.Fprintf(&b, "- **use-driven writes** (`lastUsedAt`, `tokenLastUsedAt`, `status.quota`), simulated: real `UsageFlusher`s, one per replica, "+
+			"each seeing a check of every token before each flush, against a fake API server holding the fixture's objects, every status write "+
+			"counted with the ApiToken it stores. A token in constant use is written once per recording gap (`tokenstate.UseRecordingGap`: an hour "+
+			"without an idle rule), whatever the number of replicas: with all 1,000,000 tokens in use, **%s status writes a second** (%s/s into "+
+			"etcd's log, %.0f B per token an hour), and about %.2f GiB of history kept until compaction. A `maxIdle` of an hour records every 15 "+
+			"minutes, four times as many (table).\n\n",
+			thousands(int(writes)), scaleMB(writes*tokenRev), plain.bytesPerTokenHour(), float64(n)*kept/(1<<30))
+		b.WriteString(lastUsedReport(lu))
+	}
 	return b.String()
 }
 

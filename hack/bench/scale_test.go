@@ -180,8 +180,9 @@ func TestScaleSmall(t *testing.T) {
 	if rel[0].tokenWire == 0 || rel[0].secretWire == 0 {
 		t.Errorf("no bytes listed: %+v", rel[0])
 	}
-	out := scaleReport(sz, []scaleIndexResult{ix}, rel, true)
-	for _, want := range []string{"| 250 | 3 |", "| 1,200 | keymint's |", "| 1,200 | none |", "What one replica holds at 1,000,000 tokens", "binds first"} {
+	lu := []lastUsedResult{{lastUsedRun: lastUsedRun{n: 10, replicas: 3, span: time.Hour}, writes: 10, bytes: 20_000}}
+	out := scaleReport(sz, []scaleIndexResult{ix}, rel, lu, true)
+	for _, want := range []string{"| 250 | 3 |", "| 1,200 | keymint's |", "| 1,200 | none |", "What one replica holds at 1,000,000 tokens", "**277 status writes a second**", "| 10 | 3 | none | 1h0m0s | 10 | 1.00 | 2000 B | 277 |"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the report lacks %q:\n%s", want, out)
 		}

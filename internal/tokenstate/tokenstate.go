@@ -330,13 +330,43 @@ func Evaluate(t *Token, u *User, now time.Time) Verdict {
 	return v
 }
 
-// UseRecordingSlack is how late a check's use may reach lastUsedAt: check
-// servers write uses in batches (--last-used-flush-interval, 10 s), move a
-// recorded use only by a minute or more, and retry a write another replica
-// beat next time. maxIdle waits this long past its own end, so that a token
-// used within its maxIdle is never revoked for idleness while its use is on
-// its way.
+// UseRecordingSlack is how late a check's use may reach lastUsedAt beyond
+// its recording gap (UseRecordingGap): check servers write uses in batches
+// (--last-used-flush-interval, 10 s) and retry a write another replica beat
+// next time. maxIdle waits the gap and this long past its own end, so that
+// a token used within its maxIdle is never revoked for idleness while its
+// use is on its way.
 const UseRecordingSlack = 5 * time.Minute
+
+// DefaultUseRecordingGap is how stale lastUsedAt may be for a token no
+// idle rule watches: its uses reach its status once an hour at most. AWS
+// reports an access key's last use to within hours, GitHub a token's to
+// within a week; an hour keeps "last used" useful, and a million tokens in
+// constant use at about 280 status writes a second, whatever the number of
+// replicas (docs/api.md, lastUsedAt).
+const DefaultUseRecordingGap = time.Hour
+
+// MinUseRecordingGap is the finest a token's uses are recorded: a rotated
+// -out token under retireWhenIdle, which retires to the minute.
+const MinUseRecordingGap = time.Minute
+
+// UseRecordingGap returns how far apart a token's recorded uses may be:
+// check servers move lastUsedAt (and tokenLastUsedAt, previousTokens[]
+// .lastUsedAt, status.quota) only by at least this much, so it is at most
+// this stale. An hour by default; a quarter of its maxIdle when that is
+// shorter, so idleness is judged on recent uses; a minute while a
+// rotated-out hash waits for retireWhenIdle. A field never set is set at
+// once.
+func UseRecordingGap(t *Token, u *User) time.Duration {
+	gap := DefaultUseRecordingGap
+	if idle := MaxIdle(t.Spec, u); idle > 0 {
+		gap = min(gap, idle/4)
+	}
+	if RetireWhenIdle(t.Spec) > 0 && len(t.Previous) > 0 {
+		gap = MinUseRecordingGap
+	}
+	return max(gap, MinUseRecordingGap)
+}
 
 // MaxIdle returns how long a token of spec may go unused under user u:
 // the shorter of its own and its user's maxIdle; zero when neither is set.
@@ -349,7 +379,8 @@ func MaxIdle(spec *keymintv1alpha1.ApiTokenSpec, u *User) time.Duration {
 }
 
 // IdleRevocationAt returns when token t of user u is revoked for idleness
-// unless a later use is recorded: maxIdle (and UseRecordingSlack) after the
+// unless a later use is recorded: maxIdle (and its recording gap and
+// UseRecordingSlack, how late a use may be recorded) after the
 // later of its last recorded use (of any of its hashes) and the start of
 // its line of tokens (IdleSince, else its issue). ok is false without a
 // maxIdle or a token.
@@ -365,7 +396,7 @@ func IdleRevocationAt(t *Token, u *User) (at time.Time, ok bool) {
 	if t.AnyLastUsed.After(since) {
 		since = t.AnyLastUsed
 	}
-	return since.Add(idle + UseRecordingSlack), true
+	return since.Add(idle + UseRecordingGap(t, u) + UseRecordingSlack), true
 }
 
 // revocationReason says why a token is revoked. Deletion, then an explicit

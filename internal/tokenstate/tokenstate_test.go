@@ -1092,11 +1092,11 @@ func TestExpiringSoon(t *testing.T) {
 		},
 		"idleness comes before expiry: its window": {
 			spec: lifetime(30 * 24 * time.Hour), user: User{Found: true, UID: uid, MaxIdle: 10 * 24 * time.Hour}, warning: week, now: t0.Add(4 * 24 * time.Hour),
-			wantSoon: true, wantOpens: t0.Add(3*24*time.Hour + UseRecordingSlack), wantIdle: true,
+			wantSoon: true, wantOpens: t0.Add(3*24*time.Hour + DefaultUseRecordingGap + UseRecordingSlack), wantIdle: true,
 		},
 		"idleness is not put off by a scheduled rotation": {
 			spec: &keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{Every: dur(24 * time.Hour)}}, user: User{Found: true, UID: uid, MaxIdle: 10 * 24 * time.Hour},
-			warning: week, now: t0, wantOpens: t0.Add(3*24*time.Hour + UseRecordingSlack), wantIdle: true,
+			warning: week, now: t0, wantOpens: t0.Add(3*24*time.Hour + DefaultUseRecordingGap + UseRecordingSlack), wantIdle: true,
 		},
 		"expiry before idleness: the expiry's window": {
 			spec: lifetime(5 * 24 * time.Hour), user: User{Found: true, UID: uid, MaxIdle: 10 * 24 * time.Hour}, warning: week, now: t0,
@@ -1137,34 +1137,34 @@ func TestIdleness(t *testing.T) {
 		wantCheck Refusal
 	}{
 		"never used, 1s before the end": {
-			user: user, now: t0.Add(30*day + UseRecordingSlack - time.Second), wantAt: t0.Add(30*day + UseRecordingSlack),
+			user: user, now: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack - time.Second), wantAt: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack),
 		},
 		"never used, at the end": {
-			user: user, now: t0.Add(30*day + UseRecordingSlack), wantAt: t0.Add(30*day + UseRecordingSlack), wantIdle: true, wantCheck: Revoked,
+			user: user, now: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack), wantAt: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack), wantIdle: true, wantCheck: Revoked,
 		},
 		"used on day 20: counted from the use": {
-			user: user, tok: func(t *Token) { t.AnyLastUsed = t0.Add(20 * day) }, now: t0.Add(40 * day), wantAt: t0.Add(50*day + UseRecordingSlack),
+			user: user, tok: func(t *Token) { t.AnyLastUsed = t0.Add(20 * day) }, now: t0.Add(40 * day), wantAt: t0.Add(50*day + DefaultUseRecordingGap + UseRecordingSlack),
 		},
 		"a rotation carries the line's start": {
-			user: user, tok: func(t *Token) { t.IssuedAt, t.IdleSince = t0.Add(25*day), t0 }, now: t0.Add(30*day + UseRecordingSlack), wantAt: t0.Add(30*day + UseRecordingSlack),
+			user: user, tok: func(t *Token) { t.IssuedAt, t.IdleSince = t0.Add(25*day), t0 }, now: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack), wantAt: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack),
 			wantIdle: true, wantCheck: Revoked,
 		},
 		"the token's maxIdle shortens its user's": {
-			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(2 * day)}, user: user, now: t0.Add(2*day + UseRecordingSlack), wantAt: t0.Add(2*day + UseRecordingSlack),
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(2 * day)}, user: user, now: t0.Add(2*day + DefaultUseRecordingGap + UseRecordingSlack), wantAt: t0.Add(2*day + DefaultUseRecordingGap + UseRecordingSlack),
 			wantIdle: true, wantCheck: Revoked,
 		},
 		"the token's maxIdle never lengthens its user's": {
-			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(90 * day)}, user: user, now: t0, wantAt: t0.Add(30*day + UseRecordingSlack),
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(90 * day)}, user: user, now: t0, wantAt: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack),
 		},
 		"the token's own maxIdle, its user setting none": {
-			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(2 * day)}, user: active, now: t0, wantAt: t0.Add(2*day + UseRecordingSlack),
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(2 * day)}, user: active, now: t0, wantAt: t0.Add(2*day + DefaultUseRecordingGap + UseRecordingSlack),
 		},
 		"no maxIdle": {user: active, now: t0.Add(1000 * day)},
 		"expiry first: it expires, never idles": {
 			spec: lifetime(10 * day), user: user, now: t0.Add(40 * day), wantCheck: Expired,
 		},
 		"revoked for idleness before: stays revoked, used or not": {
-			user: user, tok: func(t *Token) { t.IdleRevoked, t.AnyLastUsed = true, t0.Add(day) }, now: t0.Add(2 * day), wantAt: t0.Add(31*day + UseRecordingSlack),
+			user: user, tok: func(t *Token) { t.IdleRevoked, t.AnyLastUsed = true, t0.Add(day) }, now: t0.Add(2 * day), wantAt: t0.Add(31*day + DefaultUseRecordingGap + UseRecordingSlack),
 			wantIdle: true, wantCheck: Revoked,
 		},
 	}
@@ -1467,6 +1467,33 @@ func TestPolicyLoosening(t *testing.T) {
 	} {
 		if got := QuotaLooser(tc.after, tc.before); got != tc.looser {
 			t.Errorf("quota %s: looser %v, want %v", tc.name, got, tc.looser)
+		}
+	}
+}
+
+// TestUseRecordingGap: how stale a token's recorded uses may be, from the
+// rules that read them.
+func TestUseRecordingGap(t *testing.T) {
+	grace := []Previous{{Hash: "sha256:old", ValidUntil: t0.Add(time.Hour)}}
+	for name, tc := range map[string]struct {
+		spec keymintv1alpha1.ApiTokenSpec
+		user User
+		prev []Previous
+		want time.Duration
+	}{
+		"no idle rule: an hour":                      {want: time.Hour},
+		"the user's maxIdle of a day: 6h, capped":    {user: User{MaxIdle: 24 * time.Hour}, want: time.Hour},
+		"the user's maxIdle of 2h: a quarter":        {user: User{MaxIdle: 2 * time.Hour}, want: 30 * time.Minute},
+		"the token's maxIdle of 1h: a quarter":       {spec: keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(time.Hour)}, want: 15 * time.Minute},
+		"retireWhenIdle with no hash in grace":       {spec: keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{RetireWhenIdle: dur(time.Hour)}}, want: time.Hour},
+		"retireWhenIdle with a hash in grace: 1m":    {spec: keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{RetireWhenIdle: dur(time.Hour)}}, prev: grace, want: time.Minute},
+		"never finer than a minute (tiny maxIdle)":   {user: User{MaxIdle: 2 * time.Minute}, want: time.Minute},
+		"the shorter maxIdle of token and user wins": {spec: keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(4 * time.Hour)}, user: User{MaxIdle: 2 * time.Hour}, want: 30 * time.Minute},
+	} {
+		tok := TokenFrom(&tc.spec, &keymintv1alpha1.ApiTokenStatus{})
+		tok.Previous = tc.prev
+		if got := UseRecordingGap(&tok, &tc.user); got != tc.want {
+			t.Errorf("%s: %v, want %v", name, got, tc.want)
 		}
 	}
 }

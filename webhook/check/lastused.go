@@ -17,6 +17,7 @@ import (
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/token"
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // Usage collects the checks' last-use times, per token and hash (current or
@@ -110,12 +111,14 @@ func (u *Usage) take() (seen map[usageKey]time.Time, quotas map[types.Namespaced
 
 // UsageFlusher writes the uses to ApiToken status in batches: every
 // Interval, each token used since its last write, and written at least MinGap
-// ago, gets one status patch, of lastUsedAt (any hash), tokenLastUsedAt (the
-// current hash) and previousTokens[].lastUsedAt (each rotated-out hash). It
-// runs on every replica, since each sees its own checks. Uses only move
-// forward, and by at least MinGap: a field already showing a use less than
-// MinGap before this one is left alone (unless unset), so N replicas together
-// write a token about once per MinGap, not N times. The patch locks on the
+// ago by this replica, gets one status patch, of lastUsedAt (any hash),
+// tokenLastUsedAt (the current hash), previousTokens[].lastUsedAt (each
+// rotated-out hash) and status.quota. It runs on every replica, since each
+// sees its own checks. Uses only move forward, and by at least the token's
+// recording gap (tokenstate.UseRecordingGap: an hour, shorter where an idle
+// rule reads them): a field already showing a use less than the gap before
+// this one is left alone (unless unset), so N replicas together write a
+// token about once per gap, not N times. The patch locks on the
 // resourceVersion it read: of replicas writing at once, one wins and the
 // others find its write next time. A hash is credited only to the status
 // entry that names it.
@@ -125,7 +128,11 @@ type UsageFlusher struct {
 	Client   client.Client
 	Clock    clock.WithTicker
 	Interval time.Duration
-	MinGap   time.Duration
+	// MinGap is the least time between two writes of one token by this
+	// replica, so that its own write reaches its cache before the next.
+	MinGap time.Duration
+	// Gap, when set, replaces tokenstate.UseRecordingGap (tests shorten it).
+	Gap func(*tokenstate.Token, *tokenstate.User) time.Duration
 
 	// waiting, quotas and written belong to the flusher's goroutine alone.
 	waiting map[types.NamespacedName]map[hash]time.Time
@@ -191,7 +198,7 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 		if q, ok := f.quotas[key]; ok {
 			quota = &q
 		}
-		switch err := f.write(ctx, key, uses, quota); {
+		switch wrote, err := f.write(ctx, key, uses, quota); {
 		case apierrors.IsNotFound(err):
 			delete(f.waiting, key)
 			delete(f.quotas, key)
@@ -203,7 +210,9 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 		default:
 			delete(f.waiting, key)
 			delete(f.quotas, key)
-			f.written[key] = now
+			if wrote {
+				f.written[key] = now
+			}
 		}
 	}
 }
@@ -211,17 +220,18 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 // write records the uses of the token's hashes in its status, where they
 // are later than what it shows (another replica's write), locking on the
 // resourceVersion read.
-func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses map[hash]time.Time, quota *quotaSeen) error {
+func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses map[hash]time.Time, quota *quotaSeen) (wrote bool, err error) {
 	tok := &keymintv1alpha1.ApiToken{}
 	if err := f.Client.Get(ctx, key, tok); err != nil {
-		return err
+		return false, err
 	}
+	gap := f.gapOf(ctx, tok)
 	patch := client.MergeFromWithOptions(tok.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	st := &tok.Status
 	changed := false
 	later := func(field **metav1.Time, at time.Time) {
 		t := metav1.NewTime(at.UTC().Truncate(time.Second))
-		if *field == nil || (*field).Add(f.MinGap).Before(t.Time) || (*field).Add(f.MinGap).Equal(t.Time) {
+		if *field == nil || !(*field).Add(gap).After(t.Time) {
 			*field, changed = &t, true
 		}
 	}
@@ -237,18 +247,34 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 			}
 		}
 	}
-	if quota != nil && quotaNews(st.Quota, quota, f.MinGap) {
+	if quota != nil && quotaNews(st.Quota, quota, gap) {
 		st.Quota, changed = quotaStatus(quota), true
 	}
 	if !changed {
-		return nil
+		return false, nil
 	}
-	return f.Client.Status().Patch(ctx, tok, patch)
+	return true, f.Client.Status().Patch(ctx, tok, patch)
+}
+
+// gapOf is the token's recording gap, with its ServiceUser as the cache
+// has it (none: the token's own rules alone).
+func (f *UsageFlusher) gapOf(ctx context.Context, tok *keymintv1alpha1.ApiToken) time.Duration {
+	u := &keymintv1alpha1.ServiceUser{}
+	if err := f.Client.Get(ctx, types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}, u); err != nil {
+		u = nil
+	}
+	user := tokenstate.UserFrom(u)
+	t := tokenstate.TokenFrom(&tok.Spec, &tok.Status)
+	if f.Gap != nil {
+		return f.Gap(&t, &user)
+	}
+	return tokenstate.UseRecordingGap(&t, &user)
 }
 
 // quotaNews reports whether what a check saw of a quota is worth a write
 // over what the status shows: another period or quota, or a count at least
-// MinGap newer, so that N replicas together write it about once per MinGap.
+// a recording gap newer, so that N replicas together write it about once
+// per gap.
 func quotaNews(shown *keymintv1alpha1.QuotaStatus, q *quotaSeen, minGap time.Duration) bool {
 	if shown != nil && q.at.Before(shown.ObservedAt.Time) {
 		return false // another replica wrote a later count

@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/keymint/keymint/internal/tokenstate"
 )
 
 // Options configure the check server.
@@ -27,10 +29,11 @@ type Options struct {
 	// ServiceUser set no rate.
 	DefaultRequestsPerMinute int
 	// FlushInterval is how often lastUsedAt is written; each token is
-	// written at most once a minute whatever it is.
+	// written at most once per recording gap (tokenstate.UseRecordingGap).
 	FlushInterval time.Duration
-	// FlushMinGap is the least time between two writes of one token's uses
-	// by this replica; zero means a minute. Tests shorten it.
+	// FlushMinGap, when set, replaces both the least time between two
+	// writes of one token by this replica (a minute) and every token's
+	// recording gap. Tests shorten it.
 	FlushMinGap time.Duration
 	Clock       clock.WithTicker
 	Registerer  prometheus.Registerer
@@ -137,9 +140,14 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	if err := mgr.Add(server); err != nil {
 		return err
 	}
-	if err := mgr.Add(&UsageFlusher{
-		Usage: handler.Usage, Client: mgr.GetClient(), Clock: opts.Clock, Interval: opts.FlushInterval, MinGap: cmp.Or(opts.FlushMinGap, time.Minute),
-	}); err != nil {
+	flusher := &UsageFlusher{
+		Usage: handler.Usage, Client: mgr.GetClient(), Clock: opts.Clock, Interval: opts.FlushInterval,
+		MinGap: cmp.Or(opts.FlushMinGap, tokenstate.MinUseRecordingGap),
+	}
+	if gap := opts.FlushMinGap; gap > 0 {
+		flusher.Gap = func(*tokenstate.Token, *tokenstate.User) time.Duration { return gap }
+	}
+	if err := mgr.Add(flusher); err != nil {
 		return err
 	}
 	return mgr.AddReadyzCheck("check-server", func(*http.Request) error {

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+// TestLastUsedSimulation: tokens in constant use are written once per
+// recording gap, whatever the number of replicas; an idle rule makes the
+// gap shorter.
+func TestLastUsedSimulation(t *testing.T) {
+	f, err := newScaleFixture(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		run           lastUsedRun
+		wantPerHour   float64
+		wantMillionPS int
+	}{
+		{run: lastUsedRun{n: 10, replicas: 1, span: 3 * time.Hour, flush: time.Minute}, wantPerHour: 1, wantMillionPS: 277},
+		{run: lastUsedRun{n: 10, replicas: 3, span: 3 * time.Hour, flush: time.Minute}, wantPerHour: 1, wantMillionPS: 277},
+		{run: lastUsedRun{n: 10, replicas: 3, span: 3 * time.Hour, maxIdle: time.Hour, flush: time.Minute}, wantPerHour: 4, wantMillionPS: 1111},
+	} {
+		r, err := simulateLastUsed(t.Context(), f, tc.run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		perHour := float64(r.writes) / float64(r.n) / r.span.Hours()
+		if perHour != tc.wantPerHour || int(r.perSecondAt(scaleMillion)) != tc.wantMillionPS || r.bytes == 0 {
+			t.Errorf("%+v: %d writes (%.2f a token an hour, %d/s at a million, %d bytes); want %.0f an hour, %d/s",
+				tc.run, r.writes, perHour, int(r.perSecondAt(scaleMillion)), r.bytes, tc.wantPerHour, tc.wantMillionPS)
+		}
+	}
+}
