@@ -9,8 +9,11 @@
 package secretrecord
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"strings"
 	"time"
@@ -97,23 +100,50 @@ func Read(sec *corev1.Secret, tok *keymintv1alpha1.ApiToken, ring *recordkey.Key
 }
 
 // cachedPrefix starts a token Secret's data as the manager's cache holds
-// it (ForCache): "keymint.io/cached:<hash>:<display>", or
+// it (ForCache): "keymint.io/cached:<mac>:<hash>:<display>", or
 // "keymint.io/cached:-" for data that is no token.
 const cachedPrefix = "keymint.io/cached:"
 
+// cacheKey authenticates this process's digests: data that merely looks
+// like one (a Secret writer can put anything in the Secret) is no token. A
+// new key each start: the cache lives no longer.
+var cacheKey = func() []byte {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		panic(err) // crypto/rand does not fail on supported platforms
+	}
+	return k
+}()
+
+// cacheMAC is the digest's authenticator, hex: 64 characters.
+func cacheMAC(hashAndDisplay string) string {
+	m := hmac.New(sha256.New, cacheKey)
+	m.Write([]byte(hashAndDisplay))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
 // ForCache replaces the token in a Secret about to be cached with its hash
 // and display, so that no plaintext token stays in the manager's memory
-// (it is there only while keymint writes it). Data already in that form is
-// kept. A Secret so changed must never be written back as it is: Write and
+// (it is there only while keymint writes it). A digest this process made
+// is kept (informers may transform an object again); anything else in the
+// digest's form came from the API server, from a Secret writer, and is no
+// token. A Secret so changed must never be written back as it is: Write and
 // Clear replace or remove the token, and Writable says whether they did.
 func ForCache(sec *corev1.Secret) {
 	data, ok := sec.Data[keymintv1alpha1.SecretTokenKey]
-	if !ok || strings.HasPrefix(string(data), cachedPrefix) {
+	if !ok {
+		return
+	}
+	if strings.HasPrefix(string(data), cachedPrefix) {
+		if h, _ := digestOf(data); h == "" {
+			sec.Data[keymintv1alpha1.SecretTokenKey] = []byte(cachedPrefix + "-")
+		}
 		return
 	}
 	digest := cachedPrefix + "-"
 	if _, err := token.Parse(string(data)); err == nil {
-		digest = cachedPrefix + token.HashString(string(data)) + ":" + token.Display(string(data))
+		body := token.HashString(string(data)) + ":" + token.Display(string(data))
+		digest = cachedPrefix + cacheMAC(body) + ":" + body
 	}
 	sec.Data[keymintv1alpha1.SecretTokenKey] = []byte(digest)
 }
@@ -125,19 +155,22 @@ func Writable(sec *corev1.Secret) bool {
 }
 
 // digestOf is the hash and display of a Secret's token data, plaintext or
-// the cache's digest; "" for data that holds no token.
+// this process's digest; "" for data that holds no token, or a digest this
+// process did not make.
 func digestOf(data []byte) (hash, display string) {
 	s := string(data)
 	if rest, ok := strings.CutPrefix(s, cachedPrefix); ok {
-		// The hash has a fixed length and a colon of its own.
+		// <mac>:<hash>:<display>; the hash has a fixed length and a
+		// colon of its own.
+		mac, body, ok := strings.Cut(rest, ":")
 		n := len(token.HashPrefix) + 2*sha256.Size
-		if len(rest) <= n || rest[n] != ':' {
+		if !ok || len(body) <= n || body[n] != ':' || !hmac.Equal([]byte(mac), []byte(cacheMAC(body))) {
 			return "", ""
 		}
-		if _, valid := token.ParseHash(rest[:n]); !valid {
+		if _, valid := token.ParseHash(body[:n]); !valid {
 			return "", ""
 		}
-		return rest[:n], rest[n+1:]
+		return body[:n], body[n+1:]
 	}
 	if _, err := token.Parse(s); err != nil {
 		return "", ""

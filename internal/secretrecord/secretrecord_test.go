@@ -57,6 +57,20 @@ func TestSignedRecordRoundTrip(t *testing.T) {
 	if again := Read(cached, tok, ring); again.Hash != got.Hash {
 		t.Errorf("ForCache twice: %+v", again)
 	}
+
+	// A Secret writer who knows the hash (it is in the ApiToken's status)
+	// but not the token writes the digest's form into the Secret: it is no
+	// token, through the cache or not, so keymint never takes it for the
+	// delivered token.
+	forged := sec.DeepCopy()
+	forged.Data[keymintv1alpha1.SecretTokenKey] = []byte(cachedPrefix + strings.Repeat("0", 64) + ":" + token.HashString(plain) + ":" + token.Display(plain))
+	if r := Read(forged, tok, ring); r.Hash != "" || r.Signed != nil {
+		t.Errorf("a forged digest read from the API server: %+v", r)
+	}
+	ForCache(forged)
+	if r := Read(forged, tok, ring); r.Hash != "" || r.Signed != nil || !r.Holds {
+		t.Errorf("a forged digest through the cache: %+v", r)
+	}
 	r := got.Signed
 	if r.Serial != 4 || r.Hash != want.Hash || r.Display != token.Display(plain) || r.ServiceUserUID != "uid-ci" ||
 		!r.IssuedAt.Equal(now) || !r.ExpiresAt.Equal(expires) || !r.RotatedAt.Equal(rotated) || r.RotationRequest != "r1" ||
