@@ -70,9 +70,8 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 	}
 	// Idle from the token's issue, an hour ago: maxIdle 2h and the
 	// recording slack from there.
-	// A maxIdle of 2h records uses every 30 minutes, and waits that long
-	// past its end (tokenstate.UseRecordingGap).
-	idleGap := 30 * time.Minute
+	// maxIdle waits the longest recording gap past its end.
+	idleGap := tokenstate.DefaultUseRecordingGap
 	idleAt := issuedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack)
 	usedAt := func(at time.Time) func(*keymintv1alpha1.ApiToken) {
 		return func(t *keymintv1alpha1.ApiToken) { t.Status.LastUsedAt = &metav1.Time{Time: at} }

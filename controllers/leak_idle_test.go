@@ -151,10 +151,9 @@ var _ = Describe("Leaked tokens", func() {
 	})
 })
 
-// idleGap is how stale the uses of a token with a maxIdle of 2h may be
-// recorded, and how long past its maxIdle it is revoked on top of the
-// recording slack (tokenstate.UseRecordingGap: a quarter of it).
-const idleGap = 30 * time.Minute
+// idleGap is how long past its maxIdle (and the recording slack) a token
+// is revoked: the longest recording gap, whatever the token's is now.
+const idleGap = tokenstate.DefaultUseRecordingGap
 
 var _ = Describe("maxIdle", func() {
 	// use records a check of the token the way the check server does.
@@ -225,8 +224,8 @@ var _ = Describe("maxIdle", func() {
 		plain, tok := issued(ns, "busy")
 		idleAt := tok.Status.IssuedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack)
 
-		By("used 100 minutes in (inside the warning window: an hour before 2h35m), then rotated: a rotation does not restart the count, a use does")
-		fakeClock.Step(100 * time.Minute)
+		By("used 100 minutes in (inside the warning window: an hour before 3h05m), then rotated: a rotation does not restart the count, a use does")
+		fakeClock.Step(130 * time.Minute)
 		poke(ns, "busy")
 		expectCondition(ns, "busy", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonIdleWithinWarningWindow)
 		use(ns, "busy", plain)

@@ -333,9 +333,11 @@ func Evaluate(t *Token, u *User, now time.Time) Verdict {
 // UseRecordingSlack is how late a check's use may reach lastUsedAt beyond
 // its recording gap (UseRecordingGap): check servers write uses in batches
 // (--last-used-flush-interval, 10 s) and retry a write another replica beat
-// next time. maxIdle waits the gap and this long past its own end, so that
-// a token used within its maxIdle is never revoked for idleness while its
-// use is on its way.
+// next time. maxIdle waits the longest gap (DefaultUseRecordingGap) and
+// this long past its own end, so that a token used within its maxIdle is
+// never revoked for idleness while its use is on its way: not the token's
+// gap now, which a rotation or a shorter maxIdle makes finer than the one
+// its last use was recorded under.
 const UseRecordingSlack = 5 * time.Minute
 
 // DefaultUseRecordingGap is how stale lastUsedAt may be for a token no
@@ -379,8 +381,8 @@ func MaxIdle(spec *keymintv1alpha1.ApiTokenSpec, u *User) time.Duration {
 }
 
 // IdleRevocationAt returns when token t of user u is revoked for idleness
-// unless a later use is recorded: maxIdle (and its recording gap and
-// UseRecordingSlack, how late a use may be recorded) after the
+// unless a later use is recorded: maxIdle (and the longest recording gap
+// and UseRecordingSlack, how late a use may be recorded) after the
 // later of its last recorded use (of any of its hashes) and the start of
 // its line of tokens (IdleSince, else its issue). ok is false without a
 // maxIdle or a token.
@@ -396,7 +398,7 @@ func IdleRevocationAt(t *Token, u *User) (at time.Time, ok bool) {
 	if t.AnyLastUsed.After(since) {
 		since = t.AnyLastUsed
 	}
-	return since.Add(idle + UseRecordingGap(t, u) + UseRecordingSlack), true
+	return since.Add(idle + DefaultUseRecordingGap + UseRecordingSlack), true
 }
 
 // revocationReason says why a token is revoked. Deletion, then an explicit

@@ -1497,3 +1497,22 @@ func TestUseRecordingGap(t *testing.T) {
 		}
 	}
 }
+
+// TestIdlenessWaitsTheLongestRecordingGap: a use may have been recorded
+// under an hour's gap before a rotation (retireWhenIdle) or a shorter
+// maxIdle made the token's gap finer; idleness waits the longest gap, so
+// neither revokes a token early.
+func TestIdlenessWaitsTheLongestRecordingGap(t *testing.T) {
+	spec := &keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{RetireWhenIdle: dur(10 * time.Minute)}}
+	tok := TokenFrom(spec, &keymintv1alpha1.ApiTokenStatus{})
+	tok.Issued, tok.IssuedAt, tok.AnyLastUsed = true, t0, t0
+	tok.Previous = []Previous{{Hash: "sha256:old", ValidUntil: t0.Add(time.Hour)}}
+	u := User{Found: true, UID: uid, MaxIdle: time.Hour}
+	if gap := UseRecordingGap(&tok, &u); gap != MinUseRecordingGap {
+		t.Fatalf("gap %v, want a minute while a rotated-out hash waits", gap)
+	}
+	at, ok := IdleRevocationAt(&tok, &u)
+	if want := t0.Add(time.Hour + DefaultUseRecordingGap + UseRecordingSlack); !ok || !at.Equal(want) {
+		t.Errorf("idle at %v (%v), want %v: maxIdle, the longest gap and the slack after the recorded use", at, ok, want)
+	}
+}

@@ -260,8 +260,12 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 // has it (none: the token's own rules alone).
 func (f *UsageFlusher) gapOf(ctx context.Context, tok *keymintv1alpha1.ApiToken) time.Duration {
 	u := &keymintv1alpha1.ServiceUser{}
-	if err := f.Client.Get(ctx, types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}, u); err != nil {
+	switch err := f.Client.Get(ctx, types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}, u); {
+	case apierrors.IsNotFound(err):
 		u = nil
+	case err != nil:
+		// Its maxIdle unknown: the finest gap, never a coarser one.
+		return tokenstate.MinUseRecordingGap
 	}
 	user := tokenstate.UserFrom(u)
 	t := tokenstate.TokenFrom(&tok.Spec, &tok.Status)
