@@ -183,6 +183,7 @@ func (o *options) validate() error {
 // the manager fails.
 func run(ctx context.Context, o options) error {
 	log := ctrl.Log.WithName("setup")
+	setMemoryLimit(os.DirFS("/sys/fs/cgroup"), log)
 	checkOpts, certOpts := o.check, o.certs
 	limiter, err := o.rateLimit.limiter(ctx, metrics.Registry, log)
 	if err != nil {
