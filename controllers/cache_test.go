@@ -11,8 +11,40 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
 )
+
+// What kubectl apply (client-side) leaves on an object, and keymint never
+// reads, stays out of the manager's cache: read back from the cache.
+var _ = Describe("The manager's cache of ApiTokens and ServiceUsers", func() {
+	It("holds no last-applied configuration, which the API server keeps", func() {
+		ns := newNamespace()
+		applied := map[string]string{corev1.LastAppliedConfigAnnotation: `{"apiVersion":"keymint.io/v1alpha1"}`, "team": "payments"}
+		u := testenv.ServiceUser(ns, "applied", testenv.WithPermissions("links:read"))
+		u.Annotations = applied
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		tok := testenv.ApiToken(ns, "applied", "applied")
+		tok.Annotations = applied
+		Expect(k8sClient.Create(ctx, tok)).To(Succeed())
+		issued(ns, "applied") // keymint's patches keep the annotation on the API server
+
+		cache := testEnv.Manager.GetCache()
+		key := types.NamespacedName{Namespace: ns, Name: "applied"}
+		Eventually(func(g Gomega) {
+			for _, obj := range []client.Object{&keymintv1alpha1.ServiceUser{}, &keymintv1alpha1.ApiToken{}} {
+				g.Expect(cache.Get(ctx, key, obj)).To(Succeed())
+				g.Expect(obj.GetAnnotations()).NotTo(HaveKey(corev1.LastAppliedConfigAnnotation), "%T in the cache", obj)
+				g.Expect(obj.GetAnnotations()).To(HaveKeyWithValue("team", "payments"), "%T: other annotations stay", obj)
+				g.Expect(obj.GetManagedFields()).To(BeEmpty())
+			}
+		}).Should(Succeed())
+		for _, obj := range []client.Object{&keymintv1alpha1.ServiceUser{}, &keymintv1alpha1.ApiToken{}} {
+			Expect(k8sClient.Get(ctx, key, obj)).To(Succeed())
+			Expect(obj.GetAnnotations()).To(HaveKey(corev1.LastAppliedConfigAnnotation), "%T on the API server, after keymint's writes", obj)
+		}
+	})
+})
 
 // The manager's cache holds token Secrets by the hash of their token,
 // never the token: read back from the cache itself, not the API server.

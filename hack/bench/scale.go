@@ -1048,7 +1048,7 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 
 	fmt.Fprintf(&b, "\n**The manager's cache after a relist.** ApiTokens and ServiceUsers decoded from JSON, Secrets from protobuf "+
 		"(controller-runtime asks for it for built-in kinds), %d per page as client-go's pager asks, one allocation per item as the "+
-		"reflector makes them, through the transforms of `controllers.CacheOptions()` (managed fields stripped; a Secret no ApiToken "+
+		"reflector makes them, through the transforms of `controllers.CacheOptions()` (managed fields and kubectl's last-applied configuration stripped; a Secret no ApiToken "+
 		"controls also loses its data and annotations), into client-go indexers with controller-runtime's namespace index and the "+
 		"manager's two ApiToken field indexes. The clock (CPU time, GC included) runs over decode, transform and store; then the check "+
 		"index is fed from the cached objects, as after a restart, and its heap counted on top of theirs.\n\n", scaleListPage)
