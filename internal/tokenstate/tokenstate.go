@@ -981,14 +981,12 @@ func looser(q, bound *keymintv1alpha1.Quota) bool {
 	return q.Refill.Every.Duration < bound.Refill.Every.Duration
 }
 
-// QuotaUse is the quota one check counts against: Uses checks in period
-// Period of length Every, which ends at Refill. Without refill there is one
-// period, 0, Every and Refill are zero: the uses are for the token's whole
-// life.
+// QuotaUse is the quota one check counts against: Uses checks in the
+// period that ends at Refill (the one a new count would start, when the
+// period being counted has ended). Without refill Refill is zero: the uses
+// are for the token's whole life.
 type QuotaUse struct {
 	Uses   int64
-	Period int64
-	Every  time.Duration
 	Refill time.Time
 }
 
@@ -1000,10 +998,8 @@ func QuotaAt(q *keymintv1alpha1.Quota, now time.Time) QuotaUse {
 	if q.Refill == nil || q.Refill.Every.Duration <= 0 {
 		return use
 	}
-	use.Every = q.Refill.Every.Duration
-	every := int64(use.Every)
-	use.Period = now.UnixNano() / every
-	use.Refill = time.Unix(0, (use.Period+1)*every)
+	every := int64(q.Refill.Every.Duration)
+	use.Refill = time.Unix(0, (now.UnixNano()/every+1)*every)
 	return use
 }
 

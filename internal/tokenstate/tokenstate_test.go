@@ -1398,15 +1398,15 @@ func TestQuota(t *testing.T) {
 		samePeriod bool
 	}{{midnight.Add(-time.Nanosecond), false}, {midnight, true}, {midnight.Add(24*time.Hour - time.Nanosecond), true}} {
 		u := QuotaAt(day, tc.at)
-		if (u.Period == QuotaAt(day, midnight).Period) != tc.samePeriod || u.Uses != 100 {
-			t.Errorf("at %s: period %d, uses %d", tc.at, u.Period, u.Uses)
+		if u.Refill.Equal(QuotaAt(day, midnight).Refill) != tc.samePeriod || u.Uses != 100 {
+			t.Errorf("at %s: refill %s, uses %d", tc.at, u.Refill, u.Uses)
 		}
 	}
 	if u := QuotaAt(day, midnight.Add(time.Hour)); !u.Refill.Equal(midnight.Add(24 * time.Hour)) {
 		t.Errorf("refill at %s, want the next midnight UTC", u.Refill)
 	}
-	if u := QuotaAt(once, t0); u.Period != 0 || !u.Refill.IsZero() {
-		t.Errorf("no refill: %+v, want period 0 and no refill", u)
+	if u := QuotaAt(once, t0); !u.Refill.IsZero() {
+		t.Errorf("no refill: %+v, want none", u)
 	}
 
 	tok := issued(&keymintv1alpha1.ApiTokenSpec{Quota: once}, time.Time{})

@@ -98,7 +98,7 @@ var _ = Describe("Caddy with config/caddy/Caddyfile", Ordered, func() {
 	})
 
 	It("answers 429 quota_exceeded with Retry-After once a token's quota is spent", func() {
-		first := expectQuotaExceeded(get, &appHits, tokens)
+		first, _ := expectQuotaExceeded(get, &appHits, tokens)
 		Expect(first.Header.Get("X-Quota-Remaining")).To(BeEmpty(), "keymint's headers on a 200 are for the application, not the client")
 	})
 })

@@ -154,11 +154,12 @@ func expectIdentityNotTheClients(get func(path, tok string, headers ...string) (
 
 // expectQuotaExceeded spends the quota token's one use through get, then
 // expects 429 quota_exceeded with Retry-After and X-Quota-Remaining 0, and
-// the application (counting in hits) not reached.
-func expectQuotaExceeded(get func(path, tok string, headers ...string) (*http.Response, []byte), hits *atomic.Int64, tokens proxyTokens) (first *http.Response) {
+// the application (counting in hits) not reached. It returns both answers.
+func expectQuotaExceeded(get func(path, tok string, headers ...string) (*http.Response, []byte), hits *atomic.Int64, tokens proxyTokens) (first, refused *http.Response) {
 	GinkgoHelper()
-	first, body := get("/reports/2026", tokens.quota)
-	Expect(first.StatusCode).To(Equal(http.StatusOK), "its one use: %s", body)
+	var body []byte
+	// The proxy may see the token only once keymint's index has it.
+	Eventually(func() int { first, body = get("/reports/2026", tokens.quota); return first.StatusCode }).Should(Equal(http.StatusOK), "its one use: %s", body)
 	before := hits.Load()
 	resp, body := get("/reports/2026", tokens.quota)
 	Expect(resp.StatusCode).To(Equal(http.StatusTooManyRequests), "%s", body)
@@ -167,8 +168,9 @@ func expectQuotaExceeded(get func(path, tok string, headers ...string) (*http.Re
 	retry, err := strconv.Atoi(resp.Header.Get("Retry-After"))
 	Expect(err).NotTo(HaveOccurred())
 	Expect(retry).To(BeNumerically(">", 0))
-	Expect(hits.Load()).To(Equal(before))
-	return first
+	Expect(hits.Load()).To(Equal(before), "a request past the quota never reaches the application")
+	Expect(resp.Header.Get("X-Keymint-Error")).To(Equal("quota_exceeded"))
+	return first, resp
 }
 
 // appView is what the application behind a proxy received.

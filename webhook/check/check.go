@@ -147,9 +147,6 @@ type Verdict struct {
 	// used is the accepted hash: the current token's or a rotated-out
 	// one's, for the record of uses.
 	used hash
-	// ref and entry are what the lookup found.
-	ref   hashRef
-	entry *userEntry
 }
 
 // Grant is an accepted token's Identity, built once per token entry and
@@ -222,21 +219,18 @@ func (c *Checker) Check(presented string, req Requirements, now time.Time) (v Ve
 		v.Failure = InvalidToken
 		return v
 	}
-	v.ref, v.entry = ref, user
+	v.user = ref.token.owner
 	if ref.refused {
-		v.user = ref.token.owner
 		v.Failure = RevokedToken
 		return v
 	}
-	c.admit(&v, req, now)
+	c.admit(&v, ref, user, req, now)
 	return v
 }
 
-// admit decides the token v.ref found, of user v.entry, at now.
-func (c *Checker) admit(v *Verdict, req Requirements, now time.Time) {
-	ref, user := v.ref, v.entry
+// admit decides the token ref found, of user entry user, at now.
+func (c *Checker) admit(v *Verdict, ref hashRef, user *userEntry, req Requirements, now time.Time) {
 	t := ref.token
-	v.user = t.owner
 	if req.Client.Request != nil && !req.Source.IsValid() && !req.IgnoreSources && tokenstate.RestrictsSources(&t.state, stateOf(user)) {
 		req.Source = req.Client.Addr()
 	}

@@ -505,7 +505,7 @@ func (h *Handler) check(w http.ResponseWriter, r *http.Request, now time.Time) (
 		w.Header().Set(HeaderError, string(RateLimited))
 		msg := RateLimited.Message()
 		if d.Unavailable {
-			msg = "Rate limits cannot be checked right now: the shared rate-limit store is unreachable, and keymint is set to refuse checks until it is back (fail closed). Retry after the time given."
+			msg = storeUnavailable("Rate limits") + " Retry after the time given."
 		}
 		writeJSON(w, status, errorBody{Error: RateLimited, Message: msg, RetryAfter: &retry})
 		h.Metrics.rateLimited.Inc()
@@ -558,9 +558,11 @@ func (h *Handler) takeQuota(ctx context.Context, v *Verdict, now time.Time) Quot
 	return d
 }
 
-// quotaUnavailable is the refusal of a check whose quota cannot be counted:
-// not the token's fault, and not its quota spent.
-const quotaUnavailable = "Quotas cannot be checked right now: the shared store is unreachable, and keymint is set to refuse checks until it is back (fail closed)."
+// storeUnavailable is the refusal of a check whose rates or quota (what)
+// cannot be counted: not the token's fault, and not its budget spent.
+func storeUnavailable(what string) string {
+	return what + " cannot be checked right now: the shared store is unreachable, and keymint is set to refuse checks until it is back (fail closed)."
+}
 
 // retrySeconds is a Retry-After value: whole seconds, rounded up, at
 // least 1.
@@ -573,34 +575,34 @@ func retrySeconds(d time.Duration) int64 {
 // when the quota refills, and returns that failure.
 func (h *Handler) spendQuota(w http.ResponseWriter, r *http.Request, v *Verdict, now time.Time, forbid bool) Failure {
 	d := h.takeQuota(r.Context(), v, now)
+	status := http.StatusTooManyRequests
+	if forbid {
+		status = http.StatusForbidden
+	}
 	hdr := w.Header()
+	if d.Unavailable {
+		// Nothing is known of the quota: no quota headers, which would say
+		// it is spent.
+		retry := retrySeconds(redisBackoff)
+		hdr.Set(HeaderError, string(QuotaExceeded))
+		hdr.Set("Retry-After", strconv.FormatInt(retry, 10))
+		writeJSON(w, status, errorBody{Error: QuotaExceeded, Message: storeUnavailable("Quotas") + " Retry after the time given.", RetryAfter: &retry})
+		return QuotaExceeded
+	}
 	hdr[HeaderQuotaLimit] = number(d.Limit)
 	hdr[HeaderQuotaRemaining] = number(d.Remaining)
 	if d.Allowed {
 		return OK
 	}
-	if !d.Refill.IsZero() {
-		hdr[HeaderQuotaReset] = h.resetHeader(d.Refill)
-	}
-	status := http.StatusTooManyRequests
-	if forbid {
-		status = http.StatusForbidden
-	}
 	hdr.Set(HeaderError, string(QuotaExceeded))
 	body := errorBody{Error: QuotaExceeded, Message: fmt.Sprintf("The bearer token has used its quota of %d checks, for good: the quota (its ApiToken's or its ServiceUser's) has no refill. Raise quota.uses, or add a refill.", d.Limit)}
-	switch {
-	case d.Unavailable:
-		retry := int64(redisBackoff / time.Second)
-		body.RetryAfter = &retry
-		body.Message = quotaUnavailable + " Retry after the time given."
-	case !d.Refill.IsZero():
+	if !d.Refill.IsZero() {
+		hdr[HeaderQuotaReset] = h.resetHeader(d.Refill)
 		retry := retrySeconds(d.Refill.Sub(now))
 		body.RetryAfter = &retry
 		body.Message = fmt.Sprintf("The bearer token has used its quota of %d checks for this period; it refills at %s. This is the quota, not the rate limit.",
 			d.Limit, d.Refill.UTC().Format(time.RFC3339))
-	}
-	if body.RetryAfter != nil {
-		hdr.Set("Retry-After", strconv.FormatInt(*body.RetryAfter, 10))
+		hdr.Set("Retry-After", strconv.FormatInt(retry, 10))
 	}
 	writeJSON(w, status, body)
 	return QuotaExceeded
@@ -779,7 +781,7 @@ func (h *Handler) tokenReview(w http.ResponseWriter, r *http.Request, now time.T
 		if d := h.takeQuota(r.Context(), &v, now); !d.Allowed {
 			v.Failure = QuotaExceeded
 			if d.Unavailable {
-				message = quotaUnavailable
+				message = storeUnavailable("Quotas")
 			}
 		}
 	}

@@ -190,6 +190,7 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 		}
 	}
 	now := f.Clock.Now()
+	users := map[types.NamespacedName]*tokenstate.User{} // read once a flush
 	for key, uses := range f.waiting {
 		if written, ok := f.written[key]; ok && now.Sub(written) < f.MinGap {
 			continue // written less than MinGap ago: wait
@@ -198,7 +199,7 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 		if q, ok := f.quotas[key]; ok {
 			quota = &q
 		}
-		switch wrote, err := f.write(ctx, key, uses, quota); {
+		switch wrote, err := f.write(ctx, key, uses, quota, users); {
 		case apierrors.IsNotFound(err):
 			delete(f.waiting, key)
 			delete(f.quotas, key)
@@ -220,12 +221,12 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 // write records the uses of the token's hashes in its status, where they
 // are later than what it shows (another replica's write), locking on the
 // resourceVersion read.
-func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses map[hash]time.Time, quota *quotaSeen) (wrote bool, err error) {
+func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses map[hash]time.Time, quota *quotaSeen, users map[types.NamespacedName]*tokenstate.User) (wrote bool, err error) {
 	tok := &keymintv1alpha1.ApiToken{}
 	if err := f.Client.Get(ctx, key, tok); err != nil {
 		return false, err
 	}
-	gap := f.gapOf(ctx, tok)
+	gap := f.gapOf(ctx, tok, users)
 	patch := client.MergeFromWithOptions(tok.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	st := &tok.Status
 	changed := false
@@ -257,22 +258,28 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 }
 
 // gapOf is the token's recording gap, with its ServiceUser as the cache
-// has it (none: the token's own rules alone).
-func (f *UsageFlusher) gapOf(ctx context.Context, tok *keymintv1alpha1.ApiToken) time.Duration {
-	u := &keymintv1alpha1.ServiceUser{}
-	switch err := f.Client.Get(ctx, types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}, u); {
-	case apierrors.IsNotFound(err):
-		u = nil
-	case err != nil:
-		// Its maxIdle unknown: the finest gap, never a coarser one.
-		return tokenstate.MinUseRecordingGap
+// has it (none: the token's own rules alone), read once a flush into users.
+func (f *UsageFlusher) gapOf(ctx context.Context, tok *keymintv1alpha1.ApiToken, users map[types.NamespacedName]*tokenstate.User) time.Duration {
+	key := types.NamespacedName{Namespace: tok.Namespace, Name: tok.Spec.ServiceUser}
+	user, ok := users[key]
+	if !ok {
+		u := &keymintv1alpha1.ServiceUser{}
+		switch err := f.Client.Get(ctx, key, u); {
+		case apierrors.IsNotFound(err):
+			u = nil
+		case err != nil:
+			// Its maxIdle unknown: the finest gap, never a coarser one.
+			return tokenstate.MinUseRecordingGap
+		}
+		state := tokenstate.UserFrom(u)
+		user = &state
+		users[key] = user
 	}
-	user := tokenstate.UserFrom(u)
 	t := tokenstate.TokenFrom(&tok.Spec, &tok.Status)
 	if f.Gap != nil {
-		return f.Gap(&t, &user)
+		return f.Gap(&t, user)
 	}
-	return tokenstate.UseRecordingGap(&t, &user)
+	return tokenstate.UseRecordingGap(&t, user)
 }
 
 // quotaNews reports whether what a check saw of a quota is worth a write

@@ -81,7 +81,7 @@ func TestQuotaIsExactAcrossReplicasWithRedis(t *testing.T) {
 		if r.status != http.StatusOK {
 			t.Fatalf("check %d of 100 through replica %d: %d %v", i+1, i%2, r.status, r.body)
 		}
-		if got, want := r.header.Get(HeaderQuotaRemaining), itoa(99-i); got != want {
+		if got, want := r.header.Get(HeaderQuotaRemaining), strconv.Itoa(99-i); got != want {
 			t.Fatalf("check %d: X-Quota-Remaining %q, want %q (one count across replicas)", i+1, got, want)
 		}
 	}
@@ -92,10 +92,10 @@ func TestQuotaIsExactAcrossReplicasWithRedis(t *testing.T) {
 		if msg, _ := r.body["message"].(string); !strings.Contains(msg, "quota, not the rate limit") || !strings.Contains(msg, refill.Format(time.RFC3339)) {
 			t.Errorf("the refusal's message %q does not say it is the quota and when it refills", msg)
 		}
-		if got, want := r.header.Get("Retry-After"), itoa(int(refill.Sub(t0).Seconds())); got != want {
+		if got, want := r.header.Get("Retry-After"), strconv.Itoa(int(refill.Sub(t0).Seconds())); got != want {
 			t.Errorf("Retry-After %q, want %q: seconds until the refill", got, want)
 		}
-		if r.header.Get(HeaderQuotaRemaining) != "0" || r.header.Get(HeaderQuotaLimit) != "100" || r.header.Get(HeaderQuotaReset) != itoa(int(refill.Unix())) {
+		if r.header.Get(HeaderQuotaRemaining) != "0" || r.header.Get(HeaderQuotaLimit) != "100" || r.header.Get(HeaderQuotaReset) != strconv.Itoa(int(refill.Unix())) {
 			t.Errorf("quota headers %v", r.header)
 		}
 		if r.header.Get("X-Ratelimit-Remaining") == "0" {
@@ -166,15 +166,13 @@ func TestQuotaFromTheServiceUser(t *testing.T) {
 		uses int
 	}{"inherits": {inherits, 2}, "narrower": {narrower, 1}, "asks for more": {wider, 2}} {
 		for i := range tc.uses {
-			if r := f.check(tc.tok, ""); r.status != http.StatusOK || r.header.Get(HeaderQuotaLimit) != itoa(tc.uses) {
+			if r := f.check(tc.tok, ""); r.status != http.StatusOK || r.header.Get(HeaderQuotaLimit) != strconv.Itoa(tc.uses) {
 				t.Fatalf("%s: check %d: %d, X-Quota-Limit %q, want %d", name, i+1, r.status, r.header.Get(HeaderQuotaLimit), tc.uses)
 			}
 		}
 		expectError(t, f.check(tc.tok, ""), http.StatusTooManyRequests, QuotaExceeded)
 	}
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
 
 // TestRedisQuotaRefusalsTakeNothing: a refused use is taken back, so
 // raising a spent quota mid-period lets exactly the difference through.
@@ -183,7 +181,7 @@ func TestRedisQuotaRefusalsTakeNothing(t *testing.T) {
 	l, _ := replica(t, srv.Addr, FailClosed)
 	ctx := t.Context()
 	tok := types.NamespacedName{Namespace: "team-a", Name: "exporter"}
-	q := tokenstate.QuotaUse{Uses: 2, Every: time.Hour, Refill: t0.Add(time.Hour)}
+	q := tokenstate.QuotaUse{Uses: 2, Refill: t0.Add(time.Hour)}
 	var got []bool
 	for range 5 {
 		got = append(got, l.SpendQuota(ctx, tok, q, t0).Allowed)
@@ -272,8 +270,11 @@ func TestQuotaStoreDownFailsClosedAsUnavailable(t *testing.T) {
 	if msg, _ := r.body["message"].(string); !strings.Contains(msg, "unreachable") || strings.Contains(msg, "has used its quota") {
 		t.Errorf("/check with the store down: message %q, want one saying the store is unreachable", msg)
 	}
-	if got := r.header.Get("Retry-After"); got != itoa(int(redisBackoff/time.Second)) {
+	if got := r.header.Get("Retry-After"); got != strconv.Itoa(int(redisBackoff/time.Second)) {
 		t.Errorf("Retry-After %q, want the back-off, %v", got, redisBackoff)
+	}
+	if r.header.Get(HeaderQuotaRemaining) != "" || r.header.Get(HeaderQuotaReset) != "" {
+		t.Errorf("quota headers %v with the store down: they would say the quota is spent", r.header)
 	}
 	st := f.do(http.MethodPost, TokenReviewV1, nil, reviewBody("authentication.k8s.io/v1", tok)).body["status"].(map[string]any)
 	if msg, _ := st["error"].(string); st["authenticated"] == true || !strings.Contains(msg, "unreachable") {

@@ -105,8 +105,8 @@ type LocalLimiter struct {
 }
 
 // tokenBudgets is a token's TATs: its own, and one per rated scope it was
-// checked for; and its quota's count, kept beside them so that a check
-// finds both with one map read.
+// checked for; and its quota's count, kept beside them: one entry per token
+// to keep and to forget (Allow and SpendQuota each still look it up).
 type tokenBudgets struct {
 	own    int64
 	scopes []scopeTAT

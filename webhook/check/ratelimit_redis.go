@@ -323,9 +323,9 @@ func ParseFailureMode(s string) (FailureMode, error) {
 	return "", errors.New("--rate-limit-redis-failure must be open or closed, not " + strconv.Quote(s))
 }
 
-// SpendQuota implements the shared count: one INCR of the period's key.
-// A check refused for its quota still counts in the key, which only says
-// more than Uses: nothing more passes in that period.
+// SpendQuota implements the shared count: one run of quota.lua on the
+// token's key, which counts a use only when one is left in the period
+// being counted.
 func (l *RedisLimiter) SpendQuota(ctx context.Context, token types.NamespacedName, q tokenstate.QuotaUse, now time.Time) QuotaDecision {
 	if until := l.downUntil.Load(); until != 0 && now.UnixNano() < until {
 		return l.degradedQuota(ctx, token, q, now)
