@@ -16,12 +16,13 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/authz"
@@ -332,17 +333,17 @@ type writtenStatus struct {
 }
 
 // SetupWithManager registers the controller: it watches ApiTokens, the
-// Secrets they own, and their ServiceUsers.
-func (r *ApiTokenReconciler) SetupWithManager(mgr ctrl.Manager) error {
+// Secrets they own, and their ServiceUsers, in the controllers' cache.
+func (r *ApiTokenReconciler) SetupWithManager(mgr ctrl.Manager, c cache.Cache) error {
 	r.trustCache = &requester.CheckCache{TTL: time.Second}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&keymintv1alpha1.ApiToken{}, builder.WithPredicates(notOnlyLastUsed())).
-		Owns(&corev1.Secret{}).
+		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ApiToken{}, &handler.EnqueueRequestForObject{}, notOnlyLastUsed())).
+		WatchesRawSource(source.Kind[client.Object](c, &corev1.Secret{},
+			handler.EnqueueRequestForOwner(mgr.GetScheme(), mgr.GetRESTMapper(), &keymintv1alpha1.ApiToken{}, handler.OnlyControllerOwner()))).
 		// A status naming another token's hash concerns both tokens.
-		Watches(&keymintv1alpha1.ApiToken{}, handler.EnqueueRequestsFromMapFunc(r.claimants), builder.WithPredicates(notOnlyLastUsed())).
-		Watches(&keymintv1alpha1.ServiceUser{},
-			handler.EnqueueRequestsFromMapFunc(r.tokensOfUser),
-			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ApiToken{}, handler.EnqueueRequestsFromMapFunc(r.claimants), notOnlyLastUsed())).
+		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ServiceUser{},
+			handler.EnqueueRequestsFromMapFunc(r.tokensOfUser), predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
 		Named("apitoken").
 		Complete(r)

@@ -15,6 +15,12 @@ import (
 	"github.com/keymint/keymint/internal/token"
 )
 
+// caches are the two a replica keeps: the manager's (every replica: the
+// admission webhooks' reads) and the controllers' (the leader).
+func caches() map[string]client.Reader {
+	return map[string]client.Reader{"manager's": testEnv.Manager.GetCache(), "controllers'": ctrlCache}
+}
+
 // What kubectl apply (client-side) leaves on an object, and keymint never
 // reads, stays out of the manager's cache: read back from the cache.
 var _ = Describe("The manager's cache of ApiTokens and ServiceUsers", func() {
@@ -29,14 +35,15 @@ var _ = Describe("The manager's cache of ApiTokens and ServiceUsers", func() {
 		Expect(k8sClient.Create(ctx, tok)).To(Succeed())
 		issued(ns, "applied") // keymint's patches keep the annotation on the API server
 
-		cache := testEnv.Manager.GetCache()
 		key := types.NamespacedName{Namespace: ns, Name: "applied"}
 		Eventually(func(g Gomega) {
-			for _, obj := range []client.Object{&keymintv1alpha1.ServiceUser{}, &keymintv1alpha1.ApiToken{}} {
-				g.Expect(cache.Get(ctx, key, obj)).To(Succeed())
-				g.Expect(obj.GetAnnotations()).NotTo(HaveKey(corev1.LastAppliedConfigAnnotation), "%T in the cache", obj)
-				g.Expect(obj.GetAnnotations()).To(HaveKeyWithValue("team", "payments"), "%T: other annotations stay", obj)
-				g.Expect(obj.GetManagedFields()).To(BeEmpty())
+			for name, cache := range caches() {
+				for _, obj := range []client.Object{&keymintv1alpha1.ServiceUser{}, &keymintv1alpha1.ApiToken{}} {
+					g.Expect(cache.Get(ctx, key, obj)).To(Succeed())
+					g.Expect(obj.GetAnnotations()).NotTo(HaveKey(corev1.LastAppliedConfigAnnotation), "%T in the %s cache", obj, name)
+					g.Expect(obj.GetAnnotations()).To(HaveKeyWithValue("team", "payments"), "%T: other annotations stay", obj)
+					g.Expect(obj.GetManagedFields()).To(BeEmpty())
+				}
 			}
 		}).Should(Succeed())
 		for _, obj := range []client.Object{&keymintv1alpha1.ServiceUser{}, &keymintv1alpha1.ApiToken{}} {
@@ -55,29 +62,30 @@ var _ = Describe("The manager's cache of token Secrets", func() {
 		createToken(ns, "cached", "cached")
 		plain, tok := issued(ns, "cached")
 
-		cache := testEnv.Manager.GetCache()
 		noPlaintext := func(tokens ...string) {
 			GinkgoHelper()
 			Eventually(func(g Gomega) {
-				sec := &corev1.Secret{}
-				g.Expect(cache.Get(ctx, types.NamespacedName{Namespace: ns, Name: tok.SecretNameOrDefault()}, sec)).To(Succeed())
-				cached := string(sec.Data[keymintv1alpha1.SecretTokenKey])
-				// Not vacuous: the cache has the Secret, with the
-				// current token's hash where the token was.
-				g.Expect(cached).To(ContainSubstring(token.HashString(tokens[len(tokens)-1])))
-				list := &corev1.SecretList{}
-				g.Expect(cache.List(ctx, list, client.InNamespace(ns))).To(Succeed())
-				g.Expect(list.Items).NotTo(BeEmpty())
-				for _, s := range list.Items {
-					for key, v := range s.Data {
-						for _, p := range tokens {
-							secretPart := p[len(token.Display(p)):]
-							g.Expect(bytes.Contains(v, []byte(secretPart))).To(BeFalse(), "Secret %s key %s holds a token", s.Name, key)
+				for name, cache := range caches() {
+					sec := &corev1.Secret{}
+					g.Expect(cache.Get(ctx, types.NamespacedName{Namespace: ns, Name: tok.SecretNameOrDefault()}, sec)).To(Succeed())
+					cached := string(sec.Data[keymintv1alpha1.SecretTokenKey])
+					// Not vacuous: the cache has the Secret, with the
+					// current token's hash where the token was.
+					g.Expect(cached).To(ContainSubstring(token.HashString(tokens[len(tokens)-1])))
+					list := &corev1.SecretList{}
+					g.Expect(cache.List(ctx, list, client.InNamespace(ns))).To(Succeed())
+					g.Expect(list.Items).NotTo(BeEmpty())
+					for _, s := range list.Items {
+						for key, v := range s.Data {
+							for _, p := range tokens {
+								secretPart := p[len(token.Display(p)):]
+								g.Expect(bytes.Contains(v, []byte(secretPart))).To(BeFalse(), "Secret %s key %s holds a token", s.Name, key)
+							}
 						}
-					}
-					for key, v := range s.Annotations {
-						for _, p := range tokens {
-							g.Expect(strings.Contains(v, p[len(token.Display(p)):])).To(BeFalse(), "Secret %s annotation %s holds a token", s.Name, key)
+						for key, v := range s.Annotations {
+							for _, p := range tokens {
+								g.Expect(strings.Contains(v, p[len(token.Display(p)):])).To(BeFalse(), "Secret %s annotation %s holds a token (%s cache)", s.Name, key, name)
+							}
 						}
 					}
 				}

@@ -21,11 +21,11 @@ const ServiceUserIndex = "spec.serviceUser"
 const TokenHashIndex = "status.tokenHashes"
 
 // SetupIndexes registers the field indexes the controllers use.
-func SetupIndexes(ctx context.Context, mgr ctrl.Manager) error {
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, ServiceUserIndex, ServiceUserIndexFunc); err != nil {
+func SetupIndexes(ctx context.Context, indexer client.FieldIndexer) error {
+	if err := indexer.IndexField(ctx, &keymintv1alpha1.ApiToken{}, ServiceUserIndex, ServiceUserIndexFunc); err != nil {
 		return err
 	}
-	return mgr.GetFieldIndexer().IndexField(ctx, &keymintv1alpha1.ApiToken{}, TokenHashIndex, TokenHashIndexFunc)
+	return indexer.IndexField(ctx, &keymintv1alpha1.ApiToken{}, TokenHashIndex, TokenHashIndexFunc)
 }
 
 // ServiceUserIndexFunc is ServiceUserIndex's function: the ServiceUser an

@@ -17,10 +17,12 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 	"github.com/keymint/keymint/internal/authz"
@@ -205,13 +207,13 @@ func workload(kind, namespace, name string) (client.Object, error) {
 
 // SetupWithManager registers the controller. It watches only ApiTokens, and
 // only those with something to do: workloads are patched, never cached.
-func (r *RestartReconciler) SetupWithManager(mgr ctrl.Manager) error {
+func (r *RestartReconciler) SetupWithManager(mgr ctrl.Manager, c cache.Cache) error {
 	due := predicate.NewPredicateFuncs(func(obj client.Object) bool {
 		tok, ok := obj.(*keymintv1alpha1.ApiToken)
 		return ok && decideRestart(tok) != restartNothing
 	})
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&keymintv1alpha1.ApiToken{}, builder.WithPredicates(due)).
+		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ApiToken{}, &handler.EnqueueRequestForObject{}, due)).
 		Named("restart").
 		Complete(r)
 }

@@ -15,12 +15,13 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 )
@@ -172,10 +173,10 @@ const recountDelay = time.Second
 
 // SetupWithManager registers the controller: it watches ServiceUsers and the
 // ApiTokens that name them.
-func (r *ServiceUserReconciler) SetupWithManager(mgr ctrl.Manager) error {
+func (r *ServiceUserReconciler) SetupWithManager(mgr ctrl.Manager, c cache.Cache) error {
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&keymintv1alpha1.ServiceUser{}).
-		Watches(&keymintv1alpha1.ApiToken{}, recountUser(r.Client, recountDelay), builder.WithPredicates(notOnlyLastUsed())).
+		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ServiceUser{}, &handler.EnqueueRequestForObject{})).
+		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ApiToken{}, recountUser(r.Client, recountDelay), notOnlyLastUsed())).
 		Named("serviceuser").
 		Complete(r)
 }

@@ -112,9 +112,13 @@ type Options struct {
 	// missing or can be skipped. Empty turns the check off: only for suites
 	// that run the controllers without keymint's webhook configurations.
 	RequesterWebhook string
+	// Cache is what the controllers watch and read (NewCache); nil makes
+	// one.
+	Cache *Cache
 }
 
-// Setup registers the indexes and the controllers with a manager.
+// Setup registers the indexes and the controllers with a manager, reading
+// through o.Cache (a new leader-only cache when nil).
 func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
@@ -122,11 +126,18 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	if o.Authorizer == nil {
 		o.Authorizer = authz.SubjectAccessReviewer{Client: mgr.GetClient()}
 	}
-	if err := SetupIndexes(ctx, mgr); err != nil {
+	if o.Cache == nil {
+		c, err := NewCache(mgr)
+		if err != nil {
+			return err
+		}
+		o.Cache = c
+	}
+	if err := SetupIndexes(ctx, o.Cache); err != nil {
 		return err
 	}
 	if err := (&ApiTokenReconciler{
-		Client:        mgr.GetClient(),
+		Client:        o.Cache.Client(),
 		APIReader:     mgr.GetAPIReader(),
 		Recorder:      mgr.GetEventRecorder("keymint-apitoken"),
 		Clock:         o.Clock,
@@ -136,22 +147,22 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		Authorizer:         o.Authorizer,
 		AuthorizationRetry: o.AuthorizationRetry,
 		RequesterWebhook:   o.RequesterWebhook,
-	}).SetupWithManager(mgr); err != nil {
+	}).SetupWithManager(mgr, o.Cache); err != nil {
 		return err
 	}
 	if err := (&RestartReconciler{
-		Client:     mgr.GetClient(),
+		Client:     o.Cache.Client(),
 		Recorder:   mgr.GetEventRecorder("keymint-restart"),
 		Clock:      o.Clock,
 		Keyring:    o.Keyring,
 		Authorizer: o.Authorizer,
 		APIReader:  mgr.GetAPIReader(),
 		Webhook:    o.RequesterWebhook,
-	}).SetupWithManager(mgr); err != nil {
+	}).SetupWithManager(mgr, o.Cache); err != nil {
 		return err
 	}
 	return (&ServiceUserReconciler{
-		Client:   mgr.GetClient(),
+		Client:   o.Cache.Client(),
 		Recorder: mgr.GetEventRecorder("keymint-serviceuser"),
-	}).SetupWithManager(mgr)
+	}).SetupWithManager(mgr, o.Cache)
 }

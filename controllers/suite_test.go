@@ -32,6 +32,8 @@ var (
 	testEnv   *testenv.Environment
 	cfg       *rest.Config
 	k8sClient client.Client
+	// ctrlCache is the controllers' own cache (controllers.NewCache).
+	ctrlCache *controllers.Cache
 	ctx       context.Context
 	cancel    context.CancelFunc
 	// fakeClock is the controllers' clock: specs step it to make tokens
@@ -63,8 +65,11 @@ var _ = BeforeSuite(func() {
 	var err error
 	testEnv, err = testenv.Run(ctx, testenv.RunInput{
 		ManagerOptions: func(o *ctrl.Options) { o.NewClient = watchedClient },
-		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
-			return controllers.Setup(ctx, e.Manager, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: fakeClock, Keyring: e.Keyring,
+		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) (err error) {
+			if ctrlCache, err = controllers.NewCache(e.Manager); err != nil {
+				return err
+			}
+			return controllers.Setup(ctx, e.Manager, controllers.Options{Cache: ctrlCache, RequesterWebhook: testenv.RequesterWebhookName, Clock: fakeClock, Keyring: e.Keyring,
 				ExpiryWarning: controllers.DefaultExpiryWarning, AuthorizationRetry: 200 * time.Millisecond})
 		},
 	})

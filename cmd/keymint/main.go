@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -214,11 +215,11 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	// The check index is fed by the cache's ApiToken and ServiceUser
-	// informers: follow whether their watches are up, and while the API
-	// server refuses connections, retry them every second or so rather than
-	// on client-go's backoff (up to 60 s), so the index is current again
-	// within seconds of its return.
+	// The check index is fed by its own ApiToken reflector and the cache's
+	// ServiceUser informer: follow whether their watches are up, and while
+	// the API server refuses connections, retry them every second or so
+	// rather than on client-go's backoff (up to 60 s), so the index is
+	// current again within seconds of its return.
 	fresh := freshness.New(clock.RealClock{}, ctrl.Log.WithName("check-index"), &keymintv1alpha1.ApiToken{}, &keymintv1alpha1.ServiceUser{})
 	fresh.RetryRefused = time.Second
 	cacheOpts := controllers.CacheOptions()
@@ -264,11 +265,19 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("loading the record key %s: %w", o.recordKey, err)
 	}
+	// The controllers watch a cache of their own, filled on the leader only.
+	ctrlCache, err := controllers.NewCache(mgr)
+	if err != nil {
+		return err
+	}
+	checkOpts.TrackTokens = func(lw toolscache.ListerWatcher) toolscache.ListerWatcher {
+		return fresh.Track(&keymintv1alpha1.ApiToken{}, lw)
+	}
 	if err := errors.Join(
 		controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: o.expiryWarning,
-			AuthorizationRetry: o.authzRetry, RequesterWebhook: certOpts.MutatingWebhookConfiguration}),
+			AuthorizationRetry: o.authzRetry, RequesterWebhook: certOpts.MutatingWebhookConfiguration, Cache: ctrlCache}),
 		check.Setup(ctx, mgr, checkOpts),
-		registerMetrics(metrics.Registry, mgr, fresh, o.maxStale),
+		registerMetrics(metrics.Registry, ctrlCache, fresh, o.maxStale),
 		mgr.AddReadyzCheck("index-fresh", fresh.Checker(o.maxStale)),
 		mgr.AddHealthzCheck("healthz", healthz.Ping),
 		mgr.AddReadyzCheck("readyz", healthz.Ping),

@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -110,16 +111,23 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 		ManagerOptions:    func(o *ctrl.Options) { o.Cache.NewInformer = fresh.NewInformer(o.Cache.NewInformer) },
 		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
 			mgr := e.Manager
-			if err := controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: e.Keyring}); err != nil {
+			ctrlCache, err := controllers.NewCache(mgr)
+			if err != nil {
+				return err
+			}
+			if err := controllers.Setup(ctx, mgr, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: e.Keyring, Cache: ctrlCache}); err != nil {
 				return err
 			}
 			if err := check.Setup(ctx, mgr, check.Options{
 				Listener: checkLn, CertFile: files.CertFile, KeyFile: files.KeyFile,
 				DefaultRequestsPerMinute: 500, FlushInterval: time.Second, Clock: clock.RealClock{}, Registerer: metrics.Registry,
+				TrackTokens: func(lw toolscache.ListerWatcher) toolscache.ListerWatcher {
+					return fresh.Track(&keymintv1alpha1.ApiToken{}, lw)
+				},
 			}); err != nil {
 				return err
 			}
-			if err := registerMetrics(metrics.Registry, mgr, fresh, 10*time.Second); err != nil {
+			if err := registerMetrics(metrics.Registry, ctrlCache, fresh, 10*time.Second); err != nil {
 				return err
 			}
 			serveWebhooks(ctx, mgr, nil, e.Keyring, testenv.RequesterWebhookName)

@@ -143,6 +143,17 @@ func (t *Tracker) NewInformer(next NewInformerFunc) NewInformerFunc {
 	}
 }
 
+// Track wraps the ListerWatcher of a reflector of obj's kind (one that is
+// not an informer's, such as the check index's own), so that it reports to
+// t; lw is returned as is when the kind is not tracked. Like an informer,
+// the reflector is expected to live as long as the manager.
+func (t *Tracker) Track(obj runtime.Object, lw toolscache.ListerWatcher) toolscache.ListerWatcher {
+	if k := t.byType[reflect.TypeOf(obj)]; k != nil {
+		return t.wrap(k, lw)
+	}
+	return lw
+}
+
 func (t *Tracker) wrap(k *kind, lw toolscache.ListerWatcher) toolscache.ListerWatcher {
 	t.mu.Lock()
 	defer t.mu.Unlock()

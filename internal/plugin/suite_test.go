@@ -76,15 +76,20 @@ func startCluster(t *testing.T) cluster {
 
 func bootCluster() error {
 	ctx := context.Background()
+	controlled := func(o *cache.Options) {
+		o.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range controlledNamespaces {
+			o.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
 	env, err := testenv.Run(ctx, testenv.RunInput{
-		ManagerOptions: func(o *ctrl.Options) {
-			o.Cache.DefaultNamespaces = map[string]cache.Config{}
-			for _, ns := range controlledNamespaces {
-				o.Cache.DefaultNamespaces[ns] = cache.Config{}
-			}
-		},
+		ManagerOptions: func(o *ctrl.Options) { controlled(&o.Cache) },
 		SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
-			return controllers.Setup(ctx, e.Manager, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Keyring: e.Keyring})
+			c, err := controllers.NewCache(e.Manager, controlled)
+			if err != nil {
+				return err
+			}
+			return controllers.Setup(ctx, e.Manager, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Keyring: e.Keyring, Cache: c})
 		},
 	})
 	if err != nil {

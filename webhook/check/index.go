@@ -401,3 +401,14 @@ func (ix *Index) lookup(h hash) (hashRef, *userEntry, bool) {
 	}
 	return ref, ref.token.owner.entry, true
 }
+
+// TokenKeys lists the ApiTokens indexed.
+func (ix *Index) TokenKeys() []types.NamespacedName {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	keys := make([]types.NamespacedName, 0, len(ix.tokens))
+	for k := range ix.tokens {
+		keys = append(keys, k)
+	}
+	return keys
+}

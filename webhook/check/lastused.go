@@ -124,10 +124,15 @@ func (u *Usage) take() (seen map[usageKey]time.Time, quotas map[types.Namespaced
 // entry that names it.
 type UsageFlusher struct {
 	Usage *Usage
-	// Client reads ApiTokens from the cache and patches their status.
-	Client   client.Client
-	Clock    clock.WithTicker
-	Interval time.Duration
+	// Client reads ServiceUsers (from the cache) and patches ApiTokens'
+	// status.
+	Client client.Client
+	// APIReader reads each ApiToken before its patch: no replica's cache
+	// holds ApiTokens for it (webhook/check.Feed keeps an index instead).
+	// Nil reads with Client.
+	APIReader client.Reader
+	Clock     clock.WithTicker
+	Interval  time.Duration
 	// MinGap is the least time between two writes of one token by this
 	// replica, so that its own write reaches its cache before the next.
 	MinGap time.Duration
@@ -223,7 +228,11 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 // resourceVersion read.
 func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses map[hash]time.Time, quota *quotaSeen, users map[types.NamespacedName]*tokenstate.User) (wrote bool, err error) {
 	tok := &keymintv1alpha1.ApiToken{}
-	if err := f.Client.Get(ctx, key, tok); err != nil {
+	reader := client.Reader(f.Client)
+	if f.APIReader != nil {
+		reader = f.APIReader
+	}
+	if err := reader.Get(ctx, key, tok); err != nil {
 		return false, err
 	}
 	gap := f.gapOf(ctx, tok, users)

@@ -44,9 +44,9 @@ const (
 // write nothing.
 type LeakWriter struct {
 	Reporter *LeakReporter
-	// Client reads ApiTokens from the cache and patches their status.
+	// Client patches ApiTokens' status.
 	Client client.Client
-	// APIReader reads past the cache, after a conflict.
+	// APIReader reads each ApiToken before its patch.
 	APIReader client.Reader
 	Clock     clock.Clock
 	// Retry is how long reports that could not be written wait; zero means
@@ -127,13 +127,13 @@ func (w *LeakWriter) Drain(ctx context.Context) (done bool) {
 }
 
 // write adds the reports to the ApiToken's status, reading it from the
-// cache first and from the API server after a conflict. It returns the
-// reports there was no room for, and whether it wrote.
+// API server (the replica caches no ApiToken objects), again after a
+// conflict. It returns the reports there was no room for, and whether it
+// wrote.
 func (w *LeakWriter) write(ctx context.Context, key types.NamespacedName, leaks map[hash]leak) (left map[hash]leak, wrote bool, err error) {
-	var reader client.Reader = w.Client
 	for attempt := 1; ; attempt++ {
 		tok := &keymintv1alpha1.ApiToken{}
-		if err := reader.Get(ctx, key, tok); err != nil {
+		if err := w.APIReader.Get(ctx, key, tok); err != nil {
 			return nil, false, err
 		}
 		patch := client.MergeFromWithOptions(tok.DeepCopy(), client.MergeFromWithOptimisticLock{})
@@ -148,7 +148,6 @@ func (w *LeakWriter) write(ctx context.Context, key types.NamespacedName, leaks 
 		if !apierrors.IsConflict(err) || attempt == leakWriteAttempts {
 			return nil, false, err
 		}
-		reader = w.APIReader
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 
@@ -63,6 +64,9 @@ type Options struct {
 	// TokenReviewIgnoresSources accepts, in TokenReview, tokens restricted
 	// to allowedSourceCIDRs (TokenReview carries no client address).
 	TokenReviewIgnoresSources bool
+	// TrackTokens, when set, wraps the ListerWatcher of the index's
+	// ApiTokens (freshness.Tracker.ListerWatcher).
+	TrackTokens func(toolscache.ListerWatcher) toolscache.ListerWatcher
 }
 
 // MaxRequestsPerMinute bounds --default-requests-per-minute, as the CRDs
@@ -123,7 +127,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	if opts.Limiter != nil {
 		handler.Limiter = opts.Limiter
 	}
-	synced, err := Feed(ctx, mgr.GetCache(), index, handler.Usage.Forget, handler.Limiter.Forget)
+	synced, err := Feed(ctx, mgr, index, opts.TrackTokens, handler.Usage.Forget, handler.Limiter.Forget)
 	if err != nil {
 		return err
 	}
@@ -141,7 +145,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	flusher := &UsageFlusher{
-		Usage: handler.Usage, Client: mgr.GetClient(), Clock: opts.Clock, Interval: opts.FlushInterval,
+		Usage: handler.Usage, Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: opts.Clock, Interval: opts.FlushInterval,
 		MinGap: cmp.Or(opts.FlushMinGap, tokenstate.MinUseRecordingGap),
 	}
 	if gap := opts.FlushMinGap; gap > 0 {
