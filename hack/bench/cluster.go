@@ -1,7 +1,8 @@
 package main
 
 // cluster.go: the figures that need a control plane: issuance against raw
-// API writes, revocation reach against a bare watch, memory per token.
+// API writes, revocation reach against a bare watch, memory per token, the
+// time a replica takes to be ready again after a restart.
 
 import (
 	"bufio"
@@ -174,6 +175,9 @@ func floorCRD(root string) (*apiextensionsv1.CustomResourceDefinition, error) {
 // replica is one running keymint binary.
 type replica struct {
 	*testenv.Keymint
+	name       string        // as given to startReplica: its log and certificate directory
+	args       []string      // the flags startReplica was given
+	readyAfter time.Duration // from the start of the process until its /readyz answered 200
 	checkURL   string
 	metricsURL string
 	pprofURL   string
@@ -184,14 +188,46 @@ type replica struct {
 // ready. Metrics are plain HTTP on loopback, for the bench to read; the log
 // goes to keymint-<name>.log in the cluster's directory.
 func (cl *cluster) startReplica(ctx context.Context, name string, extra ...string) (*replica, error) {
+	return cl.runReplica(ctx, name, testenv.KeymintPorts{}, 0, extra)
+}
+
+// restart stops r (SIGTERM, as a rolling update does) and starts it again
+// with the same name, flags and ports, waiting up to readyWithin for its
+// /readyz. r then stands for the new process, so whoever holds r keeps
+// reaching a running keymint. It returns the time from the start of the new
+// process until its /readyz answered 200.
+func (cl *cluster) restart(ctx context.Context, r *replica, readyWithin time.Duration) (time.Duration, error) {
+	if err := r.Stop(); err != nil {
+		return 0, fmt.Errorf("stopping keymint %s: %w", r.name, err)
+	}
+	again, err := cl.runReplica(ctx, r.name, r.Ports, readyWithin, r.args)
+	if err != nil {
+		return 0, err
+	}
+	if t, ok := r.http.Transport.(*http.Transport); ok {
+		t.CloseIdleConnections() // to the process gone, and trusting its CA
+	}
+	*r = *again
+	return r.readyAfter, nil
+}
+
+// runReplica is startReplica on the given ports (0: a free one), waiting up
+// to readyWithin (0: StartKeymint's default) for /readyz. The log is
+// appended to, so a restarted replica's keeps what the first process wrote.
+func (cl *cluster) runReplica(ctx context.Context, name string, ports testenv.KeymintPorts, readyWithin time.Duration, extra []string) (*replica, error) {
 	certs := filepath.Join(cl.dir, "certs-"+name)
 	logFile := filepath.Join(cl.dir, "keymint-"+name+".log")
-	out, err := os.Create(logFile)
+	out, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
+	// StartKeymint starts the process at once and returns when its /readyz
+	// first answers 200 (it polls every 50 ms): the time in between is how
+	// long the replica took to be ready.
+	start := time.Now()
 	k, err := testenv.StartKeymint(ctx, testenv.KeymintOptions{
 		Binary: cl.bin, Kubeconfig: cl.kubeconfig, Metrics: true, Pprof: true, Log: out,
+		Ports: ports, ReadyWithin: readyWithin,
 		Args: append([]string{
 			"--check-self-signed-dir", certs,
 			"--mutating-webhook-configuration", testenv.RequesterWebhookName,
@@ -203,8 +239,11 @@ func (cl *cluster) startReplica(ctx context.Context, name string, extra ...strin
 		out.Close()
 		return nil, fmt.Errorf("keymint %s (log in %s): %w", name, logFile, err)
 	}
+	readyAfter := time.Since(start)
 	go func() { <-k.Exited(); out.Close() }()
-	r := &replica{Keymint: k,
+	// The check server writes a new CA into certs each time it starts: read
+	// it now the process is ready.
+	r := &replica{Keymint: k, name: name, args: slices.Clone(extra), readyAfter: readyAfter,
 		checkURL:   "https://127.0.0.1:" + strconv.Itoa(k.Ports.Check),
 		metricsURL: "http://127.0.0.1:" + strconv.Itoa(k.Ports.Metrics) + "/metrics",
 		pprofURL:   "http://127.0.0.1:" + strconv.Itoa(k.Ports.Pprof) + "/debug/pprof"}

@@ -277,8 +277,8 @@ func grantOf(t *tokenEntry, u *userEntry) *Grant {
 		Username: u.username,
 		UserUID:  u.state.UID,
 		Groups:   u.groups,
-		Scopes:   tokenstate.EffectiveScopes(t.spec.Scopes, u.state.Permissions),
-		Metadata: metadataOf(t.spec.Metadata),
+		Scopes:   tokenstate.EffectiveScopes(t.state.Spec.Scopes, u.state.Permissions),
+		Metadata: metadataOf(t.state.Spec.Metadata),
 	}}
 	t.memo.derived.Store(g)
 	return g

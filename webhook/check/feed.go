@@ -114,13 +114,15 @@ func TokenListerWatcher(c client.WithWatch) toolscache.ListerWatcher {
 
 // StripToken drops from an ApiToken what neither the index nor the verdict
 // reads: metadata other than its identity, version and deletion, the
-// description, and every status condition but Revoked. It returns t.
+// description and Secret name (so that tokens applied from one template
+// share one spec in the index), and every status condition but Revoked.
+// It returns t.
 func StripToken(t *keymintv1alpha1.ApiToken) *keymintv1alpha1.ApiToken {
 	t.ObjectMeta = metav1.ObjectMeta{
 		Name: t.Name, Namespace: t.Namespace, UID: t.UID, ResourceVersion: t.ResourceVersion,
 		Generation: t.Generation, DeletionTimestamp: t.DeletionTimestamp,
 	}
-	t.Spec.Description = ""
+	t.Spec.Description, t.Spec.SecretName = "", ""
 	var revoked []metav1.Condition
 	if c := meta.FindStatusCondition(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionRevoked); c != nil {
 		revoked = []metav1.Condition{{Type: c.Type, Status: c.Status}}

@@ -6,8 +6,11 @@ package check
 
 import (
 	"crypto/sha256"
+	"encoding/json"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"weak"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
@@ -24,9 +27,9 @@ type hash = [sha256.Size]byte
 // entry after releasing the lock reads a consistent snapshot.
 type tokenEntry struct {
 	key types.NamespacedName
-	// spec is the ApiToken's, whole: a rule that reads a new field finds it
-	// here. state.Spec points at it.
-	spec  keymintv1alpha1.ApiTokenSpec
+	// state.Spec is the ApiToken's spec, whole (a rule that reads a new
+	// field finds it there), shared by the tokens whose specs are equal
+	// (specTable): never changed once stored.
 	state tokenstate.Token
 	// current and previous are the live hashes: previous[i] is
 	// state.Previous[i].
@@ -61,7 +64,7 @@ type entryMemo struct {
 
 // userKey names the token's ServiceUser, in the token's namespace.
 func (e *tokenEntry) userKey() types.NamespacedName {
-	return types.NamespacedName{Namespace: e.key.Namespace, Name: e.spec.ServiceUser}
+	return types.NamespacedName{Namespace: e.key.Namespace, Name: e.state.Spec.ServiceUser}
 }
 
 // live returns the hashes a check may accept, with tokenstate's selector.
@@ -89,7 +92,9 @@ func (e *tokenEntry) names(h hash) bool {
 // (guarded by the index's lock). It lives while the user or one of its
 // tokens is indexed.
 type userSlot struct {
-	key   types.NamespacedName
+	key types.NamespacedName
+	// uid is the user UID its tokens' records last named: they share it.
+	uid   types.UID
 	entry *userEntry
 	// memo is what the layers above keep per ServiceUser (its metric
 	// series), handed to the index's forget hook when the slot goes.
@@ -127,6 +132,7 @@ type Index struct {
 	contested int
 	// forgotten are called with a slot's memo once the slot goes.
 	forgotten []func(memo any)
+	specs     specTable
 }
 
 // NewIndex returns an empty index.
@@ -164,13 +170,12 @@ func (ix *Index) Contested() int {
 }
 
 // newEntry builds the entry of an ApiToken from its spec and status.
-func newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
+func (ix *Index) newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
 	e := &tokenEntry{
 		memo: &entryMemo{},
 		key:  types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
-		spec: t.Spec,
 	}
-	e.state = tokenstate.TokenFrom(&e.spec, &t.Status)
+	e.state = tokenstate.TokenFrom(ix.specs.intern(&t.Spec), &t.Status)
 	e.state.Deleting = t.DeletionTimestamp != nil
 	if h, ok := token.ParseHash(t.Status.TokenHash); ok && e.state.Issued {
 		e.current, e.hasCurrent = h, true
@@ -192,7 +197,7 @@ func newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
 // index held for it. Hashes refused earlier stay refused while the token is
 // revoked or still names them; hashes of a revoked token become refused.
 func (ix *Index) UpsertToken(t *keymintv1alpha1.ApiToken) {
-	e := newEntry(t)
+	e := ix.newEntry(t)
 	isRevoked := t.Spec.Revoked || meta.IsStatusConditionTrue(t.Status.Conditions, keymintv1alpha1.ApiTokenConditionRevoked)
 
 	ix.mu.Lock()
@@ -236,6 +241,7 @@ func (ix *Index) storeLocked(e *tokenEntry) {
 		defer ix.forgetSlotLocked(old.userKey())
 	}
 	e.owner = ix.slotLocked(user)
+	e.shareStrings()
 	ix.removeTokenLocked(e.key)
 	ix.tokens[e.key] = e
 	users := ix.byUser[user]
@@ -268,7 +274,6 @@ func (ix *Index) storeLocked(e *tokenEntry) {
 // refuseLocked makes h a refused hash of e, replacing e's entry by a copy.
 func (ix *Index) refuseLocked(e *tokenEntry, h hash) {
 	ne := *e
-	ne.state.Spec = &ne.spec
 	ne.refused = append(append([]hash(nil), e.refused...), h)
 	ix.tokens[e.key] = &ne
 	for _, r := range ne.refused {
@@ -374,7 +379,6 @@ func (ix *Index) refuseTokensOfLocked(user types.NamespacedName) {
 			continue
 		}
 		ne := *e
-		ne.state.Spec = &ne.spec
 		ne.refused = append([]hash(nil), e.refused...)
 		refuseLive(&ne)
 		ix.storeLocked(&ne)
@@ -411,4 +415,74 @@ func (ix *Index) TokenKeys() []types.NamespacedName {
 		keys = append(keys, k)
 	}
 	return keys
+}
+
+// shareStrings points the entry's copies of its namespace and its user's
+// UID at the slot's, so that a user's tokens hold one of each.
+func (e *tokenEntry) shareStrings() {
+	s := e.owner
+	e.key.Namespace = s.key.Namespace
+	switch {
+	case e.state.UserUID == "":
+	case e.state.UserUID == s.uid:
+		e.state.UserUID = s.uid
+	default:
+		s.uid = e.state.UserUID
+	}
+}
+
+// specTable shares one copy of each distinct ApiToken spec among the
+// entries that have it: tokens applied from one template (a user's
+// tokens, most often) differ in name only. A spec is found by the SHA-256
+// of its JSON, and held weakly: once no entry holds it, it goes.
+type specTable struct {
+	mu sync.Mutex
+	m  map[hash]weak.Pointer[keymintv1alpha1.ApiTokenSpec]
+}
+
+// intern returns the table's copy of spec, adding one if it has none.
+func (t *specTable) intern(spec *keymintv1alpha1.ApiTokenSpec) *keymintv1alpha1.ApiTokenSpec {
+	data, err := json.Marshal(spec)
+	if err != nil {
+		// Not seen from the API server's objects; a copy of its own.
+		own := *spec
+		return &own
+	}
+	k := sha256.Sum256(data)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p := t.m[k].Value(); p != nil {
+		return p
+	}
+	if t.m == nil {
+		t.m = map[hash]weak.Pointer[keymintv1alpha1.ApiTokenSpec]{}
+	}
+	p := new(keymintv1alpha1.ApiTokenSpec)
+	*p = *spec
+	wp := weak.Make(p)
+	t.m[k] = wp
+	runtime.AddCleanup(p, t.forget, specKey{k, wp})
+	return p
+}
+
+// specKey is a table entry, as its cleanup finds it.
+type specKey struct {
+	k  hash
+	wp weak.Pointer[keymintv1alpha1.ApiTokenSpec]
+}
+
+// forget drops a collected spec's entry, unless a new copy took its place.
+func (t *specTable) forget(k specKey) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m[k.k] == k.wp {
+		delete(t.m, k.k)
+	}
+}
+
+// len returns how many distinct specs the table holds.
+func (t *specTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
 }

@@ -2,6 +2,7 @@ package check
 
 import (
 	"net/http"
+	"runtime"
 	"testing"
 	"time"
 
@@ -170,4 +171,60 @@ func TestANameMovingToAnotherUser(t *testing.T) {
 	f.index.DeleteToken(types.NamespacedName{Namespace: "team-a", Name: "t"})
 	f.index.DeleteUser(types.NamespacedName{Namespace: "team-a", Name: "a"}) // panicked before
 	f.user("a", func(u *keymintv1alpha1.ServiceUser) { u.Spec.Disabled = true })
+}
+
+// Tokens applied from one template share one spec in the index; a token
+// whose spec differs in anything a rule reads keeps its own, so sharing
+// never lends one token another's scopes. Once no token holds a spec, the
+// index lets it go.
+func TestTokensShareEqualSpecsOnly(t *testing.T) {
+	f := newFixture(t)
+	f.user("exporter")
+	readOnly := func(t *keymintv1alpha1.ApiToken) {
+		t.Spec.Scopes = []string{"links:read"}
+		t.Spec.Description = "one of many" // not read by any rule: stripped by the feed
+	}
+	a := f.token("a", "exporter", readOnly, func(t *keymintv1alpha1.ApiToken) { StripToken(t) })
+	b := f.token("b", "exporter", readOnly, func(t *keymintv1alpha1.ApiToken) { StripToken(t) })
+	wide := f.token("c", "exporter", func(t *keymintv1alpha1.ApiToken) { t.Spec.Scopes = []string{"links:read", "links:write"} })
+
+	entry := func(name string) *tokenEntry {
+		f.index.mu.RLock()
+		defer f.index.mu.RUnlock()
+		return f.index.tokens[types.NamespacedName{Namespace: "team-a", Name: name}]
+	}
+	if entry("a").state.Spec != entry("b").state.Spec {
+		t.Error("two tokens with equal specs hold two copies")
+	}
+	if entry("a").state.Spec == entry("c").state.Spec {
+		t.Fatal("tokens with different scopes share a spec")
+	}
+	for tok, want := range map[string]string{a: "links:read", b: "links:read", wide: "links:read,links:write"} {
+		if got := f.check(tok, "").header.Get(HeaderScopes); got != want {
+			t.Errorf("scopes %q, want %q", got, want)
+		}
+	}
+	// Widening one token's scopes gives it a spec of its own; the other
+	// keeps the narrow one.
+	f.tokenWithPlain(b, "b", "exporter", func(t *keymintv1alpha1.ApiToken) { t.Spec.Scopes = []string{"links:read", "qr:read"} })
+	if got := f.check(a, "").header.Get(HeaderScopes); got != "links:read" {
+		t.Errorf("token a after b changed: scopes %q", got)
+	}
+	if got := f.check(b, "").header.Get(HeaderScopes); got != "links:read,qr:read" {
+		t.Errorf("token b after its change: scopes %q", got)
+	}
+
+	for _, name := range []string{"a", "b", "c"} {
+		f.index.DeleteToken(types.NamespacedName{Namespace: "team-a", Name: name})
+	}
+	// Specs go with the last token holding them (after a GC runs their
+	// cleanups, in the background).
+	deadline := time.Now().Add(10 * time.Second)
+	for f.index.specs.len() > 0 && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := f.index.specs.len(); n != 0 {
+		t.Errorf("%d specs left with no token holding them", n)
+	}
 }
