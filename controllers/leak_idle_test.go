@@ -224,8 +224,8 @@ var _ = Describe("maxIdle", func() {
 		plain, tok := issued(ns, "busy")
 		idleAt := tok.Status.IssuedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack)
 
-		By("used 100 minutes in (inside the warning window: an hour before 3h05m), then rotated: a rotation does not restart the count, a use does")
-		fakeClock.Step(130 * time.Minute)
+		By("used inside the warning window (55 minutes before it would go idle), then rotated: a rotation does not restart the count, a use does")
+		fakeClock.SetTime(idleAt.Add(-55 * time.Minute))
 		poke(ns, "busy")
 		expectCondition(ns, "busy", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonIdleWithinWarningWindow)
 		use(ns, "busy", plain)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -18,17 +19,18 @@ func TestLastUsedSimulation(t *testing.T) {
 		wantPerHour   float64
 		wantMillionPS int
 	}{
-		{run: lastUsedRun{n: 10, replicas: 1, span: 3 * time.Hour, flush: time.Minute}, wantPerHour: 1, wantMillionPS: 277},
-		{run: lastUsedRun{n: 10, replicas: 3, span: 3 * time.Hour, flush: time.Minute}, wantPerHour: 1, wantMillionPS: 277},
-		{run: lastUsedRun{n: 10, replicas: 3, span: 3 * time.Hour, maxIdle: time.Hour, flush: time.Minute}, wantPerHour: 4, wantMillionPS: 1111},
+		// No idle rule: once every 3 hours (tokenstate.DefaultUseRecordingGap).
+		{run: lastUsedRun{n: 10, replicas: 1, span: 6 * time.Hour, flush: time.Minute}, wantPerHour: 1.0 / 3, wantMillionPS: 92},
+		{run: lastUsedRun{n: 10, replicas: 3, span: 6 * time.Hour, flush: time.Minute}, wantPerHour: 1.0 / 3, wantMillionPS: 92},
+		{run: lastUsedRun{n: 10, replicas: 3, span: 6 * time.Hour, maxIdle: time.Hour, flush: time.Minute}, wantPerHour: 4, wantMillionPS: 1111},
 	} {
 		r, err := simulateLastUsed(t.Context(), f, tc.run)
 		if err != nil {
 			t.Fatal(err)
 		}
 		perHour := float64(r.writes) / float64(r.n) / r.span.Hours()
-		if perHour != tc.wantPerHour || int(r.perSecondAt(scaleMillion)) != tc.wantMillionPS || r.bytes == 0 {
-			t.Errorf("%+v: %d writes (%.2f a token an hour, %d/s at a million, %d bytes); want %.0f an hour, %d/s",
+		if math.Abs(perHour-tc.wantPerHour) > 1e-9 || int(r.perSecondAt(scaleMillion)) != tc.wantMillionPS || r.bytes == 0 {
+			t.Errorf("%+v: %d writes (%.2f a token an hour, %d/s at a million, %d bytes); want %.2f an hour, %d/s",
 				tc.run, r.writes, perHour, int(r.perSecondAt(scaleMillion)), r.bytes, tc.wantPerHour, tc.wantMillionPS)
 		}
 	}

@@ -39,7 +39,7 @@ var sections = []section{
 	{"run", "machine, date, Go version, commit", runInfo},
 	{"micro", "go test benchmarks: token format, verdict, in-process check and /check", runMicro},
 	{"http", "loopback TLS load (vegeta): /check and TokenReview against a bare Go server", runHTTP},
-	{"cluster", "against a local control plane: issuance, revocation reach, memory per token, restart", runCluster},
+	{"cluster", "against a local control plane: issuance, revocation reach, memory and etcd size per token, restart", runCluster},
 	{"scale", "a million tokens simulated: index memory and build time, relist", runScale},
 }
 

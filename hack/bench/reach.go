@@ -139,11 +139,13 @@ type memoryRun struct {
 type memoryPoint struct {
 	tokens    int
 	rss, heap [2]int64 // leader, follower
+	etcd      etcdPoint
 }
 
 // sample waits for the replicas to settle, has each collect its garbage,
 // then records its resident memory and heap in use (the median of five
-// readings a second apart). The last heap profile of each is kept.
+// readings a second apart). The last heap profile of each is kept. Last,
+// it records what etcd holds, and compacts it (etcdGateway.measure).
 func (m *memoryRun) sample(ctx context.Context, cl *cluster, leader, follower *replica, tokens int) error {
 	time.Sleep(5 * time.Second) // let the last reconciles and flushes pass
 	p := memoryPoint{tokens: tokens}
@@ -172,13 +174,21 @@ func (m *memoryRun) sample(ctx context.Context, cl *cluster, leader, follower *r
 		}
 		p.rss[i], p.heap[i] = int64(median(rss)), int64(median(heap))
 	}
+	g, err := cl.etcd()
+	if err != nil {
+		return err
+	}
+	if p.etcd, err = g.measure(ctx); err != nil {
+		return err
+	}
 	m.points = append(m.points, p)
 	return nil
 }
 
 // memory grows the number of tokens to 10,000 and 100,000 (quick: 2,000)
 // through keymint, and reports each replica's memory per token against the
-// same replica with no tokens. At the largest count it then restarts the
+// same replica with no tokens, and what etcd holds per token against the
+// same cluster with none (etcdReport). At the largest count it then restarts the
 // follower and the leader and reports how long each took to be ready.
 func (cl *cluster) memory(ctx context.Context, e *env, b *strings.Builder, m *memoryRun, leader, follower *replica) error {
 	targets := e.memoryTokens
@@ -229,6 +239,7 @@ func (cl *cluster) memory(ctx context.Context, e *env, b *strings.Builder, m *me
 			mib(p.rss[0]), kb(lr), mib(p.heap[0]), kb(lh), mib(p.rss[1]), kb(fr), mib(p.heap[1]), kb(fh), memoryTarget(lr, fr))
 	}
 	b.WriteString("\n")
+	etcdReport(b, m.points)
 	last := m.points[len(m.points)-1]
 	for i, who := range []string{"leader", "follower"} {
 		top, err := pprofTop(ctx, e, m.profiles[i], "heap-"+who+".pprof")

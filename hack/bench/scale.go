@@ -47,6 +47,7 @@ import (
 	"github.com/keymint/keymint/internal/secretrecord"
 	"github.com/keymint/keymint/internal/testenv"
 	"github.com/keymint/keymint/internal/token"
+	"github.com/keymint/keymint/internal/tokenstate"
 	"github.com/keymint/keymint/webhook/check"
 )
 
@@ -128,10 +129,10 @@ func runScale(ctx context.Context, e *env) (string, error) {
 // idle rule and with a maxIdle of an hour (the finest it records, apart
 // from retireWhenIdle's grace periods), behind 1 and 3 replicas. Each
 // replica flushes once a simulated minute rather than every 10 s: the
-// writes are the same (a token's are an hour or 15 minutes apart), and the
+// writes are the same (a token's are 3 hours or 15 minutes apart), and the
 // fake API server's reads are the simulation's cost.
 func lastUsedRuns(quick bool) []lastUsedRun {
-	n, span := 500, 3*time.Hour
+	n, span := 500, 6*time.Hour
 	if quick {
 		n = 100
 	}
@@ -1153,11 +1154,12 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 		kept := min(perTokenWrites, perTokenWrites*float64(2*etcdCompaction)/float64(plain.span)) * tokenRev
 		fmt.Fprintf(&b, "- **use-driven writes** (`lastUsedAt`, `tokenLastUsedAt`, `status.quota`), simulated: real `UsageFlusher`s, one per replica, "+
 			"each seeing a check of every token before each flush, against a fake API server holding the fixture's objects, every status write "+
-			"counted with the ApiToken it stores. A token in constant use is written once per recording gap (`tokenstate.UseRecordingGap`: an hour "+
-			"without an idle rule), whatever the number of replicas: with all 1,000,000 tokens in use, **%s status writes a second** (%s/s into "+
-			"etcd's log, %.0f B per token an hour), and about %.2f GiB of history kept until compaction. A `maxIdle` of an hour records every 15 "+
-			"minutes, four times as many (table).\n\n",
-			thousands(int(writes)), scaleMB(writes*tokenRev), plain.bytesPerTokenHour(), float64(n)*kept/(1<<30))
+			"counted with the ApiToken it stores. A token in constant use is written once per recording gap (`tokenstate.UseRecordingGap`: %s "+
+			"without an idle rule), whatever the number of replicas: with all 1,000,000 tokens in use, **%s status writes a second** (target < 300: %s; "+
+			"%s/s into etcd's log, **%.0f B per token an hour**, target < 1 KB: %s), and about %.2f GiB of history kept until compaction. A `maxIdle` of "+
+			"an hour records every 15 minutes, %.0f times as many (table).\n\n",
+			tokenstate.DefaultUseRecordingGap, thousands(int(writes)), verdict(writes < 300), scaleMB(writes*tokenRev), plain.bytesPerTokenHour(),
+			verdict(plain.bytesPerTokenHour() < 1000), float64(tokenstate.DefaultUseRecordingGap/(15*time.Minute)), float64(n)*kept/(1<<30))
 		b.WriteString(lastUsedReport(lu))
 	}
 	return b.String()

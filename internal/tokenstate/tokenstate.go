@@ -341,12 +341,12 @@ func Evaluate(t *Token, u *User, now time.Time) Verdict {
 const UseRecordingSlack = 5 * time.Minute
 
 // DefaultUseRecordingGap is how stale lastUsedAt may be for a token no
-// idle rule watches: its uses reach its status once an hour at most. AWS
-// reports an access key's last use to within hours, GitHub a token's to
-// within a week; an hour keeps "last used" useful, and a million tokens in
-// constant use at about 280 status writes a second, whatever the number of
-// replicas (docs/api.md, lastUsedAt).
-const DefaultUseRecordingGap = time.Hour
+// idle rule watches: its uses reach its status once every 3 hours at most.
+// GitHub shows a token's last use to within a week; 3 hours keeps "last
+// used today" true, and a million tokens in constant use at about 90
+// status writes a second and under 1 KB into etcd per token an hour,
+// whatever the number of replicas (docs/api.md, lastUsedAt).
+const DefaultUseRecordingGap = 3 * time.Hour
 
 // MinUseRecordingGap is the finest a token's uses are recorded: a rotated
 // -out token under retireWhenIdle, which retires to the minute.
@@ -355,7 +355,7 @@ const MinUseRecordingGap = time.Minute
 // UseRecordingGap returns how far apart a token's recorded uses may be:
 // check servers move lastUsedAt (and tokenLastUsedAt, previousTokens[]
 // .lastUsedAt, status.quota) only by at least this much, so it is at most
-// this stale. An hour by default; a quarter of its maxIdle when that is
+// this stale. 3 hours by default; a quarter of its maxIdle when that is
 // shorter, so idleness is judged on recent uses; a minute while a
 // rotated-out hash waits for retireWhenIdle. A field never set is set at
 // once.

@@ -1481,11 +1481,12 @@ func TestUseRecordingGap(t *testing.T) {
 		prev []Previous
 		want time.Duration
 	}{
-		"no idle rule: an hour":                      {want: time.Hour},
-		"the user's maxIdle of a day: 6h, capped":    {user: User{MaxIdle: 24 * time.Hour}, want: time.Hour},
+		"no idle rule: 3 hours":                      {want: 3 * time.Hour},
+		"the user's maxIdle of a day: 6h, capped":    {user: User{MaxIdle: 24 * time.Hour}, want: 3 * time.Hour},
+		"the user's maxIdle of 8h: a quarter":        {user: User{MaxIdle: 8 * time.Hour}, want: 2 * time.Hour},
 		"the user's maxIdle of 2h: a quarter":        {user: User{MaxIdle: 2 * time.Hour}, want: 30 * time.Minute},
 		"the token's maxIdle of 1h: a quarter":       {spec: keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(time.Hour)}, want: 15 * time.Minute},
-		"retireWhenIdle with no hash in grace":       {spec: keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{RetireWhenIdle: dur(time.Hour)}}, want: time.Hour},
+		"retireWhenIdle with no hash in grace":       {spec: keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{RetireWhenIdle: dur(time.Hour)}}, want: 3 * time.Hour},
 		"retireWhenIdle with a hash in grace: 1m":    {spec: keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{RetireWhenIdle: dur(time.Hour)}}, prev: grace, want: time.Minute},
 		"never finer than a minute (tiny maxIdle)":   {user: User{MaxIdle: 2 * time.Minute}, want: time.Minute},
 		"the shorter maxIdle of token and user wins": {spec: keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(4 * time.Hour)}, user: User{MaxIdle: 2 * time.Hour}, want: 30 * time.Minute},

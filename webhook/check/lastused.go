@@ -115,7 +115,7 @@ func (u *Usage) take() (seen map[usageKey]time.Time, quotas map[types.Namespaced
 // tokenLastUsedAt (the current hash), previousTokens[].lastUsedAt (each
 // rotated-out hash) and status.quota. It runs on every replica, since each
 // sees its own checks. Uses only move forward, and by at least the token's
-// recording gap (tokenstate.UseRecordingGap: an hour, shorter where an idle
+// recording gap (tokenstate.UseRecordingGap: 3 hours, shorter where an idle
 // rule reads them): a field already showing a use less than the gap before
 // this one is left alone (unless unset), so N replicas together write a
 // token about once per gap, not N times. The patch locks on the
