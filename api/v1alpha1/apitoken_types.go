@@ -260,8 +260,8 @@ type Rotation struct {
 	// retireWhenIdle ends a rotated-out token's grace period early: once the
 	// new token has passed a check, the old one stops being accepted as soon
 	// as it has not passed one for this long (counted from the rotation at
-	// the earliest). Uses are recorded about a minute late, so it is at least
-	// 5m; it must be shorter than gracePeriod, which still bounds it. Unset
+	// the earliest). A rotated-out token's uses are recorded to the minute
+	// while it waits, so it is at least 5m; it must be shorter than gracePeriod, which still bounds it. Unset
 	// means the full grace period applies.
 	// +optional
 	// +kubebuilder:validation:Type=string
@@ -308,7 +308,8 @@ type PreviousToken struct {
 	// validUntil is when the rotated-out token stops being accepted.
 	ValidUntil metav1.Time `json:"validUntil"`
 	// lastUsedAt is when a check last accepted this rotated-out token, as
-	// recorded by the check servers (about a minute late at most).
+	// recorded by the check servers: to within the token's recording gap
+	// (a minute while retireWhenIdle waits on it; docs/api.md).
 	// +optional
 	LastUsedAt *metav1.Time `json:"lastUsedAt,omitempty"`
 }
@@ -590,7 +591,8 @@ type ApiTokenStatus struct {
 	PreviousTokens []PreviousToken `json:"previousTokens,omitempty"`
 
 	// lastUsedAt is when a check last accepted this token, current or in a
-	// grace period, recorded at most about once a minute.
+	// grace period, to within its recording gap: 3h, a quarter of maxIdle
+	// when that is shorter, 1m while retireWhenIdle waits (docs/api.md).
 	// +optional
 	LastUsedAt *metav1.Time `json:"lastUsedAt,omitempty"`
 
@@ -634,8 +636,9 @@ type ApiTokenStatus struct {
 
 	// quota is the token's quota as a check server last counted it; unset
 	// without a quota, or before its first check. Eventually consistent:
-	// check servers write it with lastUsedAt, about once a minute, so it
-	// may be a minute and a flush interval late (docs/checks.md).
+	// check servers write it with lastUsedAt, so it may be the token's
+	// recording gap (3h without an idle rule) and a flush interval late
+	// (docs/api.md).
 	// +optional
 	Quota *QuotaStatus `json:"quota,omitempty"`
 

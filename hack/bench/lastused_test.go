@@ -28,6 +28,11 @@ func TestLastUsedSimulation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The index sends a token to the API server only when a write is
+		// due: one read a write, not one a flush.
+		if r.reads != r.writes {
+			t.Errorf("%+v: %d reads for %d writes, want one each", tc.run, r.reads, r.writes)
+		}
 		perHour := float64(r.writes) / float64(r.n) / r.span.Hours()
 		if math.Abs(perHour-tc.wantPerHour) > 1e-9 || int(r.perSecondAt(scaleMillion)) != tc.wantMillionPS || r.bytes == 0 {
 			t.Errorf("%+v: %d writes (%.2f a token an hour, %d/s at a million, %d bytes); want %.2f an hour, %d/s",

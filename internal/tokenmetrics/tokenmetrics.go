@@ -1,12 +1,12 @@
 // Package tokenmetrics exports what a platform team alerts on about its
 // tokens: each ApiToken's expiry and how many tokens are in each state.
 //
-// The numbers are computed at each scrape from the manager's informer cache
+// The numbers are computed at each scrape from the controllers' cache
 // with tokenstate.Evaluate, the verdict the controller and the check server
 // use: no goroutine per token, no write, and a token that expired a second
-// ago counts as expired before the controller has written anything. Every
-// replica holds the same cache (its check server needs it) and so serves the
-// same series: alerts take max by() over replicas.
+// ago counts as expired before the controller has written anything. Only
+// the leader fills that cache, so only the leader serves the series; alerts
+// take max by() over pods so that a handover's overlap counts once.
 package tokenmetrics
 
 import (
@@ -152,8 +152,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // synced reports whether the ApiToken and ServiceUser informers have listed
-// once. They already exist (the check server's feed made them); asking for
-// them creates nothing.
+// once. They already exist (the controllers' watches made them); on a
+// follower they are never started, so it sends nothing.
 func (c *Collector) synced(ctx context.Context) bool {
 	for _, obj := range []client.Object{&keymintv1alpha1.ApiToken{}, &keymintv1alpha1.ServiceUser{}} {
 		inf, err := c.Cache.GetInformer(ctx, obj, cache.BlockUntilSynced(false))

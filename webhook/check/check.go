@@ -1,6 +1,6 @@
 // Package check answers "is this bearer token good, whose is it, what may it
 // do?" for kube-apiserver (TokenReview) and for proxies (forward-auth), from
-// an in-memory index fed by informers. No API call happens on a check.
+// an in-memory index fed by watches (feed.go). No API call happens on a check.
 //
 // One job per file, each built only on those before it (layers_test.go
 // holds them to it): identity.go names who a token speaks for; index.go

@@ -47,6 +47,8 @@ type tokenEntry struct {
 	// memo is what checks learn of the entry; copies of an entry share it
 	// (same spec, same live hashes in the same places).
 	memo *entryMemo
+	// quota is status.quota (nil without one), for the usage flusher.
+	quota *keymintv1alpha1.QuotaStatus
 }
 
 // entryMemo holds what checks of an entry learn once and then read; copies
@@ -172,8 +174,9 @@ func (ix *Index) Contested() int {
 // newEntry builds the entry of an ApiToken from its spec and status.
 func (ix *Index) newEntry(t *keymintv1alpha1.ApiToken) *tokenEntry {
 	e := &tokenEntry{
-		memo: &entryMemo{},
-		key:  types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
+		memo:  &entryMemo{},
+		key:   types.NamespacedName{Namespace: t.Namespace, Name: t.Name},
+		quota: t.Status.Quota,
 	}
 	e.state = tokenstate.TokenFrom(ix.specs.intern(&t.Spec), &t.Status)
 	e.state.Deleting = t.DeletionTimestamp != nil
@@ -485,4 +488,20 @@ func (t *specTable) len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.m)
+}
+
+// shownUses returns what the index shows of a token's recorded uses; false
+// when the token is not indexed.
+func (ix *Index) shownUses(key types.NamespacedName) (shownUses, bool) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	e := ix.tokens[key]
+	if e == nil {
+		return shownUses{}, false
+	}
+	s := shownUses{token: e.state, current: e.current, hasCur: e.hasCurrent, quota: e.quota}
+	if u := e.owner.entry; u != nil {
+		s.user = u.state
+	}
+	return s, true
 }

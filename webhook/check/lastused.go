@@ -138,6 +138,12 @@ type UsageFlusher struct {
 	MinGap time.Duration
 	// Gap, when set, replaces tokenstate.UseRecordingGap (tests shorten it).
 	Gap func(*tokenstate.Token, *tokenstate.User) time.Duration
+	// Index, when set, is asked first: a token whose uses it shows
+	// recorded within the gap is not read from the API server at all. It
+	// lags the API server, never leads it, so it only ever sends a token
+	// to the read (and the read decides); without it, every token with
+	// uses is read at every flush.
+	Index *Index
 
 	// waiting, quotas and written belong to the flusher's goroutine alone.
 	waiting map[types.NamespacedName]map[hash]time.Time
@@ -227,6 +233,11 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 // are later than what it shows (another replica's write), locking on the
 // resourceVersion read.
 func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses map[hash]time.Time, quota *quotaSeen, users map[types.NamespacedName]*tokenstate.User) (wrote bool, err error) {
+	if f.Index != nil {
+		if shown, ok := f.Index.shownUses(key); ok && !shown.due(uses, quota, f.gapOfShown(&shown)) {
+			return false, nil
+		}
+	}
 	tok := &keymintv1alpha1.ApiToken{}
 	reader := client.Reader(f.Client)
 	if f.APIReader != nil {
@@ -289,6 +300,44 @@ func (f *UsageFlusher) gapOf(ctx context.Context, tok *keymintv1alpha1.ApiToken,
 		return f.Gap(&t, user)
 	}
 	return tokenstate.UseRecordingGap(&t, user)
+}
+
+// gapOfShown is the recording gap of a token as the index shows it.
+func (f *UsageFlusher) gapOfShown(s *shownUses) time.Duration {
+	if f.Gap != nil {
+		return f.Gap(&s.token, &s.user)
+	}
+	return tokenstate.UseRecordingGap(&s.token, &s.user)
+}
+
+// shownUses is what the index shows of a token's recorded uses.
+type shownUses struct {
+	token   tokenstate.Token
+	user    tokenstate.User // Found false when not indexed
+	current hash
+	hasCur  bool
+	quota   *keymintv1alpha1.QuotaStatus
+}
+
+// due reports whether uses (or the quota seen) would move a field the
+// shown status has by the gap or more, as write decides on the status it
+// reads.
+func (s *shownUses) due(uses map[hash]time.Time, quota *quotaSeen, gap time.Duration) bool {
+	stale := func(shown, at time.Time) bool {
+		return shown.IsZero() || !shown.Add(gap).After(at.UTC().Truncate(time.Second))
+	}
+	for h, at := range uses {
+		if stale(s.token.AnyLastUsed, at) || (s.hasCur && h == s.current && stale(s.token.LastUsed, at)) {
+			return true
+		}
+		name := token.FormatHash(h)
+		for _, p := range s.token.Previous {
+			if p.Hash == name && stale(p.LastUsed, at) {
+				return true
+			}
+		}
+	}
+	return quota != nil && quotaNews(s.quota, quota, gap)
 }
 
 // quotaNews reports whether what a check saw of a quota is worth a write

@@ -145,7 +145,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	flusher := &UsageFlusher{
-		Usage: handler.Usage, Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: opts.Clock, Interval: opts.FlushInterval,
+		Usage: handler.Usage, Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Index: index, Clock: opts.Clock, Interval: opts.FlushInterval,
 		MinGap: cmp.Or(opts.FlushMinGap, tokenstate.MinUseRecordingGap),
 	}
 	if gap := opts.FlushMinGap; gap > 0 {

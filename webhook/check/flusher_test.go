@@ -1,0 +1,79 @@
+package check
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
+	"github.com/keymint/keymint/internal/token"
+	"github.com/keymint/keymint/internal/tokenstate"
+)
+
+// A flusher with the index reads a token from the API server only when the
+// index shows a use due: a token in constant use costs the API server
+// nothing between its writes, on every replica.
+func TestFlusherReadsOnlyTokensWhoseUseIsDue(t *testing.T) {
+	plain, _ := token.Mint("km")
+	key := types.NamespacedName{Namespace: "team-a", Name: "t"}
+	recorded := metav1.NewTime(t0)
+	tok := issuedApiToken(plain)
+	tok.Status.LastUsedAt, tok.Status.TokenLastUsedAt = &recorded, &recorded
+	gets, patches := 0, 0
+	api := fake.NewClientBuilder().WithScheme(newScheme(t)).WithStatusSubresource(&keymintv1alpha1.ApiToken{}).WithObjects(tok.DeepCopy()).
+		WithInterceptorFuncs(interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, k client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if _, ok := obj.(*keymintv1alpha1.ApiToken); ok {
+					gets++
+				}
+				return c.Get(ctx, k, obj, opts...)
+			},
+			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+				patches++
+				return c.SubResource(sub).Patch(ctx, obj, p, opts...)
+			},
+		}).Build()
+	ix := NewIndex()
+	ix.UpsertToken(tok.DeepCopy())
+	clk := clocktesting.NewFakeClock(t0)
+	f := &UsageFlusher{Usage: NewUsage(), Client: api, APIReader: api, Index: ix, Clock: clk, Interval: 10 * time.Second, MinGap: time.Minute}
+	useAndFlush := func(after time.Duration) {
+		clk.SetTime(t0.Add(after))
+		f.Usage.Record(key, token.Hash(plain), clk.Now())
+		f.Flush(context.Background())
+	}
+
+	for _, after := range []time.Duration{time.Minute, time.Hour, tokenstate.DefaultUseRecordingGap - time.Second} {
+		useAndFlush(after)
+	}
+	if gets != 0 || patches != 0 {
+		t.Errorf("uses within the gap of the recorded one: %d reads, %d writes, want none", gets, patches)
+	}
+	useAndFlush(tokenstate.DefaultUseRecordingGap)
+	if gets != 1 || patches != 1 {
+		t.Errorf("a use the gap after the recorded one: %d reads, %d writes, want one of each", gets, patches)
+	}
+	got := &keymintv1alpha1.ApiToken{}
+	if err := api.Get(context.Background(), key, got); err != nil {
+		t.Fatal(err)
+	}
+	if want := t0.Add(tokenstate.DefaultUseRecordingGap); !got.Status.TokenLastUsedAt.Time.Equal(want) {
+		t.Errorf("tokenLastUsedAt %v, want %v", got.Status.TokenLastUsedAt, want)
+	}
+
+	// Without the index (or for a token it does not hold), every flush
+	// with uses reads: the index only saves reads, never decides a write.
+	gets = 0
+	ix.DeleteToken(key)
+	useAndFlush(tokenstate.DefaultUseRecordingGap + time.Hour)
+	if gets != 1 {
+		t.Errorf("a token the index does not hold: %d reads, want 1", gets)
+	}
+}
