@@ -95,15 +95,12 @@ type Previous struct {
 // its current token as the status holds it.
 type Token struct {
 	Spec *keymintv1alpha1.ApiTokenSpec
-	// Issued is false while the status names no token (before the first
-	// issue, and while revoked).
-	Issued   bool
+	// IssuedAt is when the current token was minted.
 	IssuedAt time.Time
-	// Expiry is the expiry recorded when the token was minted; Expires is
-	// false when it had none. The effective expiry may be earlier (the spec
-	// or policy was shortened since), never later.
-	Expiry  time.Time
-	Expires bool
+	// Expiry is the expiry recorded when the token was minted (when
+	// Expires). The effective expiry may be earlier (the spec or policy was
+	// shortened since), never later.
+	Expiry time.Time
 	// UserUID is the ServiceUser the token was minted for; empty in records
 	// older than the field, which then match any.
 	UserUID  types.UID
@@ -111,25 +108,34 @@ type Token struct {
 	// LastUsed is when a check last accepted the current token, as
 	// recorded; zero when never.
 	LastUsed time.Time
-	// Deleting is true once the ApiToken is being deleted: deleting a token
-	// revokes it, even while a finalizer holds the object.
-	Deleting bool
-	// Leaked is true once the current token was reported leaked: it is
-	// never accepted again, and the controller replaces it.
-	Leaked bool
 	// IdleSince is when the current line of tokens began (status.idleSince;
 	// zero: IssuedAt), and AnyLastUsed when a check last accepted any of
 	// the ApiToken's tokens (status.lastUsedAt; zero when never): maxIdle
 	// counts from the later of the two.
 	IdleSince   time.Time
 	AnyLastUsed time.Time
+	// Sources are the spec's allowedSourceCIDRs, parsed once here rather
+	// than on every check; nil when unset.
+	Sources []netip.Prefix
+
+	// The flags last, together: every check server holds a Token per
+	// ApiToken, and padding after each would cost a million tokens 32 MB.
+
+	// Issued is false while the status names no token (before the first
+	// issue, and while revoked).
+	Issued bool
+	// Expires is false when the token was minted with no expiry.
+	Expires bool
+	// Deleting is true once the ApiToken is being deleted: deleting a token
+	// revokes it, even while a finalizer holds the object.
+	Deleting bool
+	// Leaked is true once the current token was reported leaked: it is
+	// never accepted again, and the controller replaces it.
+	Leaked bool
 	// IdleRevoked is true once keymint revoked the ApiToken for idleness
 	// (status.idleRevokedAt): no token is accepted or issued until a new
 	// rotation request.
 	IdleRevoked bool
-	// Sources are the spec's allowedSourceCIDRs, parsed once here rather
-	// than on every check; nil when unset.
-	Sources []netip.Prefix
 	// Approved is true when the spec's grant is the one the status records
 	// as approved (Approved), or when a token was issued before any
 	// approval was recorded: issued before its user required approval.

@@ -234,7 +234,7 @@ func (c *Checker) admit(v *Verdict, ref hashRef, user *userEntry, req Requiremen
 	if req.Client.Request != nil && !req.Source.IsValid() && !req.IgnoreSources && tokenstate.RestrictsSources(&t.state, stateOf(user)) {
 		req.Source = req.Client.Addr()
 	}
-	tokenstate.Admit(&t.state, stateOf(user), ref.which, now, tokenstate.Demand{
+	tokenstate.Admit(&t.state, stateOf(user), int(ref.which), now, tokenstate.Demand{
 		Scopes: req.Scopes, Audiences: req.Audiences, DefaultRate: c.DefaultRequestsPerMinute,
 		Source: req.Source, IgnoreSources: req.IgnoreSources,
 	}, &v.Admission)

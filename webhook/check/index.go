@@ -116,7 +116,7 @@ type userEntry struct {
 // index into its previous hashes. A refused ref only ever refuses.
 type hashRef struct {
 	token   *tokenEntry
-	which   int
+	which   int32 // int32 and the flag beside it: 16 bytes a hash, not 24
 	refused bool
 }
 
@@ -129,7 +129,8 @@ type Index struct {
 	users  map[types.NamespacedName]*userSlot
 	// byUser lists the tokens that name each ServiceUser, so disabling a
 	// user refuses its tokens' hashes without a scan.
-	byUser map[types.NamespacedName]map[types.NamespacedName]struct{}
+	// (A user's tokens are in its namespace: the inner set holds names.)
+	byUser map[types.NamespacedName]map[string]struct{}
 	// contested counts hashes two ApiTokens claimed at once.
 	contested int
 	// forgotten are called with a slot's memo once the slot goes.
@@ -143,7 +144,7 @@ func NewIndex() *Index {
 		byHash: map[hash]hashRef{},
 		tokens: map[types.NamespacedName]*tokenEntry{},
 		users:  map[types.NamespacedName]*userSlot{},
-		byUser: map[types.NamespacedName]map[types.NamespacedName]struct{}{},
+		byUser: map[types.NamespacedName]map[string]struct{}{},
 	}
 }
 
@@ -236,7 +237,7 @@ func (ix *Index) storeLocked(e *tokenEntry) {
 		// The name now belongs to a token of another user (deleted and
 		// recreated, seen as one update after a relist).
 		if users := ix.byUser[old.userKey()]; users != nil {
-			delete(users, e.key)
+			delete(users, e.key.Name)
 			if len(users) == 0 {
 				delete(ix.byUser, old.userKey())
 			}
@@ -249,10 +250,10 @@ func (ix *Index) storeLocked(e *tokenEntry) {
 	ix.tokens[e.key] = e
 	users := ix.byUser[user]
 	if users == nil {
-		users = map[types.NamespacedName]struct{}{}
+		users = map[string]struct{}{}
 		ix.byUser[user] = users
 	}
-	users[e.key] = struct{}{}
+	users[e.key.Name] = struct{}{}
 	for _, h := range e.refused {
 		ix.byHash[h] = hashRef{token: e, refused: true}
 	}
@@ -260,7 +261,7 @@ func (ix *Index) storeLocked(e *tokenEntry) {
 		ref, taken := ix.byHash[h]
 		switch {
 		case !taken:
-			ix.byHash[h] = hashRef{token: e, which: which}
+			ix.byHash[h] = hashRef{token: e, which: int32(which)}
 		case ref.token != e:
 			// Exactly one ApiToken owns a hash: two claims refuse both.
 			// Their controllers reissue each, so this hash never returns.
@@ -284,7 +285,7 @@ func (ix *Index) refuseLocked(e *tokenEntry, h hash) {
 	}
 	for l, which := range ne.live {
 		if ref := ix.byHash[l]; ref.token == e && !ref.refused {
-			ix.byHash[l] = hashRef{token: &ne, which: which}
+			ix.byHash[l] = hashRef{token: &ne, which: int32(which)}
 		}
 	}
 }
@@ -296,7 +297,7 @@ func (ix *Index) DeleteToken(key types.NamespacedName) {
 	if old, ok := ix.tokens[key]; ok {
 		user := old.userKey()
 		if users := ix.byUser[user]; users != nil {
-			delete(users, key)
+			delete(users, key.Name)
 			if len(users) == 0 {
 				delete(ix.byUser, user)
 			}
@@ -376,8 +377,8 @@ func (ix *Index) DeleteUser(key types.NamespacedName) {
 
 // refuseTokensOfLocked makes the live hashes of a user's tokens refused.
 func (ix *Index) refuseTokensOfLocked(user types.NamespacedName) {
-	for key := range ix.byUser[user] {
-		e := ix.tokens[key]
+	for name := range ix.byUser[user] {
+		e := ix.tokens[types.NamespacedName{Namespace: user.Namespace, Name: name}]
 		if e == nil {
 			continue
 		}
@@ -488,6 +489,15 @@ func (t *specTable) len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.m)
+}
+
+// shownUses is what the index shows of a token's recorded uses.
+type shownUses struct {
+	token   tokenstate.Token
+	user    tokenstate.User // Found false when not indexed
+	current hash
+	hasCur  bool
+	quota   *keymintv1alpha1.QuotaStatus
 }
 
 // shownUses returns what the index shows of a token's recorded uses; false

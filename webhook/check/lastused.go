@@ -310,15 +310,6 @@ func (f *UsageFlusher) gapOfShown(s *shownUses) time.Duration {
 	return tokenstate.UseRecordingGap(&s.token, &s.user)
 }
 
-// shownUses is what the index shows of a token's recorded uses.
-type shownUses struct {
-	token   tokenstate.Token
-	user    tokenstate.User // Found false when not indexed
-	current hash
-	hasCur  bool
-	quota   *keymintv1alpha1.QuotaStatus
-}
-
 // due reports whether uses (or the quota seen) would move a field the
 // shown status has by the gap or more, as write decides on the status it
 // reads.

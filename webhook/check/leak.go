@@ -106,7 +106,7 @@ func (r *LeakReporter) Report(presented, source, location string, now time.Time)
 	if !ok || ref.refused {
 		return LeakNotAccepted
 	}
-	if tokenstate.Check(&ref.token.state, stateOf(user), ref.which, now) != tokenstate.Accepted {
+	if tokenstate.Check(&ref.token.state, stateOf(user), int(ref.which), now) != tokenstate.Accepted {
 		return LeakNotAccepted
 	}
 	return r.enqueue(ref.token.key, h, leak{source: source, location: cleanLocation(location), at: now})
