@@ -1046,10 +1046,11 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 	fmt.Fprintf(&b, "| the largest valid ApiToken (128 scopes, 16 audiences, 8 grace hashes, longest names) | JSON | %s | %s | |\n",
 		thousands(s.token[shapeLargest]), thousands(s.tokenManaged[shapeLargest]))
 
-	b.WriteString("\n**The check index** (`webhook/check.Index`), built with `UpsertUser` and `UpsertToken` as the feed calls them, from " +
-		"ApiTokens as the cache holds them (the clock runs over those calls only); then every token sent once through the `/check` handler " +
-		"in-process, which adds its prebuilt answer, its rate-limit window and its pending lastUsedAt. Heap is what stays live after a " +
-		"GC, the ApiTokens' own strings and slices the index keeps included. Times are CPU time of the process, GC included.\n\n")
+	b.WriteString("\n**The check index** (`webhook/check.Index`), built with `UpsertUser` and `UpsertToken` as its feed calls them, from " +
+		"ApiTokens decoded from their JSON and stripped (`check.StripToken`) as its own reflector gets them (the clock runs over those calls " +
+		"only); then every token sent once through the `/check` handler in-process, which adds its prebuilt answer, its rate-limit window " +
+		"and its pending lastUsedAt. Heap is what stays live after a GC: the index holds no object, only its entries (a token's spec shared " +
+		"with the tokens whose specs are equal). Times are CPU time of the process, GC included.\n\n")
 	b.WriteString("| tokens | ServiceUsers | build, CPU | per token | heap | per token | after one `/check` each | per token |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range idx {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s B | %s | %s B |\n", thousands(r.n), thousands(r.users),
@@ -1057,12 +1058,12 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 			thousands(int(r.heap)/r.n), scaleMB(float64(r.warm)), thousands(int(r.warm)/r.n))
 	}
 
-	fmt.Fprintf(&b, "\n**The manager's cache after a relist.** ApiTokens and ServiceUsers decoded from JSON, Secrets from protobuf "+
+	fmt.Fprintf(&b, "\n**The controllers' cache after a relist** (the leader's; a follower has none). ApiTokens and ServiceUsers decoded from JSON, Secrets from protobuf "+
 		"(controller-runtime asks for it for built-in kinds), %d per page as client-go's pager asks, one allocation per item as the "+
 		"reflector makes them, through the transforms of `controllers.CacheOptions()` (managed fields and kubectl's last-applied configuration stripped; a Secret no ApiToken "+
 		"controls also loses its data and annotations), into client-go indexers with controller-runtime's namespace index and the "+
-		"manager's two ApiToken field indexes. The clock (CPU time, GC included) runs over decode, transform and store; then the check "+
-		"index is fed from the cached objects, as after a restart, and its heap counted on top of theirs.\n\n", scaleListPage)
+		"controllers' two ApiToken field indexes. The clock (CPU time, GC included) runs over decode, transform and store; the last two "+
+		"columns feed a check index from the cached objects, sharing their strings, for comparison with the index's own feed above.\n\n", scaleListPage)
 	b.WriteString("| tokens | transforms | ApiTokens, CPU | heap per token | Secrets, CPU | heap per token | ServiceUsers: heap each | index from the cache, CPU | heap per token |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rel {
 		users := (r.n + scaleTokensPerUser - 1) / scaleTokensPerUser
@@ -1082,12 +1083,14 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 	}
 	per := func(total int64, of int) float64 { return float64(total) / float64(of) }
 	idxAlone, checked := per(int64(ix.heap), ix.n), per(int64(ix.warm)-int64(ix.heap), ix.n)
-	index := per(full.index, full.n)
 	tok, sec, user := per(full.tokens, full.n), per(full.secrets, full.n), per(full.users, full.n)
 	bareTok, bareSec, bareUser := per(bare.tokens, bare.n), per(bare.secrets, bare.n), per(bare.users, bare.n)
-	replica := (tok + user + index + checked) * n
-	leader := replica + sec*n
-	restart := full.tokensTime.plus(full.usersTime).plus(full.indexTime)
+	follower := (user + idxAlone) * n // the ServiceUsers (the manager's cache) and the index
+	leader := follower + (tok+user+sec)*n
+	// A restart decodes every ApiToken (as the relist does) and builds the
+	// index from them; the leader's controllers then list into their cache.
+	indexBuild := per(int64(ix.build.cpu), ix.n)
+	restart := full.tokensTime.cpu + full.usersTime.cpu + time.Duration(indexBuild*float64(full.n))
 	tokenWire := per(full.tokenWire, full.n)
 
 	from := fmt.Sprintf("per-token figures from the %s-token runs", thousands(full.n))
@@ -1097,34 +1100,30 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 	if quick {
 		from = "**quick run**, " + from
 	}
-	fmt.Fprintf(&b, "\n**What one replica holds at 1,000,000 tokens** (%s):\n\n", from)
-	fmt.Fprintf(&b, "- **check index: %s**, %s once every token has passed a check (%s B per token, %s B more once checked; "+
-		"%s B alone in the %s-token run, counting the spec strings and slices it shares with the cache);\n",
-		scaleMB(index*n), scaleMB((index+checked)*n), thousands(int(index)), thousands(int(checked)), thousands(int(idxAlone)), thousands(ix.n))
-	fmt.Fprintf(&b, "- **cache on every replica: %s** of ApiTokens and ServiceUsers (%s B per token), which the check server's feed, the "+
-		"field indexes and the ServiceUser controller read; without the transforms %s: stripping managed fields saves %s. Of a cached "+
-		"ApiToken, the `%s` field index takes %s B (%s at a million): controller-runtime indexes each value twice, under its namespace "+
-		"and under all namespaces, and a hash, being unique, gets two sets of its own; the `%s` index takes %s B;\n",
-		scaleMB((tok+user)*n), thousands(int(tok+user)), scaleMB((bareTok+bareUser)*n), scaleMB((bareTok+bareUser-tok-user)*n),
+	fmt.Fprintf(&b, "\n**What a replica holds at 1,000,000 tokens** (%s):\n\n", from)
+	fmt.Fprintf(&b, "- **every replica: the check index, %s**, %s once every token has passed a check (%s B per token, %s B more once "+
+		"checked), and the ServiceUsers (%s B per token): no ApiToken object. A follower holds nothing else per token;\n",
+		scaleMB(idxAlone*n), scaleMB((idxAlone+checked)*n), thousands(int(idxAlone)), thousands(int(checked)), thousands(int(user)))
+	fmt.Fprintf(&b, "- **the leader also: the controllers' cache, %s** of ApiTokens and ServiceUsers (%s B per token) and %s of token "+
+		"Secrets (%s B per token: the hash of each token and its signed record, never the token); without the transforms %s and %s. Of a "+
+		"cached ApiToken, the `%s` field index takes %s B (%s at a million): controller-runtime indexes each value twice, under its "+
+		"namespace and under all namespaces, and a hash, being unique, gets two sets of its own; the `%s` index takes %s B;\n",
+		scaleMB((tok+user)*n), thousands(int(tok+user)), scaleMB(sec*n), thousands(int(sec)), scaleMB((bareTok+bareUser)*n), scaleMB(bareSec*n),
 		controllers.TokenHashIndex, thousands(int(per(full.hashIndex, full.n))), scaleMB(per(full.hashIndex, full.n)*n),
 		controllers.ServiceUserIndex, thousands(int(per(full.userIndex, full.n))))
-	fmt.Fprintf(&b, "- **cache on the leader only: %s** of Secrets (%s B per token; %s without the transforms), watched by the ApiToken "+
-		"controller, which runs on the leader. It holds every token in plaintext, as the Secret's data;\n",
-		scaleMB(sec*n), thousands(int(sec)), scaleMB(bareSec*n))
-	fmt.Fprintf(&b, "- **live heap: %s on a replica, %s on the leader**; with Go's default GOGC=100 the heap grows to about twice the live "+
-		"data between collections;\n", scaleMB(replica), scaleMB(leader))
-	fmt.Fprintf(&b, "- **after a restart**, decoding and storing the ApiTokens and ServiceUsers and building the index costs %s of CPU "+
-		"(%s to decode and store, %s to index; %s of wall clock on this shared machine), and the leader's Secrets %s more, on top of "+
-		"kube-apiserver's time to send %s of ApiToken JSON. The check server is not ready until then: it refuses no token for not having seen it;\n",
-		scaleDuration(toMillion(restart.cpu, full.n)), scaleDuration(toMillion(full.tokensTime.cpu+full.usersTime.cpu, full.n)),
-		scaleDuration(toMillion(full.indexTime.cpu, full.n)), scaleDuration(toMillion(restart.wall, full.n)),
-		scaleDuration(toMillion(full.secretsTime.cpu, full.n)), scaleMB(tokenWire*n))
-	fmt.Fprintf(&b, "- an informer that lists rather than streams (WatchList, on by default from client-go 0.35 against kube-apiserver "+
-		"1.34 or later, sends objects one by one and transforms each as it arrives) gets its first list from the watch cache, which "+
-		"ignores the page size at resourceVersion 0: one body of %s, decoded whole before any transform: at least %s held at once for the "+
-		"ApiTokens alone. kube-apiserver's watch cache itself holds every ApiToken and Secret as decoded objects, managed fields "+
-		"included: at least the untransformed %s;\n",
-		scaleMB(tokenWire*n), scaleMB((tokenWire+bareTok)*n), scaleMB((bareTok+bareSec)*n))
+	fmt.Fprintf(&b, "- **live heap: %s on a follower, %s on the leader** (any follower may become the leader: size every replica for "+
+		"it); with Go's default GOGC=100 the heap grows to about twice the live data between collections;\n", scaleMB(follower), scaleMB(leader))
+	fmt.Fprintf(&b, "- **after a restart**, decoding every ApiToken and building the index costs %s of CPU (%s to decode, %s to index), "+
+		"on top of kube-apiserver's time to send %s of ApiToken JSON; the check server is not ready until then (it refuses no token for not "+
+		"having seen it). The leader's controllers list again into their own cache: %s more, and %s for the Secrets;\n",
+		scaleDuration(toMillion(restart, full.n)), scaleDuration(toMillion(full.tokensTime.cpu+full.usersTime.cpu, full.n)),
+		scaleDuration(time.Duration(indexBuild*n)), scaleMB(tokenWire*n),
+		scaleDuration(toMillion(full.tokensTime.cpu, full.n)), scaleDuration(toMillion(full.secretsTime.cpu, full.n)))
+	fmt.Fprintf(&b, "- the index's reflector streams its first list (WatchList, on by default from client-go 0.35 against kube-apiserver "+
+		"1.34 or later: objects one by one, each stripped as it arrives); against an older kube-apiserver it reads the list in pages of "+
+		"%d and strips each page, so it never holds the whole answer decoded. kube-apiserver's watch cache itself holds every ApiToken "+
+		"and Secret as decoded objects, managed fields included: at least the untransformed %s;\n",
+		check.FeedPageSize, scaleMB((bareTok+bareSec)*n))
 
 	fits := func(quota float64) string {
 		if live < quota {

@@ -180,9 +180,9 @@ func TestScaleSmall(t *testing.T) {
 	if rel[0].tokenWire == 0 || rel[0].secretWire == 0 {
 		t.Errorf("no bytes listed: %+v", rel[0])
 	}
-	lu := []lastUsedResult{{lastUsedRun: lastUsedRun{n: 10, replicas: 3, span: time.Hour}, writes: 10, bytes: 20_000}}
+	lu := []lastUsedResult{{lastUsedRun: lastUsedRun{n: 10, replicas: 3, span: time.Hour}, writes: 10, bytes: 20_000, reads: 10}}
 	out := scaleReport(sz, []scaleIndexResult{ix}, rel, lu, true)
-	for _, want := range []string{"| 250 | 3 |", "| 1,200 | keymint's |", "| 1,200 | none |", "What one replica holds at 1,000,000 tokens", "**277 status writes a second**", "| 10 | 3 | none | 1h0m0s | 10 | 1.00 | 2000 B | 277 |"} {
+	for _, want := range []string{"| 250 | 3 |", "| 1,200 | keymint's |", "| 1,200 | none |", "What a replica holds at 1,000,000 tokens", "on a follower", "on the leader", "**277 status writes a second** (target < 300: met", "| 10 | 3 | none | 1h0m0s | 10 | 1.00 | 2000 B | 277 | 1.00 |"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the report lacks %q:\n%s", want, out)
 		}

@@ -23,9 +23,9 @@ import (
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 )
 
-// feedPageSize is how many ApiTokens one page of a List holds, when the API
+// FeedPageSize is how many ApiTokens one page of a List holds, when the API
 // server serves a List rather than a stream (WatchList).
-const feedPageSize = 500
+const FeedPageSize = 500
 
 // Feed keeps the index in step with the ApiTokens (a reflector of its own)
 // and the ServiceUsers (the manager's cache), and calls each of gone with
@@ -84,7 +84,7 @@ func TokenListerWatcher(c client.WithWatch) toolscache.ListerWatcher {
 	return &toolscache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 			all := &keymintv1alpha1.ApiTokenList{}
-			opts.Limit = feedPageSize
+			opts.Limit = FeedPageSize
 			for {
 				page := &keymintv1alpha1.ApiTokenList{}
 				if err := c.List(ctx, page, &client.ListOptions{Raw: &opts, Limit: opts.Limit, Continue: opts.Continue}); err != nil {

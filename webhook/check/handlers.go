@@ -631,9 +631,10 @@ func successOf(g *Grant) *successAnswer {
 	if scopes == nil {
 		scopes = []string{}
 	}
-	body, _ := json.Marshal(checkBody{User: g.Username, Token: g.Token.String(), Scopes: scopes, Metadata: g.Metadata})
+	name := g.Token.String() // once: the header and the body share it
+	body, _ := json.Marshal(checkBody{User: g.Username, Token: name, Scopes: scopes, Metadata: g.Metadata})
 	a := &successAnswer{
-		user: []string{g.Username}, token: []string{g.Token.String()}, scopes: []string{strings.Join(g.Scopes, ",")},
+		user: []string{g.Username}, token: []string{name}, scopes: []string{strings.Join(g.Scopes, ",")},
 		body: append(body, '\n'),
 	}
 	for _, k := range slices.Sorted(maps.Keys(g.Metadata)) {
