@@ -344,7 +344,7 @@ func (r *ApiTokenReconciler) SetupWithManager(mgr ctrl.Manager, c cache.Cache) e
 		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ApiToken{}, handler.EnqueueRequestsFromMapFunc(r.claimants), notOnlyLastUsed())).
 		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ServiceUser{},
 			handler.EnqueueRequestsFromMapFunc(r.tokensOfUser), predicate.GenerationChangedPredicate{})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 4, CacheSyncTimeout: cacheSyncTimeout}).
 		Named("apitoken").
 		Complete(r)
 }

@@ -19,6 +19,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -214,6 +215,7 @@ func (r *RestartReconciler) SetupWithManager(mgr ctrl.Manager, c cache.Cache) er
 	})
 	return ctrl.NewControllerManagedBy(mgr).
 		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ApiToken{}, &handler.EnqueueRequestForObject{}, due)).
+		WithOptions(controller.Options{CacheSyncTimeout: cacheSyncTimeout}).
 		Named("restart").
 		Complete(r)
 }

@@ -17,6 +17,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -177,6 +178,7 @@ func (r *ServiceUserReconciler) SetupWithManager(mgr ctrl.Manager, c cache.Cache
 	return ctrl.NewControllerManagedBy(mgr).
 		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ServiceUser{}, &handler.EnqueueRequestForObject{})).
 		WatchesRawSource(source.Kind[client.Object](c, &keymintv1alpha1.ApiToken{}, recountUser(r.Client, recountDelay), notOnlyLastUsed())).
+		WithOptions(controller.Options{CacheSyncTimeout: cacheSyncTimeout}).
 		Named("serviceuser").
 		Complete(r)
 }

@@ -85,6 +85,13 @@ func keepOwnedSecrets(obj any) (any, error) {
 	return sec, nil
 }
 
+// cacheSyncTimeout is how long a controller waits for the controllers'
+// cache to list everything once it is elected (controller-runtime's
+// default is 2 minutes): that cache starts only on the leader, so a new
+// leader lists every ApiToken and token Secret then, which takes minutes
+// at a million tokens, and a controller that gives up stops the manager.
+const cacheSyncTimeout = 15 * time.Minute
+
 // DefaultExpiryWarning is how long before expiry a token is ExpiringSoon
 // when its ServiceUser sets no tokenPolicy.expiryWarning: 7 days, as GitLab
 // warns.

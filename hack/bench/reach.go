@@ -225,8 +225,8 @@ func (cl *cluster) memory(ctx context.Context, e *env, b *strings.Builder, m *me
 	base := m.points[0]
 	b.WriteString("**Memory per token**: each replica's resident memory (VmRSS) and Go heap in use, the median of five readings once idle, " +
 		"with every token issued by keymint (Ready, with its Secret), against the same replica before any token existed. " +
-		"The leader runs the controllers (their own cache of ApiTokens, ServiceUsers and token Secrets) and the check server; the follower only "+
-		"the check server: its index, fed by its own ApiToken watch, and the ServiceUsers. No token has passed a check: a token in use adds its "+
+		"The leader runs the controllers (their own cache of ApiTokens, ServiceUsers and token Secrets) and the check server; the follower only " +
+		"the check server: its index, fed by its own ApiToken watch, and the ServiceUsers. No token has passed a check: a token in use adds its " +
 		"prebuilt answer, rate window and pending use (see the scale section).\n\n")
 	b.WriteString("| tokens | leader RSS | per token | leader heap | per token | follower RSS | per token | follower heap | per token | target |\n")
 	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")

@@ -461,8 +461,9 @@ func (t *specTable) intern(spec *keymintv1alpha1.ApiTokenSpec) *keymintv1alpha1.
 	if t.m == nil {
 		t.m = map[hash]weak.Pointer[keymintv1alpha1.ApiTokenSpec]{}
 	}
-	p := new(keymintv1alpha1.ApiTokenSpec)
-	*p = *spec
+	// A deep copy: the caller's slices and maps are its own to change, and
+	// every token sharing the spec would see a change.
+	p := spec.DeepCopy()
 	wp := weak.Make(p)
 	t.m[k] = wp
 	runtime.AddCleanup(p, t.forget, specKey{k, wp})

@@ -134,7 +134,7 @@ type UsageFlusher struct {
 	Clock     clock.WithTicker
 	Interval  time.Duration
 	// MinGap is the least time between two writes of one token by this
-	// replica, so that its own write reaches its cache before the next.
+	// replica, so that its own write reaches its index before the next.
 	MinGap time.Duration
 	// Gap, when set, replaces tokenstate.UseRecordingGap (tests shorten it).
 	Gap func(*tokenstate.Token, *tokenstate.User) time.Duration
@@ -216,7 +216,7 @@ func (f *UsageFlusher) Flush(ctx context.Context) {
 			delete(f.quotas, key)
 			delete(f.written, key)
 		case apierrors.IsConflict(err):
-			// Someone wrote the status since the cache saw it: next flush.
+			// Someone wrote the status since it was read: next flush.
 		case err != nil:
 			logf.FromContext(ctx).Error(err, "Writing lastUsedAt", "apiToken", key)
 		default:
