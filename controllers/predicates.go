@@ -14,7 +14,7 @@ import (
 // notOnlyLastUsed drops ApiToken updates that change nothing but the
 // recorded uses (status.lastUsedAt, tokenLastUsedAt, previousTokens[].lastUsedAt,
 // and the quota count):
-// every replica's check server writes them, up to once a minute per token.
+// the check servers write them, about once per recording gap per token.
 // Two uses matter: the first of a token whose rotated-out predecessors
 // retireWhenIdle may retire, since retiring waits for it; and any use of a
 // token inside its idle warning window, which ends the warning.

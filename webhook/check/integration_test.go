@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,7 +22,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -89,7 +92,20 @@ var _ = BeforeSuite(func() {
 		probeAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 		probeURL = "http://" + probeAddr
 		env, err = testenv.Run(ctx, testenv.RunInput{
-			ManagerOptions: func(o *ctrl.Options) { o.HealthProbeBindAddress = probeAddr },
+			ManagerOptions: func(o *ctrl.Options) {
+				o.HealthProbeBindAddress = probeAddr
+				// Note each kind the manager's own cache makes an informer
+				// for: the check server, its flusher and leak writer must
+				// never make one of ApiTokens or Secrets (AfterSuite).
+				next := o.Cache.NewInformer
+				if next == nil {
+					next = toolscache.NewSharedIndexInformer
+				}
+				o.Cache.NewInformer = func(lw toolscache.ListerWatcher, obj runtime.Object, resync time.Duration, ix toolscache.Indexers) toolscache.SharedIndexInformer {
+					managerInformers.Store(fmt.Sprintf("%T", obj), true)
+					return next(lw, obj, resync, ix)
+				}
+			},
 			SetupReconcilers: func(ctx context.Context, e *testenv.Environment) error {
 				if err := controllers.Setup(ctx, e.Manager, controllers.Options{RequesterWebhook: testenv.RequesterWebhookName, Clock: clock.RealClock{}, Keyring: e.Keyring}); err != nil {
 					return err
@@ -109,7 +125,20 @@ var _ = BeforeSuite(func() {
 	k8sClient = env.Client
 })
 
+// managerInformers holds the Go type of each object the manager's cache
+// made an informer for.
+var managerInformers sync.Map
+
 var _ = AfterSuite(func() {
+	// Every spec has run: checks, flushes, leak reports. A replica that
+	// is not the leader holds no ApiToken or Secret object: the check
+	// server's index has a watch of its own, and the controllers a cache.
+	for _, kind := range []string{"*v1alpha1.ApiToken", "*v1.Secret"} {
+		_, made := managerInformers.Load(kind)
+		Expect(made).To(BeFalse(), "the manager's cache made an informer of %s", kind)
+	}
+	_, users := managerInformers.Load("*v1alpha1.ServiceUser")
+	Expect(users).To(BeTrue(), "not vacuous: the manager's cache has the ServiceUsers' informer")
 	if cancel != nil {
 		cancel()
 	}
