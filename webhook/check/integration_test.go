@@ -130,6 +130,12 @@ var _ = BeforeSuite(func() {
 var managerInformers sync.Map
 
 var _ = AfterSuite(func() {
+	if cancel != nil {
+		cancel()
+	}
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
+	}
 	// Every spec has run: checks, flushes, leak reports. A replica that
 	// is not the leader holds no ApiToken or Secret object: the check
 	// server's index has a watch of its own, and the controllers a cache.
@@ -139,12 +145,6 @@ var _ = AfterSuite(func() {
 	}
 	_, users := managerInformers.Load("*v1alpha1.ServiceUser")
 	Expect(users).To(BeTrue(), "not vacuous: the manager's cache has the ServiceUsers' informer")
-	if cancel != nil {
-		cancel()
-	}
-	if env != nil {
-		Expect(env.Stop()).To(Succeed())
-	}
 })
 
 // get calls /check with a bearer token and returns the status and JSON body.
