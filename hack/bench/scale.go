@@ -1155,10 +1155,10 @@ func scaleReport(s storedSizes, idx []scaleIndexResult, rel []scaleRelistResult,
 			"each seeing a check of every token before each flush, against a fake API server holding the fixture's objects, every status write "+
 			"counted with the ApiToken it stores. A token in constant use is written once per recording gap (`tokenstate.UseRecordingGap`: %s "+
 			"without an idle rule), whatever the number of replicas: with all 1,000,000 tokens in use, **%s status writes a second** (target < 300: %s; "+
-			"%s/s into etcd's log, **%.0f B per token an hour**, target < 1 KB: %s), and about %.2f GiB of history kept until compaction. A `maxIdle` of "+
+			"%.1f MB/s into etcd's log, **%.0f B per token an hour**, target < 1 KB: %s), and about %.2f GiB of history kept until compaction. A `maxIdle` of "+
 			"an hour records every 15 minutes, %.0f times as many (table).\n\n",
-			tokenstate.DefaultUseRecordingGap, thousands(int(writes)), verdict(writes < 300), scaleMB(writes*tokenRev), plain.bytesPerTokenHour(),
-			verdict(plain.bytesPerTokenHour() < 1000), float64(tokenstate.DefaultUseRecordingGap/(15*time.Minute)), float64(n)*kept/(1<<30))
+			tokenstate.DefaultUseRecordingGap, thousands(int(writes)), verdict(writes < 300), writes*tokenRev/1e6, plain.bytesPerTokenHour(),
+			verdict(plain.bytesPerTokenHour() < 1000), float64(n)*kept/(1<<30), float64(tokenstate.DefaultUseRecordingGap/(15*time.Minute)))
 		b.WriteString(lastUsedReport(lu))
 	}
 	return b.String()
