@@ -21,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -270,9 +269,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	checkOpts.TrackTokens = func(lw toolscache.ListerWatcher) toolscache.ListerWatcher {
-		return fresh.Track(&keymintv1alpha1.ApiToken{}, lw)
-	}
+	checkOpts.TrackTokens = fresh.Tracking(&keymintv1alpha1.ApiToken{})
 	if err := errors.Join(
 		controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: o.expiryWarning,
 			AuthorizationRetry: o.authzRetry, RequesterWebhook: certOpts.MutatingWebhookConfiguration, Cache: ctrlCache}),

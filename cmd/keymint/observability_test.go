@@ -29,7 +29,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -121,9 +120,7 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 			if err := check.Setup(ctx, mgr, check.Options{
 				Listener: checkLn, CertFile: files.CertFile, KeyFile: files.KeyFile,
 				DefaultRequestsPerMinute: 500, FlushInterval: time.Second, Clock: clock.RealClock{}, Registerer: metrics.Registry,
-				TrackTokens: func(lw toolscache.ListerWatcher) toolscache.ListerWatcher {
-					return fresh.Track(&keymintv1alpha1.ApiToken{}, lw)
-				},
+				TrackTokens: fresh.Tracking(&keymintv1alpha1.ApiToken{}),
 			}); err != nil {
 				return err
 			}

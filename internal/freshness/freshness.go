@@ -154,6 +154,12 @@ func (t *Tracker) Track(obj runtime.Object, lw toolscache.ListerWatcher) toolsca
 	return lw
 }
 
+// Tracking is Track for obj's kind as a function, for options that take one
+// (check.Options.TrackTokens).
+func (t *Tracker) Tracking(obj runtime.Object) func(toolscache.ListerWatcher) toolscache.ListerWatcher {
+	return func(lw toolscache.ListerWatcher) toolscache.ListerWatcher { return t.Track(obj, lw) }
+}
+
 func (t *Tracker) wrap(k *kind, lw toolscache.ListerWatcher) toolscache.ListerWatcher {
 	t.mu.Lock()
 	defer t.mu.Unlock()

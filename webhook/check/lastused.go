@@ -251,8 +251,12 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 	st := &tok.Status
 	changed := false
 	later := func(field **metav1.Time, at time.Time) {
-		t := metav1.NewTime(at.UTC().Truncate(time.Second))
-		if *field == nil || !(*field).Add(gap).After(t.Time) {
+		var shown time.Time
+		if *field != nil {
+			shown = (*field).Time
+		}
+		if useIsNews(shown, at, gap) {
+			t := metav1.NewTime(recordedAt(at))
 			*field, changed = &t, true
 		}
 	}
@@ -302,6 +306,16 @@ func (f *UsageFlusher) gapOf(ctx context.Context, tok *keymintv1alpha1.ApiToken,
 	return tokenstate.UseRecordingGap(&t, user)
 }
 
+// recordedAt is a use as a status records it: to the second, in UTC.
+func recordedAt(at time.Time) time.Time { return at.UTC().Truncate(time.Second) }
+
+// useIsNews reports whether a use at at moves a recorded use shown (zero:
+// none) by the gap or more: the one rule write and the index's pre-check
+// (shownUses.due) both apply.
+func useIsNews(shown, at time.Time, gap time.Duration) bool {
+	return shown.IsZero() || !shown.Add(gap).After(recordedAt(at))
+}
+
 // gapOfShown is the recording gap of a token as the index shows it.
 func (f *UsageFlusher) gapOfShown(s *shownUses) time.Duration {
 	if f.Gap != nil {
@@ -314,16 +328,13 @@ func (f *UsageFlusher) gapOfShown(s *shownUses) time.Duration {
 // shown status has by the gap or more, as write decides on the status it
 // reads.
 func (s *shownUses) due(uses map[hash]time.Time, quota *quotaSeen, gap time.Duration) bool {
-	stale := func(shown, at time.Time) bool {
-		return shown.IsZero() || !shown.Add(gap).After(at.UTC().Truncate(time.Second))
-	}
 	for h, at := range uses {
-		if stale(s.token.AnyLastUsed, at) || (s.hasCur && h == s.current && stale(s.token.LastUsed, at)) {
+		if useIsNews(s.token.AnyLastUsed, at, gap) || (s.hasCur && h == s.current && useIsNews(s.token.LastUsed, at, gap)) {
 			return true
 		}
 		name := token.FormatHash(h)
 		for _, p := range s.token.Previous {
-			if p.Hash == name && stale(p.LastUsed, at) {
+			if p.Hash == name && useIsNews(p.LastUsed, at, gap) {
 				return true
 			}
 		}
