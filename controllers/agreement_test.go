@@ -68,13 +68,20 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 			})
 		}
 	}
-	// Idle from the token's issue, an hour ago: maxIdle 2h and the
-	// recording slack from there.
-	// maxIdle waits the longest recording gap past its end.
+	// Idle from the token's issue, an hour ago, never used: maxIdle 2h
+	// and the recording slack from there (a first use is written at once).
+	idleAt := issuedAt.Add(2*time.Hour + tokenstate.UseRecordingSlack)
+	// After a use, the gap it was recorded under is waited too: the
+	// longest when the status does not say.
 	idleGap := tokenstate.DefaultUseRecordingGap
-	idleAt := issuedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack)
 	usedAt := func(at time.Time) func(*keymintv1alpha1.ApiToken) {
 		return func(t *keymintv1alpha1.ApiToken) { t.Status.LastUsedAt = &metav1.Time{Time: at} }
+	}
+	usedUnder := func(at time.Time, gap time.Duration) func(*keymintv1alpha1.ApiToken) {
+		return func(t *keymintv1alpha1.ApiToken) {
+			t.Status.LastUsedAt = &metav1.Time{Time: at}
+			t.Status.LastUsedRecording = &keymintv1alpha1.UseRecording{LastUsedAt: metav1.NewTime(at), Gap: metav1.Duration{Duration: gap}}
+		}
 	}
 	requireApproval := func(u *keymintv1alpha1.ServiceUser) { u.Spec.TokenPolicy.RequireApproval = true }
 	decided := func(decision string, scopes ...string) func(*keymintv1alpha1.ApiToken) {
@@ -133,10 +140,14 @@ func TestControllerAndCheckServerAgree(t *testing.T) {
 		"leaked rotated-out token": {tok: reported(previous), at: now, want: "ok", wantPrevious: false},
 		"both leaked":              {tok: both(reported(current), reported(previous)), at: now, want: "revoked", wantPrevious: false},
 
-		"maxIdle, 1s before idle":           {user: maxIdle(2 * time.Hour), at: idleAt.Add(-time.Second), want: "ok"},
-		"maxIdle, at idle":                  {user: maxIdle(2 * time.Hour), at: idleAt, want: "revoked"},
-		"maxIdle, used since: not idle":     {user: maxIdle(2 * time.Hour), tok: usedAt(now), at: idleAt, want: "ok"},
-		"maxIdle, used since, at its idle":  {user: maxIdle(2 * time.Hour), tok: usedAt(now), at: now.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack), want: "revoked"},
+		"maxIdle, 1s before idle":          {user: maxIdle(2 * time.Hour), at: idleAt.Add(-time.Second), want: "ok"},
+		"maxIdle, at idle":                 {user: maxIdle(2 * time.Hour), at: idleAt, want: "revoked"},
+		"maxIdle, used since: not idle":    {user: maxIdle(2 * time.Hour), tok: usedAt(now), at: idleAt, want: "ok"},
+		"maxIdle, used since, at its idle": {user: maxIdle(2 * time.Hour), tok: usedAt(now), at: now.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack), want: "revoked"},
+		"maxIdle, used under a 30m gap, 1s before its idle": {user: maxIdle(2 * time.Hour), tok: usedUnder(now, 30*time.Minute),
+			at: now.Add(2*time.Hour + 30*time.Minute + tokenstate.UseRecordingSlack - time.Second), want: "ok"},
+		"maxIdle, used under a 30m gap, at its idle": {user: maxIdle(2 * time.Hour), tok: usedUnder(now, 30*time.Minute),
+			at: now.Add(2*time.Hour + 30*time.Minute + tokenstate.UseRecordingSlack), want: "revoked"},
 		"token maxIdle shorter than user's": {user: maxIdle(48 * time.Hour), tok: func(t *keymintv1alpha1.ApiToken) { t.Spec.MaxIdle = &metav1.Duration{Duration: 2 * time.Hour} }, at: idleAt, want: "revoked"},
 		"maxIdle, in grace before idle":     {user: maxIdle(2 * time.Hour), at: now, want: "ok", wantPrevious: true},
 

@@ -232,7 +232,7 @@ func afterAction(o observation, d decision, rec *secretrecord.Record, failed err
 		a = after{Token: tokenFromRecord(o.Spec, rec), Hash: rec.Hash, Display: rec.Display, Serial: rec.Serial,
 			RotatedAt: rec.RotatedAt, RotationRequest: rec.RotationRequest}
 		// Uses of the line so far count against its idleness.
-		a.Token.AnyLastUsed = o.Current.AnyLastUsed
+		a.Token.AnyLastUsed, a.Token.AnyLastUsedGap = o.Current.AnyLastUsed, o.Current.AnyLastUsedGap
 	case d.Action == actRevoke:
 		a = after{Token: emptied, Display: o.Display, Serial: max(o.Serial, o.OurRecord), RotationRequest: o.RotationRequest}
 	default:

@@ -132,7 +132,7 @@ func observeToken(o *observation, st *keymintv1alpha1.ApiTokenStatus, sec secret
 		o.Current.MarkReported(rec.Hash, st.LeakReports)
 		o.Current.Approved = tokenstate.Approved(o.Spec, st)
 		if st.LastUsedAt != nil {
-			o.Current.AnyLastUsed = st.LastUsedAt.Time
+			o.Current.AnyLastUsed, o.Current.AnyLastUsedGap = st.LastUsedAt.Time, tokenstate.RecordedGap(st)
 		}
 		o.Hash, o.Display, o.Serial, o.RotatedAt, o.RotationRequest = rec.Hash, rec.Display, rec.Serial, rec.RotatedAt, rec.RotationRequest
 		o.Adopted, o.Delivered = true, true

@@ -315,8 +315,9 @@ func withinWarningWindow(in *statusInput) (condition, bool) {
 			since = "its last recorded use, at " + in.a.Token.AnyLastUsed.UTC().Format(time.RFC3339)
 		}
 		return conditionOf(true, keymintv1alpha1.ApiTokenReasonIdleWithinWarningWindow,
-			fmt.Sprintf("Token %s… is revoked for idleness at %s unless a check accepts it before: no check has since %s (maxIdle %s, and 5m for uses still being recorded)",
-				in.a.Display, in.warn.Ends.UTC().Format(time.RFC3339), since, tokenstate.MaxIdle(in.o.Spec, &in.o.User))), true
+			fmt.Sprintf("Token %s… is revoked for idleness at %s unless a check accepts it before: no check has since %s (maxIdle %s, and %s for uses still being recorded)",
+				in.a.Display, in.warn.Ends.UTC().Format(time.RFC3339), since, tokenstate.MaxIdle(in.o.Spec, &in.o.User),
+				tokenstate.UnrecordedUse(&in.a.Token, &in.o.User))), true
 	}
 	return conditionOf(true, keymintv1alpha1.ApiTokenReasonWithinWarningWindow,
 		fmt.Sprintf("Token %s… expires at %s, within the %s warning window, and no scheduled rotation replaces it first: "+

@@ -151,10 +151,6 @@ var _ = Describe("Leaked tokens", func() {
 	})
 })
 
-// idleGap is how long past its maxIdle (and the recording slack) a token
-// is revoked: the longest recording gap, whatever the token's is now.
-const idleGap = tokenstate.DefaultUseRecordingGap
-
 var _ = Describe("maxIdle", func() {
 	// use records a check of the token the way the check server does.
 	use := func(ns, name, plain string) {
@@ -177,7 +173,9 @@ var _ = Describe("maxIdle", func() {
 		createUser(ns, "cron", idleUser)
 		createToken(ns, "nightly", "cron")
 		plain, tok := issued(ns, "nightly")
-		idleAt := tok.Status.IssuedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack)
+		// Never used: a first use would be written at the next flush, so
+		// only the slack is waited past maxIdle.
+		idleAt := tok.Status.IssuedAt.Add(2*time.Hour + tokenstate.UseRecordingSlack)
 		expectCondition(ns, "nightly", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotExpiringSoon)
 
 		By("inside the hour before it goes idle")
@@ -222,7 +220,7 @@ var _ = Describe("maxIdle", func() {
 		createUser(ns, "web", idleUser)
 		createToken(ns, "busy", "web", testenv.WithRotation(0, time.Hour))
 		plain, tok := issued(ns, "busy")
-		idleAt := tok.Status.IssuedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack)
+		idleAt := tok.Status.IssuedAt.Add(2*time.Hour + tokenstate.UseRecordingSlack)
 
 		By("used inside the warning window (55 minutes before it would go idle), then rotated: a rotation does not restart the count, a use does")
 		fakeClock.SetTime(idleAt.Add(-55 * time.Minute))
@@ -232,7 +230,12 @@ var _ = Describe("maxIdle", func() {
 		// The recorded use alone (no edit) ends the warning.
 		expectCondition(ns, "busy", keymintv1alpha1.ApiTokenConditionExpiringSoon, metav1.ConditionFalse, keymintv1alpha1.ApiTokenReasonNotExpiringSoon)
 		rotateTo(ns, "busy", "one", plain)
-		usedAt := getToken(ns, "busy").Status.LastUsedAt.Time
+		st := getToken(ns, "busy").Status
+		usedAt := st.LastUsedAt.Time
+		// The flusher records the gap it wrote the use under: a quarter of
+		// maxIdle. Later uses within it are held back, so it is waited.
+		Expect(tokenstate.RecordedGap(&st)).To(Equal(30 * time.Minute))
+		idleAt = usedAt.Add(2*time.Hour + 30*time.Minute + tokenstate.UseRecordingSlack)
 
 		By("at the first idle time, it stays")
 		fakeClock.SetTime(idleAt)
@@ -243,8 +246,15 @@ var _ = Describe("maxIdle", func() {
 			g.Expect(tok.Status.IdleRevokedAt).To(BeNil())
 		}, "2s").Should(Succeed())
 
-		By("maxIdle after the use, it is revoked")
-		fakeClock.SetTime(usedAt.Add(2*time.Hour + idleGap + tokenstate.UseRecordingSlack))
+		By("1s before maxIdle, the recorded gap and the slack after the use, it stays")
+		fakeClock.SetTime(idleAt.Add(-time.Second))
+		poke(ns, "busy")
+		Consistently(func(g Gomega) {
+			g.Expect(getToken(ns, "busy").Status.IdleRevokedAt).To(BeNil())
+		}, "2s").Should(Succeed())
+
+		By("maxIdle, the recorded gap and the slack after the use, it is revoked")
+		fakeClock.SetTime(idleAt)
 		poke(ns, "busy")
 		expectCondition(ns, "busy", keymintv1alpha1.ApiTokenConditionRevoked, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonIdle)
 	})

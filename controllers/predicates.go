@@ -40,7 +40,7 @@ func useEndsIdleWarning(after *keymintv1alpha1.ApiToken) bool {
 func onlyLastUsedChanged(before, after *keymintv1alpha1.ApiToken) bool {
 	a, b := before.DeepCopy(), after.DeepCopy()
 	for _, t := range []*keymintv1alpha1.ApiToken{a, b} {
-		t.Status.LastUsedAt, t.Status.TokenLastUsedAt, t.Status.Quota = nil, nil, nil
+		t.Status.LastUsedAt, t.Status.LastUsedRecording, t.Status.TokenLastUsedAt, t.Status.Quota = nil, nil, nil, nil
 		for i := range t.Status.PreviousTokens {
 			t.Status.PreviousTokens[i].LastUsedAt = nil
 		}

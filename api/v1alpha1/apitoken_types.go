@@ -596,6 +596,14 @@ type ApiTokenStatus struct {
 	// +optional
 	LastUsedAt *metav1.Time `json:"lastUsedAt,omitempty"`
 
+	// lastUsedRecording is the recording gap lastUsedAt was written under:
+	// a later use by less than the gap may not be written yet. The check
+	// servers write it with lastUsedAt. maxIdle waits the longer of it and
+	// the token's gap now (without it, or with it naming another
+	// lastUsedAt, the longest gap, 3h).
+	// +optional
+	LastUsedRecording *UseRecording `json:"lastUsedRecording,omitempty"`
+
 	// tokenLastUsedAt is when a check last accepted the current token
 	// (tokenHash); unset until it is first used. rotation.retireWhenIdle
 	// waits for it.
@@ -655,6 +663,16 @@ type ApiTokenStatus struct {
 	// observedGeneration is the generation this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// UseRecording is the recording gap a status.lastUsedAt was written under.
+type UseRecording struct {
+	// lastUsedAt is the status.lastUsedAt this gap was written with: the
+	// gap describes that value only.
+	LastUsedAt metav1.Time `json:"lastUsedAt"`
+
+	// gap: a use later than lastUsedAt by less than this was not written.
+	Gap metav1.Duration `json:"gap"`
 }
 
 // ApiToken is one bearer token of a ServiceUser. keymint mints it, writes it

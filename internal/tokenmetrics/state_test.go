@@ -48,9 +48,9 @@ func TestEvaluate(t *testing.T) {
 			t.Status.PreviousTokens = []keymintv1alpha1.PreviousToken{{TokenHash: "sha256:01", IssuedAt: *at(-2 * time.Hour), ValidUntil: *at(0)}}
 		}), user: user, want: StateActive},
 		"unused past its maxIdle": {token: issued(func(t *keymintv1alpha1.ApiToken) {
-			t.Status.IssuedAt = at(-30*time.Minute - tokenstate.DefaultUseRecordingGap - tokenstate.UseRecordingSlack - time.Second)
+			t.Status.IssuedAt = at(-30*time.Minute - tokenstate.UseRecordingSlack - time.Second)
 		}),
-			user: tokenstate.User{Found: true, UID: "uid", MaxIdle: 30 * time.Minute}, want: StateIdle}, // past 30m + the longest recording gap + slack
+			user: tokenstate.User{Found: true, UID: "uid", MaxIdle: 30 * time.Minute}, want: StateIdle}, // never used: past 30m + the slack
 		"used within its maxIdle": {token: issued(func(t *keymintv1alpha1.ApiToken) { t.Status.LastUsedAt = at(-time.Minute) }),
 			user: tokenstate.User{Found: true, UID: "uid", MaxIdle: 30 * time.Minute}, want: StateActive},
 		"revoked for idleness before": {token: func() *keymintv1alpha1.ApiToken {

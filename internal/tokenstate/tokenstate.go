@@ -114,6 +114,9 @@ type Token struct {
 	// counts from the later of the two.
 	IdleSince   time.Time
 	AnyLastUsed time.Time
+	// AnyLastUsedGap is the recording gap AnyLastUsed was written under
+	// (status.lastUsedRecording); zero when unknown.
+	AnyLastUsedGap time.Duration
 	// Sources are the spec's allowedSourceCIDRs, parsed once here rather
 	// than on every check; nil when unset.
 	Sources []netip.Prefix
@@ -157,7 +160,7 @@ func TokenFrom(spec *keymintv1alpha1.ApiTokenSpec, st *keymintv1alpha1.ApiTokenS
 		tok.LastUsed = st.TokenLastUsedAt.Time
 	}
 	if st.LastUsedAt != nil {
-		tok.AnyLastUsed = st.LastUsedAt.Time
+		tok.AnyLastUsed, tok.AnyLastUsedGap = st.LastUsedAt.Time, RecordedGap(st)
 	}
 	if st.IdleSince != nil {
 		tok.IdleSince = st.IdleSince.Time
@@ -339,12 +342,23 @@ func Evaluate(t *Token, u *User, now time.Time) Verdict {
 // UseRecordingSlack is how late a check's use may reach lastUsedAt beyond
 // its recording gap (UseRecordingGap): check servers write uses in batches
 // (--last-used-flush-interval, 10 s) and retry a write another replica beat
-// next time. maxIdle waits the longest gap (DefaultUseRecordingGap) and
-// this long past its own end, so that a token used within its maxIdle is
-// never revoked for idleness while its use is on its way: not the token's
-// gap now, which a rotation or a shorter maxIdle makes finer than the one
-// its last use was recorded under.
+// next time. maxIdle waits, past its own end, the gap the last recorded use
+// was written under or the token's gap now, whichever is longer, and this
+// long besides, so that a token used within its maxIdle is never revoked
+// for idleness while its use is on its way (IdleRevocationAt).
 const UseRecordingSlack = 5 * time.Minute
+
+// RecordedGap is the recording gap status.lastUsedAt was written under, as
+// the check server that wrote it recorded it beside it; zero when unknown:
+// not recorded (a keymint before the field), or recorded for another
+// lastUsedAt (an older check server moved lastUsedAt since).
+func RecordedGap(st *keymintv1alpha1.ApiTokenStatus) time.Duration {
+	r := st.LastUsedRecording
+	if r == nil || st.LastUsedAt == nil || !r.LastUsedAt.Equal(st.LastUsedAt) || r.Gap.Duration <= 0 {
+		return 0
+	}
+	return r.Gap.Duration
+}
 
 // DefaultUseRecordingGap is how stale lastUsedAt may be for a token no
 // idle rule watches: its uses reach its status once every 3 hours at most.
@@ -387,11 +401,10 @@ func MaxIdle(spec *keymintv1alpha1.ApiTokenSpec, u *User) time.Duration {
 }
 
 // IdleRevocationAt returns when token t of user u is revoked for idleness
-// unless a later use is recorded: maxIdle (and the longest recording gap
-// and UseRecordingSlack, how late a use may be recorded) after the
-// later of its last recorded use (of any of its hashes) and the start of
-// its line of tokens (IdleSince, else its issue). ok is false without a
-// maxIdle or a token.
+// unless a later use is recorded: maxIdle, and how late a use may be
+// recorded (UnrecordedUse), after the later of its last recorded use (of
+// any of its hashes) and the start of its line of tokens (IdleSince, else
+// its issue). ok is false without a maxIdle or a token.
 func IdleRevocationAt(t *Token, u *User) (at time.Time, ok bool) {
 	idle := MaxIdle(t.Spec, u)
 	if idle <= 0 || !t.Issued {
@@ -404,7 +417,26 @@ func IdleRevocationAt(t *Token, u *User) (at time.Time, ok bool) {
 	if t.AnyLastUsed.After(since) {
 		since = t.AnyLastUsed
 	}
-	return since.Add(idle + DefaultUseRecordingGap + UseRecordingSlack), true
+	return since.Add(idle + UnrecordedUse(t, u)), true
+}
+
+// UnrecordedUse is how long after lastUsedAt a use of t may still be on
+// its way to it. With no use recorded, the first is written at the next
+// flush: UseRecordingSlack. After one, a use within the recording gap is
+// not written at all until the gap passes: the gap lastUsedAt was written
+// under (the longest, DefaultUseRecordingGap, when unknown) or t's gap now
+// if longer (a maxIdle raised since), and UseRecordingSlack. (A maxIdle
+// shortened since makes the check servers write a use the old gap held
+// back at their next flush.)
+func UnrecordedUse(t *Token, u *User) time.Duration {
+	if t.AnyLastUsed.IsZero() {
+		return UseRecordingSlack
+	}
+	recorded := t.AnyLastUsedGap
+	if recorded <= 0 {
+		recorded = DefaultUseRecordingGap
+	}
+	return max(recorded, UseRecordingGap(t, u)) + UseRecordingSlack
 }
 
 // revocationReason says why a token is revoked. Deletion, then an explicit

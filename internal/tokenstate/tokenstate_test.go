@@ -1092,11 +1092,11 @@ func TestExpiringSoon(t *testing.T) {
 		},
 		"idleness comes before expiry: its window": {
 			spec: lifetime(30 * 24 * time.Hour), user: User{Found: true, UID: uid, MaxIdle: 10 * 24 * time.Hour}, warning: week, now: t0.Add(4 * 24 * time.Hour),
-			wantSoon: true, wantOpens: t0.Add(3*24*time.Hour + DefaultUseRecordingGap + UseRecordingSlack), wantIdle: true,
+			wantSoon: true, wantOpens: t0.Add(3*24*time.Hour + UseRecordingSlack), wantIdle: true,
 		},
 		"idleness is not put off by a scheduled rotation": {
 			spec: &keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{Every: dur(24 * time.Hour)}}, user: User{Found: true, UID: uid, MaxIdle: 10 * 24 * time.Hour},
-			warning: week, now: t0, wantOpens: t0.Add(3*24*time.Hour + DefaultUseRecordingGap + UseRecordingSlack), wantIdle: true,
+			warning: week, now: t0, wantOpens: t0.Add(3*24*time.Hour + UseRecordingSlack), wantIdle: true,
 		},
 		"expiry before idleness: the expiry's window": {
 			spec: lifetime(5 * 24 * time.Hour), user: User{Found: true, UID: uid, MaxIdle: 10 * 24 * time.Hour}, warning: week, now: t0,
@@ -1136,28 +1136,50 @@ func TestIdleness(t *testing.T) {
 		wantIdle  bool
 		wantCheck Refusal
 	}{
+		// A first use is written at the next flush: only the slack.
 		"never used, 1s before the end": {
-			user: user, now: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack - time.Second), wantAt: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack),
+			user: user, now: t0.Add(30*day + UseRecordingSlack - time.Second), wantAt: t0.Add(30*day + UseRecordingSlack),
 		},
 		"never used, at the end": {
-			user: user, now: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack), wantAt: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack), wantIdle: true, wantCheck: Revoked,
+			user: user, now: t0.Add(30*day + UseRecordingSlack), wantAt: t0.Add(30*day + UseRecordingSlack), wantIdle: true, wantCheck: Revoked,
 		},
-		"used on day 20: counted from the use": {
+		// After a use, later ones within its gap are held back.
+		"used on day 20, its gap unknown: counted from the use, the longest gap waited": {
 			user: user, tok: func(t *Token) { t.AnyLastUsed = t0.Add(20 * day) }, now: t0.Add(40 * day), wantAt: t0.Add(50*day + DefaultUseRecordingGap + UseRecordingSlack),
 		},
+		"used, recorded under its gap of 15m: that gap waited": {
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(time.Hour)}, user: active,
+			tok: func(t *Token) { t.AnyLastUsed, t.AnyLastUsedGap = t0.Add(day), 15*time.Minute },
+			now: t0.Add(day + time.Hour + 20*time.Minute), wantAt: t0.Add(day + time.Hour + 20*time.Minute), wantIdle: true, wantCheck: Revoked,
+		},
+		"used, recorded under 15m, 1s before the end": {
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(time.Hour)}, user: active,
+			tok: func(t *Token) { t.AnyLastUsed, t.AnyLastUsedGap = t0.Add(day), 15*time.Minute },
+			now: t0.Add(day + time.Hour + 20*time.Minute - time.Second), wantAt: t0.Add(day + time.Hour + 20*time.Minute),
+		},
+		"recorded under 15m, maxIdle raised since: the gap now, longer, waited": {
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(8 * time.Hour)}, user: active,
+			tok: func(t *Token) { t.AnyLastUsed, t.AnyLastUsedGap = t0.Add(day), 15*time.Minute },
+			now: t0.Add(day), wantAt: t0.Add(day + 8*time.Hour + 2*time.Hour + UseRecordingSlack),
+		},
+		"recorded under 3h, maxIdle shortened since: the recorded gap, longer, waited": {
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(time.Hour)}, user: active,
+			tok: func(t *Token) { t.AnyLastUsed, t.AnyLastUsedGap = t0.Add(day), 3*time.Hour },
+			now: t0.Add(day), wantAt: t0.Add(day + time.Hour + 3*time.Hour + UseRecordingSlack),
+		},
 		"a rotation carries the line's start": {
-			user: user, tok: func(t *Token) { t.IssuedAt, t.IdleSince = t0.Add(25*day), t0 }, now: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack), wantAt: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack),
+			user: user, tok: func(t *Token) { t.IssuedAt, t.IdleSince = t0.Add(25*day), t0 }, now: t0.Add(30*day + UseRecordingSlack), wantAt: t0.Add(30*day + UseRecordingSlack),
 			wantIdle: true, wantCheck: Revoked,
 		},
 		"the token's maxIdle shortens its user's": {
-			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(2 * day)}, user: user, now: t0.Add(2*day + DefaultUseRecordingGap + UseRecordingSlack), wantAt: t0.Add(2*day + DefaultUseRecordingGap + UseRecordingSlack),
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(2 * day)}, user: user, now: t0.Add(2*day + UseRecordingSlack), wantAt: t0.Add(2*day + UseRecordingSlack),
 			wantIdle: true, wantCheck: Revoked,
 		},
 		"the token's maxIdle never lengthens its user's": {
-			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(90 * day)}, user: user, now: t0, wantAt: t0.Add(30*day + DefaultUseRecordingGap + UseRecordingSlack),
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(90 * day)}, user: user, now: t0, wantAt: t0.Add(30*day + UseRecordingSlack),
 		},
 		"the token's own maxIdle, its user setting none": {
-			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(2 * day)}, user: active, now: t0, wantAt: t0.Add(2*day + DefaultUseRecordingGap + UseRecordingSlack),
+			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(2 * day)}, user: active, now: t0, wantAt: t0.Add(2*day + UseRecordingSlack),
 		},
 		"no maxIdle": {user: active, now: t0.Add(1000 * day)},
 		"expiry first: it expires, never idles": {
@@ -1499,11 +1521,11 @@ func TestUseRecordingGap(t *testing.T) {
 	}
 }
 
-// TestIdlenessWaitsTheLongestRecordingGap: a use may have been recorded
-// under an hour's gap before a rotation (retireWhenIdle) or a shorter
-// maxIdle made the token's gap finer; idleness waits the longest gap, so
-// neither revokes a token early.
-func TestIdlenessWaitsTheLongestRecordingGap(t *testing.T) {
+// TestIdlenessWaitsTheRecordedGap: a use may have been recorded under a
+// coarser gap before a rotation (retireWhenIdle) or a shorter maxIdle made
+// the token's gap finer; idleness waits the gap it was recorded under (the
+// longest when that is unknown), so neither revokes a token early.
+func TestIdlenessWaitsTheRecordedGap(t *testing.T) {
 	spec := &keymintv1alpha1.ApiTokenSpec{Rotation: &keymintv1alpha1.Rotation{RetireWhenIdle: dur(10 * time.Minute)}}
 	tok := TokenFrom(spec, &keymintv1alpha1.ApiTokenStatus{})
 	tok.Issued, tok.IssuedAt, tok.AnyLastUsed = true, t0, t0
@@ -1514,6 +1536,38 @@ func TestIdlenessWaitsTheLongestRecordingGap(t *testing.T) {
 	}
 	at, ok := IdleRevocationAt(&tok, &u)
 	if want := t0.Add(time.Hour + DefaultUseRecordingGap + UseRecordingSlack); !ok || !at.Equal(want) {
-		t.Errorf("idle at %v (%v), want %v: maxIdle, the longest gap and the slack after the recorded use", at, ok, want)
+		t.Errorf("gap unknown: idle at %v (%v), want %v: maxIdle, the longest gap and the slack after the recorded use", at, ok, want)
+	}
+	tok.AnyLastUsedGap = 15 * time.Minute
+	at, ok = IdleRevocationAt(&tok, &u)
+	if want := t0.Add(time.Hour + 15*time.Minute + UseRecordingSlack); !ok || !at.Equal(want) {
+		t.Errorf("recorded under 15m: idle at %v (%v), want %v: maxIdle, the recorded gap and the slack after the recorded use", at, ok, want)
+	}
+}
+
+// TestRecordedGap reads the gap a status recorded beside lastUsedAt only
+// for the lastUsedAt it names.
+func TestRecordedGap(t *testing.T) {
+	at := metav1.NewTime(t0)
+	rec := func(when time.Time, gap time.Duration) *keymintv1alpha1.UseRecording {
+		return &keymintv1alpha1.UseRecording{LastUsedAt: metav1.NewTime(when), Gap: metav1.Duration{Duration: gap}}
+	}
+	tests := map[string]struct {
+		st   keymintv1alpha1.ApiTokenStatus
+		want time.Duration
+	}{
+		"recorded with this lastUsedAt":      {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at, LastUsedRecording: rec(t0, 15*time.Minute)}, want: 15 * time.Minute},
+		"none recorded (an older keymint)":   {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at}},
+		"recorded for an earlier lastUsedAt": {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at, LastUsedRecording: rec(t0.Add(-time.Hour), 15*time.Minute)}},
+		"no lastUsedAt":                      {st: keymintv1alpha1.ApiTokenStatus{LastUsedRecording: rec(t0, 15*time.Minute)}},
+		"a gap of zero or less is no gap":    {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at, LastUsedRecording: rec(t0, -time.Minute)}},
+	}
+	for name, tc := range tests {
+		if got := RecordedGap(&tc.st); got != tc.want {
+			t.Errorf("%s: %v, want %v", name, got, tc.want)
+		}
+		if got := TokenFrom(&keymintv1alpha1.ApiTokenSpec{}, &tc.st).AnyLastUsedGap; got != tc.want {
+			t.Errorf("%s: TokenFrom's AnyLastUsedGap %v, want %v", name, got, tc.want)
+		}
 	}
 }

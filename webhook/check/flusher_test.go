@@ -67,6 +67,11 @@ func TestFlusherReadsOnlyTokensWhoseUseIsDue(t *testing.T) {
 	if want := t0.Add(tokenstate.DefaultUseRecordingGap); !got.Status.TokenLastUsedAt.Time.Equal(want) {
 		t.Errorf("tokenLastUsedAt %v, want %v", got.Status.TokenLastUsedAt, want)
 	}
+	// The gap the use was written under goes with lastUsedAt: idleness
+	// waits for the uses it holds back.
+	if gap := tokenstate.RecordedGap(&got.Status); gap != tokenstate.DefaultUseRecordingGap {
+		t.Errorf("recorded gap %v (lastUsedRecording %+v), want %v", gap, got.Status.LastUsedRecording, tokenstate.DefaultUseRecordingGap)
+	}
 
 	// Without the index (or for a token it does not hold), every flush
 	// with uses reads: the index only saves reads, never decides a write.

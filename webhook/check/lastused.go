@@ -261,7 +261,13 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 		}
 	}
 	for h, at := range uses {
+		was := st.LastUsedAt
 		later(&st.LastUsedAt, at)
+		if st.LastUsedAt != was {
+			// The gap it is written under goes with it: idleness waits for
+			// the uses it holds back (tokenstate.UnrecordedUse).
+			st.LastUsedRecording = &keymintv1alpha1.UseRecording{LastUsedAt: *st.LastUsedAt, Gap: metav1.Duration{Duration: gap}}
+		}
 		name := token.FormatHash(h)
 		if name == st.TokenHash {
 			later(&st.TokenLastUsedAt, at)
