@@ -116,6 +116,11 @@ func startCluster(ctx context.Context, e *env) (*cluster, error) {
 		return nil, err
 	}
 	cl.env.CRDs = []*apiextensionsv1.CustomResourceDefinition{floor}
+	if e.etcdData != "" {
+		if cl.env.ControlPlane.Etcd, err = keptEtcd(e.etcdData); err != nil {
+			return nil, err
+		}
+	}
 	// Every ApiToken written carries a requester record, as in a cluster
 	// with keymint's webhooks: the controllers mint for no other.
 	if err := testenv.RecordRequesters(cl.env); err != nil {
@@ -145,6 +150,18 @@ func startCluster(ctx context.Context, e *env) (*cluster, error) {
 		return nil, err
 	}
 	return cl, nil
+}
+
+// keptEtcd is an etcd whose data stays in dir after it stops.
+func keptEtcd(dir string) (*envtest.Etcd, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return nil, err
+	}
+	return &envtest.Etcd{DataDir: abs}, nil
 }
 
 func (cl *cluster) stop() {

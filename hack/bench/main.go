@@ -32,15 +32,19 @@ type section struct {
 	name  string
 	about string
 	run   func(ctx context.Context, env *env) (string, error)
+	// optIn sections run only when -only names them, and print their
+	// block rather than write it: tools to look closer, not figures.
+	optIn bool
 }
 
 // sections run in this order; -only picks some of them.
 var sections = []section{
-	{"run", "machine, date, Go version, commit", runInfo},
-	{"micro", "go test benchmarks: token format, verdict, in-process check and /check", runMicro},
-	{"http", "loopback TLS load (vegeta): /check and TokenReview against a bare Go server", runHTTP},
-	{"cluster", "against a local control plane: issuance, revocation reach, memory and etcd size per token, restart", runCluster},
-	{"scale", "a million tokens simulated: index memory and build time, relist", runScale},
+	{"run", "machine, date, Go version, commit", runInfo, false},
+	{"micro", "go test benchmarks: token format, verdict, in-process check and /check", runMicro, false},
+	{"http", "loopback TLS load (vegeta): /check and TokenReview against a bare Go server", runHTTP, false},
+	{"cluster", "against a local control plane: issuance, revocation reach, memory and etcd size per token, restart", runCluster, false},
+	{"scale", "a million tokens simulated: index memory and build time, relist", runScale, false},
+	{"restart", "opt-in: CPU profiles of a leader's and a follower's restart at the largest -memory-tokens count (keep the tokens with -etcd-data)", runRestart, true},
 }
 
 // env is what every section may use.
@@ -50,6 +54,7 @@ type env struct {
 	million      bool     // the scale section also relists a million tokens (memory hungry)
 	sections     []string // the sections this run measures
 	memoryTokens []int    // token counts the cluster section measures memory at
+	etcdData     string   // if set, the control plane's etcd keeps its data here between runs
 	log          func(format string, args ...any)
 }
 
@@ -64,6 +69,7 @@ func main() {
 	dryRun := benchFlags.Bool("print", false, "print the blocks instead of rewriting the document")
 	million := benchFlags.Bool("million", false, "scale: also decode and cache a million tokens, rather than extrapolate from 100,000 (about 15 GB of memory and 10 more minutes)")
 	memoryTokens := benchFlags.String("memory-tokens", "10000,100000", "cluster: token counts, issued through keymint, to measure memory at (100,000 takes about 25 minutes here)")
+	etcdData := benchFlags.String("etcd-data", "", "restart: keep the control plane's etcd data (the tokens issued) in this directory, so the next run starts with them")
 	benchFlags.Usage = usage
 	_ = benchFlags.Parse(os.Args[1:])
 	docSet := false
@@ -83,7 +89,7 @@ func main() {
 		}
 		counts = append(counts, n)
 	}
-	if err := run(ctx, *doc, *only, *quick, *million, *dryRun, counts); err != nil {
+	if err := run(ctx, *doc, *only, *quick, *million, *dryRun, counts, *etcdData); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -116,7 +122,7 @@ func names() string {
 	return strings.Join(n, ",")
 }
 
-func run(ctx context.Context, docPath, only string, quick, million, dryRun bool, memoryTokens []int) error {
+func run(ctx context.Context, docPath, only string, quick, million, dryRun bool, memoryTokens []int, etcdData string) error {
 	root, err := testenv.RepoRoot()
 	if err != nil {
 		return err
@@ -137,14 +143,14 @@ func run(ctx context.Context, docPath, only string, quick, million, dryRun bool,
 	for _, s := range sections {
 		// The run block says when and where the blocks beside it were
 		// measured: it is rewritten with any of them.
-		if len(wanted) == 0 || slices.Contains(wanted, s.name) || (s.name == "run" && !dryRun) {
+		if (len(wanted) == 0 && !s.optIn) || slices.Contains(wanted, s.name) || (s.name == "run" && !dryRun) {
 			picked = append(picked, s)
 		}
 	}
 	for _, s := range picked {
 		measured = append(measured, s.name)
 	}
-	e := &env{root: root, quick: quick, million: million, sections: measured, memoryTokens: memoryTokens, log: func(format string, args ...any) {
+	e := &env{root: root, quick: quick, million: million, sections: measured, memoryTokens: memoryTokens, etcdData: etcdData, log: func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 	}}
 	blocks := map[string]string{}
@@ -157,7 +163,7 @@ func run(ctx context.Context, docPath, only string, quick, million, dryRun bool,
 		}
 		blocks[s.name] = out
 		e.log("== %s done in %s", s.name, time.Since(start).Round(time.Second))
-		if dryRun {
+		if dryRun || s.optIn {
 			fmt.Printf("<!-- bench:%s -->\n%s<!-- /bench:%s -->\n\n", s.name, out, s.name)
 			continue
 		}

@@ -22,7 +22,7 @@ var (
 	microBenches  = map[string]string{
 		"./internal/token":      "^Benchmark(Mint|Parse|Hash|HashString|BaselineRandomHex|BaselineSHA256)$",
 		"./internal/tokenstate": "^BenchmarkCheck$",
-		"./webhook/check":       "^Benchmark(Check|BaselineHashLookup|CheckHandler|CheckHandlerPolicies|BaselineHandler|Limiter)$",
+		"./webhook/check":       "^Benchmark(Check|BaselineHashLookup|CheckHandler|CheckHandlerPolicies|BaselineHandler|Limiter|FeedWatch|BaselineClientGoWatch)$",
 	}
 )
 
@@ -186,6 +186,9 @@ func microTables(samples map[string][]benchSample, rounds int, benchtime string)
 	row("`Limiter`, in process", "check.BenchmarkLimiter/backend=local", "", "", nil)
 	row("`Limiter`, Redis, leases", "check.BenchmarkLimiter/backend=redis/leases=true", "check.BenchmarkLimiter/backend=local", "", nil)
 	row("`Limiter`, Redis, a round trip per check", "check.BenchmarkLimiter/backend=redis/leases=false", "check.BenchmarkLimiter/backend=local", "", nil)
+	b.WriteString("\n**One ApiToken of the index's watch** (`webhook/check.WatchTokens`, issue 23), over loopback HTTP: what a replica spends on each token as it starts and streams them all. An ApiToken as kube-apiserver sends it (3.7 KB of JSON with its managed fields). Baseline: client-go's watch decoding the same stream into whole ApiTokens, as an informer does.\n\n")
+	b.WriteString(header)
+	row("`WatchTokens`, one event", "check.BenchmarkFeedWatch", "check.BenchmarkBaselineClientGoWatch", "< 0.5×:", func(s, base stat) bool { return s.ns < 0.5*base.ns })
 	return b.String(), nil
 }
 

@@ -8,9 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -252,12 +249,12 @@ func (cl *cluster) memory(ctx context.Context, e *env, b *strings.Builder, m *me
 	}
 
 	// Restart at the largest count, once its memory is sampled.
-	rs := restartRun{tokens: last.tokens, first: [2]time.Duration{leader.readyAfter, follower.readyAfter}}
+	rs := restartRun{tokens: last.tokens, first: [2]time.Duration{leader.readyAfter, follower.readyAfter}, profile: true}
 	if err := cl.restartBoth(ctx, e, &rs, leader, follower, goodNS); err != nil {
 		return fmt.Errorf("restart: %w", err)
 	}
 	rs.write(b)
-	return nil
+	return rs.writeProfiles(ctx, e, b)
 }
 
 // Memory targets per token of resident memory: the follower holds the
@@ -288,7 +285,13 @@ const (
 // when started again with tokens in the cluster.
 type restartRun struct {
 	tokens       int
-	first, again [2]time.Duration // leader, follower
+	first, again [2]time.Duration // leader, follower; a zero first was not measured
+	profile      bool             // profile each replica's start, and kube-apiserver meanwhile
+	profiles     [2]*startProfile // leader, follower
+	// floor is kube-apiserver sending every ApiToken to a client that
+	// throws them away undecoded (streamFloor), of floorBytes.
+	floor      time.Duration
+	floorBytes int64
 }
 
 // restartBoth restarts the follower, then the leader (whose lease the
@@ -310,8 +313,13 @@ func (cl *cluster) restartBoth(ctx context.Context, e *env, rs *restartRun, lead
 			return fmt.Errorf("%s/t-0 on the follower before its restart: status %d, %v", goodNS, code, err)
 		}
 	}
+	var err error
+	if rs.floor, rs.floorBytes, err = cl.streamFloor(ctx); err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	e.log("cluster: restart: kube-apiserver streamed every ApiToken (%d MB) in %s", rs.floorBytes>>20, rs.floor.Round(time.Millisecond))
 	e.log("cluster: restart: the follower, at %d tokens", rs.tokens)
-	d, err := cl.restart(ctx, follower, within)
+	d, err := cl.restartProfiled(ctx, rs, 1, follower, within)
 	if err != nil {
 		return fmt.Errorf("follower: %w", err)
 	}
@@ -323,12 +331,30 @@ func (cl *cluster) restartBoth(ctx context.Context, e *env, rs *restartRun, lead
 		}
 	}
 	e.log("cluster: restart: the leader, at %d tokens", rs.tokens)
-	if d, err = cl.restart(ctx, leader, within); err != nil {
+	if d, err = cl.restartProfiled(ctx, rs, 0, leader, within); err != nil {
 		return fmt.Errorf("leader: %w", err)
 	}
 	rs.again[0] = d
 	e.log("cluster: restart: the leader was ready in %s", d.Round(time.Millisecond))
 	return nil
+}
+
+// restartProfiled restarts r, profiling its start (and kube-apiserver's
+// CPU meanwhile) into rs.profiles[i] if rs asks for it.
+func (cl *cluster) restartProfiled(ctx context.Context, rs *restartRun, i int, r *replica, within time.Duration) (time.Duration, error) {
+	if !rs.profile {
+		return cl.restart(ctx, r, within)
+	}
+	p := cl.profileStart(ctx, r.Ports.Pprof, restartProfileWindow)
+	d, err := cl.restart(ctx, r, within)
+	if err != nil {
+		return 0, err
+	}
+	if err := p.wait(ctx); err != nil {
+		return 0, err
+	}
+	rs.profiles[i] = p
+	return d, nil
 }
 
 // write is the restart paragraph and table.
@@ -339,14 +365,21 @@ func (rs *restartRun) write(b *strings.Builder) {
 		"token index has listed every ApiToken and ServiceUser. The leader's lease may pass to the follower meanwhile; the restarted "+
 		"leader is timed all the same. The baseline is the first start of the same replica, with no tokens.\n\n", thousands(rs.tokens))
 	b.WriteString("| | tokens | leader | follower | target |\n|---|---:|---:|---:|---|\n")
-	fmt.Fprintf(b, "| baseline: first start | 0 | %s | %s | |\n", seconds(rs.first[0]), seconds(rs.first[1]))
+	if rs.first != [2]time.Duration{} {
+		fmt.Fprintf(b, "| baseline: first start | 0 | %s | %s | |\n", seconds(rs.first[0]), seconds(rs.first[1]))
+	}
 	target := fmt.Sprintf("< %s at %s: ", seconds(restartTarget), thousands(restartTargetTokens))
 	if rs.tokens >= restartTargetTokens {
 		target += fmt.Sprintf("leader %s; follower %s", verdict(rs.again[0] < restartTarget), verdict(rs.again[1] < restartTarget))
 	} else {
 		target += "for the record"
 	}
-	fmt.Fprintf(b, "| restart | %d | %s | %s | %s |\n\n", rs.tokens, seconds(rs.again[0]), seconds(rs.again[1]), target)
+	fmt.Fprintf(b, "| restart | %d | %s | %s | %s |\n", rs.tokens, seconds(rs.again[0]), seconds(rs.again[1]), target)
+	if rs.floor > 0 {
+		fmt.Fprintf(b, "| floor: kube-apiserver streams every ApiToken (%s MB of JSON) to a client that decodes none | %d | | %s | follower: %s× the floor |\n",
+			thousands(int(rs.floorBytes>>20)), rs.tokens, seconds(rs.floor), ratio(rs.again[1].Seconds(), rs.floor.Seconds()))
+	}
+	b.WriteString("\n")
 	fmt.Fprintf(b, "Leader: about %s at 1,000,000 if it grows linearly with the tokens; follower: about %s "+
 		"(the times at %s scaled by 1,000,000/%s, the part that does not grow included).\n\n",
 		seconds(extrapolate(rs.again[0], rs.tokens, 1_000_000)), seconds(extrapolate(rs.again[1], rs.tokens, 1_000_000)),
@@ -363,24 +396,7 @@ func extrapolate(tn time.Duration, n, at int) time.Duration {
 
 // pprofTop saves a heap profile under bin/bench and returns the top of it.
 func pprofTop(ctx context.Context, e *env, profile []byte, name string) (string, error) {
-	dir := filepath.Join(e.root, "bin", "bench")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, profile, 0o644); err != nil {
-		return "", err
-	}
-	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=15", path).Output()
-	if err != nil {
-		return "", fmt.Errorf("go tool pprof %s: %w", path, err)
-	}
-	// Keep the table: from the "flat" header on.
-	text := string(out)
-	if i := strings.Index(text, "      flat"); i >= 0 {
-		text = text[i:]
-	}
-	return text, nil
+	return pprofTable(ctx, e, profile, name, "-top", "-sample_index=inuse_space", "-nodecount=15")
 }
 
 func mib(v int64) string  { return fmt.Sprintf("%.1f MiB", float64(v)/(1<<20)) }
@@ -389,11 +405,16 @@ func kb(v float64) string { return fmt.Sprintf("%.2f KB", v/1024) }
 // countTokens counts the ApiTokens page by page, metadata only: one list of
 // 100,000 whole objects is a response kube-apiserver may cut.
 func (cl *cluster) countTokens(ctx context.Context) (int, error) {
+	return cl.countTokensIn(ctx, "")
+}
+
+// countTokensIn is countTokens in namespace ns ("": all).
+func (cl *cluster) countTokensIn(ctx context.Context, ns string) (int, error) {
 	n, cont := 0, ""
 	for {
 		list := &metav1.PartialObjectMetadataList{}
 		list.SetGroupVersionKind(keymintv1alpha1.GroupVersion.WithKind("ApiTokenList"))
-		if err := cl.c.List(ctx, list, client.Limit(1000), client.Continue(cont)); err != nil {
+		if err := cl.c.List(ctx, list, client.InNamespace(ns), client.Limit(1000), client.Continue(cont)); err != nil {
 			return 0, err
 		}
 		n += len(list.Items)
@@ -406,10 +427,15 @@ func (cl *cluster) countTokens(ctx context.Context) (int, error) {
 // issueMany issues n tokens in batches, so one watch never holds too many
 // events unread.
 func (cl *cluster) issueMany(ctx context.Context, ns string, n int) (time.Duration, error) {
+	return cl.issueManyFrom(ctx, ns, 0, n)
+}
+
+// issueManyFrom is issueMany for the tokens named t-<from> onwards.
+func (cl *cluster) issueManyFrom(ctx context.Context, ns string, from, n int) (time.Duration, error) {
 	start := time.Now()
 	for done := 0; done < n; {
 		batch := min(5_000, n-done)
-		if _, err := cl.issueFrom(ctx, ns, done, batch); err != nil {
+		if _, err := cl.issueFrom(ctx, ns, from+done, batch); err != nil {
 			return 0, err
 		}
 		done += batch

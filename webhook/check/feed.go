@@ -9,13 +9,16 @@ package check
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sync/atomic"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -55,7 +58,11 @@ func Feed(ctx context.Context, mgr ctrl.Manager, ix *Index, track func(toolscach
 	if err != nil {
 		return nil, err
 	}
-	var lw toolscache.ListerWatcher = TokenListerWatcher(c)
+	rc, err := TokenRESTClient(mgr.GetConfig(), mgr.GetHTTPClient(), mgr.GetScheme())
+	if err != nil {
+		return nil, err
+	}
+	var lw toolscache.ListerWatcher = TokenListerWatcher(c, rc)
 	if track != nil {
 		lw = track(lw)
 	}
@@ -77,10 +84,23 @@ type everyReplica func(ctx context.Context) error
 func (f everyReplica) Start(ctx context.Context) error { return f(ctx) }
 func (everyReplica) NeedLeaderElection() bool          { return false }
 
-// TokenListerWatcher lists and watches ApiTokens with c. A List is read page
-// by page, each token stripped as it comes (StripToken), so what is held at
-// once is the stripped tokens, not the API server's whole answer decoded.
-func TokenListerWatcher(c client.WithWatch) toolscache.ListerWatcher {
+// TokenRESTClient is a REST client of keymint.io/v1alpha1 that reads JSON,
+// for WatchTokens.
+func TokenRESTClient(cfg *rest.Config, hc *http.Client, scheme *runtime.Scheme) (rest.Interface, error) {
+	cfg = rest.CopyConfig(cfg)
+	cfg.GroupVersion, cfg.APIPath = &keymintv1alpha1.GroupVersion, "/apis"
+	cfg.ContentType, cfg.AcceptContentTypes = runtime.ContentTypeJSON, runtime.ContentTypeJSON
+	cfg.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	return rest.RESTClientForConfigAndClient(cfg, hc)
+}
+
+// TokenListerWatcher lists ApiTokens with c and watches them with rc
+// (WatchTokens; nil: with c). A List is read page by page, each token
+// stripped as it comes (StripToken), so what is held at once is the
+// stripped tokens, not the API server's whole answer decoded. A watch
+// (which streams the first list too, where kube-apiserver has WatchList)
+// decodes only what StripToken keeps.
+func TokenListerWatcher(c client.WithWatch, rc rest.Interface) toolscache.ListerWatcher {
 	return &toolscache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 			all := &keymintv1alpha1.ApiTokenList{}
@@ -107,6 +127,9 @@ func TokenListerWatcher(c client.WithWatch) toolscache.ListerWatcher {
 			}
 		},
 		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			if rc != nil {
+				return WatchTokens(ctx, rc, opts)
+			}
 			return c.Watch(ctx, &keymintv1alpha1.ApiTokenList{}, &client.ListOptions{Raw: &opts})
 		},
 	}

@@ -32,6 +32,7 @@ var layers = []string{
 	"handlers.go",    // HTTP: parse, Check, charge, write, record
 	"sharedtoken.go", // GitLab's token, from a file
 	"leakhttp.go",    // HTTP: leak reports, GitHub's and GitLab's shapes
+	"feedwatch.go",   // an ApiToken watch, decoded to what the index keeps
 	"feed.go",        // informers → index
 	"server.go",      // TLS serving
 	"setup.go",       // wiring into the manager

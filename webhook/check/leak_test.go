@@ -219,7 +219,7 @@ func issuedApiToken(plain string) *keymintv1alpha1.ApiToken {
 	}
 }
 
-func newScheme(t *testing.T) *runtime.Scheme {
+func newScheme(t testing.TB) *runtime.Scheme {
 	s := runtime.NewScheme()
 	if err := keymintv1alpha1.AddToScheme(s); err != nil {
 		t.Fatal(err)
