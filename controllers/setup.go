@@ -5,6 +5,7 @@ package controllers
 import (
 	"context"
 	"time"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -61,8 +62,32 @@ func stripUnread(obj any) (any, error) {
 			}
 		}
 	}
+	if t, ok := obj.(*keymintv1alpha1.ApiToken); ok {
+		shareTokenStrings(t)
+	}
 	return obj, nil
 }
+
+// shareTokenStrings makes an ApiToken's strings that many tokens have
+// alike (its namespace, user, scopes, and its conditions' types, reasons
+// and messages, mostly fixed sentences) one copy each across the cache:
+// about 0.5 KB of every cached ApiToken's 3.3 KB. The values are unchanged.
+func shareTokenStrings(t *keymintv1alpha1.ApiToken) {
+	t.Namespace = shared(t.Namespace)
+	t.Spec.ServiceUser = shared(t.Spec.ServiceUser)
+	for i := range t.Spec.Scopes {
+		t.Spec.Scopes[i] = shared(t.Spec.Scopes[i])
+	}
+	for i := range t.Status.Conditions {
+		c := &t.Status.Conditions[i]
+		c.Type, c.Reason, c.Message = shared(c.Type), shared(c.Reason), shared(c.Message)
+		c.Status = metav1.ConditionStatus(shared(string(c.Status)))
+	}
+}
+
+// shared returns s as one copy that every equal string shares while any is
+// cached (unique.Make: what no one holds any more is collected).
+func shared(s string) string { return unique.Make(s).Value() }
 
 // keepOwnedSecrets strips managed fields from every cached Secret, and the
 // data and annotations from one no ApiToken controls: anyone may put the
@@ -82,6 +107,11 @@ func keepOwnedSecrets(obj any) (any, error) {
 		return sec, nil
 	}
 	secretrecord.ForCache(sec)
+	sec.Namespace = shared(sec.Namespace)
+	for i := range sec.OwnerReferences {
+		r := &sec.OwnerReferences[i]
+		r.APIVersion, r.Kind = shared(r.APIVersion), shared(r.Kind)
+	}
 	return sec, nil
 }
 

@@ -1,9 +1,12 @@
 package controllers
 
 import (
+	"encoding/json"
 	"testing"
+	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
@@ -27,5 +30,39 @@ func TestTheCacheKeepsNoContentsOfSecretsNoApiTokenControls(t *testing.T) {
 	out, _ = keepOwnedSecrets(foreign)
 	if s := out.(*corev1.Secret); s.Data != nil || s.Annotations != nil || s.Labels == nil {
 		t.Errorf("a labelled Secret no ApiToken controls kept data %d bytes, annotations %v", len(s.Data["blob"]), s.Annotations)
+	}
+}
+
+// Cached ApiTokens share the strings many tokens have alike (one copy of
+// "The token is not revoked" for the whole cache), and keep every value.
+func TestCachedTokensShareEqualStrings(t *testing.T) {
+	decoded := func() *keymintv1alpha1.ApiToken {
+		// Each from JSON, as the informer gets them: no string shared yet.
+		var tok keymintv1alpha1.ApiToken
+		if err := json.Unmarshal([]byte(`{"metadata":{"namespace":"team-a","name":"t"},"spec":{"serviceUser":"ci","scopes":["links:read"]},
+			"status":{"conditions":[{"type":"Revoked","status":"False","reason":"NotRevoked","message":"The token is not revoked"}]}}`), &tok); err != nil {
+			t.Fatal(err)
+		}
+		return &tok
+	}
+	a, b := decoded(), decoded()
+	want := a.DeepCopy()
+	for _, tok := range []*keymintv1alpha1.ApiToken{a, b} {
+		if _, err := stripUnread(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !equality.Semantic.DeepEqual(a, want) {
+		t.Errorf("a cached token changed: %+v, want %+v", a, want)
+	}
+	same := func(x, y string) bool { return unsafe.StringData(x) == unsafe.StringData(y) }
+	ca, cb := a.Status.Conditions[0], b.Status.Conditions[0]
+	for what, pair := range map[string][2]string{
+		"namespace": {a.Namespace, b.Namespace}, "serviceUser": {a.Spec.ServiceUser, b.Spec.ServiceUser}, "scope": {a.Spec.Scopes[0], b.Spec.Scopes[0]},
+		"condition type": {ca.Type, cb.Type}, "reason": {ca.Reason, cb.Reason}, "message": {ca.Message, cb.Message},
+	} {
+		if !same(pair[0], pair[1]) {
+			t.Errorf("the %s %q is held twice", what, pair[0])
+		}
 	}
 }
