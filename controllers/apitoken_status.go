@@ -310,14 +310,16 @@ func withinWarningWindow(in *statusInput) (condition, bool) {
 		return condition{}, false
 	}
 	if in.warn.Idle {
-		since := "it was issued"
-		if !in.a.Token.AnyLastUsed.IsZero() && !in.a.Token.AnyLastUsed.Before(idleSince(&in.a.Token)) {
+		idle := tokenstate.MaxIdle(in.o.Spec, &in.o.User)
+		since, wait := "it was issued", fmt.Sprintf("maxIdle %s, and %s for flushes", shortDuration(idle), shortDuration(tokenstate.UseRecordingSlack))
+		if held := tokenstate.HeldBackUntil(&in.a.Token, &in.o.User); held.After(idleSince(&in.a.Token)) {
 			since = "its last recorded use, at " + in.a.Token.AnyLastUsed.UTC().Format(time.RFC3339)
+			wait = fmt.Sprintf("maxIdle %s, plus the %s recording gap of that use and %s for flushes",
+				shortDuration(idle), shortDuration(tokenstate.HeldBackGap(&in.a.Token, &in.o.User)), shortDuration(tokenstate.UseRecordingSlack))
 		}
 		return conditionOf(true, keymintv1alpha1.ApiTokenReasonIdleWithinWarningWindow,
-			fmt.Sprintf("Token %s… is revoked for idleness at %s unless a check accepts it before: no check has since %s (maxIdle %s, and %s for uses still being recorded)",
-				in.a.Display, in.warn.Ends.UTC().Format(time.RFC3339), since, tokenstate.MaxIdle(in.o.Spec, &in.o.User),
-				tokenstate.UnrecordedUse(&in.a.Token, &in.o.User))), true
+			fmt.Sprintf("Token %s… is revoked for idleness at %s unless a check accepts it before: no check has been recorded since %s (%s)",
+				in.a.Display, in.warn.Ends.UTC().Format(time.RFC3339), since, wait)), true
 	}
 	return conditionOf(true, keymintv1alpha1.ApiTokenReasonWithinWarningWindow,
 		fmt.Sprintf("Token %s… expires at %s, within the %s warning window, and no scheduled rotation replaces it first: "+
@@ -514,4 +516,16 @@ func timePtr(t *time.Time) *metav1.Time {
 	// equal to the one computed, so a steady state writes nothing.
 	v := metav1.NewTime(t.UTC().Truncate(time.Second))
 	return &v
+}
+
+// shortDuration is d as people write it: "1h", "15m", "1h30m", "90h".
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2] // "1h30m0s" → "1h30m", "15m0s" → "15m"
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2] // "1h0m" → "1h"
+	}
+	return s
 }

@@ -12,8 +12,8 @@ import (
 )
 
 // notOnlyLastUsed drops ApiToken updates that change nothing but the
-// recorded uses (status.lastUsedAt, tokenLastUsedAt, previousTokens[].lastUsedAt,
-// and the quota count):
+// recorded uses (status.lastUsedAt and its lastUsedRecording, tokenLastUsedAt,
+// previousTokens[].lastUsedAt, and the quota count):
 // the check servers write them, about once per recording gap per token.
 // Two uses matter: the first of a token whose rotated-out predecessors
 // retireWhenIdle may retire, since retiring waits for it; and any use of a

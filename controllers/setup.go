@@ -4,8 +4,12 @@ package controllers
 
 import (
 	"context"
+	"runtime"
+	"strings"
+	"sync"
 	"time"
-	"unique"
+	"unsafe"
+	"weak"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -85,9 +89,48 @@ func shareTokenStrings(t *keymintv1alpha1.ApiToken) {
 	}
 }
 
-// shared returns s as one copy that every equal string shares while any is
-// cached (unique.Make: what no one holds any more is collected).
-func shared(s string) string { return unique.Make(s).Value() }
+// shared returns s as the one copy every equal string in the cache shares.
+func shared(s string) string { return cachedStrings.share(s) }
+
+// cachedStrings is the table of strings the controllers' cache shares.
+var cachedStrings = &stringTable{}
+
+// stringTable shares equal strings: one copy of each while anything holds
+// it. It holds each copy weakly (unique.Make would too, but forgets a
+// string at the next collection unless its Handle is kept, and the cache
+// keeps strings), with a key of its own, dropped once the copy is gone.
+type stringTable struct {
+	mu sync.Mutex
+	m  map[string]weak.Pointer[byte]
+}
+
+func (t *stringTable) share(s string) string {
+	if s == "" {
+		return s
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p := t.m[s].Value(); p != nil {
+		return unsafe.String(p, len(s))
+	}
+	if t.m == nil {
+		t.m = map[string]weak.Pointer[byte]{}
+	}
+	c, key := strings.Clone(s), strings.Clone(s)
+	p := unsafe.StringData(c)
+	t.m[key] = weak.Make(p)
+	runtime.AddCleanup(p, t.forget, key)
+	return c
+}
+
+// forget drops key once its copy is collected (unless shared again since).
+func (t *stringTable) forget(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m[key].Value() == nil {
+		delete(t.m, key)
+	}
+}
 
 // keepOwnedSecrets strips managed fields from every cached Secret, and the
 // data and annotations from one no ApiToken controls: anyone may put the

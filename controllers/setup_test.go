@@ -2,7 +2,11 @@ package controllers
 
 import (
 	"encoding/json"
+	"fmt"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
@@ -47,10 +51,14 @@ func TestCachedTokensShareEqualStrings(t *testing.T) {
 	}
 	a, b := decoded(), decoded()
 	want := a.DeepCopy()
-	for _, tok := range []*keymintv1alpha1.ApiToken{a, b} {
-		if _, err := stripUnread(tok); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := stripUnread(a); err != nil {
+		t.Fatal(err)
+	}
+	// A collection between two tokens cached must not end the sharing
+	// while the first is held.
+	runtime.GC()
+	if _, err := stripUnread(b); err != nil {
+		t.Fatal(err)
 	}
 	if !equality.Semantic.DeepEqual(a, want) {
 		t.Errorf("a cached token changed: %+v, want %+v", a, want)
@@ -65,4 +73,41 @@ func TestCachedTokensShareEqualStrings(t *testing.T) {
 			t.Errorf("the %s %q is held twice", what, pair[0])
 		}
 	}
+}
+
+func TestShortDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		time.Hour: "1h", 15 * time.Minute: "15m", 90 * time.Minute: "1h30m", 90 * time.Hour: "90h", 5 * time.Minute: "5m",
+		30 * time.Second: "30s", time.Hour + 30*time.Second: "1h0m30s",
+	} {
+		if got := shortDuration(d); got != want {
+			t.Errorf("shortDuration(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// The table keeps no string nothing else holds: once the strings are gone,
+// so are their entries.
+func TestStringTableForgetsStringsNoOneHolds(t *testing.T) {
+	tab := &stringTable{}
+	held := make([]string, 100)
+	for i := range held {
+		held[i] = tab.share(fmt.Sprintf("message number %d, long enough not to be tiny", i))
+	}
+	if again := tab.share(strings.Clone(held[7])); unsafe.StringData(again) != unsafe.StringData(held[7]) {
+		t.Fatal("an equal string was not shared")
+	}
+	runtime.KeepAlive(held)
+	held = nil
+	for range 100 {
+		runtime.GC()
+		tab.mu.Lock()
+		n := len(tab.m)
+		tab.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond) // cleanups run on their own goroutine
+	}
+	t.Errorf("the table still holds %d strings no one holds", len(tab.m))
 }

@@ -597,10 +597,11 @@ type ApiTokenStatus struct {
 	LastUsedAt *metav1.Time `json:"lastUsedAt,omitempty"`
 
 	// lastUsedRecording is the recording gap lastUsedAt was written under:
-	// a later use by less than the gap may not be written yet. The check
-	// servers write it with lastUsedAt. maxIdle waits the longer of it and
-	// the token's gap now (without it, or with it naming another
-	// lastUsedAt, the longest gap, 3h).
+	// a use less than the gap after lastUsedAt is not written (only one at
+	// least the gap later is). The check servers write it with lastUsedAt,
+	// and again if they hold a use back under a longer gap. maxIdle waits
+	// the longer of it and the token's gap now (without it, or with it
+	// naming another lastUsedAt, the longest gap, 3h).
 	// +optional
 	LastUsedRecording *UseRecording `json:"lastUsedRecording,omitempty"`
 
@@ -671,7 +672,8 @@ type UseRecording struct {
 	// gap describes that value only.
 	LastUsedAt metav1.Time `json:"lastUsedAt"`
 
-	// gap: a use later than lastUsedAt by less than this was not written.
+	// gap is the recording gap: a use less than this after lastUsedAt was
+	// not written.
 	Gap metav1.Duration `json:"gap"`
 }
 

@@ -127,9 +127,10 @@ type TokenPolicy struct {
 	// maxIdle revokes, with reason Idle, any token of this identity that no
 	// check has accepted for this long (counted from its issue when never
 	// used); a token's own maxIdle may only be shorter. Uses are recorded
-	// up to a quarter of maxIdle (at most 3h) late, and revocation waits
-	// maxIdle + 3h5m past the last recorded use (docs/api.md). Unset means tokens
-	// are never revoked for idleness. At least 1h, at most 2562047h.
+	// once per quarter of maxIdle (at most 3h), and revocation waits maxIdle
+	// plus the gap the last use was recorded under plus 5m past it (at most
+	// 3h5m; 5m past its issue when never used; docs/api.md). Unset means
+	// tokens are never revoked for idleness. At least 1h, at most 2562047h.
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32

@@ -64,12 +64,12 @@ var benchFlags = flag.NewFlagSet("bench", flag.ExitOnError)
 
 func main() {
 	doc := benchFlags.String("doc", "docs/performance.md", "document whose generated blocks are rewritten")
-	only := benchFlags.String("only", "", "comma-separated sections to run (default: all): "+names())
+	only := benchFlags.String("only", "", "comma-separated sections to run (default: all but the opt-in ones): "+names())
 	quick := benchFlags.Bool("quick", false, "short runs, to try the harness; the figures are not worth publishing (implies -print unless -doc is set)")
 	dryRun := benchFlags.Bool("print", false, "print the blocks instead of rewriting the document")
 	million := benchFlags.Bool("million", false, "scale: also decode and cache a million tokens, rather than extrapolate from 100,000 (about 15 GB of memory and 10 more minutes)")
 	memoryTokens := benchFlags.String("memory-tokens", "10000,100000", "cluster: token counts, issued through keymint, to measure memory at (100,000 takes about 25 minutes here)")
-	etcdData := benchFlags.String("etcd-data", "", "restart: keep the control plane's etcd data (the tokens issued) in this directory, so the next run starts with them")
+	etcdData := benchFlags.String("etcd-data", "", "for -only restart: keep the control plane's etcd data (the tokens issued) in this directory, so the next run starts with them (an empty or kept directory, used by nothing else)")
 	benchFlags.Usage = usage
 	_ = benchFlags.Parse(os.Args[1:])
 	docSet := false
@@ -140,12 +140,22 @@ func run(ctx context.Context, docPath, only string, quick, million, dryRun bool,
 		}
 	}
 	var picked []section
+	writes := false // a picked section rewrites its block
 	for _, s := range sections {
-		// The run block says when and where the blocks beside it were
-		// measured: it is rewritten with any of them.
-		if (len(wanted) == 0 && !s.optIn) || slices.Contains(wanted, s.name) || (s.name == "run" && !dryRun) {
+		if (len(wanted) == 0 && !s.optIn) || slices.Contains(wanted, s.name) {
 			picked = append(picked, s)
+			if !s.optIn && s.name != "run" {
+				if etcdData != "" {
+					return fmt.Errorf("-etcd-data is for -only restart: section %s measures from a cluster with no tokens", s.name)
+				}
+				writes = true
+			}
 		}
+	}
+	// The run block says when and where the blocks beside it were
+	// measured: it is rewritten with any of them.
+	if writes && !dryRun && !slices.ContainsFunc(picked, func(s section) bool { return s.name == "run" }) {
+		picked = append([]section{sections[0]}, picked...)
 	}
 	for _, s := range picked {
 		measured = append(measured, s.name)

@@ -351,13 +351,15 @@ const UseRecordingSlack = 5 * time.Minute
 // RecordedGap is the recording gap status.lastUsedAt was written under, as
 // the check server that wrote it recorded it beside it; zero when unknown:
 // not recorded (a keymint before the field), or recorded for another
-// lastUsedAt (an older check server moved lastUsedAt since).
+// lastUsedAt (an older check server moved lastUsedAt since). No gap is
+// longer than DefaultUseRecordingGap: a longer one written by hand counts
+// as that, so it cannot put idleness off.
 func RecordedGap(st *keymintv1alpha1.ApiTokenStatus) time.Duration {
 	r := st.LastUsedRecording
 	if r == nil || st.LastUsedAt == nil || !r.LastUsedAt.Equal(st.LastUsedAt) || r.Gap.Duration <= 0 {
 		return 0
 	}
-	return r.Gap.Duration
+	return min(r.Gap.Duration, DefaultUseRecordingGap)
 }
 
 // DefaultUseRecordingGap is how stale lastUsedAt may be for a token no
@@ -401,10 +403,10 @@ func MaxIdle(spec *keymintv1alpha1.ApiTokenSpec, u *User) time.Duration {
 }
 
 // IdleRevocationAt returns when token t of user u is revoked for idleness
-// unless a later use is recorded: maxIdle, and how late a use may be
-// recorded (UnrecordedUse), after the later of its last recorded use (of
-// any of its hashes) and the start of its line of tokens (IdleSince, else
-// its issue). ok is false without a maxIdle or a token.
+// unless a later use is recorded: maxIdle and UseRecordingSlack (flushes,
+// retries) after the later of the start of its line of tokens (IdleSince,
+// else its issue) and the last moment a use may have gone unrecorded
+// (HeldBackUntil). ok is false without a maxIdle or a token.
 func IdleRevocationAt(t *Token, u *User) (at time.Time, ok bool) {
 	idle := MaxIdle(t.Spec, u)
 	if idle <= 0 || !t.Issued {
@@ -414,29 +416,35 @@ func IdleRevocationAt(t *Token, u *User) (at time.Time, ok bool) {
 	if since.IsZero() {
 		since = t.IssuedAt
 	}
-	if t.AnyLastUsed.After(since) {
-		since = t.AnyLastUsed
+	if held := HeldBackUntil(t, u); held.After(since) {
+		since = held
 	}
-	return since.Add(idle + UnrecordedUse(t, u)), true
+	return since.Add(idle + UseRecordingSlack), true
 }
 
-// UnrecordedUse is how long after lastUsedAt a use of t may still be on
-// its way to it. With no use recorded, the first is written at the next
-// flush: UseRecordingSlack. After one, a use within the recording gap is
-// not written at all until the gap passes: the gap lastUsedAt was written
-// under (the longest, DefaultUseRecordingGap, when unknown) or t's gap now
-// if longer (a maxIdle raised since), and UseRecordingSlack. (A maxIdle
-// shortened since makes the check servers write a use the old gap held
-// back at their next flush.)
-func UnrecordedUse(t *Token, u *User) time.Duration {
+// HeldBackUntil is until when a use of t may have gone unrecorded: check
+// servers write a use only once it is a recording gap or more after
+// lastUsedAt (of any hash), and forget the others. That gap is the one
+// lastUsedAt was written under (RecordedGap; the longest,
+// DefaultUseRecordingGap, when unknown) or t's gap now if longer: a check
+// server that holds a use back under a longer gap than the status records
+// writes that gap first (so a maxIdle raised, then cut, cannot shorten
+// it). Zero with no use recorded: a first use is written at the next flush.
+func HeldBackUntil(t *Token, u *User) time.Time {
 	if t.AnyLastUsed.IsZero() {
-		return UseRecordingSlack
+		return time.Time{}
 	}
+	return t.AnyLastUsed.Add(HeldBackGap(t, u))
+}
+
+// HeldBackGap is how long after lastUsedAt a use of t may go unrecorded
+// (HeldBackUntil).
+func HeldBackGap(t *Token, u *User) time.Duration {
 	recorded := t.AnyLastUsedGap
 	if recorded <= 0 {
 		recorded = DefaultUseRecordingGap
 	}
-	return max(recorded, UseRecordingGap(t, u)) + UseRecordingSlack
+	return max(recorded, UseRecordingGap(t, u))
 }
 
 // revocationReason says why a token is revoked. Deletion, then an explicit

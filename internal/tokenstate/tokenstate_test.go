@@ -1157,6 +1157,16 @@ func TestIdleness(t *testing.T) {
 			tok: func(t *Token) { t.AnyLastUsed, t.AnyLastUsedGap = t0.Add(day), 15*time.Minute },
 			now: t0.Add(day + time.Hour + 20*time.Minute - time.Second), wantAt: t0.Add(day + time.Hour + 20*time.Minute),
 		},
+		"re-issued long after its last use: from the new line's start, the slack alone": {
+			user: user, tok: func(t *Token) { t.AnyLastUsed, t.IssuedAt, t.IdleSince = t0.Add(day), t0.Add(10*day), t0.Add(10*day) },
+			now: t0.Add(10 * day), wantAt: t0.Add(40*day + UseRecordingSlack),
+		},
+		"re-issued within the gap of its last use: from the end of that gap": {
+			user: user, tok: func(t *Token) {
+				t.AnyLastUsed, t.IssuedAt, t.IdleSince = t0.Add(10*day-time.Hour), t0.Add(10*day), t0.Add(10*day)
+			},
+			now: t0.Add(10 * day), wantAt: t0.Add(10*day - time.Hour + DefaultUseRecordingGap + 30*day + UseRecordingSlack),
+		},
 		"recorded under 15m, maxIdle raised since: the gap now, longer, waited": {
 			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(8 * time.Hour)}, user: active,
 			tok: func(t *Token) { t.AnyLastUsed, t.AnyLastUsedGap = t0.Add(day), 15*time.Minute },
@@ -1556,11 +1566,12 @@ func TestRecordedGap(t *testing.T) {
 		st   keymintv1alpha1.ApiTokenStatus
 		want time.Duration
 	}{
-		"recorded with this lastUsedAt":      {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at, LastUsedRecording: rec(t0, 15*time.Minute)}, want: 15 * time.Minute},
-		"none recorded (an older keymint)":   {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at}},
-		"recorded for an earlier lastUsedAt": {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at, LastUsedRecording: rec(t0.Add(-time.Hour), 15*time.Minute)}},
-		"no lastUsedAt":                      {st: keymintv1alpha1.ApiTokenStatus{LastUsedRecording: rec(t0, 15*time.Minute)}},
-		"a gap of zero or less is no gap":    {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at, LastUsedRecording: rec(t0, -time.Minute)}},
+		"recorded with this lastUsedAt":        {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at, LastUsedRecording: rec(t0, 15*time.Minute)}, want: 15 * time.Minute},
+		"none recorded (an older keymint)":     {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at}},
+		"recorded for an earlier lastUsedAt":   {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at, LastUsedRecording: rec(t0.Add(-time.Hour), 15*time.Minute)}},
+		"no lastUsedAt":                        {st: keymintv1alpha1.ApiTokenStatus{LastUsedRecording: rec(t0, 15*time.Minute)}},
+		"a gap longer than any is the longest": {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at, LastUsedRecording: rec(t0, 1000*time.Hour)}, want: DefaultUseRecordingGap},
+		"a gap of zero or less is no gap":      {st: keymintv1alpha1.ApiTokenStatus{LastUsedAt: &at, LastUsedRecording: rec(t0, -time.Minute)}},
 	}
 	for name, tc := range tests {
 		if got := RecordedGap(&tc.st); got != tc.want {

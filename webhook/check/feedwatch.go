@@ -82,8 +82,8 @@ func (d *tokenEvents) Close() { d.body.Close() }
 // kube-apiserver sends it, case-sensitively as client-go does: an error
 // event's object into a Status; any other's into an ApiToken holding only
 // its identity, version, generation and deletion, its spec, and its status
-// with each condition's type and status (what StripToken keeps, and no
-// less); a bookmark's also with its end-of-initial-events annotation.
+// with every condition's type and status (all StripToken keeps, and a
+// little more); a bookmark's also with its end-of-initial-events annotation.
 func DecodeTokenEvent(frame []byte) (watch.EventType, runtime.Object, error) {
 	var ev struct {
 		Type   watch.EventType `json:"type"`

@@ -82,3 +82,59 @@ func TestFlusherReadsOnlyTokensWhoseUseIsDue(t *testing.T) {
 		t.Errorf("a token the index does not hold: %d reads, want 1", gets)
 	}
 }
+
+// A use held back under a longer gap than the status records (a maxIdle
+// raised since the last write) records that gap, once, without moving
+// lastUsedAt: idle revocation then waits it, even if maxIdle is cut back
+// before the next use is written.
+func TestFlusherRecordsALongerGapItHoldsUsesBackUnder(t *testing.T) {
+	plain, _ := token.Mint("km")
+	key := types.NamespacedName{Namespace: "team-a", Name: "t"}
+	recorded := metav1.NewTime(t0)
+	tok := issuedApiToken(plain)
+	tok.Status.LastUsedAt, tok.Status.TokenLastUsedAt = &recorded, &recorded
+	tok.Status.LastUsedRecording = &keymintv1alpha1.UseRecording{LastUsedAt: recorded, Gap: metav1.Duration{Duration: 15 * time.Minute}}
+	patches := 0
+	api := fake.NewClientBuilder().WithScheme(newScheme(t)).WithStatusSubresource(&keymintv1alpha1.ApiToken{}).WithObjects(tok.DeepCopy()).
+		WithInterceptorFuncs(interceptor.Funcs{
+			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+				patches++
+				return c.SubResource(sub).Patch(ctx, obj, p, opts...)
+			},
+		}).Build()
+	ix := NewIndex()
+	clk := clocktesting.NewFakeClock(t0)
+	// The token's gap is 3h now (its maxIdle raised to 12h, say).
+	f := &UsageFlusher{Usage: NewUsage(), Client: api, APIReader: api, Index: ix, Clock: clk, Interval: 10 * time.Second, MinGap: time.Minute,
+		Gap: func(*tokenstate.Token, *tokenstate.User) time.Duration { return 3 * time.Hour }}
+	useAndFlush := func(after time.Duration) *keymintv1alpha1.ApiToken {
+		t.Helper()
+		got := &keymintv1alpha1.ApiToken{}
+		if err := api.Get(context.Background(), key, got); err != nil {
+			t.Fatal(err)
+		}
+		ix.UpsertToken(got.DeepCopy()) // the index shows what the API server has
+		clk.SetTime(t0.Add(after))
+		f.Usage.Record(key, token.Hash(plain), clk.Now())
+		f.Flush(context.Background())
+		if err := api.Get(context.Background(), key, got); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+
+	got := useAndFlush(20 * time.Minute)
+	if patches != 1 || !got.Status.LastUsedAt.Equal(&recorded) {
+		t.Fatalf("a use held back under 3h, 15m recorded: %d writes, lastUsedAt %v; want one write, lastUsedAt kept", patches, got.Status.LastUsedAt)
+	}
+	if gap := tokenstate.RecordedGap(&got.Status); gap != 3*time.Hour {
+		t.Errorf("recorded gap %v, want 3h", gap)
+	}
+	got = useAndFlush(40 * time.Minute)
+	if patches != 1 {
+		t.Errorf("another use held back under the gap now recorded: %d writes, want still one", patches)
+	}
+	if !got.Status.LastUsedAt.Equal(&recorded) {
+		t.Errorf("lastUsedAt moved to %v within the gap", got.Status.LastUsedAt)
+	}
+}

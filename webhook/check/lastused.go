@@ -265,7 +265,7 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 		later(&st.LastUsedAt, at)
 		if st.LastUsedAt != was {
 			// The gap it is written under goes with it: idleness waits for
-			// the uses it holds back (tokenstate.UnrecordedUse).
+			// the uses it holds back (tokenstate.HeldBackUntil).
 			st.LastUsedRecording = &keymintv1alpha1.UseRecording{LastUsedAt: *st.LastUsedAt, Gap: metav1.Duration{Duration: gap}}
 		}
 		name := token.FormatHash(h)
@@ -277,6 +277,11 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 				later(&st.PreviousTokens[i].LastUsedAt, at)
 			}
 		}
+	}
+	if len(uses) > 0 && st.LastUsedAt != nil && gapIsNews(tokenstate.RecordedGap(st), gap) {
+		// Uses held back under a longer gap than the status records (a
+		// maxIdle raised since): record it, or idleness would not wait it.
+		st.LastUsedRecording, changed = &keymintv1alpha1.UseRecording{LastUsedAt: *st.LastUsedAt, Gap: metav1.Duration{Duration: gap}}, true
 	}
 	if quota != nil && quotaNews(st.Quota, quota, gap) {
 		st.Quota, changed = quotaStatus(quota), true
@@ -322,6 +327,11 @@ func useIsNews(shown, at time.Time, gap time.Duration) bool {
 	return shown.IsZero() || !shown.Add(gap).After(recordedAt(at))
 }
 
+// gapIsNews reports whether uses held back under gap must be recorded: the
+// status records a shorter gap for its lastUsedAt (zero: none, which idle
+// revocation reads as the longest). Write and the pre-check both apply it.
+func gapIsNews(recorded, gap time.Duration) bool { return recorded > 0 && recorded < gap }
+
 // gapOfShown is the recording gap of a token as the index shows it.
 func (f *UsageFlusher) gapOfShown(s *shownUses) time.Duration {
 	if f.Gap != nil {
@@ -344,6 +354,9 @@ func (s *shownUses) due(uses map[hash]time.Time, quota *quotaSeen, gap time.Dura
 				return true
 			}
 		}
+	}
+	if len(uses) > 0 && !s.token.AnyLastUsed.IsZero() && gapIsNews(s.token.AnyLastUsedGap, gap) {
+		return true
 	}
 	return quota != nil && quotaNews(s.quota, quota, gap)
 }
