@@ -673,7 +673,11 @@ type UseRecording struct {
 	LastUsedAt metav1.Time `json:"lastUsedAt"`
 
 	// gap is the recording gap: a use less than this after lastUsedAt was
-	// not written.
+	// not written. At most 3h, the longest gap.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('3h')",message="gap must be from 0s to 3h"
 	Gap metav1.Duration `json:"gap"`
 }
 

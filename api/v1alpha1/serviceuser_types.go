@@ -128,8 +128,8 @@ type TokenPolicy struct {
 	// check has accepted for this long (counted from its issue when never
 	// used); a token's own maxIdle may only be shorter. Uses are recorded
 	// once per quarter of maxIdle (at most 3h), and revocation waits maxIdle
-	// plus the gap the last use was recorded under plus 5m past it (at most
-	// 3h5m; 5m past its issue when never used; docs/api.md). Unset means
+	// plus the gap the last use was recorded under plus 15m past it (at most
+	// 3h15m; 15m past its issue when never used; docs/api.md). Unset means
 	// tokens are never revoked for idleness. At least 1h, at most 2562047h.
 	// +optional
 	// +kubebuilder:validation:Type=string

@@ -100,7 +100,7 @@ func (o *options) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.certDir, "check-self-signed-dir", filepath.Join(os.TempDir(), "keymint-check-certs"), "where to write a self-signed CA (ca.crt) and serving pair when no certificate is given")
 	fs.BoolVar(&o.check.EnableHTTP2, "check-enable-http2", false, "serve HTTP/2 on the check server (off by default, as for Kubernetes webhooks)")
 	fs.IntVar(&o.check.DefaultRequestsPerMinute, "default-requests-per-minute", 500, "checks a token may pass per minute when neither it nor its ServiceUser sets a rate")
-	fs.DurationVar(&o.check.FlushInterval, "last-used-flush-interval", 10*time.Second, "how often lastUsedAt is written to ApiToken status; each token at most once per its recording gap (3 hours, shorter under maxIdle; docs/api.md)")
+	fs.DurationVar(&o.check.FlushInterval, "last-used-flush-interval", 10*time.Second, "how often lastUsedAt is written to ApiToken status (at most 1m); each token at most once per its recording gap (3 hours, shorter under maxIdle; docs/api.md)")
 	fs.StringVar(&o.webhookAddr, "webhook-bind-address", ":9443", "address the admission webhooks (who may mint tokens and claim groups) listen on, over TLS")
 	fs.StringVar(&o.webhookCert, "webhook-tls-cert-file", "", "serving certificate of the admission webhooks, reloaded when it changes; unset: the check server's")
 	fs.StringVar(&o.webhookKey, "webhook-tls-key-file", "", "private key of --webhook-tls-cert-file")

@@ -341,12 +341,14 @@ func Evaluate(t *Token, u *User, now time.Time) Verdict {
 
 // UseRecordingSlack is how late a check's use may reach lastUsedAt beyond
 // its recording gap (UseRecordingGap): check servers write uses in batches
-// (--last-used-flush-interval, 10 s) and retry a write another replica beat
-// next time. maxIdle waits, past its own end, the gap the last recorded use
-// was written under or the token's gap now, whichever is longer, and this
-// long besides, so that a token used within its maxIdle is never revoked
-// for idleness while its use is on its way (IdleRevocationAt).
-const UseRecordingSlack = 5 * time.Minute
+// (--last-used-flush-interval, 10 s, at most a minute), retry a write
+// another replica beat, or kube-apiserver refused, at the next one, and
+// write what they hold as they stop. maxIdle waits, past its own end, the
+// gap the last recorded use was written under or the token's gap now,
+// whichever is longer, and this long besides, so that a token used within
+// its maxIdle is never revoked for idleness while its use is on its way
+// (IdleRevocationAt), through a kube-apiserver outage of some minutes.
+const UseRecordingSlack = 15 * time.Minute
 
 // RecordedGap is the recording gap status.lastUsedAt was written under, as
 // the check server that wrote it recorded it beside it; zero when unknown:

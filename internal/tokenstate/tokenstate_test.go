@@ -1150,12 +1150,12 @@ func TestIdleness(t *testing.T) {
 		"used, recorded under its gap of 15m: that gap waited": {
 			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(time.Hour)}, user: active,
 			tok: func(t *Token) { t.AnyLastUsed, t.AnyLastUsedGap = t0.Add(day), 15*time.Minute },
-			now: t0.Add(day + time.Hour + 20*time.Minute), wantAt: t0.Add(day + time.Hour + 20*time.Minute), wantIdle: true, wantCheck: Revoked,
+			now: t0.Add(day + time.Hour + 15*time.Minute + UseRecordingSlack), wantAt: t0.Add(day + time.Hour + 15*time.Minute + UseRecordingSlack), wantIdle: true, wantCheck: Revoked,
 		},
 		"used, recorded under 15m, 1s before the end": {
 			spec: &keymintv1alpha1.ApiTokenSpec{MaxIdle: dur(time.Hour)}, user: active,
 			tok: func(t *Token) { t.AnyLastUsed, t.AnyLastUsedGap = t0.Add(day), 15*time.Minute },
-			now: t0.Add(day + time.Hour + 20*time.Minute - time.Second), wantAt: t0.Add(day + time.Hour + 20*time.Minute),
+			now: t0.Add(day + time.Hour + 15*time.Minute + UseRecordingSlack - time.Second), wantAt: t0.Add(day + time.Hour + 15*time.Minute + UseRecordingSlack),
 		},
 		"re-issued long after its last use: from the new line's start, the slack alone": {
 			user: user, tok: func(t *Token) { t.AnyLastUsed, t.IssuedAt, t.IdleSince = t0.Add(day), t0.Add(10*day), t0.Add(10*day) },

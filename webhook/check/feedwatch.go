@@ -56,6 +56,9 @@ func (d *tokenEvents) Decode() (watch.EventType, runtime.Object, error) {
 	for {
 		line, err := d.r.ReadSlice('\n')
 		d.frame = append(d.frame, line...)
+		if len(d.frame) > maxEventBytes {
+			return "", nil, fmt.Errorf("a watch event of more than %d bytes", maxEventBytes)
+		}
 		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
 		}
@@ -66,15 +69,25 @@ func (d *tokenEvents) Decode() (watch.EventType, runtime.Object, error) {
 			continue
 		}
 		typ, obj, derr := DecodeTokenEvent(d.frame)
-		if derr != nil && err == nil && !json.Valid(d.frame) {
+		switch {
+		case derr == nil:
+			return typ, obj, nil
+		case err != nil && errors.Is(err, io.EOF):
+			// Cut off in the middle of an event: as client-go does, a
+			// watch that ended, to resume from the last version seen.
+			return "", nil, io.ErrUnexpectedEOF
+		case err != nil:
+			return "", nil, err // the connection's own error
+		case !json.Valid(d.frame):
 			continue // not a whole event yet
 		}
-		if derr != nil {
-			return "", nil, derr
-		}
-		return typ, obj, nil
+		return "", nil, derr
 	}
 }
+
+// maxEventBytes bounds one watch event: the largest valid ApiToken is
+// about 68 KB of JSON.
+const maxEventBytes = 4 << 20
 
 func (d *tokenEvents) Close() { d.body.Close() }
 

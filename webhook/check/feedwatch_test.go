@@ -144,4 +144,20 @@ func TestTokenEventsReadsAStream(t *testing.T) {
 	if want := []string{"ADDED a 1", "MODIFIED b 2", "DELETED c 3"}; !cmp.Equal(got, want) {
 		t.Errorf("events %v, want %v", got, want)
 	}
+
+	// Cut off in the middle of an event (kube-apiserver restarting): the
+	// watch ends as client-go's does, to resume, never as a decoding error
+	// that would make the reflector list everything again.
+	cut := io.NopCloser(strings.NewReader(`{"type":"ADDED","object":{"kind":"ApiToken","metadata":{"name":"a"`))
+	d = &tokenEvents{body: cut, r: newFeedReader(cut)}
+	if _, _, err := d.Decode(); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("an event cut off: %v, want io.ErrUnexpectedEOF", err)
+	}
+	// A line that never becomes JSON is refused once it is too long to be
+	// an ApiToken, rather than swallowing the events after it.
+	junk := io.NopCloser(strings.NewReader(strings.Repeat("{\n", maxEventBytes/2+1)))
+	d = &tokenEvents{body: junk, r: newFeedReader(junk)}
+	if _, _, err := d.Decode(); err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("an endless event: %v, want it refused", err)
+	}
 }

@@ -151,19 +151,28 @@ type UsageFlusher struct {
 	written map[types.NamespacedName]time.Time
 }
 
-// Start flushes until ctx ends.
+// Start flushes until ctx ends, and once more then: a replica that stops
+// (a rollout) writes the uses it holds rather than lose them, for a few
+// seconds of its shutdown at most.
 func (f *UsageFlusher) Start(ctx context.Context) error {
 	tick := f.Clock.NewTicker(f.Interval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			last, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalFlushTimeout)
+			defer cancel()
+			f.Flush(last)
 			return nil
 		case <-tick.C():
 			f.Flush(ctx)
 		}
 	}
 }
+
+// finalFlushTimeout bounds the flush of a stopping replica, within the
+// manager's graceful shutdown (8 s).
+const finalFlushTimeout = 3 * time.Second
 
 // NeedLeaderElection is false: every replica records its own checks.
 func (f *UsageFlusher) NeedLeaderElection() bool { return false }

@@ -113,7 +113,7 @@ func TestLeakReportsWriteEachReportOnce(t *testing.T) {
 		r := &leakReplica{url: "https://" + ln.Addr().String(), registry: prometheus.NewRegistry()}
 		if err := check.Setup(ctx, mgr, check.Options{
 			Listener: ln, CertFile: files.CertFile, KeyFile: files.KeyFile,
-			DefaultRequestsPerMinute: 500, FlushInterval: time.Hour, Clock: clk, Registerer: r.registry,
+			DefaultRequestsPerMinute: 500, FlushInterval: check.MaxFlushInterval, Clock: clk, Registerer: r.registry,
 			LeakReports: true, GitLabTokenFile: gitlabToken, LeakReportRate: 10_000, LeakReportClientRate: 10_000,
 		}); err != nil {
 			t.Fatal(err)

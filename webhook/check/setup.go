@@ -73,14 +73,20 @@ type Options struct {
 // bound the per-token and per-user rates.
 const MaxRequestsPerMinute = 1_000_000
 
+// MaxFlushInterval is the longest --last-used-flush-interval: a use must
+// reach its status well within tokenstate.UseRecordingSlack, retries
+// included, or idle revocation could overtake it.
+const MaxFlushInterval = time.Minute
+
 // Validate says what is wrong with the options a user sets, in the words of
 // keymint's flags.
 func (o *Options) Validate() error {
 	if o.DefaultRequestsPerMinute < 1 || o.DefaultRequestsPerMinute > MaxRequestsPerMinute {
 		return fmt.Errorf("--default-requests-per-minute must be between 1 and %d, not %d", MaxRequestsPerMinute, o.DefaultRequestsPerMinute)
 	}
-	if o.FlushInterval <= 0 {
-		return fmt.Errorf("--last-used-flush-interval must be positive, not %s", o.FlushInterval)
+	if o.FlushInterval <= 0 || o.FlushInterval > MaxFlushInterval {
+		return fmt.Errorf("--last-used-flush-interval must be positive and at most %s (idle revocation waits %s for uses on their way), not %s",
+			MaxFlushInterval, tokenstate.UseRecordingSlack, o.FlushInterval)
 	}
 	if (o.CertFile == "") != (o.KeyFile == "") {
 		return errors.New("set both --check-tls-cert-file and --check-tls-key-file, or neither")
