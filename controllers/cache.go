@@ -5,10 +5,13 @@ package controllers
 
 import (
 	"context"
+	"sync/atomic"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // Cache is the cache the controllers watch and read, with a client that
@@ -20,6 +23,7 @@ import (
 type Cache struct {
 	cache.Cache
 	client client.Client
+	after  atomic.Pointer[func() bool]
 }
 
 // NewCache makes the controllers' cache with CacheOptions and adds it to the
@@ -37,10 +41,44 @@ func NewCache(mgr ctrl.Manager, with ...func(*cache.Options)) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := mgr.Add(leaderOnly{c}); err != nil {
+	cc := &Cache{Cache: c, client: cacheReads{Client: mgr.GetClient(), cache: c}}
+	if err := mgr.Add(leaderOnly{cc}); err != nil {
 		return nil, err
 	}
-	return &Cache{Cache: c, client: cacheReads{Client: mgr.GetClient(), cache: c}}, nil
+	return cc, nil
+}
+
+// StartAfter makes the cache start only once ready reports true (or
+// startAfterAtMost has passed), on the leader. The check server's index
+// passes its own sync: a leader that starts cold lists every ApiToken for
+// the index first, and is ready to answer checks as soon as a follower
+// would, rather than listing them twice at once; its controllers start
+// after. A follower that becomes leader has its index already.
+func (c *Cache) StartAfter(ready func() bool) { c.after.Store(&ready) }
+
+// startAfterAtMost bounds StartAfter's wait: the controllers run, if late,
+// even while the index cannot list (its readiness says why).
+const startAfterAtMost = 5 * time.Minute
+
+// start runs the cache once StartAfter's condition holds.
+func (c *Cache) start(ctx context.Context) error {
+	if ready := c.after.Load(); ready != nil {
+		poll := time.NewTicker(100 * time.Millisecond)
+		defer poll.Stop()
+		deadline := time.After(startAfterAtMost)
+	wait:
+		for !(*ready)() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-deadline:
+				logf.FromContext(ctx).Info("Starting the controllers' cache before the check index has synced", "waited", startAfterAtMost)
+				break wait
+			case <-poll.C:
+			}
+		}
+	}
+	return c.Cache.Start(ctx)
 }
 
 // Client reads from the cache and writes as the manager's client does.
@@ -64,7 +102,7 @@ func (c cacheReads) List(ctx context.Context, list client.ObjectList, opts ...cl
 // leaderOnly runs a cache on the leader only. (The manager starts anything
 // with a GetCache method on every replica, with its own caches; this type
 // has none.)
-type leaderOnly struct{ c cache.Cache }
+type leaderOnly struct{ c *Cache }
 
-func (l leaderOnly) Start(ctx context.Context) error { return l.c.Start(ctx) }
+func (l leaderOnly) Start(ctx context.Context) error { return l.c.start(ctx) }
 func (leaderOnly) NeedLeaderElection() bool          { return true }

@@ -1,10 +1,12 @@
 package controllers
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -12,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 
 	keymintv1alpha1 "github.com/keymint/keymint/api/v1alpha1"
 )
@@ -110,4 +113,39 @@ func TestStringTableForgetsStringsNoOneHolds(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // cleanups run on their own goroutine
 	}
 	t.Errorf("the table still holds %d strings no one holds", len(tab.m))
+}
+
+// startRecorder is a cache that records its start.
+type startRecorder struct {
+	cache.Cache
+	started chan struct{}
+}
+
+func (s *startRecorder) Start(ctx context.Context) error {
+	close(s.started)
+	<-ctx.Done()
+	return nil
+}
+
+// The controllers' cache, told to start after the check index, waits for
+// it: a cold leader lists its ApiTokens for the index first.
+func TestControllersCacheStartsAfterTheIndex(t *testing.T) {
+	rec := &startRecorder{started: make(chan struct{})}
+	c := &Cache{Cache: rec}
+	var synced atomic.Bool
+	c.StartAfter(synced.Load)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go func() { _ = leaderOnly{c}.Start(ctx) }()
+	select {
+	case <-rec.started:
+		t.Fatal("the cache started before the index synced")
+	case <-time.After(500 * time.Millisecond):
+	}
+	synced.Store(true)
+	select {
+	case <-rec.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the cache did not start once the index synced")
+	}
 }

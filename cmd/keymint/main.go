@@ -270,6 +270,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	checkOpts.TrackTokens = fresh.Tracking(&keymintv1alpha1.ApiToken{})
+	checkOpts.IndexSynced = ctrlCache.StartAfter
 	if err := errors.Join(
 		controllers.Setup(ctx, mgr, controllers.Options{Clock: clock.RealClock{}, Keyring: keyring, ExpiryWarning: o.expiryWarning,
 			AuthorizationRetry: o.authzRetry, RequesterWebhook: certOpts.MutatingWebhookConfiguration, Cache: ctrlCache}),

@@ -214,8 +214,17 @@ func (cl *cluster) startReplica(ctx context.Context, name string, extra ...strin
 // reaching a running keymint. It returns the time from the start of the new
 // process until its /readyz answered 200.
 func (cl *cluster) restart(ctx context.Context, r *replica, readyWithin time.Duration) (time.Duration, error) {
+	return cl.restartAfterStop(ctx, r, readyWithin, nil)
+}
+
+// restartAfterStop is restart, calling stopped (if set) once the old
+// process has exited and before the new one starts.
+func (cl *cluster) restartAfterStop(ctx context.Context, r *replica, readyWithin time.Duration, stopped func()) (time.Duration, error) {
 	if err := r.Stop(); err != nil {
 		return 0, fmt.Errorf("stopping keymint %s: %w", r.name, err)
+	}
+	if stopped != nil {
+		stopped()
 	}
 	again, err := cl.runReplica(ctx, r.name, r.Ports, readyWithin, r.args)
 	if err != nil {

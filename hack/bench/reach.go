@@ -345,8 +345,10 @@ func (cl *cluster) restartProfiled(ctx context.Context, rs *restartRun, i int, r
 	if !rs.profile {
 		return cl.restart(ctx, r, within)
 	}
-	p := cl.profileStart(ctx, r.Ports.Pprof, restartProfileWindow)
-	d, err := cl.restart(ctx, r, within)
+	// Profiling starts once the old process is gone, so the first pprof
+	// server to answer is the new one's.
+	var p *startProfile
+	d, err := cl.restartAfterStop(ctx, r, within, func() { p = cl.profileStart(ctx, r.Ports.Pprof, restartProfileWindow) })
 	if err != nil {
 		return 0, err
 	}

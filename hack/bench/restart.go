@@ -28,9 +28,11 @@ import (
 )
 
 // startProfile is a CPU profile of a replica from the moment its pprof
-// server answers, and one of kube-apiserver over the same window.
+// server answers, and one of kube-apiserver over the same window (or why
+// there is none: the bench measures on without it).
 type startProfile struct {
 	replica, apiserver []byte
+	apiserverErr       error
 	err                error
 	done               chan struct{}
 }
@@ -51,9 +53,9 @@ func (cl *cluster) profileStart(ctx context.Context, pprofPort int, window time.
 			return
 		}
 		hc.Timeout = window + time.Minute
-		p.apiserver, err = get(ctx, hc, cl.cfg.Host+"/debug/pprof/profile?seconds="+secs)
+		p.apiserver, err = get(ctx, hc, strings.TrimSuffix(cl.cfg.Host, "/")+"/debug/pprof/profile?seconds="+secs)
 		if err != nil {
-			p.err = fmt.Errorf("kube-apiserver's profile: %w", err)
+			p.apiserverErr = err
 		}
 	}()
 	go func() {
@@ -153,6 +155,9 @@ func (rs *restartRun) writeProfiles(ctx context.Context, e *env, b *strings.Buil
 			{"kube-apiserver meanwhile", "cpu-restart-" + who + "-kube-apiserver.pprof", p.apiserver},
 		} {
 			if len(side.data) == 0 {
+				if side.name != who && p.apiserverErr != nil {
+					fmt.Fprintf(b, "(No profile of kube-apiserver during the %s's restart: %v.)\n\n", who, p.apiserverErr)
+				}
 				continue
 			}
 			top, err := cpuTop(ctx, e, side.data, side.file)
@@ -238,7 +243,7 @@ func (cl *cluster) streamFloor(ctx context.Context) (time.Duration, int64, error
 	if err != nil {
 		return 0, 0, err
 	}
-	url := cl.cfg.Host + "/apis/keymint.io/v1alpha1/apitokens?watch=1&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan"
+	url := strings.TrimSuffix(cl.cfg.Host, "/") + "/apis/keymint.io/v1alpha1/apitokens?watch=1&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan"
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

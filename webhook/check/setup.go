@@ -67,6 +67,10 @@ type Options struct {
 	// TrackTokens, when set, wraps the ListerWatcher of the index's
 	// ApiTokens (freshness.Tracker.ListerWatcher).
 	TrackTokens func(toolscache.ListerWatcher) toolscache.ListerWatcher
+	// IndexSynced, when set, is given the function that reports whether
+	// the index has listed every ApiToken and ServiceUser once (the
+	// controllers' cache waits for it: controllers.Cache.StartAfter).
+	IndexSynced func(synced func() bool)
 }
 
 // MaxRequestsPerMinute bounds --default-requests-per-minute, as the CRDs
@@ -134,6 +138,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		handler.Limiter = opts.Limiter
 	}
 	synced, err := Feed(ctx, mgr, index, opts.TrackTokens, handler.Usage.Forget, handler.Limiter.Forget)
+	if err == nil && opts.IndexSynced != nil {
+		opts.IndexSynced(synced)
+	}
 	if err != nil {
 		return err
 	}
