@@ -313,6 +313,11 @@ func (cl *cluster) restartBoth(ctx context.Context, e *env, rs *restartRun, lead
 			return fmt.Errorf("%s/t-0 on the follower before its restart: status %d, %v", goodNS, code, err)
 		}
 	}
+	// A replica just started may still be reconciling every token: the
+	// floor and the restarts are measured on a quiet machine.
+	if err := settle(ctx, e, leader, follower); err != nil {
+		return err
+	}
 	var err error
 	if rs.floor, rs.floorBytes, err = cl.streamFloor(ctx); err != nil {
 		return fmt.Errorf("floor: %w", err)

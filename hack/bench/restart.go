@@ -277,3 +277,60 @@ func (cl *cluster) streamFloor(ctx context.Context) (time.Duration, int64, error
 		}
 	}
 }
+
+// settle waits, up to 5 minutes, until the replicas use less than a tenth
+// of a core each over 2 s.
+func settle(ctx context.Context, e *env, replicas ...*replica) error {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		var before []time.Duration
+		for _, r := range replicas {
+			cpu, err := procCPU(r.Pid())
+			if err != nil {
+				return err
+			}
+			before = append(before, cpu)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+		quiet := true
+		for i, r := range replicas {
+			cpu, err := procCPU(r.Pid())
+			if err != nil {
+				return err
+			}
+			quiet = quiet && cpu-before[i] < 200*time.Millisecond
+		}
+		if quiet {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			e.log("restart: the replicas are still busy after 5 minutes; measuring anyway")
+			return nil
+		}
+	}
+}
+
+// procCPU is the CPU time a process has used (user and system), from /proc.
+func procCPU(pid int) (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command (in parentheses, which may hold spaces):
+	// utime and stime are the 12th and 13th, in clock ticks (100 a second).
+	_, rest, ok := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, data)
+	}
+	user, err1 := strconv.ParseInt(f[11], 10, 64)
+	sys, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(user+sys) * 10 * time.Millisecond, nil
+}
