@@ -235,7 +235,7 @@ var _ = Describe("maxIdle", func() {
 		// The flusher records the gap it wrote the use under: a quarter of
 		// maxIdle. Later uses within it are held back, so it is waited.
 		Expect(tokenstate.RecordedGap(&st)).To(Equal(30 * time.Minute))
-		idleAt = usedAt.Add(2*time.Hour + 30*time.Minute + tokenstate.UseRecordingSlack)
+		usedIdleAt := usedAt.Add(2*time.Hour + 30*time.Minute + tokenstate.UseRecordingSlack)
 
 		By("at the first idle time, it stays")
 		fakeClock.SetTime(idleAt)
@@ -247,14 +247,14 @@ var _ = Describe("maxIdle", func() {
 		}, "2s").Should(Succeed())
 
 		By("1s before maxIdle, the recorded gap and the slack after the use, it stays")
-		fakeClock.SetTime(idleAt.Add(-time.Second))
+		fakeClock.SetTime(usedIdleAt.Add(-time.Second))
 		poke(ns, "busy")
 		Consistently(func(g Gomega) {
 			g.Expect(getToken(ns, "busy").Status.IdleRevokedAt).To(BeNil())
 		}, "2s").Should(Succeed())
 
 		By("maxIdle, the recorded gap and the slack after the use, it is revoked")
-		fakeClock.SetTime(idleAt)
+		fakeClock.SetTime(usedIdleAt)
 		poke(ns, "busy")
 		expectCondition(ns, "busy", keymintv1alpha1.ApiTokenConditionRevoked, metav1.ConditionTrue, keymintv1alpha1.ApiTokenReasonIdle)
 	})

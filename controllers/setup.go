@@ -4,12 +4,7 @@ package controllers
 
 import (
 	"context"
-	"runtime"
-	"strings"
-	"sync"
 	"time"
-	"unsafe"
-	"weak"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -66,70 +61,7 @@ func stripUnread(obj any) (any, error) {
 			}
 		}
 	}
-	if t, ok := obj.(*keymintv1alpha1.ApiToken); ok {
-		shareTokenStrings(t)
-	}
 	return obj, nil
-}
-
-// shareTokenStrings makes an ApiToken's strings that many tokens have
-// alike (its namespace, user, scopes, and its conditions' types, reasons
-// and messages, mostly fixed sentences) one copy each across the cache:
-// about 0.5 KB of every cached ApiToken's 3.3 KB. The values are unchanged.
-func shareTokenStrings(t *keymintv1alpha1.ApiToken) {
-	t.Namespace = shared(t.Namespace)
-	t.Spec.ServiceUser = shared(t.Spec.ServiceUser)
-	for i := range t.Spec.Scopes {
-		t.Spec.Scopes[i] = shared(t.Spec.Scopes[i])
-	}
-	for i := range t.Status.Conditions {
-		c := &t.Status.Conditions[i]
-		c.Type, c.Reason, c.Message = shared(c.Type), shared(c.Reason), shared(c.Message)
-		c.Status = metav1.ConditionStatus(shared(string(c.Status)))
-	}
-}
-
-// shared returns s as the one copy every equal string in the cache shares.
-func shared(s string) string { return cachedStrings.share(s) }
-
-// cachedStrings is the table of strings the controllers' cache shares.
-var cachedStrings = &stringTable{}
-
-// stringTable shares equal strings: one copy of each while anything holds
-// it. It holds each copy weakly (unique.Make would too, but forgets a
-// string at the next collection unless its Handle is kept, and the cache
-// keeps strings), with a key of its own, dropped once the copy is gone.
-type stringTable struct {
-	mu sync.Mutex
-	m  map[string]weak.Pointer[byte]
-}
-
-func (t *stringTable) share(s string) string {
-	if s == "" {
-		return s
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if p := t.m[s].Value(); p != nil {
-		return unsafe.String(p, len(s))
-	}
-	if t.m == nil {
-		t.m = map[string]weak.Pointer[byte]{}
-	}
-	c, key := strings.Clone(s), strings.Clone(s)
-	p := unsafe.StringData(c)
-	t.m[key] = weak.Make(p)
-	runtime.AddCleanup(p, t.forget, key)
-	return c
-}
-
-// forget drops key once its copy is collected (unless shared again since).
-func (t *stringTable) forget(key string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.m[key].Value() == nil {
-		delete(t.m, key)
-	}
 }
 
 // keepOwnedSecrets strips managed fields from every cached Secret, and the
@@ -150,11 +82,6 @@ func keepOwnedSecrets(obj any) (any, error) {
 		return sec, nil
 	}
 	secretrecord.ForCache(sec)
-	sec.Namespace = shared(sec.Namespace)
-	for i := range sec.OwnerReferences {
-		r := &sec.OwnerReferences[i]
-		r.APIVersion, r.Kind = shared(r.APIVersion), shared(r.Kind)
-	}
 	return sec, nil
 }
 
@@ -163,7 +90,9 @@ func keepOwnedSecrets(obj any) (any, error) {
 // default is 2 minutes): that cache starts only on the leader, so a new
 // leader lists every ApiToken and token Secret then, which takes minutes
 // at a million tokens, and a controller that gives up stops the manager.
-const cacheSyncTimeout = 15 * time.Minute
+// The clock runs from the election, so it includes the wait for the check
+// index (Cache.StartAfter, at most startAfterAtMost).
+const cacheSyncTimeout = 15*time.Minute + startAfterAtMost
 
 // DefaultExpiryWarning is how long before expiry a token is ExpiringSoon
 // when its ServiceUser sets no tokenPolicy.expiryWarning: 7 days, as GitLab

@@ -2,17 +2,11 @@ package controllers
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"runtime"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 
@@ -40,44 +34,6 @@ func TestTheCacheKeepsNoContentsOfSecretsNoApiTokenControls(t *testing.T) {
 	}
 }
 
-// Cached ApiTokens share the strings many tokens have alike (one copy of
-// "The token is not revoked" for the whole cache), and keep every value.
-func TestCachedTokensShareEqualStrings(t *testing.T) {
-	decoded := func() *keymintv1alpha1.ApiToken {
-		// Each from JSON, as the informer gets them: no string shared yet.
-		var tok keymintv1alpha1.ApiToken
-		if err := json.Unmarshal([]byte(`{"metadata":{"namespace":"team-a","name":"t"},"spec":{"serviceUser":"ci","scopes":["links:read"]},
-			"status":{"conditions":[{"type":"Revoked","status":"False","reason":"NotRevoked","message":"The token is not revoked"}]}}`), &tok); err != nil {
-			t.Fatal(err)
-		}
-		return &tok
-	}
-	a, b := decoded(), decoded()
-	want := a.DeepCopy()
-	if _, err := stripUnread(a); err != nil {
-		t.Fatal(err)
-	}
-	// A collection between two tokens cached must not end the sharing
-	// while the first is held.
-	runtime.GC()
-	if _, err := stripUnread(b); err != nil {
-		t.Fatal(err)
-	}
-	if !equality.Semantic.DeepEqual(a, want) {
-		t.Errorf("a cached token changed: %+v, want %+v", a, want)
-	}
-	same := func(x, y string) bool { return unsafe.StringData(x) == unsafe.StringData(y) }
-	ca, cb := a.Status.Conditions[0], b.Status.Conditions[0]
-	for what, pair := range map[string][2]string{
-		"namespace": {a.Namespace, b.Namespace}, "serviceUser": {a.Spec.ServiceUser, b.Spec.ServiceUser}, "scope": {a.Spec.Scopes[0], b.Spec.Scopes[0]},
-		"condition type": {ca.Type, cb.Type}, "reason": {ca.Reason, cb.Reason}, "message": {ca.Message, cb.Message},
-	} {
-		if !same(pair[0], pair[1]) {
-			t.Errorf("the %s %q is held twice", what, pair[0])
-		}
-	}
-}
-
 func TestShortDuration(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		time.Hour: "1h", 15 * time.Minute: "15m", 90 * time.Minute: "1h30m", 90 * time.Hour: "90h", 5 * time.Minute: "5m",
@@ -87,32 +43,6 @@ func TestShortDuration(t *testing.T) {
 			t.Errorf("shortDuration(%v) = %q, want %q", d, got, want)
 		}
 	}
-}
-
-// The table keeps no string nothing else holds: once the strings are gone,
-// so are their entries.
-func TestStringTableForgetsStringsNoOneHolds(t *testing.T) {
-	tab := &stringTable{}
-	held := make([]string, 100)
-	for i := range held {
-		held[i] = tab.share(fmt.Sprintf("message number %d, long enough not to be tiny", i))
-	}
-	if again := tab.share(strings.Clone(held[7])); unsafe.StringData(again) != unsafe.StringData(held[7]) {
-		t.Fatal("an equal string was not shared")
-	}
-	runtime.KeepAlive(held)
-	held = nil
-	for range 100 {
-		runtime.GC()
-		tab.mu.Lock()
-		n := len(tab.m)
-		tab.mu.Unlock()
-		if n == 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond) // cleanups run on their own goroutine
-	}
-	t.Errorf("the table still holds %d strings no one holds", len(tab.m))
 }
 
 // startRecorder is a cache that records its start.

@@ -85,9 +85,12 @@ func (d *tokenEvents) Decode() (watch.EventType, runtime.Object, error) {
 	}
 }
 
-// maxEventBytes bounds one watch event: the largest valid ApiToken is
-// about 68 KB of JSON.
-const maxEventBytes = 4 << 20
+// maxEventBytes bounds one watch event. An ApiToken's spec and status are
+// at most about 68 KB of JSON, but its annotations may hold 256 KiB (more
+// once escaped) and its managed fields more; etcd takes objects of up to
+// 1.5 MiB by default. A larger event fails the watch, and the index goes
+// stale rather than wrong.
+const maxEventBytes = 16 << 20
 
 func (d *tokenEvents) Close() { d.body.Close() }
 
