@@ -648,21 +648,9 @@ func (cl *cluster) apiserverWrites(ctx context.Context) (map[string]float64, err
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(cl.cfg.Host, "/")+"/metrics", nil)
+	body, err := get(ctx, hc, strings.TrimSuffix(cl.cfg.Host, "/")+"/metrics")
 	if err != nil {
-		return nil, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("kube-apiserver %s: %s: %.200s", req.URL, resp.Status, body)
+		return nil, fmt.Errorf("kube-apiserver's /metrics: %w", err)
 	}
 	counts := map[string]float64{}
 	for _, line := range strings.Split(string(body), "\n") {
