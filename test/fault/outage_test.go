@@ -153,6 +153,9 @@ func TestAPIServerOutage(t *testing.T) {
 	must(api.Kill())
 	killed := time.Now()
 	sleepUntil(ctx, t, killed.Add(outageDown))
+	// Down for sure until Start is called; answering from some moment of
+	// Start's wait for its readiness, which a watch retrying may see first.
+	starting := time.Now()
 	must(api.Start())
 	back := time.Now()
 	t.Logf("kube-apiserver killed, started again %v later, answering %v after the kill (started in %v)",
@@ -180,7 +183,7 @@ func TestAPIServerOutage(t *testing.T) {
 	// What the checks answered.
 	stats := load.judge(t, judgement{killed: killed, back: back, expiresAt: expiresAt, revokedLater: revokingLater})
 	// What the signals said.
-	sig := obs.judge(t, killing, killed, back, fresh)
+	sig := obs.judge(t, killing, killed, starting, fresh)
 
 	t.Logf("checks answered during the outage (%v, kill to kube-apiserver answering): %d (%d with 200), %d in all, %d failed",
 		back.Sub(killed).Round(time.Millisecond), stats.duringOutage, stats.okDuringOutage, stats.total, stats.failed)
@@ -426,8 +429,9 @@ type signalTimes struct {
 // judge checks the signals: current before the kill; stale (the gauge at 1,
 // /readyz failing on index-fresh and saying why) from --max-index-staleness
 // after the kill, give or take a sample and a second, until kube-apiserver
-// is back; current from fresh on.
-func (o *observer) judge(t *testing.T, killing, killed, back, fresh time.Time) signalTimes {
+// is being started again (a watch may reconnect before Start returns);
+// current from fresh on.
+func (o *observer) judge(t *testing.T, killing, killed, starting, fresh time.Time) signalTimes {
 	t.Helper()
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -448,7 +452,7 @@ func (o *observer) judge(t *testing.T, killing, killed, back, fresh time.Time) s
 			if !s.current() {
 				report("the index was not reported current", s)
 			}
-		case s.at.After(staleFrom) && s.at.Before(back):
+		case s.at.After(staleFrom) && s.at.Before(starting):
 			if s.stale != 1 || s.ready != http.StatusInternalServerError || !strings.Contains(s.readyBody, "[-]index-fresh failed") ||
 				!strings.Contains(s.readyBody, "[+]check-server ok") ||
 				!strings.HasPrefix(s.fresh, "internal server error: token index stale for ") ||
