@@ -22,3 +22,17 @@ func TestRewrite(t *testing.T) {
 		t.Error("an unclosed block was accepted")
 	}
 }
+
+// A benchmark that sets bytes prints MB/s between ns/op and B/op: its
+// allocations are read all the same.
+func TestBenchLineReadsAllocationsAfterThroughput(t *testing.T) {
+	for line, want := range map[string][3]string{
+		"BenchmarkFeedWatch-2   	    3000	     59224 ns/op	  62.69 MB/s	    5214 B/op	      62 allocs/op": {"59224", "5214", "62"},
+		"BenchmarkCheck/tokens=10-2   	 1000	     181.0 ns/op	       0 B/op	       0 allocs/op":               {"181.0", "0", "0"},
+	} {
+		m := benchLine.FindStringSubmatch(line)
+		if m == nil || [3]string{m[2], m[3], m[4]} != want {
+			t.Errorf("%q: read %q, want ns/op, B/op, allocs/op %q", line, m, want)
+		}
+	}
+}

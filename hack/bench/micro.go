@@ -31,7 +31,7 @@ type benchSample struct {
 	nsPerOp, bytesPerOp, allocsPerOp float64
 }
 
-var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op(?:\s+([\d.]+) B/op\s+([\d.]+) allocs/op)?`)
+var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op(?:\s+[\d.]+ MB/s)?(?:\s+([\d.]+) B/op\s+([\d.]+) allocs/op)?`)
 
 // runMicro builds each package's test binary once, then runs them round-robin
 // (token, tokenstate, check, token, …) so that a slow minute of the machine
