@@ -28,7 +28,7 @@ func TestRewrite(t *testing.T) {
 func TestBenchLineReadsAllocationsAfterThroughput(t *testing.T) {
 	for line, want := range map[string][3]string{
 		"BenchmarkFeedWatch-2   	    3000	     59224 ns/op	  62.69 MB/s	    5214 B/op	      62 allocs/op": {"59224", "5214", "62"},
-		"BenchmarkCheck/tokens=10-2   	 1000	     181.0 ns/op	       0 B/op	       0 allocs/op":               {"181.0", "0", "0"},
+		"BenchmarkCheck/tokens=10-2   	 1000	     181.0 ns/op	       0 B/op	       0 allocs/op":           {"181.0", "0", "0"},
 	} {
 		m := benchLine.FindStringSubmatch(line)
 		if m == nil || [3]string{m[2], m[3], m[4]} != want {
