@@ -310,12 +310,12 @@ func withinWarningWindow(in *statusInput) (condition, bool) {
 		return condition{}, false
 	}
 	if in.warn.Idle {
-		idle := tokenstate.MaxIdle(in.o.Spec, &in.o.User)
-		since, wait := "it was issued", fmt.Sprintf("maxIdle %s, and %s for flushes", shortDuration(idle), shortDuration(tokenstate.UseRecordingSlack))
+		idle, slack := shortDuration(tokenstate.MaxIdle(in.o.Spec, &in.o.User)), shortDuration(tokenstate.UseRecordingSlack)
+		since, wait := "it was issued", fmt.Sprintf("maxIdle %s, and %s for flushes", idle, slack)
 		if held := tokenstate.HeldBackUntil(&in.a.Token, &in.o.User); held.After(idleSince(&in.a.Token)) {
 			since = "its last recorded use, at " + in.a.Token.AnyLastUsed.UTC().Format(time.RFC3339)
 			wait = fmt.Sprintf("maxIdle %s, plus the %s recording gap of that use and %s for flushes",
-				shortDuration(idle), shortDuration(tokenstate.HeldBackGap(&in.a.Token, &in.o.User)), shortDuration(tokenstate.UseRecordingSlack))
+				idle, shortDuration(tokenstate.HeldBackGap(&in.a.Token, &in.o.User)), slack)
 		}
 		return conditionOf(true, keymintv1alpha1.ApiTokenReasonIdleWithinWarningWindow,
 			fmt.Sprintf("Token %s… is revoked for idleness at %s unless a check accepts it before: no check has been recorded since %s (%s)",

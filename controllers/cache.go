@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -63,19 +64,13 @@ const startAfterAtMost = 5 * time.Minute
 // start runs the cache once StartAfter's condition holds.
 func (c *Cache) start(ctx context.Context) error {
 	if ready := c.after.Load(); ready != nil {
-		poll := time.NewTicker(100 * time.Millisecond)
-		defer poll.Stop()
-		deadline := time.After(startAfterAtMost)
-	wait:
-		for !(*ready)() {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-deadline:
-				logf.FromContext(ctx).Info("Starting the controllers' cache before the check index has synced", "waited", startAfterAtMost)
-				break wait
-			case <-poll.C:
-			}
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, startAfterAtMost, true,
+			func(context.Context) (bool, error) { return (*ready)(), nil })
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			logf.FromContext(ctx).Info("Starting the controllers' cache before the check index has synced", "waited", startAfterAtMost)
 		}
 	}
 	return c.Cache.Start(ctx)

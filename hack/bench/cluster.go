@@ -305,15 +305,7 @@ func (r *replica) check(plain string) (int, error) {
 // heapProfile runs a garbage collection in the replica and returns its heap
 // profile (pprof's ?gc=1), so what follows measures live memory.
 func (r *replica) heapProfile() ([]byte, error) {
-	resp, err := http.Get(r.pprofURL + "/heap?gc=1")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("heap profile: %s", resp.Status)
-	}
-	return io.ReadAll(resp.Body)
+	return get(context.Background(), http.DefaultClient, r.pprofURL+"/heap?gc=1")
 }
 
 // rss is the replica's resident memory, from /proc.

@@ -35,7 +35,7 @@ func WatchTokens(ctx context.Context, rc rest.Interface, opts metav1.ListOptions
 	if err != nil {
 		return nil, err
 	}
-	return watch.NewStreamWatcher(&tokenEvents{body: body, r: newFeedReader(body)},
+	return watch.NewStreamWatcher(newTokenEvents(body),
 		apierrors.NewClientErrorReporter(http.StatusInternalServerError, http.MethodGet, "ClientWatchDecoding")), nil
 }
 
@@ -48,8 +48,10 @@ type tokenEvents struct {
 	frame []byte
 }
 
-// newFeedReader buffers a watch stream: an event of 4 KB, a few to a read.
-func newFeedReader(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, 64<<10) }
+// newTokenEvents reads body, buffered: an event of 4 KB, a few to a read.
+func newTokenEvents(body io.ReadCloser) *tokenEvents {
+	return &tokenEvents{body: body, r: bufio.NewReaderSize(body, 64<<10)}
+}
 
 func (d *tokenEvents) Decode() (watch.EventType, runtime.Object, error) {
 	d.frame = d.frame[:0]

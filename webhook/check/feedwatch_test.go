@@ -127,8 +127,7 @@ func TestTokenEventsReadsAStream(t *testing.T) {
             "spec":{"serviceUser":"u","description":"a\nb"}}}
 {"type":"DELETED","object":{"kind":"ApiToken","metadata":{"name":"` + strings.Repeat("c", 70_000) + `","resourceVersion":"3"},"spec":{"serviceUser":"u"}}}
 `
-	body := io.NopCloser(strings.NewReader(stream))
-	d := &tokenEvents{body: body, r: newFeedReader(body)}
+	d := newTokenEvents(io.NopCloser(strings.NewReader(stream)))
 	var got []string
 	for {
 		typ, obj, err := d.Decode()
@@ -148,15 +147,13 @@ func TestTokenEventsReadsAStream(t *testing.T) {
 	// Cut off in the middle of an event (kube-apiserver restarting): the
 	// watch ends as client-go's does, to resume, never as a decoding error
 	// that would make the reflector list everything again.
-	cut := io.NopCloser(strings.NewReader(`{"type":"ADDED","object":{"kind":"ApiToken","metadata":{"name":"a"`))
-	d = &tokenEvents{body: cut, r: newFeedReader(cut)}
+	d = newTokenEvents(io.NopCloser(strings.NewReader(`{"type":"ADDED","object":{"kind":"ApiToken","metadata":{"name":"a"`)))
 	if _, _, err := d.Decode(); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("an event cut off: %v, want io.ErrUnexpectedEOF", err)
 	}
 	// A line that never becomes JSON is refused once it is too long to be
 	// an ApiToken, rather than swallowing the events after it.
-	junk := io.NopCloser(strings.NewReader(strings.Repeat("{\n", maxEventBytes/2+1)))
-	d = &tokenEvents{body: junk, r: newFeedReader(junk)}
+	d = newTokenEvents(io.NopCloser(strings.NewReader(strings.Repeat("{\n", maxEventBytes/2+1))))
 	if _, _, err := d.Decode(); err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("an endless event: %v, want it refused", err)
 	}

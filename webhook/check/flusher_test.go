@@ -17,6 +17,26 @@ import (
 	"github.com/keymint/keymint/internal/tokenstate"
 )
 
+// countingAPI is a fake API server holding tok that counts the ApiToken
+// reads and the status writes made to it.
+func countingAPI(t *testing.T, tok *keymintv1alpha1.ApiToken) (api client.WithWatch, gets, patches *int) {
+	gets, patches = new(int), new(int)
+	api = fake.NewClientBuilder().WithScheme(newScheme(t)).WithStatusSubresource(&keymintv1alpha1.ApiToken{}).WithObjects(tok.DeepCopy()).
+		WithInterceptorFuncs(interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, k client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if _, ok := obj.(*keymintv1alpha1.ApiToken); ok {
+					*gets++
+				}
+				return c.Get(ctx, k, obj, opts...)
+			},
+			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+				*patches++
+				return c.SubResource(sub).Patch(ctx, obj, p, opts...)
+			},
+		}).Build()
+	return api, gets, patches
+}
+
 // A flusher with the index reads a token from the API server only when the
 // index shows a use due: a token in constant use costs the API server
 // nothing between its writes, on every replica.
@@ -26,20 +46,7 @@ func TestFlusherReadsOnlyTokensWhoseUseIsDue(t *testing.T) {
 	recorded := metav1.NewTime(t0)
 	tok := issuedApiToken(plain)
 	tok.Status.LastUsedAt, tok.Status.TokenLastUsedAt = &recorded, &recorded
-	gets, patches := 0, 0
-	api := fake.NewClientBuilder().WithScheme(newScheme(t)).WithStatusSubresource(&keymintv1alpha1.ApiToken{}).WithObjects(tok.DeepCopy()).
-		WithInterceptorFuncs(interceptor.Funcs{
-			Get: func(ctx context.Context, c client.WithWatch, k client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-				if _, ok := obj.(*keymintv1alpha1.ApiToken); ok {
-					gets++
-				}
-				return c.Get(ctx, k, obj, opts...)
-			},
-			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
-				patches++
-				return c.SubResource(sub).Patch(ctx, obj, p, opts...)
-			},
-		}).Build()
+	api, gets, patches := countingAPI(t, tok)
 	ix := NewIndex()
 	ix.UpsertToken(tok.DeepCopy())
 	clk := clocktesting.NewFakeClock(t0)
@@ -53,12 +60,12 @@ func TestFlusherReadsOnlyTokensWhoseUseIsDue(t *testing.T) {
 	for _, after := range []time.Duration{time.Minute, time.Hour, tokenstate.DefaultUseRecordingGap - time.Second} {
 		useAndFlush(after)
 	}
-	if gets != 0 || patches != 0 {
-		t.Errorf("uses within the gap of the recorded one: %d reads, %d writes, want none", gets, patches)
+	if *gets != 0 || *patches != 0 {
+		t.Errorf("uses within the gap of the recorded one: %d reads, %d writes, want none", *gets, *patches)
 	}
 	useAndFlush(tokenstate.DefaultUseRecordingGap)
-	if gets != 1 || patches != 1 {
-		t.Errorf("a use the gap after the recorded one: %d reads, %d writes, want one of each", gets, patches)
+	if *gets != 1 || *patches != 1 {
+		t.Errorf("a use the gap after the recorded one: %d reads, %d writes, want one of each", *gets, *patches)
 	}
 	got := &keymintv1alpha1.ApiToken{}
 	if err := api.Get(context.Background(), key, got); err != nil {
@@ -75,11 +82,11 @@ func TestFlusherReadsOnlyTokensWhoseUseIsDue(t *testing.T) {
 
 	// Without the index (or for a token it does not hold), every flush
 	// with uses reads: the index only saves reads, never decides a write.
-	gets = 0
+	*gets = 0
 	ix.DeleteToken(key)
 	useAndFlush(tokenstate.DefaultUseRecordingGap + time.Hour)
-	if gets != 1 {
-		t.Errorf("a token the index does not hold: %d reads, want 1", gets)
+	if *gets != 1 {
+		t.Errorf("a token the index does not hold: %d reads, want 1", *gets)
 	}
 }
 
@@ -94,14 +101,7 @@ func TestFlusherRecordsALongerGapItHoldsUsesBackUnder(t *testing.T) {
 	tok := issuedApiToken(plain)
 	tok.Status.LastUsedAt, tok.Status.TokenLastUsedAt = &recorded, &recorded
 	tok.Status.LastUsedRecording = &keymintv1alpha1.UseRecording{LastUsedAt: recorded, Gap: metav1.Duration{Duration: 15 * time.Minute}}
-	patches := 0
-	api := fake.NewClientBuilder().WithScheme(newScheme(t)).WithStatusSubresource(&keymintv1alpha1.ApiToken{}).WithObjects(tok.DeepCopy()).
-		WithInterceptorFuncs(interceptor.Funcs{
-			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
-				patches++
-				return c.SubResource(sub).Patch(ctx, obj, p, opts...)
-			},
-		}).Build()
+	api, _, patches := countingAPI(t, tok)
 	ix := NewIndex()
 	clk := clocktesting.NewFakeClock(t0)
 	// The token's gap is 3h now (its maxIdle raised to 12h, say).
@@ -124,15 +124,15 @@ func TestFlusherRecordsALongerGapItHoldsUsesBackUnder(t *testing.T) {
 	}
 
 	got := useAndFlush(20 * time.Minute)
-	if patches != 1 || !got.Status.LastUsedAt.Equal(&recorded) {
-		t.Fatalf("a use held back under 3h, 15m recorded: %d writes, lastUsedAt %v; want one write, lastUsedAt kept", patches, got.Status.LastUsedAt)
+	if *patches != 1 || !got.Status.LastUsedAt.Equal(&recorded) {
+		t.Fatalf("a use held back under 3h, 15m recorded: %d writes, lastUsedAt %v; want one write, lastUsedAt kept", *patches, got.Status.LastUsedAt)
 	}
 	if gap := tokenstate.RecordedGap(&got.Status); gap != 3*time.Hour {
 		t.Errorf("recorded gap %v, want 3h", gap)
 	}
 	got = useAndFlush(40 * time.Minute)
-	if patches != 1 {
-		t.Errorf("another use held back under the gap now recorded: %d writes, want still one", patches)
+	if *patches != 1 {
+		t.Errorf("another use held back under the gap now recorded: %d writes, want still one", *patches)
 	}
 	if !got.Status.LastUsedAt.Equal(&recorded) {
 		t.Errorf("lastUsedAt moved to %v within the gap", got.Status.LastUsedAt)

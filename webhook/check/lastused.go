@@ -272,14 +272,9 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 			*field, changed = &t, true
 		}
 	}
+	shownAt := st.LastUsedAt
 	for h, at := range uses {
-		was := st.LastUsedAt
 		later(&st.LastUsedAt, at)
-		if st.LastUsedAt != was {
-			// The gap it is written under goes with it: idleness waits for
-			// the uses it holds back (tokenstate.HeldBackUntil).
-			st.LastUsedRecording = &keymintv1alpha1.UseRecording{LastUsedAt: *st.LastUsedAt, Gap: metav1.Duration{Duration: gap}}
-		}
 		name := token.FormatHash(h)
 		if name == st.TokenHash {
 			later(&st.TokenLastUsedAt, at)
@@ -290,9 +285,11 @@ func (f *UsageFlusher) write(ctx context.Context, key types.NamespacedName, uses
 			}
 		}
 	}
-	if len(uses) > 0 && st.LastUsedAt != nil && gapIsNews(tokenstate.RecordedGap(st), gap) {
-		// Uses held back under a longer gap than the status records (a
-		// maxIdle raised since): record it, or idleness would not wait it.
+	// The gap lastUsedAt is written under goes with it, and again when uses
+	// are held back under a longer gap than the one recorded (a maxIdle
+	// raised since): idleness waits for the uses it holds back
+	// (tokenstate.HeldBackUntil).
+	if st.LastUsedAt != nil && (st.LastUsedAt != shownAt || (len(uses) > 0 && gapIsNews(tokenstate.RecordedGap(st), gap))) {
 		st.LastUsedRecording, changed = &keymintv1alpha1.UseRecording{LastUsedAt: *st.LastUsedAt, Gap: metav1.Duration{Duration: gap}}, true
 	}
 	if quota != nil && quotaNews(st.Quota, quota, gap) {

@@ -138,11 +138,11 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		handler.Limiter = opts.Limiter
 	}
 	synced, err := Feed(ctx, mgr, index, opts.TrackTokens, handler.Usage.Forget, handler.Limiter.Forget)
-	if err == nil && opts.IndexSynced != nil {
-		opts.IndexSynced(synced)
-	}
 	if err != nil {
 		return err
+	}
+	if opts.IndexSynced != nil {
+		opts.IndexSynced(synced)
 	}
 	mux := handler.ServeMux()
 	if opts.LeakReports {
